@@ -1,0 +1,48 @@
+"""The eight elemental visual attribute aspects every lesion is described by (paper Sec. 3.1).
+
+The order is fixed: it is the order of positives per lesion, of CMKI's concatenation and of
+report columns. Keys are stable identifiers used in data files; names are for people.
+"""
+
+from __future__ import annotations
+
+ASPECTS: tuple[str, ...] = (
+    "location",
+    "shape",
+    "density",
+    "density_variation",
+    "surface",
+    "enhancement",
+    "relationship",
+    "specific_features",
+)
+
+ASPECT_NAMES: dict[str, str] = {
+    "location": "Location",
+    "shape": "Shape",
+    "density": "Density",
+    "density_variation": "Density variations",
+    "surface": "Surface characteristics",
+    "enhancement": "Enhancement status",
+    "relationship": "Relationship with surrounding organs",
+    "specific_features": "Specific features",
+}
+
+# Seen (training) and unseen (zero-shot test only) lesion types of the paper's protocol (Sec. 4.1).
+SEEN_DISEASES: tuple[str, ...] = (
+    "colon_tumor",
+    "lung_tumor",
+    "liver_tumor",
+    "pancreas_tumor",
+    "kidney_cyst",
+    "gallstone",
+)
+UNSEEN_DISEASES: tuple[str, ...] = (
+    "hepatic_vessel_tumor",
+    "pancreas_cyst",
+    "kidney_tumor",
+    "liver_cyst",
+    "gallbladder_tumor",
+    "kidney_stone",
+)
+ALL_DISEASES: tuple[str, ...] = SEEN_DISEASES + UNSEEN_DISEASES

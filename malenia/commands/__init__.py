@@ -1,0 +1,1 @@
+"""Subcommands of `malenia`; each module defines register(subparsers) (see malenia/cli.py)."""

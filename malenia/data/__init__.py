@@ -1,0 +1,1 @@
+"""CT I/O, preprocessing, lesion synthesis, the dataset format and public-dataset importers."""

@@ -1,0 +1,216 @@
+"""The Malenia dataset format (DESIGN.md, "Data").
+
+    DATASET/dataset.json            {"format", "name", "description", "cases": [...], "split": {...}}
+    DATASET/cases/<id>/image.nii.gz      CT in HU
+    DATASET/cases/<id>/lesions.nii.gz    instance labels 0..K on the image grid
+    DATASET/cases/<id>/report.json       per-lesion disease and the 8 aspect descriptions
+    DATASET/cases/<id>/organs.nii.gz     optional organ labels (synthesis, contrast phase)
+
+A lesion's attributes map each aspect key (malenia.aspects.ASPECTS) to a list of
+descriptions: usually one; "specific_features" may hold several findings. A description
+has a vocabulary id, or id None for free text a radiologist typed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from malenia.aspects import ASPECTS
+from malenia.atomic import atomic_dir, write_json
+from malenia.errors import InputError
+
+DATASET_FORMAT = "malenia-dataset/1"
+CASE_FORMAT = "malenia-case/1"
+
+
+@dataclass(frozen=True)
+class Description:
+    text: str
+    id: str | None = None  # vocabulary id; None for free text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text}
+
+    @staticmethod
+    def from_json(obj: dict[str, Any]) -> "Description":
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise InputError(f"attribute description must be an object with a 'text' string, got {obj!r}")
+        return Description(text=obj["text"], id=obj.get("id"))
+
+
+@dataclass
+class LesionReport:
+    label: int
+    disease: str | None
+    attributes: dict[str, list[Description]]
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. synthesis parameters
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "disease": self.disease,
+            "attributes": {a: [d.to_json() for d in self.attributes.get(a, [])] for a in ASPECTS},
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @staticmethod
+    def from_json(obj: dict[str, Any]) -> "LesionReport":
+        try:
+            label = int(obj["label"])
+            attrs = obj.get("attributes", {})
+            unknown = set(attrs) - set(ASPECTS)
+            if unknown:
+                raise InputError(f"unknown attribute aspect(s) {sorted(unknown)}; expected {list(ASPECTS)}")
+            return LesionReport(
+                label=label,
+                disease=obj.get("disease"),
+                attributes={a: [Description.from_json(d) for d in attrs.get(a, [])] for a in ASPECTS},
+                extra=dict(obj.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"malformed lesion entry in report: {err}") from None
+
+
+@dataclass
+class CaseReport:
+    case_id: str
+    lesions: list[LesionReport]
+    enhancement: Description | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CASE_FORMAT,
+            "case_id": self.case_id,
+            "source": self.source,
+            "enhancement": self.enhancement.to_json() if self.enhancement else None,
+            "lesions": [lesion.to_json() for lesion in self.lesions],
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @staticmethod
+    def from_json(obj: dict[str, Any]) -> "CaseReport":
+        if not isinstance(obj, dict) or obj.get("format") != CASE_FORMAT:
+            raise InputError(f"not a Malenia case report (format must be {CASE_FORMAT!r})")
+        lesions = [LesionReport.from_json(x) for x in obj.get("lesions", [])]
+        labels = [x.label for x in lesions]
+        if len(set(labels)) != len(labels) or any(v < 1 for v in labels):
+            raise InputError(f"lesion labels must be unique positive integers, got {labels}")
+        enh = obj.get("enhancement")
+        return CaseReport(
+            case_id=str(obj.get("case_id", "")),
+            lesions=lesions,
+            enhancement=Description.from_json(enh) if enh else None,
+            source=str(obj.get("source", "")),
+            extra=dict(obj.get("extra", {})),
+        )
+
+    def lesion(self, label: int) -> LesionReport:
+        for lesion in self.lesions:
+            if lesion.label == label:
+                return lesion
+        raise KeyError(label)
+
+
+@dataclass
+class Case:
+    case_id: str
+    image: sitk.Image
+    lesions: sitk.Image
+    report: CaseReport
+    organs: sitk.Image | None = None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"missing file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def read_report(path: str | Path) -> CaseReport:
+    return CaseReport.from_json(_read_json(Path(path)))
+
+
+def write_case(dataset_dir: str | Path, case: Case, overwrite: bool = False) -> Path:
+    """Writes one case folder atomically (all files appear together)."""
+    if case.image.GetSize() != case.lesions.GetSize():
+        raise InputError(f"case {case.case_id}: lesion grid {case.lesions.GetSize()} != image grid {case.image.GetSize()}")
+    target = Path(dataset_dir) / "cases" / case.case_id
+    with atomic_dir(target, overwrite=overwrite) as staging:
+        sitk.WriteImage(case.image, str(staging / "image.nii.gz"), useCompression=True)
+        sitk.WriteImage(sitk.Cast(case.lesions, sitk.sitkUInt8 if _max_label(case.lesions) < 256 else sitk.sitkUInt16),
+                        str(staging / "lesions.nii.gz"), useCompression=True)
+        if case.organs is not None:
+            sitk.WriteImage(case.organs, str(staging / "organs.nii.gz"), useCompression=True)
+        write_json(staging / "report.json", case.report.to_json())
+    return target
+
+
+def _max_label(img: sitk.Image) -> int:
+    return int(sitk.GetArrayViewFromImage(img).max()) if img.GetNumberOfPixels() else 0
+
+
+def read_case(dataset_dir: str | Path, case_id: str, with_images: bool = True) -> Case:
+    folder = Path(dataset_dir) / "cases" / case_id
+    report = read_report(folder / "report.json")
+    if not with_images:
+        return Case(case_id, None, None, report)  # type: ignore[arg-type]
+    try:
+        image = sitk.ReadImage(str(folder / "image.nii.gz"))
+        lesions = sitk.ReadImage(str(folder / "lesions.nii.gz"))
+        organs_path = folder / "organs.nii.gz"
+        organs = sitk.ReadImage(str(organs_path)) if organs_path.exists() else None
+    except RuntimeError as err:
+        raise InputError(f"case {case_id}: cannot read image ({str(err).splitlines()[0]})") from None
+    return Case(case_id, image, lesions, report, organs)
+
+
+@dataclass
+class DatasetIndex:
+    name: str
+    cases: list[str]
+    split: dict[str, list[str]] = field(default_factory=dict)
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": DATASET_FORMAT,
+            "name": self.name,
+            "description": self.description,
+            "cases": self.cases,
+            "split": self.split,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def split_cases(self, split: str | None) -> list[str]:
+        if split is None or split == "all":
+            return list(self.cases)
+        if split not in self.split:
+            raise InputError(f"dataset {self.name!r} has no split {split!r} (has: {sorted(self.split)})")
+        return list(self.split[split])
+
+
+def read_dataset(dataset_dir: str | Path) -> DatasetIndex:
+    obj = _read_json(Path(dataset_dir) / "dataset.json")
+    if not isinstance(obj, dict) or obj.get("format") != DATASET_FORMAT:
+        raise InputError(f"{dataset_dir}: not a Malenia dataset (dataset.json format must be {DATASET_FORMAT!r})")
+    cases = [str(c) for c in obj.get("cases", [])]
+    split = {k: [str(c) for c in v] for k, v in obj.get("split", {}).items()}
+    missing = sorted({c for v in split.values() for c in v} - set(cases))
+    if missing:
+        raise InputError(f"{dataset_dir}: split names cases not in the dataset: {missing[:5]}")
+    return DatasetIndex(obj.get("name", Path(dataset_dir).name), cases, split, obj.get("description", ""), obj.get("extra", {}))
+
+
+def write_dataset_index(dataset_dir: str | Path, index: DatasetIndex) -> None:
+    write_json(Path(dataset_dir) / "dataset.json", index.to_json())

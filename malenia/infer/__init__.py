@@ -1,0 +1,1 @@
+"""Sliding-window prediction, lesion extraction, attribute matching, outputs and reports."""

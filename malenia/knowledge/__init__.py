@@ -1,0 +1,1 @@
+"""Attribute aspects vocabulary, disease knowledge table, text encoder, attribute bank, disease inference."""
