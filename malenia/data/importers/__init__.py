@@ -1,0 +1,1 @@
+"""Importers for public dataset layouts (MSD, KiTS23)."""
