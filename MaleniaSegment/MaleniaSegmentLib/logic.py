@@ -1,0 +1,83 @@
+"""The module logic without the Slicer application: runs, imports, corrections, exports.
+
+Takes the MRML scene as input, so the same code runs inside Slicer (slicer.mrmlScene) and on
+a slicer-core `vtkMRMLScene` in tests. MaleniaSegment.py's logic class adds only Slicer glue.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from malenia.data.dataset import Description
+
+from . import export as export_mod
+from . import mrml_io
+from .corrections import SavedCorrection, case_name, save_correction
+from .runner import RunState
+from .segment_run import SegmentRequest, SegmentRun
+from .session import ReviewSession
+
+
+def _default_root() -> Path:
+    return Path(os.environ.get("MALENIA_SLICER_HOME", Path.home() / "Malenia"))
+
+
+@dataclass
+class Settings:
+    results_dir: Path = field(default_factory=lambda: _default_root() / "results")
+    corrections_dir: Path = field(default_factory=lambda: _default_root() / "corrections")
+
+
+class MaleniaLogic:
+    def __init__(self, scene, settings: Settings | None = None):
+        self.scene = scene
+        self.settings = settings or Settings()
+        self.session: ReviewSession | None = None
+
+    # -- running ----------------------------------------------------------------------------
+    def start_segmentation(self, request: SegmentRequest, **run_options) -> SegmentRun:
+        run = SegmentRun(request, self.settings.results_dir, **run_options)
+        run.start()
+        return run
+
+    def finish_segmentation(self, run: SegmentRun, segmentation_node=None) -> ReviewSession:
+        if run.state is not RunState.SUCCEEDED:
+            raise RuntimeError(run.error or f"segmentation {run.state.value}")
+        return self.load_results(run.out_dir, run.request.volume_node, segmentation_node, run.request.dicom_files)
+
+    def load_results(self, out_dir: str | Path, volume_node, segmentation_node=None,
+                     dicom_files: list[str] | None = None) -> ReviewSession:
+        self.session = ReviewSession.import_output(self.scene, out_dir, volume_node, segmentation_node, dicom_files)
+        return self.session
+
+    # -- corrections ------------------------------------------------------------------------
+    def _require_session(self) -> ReviewSession:
+        if self.session is None:
+            raise RuntimeError("no Malenia results loaded")
+        return self.session
+
+    def save_correction(self, corrections_dir: str | Path | None = None) -> SavedCorrection:
+        """Image, current masks and reviewed descriptions as the next version of this scan's case."""
+        session = self._require_session()
+        session.sync_with_segmentation()
+        image = mrml_io.volume_to_sitk(session.volume_node)
+        labels = session.labels_image(relabel=True)
+        enh = session.result.scan.enhancement
+        details = {
+            "model": session.result.model.to_json(),
+            "malenia_output": str(session.out_dir),
+            "volume_name": session.volume_node.GetName(),
+            "masks_edited": bool(session.masks_edited),
+            "series_instance_uid": session.result.scan.series_instance_uid,
+        }
+        return save_correction(corrections_dir or self.settings.corrections_dir,
+                               case_name(session.volume_node.GetName(), image), image, labels, session.lesions,
+                               Description(enh.text, enh.id) if enh else None, details)
+
+    # -- export -----------------------------------------------------------------------------
+    def export(self, kind: str, path: str | Path) -> Path:
+        session = self._require_session()
+        session.sync_with_segmentation()
+        return export_mod.export(session, kind, path)

@@ -1,0 +1,153 @@
+"""What the radiologist reviews: per lesion the disease and the 8 aspects, with corrections.
+
+Built from a `malenia segment` report.json; no Qt and no MRML here, so the same model
+drives the panels in Slicer, on PySide6 in tests, and the correction writer.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from malenia.aspects import ASPECT_NAMES, ASPECTS
+
+if TYPE_CHECKING:
+    from malenia.infer.results import LesionResult
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One attribute description: matched, an alternative, or typed by the radiologist (id None)."""
+
+    text: str
+    id: str | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class DiseaseChoice:
+    key: str | None  # knowledge-table key such as "kidney_tumor"; None for a typed name
+    name: str
+    probability: float | None = None
+
+    @property
+    def dataset_key(self) -> str:
+        """The key written to reports: the knowledge-table key, or the typed name as a key."""
+        if self.key is not None:
+            return self.key
+        ascii_name = unicodedata.normalize("NFKD", self.name).encode("ascii", "ignore").decode("ascii")
+        return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_") or "lesion"
+
+
+@dataclass
+class AspectReview:
+    aspect: str
+    matched: Choice | None
+    alternatives: list[Choice] = field(default_factory=list)
+    corrected: Choice | None = None
+
+    @property
+    def name(self) -> str:
+        return ASPECT_NAMES[self.aspect]
+
+    @property
+    def current(self) -> Choice | None:
+        return self.corrected if self.corrected is not None else self.matched
+
+    @property
+    def is_corrected(self) -> bool:
+        return self.corrected is not None and self.corrected != self.matched
+
+    def options(self) -> list[Choice]:
+        """Matched description first, then the alternatives (by score), each text once."""
+        seen: set[str] = set()
+        out: list[Choice] = []
+        for c in ([self.matched] if self.matched else []) + sorted(self.alternatives, key=lambda c: -(c.score or 0.0)):
+            if c.text not in seen:
+                seen.add(c.text)
+                out.append(c)
+        return out
+
+    def choose(self, text: str) -> Choice:
+        """Selects an offered description by its text, or records typed free text (id None)."""
+        text = text.strip()
+        if not text:
+            raise ValueError(f"{self.name}: the description is empty")
+        for c in self.options():
+            if c.text == text:
+                self.corrected = None if c == self.matched else c
+                return c
+        self.corrected = Choice(text, None, None)
+        return self.corrected
+
+
+@dataclass
+class LesionReview:
+    label: int
+    disease: DiseaseChoice
+    disease_alternatives: list[DiseaseChoice]
+    aspects: dict[str, AspectReview]
+    voxel_count: int = 0
+    volume_ml: float = 0.0
+    centroid_ras: tuple[float, float, float] | None = None
+    longest_mm: float | None = None
+    short_axis_mm: float | None = None
+    corrected_disease: DiseaseChoice | None = None
+    segment_id: str | None = None
+    color: tuple[int, int, int] = (255, 255, 0)  # 0-255 RGB, the segment's colour
+    from_model: bool = True  # False for a lesion the radiologist added in the Segment Editor
+
+    @property
+    def current_disease(self) -> DiseaseChoice:
+        return self.corrected_disease if self.corrected_disease is not None else self.disease
+
+    @property
+    def is_corrected(self) -> bool:
+        return (self.corrected_disease is not None and self.corrected_disease.name != self.disease.name) or \
+            any(a.is_corrected for a in self.aspects.values())
+
+    def set_disease(self, name_or_key: str, known: dict[str, str]) -> DiseaseChoice:
+        """`known` maps disease keys to display names; anything else is kept as typed text."""
+        name_or_key = name_or_key.strip()
+        if not name_or_key:
+            raise ValueError("the disease is empty")
+        for key, name in known.items():
+            if name_or_key in (key, name):
+                choice = DiseaseChoice(key, name)
+                break
+        else:
+            choice = DiseaseChoice(None, name_or_key)
+        self.corrected_disease = None if choice.name == self.disease.name else choice
+        return self.current_disease
+
+    def reset(self) -> None:
+        self.corrected_disease = None
+        for a in self.aspects.values():
+            a.corrected = None
+
+
+def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | None], str]) -> LesionReview:
+    """The review of one lesion of a `malenia segment` report (malenia.infer.results.LesionResult)."""
+    call = lesion.disease
+    disease = DiseaseChoice(call.name, call.display_name, call.probability)
+    alternatives = [DiseaseChoice(key, display_name(key), p) for key, p in call.alternatives if key != call.name]
+    aspects = {}
+    for aspect in ASPECTS:
+        match = lesion.attributes[aspect]
+        matched = Choice(match.description, match.id, match.score)
+        alts = [Choice(a.description, a.id, a.score) for a in match.alternatives if a.description != match.description]
+        aspects[aspect] = AspectReview(aspect, matched, alts)
+    m = lesion.measurements
+    return LesionReview(
+        label=int(lesion.label),
+        disease=disease,
+        disease_alternatives=alternatives,
+        aspects=aspects,
+        voxel_count=m.voxel_count if m else 0,
+        volume_ml=m.volume_ml if m else 0.0,
+        centroid_ras=m.centroid_ras_mm if m else None,
+        longest_mm=m.long_axis_mm if m else None,
+        short_axis_mm=m.short_axis_mm if m else None,
+    )

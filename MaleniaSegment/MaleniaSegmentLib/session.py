@@ -1,0 +1,370 @@
+"""A reviewed `malenia segment` result in an MRML scene: output folder -> segmentation node + lesion rows.
+
+The segmentation node is read from the output's `lesions.seg.nrrd` (one segment per lesion, named
+by disease, coloured, with terminology and `Malenia.*` tags, written by malenia.infer.seg_nrrd) and
+references the input volume. Lesions are linked to segments by the `Malenia.label` tag, so
+renaming or recolouring a segment in the Segment Editor does not break the link; segments the
+radiologist adds become new lesions, deleted segments drop out.
+
+Works on any scene: Slicer's `slicer.mrmlScene`, or a `vtkMRMLScene` from the slicer-core package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from malenia.aspects import ASPECTS
+from malenia.infer.measurements import measure_lesions
+from malenia.infer.results import (AspectMatch, AttributeMatch, DiseaseCall, LesionResult, SegmentationResult)
+from malenia.infer.seg_nrrd import TAG_PREFIX, segment_tags
+from malenia.infer.terminology import SegmentSpec, Terminology, segment_specs
+
+from . import mrml_io
+from .review import AspectReview, DiseaseChoice, LesionReview, lesion_from_result
+
+LABEL_TAG = TAG_PREFIX + "label"
+CORRECTED_TAG = TAG_PREFIX + "corrected"
+REPORT_FILE, LABELS_FILE, SEG_FILE, DICOM_SEG_FILE, HTML_FILE = (
+    "report.json", "lesions.nii.gz", "lesions.seg.nrrd", "lesions.dcm", "report.html")
+
+
+class ResultsError(ValueError):
+    """An output folder that cannot be shown on this volume; the message is one line for the user."""
+
+
+def _read_result(out_dir: Path) -> SegmentationResult:
+    import json
+
+    report_path, labels_path = out_dir / REPORT_FILE, out_dir / LABELS_FILE
+    for p in (report_path, labels_path, out_dir / SEG_FILE):
+        if not p.is_file():
+            raise ResultsError(f"{out_dir} is not a complete 'malenia segment' output: {p.name} is missing")
+    try:
+        obj = json.loads(report_path.read_text(encoding="utf-8"))
+        return SegmentationResult.from_json(obj, labels=sitk.ReadImage(str(labels_path)))
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ResultsError(f"{report_path}: {str(err).splitlines()[0]}") from None
+
+
+def _node_matches_grid(node, image: sitk.Image, tol: float = 1e-3) -> bool:
+    dims = node.GetImageData().GetDimensions() if node.GetImageData() else None
+    if dims is None or tuple(dims) != tuple(image.GetSize()):
+        return False
+    return np.allclose(mrml_io.node_ijk_to_ras(node), mrml_io.ijk_to_ras(image), atol=tol)
+
+
+@dataclass
+class ReviewSession:
+    scene: object
+    volume_node: object
+    segmentation_node: object
+    result: SegmentationResult
+    out_dir: Path
+    lesions: list[LesionReview]
+    terminology: Terminology
+    dicom_files: list[str] = field(default_factory=list)  # source series when the volume came from DICOM
+    masks_edited: bool = False
+
+    # -- import -----------------------------------------------------------------------------
+    @classmethod
+    def import_output(cls, scene, out_dir: str | Path, volume_node, segmentation_node=None,
+                      dicom_files: list[str] | None = None, terminology: Terminology | None = None) -> "ReviewSession":
+        """Loads an output folder onto `volume_node` (the volume it was computed from)."""
+        slicer = mrml_io.slicer_module()
+        mrml_io.ensure_segmentation_converters()
+        out_dir = Path(out_dir)
+        result = _read_result(out_dir)
+        if not _node_matches_grid(volume_node, result.labels):
+            raise ResultsError(f"the results in {out_dir} were computed on another image grid than volume "
+                               f"{volume_node.GetName()!r}")
+        if segmentation_node is None:
+            segmentation_node = slicer.vtkMRMLSegmentationNode()
+            segmentation_node.SetName(f"{volume_node.GetName()} lesions")
+            scene.AddNode(segmentation_node)
+        segmentation_node.GetSegmentation().RemoveAllSegments()
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(out_dir / SEG_FILE))
+        if not storage.ReadData(segmentation_node):
+            raise ResultsError(f"cannot read {out_dir / SEG_FILE}")
+        # The output folder is a record of the run: scene saves must not write into it, so the
+        # node keeps no storage node pointing there.
+        segmentation_node.SetAndObserveStorageNodeID(None)
+        if segmentation_node.GetDisplayNode() is None:
+            segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        segmentation_node.SetAttribute("Malenia.OutputFolder", str(out_dir))
+
+        terminology = terminology or Terminology.load()
+        session = cls(scene, volume_node, segmentation_node, result, out_dir, [], terminology,
+                      list(dicom_files or result.scan.dicom_files))
+        by_label = session.segment_ids_by_label()
+        lesions = []
+        for lesion in result.lesions:
+            segment_id = by_label.get(lesion.label)
+            if segment_id is None:
+                raise ResultsError(f"{SEG_FILE} has no segment for lesion {lesion.label} of {REPORT_FILE}")
+            review = lesion_from_result(lesion, terminology.display_name)
+            review.segment_id = segment_id
+            review.color = session._segment_color(segment_id)
+            lesions.append(review)
+        session.lesions = lesions
+        return session
+
+    # -- segments ---------------------------------------------------------------------------
+    @property
+    def segmentation(self):
+        return self.segmentation_node.GetSegmentation()
+
+    def segment_ids(self) -> list[str]:
+        s = self.segmentation
+        return [s.GetNthSegmentID(i) for i in range(s.GetNumberOfSegments())]
+
+    def segment_ids_by_label(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for sid in self.segment_ids():
+            value = self.segment_tag(sid, LABEL_TAG)
+            if value and value.isdigit():
+                out[int(value)] = sid
+        return out
+
+    def segment_tag(self, segment_id: str, tag: str) -> str | None:
+        segment = self.segmentation.GetSegment(segment_id)
+        return get_tag(segment, tag) if segment is not None else None
+
+    def _segment_color(self, segment_id: str) -> tuple[int, int, int]:
+        c = self.segmentation.GetSegment(segment_id).GetColor()
+        return (int(round(c[0] * 255)), int(round(c[1] * 255)), int(round(c[2] * 255)))
+
+    def lesion(self, label: int) -> LesionReview:
+        for lesion in self.lesions:
+            if lesion.label == label:
+                return lesion
+        raise KeyError(label)
+
+    def center_ras(self, label: int) -> tuple[float, float, float]:
+        """Where to centre the slice views for a lesion: its centroid (measured on the current mask)."""
+        lesion = self.lesion(label)
+        if lesion.centroid_ras is not None:
+            return lesion.centroid_ras
+        center = self.segmentation_node.GetSegmentCenterRAS(lesion.segment_id)
+        return tuple(float(c) for c in center)  # type: ignore[return-value]
+
+    # -- masks ------------------------------------------------------------------------------
+    def labels_image(self, lesions: list[LesionReview] | None = None, relabel: bool = False) -> sitk.Image:
+        """The current segments as a label map on the volume's grid.
+
+        Values are the lesions' labels, or 1..K in lesion order with `relabel`. Where segments
+        overlap, the later lesion wins.
+        """
+        import vtk
+
+        slicer = mrml_io.slicer_module()
+        lesions = self.lesions if lesions is None else lesions
+        ids = vtk.vtkStringArray()
+        for lesion in lesions:
+            ids.InsertNextValue(lesion.segment_id)
+        node = slicer.vtkMRMLLabelMapVolumeNode()
+        self.scene.AddNode(node)
+        try:
+            if lesions and not mrml_io.segmentations_logic(self.scene).ExportSegmentsToLabelmapNode(
+                    self.segmentation_node, ids, node, self.volume_node):
+                raise ResultsError("exporting the segments to a label map failed")
+            if lesions:
+                exported = mrml_io.volume_to_sitk(node)
+            else:
+                exported = sitk.Image(self._volume_grid_image())
+        finally:
+            self.scene.RemoveNode(node)
+        index = sitk.GetArrayViewFromImage(exported)
+        values = np.array([0] + [(i + 1 if relabel else lesion.label) for i, lesion in enumerate(lesions)])
+        dtype = np.uint8 if values.max(initial=0) < 256 else np.uint16
+        out = sitk.GetImageFromArray(values.astype(dtype)[np.asarray(index, dtype=np.int64)])
+        out.CopyInformation(exported)
+        return out
+
+    def _volume_grid_image(self) -> sitk.Image:
+        ref = sitk.Image([int(d) for d in self.volume_node.GetImageData().GetDimensions()], sitk.sitkUInt8)
+        m = mrml_io.node_ijk_to_ras(self.volume_node)
+        lps = mrml_io.LPS_TO_RAS @ m[:3, :3]
+        spacing = np.linalg.norm(lps, axis=0)
+        ref.SetSpacing(spacing.tolist())
+        ref.SetDirection((lps / spacing).flatten().tolist())
+        ref.SetOrigin((mrml_io.LPS_TO_RAS @ m[:3, 3]).tolist())
+        return ref
+
+    def sync_with_segmentation(self) -> list[LesionReview]:
+        """Follows Segment Editor changes: new segments become lesions, deleted ones drop out,
+        and every lesion is re-measured on its current mask."""
+        present = set(self.segment_ids())
+        by_label = self.segment_ids_by_label()
+        kept = []
+        for lesion in self.lesions:
+            sid = by_label.get(lesion.label, lesion.segment_id if lesion.segment_id in present else None)
+            if sid is None:
+                self.masks_edited = True
+                continue
+            lesion.segment_id = sid
+            lesion.color = self._segment_color(sid)
+            kept.append(lesion)
+        known = {lesion.segment_id for lesion in kept}
+        next_label = max([lesion.label for lesion in self.lesions] + [0]) + 1
+        for sid in self.segment_ids():
+            if sid in known:
+                continue
+            segment = self.segmentation.GetSegment(sid)
+            name = segment.GetName()
+            disease = self._disease_from_name(name)
+            review = LesionReview(label=next_label, disease=disease, disease_alternatives=[],
+                                  aspects={a: AspectReview(a, None) for a in ASPECTS}, segment_id=sid,
+                                  color=self._segment_color(sid), from_model=False)
+            segment.SetTag(LABEL_TAG, str(next_label))
+            kept.append(review)
+            next_label += 1
+            self.masks_edited = True
+        self.lesions = kept
+        self.remeasure()
+        return self.lesions
+
+    def _disease_from_name(self, name: str) -> DiseaseChoice:
+        for key in self.terminology.diseases:
+            display = self.terminology.display_name(key)
+            if name.strip().lower().startswith(display.lower()):
+                return DiseaseChoice(key, display)
+        return DiseaseChoice(None, name.strip() or "Lesion")
+
+    def remeasure(self) -> None:
+        """Volume, diameters and centroid of every lesion from its current mask; notes mask edits."""
+        if not self.lesions:
+            return
+        labels = self.labels_image()
+        present = sorted(set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0})
+        measured = measure_lesions(labels, label_values=present)
+        model = {x.label: x.measurements for x in self.result.lesions}
+        for lesion in self.lesions:
+            m = measured.get(lesion.label)
+            before = model.get(lesion.label) if lesion.from_model else None
+            if m is None:  # emptied in the Segment Editor
+                lesion.voxel_count, lesion.volume_ml, lesion.longest_mm, lesion.short_axis_mm = 0, 0.0, None, None
+                self.masks_edited = True
+                continue
+            if before is not None and (m.voxel_count != before.voxel_count
+                                       or not np.allclose(m.centroid_ras_mm, before.centroid_ras_mm, atol=1e-3)):
+                self.masks_edited = True
+            lesion.voxel_count, lesion.volume_ml = m.voxel_count, m.volume_ml
+            lesion.longest_mm, lesion.short_axis_mm, lesion.centroid_ras = m.long_axis_mm, m.short_axis_mm, m.centroid_ras_mm
+
+    # -- corrections shown on the segments --------------------------------------------------
+    def apply_to_segment(self, lesion: LesionReview) -> None:
+        """Name, colour, terminology and tags of the lesion's segment follow its (corrected) review."""
+        segment = self.segmentation.GetSegment(lesion.segment_id)
+        if segment is None:
+            raise KeyError(f"lesion {lesion.label} has no segment")
+        result = self.reviewed_lesion(lesion)
+        spec = self._spec(lesion, result)
+        segment.SetName(self._unique_name(spec.name, lesion.segment_id))
+        r, g, b = spec.term.color_float
+        segment.SetColor(r, g, b)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), spec.term.slicer_string())
+        tags = segment_tags(result)
+        if lesion.longest_mm is not None and lesion.short_axis_mm is not None:
+            tags.update({TAG_PREFIX + "volumeMl": f"{lesion.volume_ml:.4g}", TAG_PREFIX + "longAxisMm": f"{lesion.longest_mm:.4g}",
+                         TAG_PREFIX + "shortAxisMm": f"{lesion.short_axis_mm:.4g}"})
+        for tag, value in tags.items():
+            segment.SetTag(tag, value)
+        segment.SetTag(CORRECTED_TAG, "1" if lesion.is_corrected else "0")
+        lesion.color = spec.term.color
+        self.segmentation_node.Modified()
+
+    def _spec(self, lesion: LesionReview, result: LesionResult) -> SegmentSpec:
+        location = result.attributes["location"].id
+        disease = lesion.current_disease
+        term = self.terminology.for_lesion(disease.key, organ=result.disease.organ, location_id=location)
+        return SegmentSpec(lesion.label, disease.name if disease.key is None else term.display_name, term)
+
+    def _unique_name(self, name: str, segment_id: str) -> str:
+        others = {self.segmentation.GetSegment(s).GetName() for s in self.segment_ids() if s != segment_id}
+        if name not in others:
+            return name
+        n = 2
+        while f"{name} {n}" in others:
+            n += 1
+        return f"{name} {n}"
+
+    # -- the reviewed result ----------------------------------------------------------------
+    def reviewed_lesion(self, lesion: LesionReview, label: int | None = None) -> LesionResult:
+        """The lesion as the radiologist left it, in the report's terms.
+
+        A corrected aspect reports the chosen description (its model score when it was one of
+        the offered alternatives, 0 for typed text) with the model's own match kept as the first
+        alternative; a changed disease reports the model's probability for it (0 if the model
+        did not consider it).
+        """
+        original = next((x for x in self.result.lesions if x.label == lesion.label), None)
+        attributes: dict[str, AspectMatch] = {}
+        for aspect in ASPECTS:
+            review = lesion.aspects[aspect]
+            current = review.current
+            alternatives = [AttributeMatch(c.id, c.text, float(c.score or 0.0)) for c in review.options()
+                            if current is None or c.text != current.text]
+            attributes[aspect] = AspectMatch(current.id if current else None, current.text if current else "",
+                                             float(current.score or 0.0) if current else 0.0, alternatives)
+        disease = lesion.current_disease
+        model_call = original.disease if original is not None else None
+        probability = disease.probability
+        if probability is None and model_call is not None:
+            probability = dict(model_call.alternatives).get(disease.key or "", None)
+        call = DiseaseCall(
+            name=disease.dataset_key,
+            display_name=disease.name,
+            probability=float(probability or 0.0),
+            alternatives=list(model_call.alternatives) if model_call else [],
+            unclassified=bool(model_call.unclassified) if model_call and lesion.corrected_disease is None else False,
+            organ=model_call.organ if model_call and lesion.corrected_disease is None else None,
+        )
+        measured = original.measurements if original is not None and not self.masks_edited else None
+        return LesionResult(label=int(label if label is not None else lesion.label), disease=call,
+                            attributes=attributes, measurements=measured)
+
+    def reviewed_result(self) -> SegmentationResult:
+        """The whole result after review: current masks (relabelled 1..K), diseases and attributes,
+        fresh measurements, and what was corrected in `extra["review"]`."""
+        image = mrml_io.volume_to_sitk(self.volume_node)
+        labels = self.labels_image(relabel=True)
+        measured = measure_lesions(labels, image) if self.lesions else {}
+        lesions, review = [], []
+        for k, lesion in enumerate(self.lesions, start=1):
+            result = self.reviewed_lesion(lesion, label=k)
+            result.measurements = measured.get(k)
+            lesions.append(result)
+            review.append({
+                "label": k, "model_label": lesion.label if lesion.from_model else None,
+                "added_by_reviewer": not lesion.from_model,
+                "disease_corrected": lesion.corrected_disease is not None,
+                "model_disease": lesion.disease.key if lesion.from_model else None,
+                "corrected_aspects": [a for a in ASPECTS if lesion.aspects[a].is_corrected],
+            })
+        extra = dict(self.result.extra)
+        extra["review"] = {"masks_edited": bool(self.masks_edited), "lesions": review}
+        return SegmentationResult(labels=labels, image=image, scan=self.result.scan, model=self.result.model,
+                                  lesions=lesions, extra=extra)
+
+    def segment_specs(self, result: SegmentationResult) -> list[SegmentSpec]:
+        return segment_specs(result.lesions, self.terminology)
+
+    @property
+    def has_corrections(self) -> bool:
+        return self.masks_edited or any(lesion.is_corrected or not lesion.from_model for lesion in self.lesions)
+
+
+def get_tag(segment, tag: str) -> str | None:
+    """A segment tag's value, or None (VTK returns it through an output argument)."""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(tag, value) else None
+

@@ -1,0 +1,108 @@
+"""Metrics equal hand-computed values on constructed masks."""
+
+import numpy as np
+import pytest
+
+from malenia.data.dataset import Description
+from malenia.evaluate.metrics import (
+    AttributeCounts,
+    DetectionCounts,
+    dice_score,
+    match_instances,
+    surface_dice,
+)
+
+
+def test_dice_hand_computed():
+    gt = np.zeros((8, 8, 8), bool)
+    gt[2:4, 2:4, 2:5] = True  # 12 voxels
+    pred = np.zeros_like(gt)
+    pred[2:4, 2:4, 2:4] = True  # 8 voxels, all inside gt
+    assert dice_score(pred, gt) == pytest.approx(2 * 8 / (8 + 12))
+    pred2 = np.zeros_like(gt)
+    pred2[6:8, 6:8, 6:8] = True
+    assert dice_score(pred2, gt) == 0.0
+    assert dice_score(np.zeros_like(gt), np.zeros_like(gt)) == 1.0  # nothing to find, nothing found
+    assert dice_score(np.zeros_like(gt), gt) == 0.0
+
+
+def test_nsd_single_voxels_with_anisotropic_spacing():
+    gt = np.zeros((12, 12, 12), bool)
+    gt[5, 5, 5] = True
+    spacing = (2.5, 1.0, 1.0)  # (z, y, x) mm
+    along_z = np.zeros_like(gt)
+    along_z[7, 5, 5] = True  # 2 voxels along z = 5 mm
+    assert surface_dice(along_z, gt, spacing, tolerance_mm=4.9) == 0.0
+    assert surface_dice(along_z, gt, spacing, tolerance_mm=5.0) == pytest.approx(1.0)
+    along_x = np.zeros_like(gt)
+    along_x[5, 5, 7] = True  # 2 voxels along x = 2 mm
+    assert surface_dice(along_x, gt, spacing, tolerance_mm=2.0) == pytest.approx(1.0)
+    assert surface_dice(along_x, gt, spacing, tolerance_mm=1.9) == 0.0
+    # One predicted voxel on the lesion, one 10 mm away: surface points within 2 mm = 1 (pred) + 1 (gt) of 3.
+    mixed = np.zeros_like(gt)
+    mixed[5, 5, 5] = True
+    mixed[9, 5, 5] = True
+    assert surface_dice(mixed, gt, spacing, tolerance_mm=2.0) == pytest.approx(2 / 3)
+    assert surface_dice(np.zeros_like(gt), gt, spacing) == 0.0
+    assert surface_dice(np.zeros_like(gt), np.zeros_like(gt), spacing) == 1.0
+
+
+def test_detection_by_iou_matching():
+    gt = np.zeros((20, 20, 20), np.int32)
+    gt[0:4, 0:4, 0:4] = 1  # 64 voxels
+    gt[10:14, 10:14, 10:14] = 2  # 64 voxels
+    gt[16:18, 0:2, 0:2] = 3  # 8 voxels, missed
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:4, 0:2] = 5  # 32 voxels inside lesion 1: IoU 0.5
+    pred[13:17, 13:17, 13:17] = 7  # 1 voxel overlap with lesion 2: IoU 1/127 < 0.1
+    pred[0:2, 18:20, 18:20] = 9  # false positive
+    m = match_instances(pred, gt, iou_threshold=0.1)
+    assert m.gt_labels == [1, 2, 3] and m.pred_labels == [5, 7, 9]
+    assert [(g, p) for g, p, _ in m.pairs] == [(1, 5)]
+    assert m.pairs[0][2] == pytest.approx(0.5)
+    assert m.pred_for(1) == 5 and m.pred_for(2) is None
+    counts = DetectionCounts()
+    counts.add(m)
+    assert counts.recall == pytest.approx(1 / 3) and counts.precision == pytest.approx(1 / 3)
+    # A looser threshold accepts the sliver overlap of lesion 2.
+    assert match_instances(pred, gt, iou_threshold=0.005).hits == 2
+
+
+def test_detection_hungarian_is_one_to_one():
+    gt = np.zeros((10, 10, 10), np.int32)
+    gt[0:4, 0:4, 0:4] = 1
+    gt[0:4, 0:4, 4:8] = 2
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:4, 0:8] = 1  # one prediction covering both lesions: can match only one
+    m = match_instances(pred, gt)
+    assert m.hits == 1
+
+
+def test_attribute_precision_recall_hand_computed():
+    counts = AttributeCounts()
+    gt = ["location.a", "location.a", "location.b", "location.b"]
+    pr = ["location.a", "location.b", "location.b", "location.b"]
+    for g, p in zip(gt, pr):
+        counts.add(
+            predicted={"location": [p], "specific_features": ["specific_features.x"]},
+            reported={"location": [Description("t", g)],
+                      "specific_features": [Description("x", "specific_features.x"), Description("y", "specific_features.y")]},
+        )
+    s = counts.summary()
+    # class a: tp 1 of 1 predicted, of 2 reported; class b: tp 2 of 3 predicted, of 2 reported.
+    assert s["location"]["precision"] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert s["location"]["recall"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert s["location"]["accuracy"] == pytest.approx(3 / 4)
+    assert s["location"]["lesions"] == 4
+    # specific features: x always predicted and reported (precision 1); y reported, never predicted.
+    assert s["specific_features"]["precision"] == pytest.approx(1.0)
+    assert s["specific_features"]["recall"] == pytest.approx((1.0 + 0.0) / 2)
+    # aspects the reports leave empty are not scored
+    assert s["shape"] == {"lesions": 0, "precision": None, "recall": None, "accuracy": None}
+
+
+def test_free_text_descriptions_compare_by_text():
+    counts = AttributeCounts()
+    counts.add(predicted={"surface": ["text:lobulated margin"]},
+               reported={"surface": [Description("Lobulated margin ", None)]})
+    assert counts.summary()["surface"]["accuracy"] == 1.0

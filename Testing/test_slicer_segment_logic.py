@@ -1,0 +1,312 @@
+"""MaleniaSegment module logic against real Slicer MRML (PyPI slicer-core) and real output folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from slicer_segment_support import TOTALSEG, make_output, new_scene, read_dicom_example
+
+from malenia.aspects import ASPECTS
+from malenia.data.dataset import read_case, read_dataset
+from malenia.infer.seg_nrrd import ascii_text
+
+from MaleniaSegmentLib import mrml_io
+from MaleniaSegmentLib.corrections import build_index, versions
+from MaleniaSegmentLib.export import ExportError
+from MaleniaSegmentLib.logic import MaleniaLogic, Settings
+from MaleniaSegmentLib.session import LABEL_TAG, ResultsError, get_tag
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory, shared_data) -> Path:
+    return make_output(tmp_path_factory.mktemp("malenia") / "out")
+
+
+@pytest.fixture(scope="module")
+def report(output_dir) -> dict:
+    return json.loads((output_dir / "report.json").read_text())
+
+
+def _load(output_dir, tmp_path):
+    scene = new_scene()
+    volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
+    logic = MaleniaLogic(scene, Settings(results_dir=tmp_path / "results", corrections_dir=tmp_path / "corrections"))
+    session = logic.load_results(output_dir, volume)
+    return scene, volume, logic, session
+
+
+def _segment_by_label(session, label):
+    return session.segmentation.GetSegment(session.segment_ids_by_label()[label])
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_import_gives_one_named_coloured_coded_segment_per_lesion(output_dir, report, tmp_path):
+    scene, volume, _, session = _load(output_dir, tmp_path)
+    seg = session.segmentation_node
+    assert seg.GetSegmentation().GetNumberOfSegments() == len(report["lesions"]) == 3
+    # references the input volume
+    assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is volume
+    # the output folder is not the node's storage (scene saves must not write into it)
+    assert seg.GetStorageNode() is None
+    for entry in report["lesions"]:
+        segment = _segment_by_label(session, entry["label"])
+        assert segment.GetName() == entry["segment"]["name"]
+        assert np.allclose(segment.GetColor(), np.array(entry["segment"]["color_rgb"]) / 255.0, atol=1e-3)
+        assert get_tag(segment, segment.GetTerminologyEntryTagName()).rstrip("|") == ascii_text(entry["segment"]["terminology"])
+        assert get_tag(segment, "Malenia.disease") == entry["disease"]["name"]
+        for aspect in ASPECTS:
+            assert get_tag(segment, f"Malenia.attr.{aspect}") == ascii_text(entry["attributes"][aspect]["description"])
+            assert get_tag(segment, f"Malenia.attrId.{aspect}") == (entry["attributes"][aspect]["id"] or "")
+    # names follow the diseases; the two kidney lesions are told apart by their terminology's side
+    names = [e["segment"]["name"] for e in report["lesions"]]
+    assert names == ["Kidney tumor", "Liver cyst", "Kidney cyst"]
+    assert "Right" in report["lesions"][0]["segment"]["terminology"] and "Left" in report["lesions"][2]["segment"]["terminology"]
+    # masks are the label map voxel for voxel
+    nifti = sitk.ReadImage(str(output_dir / "lesions.nii.gz"))
+    mine = session.labels_image()
+    assert mrml_io.same_grid(mine, nifti)
+    assert np.array_equal(sitk.GetArrayViewFromImage(mine), sitk.GetArrayViewFromImage(nifti))
+
+
+def test_lesion_rows_match_the_report(output_dir, report, tmp_path):
+    _, _, _, session = _load(output_dir, tmp_path)
+    rows = {lesion.label: lesion for lesion in session.lesions}
+    assert sorted(rows) == [e["label"] for e in report["lesions"]]
+    for entry in report["lesions"]:
+        lesion, m = rows[entry["label"]], entry["measurements"]
+        assert lesion.disease.key == entry["disease"]["name"]
+        assert lesion.disease.name == entry["disease"]["display_name"]
+        assert lesion.disease.probability == pytest.approx(entry["disease"]["probability"])
+        assert lesion.volume_ml == pytest.approx(m["volume_ml"])
+        assert lesion.longest_mm == pytest.approx(m["long_axis_mm"]) and lesion.short_axis_mm == pytest.approx(m["short_axis_mm"])
+        assert lesion.longest_mm >= lesion.short_axis_mm > 0
+        assert lesion.color == tuple(entry["segment"]["color_rgb"])
+        for aspect in ASPECTS:
+            a = lesion.aspects[aspect]
+            assert a.matched.text == entry["attributes"][aspect]["description"]
+            assert [c.text for c in a.alternatives] == [x["description"] for x in entry["attributes"][aspect]["alternatives"]]
+
+
+def test_centre_of_a_lesion_lies_in_its_mask(output_dir, tmp_path):
+    _, volume, _, session = _load(output_dir, tmp_path)
+    labels = session.labels_image()
+    arr = sitk.GetArrayViewFromImage(labels)
+    for lesion in session.lesions:
+        r, a, s = session.center_ras(lesion.label)
+        i, j, k = labels.TransformPhysicalPointToIndex((-r, -a, s))
+        assert arr[k, j, i] == lesion.label
+
+
+def test_import_refuses_another_volume_and_incomplete_folders(output_dir, tmp_path, shared_data):
+    scene = new_scene()
+    other = mrml_io.load_volume(scene, shared_data / "ct" / "pyradiomics-lung1" / "lung1_image.nrrd")
+    logic = MaleniaLogic(scene, Settings(tmp_path / "r", tmp_path / "c"))
+    with pytest.raises(ResultsError, match="another image grid"):
+        logic.load_results(output_dir, other)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "report.json").write_text((output_dir / "report.json").read_text())
+    with pytest.raises(ResultsError, match="lesions.nii.gz is missing"):
+        logic.load_results(partial, other)
+
+
+def _replace_mask(scene, session, segment_id, mask_zyx: np.ndarray):
+    """What the Segment Editor does: replace a segment's binary labelmap."""
+    import slicer
+
+    ref = mrml_io.volume_to_sitk(session.volume_node)
+    img = sitk.GetImageFromArray(mask_zyx.astype(np.uint8))
+    img.CopyInformation(ref)
+    node = mrml_io.add_volume_from_sitk(scene, img, "edit", labelmap=True)
+    logic = mrml_io.segmentations_logic(scene)
+    oriented = logic.CreateOrientedImageDataFromVolumeNode(node)
+    assert logic.SetBinaryLabelmapToSegment(oriented, session.segmentation_node, segment_id,
+                                            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    scene.RemoveNode(node)
+
+
+def _add_segment(scene, session, mask_zyx: np.ndarray, name: str) -> str:
+    ref = mrml_io.volume_to_sitk(session.volume_node)
+    img = sitk.GetImageFromArray(mask_zyx.astype(np.uint8))
+    img.CopyInformation(ref)
+    node = mrml_io.add_volume_from_sitk(scene, img, name, labelmap=True)
+    before = set(session.segment_ids())
+    assert mrml_io.segmentations_logic(scene).ImportLabelmapToSegmentationNode(node, session.segmentation_node)
+    scene.RemoveNode(node)
+    (new_id,) = set(session.segment_ids()) - before
+    session.segmentation.GetSegment(new_id).SetName(name)
+    return new_id
+
+
+def test_correction_round_trips_into_the_dataset_format(output_dir, report, tmp_path):
+    scene, volume, logic, session = _load(output_dir, tmp_path)
+    kidney, liver, small = (session.lesion(k) for k in (1, 2, 3))
+    # per aspect: another offered description, and typed free text; the disease of another lesion
+    density_alt = kidney.aspects["density"].options()[1]
+    kidney.aspects["density"].choose(density_alt.text)
+    small.aspects["specific_features"].choose("thin peripheral rim calcification")
+    liver.set_disease("Hepatic vessel tumor", {"hepatic_vessel_tumor": "Hepatic vessel tumor"})
+    session.apply_to_segment(liver)
+    # the Segment Editor: half of the kidney tumour erased, a missed lesion painted
+    labels = sitk.GetArrayFromImage(session.labels_image())
+    kidney_mask = labels == 1
+    zs = np.nonzero(kidney_mask.any(axis=(1, 2)))[0]
+    kidney_mask[: zs[len(zs) // 2]] = False
+    _replace_mask(scene, session, kidney.segment_id, kidney_mask)
+    added = np.zeros_like(kidney_mask)
+    added[20:23, 40:44, 60:64] = True
+    added &= labels == 0
+    _add_segment(scene, session, added, "Liver cyst")
+
+    saved = logic.save_correction()
+    assert saved.version == 1 and saved.case_id.endswith("/v001") and saved.path.is_dir()
+    case = read_case(tmp_path / "corrections", saved.case_id)
+    image = mrml_io.volume_to_sitk(volume)
+    assert np.array_equal(sitk.GetArrayViewFromImage(case.image), sitk.GetArrayViewFromImage(image))
+    assert mrml_io.same_grid(case.lesions, image)
+    got = sitk.GetArrayFromImage(case.lesions)
+    assert sorted(np.unique(got).tolist()) == [0, 1, 2, 3, 4]
+    assert np.array_equal(got == 1, kidney_mask) and np.array_equal(got == 4, added)
+    assert np.array_equal(got == 2, labels == 2) and np.array_equal(got == 3, labels == 3)
+    lesions = {x.label: x for x in case.report.lesions}
+    assert [lesions[k].disease for k in (1, 2, 3, 4)] == ["kidney_tumor", "hepatic_vessel_tumor", "kidney_cyst", "liver_cyst"]
+    d = lesions[1].attributes["density"][0]
+    assert (d.text, d.id) == (density_alt.text, density_alt.id)
+    sf = lesions[3].attributes["specific_features"][0]
+    assert (sf.text, sf.id) == ("thin peripheral rim calcification", None)
+    model_loc = report["lesions"][0]["attributes"]["location"]
+    assert (lesions[1].attributes["location"][0].text, lesions[1].attributes["location"][0].id) == \
+        (model_loc["description"], model_loc["id"])
+    assert lesions[1].extra["review"]["corrected_aspects"] == ["density"]
+    assert lesions[2].extra["review"]["disease_corrected"] is True
+    assert lesions[4].extra["review"]["added_by_reviewer"] is True and all(not v for v in lesions[4].attributes.values())
+    assert case.report.enhancement.id == "enhancement.non_contrast"
+    assert case.report.extra["masks_edited"] is True
+    # the index lists the case; a second save is a new version and leaves the first untouched
+    before = _tree_digest(saved.path)
+    assert read_dataset(tmp_path / "corrections").cases == [saved.case_id]
+    again = logic.save_correction()
+    assert again.version == 2 and again.case_id.split("/")[0] == saved.case_id.split("/")[0]
+    assert _tree_digest(saved.path) == before
+    index = read_dataset(tmp_path / "corrections")
+    assert index.cases == [again.case_id]
+    assert index.extra["history"][again.case_id.split("/")[0]] == [saved.case_id, again.case_id]
+
+
+def test_a_taken_version_number_is_skipped_not_overwritten(output_dir, tmp_path, monkeypatch):
+    _, _, logic, session = _load(output_dir, tmp_path)
+    first = logic.save_correction()
+    case = first.case_id.split("/")[0]
+    # Another Slicer saved v002 after we looked for the next number: our save must take v003.
+    import MaleniaSegmentLib.corrections as corrections
+
+    real = corrections.versions
+    other = first.path.parent / "v002"
+    other.mkdir()
+    (other / "marker").write_text("someone else's correction")
+    calls = {"n": 0}
+
+    def stale(folder, name):
+        calls["n"] += 1
+        return [1] if calls["n"] == 1 else real(folder, name)
+
+    monkeypatch.setattr(corrections, "versions", stale)
+    saved = logic.save_correction()
+    assert saved.version == 3 and (other / "marker").read_text() == "someone else's correction"
+    assert versions(tmp_path / "corrections", case) == [1, 2, 3]
+    # v002 has no report.json: the index skips it
+    assert build_index(tmp_path / "corrections").extra["history"][case] == [f"{case}/v001", f"{case}/v003"]
+
+
+def test_disease_change_recodes_the_segment(output_dir, tmp_path):
+    _, _, _, session = _load(output_dir, tmp_path)
+    lesion = session.lesion(3)
+    lesion.set_disease("kidney_stone", {"kidney_stone": "Kidney stone"})
+    session.apply_to_segment(lesion)
+    segment = _segment_by_label(session, 3)
+    term = session.terminology.for_lesion("kidney_stone", location_id=lesion.aspects["location"].current.id)
+    assert segment.GetName() == "Kidney stone"
+    assert np.allclose(segment.GetColor(), term.color_float, atol=1e-4)
+    assert get_tag(segment, segment.GetTerminologyEntryTagName()) == term.slicer_string()
+    assert "Calculus" in term.slicer_string() and "Left" in term.slicer_string()
+    assert get_tag(segment, "Malenia.disease") == "kidney_stone" and get_tag(segment, "Malenia.corrected") == "1"
+    assert get_tag(segment, LABEL_TAG) == "3"
+    # a typed disease gets the generic lesion code, the typed name, and is flagged as typed
+    lesion.set_disease("Angiomyolipoma", {})
+    session.apply_to_segment(lesion)
+    assert segment.GetName() == "Angiomyolipoma" and get_tag(segment, "Malenia.disease") == "angiomyolipoma"
+    assert "Lesion" in get_tag(segment, segment.GetTerminologyEntryTagName())
+
+
+def test_exports_reread(output_dir, tmp_path):
+    import slicerio
+
+    from malenia.infer.results import SegmentationResult, validate_report
+
+    scene, volume, logic, session = _load(output_dir, tmp_path)
+    session.lesion(2).set_disease("hepatic_vessel_tumor", {"hepatic_vessel_tumor": "Hepatic vessel tumor"})
+    session.lesion(1).aspects["surface"].choose("lobulated outline seen on the arterial phase")
+    session.apply_to_segment(session.lesion(2))
+    out = tmp_path / "export"
+    paths = {kind: logic.export(kind, out / name) for kind, name in
+             [("nifti", "a.nii.gz"), ("seg", "a.seg.nrrd"), ("json", "a.json"), ("html", "a.html")]}
+    labels = sitk.ReadImage(str(paths["nifti"]))
+    assert mrml_io.same_grid(labels, mrml_io.volume_to_sitk(volume))
+    assert np.array_equal(sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(session.labels_image(relabel=True)))
+    seg = slicerio.read_segmentation(str(paths["seg"]))
+    assert [s["name"] for s in seg["segments"]] == ["Kidney tumor", "Hepatic vessel tumor", "Kidney cyst"]
+    assert seg["segments"][1]["tags"]["Malenia.disease"] == "hepatic_vessel_tumor"
+    assert seg["segments"][0]["tags"]["Malenia.attr.surface"] == "lobulated outline seen on the arterial phase"
+    # the exported .seg.nrrd loads back into MRML as well
+    scene2 = new_scene()
+    import slicer
+
+    node = slicer.vtkMRMLSegmentationNode()
+    scene2.AddNode(node)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(paths["seg"]))
+    assert storage.ReadData(node) and node.GetSegmentation().GetNumberOfSegments() == 3
+    obj = json.loads(paths["json"].read_text())
+    validate_report(obj)
+    back = SegmentationResult.from_json(obj)
+    assert back.lesion(2).disease.name == "hepatic_vessel_tumor"
+    assert back.lesion(1).attributes["surface"].description == "lobulated outline seen on the arterial phase"
+    assert back.lesion(1).attributes["surface"].id is None
+    assert obj["extra"]["review"]["lesions"][1]["disease_corrected"] is True
+    html = paths["html"].read_text()
+    assert "Hepatic vessel tumor" in html and "lobulated outline seen on the arterial phase" in html
+    assert not list(out.glob(".*")), "no staging leftovers"
+    with pytest.raises(ExportError, match="DICOM"):
+        logic.export("dicom", out / "a.dcm")
+
+
+def test_dicom_volume_exports_dicom_seg(tmp_path, shared_data):
+    import highdicom as hd
+
+    out = make_output(tmp_path / "dcm_out", dicom=True)
+    image, files = read_dicom_example()
+    scene = new_scene()
+    volume = mrml_io.add_volume_from_sitk(scene, image, "CT series")
+    logic = MaleniaLogic(scene, Settings(tmp_path / "r", tmp_path / "c"))
+    session = logic.load_results(out, volume, dicom_files=files)
+    session.lesion(1).set_disease("liver_cyst", {"liver_cyst": "Liver cyst"})
+    path = logic.export("dicom", tmp_path / "reviewed.dcm")
+    seg = hd.seg.segread(str(path))
+    assert seg.number_of_segments == 1
+    assert seg.get_segment_description(1).segment_label == "Liver cyst"
+    mask = seg.get_volume(combine_segments=True).array
+    assert int(mask.sum()) == int((sitk.GetArrayViewFromImage(session.labels_image()) > 0).sum())

@@ -1,0 +1,185 @@
+"""Training: a short run learns and leaves a loadable model; checkpoints resume exactly; DDP matches one process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train_helpers import make_tiny_dataset, tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def _cli(*args, **kw):
+    return subprocess.run([PY, "-m", "malenia.cli", *map(str, args)], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=kw.get("timeout", 300))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_dataset(root / "ds")
+    make_tiny_dataset(root / "ds1", max_lesions=1)  # one lesion per case: per-sample losses normalise alike
+    cfg_path = root / "tiny.json"
+    cfg_path.write_text(json.dumps(tiny_config().to_dict()))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    from malenia.train.loop import TrainOptions, train
+
+    torch.set_num_threads(1)
+    run = tiny / "run30"
+    result = train(TrainOptions(data=tiny / "ds", out=run, config=tiny_config(), steps=30, checkpoint_every=10,
+                                val_every=15, log_every=1, progress="none", seed=0))
+    return run, result
+
+
+def test_30_steps_lower_the_loss_and_write_a_loadable_model(trained, tiny):
+    from malenia.evaluate.evaluate import evaluate_dataset
+    from malenia.model.folder import load_model_folder
+    from malenia.train.checkpoint import latest_checkpoint
+
+    run, result = trained
+    assert result.steps == 30 and len(result.losses) == 30
+    assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 31))
+    assert any("val_dsc" in r for r in rows)
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and ckpt.name == "step_00000030"
+    assert len(list((run / "checkpoints").glob("step_*"))) == 2  # keeps the newest two
+    # The model folder holds the checkpoint's weights; evaluate loads it and scores the test split.
+    model = load_model_folder(run / "model")
+    from safetensors.torch import load_file
+
+    final = load_file(str(ckpt / "weights.safetensors"))
+    sd = model.network.state_dict()
+    assert all(torch.equal(final[k], sd[k]) for k in final)
+    result_eval = evaluate_dataset(run / "model", tiny / "ds", "test")
+    assert result_eval["data"]["cases"] == 1
+    case = result_eval["cases"][0]
+    assert 0.0 <= case["dsc"] <= 1.0 and 0.0 <= case["nsd"] <= 1.0
+    assert result_eval["model"]["sha256"] == model.sha256
+
+
+def test_checkpoint_restores_optimizer_scheduler_step_and_rng_exactly(tmp_path):
+    from malenia.model.losses import MaleniaCriterion
+    from malenia.model.network import MaleniaNet
+    from malenia.model.targets import LesionTargets
+    from malenia.train.checkpoint import load_checkpoint, save_checkpoint
+    from malenia.train.schedule import build_optimizer, build_scheduler
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    cfg = tiny_config()
+
+    def setup():
+        net = MaleniaNet(cfg)
+        opt = build_optimizer(net.parameters(), 1e-3, 1e-5)
+        return net, opt, build_scheduler(opt, 20, 4)
+
+    net, opt, sched = setup()
+    bank, aspects = torch.randn(16, cfg.text_dim), torch.arange(16) % 8
+    mask = torch.zeros(1, 32, 32, 32, dtype=torch.bool)
+    mask[0, 10:16, 10:16, 10:16] = True
+    targets = [LesionTargets(mask, [list(range(8))])]
+    crit = MaleniaCriterion(cfg)
+    for _ in range(3):
+        loss = crit(net(torch.randn(1, 1, 32, 32, 32), bank, aspects, targets), targets)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    save_checkpoint(tmp_path, 3, net, opt, sched, {"note": "x"})
+    expected_rand = torch.rand(5)
+    expected_np = np.random.rand(3)
+
+    net2, opt2, sched2 = setup()
+    state = load_checkpoint(tmp_path / "checkpoints" / "step_00000003", net2, opt2, sched2)
+    assert state.step == 3 and state.extra == {"note": "x"}
+    assert sched2.state_dict() == sched.state_dict()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for pid in s1:
+        for name in s1[pid]:
+            assert torch.equal(torch.as_tensor(s1[pid][name]), torch.as_tensor(s2[pid][name])), (pid, name)
+    for (k, a), b in zip(net.state_dict().items(), net2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(torch.rand(5), expected_rand)
+    assert np.array_equal(np.random.rand(3), expected_np)
+
+
+def test_killed_run_resumes_on_the_same_trajectory(tiny):
+    """A run killed after its step-6 checkpoint, resumed by the same command, matches an uninterrupted run."""
+    common = ["--config", tiny / "tiny.json", "--data", tiny / "ds", "--steps", 12, "--checkpoint-every", 6,
+              "--log-every", 1, "--val-split", "none", "--threads", 1, "--progress", "json"]
+    full = _cli("train", "--out", tiny / "full", *common)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    run = tiny / "killed"
+    proc = subprocess.Popen([PY, "-m", "malenia.cli", "train", "--out", str(run), *map(str, common)], cwd=REPO,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pointer = run / "checkpoints" / "latest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not pointer.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(pointer.read_text())["step"] == 6
+    assert not (run / "model").exists()
+    resumed = _cli("train", "--out", run, *common)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first = json.loads(resumed.stdout.splitlines()[0])
+    assert first["step"] == 6 and first["message"] == "resuming"
+
+    def losses(folder):
+        out = {}
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if "loss" in row:
+                out[row["step"]] = row["loss"]
+        return out
+
+    a, b = losses(tiny / "full"), losses(run)
+    assert sorted(b) == list(range(1, 13)) or set(range(7, 13)) <= set(b)
+    for step in range(7, 13):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+
+
+def test_ddp_two_processes_match_one_process(tiny):
+    """torchrun with 2 gloo processes x batch 1 follows the single-process batch-2 loss trajectory."""
+    common = ["--config", tiny / "tiny.json", "--data", tiny / "ds1", "--steps", 4, "--log-every", 1,
+              "--val-split", "none", "--threads", 1, "--progress", "none", "--checkpoint-every", 100]
+    one = _cli("train", "--out", tiny / "one", "--batch-size", 2, *common)
+    assert one.returncode == 0, one.stderr[-2000:]
+    ddp = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "malenia.cli",
+                          "train", "--out", str(tiny / "two"), "--batch-size", "1", *map(str, common)],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    def losses(folder):
+        return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+    a, b = losses(tiny / "one"), losses(tiny / "two")
+    assert len(a) == len(b) == 4
+    assert a[0] != a[-1]  # it trained
+    np.testing.assert_allclose(b, a, rtol=2e-3)
+    manifest = json.loads((tiny / "two" / "model" / "manifest.json").read_text())
+    assert manifest["training"]["batch_size"] == 2

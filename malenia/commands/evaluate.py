@@ -1,0 +1,94 @@
+"""`malenia evaluate`: score a model folder on a dataset; or write its model card from saved results.
+
+    malenia evaluate --model M --data DATASET [--split test] [--out DIR]
+        -> DIR/evaluation.json and DIR/evaluation.md (printed too)
+    malenia evaluate --model M --card RESULT.json [RESULT.json ...] [--commands FILE]
+        -> M/MODEL_CARD.md from those results (the manifest is re-hashed)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="DSC/NSD, detection, attribute matching and disease accuracy on a dataset")
+    p.add_argument("--model", default=None, help="model folder (default: the built-in model)")
+    p.add_argument("--data", default=None, help="dataset folder (malenia-dataset/1)")
+    p.add_argument("--split", default="test", help="dataset split (default test; 'all' for every case)")
+    p.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
+    p.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default 2.0)")
+    p.add_argument("--iou", type=float, default=None, help="IoU for a detected lesion (default 0.1)")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
+    p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of the split")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown tables")
+    p.add_argument("--card", nargs="+", default=None, metavar="RESULT.json",
+                   help="write MODEL_CARD.md into --model from these evaluation.json files (no evaluation run)")
+    p.add_argument("--commands", default=None, help="with --card: a text file of the commands that made the model")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from malenia.atomic import write_json, write_text
+    from malenia.errors import InputError
+    from malenia.evaluate.metrics import DEFAULT_IOU_THRESHOLD, DEFAULT_NSD_TOLERANCE_MM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.card:
+        from malenia.evaluate.model_card import write_model_card
+
+        results = []
+        for f in args.card:
+            try:
+                results.append(json.loads(Path(f).read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError) as err:
+                raise InputError(f"cannot read evaluation result {f}: {err}") from None
+        commands = Path(args.commands).read_text(encoding="utf-8") if args.commands else None
+        path = write_model_card(args.model, results, commands)
+        print(f"model card written: {path}")
+        return 0
+    if not args.data:
+        raise InputError("--data is required (or --card to write a model card)")
+    if not (Path(args.data) / "dataset.json").is_file():
+        raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
+
+    from malenia.evaluate.evaluate import evaluate_dataset, markdown_tables
+    from malenia.infer.predictor import Predictor
+    from malenia.model.folder import load_model_folder
+    from malenia.train.progress import Progress
+
+    model = load_model_folder(args.model, device=args.device)
+    predictor = Predictor(model, device=args.device, threshold=args.threshold)
+    progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
+
+    def on_case(i: int, n: int, case_id: str) -> None:
+        progress.total = n
+        progress.emit(i, case_id)
+
+    result = evaluate_dataset(
+        args.model, args.data, None if args.split == "all" else args.split,
+        nsd_tolerance=args.nsd_tolerance or DEFAULT_NSD_TOLERANCE_MM,
+        iou_threshold=args.iou or DEFAULT_IOU_THRESHOLD, device=args.device, max_cases=args.max_cases,
+        on_case=on_case, predictor=predictor,
+    )
+    progress.emit(progress.total, "done", stage="done")
+    progress.close()
+    result["model"]["path"] = str(model.path)
+    result["threshold"] = args.threshold
+    md = markdown_tables(result)
+    if args.out:
+        out = Path(args.out)
+        write_json(out / "evaluation.json", result)
+        write_text(out / "evaluation.md", md)
+    print(json.dumps(result, indent=2) if args.json else md)
+    return 0

@@ -1,0 +1,124 @@
+"""`malenia train`: train (or fine-tune, or resume) a Malenia model on a dataset.
+
+    malenia train --config compact --data DATASET --out RUN [--steps N] [--progress json]
+    torchrun --nproc_per_node=8 -m malenia.cli train --config paper --data DATASET --out RUN
+
+RUN/checkpoints/ (resumable), RUN/metrics.jsonl and, at the end, RUN/model/ (a model folder). Running the
+same command again resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (CPU, one GPU, or several through torchrun)")
+    p.add_argument("--config", default="compact",
+                   help="model configuration: compact, paper, or a config.json (MaleniaConfig.to_dict)")
+    p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
+    p.add_argument("--out", required=True, help="run folder (created; an existing run is resumed)")
+    p.add_argument("--init", default=None, help="start from this model folder's weights (fine-tuning)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: from the config)")
+    p.add_argument("--split", default="train", help="training split of the dataset (default: train; 'all' for all cases)")
+    p.add_argument("--val-split", default="val", help="validation split (skipped when the dataset has none)")
+    p.add_argument("--replay", default=None, help="a second dataset mixed into training (keeps earlier lesion types)")
+    p.add_argument("--replay-fraction", type=float, default=0.5, help="share of replay samples (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per process and step (default: config)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: config)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: config's share)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    p.add_argument("--val-every", type=int, default=200, help="steps between validations (default 200)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between lines of RUN/metrics.jsonl (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this wall time, checkpoint and write the model folder (resumable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set multi_positive=false (ablations); repeatable")
+    p.add_argument("--report-style", choices=("paragraph", "raw"), default="paragraph",
+                   help="single-positive ablations: the whole-report text (8 descriptions, or the lesion type only)")
+    p.add_argument("--name", default="malenia", help="model name written to the manifest")
+    p.add_argument("--version", default="0", help="model version written to the manifest")
+    p.add_argument("--training-data", default="", help="description of the training data for the manifest")
+    p.add_argument("--text-encoder", default=None, help="text encoder name or local folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="bar: tqdm; json: one JSON object per line on stdout")
+    p.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`KEY=VALUE` strings -> config changes; VALUE is JSON (true, 0.5, [1,2]) or a bare string."""
+    from malenia.errors import InputError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--set needs KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
+def build_config(name: str, overrides: list[str]):
+    import dataclasses
+
+    from malenia.errors import InputError
+    from malenia.model.config import get_config
+
+    if name.endswith(".json"):
+        from pathlib import Path
+
+        from malenia.model.config import MaleniaConfig
+
+        try:
+            cfg = MaleniaConfig.from_dict(json.loads(Path(name).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise InputError(f"cannot read model config {name}: {err}") from None
+    else:
+        cfg = get_config(name)
+    changes = parse_overrides(overrides)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise InputError(f"unknown config field(s) {unknown} in --set")
+    return cfg.replace(**changes) if changes else cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from malenia.errors import InputError
+    from malenia.train.loop import TrainOptions, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    if not (data / "dataset.json").is_file():
+        raise InputError(f"{data} is not a Malenia dataset (no dataset.json)")
+    if args.replay and not (Path(args.replay) / "dataset.json").is_file():
+        raise InputError(f"{args.replay} is not a Malenia dataset (no dataset.json)")
+    cfg = build_config(args.config, args.set)
+    opts = TrainOptions(
+        data=data, out=Path(args.out), config=cfg, steps=args.steps, split=args.split, val_split=args.val_split,
+        replay=Path(args.replay) if args.replay else None, replay_fraction=args.replay_fraction,
+        init=Path(args.init) if args.init else None, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
+        log_every=args.log_every,
+        progress=args.progress, seed=args.seed, device=args.device, model_name=args.name,
+        model_version=args.version, training_data=args.training_data, text_encoder=args.text_encoder,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None, report_style=args.report_style,
+    )
+    result = train(opts)
+    if result.model_dir is not None and args.progress != "json":
+        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+        print(f"trained to step {result.steps} in {result.seconds / 60:.1f} min (final loss {loss}); model: {result.model_dir}")
+    return 0

@@ -1,0 +1,301 @@
+"""Render one lesion into a scan from its attribute ids (one per aspect; several findings).
+
+Every aspect changes the image measurably:
+
+    location           centre in the named sub-region (placement.py)
+    shape              perturbed / lobulated / elastically deformed ellipsoid (shapes.py)
+    size               per-disease diameter distribution (profiles.py), clamped to fit the organ
+    density            relative to the host tissue's measured HU (hypo/iso/hyper), or absolute:
+                       water-like fluid, calcific, lung ground-glass / soft tissue / dense / mixed
+    density variation  homogeneous (noise + faint texture) or heterogeneous (coarse mottled texture)
+    surface            well-defined: partial-volume edge only; ill-defined: boundary blurred by a
+                       1.5-3.5 mm Gaussian and roughened; spiculated: tapering spicules
+    enhancement        the scan's phase (set for the whole scan: enhancement.py / the phantom)
+    relationship       separate / abutting / invading / vascular (placement.py)
+    specific features  features.py
+
+After Hu et al. (CVPR 2023) the texture is Gaussian-filtered noise around a target HU, the shape
+an elastically deformed ellipsoid, expansile masses push the surrounding tissue outwards (mass
+effect) and a capsule is a brighter rim. Scanner noise is re-synthesised at the scan's measured
+noise level so the lesion has the same grain as its surroundings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from malenia.data.synthesis.anatomy import Anatomy, organ_of_region, region_of_location
+from malenia.data.synthesis.features import EXTERNAL, INTERNAL, STRUCTURAL, Canvas, LesionContext, calcified_rim
+from malenia.data.synthesis.placement import PlacementError, place_lesion
+from malenia.data.synthesis.profiles import PROFILES, RenderProfile
+from malenia.data.synthesis.shapes import sample_shape, sample_spicules, shape_sdf
+from malenia.data.synthesis.texture import NOISE_SIGMA_VOX, HostStats, blurred_edge, filtered_noise, host_stats, pv_ramp
+
+NONE = "specific_features.none"
+COLON_WALL_HU = 35.0  # bowel wall, non-contrast; + CONTRAST_WALL_GAIN when enhanced
+CONTRAST_WALL_GAIN = 45.0
+
+
+def scan_noise_std(anat: Anatomy) -> float:
+    """The scan's noise level (HU): measured in homogeneous soft tissue (liver, spleen, muscle)."""
+    if "noise_std" in anat.info:
+        return float(anat.info["noise_std"])
+    if "noise_std" not in anat._cache:
+        vals = [host_stats(anat.image, anat.mask(n)).noise_std for n in ("liver", "spleen", "autochthon_left", "autochthon_right")
+                if anat.has(n)]
+        anat._cache["noise_std"] = float(np.median(vals)) if vals else 12.0
+    return anat._cache["noise_std"]
+
+
+def _first(attrs: dict[str, list[str]], aspect: str, default: str) -> str:
+    v = attrs.get(aspect) or [default]
+    return v[0]
+
+
+def density_value(density_id: str, host_mean: float, prof: RenderProfile, phase: str, rng: np.random.Generator) -> dict[str, Any]:
+    contrast = phase == "contrast"
+    info: dict[str, Any] = {"id": density_id}
+    if density_id == "density.fluid":
+        v = rng.uniform(0.0, 15.0)
+    elif density_id == "density.calcific":
+        v = rng.uniform(350.0, 1000.0)
+    elif density_id == "density.lung.ground_glass":
+        v = rng.uniform(-720.0, -480.0)
+    elif density_id in ("density.lung.soft_tissue", "density.lung.mixed"):
+        v = rng.uniform(15.0, 50.0) + (rng.uniform(15.0, 35.0) if contrast else 0.0)
+        if density_id == "density.lung.mixed":
+            info["ground_glass_hu"] = round(float(rng.uniform(-700.0, -450.0)), 1)
+            info["solid_fraction"] = round(float(rng.uniform(0.35, 0.65)), 3)
+    elif density_id == "density.lung.dense":
+        v = rng.uniform(120.0, 300.0)
+    else:
+        cls = density_id.split(".")[1]
+        if prof.kind == "stone":
+            v = {"hypodense": host_mean - rng.uniform(25.0, 60.0), "isodense": host_mean + rng.uniform(-5.0, 5.0),
+                 "hyperdense": host_mean + rng.uniform(60.0, 200.0)}[cls]
+        else:
+            d = rng.uniform(30.0, 80.0) if contrast else rng.uniform(20.0, 50.0)
+            if cls == "hypodense":
+                v = host_mean - d
+                if prof.cystic:  # fluid stays water-like whatever the parenchyma's enhancement
+                    v = min(v, rng.uniform(2.0, 20.0))
+            elif cls == "isodense":
+                v = host_mean + rng.uniform(-6.0, 6.0)
+            else:
+                v = host_mean + (rng.uniform(25.0, 70.0) if contrast else rng.uniform(20.0, 50.0))
+        info["class"] = cls
+    info["target_hu"] = round(float(v), 2)
+    return info
+
+
+def _mass_effect(canvas: Canvas, box: tuple[slice, ...], center: np.ndarray, sp: np.ndarray, radius: float, amp: float) -> None:
+    """Pushes the tissue around the lesion outwards (displacement amp*r at the surface, ~1/r^2 beyond)."""
+    shape = tuple(s.stop - s.start for s in box)
+    lo = np.array([s.start for s in box])
+    off = (np.indices(shape, dtype=np.float32) + (lo - center)[:, None, None, None]) * sp[:, None, None, None].astype(np.float32)
+    r = np.sqrt((off * off).sum(0)) + 1e-3
+    half = float(min((center - lo).min() * sp.min(), (lo + np.array(shape) - 1 - center).min() * sp.min()))
+    u = np.where(r >= radius, amp * radius * (radius / r) ** 2, amp * r)
+    u *= np.clip((half - r) / max(0.35 * half, 1e-3), 0.0, 1.0)
+    src = off - u * off / r
+    coords = src / sp[:, None, None, None] + (center - lo)[:, None, None, None]
+    img = canvas.image[box]
+    img[...] = ndi.map_coordinates(img, coords, order=1, mode="nearest")
+    for arr in (canvas.organs, canvas.lesions):
+        a = arr[box]
+        a[...] = ndi.map_coordinates(a, coords, order=0, mode="nearest")
+
+
+def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str, attributes: dict[str, list[str]],
+                  rng: np.random.Generator, vocab: Any = None, region: str | None = None) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Draws one lesion into `canvas` and labels it `label_value`.
+
+    Returns the attribute ids actually rendered (findings that do not apply to the organ or the
+    scan are dropped and listed) and the render parameters for the lesion report's `extra`.
+    Raises PlacementError when the anatomy cannot hold the lesion.
+    """
+    prof = PROFILES[disease]
+    attrs = {a: list(v) for a, v in attributes.items()}
+    region_key = region or region_of_location(attrs["location"][0])
+    organ = organ_of_region(region_key)
+    phase = anat.phase
+    sp = anat.spacing_zyx
+    vox = float(np.mean(sp))
+    shape_id = _first(attrs, "shape", "shape.round")
+    density_id = _first(attrs, "density", "density.isodense." + organ)
+    variation_id = _first(attrs, "density_variation", "density_variation.homogeneous")
+    surface_id = _first(attrs, "surface", "surface.well_defined")
+    relationship_id = _first(attrs, "relationship", "relationship.separate")
+
+    findings = [f for f in attrs.get("specific_features", []) if f != NONE]
+    dropped: list[str] = []
+    for f in list(findings):
+        applies = vocab.entry(f).applies_to(organ) if vocab is not None and f in vocab else True
+        if not applies or (f == "specific_features.marked_enhancement" and phase != "contrast") \
+                or (f not in INTERNAL and f not in EXTERNAL and f not in STRUCTURAL):
+            findings.remove(f)
+            dropped.append(f)
+    feature_set = set(findings)
+
+    radius = prof.sample_radius(rng)
+    placement = place_lesion(anat, canvas.organs, canvas.lesions, region_key, prof.kind, relationship_id, feature_set, radius, rng)
+    radius = placement.radius_mm
+    center = placement.center
+
+    if organ == "colon":
+        host = HostStats(COLON_WALL_HU + (CONTRAST_WALL_GAIN if phase == "contrast" else 0.0), 0, 12.0, 12.0, 0)
+        host = HostStats(host.mean, host.mean, host.std, host.noise_std, 0)
+    else:
+        host = host_stats(anat.image, anat.host_mask(region_key), soft_tissue=organ != "lung")
+    noise_std = scan_noise_std(anat)
+    dens = density_value(density_id, host.mean, prof, phase, rng)
+    mean = dens["target_hu"]
+
+    params = sample_shape(shape_id, radius, rng)
+    if "specific_features.lobulation" in feature_set and not params.lobes:
+        u = rng.standard_normal((int(rng.integers(3, 6)), 3))
+        params.lobes = [(v / np.linalg.norm(v), float(rng.uniform(0.2, 0.35)), float(rng.uniform(5.0, 10.0))) for v in u]
+    if surface_id == "surface.spiculated":
+        sample_spicules(params, rng, vox)
+    margin_mm = {"surface.well_defined": 0.0, "surface.ill_defined": float(rng.uniform(1.5, 3.5)),
+                 "surface.spiculated": float(rng.uniform(0.3, 0.8))}.get(surface_id, 0.0)
+
+    wall_t = 0.0
+    if prof.kind == "wall":
+        wall_t = float(rng.uniform(6.0, 14.0))
+    reach = params.reach() + 3.0 * margin_mm + 2.0 * float(sp.max()) + wall_t
+    half = np.ceil(reach / sp).astype(int) + 1
+    lo = np.maximum(center - half, 0)
+    hi = np.minimum(center + half + 1, anat.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    crop_shape = tuple(int(b - a) for a, b in zip(lo, hi))
+    offsets = (np.indices(crop_shape, dtype=np.float32) + (lo - center)[:, None, None, None]) * sp[:, None, None, None].astype(np.float32)
+
+    sd = shape_sdf(offsets, params, rng, sp)
+    record: dict[str, Any] = {}
+    if prof.kind == "wall":  # a shell of the colon wall, thick enough to narrow the lumen
+        colon = anat.organ_mask("colon")[box]
+        d_in = ndi.distance_transform_edt(colon, sampling=sp)
+        d_out = ndi.distance_transform_edt(~colon, sampling=sp)
+        sdc = (d_out - d_in).astype(np.float32)  # signed distance to the colon surface (+ outside)
+        if "specific_features.luminal_narrowing" in feature_set:
+            wall_t = max(wall_t, float(d_in.max()) * float(rng.uniform(0.8, 1.0)))
+        bulge = 3.0
+        sd = np.maximum(sd, np.maximum(-sdc - wall_t, sdc - bulge))
+        record["wall"] = {"thickness_mm": round(wall_t, 2), "outer_bulge_mm": bulge,
+                          "lumen_narrowing": round(float(min(1.0, wall_t / max(float(d_in.max()), 1e-3))), 3)}
+
+    if surface_id == "surface.ill_defined":
+        rough = filtered_noise(crop_shape, max(0.3 * radius / float(sp.min()), 1.0), rng) * float(rng.uniform(0.06, 0.12)) * radius
+        sd = sd + rough
+        w = blurred_edge(sd, margin_mm, vox)
+    elif margin_mm > 0:
+        w = blurred_edge(sd, margin_mm, vox)
+    else:
+        w = pv_ramp(sd, vox)
+    allowed = placement.allowed[box]
+    w *= np.clip(ndi.gaussian_filter(allowed.astype(np.float32), 0.5), 0.0, 1.0)
+    label = (w >= 0.5) & allowed
+    lab, n = ndi.label(label)
+    if n > 1:
+        c = tuple(center - lo)
+        keep = lab[c] if lab[c] > 0 else int(np.bincount(lab.ravel())[1:].argmax()) + 1
+        label = lab == keep
+    if label.sum() < 4:
+        raise PlacementError(f"a {disease} of radius {radius:.1f} mm does not fit at this resolution")
+
+    mass_effect = None
+    if prof.expansile and placement.mode in ("separate", "abutting", "vascular", "exophytic"):
+        amp = float(rng.uniform(0.04, 0.14))
+        _mass_effect(canvas, box, center, sp, radius, amp)
+        mass_effect = {"amplitude": round(amp, 3)}
+
+    # -- intensity ----------------------------------------------------------------------------
+    host_texture = float(np.sqrt(max(host.std ** 2 - host.noise_std ** 2, 0.0)))
+    hetero = variation_id == "density_variation.heterogeneous"
+    fluidlike = prof.cystic or density_id == "density.fluid"
+    if hetero:
+        tex_std = max(10.0, 0.35 * abs(mean - host.mean), host_texture) * float(rng.uniform(1.0, 1.6))
+        tex_sigma_mm = float(rng.uniform(1.5, 3.5))
+    else:
+        tex_std = 0.0 if fluidlike or prof.kind == "stone" else 0.3 * host_texture
+        tex_sigma_mm = 2.0
+    hu = np.full(crop_shape, mean, np.float32)
+    hu += filtered_noise(crop_shape, NOISE_SIGMA_VOX, rng) * noise_std
+    if tex_std > 0:
+        hu += filtered_noise(crop_shape, np.maximum(tex_sigma_mm / sp, 0.5), rng) * tex_std
+    if density_id == "density.lung.mixed":  # ground-glass periphery around a solid part
+        frac = dens["solid_fraction"]
+        wg = blurred_edge((1.0 - frac) * radius + sd, 1.0, vox)  # 1 in the outer shell
+        hu = hu * (1 - wg) + wg * (dens["ground_glass_hu"] + filtered_noise(crop_shape, NOISE_SIGMA_VOX, rng) * noise_std * 1.5)
+    ctx = LesionContext(anat, canvas, box, center, offsets, sd, label, hu, radius, mean, host.mean, noise_std, phase,
+                        organ, region_key, label_value, rng, record)
+    if prof.kind == "stone" and hetero:
+        calcified_rim(ctx)
+    for f in findings:
+        if f in INTERNAL:
+            INTERNAL[f](ctx)
+    guard = _density_guard(ctx, dens)
+
+    img = canvas.image[box]
+    img *= 1.0 - w
+    img += w * ctx.hu
+    canvas.lesions[box][label] = label_value
+
+    for f in findings:
+        if f in EXTERNAL:
+            EXTERNAL[f](ctx)
+    for f in findings:
+        if f in STRUCTURAL:
+            record.setdefault(f.split(".")[1], {"rendered_by": "shape" if f.endswith("lobulation") else
+                                                ("wall thickness" if f.endswith("narrowing") else "placement")})
+
+    used = dict(attrs)
+    used["specific_features"] = findings or [NONE]
+    voxels = int((canvas.lesions == label_value).sum())
+    extra = {
+        "region": region_key,
+        "kind": prof.kind,
+        "placement": {"mode": placement.mode, "center_index_zyx": [int(v) for v in center],
+                      "center_lps_mm": [round(float(v), 2) for v in anat.index_to_lps(center[None])[0]],
+                      "neighbour": placement.neighbour, "notes": placement.notes},
+        "radius_mm": round(radius, 2),
+        "shape": params.to_json(),
+        "surface": {"id": surface_id, "margin_blur_mm": round(margin_mm, 2)},
+        "density": {**dens, "host": host.to_json(), "scan_noise_std": round(noise_std, 2), **guard},
+        "texture": {"heterogeneous": hetero, "texture_std_hu": round(tex_std, 2), "texture_sigma_mm": round(tex_sigma_mm, 2)},
+        "mass_effect": mass_effect,
+        "features": record,
+        "voxels": voxels,
+        "volume_ml": round(voxels * float(np.prod(sp)) / 1000.0, 3),
+    }
+    if dropped:
+        extra["dropped_features"] = dropped
+    return used, extra
+
+
+def _density_guard(ctx: LesionContext, dens: dict[str, Any]) -> dict[str, Any]:
+    """Keeps 'most of the lesion' in its density class after features changed the field.
+
+    The workbook codes density as that of most of the lesion relative to the host, so the median
+    must stay below / near / above the host's mean; the whole field is shifted if it does not.
+    """
+    cls = dens.get("class")
+    if cls is None or not ctx.label.any():
+        return {}
+    vals = ctx.hu[ctx.label]
+    med, mean = float(np.median(vals)), float(vals.mean())
+    h = ctx.host_mean
+    shift = 0.0
+    if cls == "hypodense":
+        shift = min(0.0, (h - 10.0) - med, (h - 5.0) - mean)
+    elif cls == "hyperdense":
+        shift = max(0.0, (h + 10.0) - med, (h + 5.0) - mean)
+    elif abs(med - h) > 10.0:
+        shift = (h - med) - np.sign(h - med) * 5.0
+    if shift:
+        ctx.hu += shift
+    return {"guard_shift_hu": round(float(shift), 2)} if shift else {}

@@ -1,0 +1,248 @@
+"""`malenia evaluate`: per case and per lesion type DSC / NSD, lesion detection, attribute matching
+(paper App. D, Table 8) and disease accuracy of a model folder on a dataset; Markdown and JSON tables.
+
+Rules (metric definitions in malenia.evaluate.metrics):
+- Each case is predicted whole (malenia.infer.predictor: sliding window on the preprocessed volume, then back
+  to the case's own grid); DSC and NSD are computed on that grid, at its voxel spacing.
+- Per lesion type d: the reference is the union of the case's lesions of type d; the prediction is every
+  predicted lesion except those overlapping only lesions of other types (so a single-type case scores its
+  whole prediction, false positives included); detection precision per type counts the same predictions.
+  Type means average cases; group means (seen / unseen /
+  all) average the type means, as the paper's tables do per dataset.
+- Attributes and disease are scored on detected lesions (IoU-matched pairs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from malenia.aspects import ASPECT_NAMES, ASPECTS, SEEN_DISEASES, UNSEEN_DISEASES
+from malenia.evaluate.metrics import (
+    DEFAULT_IOU_THRESHOLD,
+    DEFAULT_NSD_TOLERANCE_MM,
+    AttributeCounts,
+    DetectionCounts,
+    dice_score,
+    match_instances,
+    mean_or_none,
+    surface_dice,
+)
+
+RESULT_FORMAT = "malenia-evaluation/1"
+
+
+@dataclass
+class GroupStats:
+    dsc: list[float] = field(default_factory=list)
+    nsd: list[float] = field(default_factory=list)
+    detection: DetectionCounts = field(default_factory=DetectionCounts)
+    attributes: AttributeCounts = field(default_factory=AttributeCounts)
+    disease_correct: int = 0
+    disease_total: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cases": len(self.dsc),
+            "dsc": mean_or_none(self.dsc),
+            "dsc_std": float(np.std(self.dsc)) if self.dsc else None,
+            "nsd": mean_or_none(self.nsd),
+            "lesions": self.detection.gt,
+            "detected": self.detection.hits,
+            "predicted": self.detection.pred,
+            "detection_recall": self.detection.recall,
+            "detection_precision": self.detection.precision,
+            "disease_accuracy": self.disease_correct / self.disease_total if self.disease_total else None,
+            "attributes": self.attributes.summary(),
+        }
+
+
+def _types_touched(pred_labels: np.ndarray, gt_labels: np.ndarray, type_of_gt: dict[int, str]) -> dict[int, set[str]]:
+    """Per predicted lesion, the lesion types of the reference lesions it overlaps (empty: a false positive)."""
+    out: dict[int, set[str]] = {}
+    for p in np.unique(pred_labels):
+        if p != 0:
+            out[int(p)] = {type_of_gt.get(int(g), "unknown") for g in np.unique(gt_labels[pred_labels == p]) if g != 0}
+    return out
+
+
+def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.ndarray, report, spacing_zyx,
+                  nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> dict[str, Any]:
+    """Scores one case. `pred_lesions` are PredictedLesion objects (label, attributes, disease)."""
+    type_of_gt = {les.label: (les.disease or "unknown") for les in report.lesions}
+    pred_by_label = {p.label: p for p in pred_lesions}
+    match = match_instances(pred_labels, gt_labels, iou_threshold)
+    out: dict[str, Any] = {
+        "dsc": dice_score(pred_labels > 0, gt_labels > 0),
+        "nsd": surface_dice(pred_labels > 0, gt_labels > 0, spacing_zyx, nsd_tolerance),
+        "match": match,
+        "types": {},
+        "lesions": [],
+    }
+    touched = _types_touched(pred_labels, gt_labels, type_of_gt)
+    for disease in sorted(set(type_of_gt.values())):
+        gt_ids = [g for g, d in type_of_gt.items() if d == disease]
+        # A predicted lesion counts for this type unless it overlaps only lesions of other types.
+        pred_ids = [p for p, types in touched.items() if not types or disease in types]
+        gt_d, pr_d = np.isin(gt_labels, gt_ids), np.isin(pred_labels, pred_ids)
+        out["types"][disease] = {
+            "dsc": dice_score(pr_d, gt_d),
+            "nsd": surface_dice(pr_d, gt_d, spacing_zyx, nsd_tolerance),
+            "gt": len(gt_ids),
+            "pred": len(pred_ids),
+            "hits": sum(1 for g, _, _ in match.pairs if type_of_gt.get(g) == disease),
+        }
+    for les in report.lesions:
+        p = match.pred_for(les.label)
+        pl = pred_by_label.get(p) if p is not None else None
+        out["lesions"].append({
+            "label": les.label,
+            "disease": les.disease,
+            "detected": p is not None,
+            "pred_label": p,
+            "iou": next((iou for g, q, iou in match.pairs if g == les.label), None),
+            "pred_disease": pl.disease if pl else None,
+            "pred_attributes": {a: [r[0] for r in pl.attributes.get(a, [])[:1]] for a in ASPECTS} if pl else None,
+            "_report": les,
+        })
+    return out
+
+
+def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: str | None = "test",
+                     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+                     device: str = "cpu", max_cases: int | None = None,
+                     on_case: Callable[[int, int, str], None] | None = None, predictor=None) -> dict[str, Any]:
+    """Runs the model on every case of `split` and returns the JSON-ready result."""
+    import SimpleITK as sitk
+
+    from malenia.data.dataset import read_case, read_dataset
+    from malenia.infer.predictor import Predictor
+    from malenia.model.folder import load_model_folder
+
+    if predictor is None:
+        predictor = Predictor(load_model_folder(model_dir, device=device), device=device)
+    index = read_dataset(data_dir)
+    case_ids = index.split_cases(split)
+    if max_cases:
+        case_ids = case_ids[:max_cases]
+    groups: dict[str, GroupStats] = defaultdict(GroupStats)
+    cases_out = []
+    t0 = time.perf_counter()
+    for i, case_id in enumerate(case_ids):
+        if on_case:
+            on_case(i, len(case_ids), case_id)
+        case = read_case(data_dir, case_id)
+        tc = time.perf_counter()
+        pred = predictor.predict(case.image)
+        seconds = time.perf_counter() - tc
+        gt = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
+        spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
+        res = evaluate_case(pred.labels, pred.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
+        groups["all_cases"].dsc.append(res["dsc"])
+        groups["all_cases"].nsd.append(res["nsd"])
+        groups["all_cases"].detection.add(res["match"])
+        for disease, vals in res["types"].items():
+            g = groups[disease]
+            g.dsc.append(vals["dsc"])
+            g.nsd.append(vals["nsd"])
+            g.detection.gt += vals["gt"]
+            g.detection.pred += vals["pred"]
+            g.detection.hits += vals["hits"]
+        for les in res["lesions"]:
+            for stats in (groups[les["disease"] or "unknown"], groups["all_cases"]):
+                if les["detected"]:
+                    stats.attributes.add({a: v for a, v in les["pred_attributes"].items()}, les["_report"].attributes)
+                    stats.disease_total += 1
+                    stats.disease_correct += int(les["pred_disease"] == les["disease"])
+        cases_out.append({
+            "case": case_id,
+            "diseases": sorted(res["types"]),
+            "dsc": res["dsc"],
+            "nsd": res["nsd"],
+            "types": res["types"],
+            "lesions_reported": len(res["lesions"]),
+            "lesions_predicted": len(res["match"].pred_labels),
+            "lesions_detected": res["match"].hits,
+            "seconds": round(seconds, 2),
+            "lesions": [{k: v for k, v in les.items() if not k.startswith("_")} for les in res["lesions"]],
+        })
+    per_type = {d: groups[d].summary() for d in sorted(groups) if d != "all_cases"}
+    summary = {name: _group_summary(per_type, members) for name, members in
+               (("unseen", UNSEEN_DISEASES), ("seen", SEEN_DISEASES), ("all_types", tuple(per_type)))}
+    model_meta = dict(getattr(getattr(predictor, "model", None), "manifest", {}) or {})
+    model_meta.pop("files", None)
+    return {
+        "format": RESULT_FORMAT,
+        "model": {**model_meta, "sha256": getattr(getattr(predictor, "model", None), "sha256", None)},
+        "data": {"path": str(data_dir), "name": index.name, "split": split, "cases": len(case_ids)},
+        "protocol": {
+            "nsd_tolerance_mm": nsd_tolerance,
+            "detection_iou_threshold": iou_threshold,
+            "dsc_nsd_grid": "each case's own image grid",
+            "attributes": "matched lesions; per aspect, precision/recall macro-averaged over description classes",
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+        "overall": groups["all_cases"].summary() if case_ids else None,
+        "groups": summary,
+        "per_type": per_type,
+        "cases": cases_out,
+    }
+
+
+def _group_summary(per_type: dict[str, dict[str, Any]], members) -> dict[str, Any] | None:
+    present = [d for d in members if d in per_type]
+    if not present:
+        return None
+    out: dict[str, Any] = {"types": present}
+    for key in ("dsc", "nsd", "detection_recall", "detection_precision", "disease_accuracy"):
+        out[key] = mean_or_none(per_type[d][key] for d in present)
+    out["attributes"] = {
+        a: {m: mean_or_none(per_type[d]["attributes"][a][m] for d in present) for m in ("precision", "recall", "accuracy")}
+        for a in ASPECTS
+    }
+    return out
+
+
+def _f(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+
+def markdown_tables(result: dict[str, Any]) -> str:
+    """The result as Markdown: segmentation/detection per lesion type, then attribute matching per aspect."""
+    p = result["protocol"]
+    lines = [
+        f"Data: `{result['data']['name']}` split `{result['data']['split']}`, {result['data']['cases']} cases. "
+        f"NSD tolerance {p['nsd_tolerance_mm']} mm; a lesion is detected at IoU ≥ {p['detection_iou_threshold']}.",
+        "",
+        "| lesion type | seen | cases | DSC | NSD | lesions | det. recall | det. precision | disease acc. |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d, s in result["per_type"].items():
+        seen = "seen" if d in SEEN_DISEASES else ("unseen" if d in UNSEEN_DISEASES else "–")
+        lines.append(f"| {d} | {seen} | {s['cases']} | {_f(s['dsc'])} | {_f(s['nsd'])} | {s['lesions']} | "
+                     f"{_f(s['detection_recall'])} | {_f(s['detection_precision'])} | {_f(s['disease_accuracy'])} |")
+    for name, g in result["groups"].items():
+        if g and name != "all_types":
+            lines.append(f"| **mean {name}** | | | {_f(g['dsc'])} | {_f(g['nsd'])} | | {_f(g['detection_recall'])} | "
+                         f"{_f(g['detection_precision'])} | {_f(g['disease_accuracy'])} |")
+    o = result.get("overall")
+    if o:
+        lines.append(f"| **all cases** | | {o['cases']} | {_f(o['dsc'])} | {_f(o['nsd'])} | {o['lesions']} | "
+                     f"{_f(o['detection_recall'])} | {_f(o['detection_precision'])} | {_f(o['disease_accuracy'])} |")
+    groups = [(n, g) for n, g in result["groups"].items() if g and n in ("unseen", "seen")]
+    if groups:
+        lines += ["", "Attribute matching on detected lesions, % (precision / recall, macro over descriptions):", ""]
+        lines.append("| aspect | " + " | ".join(f"{n} precision | {n} recall" for n, _ in groups) + " |")
+        lines.append("|---|" + "---|---|" * len(groups))
+        for a in ASPECTS:
+            cells = " | ".join(f"{_f(g['attributes'][a]['precision'], True)} | {_f(g['attributes'][a]['recall'], True)}"
+                               for _, g in groups)
+            lines.append(f"| {ASPECT_NAMES[a]} | {cells} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,195 @@
+"""Segmentation, detection and attribute-matching metrics (the rules are stated here and in docs/training.md).
+
+- DSC: MONAI `compute_dice` on binary masks; both masks empty counts as 1.0 (nothing to find, nothing found).
+- NSD: MONAI `compute_surface_dice` (normalised surface distance, Nikolov et al.) at a tolerance in mm on the
+  voxel spacing of the grid the masks live on; both empty -> 1.0, exactly one empty -> 0.0.
+- Lesion detection: ground-truth and predicted instances are matched one-to-one by the Hungarian algorithm on
+  their IoU; a pair counts as a hit when IoU >= `iou_threshold` (default 0.1, a loose "found the lesion" rule
+  that tolerates the under/over-segmentation DSC already measures). Recall = hits / GT lesions,
+  precision = hits / predicted lesions.
+- Attribute matching (paper App. D / Table 8): over detected lesions (matched pairs), each aspect is a
+  classification of the predicted description against the lesion's reported description(s). Per aspect,
+  precision and recall are macro-averaged over description classes (precision over the classes the model
+  predicted, recall over the classes present in the reports); `accuracy` is the micro figure (share of
+  matched lesions whose predicted description is among the reported ones).
+- Disease accuracy: over detected lesions, share whose inferred disease equals the reported disease.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from malenia.aspects import ASPECTS
+
+DEFAULT_NSD_TOLERANCE_MM = 2.0
+DEFAULT_IOU_THRESHOLD = 0.1
+
+
+def _as_bool(a) -> np.ndarray:
+    return np.asarray(a).astype(bool)
+
+
+def dice_score(pred, gt) -> float:
+    """Dice similarity coefficient of two binary masks (MONAI); 1.0 when both are empty."""
+    import torch
+    from monai.metrics import compute_dice
+
+    p, g = _as_bool(pred), _as_bool(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"mask shapes differ: {p.shape} vs {g.shape}")
+    if not p.any() and not g.any():
+        return 1.0
+    tp = torch.from_numpy(p)[None, None].float()
+    tg = torch.from_numpy(g)[None, None].float()
+    return float(compute_dice(tp, tg, include_background=True, ignore_empty=False)[0, 0])
+
+
+def surface_dice(pred, gt, spacing: Sequence[float], tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> float:
+    """Normalised surface dice at `tolerance_mm` (MONAI); `spacing` in the arrays' axis order, in mm."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    p, g = _as_bool(pred), _as_bool(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"mask shapes differ: {p.shape} vs {g.shape}")
+    if not p.any() and not g.any():
+        return 1.0
+    if not p.any() or not g.any():
+        return 0.0
+    onehot = lambda m: torch.from_numpy(np.stack([~m, m]))[None].float()  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI's deprecation notice about an internal argument
+        value = compute_surface_dice(onehot(p), onehot(g), [float(tolerance_mm)], include_background=False,
+                                     spacing=[float(s) for s in spacing])
+    return float(value[0, 0])
+
+
+@dataclass
+class InstanceMatch:
+    """One-to-one matching of ground-truth lesion labels to predicted lesion labels."""
+
+    gt_labels: list[int]
+    pred_labels: list[int]
+    pairs: list[tuple[int, int, float]]  # (gt label, predicted label, IoU), IoU >= threshold
+
+    @property
+    def hits(self) -> int:
+        return len(self.pairs)
+
+    def pred_for(self, gt_label: int) -> int | None:
+        for g, p, _ in self.pairs:
+            if g == gt_label:
+                return p
+        return None
+
+
+def match_instances(pred_labels, gt_labels, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> InstanceMatch:
+    """Hungarian matching of instance label maps (0 = background) on IoU; see the module doc for the rule."""
+    from scipy.optimize import linear_sum_assignment
+
+    pl, gl = np.asarray(pred_labels), np.asarray(gt_labels)
+    if pl.shape != gl.shape:
+        raise ValueError(f"label map shapes differ: {pl.shape} vs {gl.shape}")
+    g_ids = [int(v) for v in np.unique(gl) if v != 0]
+    p_ids = [int(v) for v in np.unique(pl) if v != 0]
+    if not g_ids or not p_ids:
+        return InstanceMatch(g_ids, p_ids, [])
+    # Joint histogram of (gt, pred) labels gives every intersection in one pass.
+    g_index = {v: i + 1 for i, v in enumerate(g_ids)}
+    p_index = {v: i + 1 for i, v in enumerate(p_ids)}
+    g_map = np.zeros(int(gl.max()) + 1, dtype=np.int64)
+    p_map = np.zeros(int(pl.max()) + 1, dtype=np.int64)
+    for v, i in g_index.items():
+        g_map[v] = i
+    for v, i in p_index.items():
+        p_map[v] = i
+    gi, pi = g_map[gl.ravel()], p_map[pl.ravel()]
+    joint = np.bincount(gi * (len(p_ids) + 1) + pi, minlength=(len(g_ids) + 1) * (len(p_ids) + 1))
+    joint = joint.reshape(len(g_ids) + 1, len(p_ids) + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    g_size = joint[1:, :].sum(1, keepdims=True)
+    p_size = joint[:, 1:].sum(0, keepdims=True)
+    iou = inter / np.maximum(g_size + p_size - inter, 1)
+    rows, cols = linear_sum_assignment(-iou)
+    pairs = [(g_ids[r], p_ids[c], float(iou[r, c])) for r, c in zip(rows, cols) if iou[r, c] >= iou_threshold]
+    return InstanceMatch(g_ids, p_ids, sorted(pairs))
+
+
+@dataclass
+class DetectionCounts:
+    hits: int = 0
+    gt: int = 0
+    pred: int = 0
+
+    def add(self, match: InstanceMatch) -> None:
+        self.hits += match.hits
+        self.gt += len(match.gt_labels)
+        self.pred += len(match.pred_labels)
+
+    @property
+    def recall(self) -> float | None:
+        return self.hits / self.gt if self.gt else None
+
+    @property
+    def precision(self) -> float | None:
+        return self.hits / self.pred if self.pred else None
+
+
+def _key(desc) -> str:
+    """A description's identity: its vocabulary id, else its text (free text typed by a radiologist)."""
+    if isinstance(desc, str):
+        return desc
+    return desc.id if getattr(desc, "id", None) else f"text:{desc.text.strip().lower()}"
+
+
+@dataclass
+class AttributeCounts:
+    """Per-aspect per-class counts over matched lesions; precision/recall macro-averaged over classes."""
+
+    tp: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    predicted: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    reported: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    correct: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    lesions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, predicted: Mapping[str, Iterable], reported: Mapping[str, Iterable]) -> None:
+        """One matched lesion: `predicted[aspect]` and `reported[aspect]` are descriptions (ids or Description)."""
+        for aspect in ASPECTS:
+            gt = {_key(d) for d in reported.get(aspect, [])}
+            if not gt:
+                continue  # the report says nothing for this aspect: not scored
+            pr = {_key(d) for d in predicted.get(aspect, [])}
+            self.lesions[aspect] += 1
+            self.correct[aspect] += int(bool(pr & gt))
+            for c in pr:
+                self.predicted[aspect][c] += 1
+                if c in gt:
+                    self.tp[aspect][c] += 1
+            for c in gt:
+                self.reported[aspect][c] += 1
+
+    def summary(self) -> dict[str, dict[str, float | int | None]]:
+        out: dict[str, dict[str, float | int | None]] = {}
+        for aspect in ASPECTS:
+            n = self.lesions.get(aspect, 0)
+            pred, rep, tp = self.predicted.get(aspect, {}), self.reported.get(aspect, {}), self.tp.get(aspect, {})
+            precision = [tp.get(c, 0) / k for c, k in pred.items() if k] if n else []
+            recall = [tp.get(c, 0) / k for c, k in rep.items() if k] if n else []
+            out[aspect] = {
+                "lesions": n,
+                "precision": float(np.mean(precision)) if precision else None,
+                "recall": float(np.mean(recall)) if recall else None,
+                "accuracy": self.correct.get(aspect, 0) / n if n else None,
+            }
+        return out
+
+
+def mean_or_none(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(vals)) if vals else None

@@ -1,0 +1,166 @@
+"""`lesions.dcm`: a DICOM Segmentation (highdicom) referencing the input series, one segment per lesion.
+
+Frames are matched to the source slices by position, not by file order: each label-map slice k
+must lie on a source image's ImagePositionPatient (within POSITION_TOL_MM) with the same rows,
+columns and orientation, so the SEG's per-frame positions and source references are the series'.
+Segments carry the same SNOMED CT codes as the .seg.nrrd (terminology.LesionTerm) and the
+lesion's colour; the algorithm is identified as Malenia (AI) with the model's name and version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from malenia import __version__
+from malenia.infer.results import SegmentationResult
+from malenia.infer.terminology import SegmentSpec
+
+POSITION_TOL_MM = 0.01
+SERIES_NUMBER = 9901  # high, so viewers list the SEG after the source series
+
+
+class DicomSegError(ValueError):
+    """The label map does not line up with the DICOM series it came from."""
+
+
+def read_source_datasets(files: list[str]):
+    import pydicom
+
+    from malenia.errors import InputError
+
+    datasets = []
+    for f in files:
+        try:
+            datasets.append(pydicom.dcmread(f, stop_before_pixels=True))
+        except (OSError, pydicom.errors.InvalidDicomError) as err:
+            raise InputError(f"cannot read DICOM file {f} of the input series: {err}") from None
+    return datasets
+
+
+def load_series(files: list[str]):
+    """Headers of the source series, with identifiers that anonymisers blanked filled in where possible.
+
+    SOP Class/Instance UIDs come from the file meta information (the same values by definition);
+    a Study, Series or Frame of Reference UID missing from every file is derived deterministically
+    from the instance UIDs, with a warning (the SEG then references that derived UID).
+    Returns (datasets, warnings).
+    """
+    from pydicom.uid import generate_uid
+
+    from malenia.errors import InputError
+
+    datasets = read_source_datasets(files)
+    warnings: list[str] = []
+    for attr, meta in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        filled = 0
+        for f, ds in zip(files, datasets):
+            if not str(ds.get(attr, "") or ""):
+                value = str(getattr(getattr(ds, "file_meta", None), meta, "") or "")
+                if not value:
+                    raise InputError(f"DICOM file {f} has no {attr}; cannot reference it from a DICOM SEG")
+                setattr(ds, attr, value)
+                filled += 1
+        if filled:
+            warnings.append(f"{filled} DICOM files lack {attr}; taken from their file meta information")
+    instance_uids = sorted(str(ds.SOPInstanceUID) for ds in datasets)
+    if len(set(instance_uids)) != len(instance_uids):
+        raise InputError("the DICOM series has repeated SOP Instance UIDs")
+    for attr in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        values = {str(ds.get(attr, "") or "") for ds in datasets}
+        if values == {""}:
+            uid = generate_uid(entropy_srcs=[attr, *instance_uids])
+            for ds in datasets:
+                setattr(ds, attr, uid)
+            warnings.append(f"the DICOM series has no {attr}; derived {uid} from its instance UIDs")
+        elif len(values) > 1:
+            raise InputError(f"the DICOM files do not share one {attr} ({len(values)} values)")
+    return datasets, warnings
+
+
+def slice_order(labels: sitk.Image, datasets) -> list[int]:
+    """For each label-map slice k, the index of the source dataset at that position."""
+    size = labels.GetSize()
+    direction = np.asarray(labels.GetDirection(), dtype=float).reshape(3, 3)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    order = []
+    for k in range(size[2]):
+        p = np.asarray(labels.TransformIndexToPhysicalPoint((0, 0, k)))
+        dist = np.linalg.norm(positions - p, axis=1)
+        j = int(np.argmin(dist))
+        if dist[j] > POSITION_TOL_MM:
+            raise DicomSegError(f"slice {k} at {p.round(3).tolist()} has no DICOM image at that position")
+        ds = datasets[j]
+        if (int(ds.Rows), int(ds.Columns)) != (size[1], size[0]):
+            raise DicomSegError(f"slice {k}: DICOM image is {ds.Rows}x{ds.Columns}, label map {size[1]}x{size[0]}")
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        if not np.allclose(iop, np.concatenate([direction[:, 0], direction[:, 1]]), atol=1e-4):
+            raise DicomSegError(f"slice {k}: DICOM orientation {iop.tolist()} differs from the label map's")
+        order.append(j)
+    if len(set(order)) != len(order):
+        raise DicomSegError("two label-map slices map to the same DICOM image")
+    return order
+
+
+def write_dicom_seg(path: str | Path, result: SegmentationResult, specs: list[SegmentSpec]) -> None:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if not specs:
+        raise DicomSegError("a DICOM SEG needs at least one segment")
+    datasets, _ = load_series(result.scan.dicom_files)
+    order = slice_order(result.labels, datasets)
+    sources = [datasets[j] for j in order]  # in label-map slice order
+
+    arr = sitk.GetArrayViewFromImage(result.labels)  # [k, rows, columns]
+    pixel_array = np.zeros(arr.shape, dtype=np.uint16 if len(specs) > 255 else np.uint8)
+    for number, spec in enumerate(specs, start=1):
+        pixel_array[arr == spec.label] = number  # segment numbers 1..K in lesion order
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="Malenia", family=codes.cid7162.ArtificialIntelligence,
+        version=f"{result.model.name} {result.model.version}"[:64],
+    )
+    descriptions = []
+    for number, spec in enumerate(specs, start=1):
+        term = spec.term
+        desc = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=spec.name[:64],
+            segmented_property_category=term.category.to_pydicom(),
+            segmented_property_type=term.type.to_pydicom(),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=f"lesion {spec.label}",
+            anatomic_regions=[term.anatomic_region.to_pydicom()] if term.anatomic_region else None,
+            display_color=hd.color.CIELabColor.from_rgb(*term.color),
+        )
+        if term.anatomic_region is not None and term.anatomic_region_modifier is not None:
+            desc.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                hd.sr.CodedConcept(term.anatomic_region_modifier.value, term.anatomic_region_modifier.scheme,
+                                   term.anatomic_region_modifier.meaning)
+            ]
+        descriptions.append(desc)
+
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="Malenia",
+        manufacturer_model_name=result.model.name[:64],
+        software_versions=f"malenia {__version__}",
+        device_serial_number="none",
+        content_description="Lesions found by Malenia (zero-shot lesion segmentation)",
+        content_label="LESIONS",
+        omit_empty_frames=True,
+    )
+    seg.SeriesDescription = "Malenia lesions"
+    seg.save_as(str(path))

@@ -1,0 +1,141 @@
+"""Knowledge-table profiles estimated from annotated lesions (smoothed counts).
+
+For a disease of organ o and an aspect a, the support S is the set of descriptions the workbook's
+coding can express for o (plus "both kidneys"/"both lobes" for paired locations); for specific
+features it is every finding plausible in o (vocabulary `organs`). Then
+
+    P(id) = (count(id) + alpha) / (n + alpha * |S|)
+
+with alpha = 1 for coded aspects and 0.5 for findings (a 25-finding vocabulary with alpha = 1
+would flatten the rare, informative findings). A cell with k values (multi-valued quirk) and a
+report with k findings count 1/k each. The five types not in the workbook come from
+Resources/knowledge/expert_profiles.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from malenia.aspects import ALL_DISEASES, ASPECTS, SEEN_DISEASES
+from malenia.errors import InputError
+from malenia.knowledge.table import NONE_FINDING, DiseaseProfile, KnowledgeTable
+from malenia.knowledge.vocabulary import Vocabulary
+from malenia.knowledge.workbook import _BOTH_SIDES, SHEETS, LesionRecord, code_map
+from malenia.paths import knowledge_dir
+
+ALPHA = 1.0
+ALPHA_FINDINGS = 0.5
+MAX_FINDING_COUNT = 3  # lesions with more findings count as 3 in finding_count
+
+DISEASE_NAMES = {
+    "colon_tumor": "colon tumor",
+    "lung_tumor": "lung tumor",
+    "liver_tumor": "liver tumor",
+    "pancreas_tumor": "pancreas tumor",
+    "kidney_cyst": "kidney cyst",
+    "gallstone": "gallstone",
+    "hepatic_vessel_tumor": "hepatic vessel tumor",
+    "pancreas_cyst": "pancreas cyst",
+    "kidney_tumor": "kidney tumor",
+    "liver_cyst": "liver cyst",
+    "gallbladder_tumor": "gallbladder tumor",
+    "kidney_stone": "kidney stone",
+}
+
+
+def support(aspect: str, organ: str, vocab: Vocabulary) -> list[str]:
+    if aspect == "specific_features":
+        return vocab.ids_for_organ(aspect, organ)
+    ids = list(code_map(aspect, organ).values())
+    if aspect == "location" and organ in _BOTH_SIDES:
+        ids.append(_BOTH_SIDES[organ])
+    return ids
+
+
+@dataclass
+class Counts:
+    """Weighted description counts of one disease (subtractable for leave-one-out)."""
+
+    organ: str
+    aspects: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    findings_per_lesion: Counter = field(default_factory=Counter)
+    n_lesions: int = 0
+
+    def add(self, rec: LesionRecord, sign: int = 1) -> None:
+        self.n_lesions += sign
+        for aspect in ASPECTS:
+            ids = rec.attributes.get(aspect) or []
+            for i in ids:
+                self.aspects[aspect][i] += sign / len(ids)
+        findings = [i for i in rec.attributes.get("specific_features", []) if i != NONE_FINDING]
+        if findings:
+            self.findings_per_lesion[min(len(findings), MAX_FINDING_COUNT)] += sign
+
+    def profile(self, vocab: Vocabulary) -> dict[str, dict[str, float]]:
+        out = {}
+        for aspect in ASPECTS:
+            counts = self.aspects[aspect]
+            ids = list(dict.fromkeys(support(aspect, self.organ, vocab) + [i for i, c in counts.items() if c > 1e-9]))
+            alpha = ALPHA_FINDINGS if aspect == "specific_features" else ALPHA
+            total = sum(max(counts.get(i, 0.0), 0.0) for i in ids) + alpha * len(ids)
+            out[aspect] = {i: (max(counts.get(i, 0.0), 0.0) + alpha) / total for i in ids}
+        return out
+
+    def finding_count(self) -> dict[int, float]:
+        ks = range(1, MAX_FINDING_COUNT + 1)
+        total = sum(max(self.findings_per_lesion[k], 0) for k in ks) + ALPHA_FINDINGS * len(ks)
+        return {k: (max(self.findings_per_lesion[k], 0) + ALPHA_FINDINGS) / total for k in ks}
+
+
+def count_records(records: Iterable[LesionRecord]) -> dict[str, Counts]:
+    counts: dict[str, Counts] = {}
+    for rec in records:
+        counts.setdefault(rec.disease, Counts(rec.organ)).add(rec)
+    return counts
+
+
+def workbook_profile(key: str, counts: Counts, vocab: Vocabulary, sheet: str, source: str) -> DiseaseProfile:
+    n = counts.n_lesions
+    rationale = {a: f"estimated from {n} annotated {source} lesions (workbook sheet {sheet}), "
+                    f"Laplace-smoothed (alpha={ALPHA_FINDINGS if a == 'specific_features' else ALPHA})" for a in ASPECTS}
+    rationale["specific_features"] += "; findings read from the report text by keyword rules"
+    return DiseaseProfile(
+        key=key, name=DISEASE_NAMES.get(key, key.replace("_", " ")), organ=counts.organ, seen=key in SEEN_DISEASES,
+        source="workbook", profile=counts.profile(vocab), rationale=rationale,
+        finding_count=counts.finding_count(), extra={"cases": n},
+    )
+
+
+def load_expert_profiles(vocab: Vocabulary, path: str | Path | None = None) -> dict[str, DiseaseProfile]:
+    path = Path(path) if path else knowledge_dir() / "expert_profiles.json"
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read expert profiles {path}: {err}") from None
+    return {k: DiseaseProfile.from_json(k, v, vocab, str(path)) for k, v in obj.get("diseases", {}).items()}
+
+
+def build_table(records: list[LesionRecord], vocab: Vocabulary, expert: dict[str, DiseaseProfile] | None = None,
+                workbook_name: str = "") -> KnowledgeTable:
+    """Workbook-estimated profiles for the annotated types + expert profiles for the rest."""
+    expert = load_expert_profiles(vocab) if expert is None else expert
+    sheet_of = {spec.disease: (name, spec.source) for name, spec in SHEETS.items()}
+    diseases: dict[str, DiseaseProfile] = {}
+    for key, counts in count_records(records).items():
+        sheet, source = sheet_of[key]
+        diseases[key] = workbook_profile(key, counts, vocab, sheet, source)
+    for key, prof in expert.items():
+        diseases.setdefault(key, prof)
+    missing = [d for d in ALL_DISEASES if d not in diseases]
+    if missing:
+        raise InputError(f"knowledge table would lack {missing}: neither in the workbook nor in the expert profiles")
+    ordered = {k: diseases[k] for k in ALL_DISEASES} | {k: v for k, v in diseases.items() if k not in ALL_DISEASES}
+    meta = {"note": "Per disease and aspect, a probability over vocabulary description ids. Built by "
+                    "`malenia knowledge table`; see docs/knowledge.md.",
+            "vocabulary_hash": vocab.hash, "workbook": workbook_name,
+            "estimation": {"alpha": ALPHA, "alpha_findings": ALPHA_FINDINGS}}
+    return KnowledgeTable(ordered, vocab, {}, meta)

@@ -1,0 +1,215 @@
+"""The disease knowledge table: per disease and aspect, a probability over vocabulary descriptions.
+
+`Resources/knowledge/knowledge_table.json` holds the built-in twelve lesion types; a user adds or
+overrides a disease by dropping `Resources/knowledge/diseases/<key>.json` (one disease object, same
+fields) - no retraining. Per disease:
+
+    {"name", "organ", "seen", "source", "profile": {aspect: {id: prob}}, "rationale": {aspect: str},
+     "finding_count": {"1": p, "2": p, "3": p}}   # optional: findings per lesion when not "none"
+
+Each aspect's probabilities sum to 1; every id exists in the vocabulary under that aspect and,
+when organ-specific, belongs to the disease's organ. The file's "inference" block holds the
+calibration of disease inference (malenia.knowledge.inference).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malenia.aspects import ALL_DISEASES, ASPECTS, SEEN_DISEASES
+from malenia.errors import InputError
+from malenia.knowledge.vocabulary import Vocabulary
+from malenia.paths import knowledge_dir
+
+TABLE_FORMAT = "malenia-knowledge-table/1"
+NONE_FINDING = "specific_features.none"
+DEFAULT_FINDING_COUNT = {1: 0.7, 2: 0.25, 3: 0.05}
+_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+_SUM_TOLERANCE = 1e-3
+
+
+@dataclass
+class DiseaseProfile:
+    key: str
+    name: str
+    organ: str
+    seen: bool
+    source: str
+    profile: dict[str, dict[str, float]]
+    rationale: dict[str, str] = field(default_factory=dict)
+    finding_count: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_FINDING_COUNT))
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. number of cases it was estimated from
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "organ": self.organ,
+            "seen": self.seen,
+            "source": self.source,
+            "profile": {a: dict(self.profile[a]) for a in ASPECTS},  # full precision: load/save round-trips exactly
+            "rationale": self.rationale,
+            "finding_count": {str(k): v for k, v in self.finding_count.items()},
+            **self.extra,
+        }
+
+    @staticmethod
+    def from_json(key: str, obj: Any, vocab: Vocabulary, where: str) -> "DiseaseProfile":
+        if not _KEY.match(key):
+            raise InputError(f"{where}: disease key {key!r} must be lower_snake_case")
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: disease {key!r} must be an object")
+        for name in ("name", "organ", "profile"):
+            if name not in obj:
+                raise InputError(f"{where}: disease {key!r} lacks {name!r}")
+        organ = str(obj["organ"])
+        if organ not in vocab.organs():
+            raise InputError(f"{where}: disease {key!r}: organ {organ!r} has no location descriptions "
+                             f"(vocabulary organs: {vocab.organs()})")
+        raw = obj["profile"]
+        if not isinstance(raw, dict) or set(raw) != set(ASPECTS):
+            raise InputError(f"{where}: disease {key!r}: profile must give all 8 aspects {list(ASPECTS)}")
+        profile: dict[str, dict[str, float]] = {}
+        for aspect in ASPECTS:
+            dist = raw[aspect]
+            if not isinstance(dist, dict) or not dist:
+                raise InputError(f"{where}: {key}.{aspect}: must map description ids to probabilities")
+            for desc_id, p in dist.items():
+                if desc_id not in vocab:
+                    raise InputError(f"{where}: {key}.{aspect}: unknown description id {desc_id!r}")
+                if vocab.aspect_of(desc_id) != aspect:
+                    raise InputError(f"{where}: {key}.{aspect}: {desc_id!r} belongs to aspect {vocab.aspect_of(desc_id)!r}")
+                own = vocab.organ_of(desc_id)
+                if own is not None and own != organ:
+                    raise InputError(f"{where}: {key}.{aspect}: {desc_id!r} describes the {own}, not the {organ}")
+                if not isinstance(p, (int, float)) or not 0 <= p <= 1:
+                    raise InputError(f"{where}: {key}.{aspect}.{desc_id}: probability must be in [0, 1], got {p!r}")
+            total = float(sum(dist.values()))
+            if abs(total - 1.0) > _SUM_TOLERANCE:
+                raise InputError(f"{where}: {key}.{aspect}: probabilities sum to {total:.4f}, not 1")
+            scale = 1.0 if abs(total - 1.0) < 1e-9 else total  # exact files load unchanged
+            profile[aspect] = {i: float(p) / scale for i, p in dist.items() if p > 0}
+        counts = obj.get("finding_count") or DEFAULT_FINDING_COUNT
+        try:
+            finding_count = {int(k): float(v) for k, v in counts.items()}
+        except (TypeError, ValueError, AttributeError):
+            raise InputError(f"{where}: {key}.finding_count must map counts to probabilities") from None
+        fc_total = sum(finding_count.values())
+        if fc_total <= 0 or any(k < 1 or v < 0 for k, v in finding_count.items()):
+            raise InputError(f"{where}: {key}.finding_count must have positive counts and probabilities")
+        known = {"name", "organ", "seen", "source", "profile", "rationale", "finding_count"}
+        return DiseaseProfile(
+            key=key,
+            name=str(obj["name"]),
+            organ=organ,
+            seen=bool(obj.get("seen", key in SEEN_DISEASES)),
+            source=str(obj.get("source", "user")),
+            profile=profile,
+            rationale={str(k): str(v) for k, v in (obj.get("rationale") or {}).items()},
+            finding_count={k: v / fc_total for k, v in sorted(finding_count.items())},
+            extra={k: v for k, v in obj.items() if k not in known},
+        )
+
+
+class KnowledgeTable:
+    def __init__(self, diseases: dict[str, DiseaseProfile], vocab: Vocabulary, inference: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None):
+        self._diseases = dict(diseases)
+        self.vocab = vocab
+        self.inference = dict(inference or {})
+        self.meta = dict(meta or {})
+
+    @staticmethod
+    def default_path() -> Path:
+        return knowledge_dir() / "knowledge_table.json"
+
+    @staticmethod
+    def default_user_dir() -> Path:
+        return knowledge_dir() / "diseases"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, vocab: Vocabulary | None = None,
+             user_dir: str | Path | None = None) -> "KnowledgeTable":
+        """Built-in table plus user profiles (`diseases/*.json`, which add or override diseases)."""
+        path = Path(path) if path else cls.default_path()
+        vocab = vocab or Vocabulary.load()
+        obj = _read_json(path)
+        if not isinstance(obj, dict) or obj.get("format") != TABLE_FORMAT or not isinstance(obj.get("diseases"), dict):
+            raise InputError(f"{path}: not a Malenia knowledge table (format must be {TABLE_FORMAT!r} with 'diseases')")
+        diseases = {k: DiseaseProfile.from_json(k, v, vocab, str(path)) for k, v in obj["diseases"].items()}
+        user_dir = Path(user_dir) if user_dir else (cls.default_user_dir() if path == cls.default_path() else None)
+        if user_dir and user_dir.is_dir():
+            for f in sorted(user_dir.glob("*.json")):
+                diseases[f.stem] = DiseaseProfile.from_json(f.stem, _read_json(f), vocab, str(f))
+        meta = {k: v for k, v in obj.items() if k not in ("diseases", "inference")}
+        return cls(diseases, vocab, obj.get("inference"), meta)
+
+    def to_json(self) -> dict[str, Any]:
+        builtin_order = [d for d in ALL_DISEASES if d in self._diseases] + sorted(set(self._diseases) - set(ALL_DISEASES))
+        return {
+            "format": TABLE_FORMAT,
+            **{k: v for k, v in self.meta.items() if k != "format"},
+            "inference": self.inference,
+            "diseases": {k: self._diseases[k].to_json() for k in builtin_order},
+        }
+
+    # -- queries -----------------------------------------------------------------------------
+    @property
+    def diseases(self) -> list[str]:
+        return list(self._diseases)
+
+    def disease(self, key: str) -> DiseaseProfile:
+        try:
+            return self._diseases[key]
+        except KeyError:
+            raise InputError(f"unknown disease {key!r}; the knowledge table has {self.diseases}") from None
+
+    def profile(self, key: str) -> dict[str, dict[str, float]]:
+        return self.disease(key).profile
+
+    def name(self, key: str) -> str:
+        return self.disease(key).name
+
+    def organ(self, key: str) -> str:
+        return self.disease(key).organ
+
+    def most_probable(self, key: str) -> dict[str, str]:
+        """The single most probable description per aspect (the disease's typical lesion)."""
+        return {a: max(dist, key=dist.get) for a, dist in self.profile(key).items()}
+
+    def sample_attributes(self, key: str, rng: np.random.Generator) -> dict[str, list[str]]:
+        """Draws one lesion's descriptions: one id per aspect; specific features may hold several
+        findings (count drawn from `finding_count`) or just ["specific_features.none"]."""
+        d = self.disease(key)
+        out: dict[str, list[str]] = {}
+        for aspect in ASPECTS:
+            ids = list(d.profile[aspect])
+            probs = np.array([d.profile[aspect][i] for i in ids], dtype=float)
+            first = ids[int(rng.choice(len(ids), p=probs / probs.sum()))]
+            out[aspect] = [first]
+            if aspect != "specific_features" or first == NONE_FINDING:
+                continue
+            counts = list(d.finding_count)
+            cp = np.array([d.finding_count[c] for c in counts], dtype=float)
+            n = counts[int(rng.choice(len(counts), p=cp / cp.sum()))]
+            pool = [(i, p) for i, p in zip(ids, probs) if i not in (first, NONE_FINDING) and p > 0]
+            n_more = min(n - 1, len(pool))
+            if n_more > 0:
+                w = np.array([p for _, p in pool])
+                picks = rng.choice(len(pool), size=n_more, replace=False, p=w / w.sum())
+                out[aspect] += [pool[int(j)][0] for j in sorted(picks)]
+        return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"knowledge file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None

@@ -1,0 +1,171 @@
+"""Model configurations as data: `paper` (nnU-Net scale, GPUs) and `compact` (same architecture, 2 CPU cores).
+
+A config holds everything that must agree between training, preprocessing and inference:
+the network's shape, the input geometry and intensity scheme, the loss weights, the ablation
+switches and the optimisation hyper-parameters. It is saved with every checkpoint
+(`to_dict`) and read back with `from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from malenia.errors import InputError, ModelError
+
+BRANCHES = ("both", "mask", "text")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (paper Sec. 4.1)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)  # the paper's "momentum 0.9" is AdamW's beta1
+    batch_size: int = 2  # per device
+    epochs: int = 4000
+    warmup_epochs: int = 40
+    iterations_per_epoch: int = 250  # nnU-Net's epoch definition
+    grad_clip: float = 12.0  # nnU-Net clips the gradient norm at 12
+
+
+@dataclass(frozen=True)
+class MaleniaConfig:
+    name: str
+
+    # --- input geometry and intensities (read by preprocessing, sampler and inference) ---
+    target_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)  # mm, (z, y, x), isotropic (App. B.3)
+    patch_size: tuple[int, int, int] = (96, 96, 96)  # (z, y, x) voxels
+    # HU are clipped to this window then mapped linearly to [0, 1] (0 = air, so zero padding is air).
+    hu_window: tuple[float, float] = (-200.0, 400.0)
+
+    # --- backbone: nnU-Net PlainConvUNet ---
+    in_channels: int = 1
+    features_per_stage: tuple[int, ...] = (32, 64, 128, 256, 320, 320)
+    strides: tuple[int, ...] = (1, 2, 2, 2, 2, 2)  # bottleneck at 1/32
+    kernel_size: int = 3
+    n_conv_per_stage: int = 2
+    n_conv_per_stage_decoder: int = 2
+
+    # --- mask tokens and transformer decoder (Mask2Former style) ---
+    embed_dim: int = 256  # C
+    num_tokens: int = 16  # N
+    num_blocks: int = 3  # block i attends to the decoder features at 1/32, 1/16, 1/8
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.0
+    masked_attention: bool = True
+
+    # --- text side ---
+    text_encoder: str | None = None  # None: the project default (all-MiniLM-L6-v2); else a name or path
+    text_dim: int = 384  # Dt: 384 for MiniLM, 768 for Clinical-BERT
+    temperature_init: float = 0.07
+
+    # --- CMKI and heads ---
+    cmki_layers: int = 1
+    beta_mask: float = 0.5
+    beta_text: float = 0.5
+
+    # --- matching and losses (paper Sec. 3.3) ---
+    match_cost_bce: float = 1.0
+    match_cost_dice: float = 1.0
+    num_points: int | None = None  # None: match and supervise proposals densely; else voxels sampled per block
+    lambda_deep: float = 1.0
+    lambda_sim: float = 1.0
+    lambda_seg: float = 1.0
+    alpha_bce: float = 2.0
+    alpha_dice: float = 2.0
+
+    # --- ablation switches (paper Tables 3 and 4) ---
+    multi_scale_alignment: bool = True  # False: L_sim at the last block only
+    multi_positive: bool = True  # False: one positive per lesion, the whole-report row
+    use_cmki: bool = True  # False: no two-way attention ("deep fusion") in CMKI
+    branches: str = "both"  # which head branches form the final mask: both, mask or text
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        n = len(self.features_per_stage)
+        problems = []
+        if len(self.strides) != n:
+            problems.append(f"strides has {len(self.strides)} entries for {n} stages")
+        if n < 5:
+            problems.append("the backbone needs at least 5 stages (features at 1/32, 1/16, 1/8 and full resolution)")
+        if self.strides and self.strides[0] != 1:
+            problems.append("the first stage must keep full resolution (stride 1)")
+        if self.num_blocks < 1 or self.num_blocks > n - 2:
+            problems.append(f"num_blocks must be in 1..{n - 2}")
+        if self.embed_dim % self.num_heads:
+            problems.append("embed_dim must be divisible by num_heads")
+        if self.branches not in BRANCHES:
+            problems.append(f"branches must be one of {BRANCHES}, got {self.branches!r}")
+        if any(p % self.stride for p in self.patch_size):
+            problems.append(f"patch_size {self.patch_size} must be a multiple of the network stride {self.stride}")
+        if self.hu_window[0] >= self.hu_window[1]:
+            problems.append("hu_window must be (low, high) with low < high")
+        if problems:
+            raise ModelError(f"invalid model config {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def stride(self) -> int:
+        """Total down-sampling of the bottleneck: inputs are padded to a multiple of it."""
+        return math.prod(self.strides)
+
+    @property
+    def block_strides(self) -> tuple[int, ...]:
+        """Down-sampling of the features each transformer block attends to (32, 16, 8 by default)."""
+        return tuple(self.stride // 2**i for i in range(self.num_blocks))
+
+    def replace(self, **changes: Any) -> "MaleniaConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "MaleniaConfig":
+        """Inverse of `to_dict` (JSON lists become tuples again); unknown keys are refused."""
+        data = dict(data)
+        names = {f.name: f for f in dataclasses.fields(MaleniaConfig)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ModelError(f"model config has unknown keys {unknown}; written by a newer malenia?")
+        optim = data.pop("optim", None) or {}
+        o_names = {f.name for f in dataclasses.fields(OptimConfig)}
+        if set(optim) - o_names:
+            raise ModelError(f"model config 'optim' has unknown keys {sorted(set(optim) - o_names)}")
+        optim = {k: tuple(v) if isinstance(v, list) else v for k, v in optim.items()}
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return MaleniaConfig(**data, optim=OptimConfig(**optim))
+
+
+def paper() -> MaleniaConfig:
+    """nnU-Net 3d_fullres scale at 96³ and 1.5 mm, C = 256 as in Mask2Former; for GPUs."""
+    return MaleniaConfig(name="paper")
+
+
+def compact() -> MaleniaConfig:
+    """Same architecture with ~1/8 of the channels, 64³ patches at 2.5 mm: trains on 2 CPU cores."""
+    return MaleniaConfig(
+        name="compact",
+        target_spacing=(2.5, 2.5, 2.5),
+        patch_size=(64, 64, 64),
+        features_per_stage=(8, 16, 32, 64, 128, 128),
+        embed_dim=96,
+        num_heads=4,
+        ffn_dim=384,
+        optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50),
+    )
+
+
+CONFIGS = {"paper": paper, "compact": compact}
+
+
+def get_config(name: str) -> MaleniaConfig:
+    try:
+        return CONFIGS[name]()
+    except KeyError:
+        raise InputError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}") from None

@@ -1,0 +1,245 @@
+"""The model folder: everything inference needs, checked by sha256 (docs/architecture.md, "Model folder").
+
+    MODEL/manifest.json                {"format": "malenia-model/1", "name", "version", "created",
+                                        "malenia_version", "config", "training_data", "files": {relpath: sha256}}
+    MODEL/config.json                  MaleniaConfig.to_dict()
+    MODEL/weights.safetensors          network weights (no pickle anywhere)
+    MODEL/attribute_bank.safetensors   the stored attribute bank (inference needs no text encoder)
+    MODEL/knowledge_table.json         the knowledge table the model was evaluated with
+    MODEL/MODEL_CARD.md                generated from the evaluation (optional until evaluated)
+    MODEL/report_rows.safetensors      optional: whole-report embeddings of a single-positive (ablation) model
+
+Used by training (RUN/model), `malenia segment`, `malenia evaluate`, the Slicer module and the retraining
+server. The folder is written whole (malenia.atomic.atomic_dir); loading refuses any missing file, any
+sha256 mismatch, any file not in the manifest that it would read, and weights that do not fit the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from malenia import __version__
+from malenia.atomic import atomic_dir
+from malenia.errors import ModelError
+
+MODEL_FORMAT = "malenia-model/1"
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+BANK = "attribute_bank.safetensors"
+KNOWLEDGE = "knowledge_table.json"
+CARD = "MODEL_CARD.md"
+REPORT_ROWS = "report_rows.safetensors"  # only single-positive ablation models: whole-report embeddings
+REQUIRED = (CONFIG, WEIGHTS, BANK, KNOWLEDGE)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A verified model folder. `network` is built in eval mode unless loaded with build_network=False."""
+
+    path: Path
+    manifest: dict[str, Any]
+    config: Any  # MaleniaConfig
+    bank: Any  # AttributeBank
+    network: Any = None  # MaleniaNet
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", ""))
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", ""))
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the model in reports: the sha256 of its weights file."""
+        return self.manifest["files"][WEIGHTS]
+
+    @property
+    def knowledge_table_path(self) -> Path:
+        return self.path / KNOWLEDGE
+
+    def knowledge_table(self):
+        """The KnowledgeTable stored with the model (the one it was evaluated with)."""
+        from malenia.knowledge.table import KnowledgeTable
+
+        return KnowledgeTable.load(self.knowledge_table_path)
+
+    def report_rows(self):
+        """Whole-report embeddings [Q, Dt] of a single-positive ablation model, else None."""
+        p = self.path / REPORT_ROWS
+        if not p.exists():
+            return None
+        from safetensors.numpy import load_file
+
+        return load_file(str(p))["embeddings"]
+
+    def card(self) -> str | None:
+        p = self.path / CARD
+        return p.read_text(encoding="utf-8") if p.exists() else None
+
+
+def _manifest(folder: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    files = {p.relative_to(folder).as_posix(): sha256_file(p)
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {"format": MODEL_FORMAT, **meta, "files": files}
+
+
+def save_model_folder(target: str | Path, *, config, network, bank,
+                      knowledge_table: str | Path | Mapping[str, Any], name: str, version: str,
+                      training_data: str, model_card: str | None = None,
+                      extra: Mapping[str, Any] | None = None, report_rows=None, overwrite: bool = False) -> Path:
+    """Writes a complete model folder at `target` atomically and returns its path.
+
+    `knowledge_table` is the path of a knowledge-table JSON (copied as is) or its parsed content.
+    `extra` adds keys to the manifest (e.g. training steps, evaluation summary). `knowledge_table` may also
+    be a KnowledgeTable (its `to_json()` is stored). `report_rows` (float32 [Q, Dt]) are stored only for
+    single-positive ablation models.
+    """
+    from safetensors.torch import save_model
+
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ModelError(f"model folder {target} exists (use overwrite)")
+    with atomic_dir(target, overwrite=overwrite) as staging:
+        (staging / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        # save_model drops the aliases nnU-Net's modules register for shared weights (safetensors refuses them).
+        save_model(network, str(staging / WEIGHTS), metadata={"format": MODEL_FORMAT, "config": config.name})
+        bank.save(staging / BANK)
+        if report_rows is not None:
+            from safetensors.numpy import save_file as save_np
+
+            save_np({"embeddings": np.ascontiguousarray(report_rows, dtype=np.float32)}, str(staging / REPORT_ROWS))
+        if hasattr(knowledge_table, "to_json"):
+            knowledge_table = knowledge_table.to_json()
+        if isinstance(knowledge_table, (str, Path)):
+            shutil.copyfile(knowledge_table, staging / KNOWLEDGE)
+        else:
+            (staging / KNOWLEDGE).write_text(json.dumps(knowledge_table, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+        if model_card is not None:
+            (staging / CARD).write_text(model_card, encoding="utf-8")
+        meta = {
+            "name": name,
+            "version": version,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "malenia_version": __version__,
+            "config": config.name,
+            "training_data": training_data,
+            **dict(extra or {}),
+        }
+        (staging / MANIFEST).write_text(json.dumps(_manifest(staging, meta), indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def update_model_folder(folder: str | Path, files: Mapping[str, str | bytes], manifest_extra: Mapping[str, Any] | None = None) -> Path:
+    """Replaces or adds files (e.g. MODEL_CARD.md) and re-hashes the manifest; the folder is swapped whole."""
+    folder = Path(folder)
+    verify_model_folder(folder)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    with atomic_dir(folder, overwrite=True) as staging:
+        for p in folder.rglob("*"):
+            rel = p.relative_to(folder)
+            if p.is_dir():
+                (staging / rel).mkdir(parents=True, exist_ok=True)
+            elif p.name != MANIFEST:
+                shutil.copy2(p, staging / rel)
+        for rel, content in files.items():
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        meta = {k: v for k, v in manifest.items() if k not in ("format", "files")}
+        meta.update(manifest_extra or {})
+        (staging / MANIFEST).write_text(json.dumps(_manifest(staging, meta), indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def verify_model_folder(folder: str | Path) -> dict[str, Any]:
+    """Checks the manifest and every sha256; returns the manifest. Raises ModelError with one line."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder not found: {folder}")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{folder}: not a Malenia model folder (no {MANIFEST})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{folder / MANIFEST}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{folder}: unknown model format {manifest.get('format') if isinstance(manifest, dict) else None!r}; expected {MODEL_FORMAT!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ModelError(f"{folder / MANIFEST}: 'files' must map paths to sha256")
+    for rel in REQUIRED:
+        if rel not in files:
+            raise ModelError(f"{folder}: manifest does not list required file {rel}")
+    for rel, digest in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise ModelError(f"{folder}: missing file {rel}")
+        if sha256_file(path) != digest:
+            raise ModelError(f"{folder}: sha256 mismatch for {rel} (file changed or corrupted)")
+    return manifest
+
+
+def load_model_folder(path: str | Path | None = None, device: str = "cpu", build_network: bool = True) -> LoadedModel:
+    """Verifies and loads a model folder (default: the built-in model in Resources/model)."""
+    from safetensors import SafetensorError, safe_open
+
+    from malenia.knowledge.bank import AttributeBank
+    from malenia.model.config import MaleniaConfig
+    from malenia.paths import builtin_model_dir
+
+    folder = Path(path) if path is not None else builtin_model_dir()
+    manifest = verify_model_folder(folder)
+    try:
+        config = MaleniaConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ModelError(f"{folder / CONFIG}: unreadable model config ({err})") from None
+    if manifest.get("config") not in (None, config.name):
+        raise ModelError(f"{folder}: manifest says config {manifest.get('config')!r} but config.json is {config.name!r}")
+    try:
+        bank = AttributeBank.load(folder / BANK)
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{folder}: unreadable weights or attribute bank ({str(err).splitlines()[0]})") from None
+    if int(bank.embeddings.shape[1]) != int(config.text_dim):
+        raise ModelError(f"{folder}: attribute bank has {bank.embeddings.shape[1]}-d embeddings, config expects {config.text_dim}")
+    loaded = LoadedModel(folder, manifest, config, bank, None)
+    if build_network:
+        from malenia.model.network import MaleniaNet
+
+        net = MaleniaNet(config)
+        load_weights(net, folder / WEIGHTS)
+        loaded.network = net.to(device).eval()
+    return loaded
+
+
+def load_weights(network, weights_path: str | Path) -> None:
+    """Loads a weights.safetensors into `network` strictly (ModelError when it does not fit)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    try:
+        load_model(network, str(weights_path), strict=True)
+    except (RuntimeError, SafetensorError, OSError) as err:
+        msg = " ".join(str(err).split())[:300]
+        raise ModelError(f"{weights_path}: weights do not fit the model configuration ({msg})") from None

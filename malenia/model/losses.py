@@ -1,0 +1,107 @@
+"""Training objective (paper Eq. 6): λ1·L_deep + λ2·L_sim + λ3·(α1·BCE + α2·Dice).
+
+- L_sim: multi-positive NCE (Eq. 2) of every token of every block against [t0, bank], averaged
+  over tokens and then over blocks (the paper's leading minus sign in the block average is a
+  typo: each term is already a negative log-likelihood).
+- L_deep: Dice loss of each block's matched proposals, averaged over matched tokens, then blocks.
+- L_seg: on the final masks, with the last block's matching (the one CMKI was fed with):
+  BCE over all tokens (unmatched tokens learn an empty mask) plus Dice over matched tokens
+  (Dice against an empty mask is degenerate; Mask2Former also restricts it to matched masks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from malenia.model.config import MaleniaConfig
+from malenia.model.matcher import BlockSupervision, HungarianMatcher, Match
+from malenia.model.targets import LesionTargets
+
+
+def dice_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice per row: logits [M, P], gt [M, P] → [M]."""
+    p = logits.sigmoid()
+    return 1 - (2 * (p * gt).sum(-1) + 1) / (p.sum(-1) + gt.sum(-1) + 1)
+
+
+def mp_nce(sim: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Multi-positive NCE (Lee et al. 2022; paper Eq. 2) per token.
+
+    sim: [M, R+1] logits S(m_j, t_k); positive: bool [M, R+1], at least one True per row.
+    Each positive competes with the negatives only (not with the token's other positives):
+    loss_j = mean_{k ∈ P_j} -log( e^{s_k} / (e^{s_k} + Σ_{n ∈ N_j} e^{s_n}) ).
+    """
+    neg = torch.logsumexp(sim.masked_fill(positive, float("-inf")), dim=-1, keepdim=True)
+    per_pair = torch.logaddexp(sim, neg) - sim
+    return (per_pair * positive).sum(-1) / positive.sum(-1)
+
+
+def positive_sets(
+    matches: list[Match], targets: list[LesionTargets], num_tokens: int, num_rows: int, multi_positive: bool, device
+) -> torch.Tensor:
+    """bool [B, N, R+1] over [t0, bank]: a matched token's positives are its lesion's rows, others t0."""
+    pos = torch.zeros(len(targets), num_tokens, num_rows + 1, dtype=torch.bool)
+    pos[..., 0] = True
+    for b, ((tok, les), tgt) in enumerate(zip(matches, targets)):
+        for j, k in zip(tok.tolist(), les.tolist()):
+            rows = tgt.positives[k] if multi_positive else [tgt.report_rows[k]]
+            pos[b, j, 0] = False  # a lesion without descriptions leaves its token out of L_sim
+            pos[b, j, [r + 1 for r in rows]] = True
+    return pos.to(device)
+
+
+def _matched(logits: torch.Tensor, gt: list[torch.Tensor], matches: list[Match]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the matched (prediction, lesion) rows of a batch: [M, P] each."""
+    preds = [logits[b, tok.to(logits.device)] for b, (tok, _) in enumerate(matches)]
+    gts = [g[les.to(g.device)] for g, (_, les) in zip(gt, matches)]
+    return torch.cat(preds), torch.cat(gts)
+
+
+class MaleniaCriterion(nn.Module):
+    """`criterion(output, targets)` → {"deep", "sim", "seg_bce", "seg_dice", "seg", "total"} (scalars)."""
+
+    def __init__(self, cfg: MaleniaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice, cfg.num_points)
+
+    def forward(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        sup: list[BlockSupervision] = output.supervision or self.matcher.supervise(
+            output.proposals, targets, output.padded_shape, output.image_shape
+        )
+        zero = output.mask_logits.sum() * 0.0  # keeps the graph connected when nothing is matched
+
+        deep = []
+        for block in sup:
+            pred, gt = _matched(block.logits, block.gt, block.matches)
+            deep.append(dice_loss(pred, gt).mean() if len(pred) else zero)
+        l_deep = torch.stack(deep).mean()
+
+        blocks = range(len(sup)) if cfg.multi_scale_alignment else [len(sup) - 1]
+        sims = []
+        for i in blocks:
+            sim = output.sim_logits[i]
+            pos = positive_sets(sup[i].matches, targets, sim.shape[1], sim.shape[2] - 1, cfg.multi_positive, sim.device)
+            sim, pos = sim.flatten(0, 1), pos.flatten(0, 1)
+            keep = pos.any(-1)
+            sims.append(mp_nce(sim[keep], pos[keep]).mean())
+        l_sim = torch.stack(sims).mean()
+
+        final = output.mask_logits
+        b, n = final.shape[:2]
+        final = final.reshape(b, n, -1)
+        gt_full = [t.masks.to(final.device).reshape(t.num_lesions, -1).float() for t in targets]
+        last = sup[-1].matches
+        target = torch.zeros_like(final)
+        for i, ((tok, les), g) in enumerate(zip(last, gt_full)):
+            target[i, tok.to(final.device)] = g[les.to(g.device)]
+        l_bce = F.binary_cross_entropy_with_logits(final, target)
+        pred, gt = _matched(final, gt_full, last)
+        l_dice = dice_loss(pred, gt).mean() if len(pred) else zero
+        l_seg = cfg.alpha_bce * l_bce + cfg.alpha_dice * l_dice
+
+        total = cfg.lambda_deep * l_deep + cfg.lambda_sim * l_sim + cfg.lambda_seg * l_seg
+        return {"deep": l_deep, "sim": l_sim, "seg_bce": l_bce, "seg_dice": l_dice, "seg": l_seg, "total": total}

@@ -1,0 +1,116 @@
+"""Bipartite matching of mask proposals to ground-truth lesions (Mask2Former's Hungarian matcher).
+
+Proposals of block i live on the 1/32, 1/16 or 1/8 grid. They are compared with the lesions
+on the image grid: the proposal logits are trilinearly up-sampled (paper: "upsampled binary
+mask proposals"), not the masks down-sampled, because a small lesion vanishes on a 1/32 grid
+(3³ voxels for a 96³ patch) and could then never be matched. With `num_points` set, the
+comparison uses that many random voxels instead of all (Mask2Former's point sampling): the
+up-sampled logits are evaluated only there, which is exactly the dense up-sampling's value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from malenia.model.targets import LesionTargets
+
+Match = tuple[torch.Tensor, torch.Tensor]  # (token indices, lesion indices), int64, same length
+
+
+def dice_cost(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice between every proposal [N, P] (logits) and every lesion [K, P] (0/1) → [N, K]."""
+    p = logits.sigmoid()
+    inter = p @ gt.T
+    return 1 - (2 * inter + 1) / (p.sum(-1)[:, None] + gt.sum(-1)[None, :] + 1)
+
+
+def bce_cost(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of every proposal [N, P] against every lesion [K, P] → [N, K]."""
+    pos = F.softplus(-logits)  # -log σ(x): cost where the lesion is
+    neg = F.softplus(logits)  # -log(1-σ(x)): cost where it is not
+    return (pos @ gt.T + neg @ (1 - gt).T) / logits.shape[-1]
+
+
+def hungarian(cost: torch.Tensor) -> Match:
+    """Minimum-cost one-to-one assignment of rows (tokens) to columns (lesions).
+
+    With more lesions than tokens, the surplus lesions stay unmatched; with none, nothing matches.
+    """
+    if cost.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty.clone()
+    rows, cols = linear_sum_assignment(cost.detach().float().cpu().numpy())
+    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+
+
+@dataclass
+class BlockSupervision:
+    """What one transformer block is matched and supervised with (training only)."""
+
+    logits: torch.Tensor  # [B, N, P] proposal logits at the supervised voxels of the image grid
+    gt: list[torch.Tensor]  # per image, float [K, P] lesion masks at the same voxels
+    matches: list[Match]  # per image
+
+
+def proposals_on_image_grid(
+    logits: torch.Tensor, padded_shape: tuple[int, ...], image_shape: tuple[int, ...], index: torch.Tensor | None
+) -> torch.Tensor:
+    """Up-sample proposals [B,N,d,h,w] (on the padded grid) to the image grid → [B, N, P].
+
+    index: flat voxel indices into the image grid to evaluate, or None for all voxels.
+    """
+    b, n = logits.shape[:2]
+    if index is None:
+        up = F.interpolate(logits, size=padded_shape, mode="trilinear", align_corners=False)
+        d, h, w = image_shape
+        return up[..., :d, :h, :w].reshape(b, n, -1)
+    # Voxel centres in the padded grid's normalised coordinates (x, y, z order for grid_sample);
+    # align_corners=False and border padding reproduce F.interpolate's values exactly.
+    zyx = torch.stack(torch.unravel_index(index, image_shape), -1).to(logits.dtype)
+    size = torch.tensor(padded_shape, dtype=logits.dtype, device=logits.device)
+    grid = ((zyx + 0.5) / size * 2 - 1).flip(-1)
+    grid = grid.view(1, 1, 1, -1, 3).expand(b, -1, -1, -1, -1)
+    return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False).view(b, n, -1)
+
+
+class HungarianMatcher:
+    def __init__(self, cost_bce: float = 1.0, cost_dice: float = 1.0, num_points: int | None = None):
+        self.cost_bce = cost_bce
+        self.cost_dice = cost_dice
+        self.num_points = num_points
+
+    def cost(self, logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """[N, P] proposal logits × [K, P] lesion masks → [N, K] matching cost."""
+        logits, gt = logits.float(), gt.float()
+        return self.cost_bce * bce_cost(logits, gt) + self.cost_dice * dice_cost(logits, gt)
+
+    @torch.no_grad()
+    def match(self, logits: torch.Tensor, gt: torch.Tensor) -> Match:
+        return hungarian(self.cost(logits, gt))
+
+    def supervise(
+        self,
+        proposals: list[torch.Tensor],
+        targets: list[LesionTargets],
+        padded_shape: tuple[int, ...],
+        image_shape: tuple[int, ...],
+    ) -> list[BlockSupervision]:
+        """Match every block's proposals to the lesions; keeps the compared voxels for the losses."""
+        n_vox = int(np.prod(image_shape))
+        device = proposals[0].device
+        flat_gt = [t.masks.to(device).reshape(t.num_lesions, -1).float() for t in targets]
+        out = []
+        for logits in proposals:
+            index = None
+            if self.num_points is not None and self.num_points < n_vox:
+                index = torch.randperm(n_vox, device=device)[: self.num_points]
+            sampled = proposals_on_image_grid(logits, padded_shape, image_shape, index)
+            gt = flat_gt if index is None else [g[:, index] for g in flat_gt]
+            matches = [self.match(sampled[i], gt[i]) for i in range(len(targets))]
+            out.append(BlockSupervision(sampled, gt, matches))
+        return out

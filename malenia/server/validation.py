@@ -1,0 +1,196 @@
+"""Checks an uploaded training case before anything is stored.
+
+A case is the dataset format of `malenia.data.dataset` (image.nii.gz, lesions.nii.gz, report.json).
+Checked: both files are readable NIfTI (header first, so a decompression bomb is refused before it
+is inflated), 3D and within the voxel limit; the two grids agree within tolerance; lesion labels are
+non-negative integers and exactly the labels the report describes; the report parses as a
+`CaseReport` and its vocabulary ids exist. Every failure is an InputError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malenia.data.dataset import CaseReport
+from malenia.errors import InputError
+from malenia.paths import knowledge_dir
+from malenia.server.config import GeometryTolerance, UploadLimits
+
+CASE_FILES = ("image.nii.gz", "lesions.nii.gz", "report.json")
+
+
+@dataclass
+class Grid:
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    pixel_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction), "pixel_type": self.pixel_type}
+
+
+@dataclass
+class CheckedCase:
+    report: CaseReport
+    report_sha256: str  # of the canonical JSON, so formatting alone does not make a new case
+    grid: Grid
+    labels: dict[int, int]  # lesion label -> voxel count
+    free_text: list[tuple[str, str]] = field(default_factory=list)  # (aspect, text) with id None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "grid": self.grid.to_json(),
+            "lesions": [{"label": k, "voxels": v, "disease": self.report.lesion(k).disease} for k, v in self.labels.items()],
+            "free_text": [{"aspect": a, "text": t} for a, t in self.free_text],
+            "report_case_id": self.report.case_id,
+        }
+
+
+def check_report(data: bytes) -> tuple[CaseReport, str]:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"report: not valid JSON ({err})") from None
+    try:
+        report = CaseReport.from_json(obj)
+    except InputError as err:
+        raise InputError(f"report: {err}") from None
+    known = vocabulary_ids()
+    for lesion in report.lesions:
+        for aspect, descriptions in lesion.attributes.items():
+            for d in descriptions:
+                if d.id is not None and known and (aspect, d.id) not in known:
+                    raise InputError(f"report: lesion {lesion.label}: {aspect} id {d.id!r} is not in the vocabulary")
+                if not d.text.strip():
+                    raise InputError(f"report: lesion {lesion.label}: empty {aspect} description")
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return report, hashlib.sha256(canonical).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def vocabulary_ids() -> frozenset[tuple[str, str]]:
+    """(aspect, id) pairs of Resources/knowledge/vocabulary.json; empty if it cannot be read."""
+    try:
+        vocab = json.loads((knowledge_dir() / "vocabulary.json").read_text(encoding="utf-8"))
+        return frozenset((aspect, entry["id"]) for aspect, entries in vocab["aspects"].items() for entry in entries)
+    except (OSError, KeyError, TypeError, ValueError):
+        return frozenset()
+
+
+def read_grid(path: Path, what: str, limits: UploadLimits) -> Grid:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("NiftiImageIO")  # NIfTI only: no NRRD/MHA/DICOM under a .nii.gz name
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(f"{what}: not a readable NIfTI file ({_first_line(err)})") from None
+    if reader.GetDimension() != 3:
+        raise InputError(f"{what}: must be a 3D image, got {reader.GetDimension()}D")
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(f"{what}: must have one component per voxel, got {reader.GetNumberOfComponents()}")
+    size = tuple(int(s) for s in reader.GetSize())
+    voxels = math.prod(size)
+    if voxels == 0 or voxels > limits.max_voxels:
+        raise InputError(f"{what}: {size} voxels is outside 1..{limits.max_voxels}")
+    spacing = tuple(float(s) for s in reader.GetSpacing())
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"{what}: spacing must be positive, got {spacing}")
+    return Grid(size, spacing, tuple(float(v) for v in reader.GetOrigin()),
+                tuple(float(v) for v in reader.GetDirection()),
+                sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+
+
+def check_same_grid(image: Grid, lesions: Grid, tol: GeometryTolerance) -> None:
+    if image.size != lesions.size:
+        raise InputError(f"lesions grid size {lesions.size} differs from image size {image.size}")
+    if not np.allclose(lesions.spacing, image.spacing, rtol=tol.spacing_rtol, atol=0):
+        raise InputError(f"lesions spacing {lesions.spacing} differs from image spacing {image.spacing}")
+    origin_tol = tol.origin_tol_voxels * min(image.spacing)
+    if np.max(np.abs(np.subtract(lesions.origin, image.origin))) > origin_tol:
+        raise InputError(f"lesions origin {lesions.origin} differs from image origin {image.origin}")
+    if np.max(np.abs(np.subtract(lesions.direction, image.direction))) > tol.direction_atol:
+        raise InputError("lesions direction differs from image direction")
+
+
+def read_labels(path: Path, limits: UploadLimits) -> dict[int, int]:
+    """Voxel count per non-zero label, slab by slab (a 512x512x300 map never widens to int64 whole)."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path), imageIO="NiftiImageIO")
+    except RuntimeError as err:
+        raise InputError(f"lesions: cannot read NIfTI data ({_first_line(err)})") from None
+    arr = sitk.GetArrayViewFromImage(image)  # a view: `image` must stay alive while it is used
+    counts = np.zeros(1, dtype=np.int64)
+    for z in range(0, arr.shape[0], 16):
+        slab = arr[z:z + 16]
+        if slab.dtype.kind == "f":
+            if not np.all(np.isfinite(slab)) or not np.all(slab == np.round(slab)):
+                raise InputError("lesions: label values must be integers (found fractional or non-finite values)")
+        elif slab.dtype.kind not in "iu":
+            raise InputError(f"lesions: label map must hold integers, got {slab.dtype}")
+        lo, hi = slab.min(), slab.max()
+        if lo < 0:
+            raise InputError(f"lesions: label values must be 0..K, found {int(lo)}")
+        if hi > limits.max_labels:
+            raise InputError(f"lesions: label {int(hi)} exceeds the limit of {limits.max_labels} lesions")
+        c = np.bincount(slab.astype(np.int64, copy=False).ravel(), minlength=counts.size)
+        if c.size > counts.size:
+            counts = np.pad(counts, (0, c.size - counts.size))
+        counts += c
+    return {int(k): int(counts[k]) for k in np.flatnonzero(counts) if k > 0}
+
+
+def check_image_data(path: Path) -> None:
+    """Decompresses the whole image: a truncated or corrupt file fails here, not in training."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path), imageIO="NiftiImageIO")
+    except RuntimeError as err:
+        raise InputError(f"image: cannot read NIfTI data ({_first_line(err)})") from None
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError("image: contains NaN or infinite values")
+
+
+def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> CheckedCase:
+    """Validates folder/{image.nii.gz, lesions.nii.gz, report.json}; InputError on the first problem."""
+    report_path = folder / "report.json"
+    if report_path.stat().st_size > limits.max_report_bytes:
+        raise InputError(f"report: larger than {limits.max_report_bytes} bytes")
+    report, report_sha = check_report(report_path.read_bytes())
+    image_grid = read_grid(folder / "image.nii.gz", "image", limits)
+    lesion_grid = read_grid(folder / "lesions.nii.gz", "lesions", limits)
+    check_same_grid(image_grid, lesion_grid, tol)
+    labels = read_labels(folder / "lesions.nii.gz", limits)
+    described = {lesion.label for lesion in report.lesions}
+    if set(labels) != described:
+        missing = sorted(described - set(labels))
+        extra = sorted(set(labels) - described)
+        parts = ([f"report describes labels {missing} absent from the mask"] if missing else []) + \
+                ([f"mask has labels {extra} the report does not describe"] if extra else [])
+        raise InputError("lesions: " + "; ".join(parts))
+    check_image_data(folder / "image.nii.gz")
+    free = [(aspect, d.text.strip()) for lesion in report.lesions for aspect, ds in lesion.attributes.items()
+            for d in ds if d.id is None]
+    return CheckedCase(report, report_sha, image_grid, dict(sorted(labels.items())), sorted(set(free)))
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:200]

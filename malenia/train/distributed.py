@@ -1,0 +1,71 @@
+"""Distributed data parallel setup through torch.distributed (launched by `torchrun`).
+
+`torchrun --nproc_per_node=K -m malenia.cli train ...` (or `--nnodes`/`--rdzv-*` for several nodes) sets
+RANK/WORLD_SIZE/LOCAL_RANK; `init_distributed` then joins the process group: NCCL on GPUs, gloo on CPU.
+One process without those variables is an ordinary single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Joins the torchrun process group when launched by torchrun; picks the device (cuda:LOCAL_RANK or cpu)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = torch.cuda.is_available() if device in (None, "auto") else str(device).startswith("cuda")
+    dev = torch.device(f"cuda:{local}") if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    if not info.enabled:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    # Unmatched tokens or a switched-off branch leave some parameters without gradient in a step.
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def mean_across(value: float, info: DistInfo) -> float:
+    """The mean of a per-process scalar over all processes (the global-batch loss for logging)."""
+    if not info.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item() / info.world_size)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

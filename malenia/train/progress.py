@@ -1,0 +1,61 @@
+"""Progress of a long job: a tqdm bar for people, or one JSON object per line for programs.
+
+JSON lines follow the training CLI contract (docs/architecture.md):
+{"stage", "fraction", "message", "step", "total", "loss", "val_dsc"}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+
+class Progress:
+    def __init__(self, total: int, mode: str = "bar", stage: str = "train", stream: IO[str] | None = None,
+                 initial: int = 0, enabled: bool = True):
+        if mode not in ("bar", "json", "none"):
+            raise ValueError(f"progress mode must be bar, json or none, got {mode!r}")
+        self.total, self.mode, self.stage, self.enabled = int(total), mode, stage, enabled
+        self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
+        self.last: dict[str, Any] = {"loss": None, "val_dsc": None}
+        self._bar = None
+        if enabled and mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, initial=initial, desc=stage, file=self.stream, dynamic_ncols=True,
+                             disable=not getattr(self.stream, "isatty", lambda: False)())
+
+    def emit(self, step: int, message: str = "", stage: str | None = None, **values: Any) -> None:
+        """Reports the state at `step` (loss, val_dsc, ... are remembered until replaced)."""
+        if not self.enabled:
+            return
+        self.last.update({k: v for k, v in values.items() if v is not None})
+        stage = stage or self.stage
+        if self.mode == "json":
+            obj = {
+                "stage": stage,
+                "fraction": round(step / self.total, 6) if self.total else 1.0,
+                "message": message,
+                "step": int(step),
+                "total": self.total,
+                "loss": _round(self.last.get("loss")),
+                "val_dsc": _round(self.last.get("val_dsc")),
+            }
+            self.stream.write(json.dumps(obj) + "\n")
+            self.stream.flush()
+        elif self._bar is not None:
+            self._bar.n = step
+            post = {k: f"{v:.4f}" for k, v in self.last.items() if isinstance(v, float)}
+            self._bar.set_postfix(post, refresh=False)
+            if message:
+                self._bar.set_description_str(f"{stage}: {message}", refresh=False)
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _round(v: Any) -> Any:
+    return round(float(v), 6) if isinstance(v, (int, float)) else v
