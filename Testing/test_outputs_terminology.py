@@ -104,3 +104,38 @@ def test_report_version_is_checked():
         SegmentationResult.from_json({"format": "malenia-segment-report", "schema_version": "2.0.0"})
     schema = json.loads((resources_dir() / "report.schema.json").read_text(encoding="utf-8"))
     assert schema["$id"].endswith(":1.0.0") and schema["properties"]["schema_version"]["const"] == "1.0.0"
+
+
+def test_slicer_terminology_logic_reads_the_files():
+    """3D Slicer's Terminologies logic (slicer-core) loads both contexts and finds every disease's codes."""
+    import slicer
+    import vtk
+
+    t = Terminology.load()
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert logic.LoadContextFromFile(str(FOLDER / SEGMENTATION_TERM_FILE))
+    assert logic.LoadContextFromFile(str(FOLDER / ANATOMIC_TERM_FILE))
+    names = vtk.vtkStringArray()
+    logic.GetLoadedTerminologyNames(names)
+    assert t.segmentation_context in [names.GetValue(i) for i in range(names.GetNumberOfValues())]
+    category = slicer.vtkSlicerTerminologyCategory()
+    assert logic.GetNumberOfCategoriesInTerminology(t.segmentation_context) == 1
+    logic.GetNthCategoryInTerminology(t.segmentation_context, 0, category)
+    assert category.GetCodeValue() == t.category.value and category.GetShowAnatomy()
+    types, regions = set(), {}
+    for i in range(logic.GetNumberOfTypesInTerminologyCategory(t.segmentation_context, category)):
+        typ = slicer.vtkSlicerTerminologyType()
+        logic.GetNthTypeInTerminologyCategory(t.segmentation_context, category, i, typ)
+        types.add(typ.GetCodeValue())
+    for i in range(logic.GetNumberOfRegionsInRegionContext(t.anatomic_context)):
+        region = slicer.vtkSlicerTerminologyType()
+        logic.GetNthRegionInRegionContext(t.anatomic_context, i, region)
+        regions[region.GetCodeValue()] = logic.GetNumberOfRegionModifierInRegion(t.anatomic_context, region)
+    for disease in ALL_DISEASES:
+        term = t.for_lesion(disease, location_id="location.kidney.right")
+        assert term.type.value in types and term.anatomic_region.value in regions
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(term.slicer_string(), entry)
+        assert entry.GetTypeObject().GetCodeValue() == term.type.value
+        assert entry.GetRegionObject().GetCodeValue() == term.anatomic_region.value
+    assert regions["64033007"] == 3 and regions["10200004"] == 0  # kidney: left/right/bilateral; liver: none

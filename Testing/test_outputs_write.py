@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from malenia.aspects import ASPECTS
+from malenia.data.ct_io import read_ct
 from malenia.errors import OutputError
 from malenia.infer import outputs
 from malenia.infer.results import (
@@ -307,10 +308,8 @@ def test_inconsistent_results_are_refused_before_writing(lung_result, tmp_path):
 @pytest.fixture(scope="module")
 def dicom_case(shared_data, tmp_path_factory):
     folder = shared_data / "ct" / "totalseg-example" / "example_ct_dicom"
-    reader = sitk.ImageSeriesReader()
-    files = list(reader.GetGDCMSeriesFileNames(str(folder)))
-    reader.SetFileNames(files)
-    image = reader.Execute()
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))  # sorted by position
+    image = read_ct(folder)  # the project's reader: float32 HU
     arr = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)  # [20, 512, 512]
     arr[_sphere(arr.shape, (8, 300, 200), (3.5, 30, 40))] = 1  # slices 5..11
     arr[_sphere(arr.shape, (15, 200, 330), (1.2, 12, 12))] = 2  # slices 14..16
@@ -368,18 +367,99 @@ def test_dicom_seg_aligns_with_the_series(dicom_case):
     assert d2.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
     assert d2.AnatomicRegionSequence[0].AnatomicRegionModifierSequence[0].CodeMeaning == "Left"
 
-    arr = sitk.GetArrayViewFromImage(result.labels)
+    _check_frames(seg, result.labels, by_uid)
+
+
+def _check_frames(seg, labels: sitk.Image, sources_by_uid: dict) -> None:
+    """Every frame sits on its source image and holds that slice's lesion pixels; no frame is missing."""
+    arr = sitk.GetArrayViewFromImage(labels)
     frames = seg.pixel_array  # [frames, rows, columns]
     seen = set()
     for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
         number = fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber
         uid = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        src = by_uid[uid]
+        src = sources_by_uid[uid]
         pos = [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient]
         assert pos == pytest.approx([float(v) for v in src.ImagePositionPatient])
-        k = uids.index(uid)  # dicom_files are in the label map's slice order
-        assert result.labels.TransformIndexToPhysicalPoint((0, 0, k)) == pytest.approx(pos)
+        k = int(round(labels.TransformPhysicalPointToContinuousIndex(pos)[2]))
+        assert labels.TransformIndexToPhysicalPoint((0, 0, k)) == pytest.approx(pos)
         np.testing.assert_array_equal(frames[i] > 0, arr[k] == number)
         seen.add((number, k))
-    expected = {(lab, k) for lab in (1, 2) for k in np.flatnonzero((arr == lab).any(axis=(1, 2)))}
+    numbers = range(1, len(seg.SegmentSequence) + 1)
+    expected = {(n, k) for n in numbers for k in np.flatnonzero((arr == n).any(axis=(1, 2)))}
     assert seen == expected  # one frame per lesion slice, none for empty slices
+
+
+def test_dicom_seg_matches_slices_by_position_not_file_order(dicom_case, tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    result = dicom_case[0]
+    shuffled = list(result.scan.dicom_files)
+    np.random.default_rng(0).shuffle(shuffled)
+    scan = ScanInfo.from_image(result.image, result.scan.source, None, dicom_files=shuffled)
+    files = outputs.write_outputs(SegmentationResult(result.labels, result.image, scan, MODEL, result.lesions),
+                                  tmp_path / "out", formats=["dicom"])
+    sources = {str(ds.file_meta.MediaStorageSOPInstanceUID): ds
+               for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in shuffled)}
+    _check_frames(hd.seg.segread(str(files["dicom"])), result.labels, sources)
+
+
+def test_dicom_seg_refuses_a_label_map_off_the_series(dicom_case, tmp_path):
+    from malenia.infer.dicom_seg import DicomSegError
+
+    result = dicom_case[0]
+    moved = sitk.Image(result.labels)
+    moved.SetOrigin([o + d for o, d in zip(moved.GetOrigin(), (0.0, 0.0, 1.0))])  # 1 mm off the slices
+    image = sitk.Image(result.image)
+    image.CopyInformation(moved)
+    scan = ScanInfo.from_image(image, result.scan.source, None, dicom_files=result.scan.dicom_files)
+    with pytest.raises(DicomSegError, match="no DICOM image at that position"):
+        outputs.write_outputs(SegmentationResult(moved, image, scan, MODEL, result.lesions), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_lung_seg_nrrd_loads_in_slicer_mrml(lung_out, lung_result):
+    """3D Slicer's own reader (slicer-core): names, colours, label values, terminology and tags."""
+    import slicer
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(lung_out[1]["seg"]))
+    assert storage.ReadData(node)
+    seg = node.GetSegmentation()
+    assert seg.GetNumberOfSegments() == 3
+    report = json.loads(lung_out[1]["json"].read_text(encoding="utf-8"))
+    for i, entry in enumerate(report["lesions"]):
+        segment = seg.GetNthSegment(i)
+        assert segment.GetName() == entry["segment"]["name"]
+        assert segment.GetLabelValue() == entry["label"]
+        assert list(segment.GetColor()) == pytest.approx([c / 255 for c in entry["segment"]["color_rgb"]], abs=1e-5)
+        term, disease = vtk.reference(""), vtk.reference("")
+        assert segment.GetTag("TerminologyEntry", term) and str(term) == entry["segment"]["terminology"]
+        assert segment.GetTag("Malenia.disease", disease) and str(disease) == entry["disease"]["name"]
+
+
+def test_without_the_ct_there_are_no_hu_and_no_images(lung_result, tmp_path):
+    lesions = [LesionResult(x.label, x.disease, x.attributes) for x in lung_result.lesions]  # not measured yet
+    result = SegmentationResult(lung_result.labels, None, lung_result.scan, MODEL, lesions)
+    files = outputs.write_outputs(result, tmp_path / "out", formats=["json", "html"])
+    report = json.loads(files["json"].read_text(encoding="utf-8"))
+    m = report["lesions"][0]["measurements"]
+    assert m["hu_mean"] is None and m["hu_std"] is None and m["voxel_count"] == 837
+    assert report["files"] == {"labels": None, "segmentation": None, "report_html": "report.html", "dicom_seg": None}
+    assert "data:image/png" not in files["html"].read_text(encoding="utf-8")
+
+
+def test_dicom_input_without_lesions_has_no_seg_and_says_why(dicom_case, tmp_path):
+    result = dicom_case[0]
+    empty = sitk.Image(result.labels.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(result.labels)
+    files = outputs.write_outputs(SegmentationResult(empty, result.image, result.scan, MODEL, []), tmp_path / "out")
+    assert "dicom" not in files and not (tmp_path / "out" / "lesions.dcm").exists()
+    report = json.loads(files["json"].read_text(encoding="utf-8"))
+    assert report["files"]["dicom_seg"] is None
+    assert any(w.startswith("no DICOM SEG written: no lesions") for w in report["scan"]["warnings"])
+    assert "no DICOM SEG written" in files["html"].read_text(encoding="utf-8")

@@ -310,3 +310,29 @@ def test_dicom_volume_exports_dicom_seg(tmp_path, shared_data):
     assert seg.get_segment_description(1).segment_label == "Liver cyst"
     mask = seg.get_volume(combine_segments=True).array
     assert int(mask.sum()) == int((sitk.GetArrayViewFromImage(session.labels_image()) > 0).sum())
+
+
+def test_deleted_and_emptied_segments(output_dir, tmp_path):
+    scene, _, logic, session = _load(output_dir, tmp_path)
+    session.segmentation.RemoveSegment(session.lesion(3).segment_id)
+    empty = np.zeros(sitk.GetArrayViewFromImage(session.labels_image()).shape, bool)
+    _replace_mask(scene, session, session.lesion(2).segment_id, empty)
+    with pytest.raises(ValueError, match=r"lesion\(s\) \[2\] have an empty mask"):
+        logic.save_correction()
+    with pytest.raises(ResultsError, match="empty mask"):
+        logic.export("json", tmp_path / "r.json")
+    assert [lesion.label for lesion in session.lesions] == [1, 2] and session.masks_edited
+    session.segmentation.RemoveSegment(session.lesion(2).segment_id)
+    saved = logic.save_correction()
+    case = read_case(tmp_path / "corrections", saved.case_id)
+    assert [x.disease for x in case.report.lesions] == ["kidney_tumor"]
+    assert sorted(np.unique(sitk.GetArrayViewFromImage(case.lesions)).tolist()) == [0, 1]
+
+
+def test_changing_to_a_ranked_disease_keeps_its_model_probability(output_dir, tmp_path):
+    _, _, _, session = _load(output_dir, tmp_path)
+    lesion = session.lesion(1)
+    runner_up = lesion.disease_alternatives[0]
+    chosen = lesion.set_disease(runner_up.name, {runner_up.key: runner_up.name})
+    assert chosen.key == runner_up.key and chosen.probability == pytest.approx(runner_up.probability)
+    assert lesion.set_disease(lesion.disease.name, {}) == lesion.disease and not lesion.is_corrected

@@ -57,7 +57,7 @@ class _AspectRow:
         self.combo.setEditable(True)
         self.combo.setInsertPolicy(qt.QComboBox.NoInsert)
         self.combo.setSizeAdjustPolicy(qt.QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.combo.setMinimumContentsLength(18)
+        self.combo.setMinimumContentsLength(24)
         self.combo.setSizePolicy(qt.QSizePolicy.Expanding, qt.QSizePolicy.Fixed)
         self.bar = qt.QProgressBar()
         self.bar.setObjectName(f"aspectScore_{aspect}")
@@ -67,10 +67,12 @@ class _AspectRow:
         self.alternatives.setObjectName(f"aspectAlternatives_{aspect}")
         self.alternatives.setWordWrap(True)
         self.alternatives.setStyleSheet("color: #5f6b76; font-size: 11px;")
-        grid.addWidget(self.name, 2 * row, 0)
-        grid.addWidget(self.combo, 2 * row, 1)
-        grid.addWidget(self.bar, 2 * row, 2)
-        grid.addWidget(self.alternatives, 2 * row + 1, 1, 1, 2)
+        # Three lines per aspect so that the descriptions get the panel's full width:
+        # name / description + score bar / runners-up.
+        grid.addWidget(self.name, 3 * row, 0, 1, 2)
+        grid.addWidget(self.combo, 3 * row + 1, 0)
+        grid.addWidget(self.bar, 3 * row + 1, 1)
+        grid.addWidget(self.alternatives, 3 * row + 2, 0, 1, 2)
         self.combo.currentIndexChanged.connect(self._on_index)
         self.combo.lineEdit().editingFinished.connect(self._on_typed)
 
@@ -91,6 +93,7 @@ class _AspectRow:
             else:
                 self.combo.setCurrentIndex(index)
                 self.combo.setEditText(current.text)
+        self.combo.lineEdit().setCursorPosition(0)  # show the start of long descriptions
         self.combo.setToolTip(current.text if current else "no description")
         _set_score(self.bar, current.score if current else None)
         alts = [c for c in review.options() if current is None or c.text != current.text][:3]
@@ -99,7 +102,7 @@ class _AspectRow:
         self.alternatives.setVisible(bool(alts))
         edited = review.is_corrected
         self.name.setText(review.name + (" ✎" if edited else ""))
-        self.name.setStyleSheet(EDITED_STYLE if edited else "font-weight: bold;")
+        self.name.setStyleSheet(EDITED_STYLE if edited else "font-weight: bold; color: #1b1f23;")
         self.name.setToolTip(f"Corrected; the model matched: {review.matched.text}" if edited and review.matched else review.name)
 
     def _on_index(self, index: int) -> None:
@@ -160,10 +163,17 @@ class AttributePanel:
         self.disease_combo.lineEdit().editingFinished.connect(self._on_disease_typed)
 
         aspects_box = qt.QGroupBox("Attributes")
-        grid = qt.QGridLayout(aspects_box)
-        grid.setColumnStretch(1, 1)
+        aspects_layout = qt.QVBoxLayout(aspects_box)
+        legend = qt.QLabel("Best-matching description per aspect; bar: similarity score 0–1. "
+                           "Pick another description or type one; ✎ marks corrections.")
+        legend.setWordWrap(True)
+        legend.setStyleSheet("color: #5f6b76; font-size: 11px;")
+        aspects_layout.addWidget(legend)
+        grid = qt.QGridLayout()
+        grid.setColumnStretch(0, 1)
         grid.setHorizontalSpacing(6)
         grid.setVerticalSpacing(2)
+        aspects_layout.addLayout(grid)
         self.rows = {aspect: _AspectRow(self, aspect, grid, i) for i, aspect in enumerate(ASPECTS)}
         layout.addWidget(aspects_box)
 
@@ -191,6 +201,10 @@ class AttributePanel:
     def set_lesion(self, lesion: LesionReview | None) -> None:
         self.lesion = lesion
         self.widget.setEnabled(lesion is not None)
+        self._refresh()
+
+    def refresh(self) -> None:
+        """Shows the lesion again (after its segment or measurements changed)."""
         self._refresh()
 
     def _refresh(self) -> None:
@@ -242,14 +256,21 @@ class AttributePanel:
         current = lesion.current_disease
         combo.setCurrentIndex(combo.findData(current.name))
         combo.setEditText(current.name)
-        prob = current.probability if lesion.corrected_disease is None else None
-        _set_score(self.disease_bar, prob)
-        if prob is not None:
-            self.disease_bar.setToolTip(f"Probability from the knowledge table: {prob:.3f}")
+        _set_score(self.disease_bar, current.probability)
+        if current.probability is not None:
+            self.disease_bar.setToolTip(f"Probability from the knowledge table: {current.probability:.3f}")
+        elif lesion.corrected_disease is not None:
+            self.disease_bar.setFormat("—")
+            self.disease_bar.setToolTip("Chosen by the reviewer; the model did not rank this disease")
+        parts = []
+        if lesion.corrected_disease is not None and lesion.disease.probability is not None:
+            parts.append(f"Model: {html.escape(lesion.disease.name)} {lesion.disease.probability:.2f}")
         alts = [a for a in lesion.disease_alternatives if a.name != current.name and a.probability is not None][:3]
-        self.disease_alternatives.setText("Also: " + "  ·  ".join(f"{html.escape(a.name)} {a.probability:.2f}" for a in alts)
-                                          if alts else "")
-        self.disease_alternatives.setVisible(bool(alts))
+        if alts:
+            parts.append("Also: " + "  ·  ".join(f"{html.escape(a.name)} {a.probability:.2f}" for a in alts))
+        self.disease_alternatives.setText("  —  ".join(parts))
+        self.disease_alternatives.setVisible(bool(parts))
+        self.disease_combo.lineEdit().setCursorPosition(0)
 
     def show_status(self, text: str) -> None:
         self.status.setText(text)

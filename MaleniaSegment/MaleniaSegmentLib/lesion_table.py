@@ -8,7 +8,10 @@ from __future__ import annotations
 from .qt_compat import Callbacks, get, qt
 from .review import LesionReview
 
-COLUMNS = ("#", "Disease", "Prob.", "Volume (ml)", "Longest (mm)", "Short axis (mm)")
+COLUMNS = ("#", "Disease", "Prob.", "ml", "LD mm", "SA mm")
+COLUMN_TIPS = ("Lesion number (label value)", "Disease inferred from the attributes (✎: corrected)",
+               "Probability of the disease (knowledge table)", "Volume in millilitres",
+               "Longest axial diameter (RECIST 1.1), mm", "Short-axis diameter perpendicular to it, same slice, mm")
 LABEL_ROLE = 32  # Qt.UserRole: the lesion label stored on the first cell
 
 
@@ -30,11 +33,14 @@ class LesionTable:
         t.setObjectName("MaleniaLesionTable")
         t.setColumnCount(len(COLUMNS))
         t.setHorizontalHeaderLabels(list(COLUMNS))
+        for col, tip in enumerate(COLUMN_TIPS):
+            t.horizontalHeaderItem(col).setToolTip(tip)
         t.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         t.setSelectionMode(qt.QAbstractItemView.SingleSelection)
         t.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
         t.setAlternatingRowColors(True)
         t.verticalHeader().setVisible(False)
+        t.setHorizontalScrollBarPolicy(qt.Qt.ScrollBarAlwaysOff)
         header = t.horizontalHeader()
         header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(1, qt.QHeaderView.Stretch)
@@ -56,6 +62,7 @@ class LesionTable:
                 self._fill_row(row, lesion)
             t.setSortingEnabled(True)
             t.sortItems(0, qt.Qt.AscendingOrder)
+            self._fit_height()
         finally:
             self._updating = False
 
@@ -72,11 +79,18 @@ class LesionTable:
         if lesion.is_corrected:
             tip += f" (corrected; model said {lesion.disease.name})"
         name_item.setToolTip(tip)
-        prob = disease.probability if lesion.corrected_disease is None else None
-        items = [label_item, name_item, _number_item(prob, 2), _number_item(lesion.volume_ml, 2),
+        items = [label_item, name_item, _number_item(disease.probability, 2), _number_item(lesion.volume_ml, 2),
                  _number_item(lesion.longest_mm, 1), _number_item(lesion.short_axis_mm, 1)]
         for col, item in enumerate(items):
             t.setItem(row, col, item)
+
+    def _fit_height(self) -> None:
+        # As tall as its rows (up to 8), so the attribute panel below stays in view.
+        t = self.widget
+        rows = min(max(get(t, "rowCount"), 3), 8)
+        height = t.horizontalHeader().height() + rows * t.verticalHeader().defaultSectionSize() + 2 * t.frameWidth() + 2
+        t.setMinimumHeight(height)
+        t.setMaximumHeight(height)
 
     def update_lesion(self, lesion: LesionReview) -> None:
         """Refreshes one row in place (after a correction or a re-measurement)."""

@@ -2,6 +2,8 @@
 
 Takes the MRML scene as input, so the same code runs inside Slicer (slicer.mrmlScene) and on
 a slicer-core `vtkMRMLScene` in tests. MaleniaSegment.py's logic class adds only Slicer glue.
+Heavy modules (numpy, SimpleITK, scipy, malenia.infer) are imported inside the methods: the
+module must load in a fresh Slicer before the first-use installation of its Python packages.
 """
 
 from __future__ import annotations
@@ -9,15 +11,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from malenia.data.dataset import Description
-
-from . import export as export_mod
-from . import mrml_io
-from .corrections import SavedCorrection, case_name, save_correction
-from .runner import RunState
-from .segment_run import SegmentRequest, SegmentRun
-from .session import ReviewSession
 
 
 def _default_root() -> Path:
@@ -34,32 +27,44 @@ class MaleniaLogic:
     def __init__(self, scene, settings: Settings | None = None):
         self.scene = scene
         self.settings = settings or Settings()
-        self.session: ReviewSession | None = None
+        self.session = None  # ReviewSession of the results on show
 
     # -- running ----------------------------------------------------------------------------
-    def start_segmentation(self, request: SegmentRequest, **run_options) -> SegmentRun:
+    def start_segmentation(self, request, **run_options):
+        """Starts `malenia segment` in the background; returns the SegmentRun to poll or cancel."""
+        from .segment_run import SegmentRun
+
         run = SegmentRun(request, self.settings.results_dir, **run_options)
         run.start()
         return run
 
-    def finish_segmentation(self, run: SegmentRun, segmentation_node=None) -> ReviewSession:
+    def finish_segmentation(self, run, segmentation_node=None):
+        from .runner import RunState
+
         if run.state is not RunState.SUCCEEDED:
             raise RuntimeError(run.error or f"segmentation {run.state.value}")
         return self.load_results(run.out_dir, run.request.volume_node, segmentation_node, run.request.dicom_files)
 
-    def load_results(self, out_dir: str | Path, volume_node, segmentation_node=None,
-                     dicom_files: list[str] | None = None) -> ReviewSession:
+    def load_results(self, out_dir: str | Path, volume_node, segmentation_node=None, dicom_files: list[str] | None = None):
+        """Shows an output folder of `malenia segment` on the volume it was computed from."""
+        from .session import ReviewSession
+
         self.session = ReviewSession.import_output(self.scene, out_dir, volume_node, segmentation_node, dicom_files)
         return self.session
 
     # -- corrections ------------------------------------------------------------------------
-    def _require_session(self) -> ReviewSession:
+    def _require_session(self):
         if self.session is None:
             raise RuntimeError("no Malenia results loaded")
         return self.session
 
-    def save_correction(self, corrections_dir: str | Path | None = None) -> SavedCorrection:
+    def save_correction(self, corrections_dir: str | Path | None = None):
         """Image, current masks and reviewed descriptions as the next version of this scan's case."""
+        from malenia.data.dataset import Description
+
+        from . import mrml_io
+        from .corrections import case_name, save_correction
+
         session = self._require_session()
         session.sync_with_segmentation()
         image = mrml_io.volume_to_sitk(session.volume_node)
@@ -78,6 +83,8 @@ class MaleniaLogic:
 
     # -- export -----------------------------------------------------------------------------
     def export(self, kind: str, path: str | Path) -> Path:
+        from . import export as export_mod
+
         session = self._require_session()
         session.sync_with_segmentation()
         return export_mod.export(session, kind, path)

@@ -114,11 +114,15 @@ class LesionReview:
         if not name_or_key:
             raise ValueError("the disease is empty")
         for key, name in known.items():
-            if name_or_key in (key, name):
+            if name_or_key.lower() in (key.lower(), name.lower()):
                 choice = DiseaseChoice(key, name)
                 break
         else:
             choice = DiseaseChoice(None, name_or_key)
+        # A disease the model ranked keeps the model's probability for it.
+        ranked = {c.key: c for c in [self.disease] + self.disease_alternatives if c.key is not None}
+        if choice.key in ranked:
+            choice = DiseaseChoice(choice.key, choice.name, ranked[choice.key].probability)
         self.corrected_disease = None if choice.name == self.disease.name else choice
         return self.current_disease
 

@@ -22,7 +22,7 @@ class ReviewPanel:
         self.summary.setWordWrap(True)
         layout.addWidget(self.summary)
         self.table = LesionTable()
-        self.table.widget.setMinimumHeight(120)
+        self.table._fit_height()
         layout.addWidget(self.table.widget)
         self.attributes = AttributePanel(known_diseases)
         layout.addWidget(self.attributes.widget)
@@ -56,5 +56,6 @@ class ReviewPanel:
         self.lesionSelected.emit(label)
 
     def _on_changed(self, lesion: LesionReview) -> None:
-        self.table.update_lesion(lesion)
-        self.lesionChanged.emit(lesion)
+        self.lesionChanged.emit(lesion)  # listeners recode the segment (its colour may change) ...
+        self.table.update_lesion(lesion)  # ... before the row and the header show it
+        self.attributes.refresh()

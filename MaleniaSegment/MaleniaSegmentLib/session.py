@@ -335,6 +335,10 @@ class ReviewSession:
         fresh measurements, and what was corrected in `extra["review"]`."""
         image = mrml_io.volume_to_sitk(self.volume_node)
         labels = self.labels_image(relabel=True)
+        present = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0}
+        empty = [lesion.label for k, lesion in enumerate(self.lesions, start=1) if k not in present]
+        if empty:
+            raise ResultsError(f"lesion(s) {empty} have an empty mask; paint them or delete their segments first")
         measured = measure_lesions(labels, image) if self.lesions else {}
         lesions, review = [], []
         for k, lesion in enumerate(self.lesions, start=1):

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="DSC/NSD, detection, attribute matching and disease accuracy on a dataset")
     p.add_argument("--model", default=None, help="model folder (default: the built-in model)")
     p.add_argument("--data", default=None, help="dataset folder (malenia-dataset/1)")
+    p.add_argument("--image", default=None, help="instead of --data: one labelled CT (with --label, --disease)")
+    p.add_argument("--label", default=None, help="lesion label map of --image (each connected component a lesion)")
+    p.add_argument("--disease", default=None, help="disease key of the lesions in --label (e.g. lung_tumor)")
     p.add_argument("--split", default="test", help="dataset split (default test; 'all' for every case)")
     p.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
     p.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default 2.0)")
@@ -57,8 +60,19 @@ def run(args: argparse.Namespace) -> int:
         path = write_model_card(args.model, results, commands)
         print(f"model card written: {path}")
         return 0
+    tmp = None
+    if args.image:
+        import tempfile
+
+        from malenia.evaluate.evaluate import dataset_from_labelled_scan
+
+        if not args.label:
+            raise InputError("--image needs --label (its lesion label map)")
+        tmp = tempfile.TemporaryDirectory(prefix="malenia-eval-")
+        args.data = str(dataset_from_labelled_scan(args.image, args.label, args.disease, Path(tmp.name) / "ds"))
+        args.split = "test"
     if not args.data:
-        raise InputError("--data is required (or --card to write a model card)")
+        raise InputError("--data or --image is required (or --card to write a model card)")
     if not (Path(args.data) / "dataset.json").is_file():
         raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
 
@@ -83,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     )
     progress.emit(progress.total, "done", stage="done")
     progress.close()
+    if tmp is not None:
+        result["data"]["path"] = f"{args.image} (label {args.label})"
+        tmp.cleanup()
     result["model"]["path"] = str(model.path)
     result["threshold"] = args.threshold
     md = markdown_tables(result)

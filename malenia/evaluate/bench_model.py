@@ -70,7 +70,8 @@ def _synthetic_batch(cfg, shape, batch: int, seed: int = 0):
     return image, bank, aspects, targets
 
 
-def measure(config_name: str, repeats: int = 3) -> dict[str, Any]:
+def measure(config, repeats: int = 3) -> dict[str, Any]:
+    """config: a name (paper, compact) or a MaleniaConfig."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -78,7 +79,7 @@ def measure(config_name: str, repeats: int = 3) -> dict[str, Any]:
     from malenia.model.losses import MaleniaCriterion
     from malenia.model.network import MaleniaNet
 
-    cfg = get_config(config_name)
+    cfg = get_config(config) if isinstance(config, str) else config
     torch.manual_seed(0)
     net = MaleniaNet(cfg)
     criterion = MaleniaCriterion(cfg)

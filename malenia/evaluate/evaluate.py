@@ -246,3 +246,30 @@ def markdown_tables(result: dict[str, Any]) -> str:
                                for _, g in groups)
             lines.append(f"| {ASPECT_NAMES[a]} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def dataset_from_labelled_scan(image_path: str | Path, label_path: str | Path, disease: str | None, target: str | Path) -> Path:
+    """A one-case dataset from a CT and its lesion label map (each connected component one lesion, reported
+    with `disease` and no attribute descriptions), so a labelled scan can be evaluated like any dataset."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from malenia.data.ct_io import read_ct
+    from malenia.data.dataset import Case, CaseReport, DatasetIndex, LesionReport, write_case, write_dataset_index
+    from malenia.errors import InputError
+
+    image = read_ct(image_path)
+    try:
+        label = sitk.ReadImage(str(label_path))
+    except RuntimeError as err:
+        raise InputError(f"cannot read label map {label_path}: {str(err).splitlines()[0]}") from None
+    if label.GetSize() != image.GetSize():
+        raise InputError(f"label map {label.GetSize()} and image {image.GetSize()} have different sizes")
+    instances, n = ndimage.label(sitk.GetArrayFromImage(label) > 0, structure=np.ones((3, 3, 3), bool))
+    lab = sitk.GetImageFromArray(instances.astype(np.uint16))
+    lab.CopyInformation(image)
+    case_id = Path(str(image_path)).name.split(".")[0]
+    report = CaseReport(case_id, [LesionReport(i, disease, {}) for i in range(1, n + 1)], source=str(image_path))
+    write_case(target, Case(case_id, image, lab, report), overwrite=True)
+    write_dataset_index(target, DatasetIndex(case_id, [case_id], {"test": [case_id]}, f"labelled scan {image_path}"))
+    return Path(target)

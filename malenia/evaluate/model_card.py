@@ -42,6 +42,7 @@ def _targets(results: Sequence[dict[str, Any]]) -> list[str]:
 def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results: Sequence[dict[str, Any]],
                       commands: str | None = None, weights_bytes: int | None = None, parameters: int | None = None) -> str:
     train = manifest.get("training", {}) or {}
+    synthetic = "synth" in str(manifest.get("training_data", "")).lower()
     lines = [
         f"# Model card: {manifest.get('name', 'malenia')} {manifest.get('version', '')}".rstrip(),
         "",
@@ -63,9 +64,10 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         "## Intended use and limits",
         "- Research and demonstration of open-set lesion segmentation with attribute matching in 3D Slicer. "
         "Not a medical device; not for diagnosis.",
-        "- **Trained on synthetic lesions only** (see below). Numbers on synthetic data say how well the method "
-        "learns attribute-controlled lesions, not how it performs on patients; the single real scan below is a "
-        "sanity check, not a clinical validation.",
+        ("- **Trained on synthetic lesions only** (see below). Numbers on synthetic data say how well the method "
+         "learns attribute-controlled lesions, not how it performs on patients; a single real scan is a "
+         "sanity check, not a clinical validation." if synthetic else
+         "- Results hold for data like the evaluation sets below; validate on your own scans before relying on it."),
         "",
         "## Training data",
         f"- {manifest.get('training_data') or 'not recorded'}",

@@ -40,6 +40,18 @@ def read_source_datasets(files: list[str]):
     return datasets
 
 
+def unsupported_reason(files: list[str]) -> str | None:
+    """Why no DICOM SEG can be written for this series, or None (checks the first header only)."""
+    import pydicom
+
+    if not files:
+        return "the DICOM file list is empty"
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return "multi-frame (enhanced) DICOM input is not supported for DICOM SEG output yet"
+    return None
+
+
 def load_series(files: list[str]):
     """Headers of the source series, with identifiers that anonymisers blanked filled in where possible.
 

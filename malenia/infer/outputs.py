@@ -58,13 +58,20 @@ def write_outputs(result: SegmentationResult, out_dir: str | os.PathLike, overwr
         for lesion in result.lesions:
             lesion.measurements = lesion.measurements or measured[lesion.label]
     specs = segment_specs(result.lesions, terminology)
-    if not result.lesions:
-        formats = [f for f in formats if f != "dicom"]  # a DICOM SEG needs at least one segment
+    warnings: list[str] = []
+    if "dicom" in formats:
+        from malenia.infer.dicom_seg import unsupported_reason
+
+        reason = "no lesions (a DICOM SEG needs at least one segment)" if not result.lesions else \
+            unsupported_reason(result.scan.dicom_files)
+        if reason:
+            formats = [f for f in formats if f != "dicom"]
+            warnings.append(f"no DICOM SEG written: {reason}")
 
     names = {f: FILE_NAMES[f] for f in formats}
     try:
         with _publish(out_dir, names.values(), overwrite) as staging:
-            _write_all(staging, result, specs, terminology, formats, names)
+            _write_all(staging, result, specs, terminology, formats, names, warnings)
     except OSError as err:
         raise OutputError(f"cannot write outputs to {out_dir}: {err.strerror or err}") from None
     return {f: out_dir / n for f, n in names.items()}
@@ -105,8 +112,10 @@ def check_result(result: SegmentationResult) -> None:
 
 
 def build_report(result: SegmentationResult, specs: list[SegmentSpec], terminology: Terminology,
-                 files: dict[str, str]) -> dict[str, Any]:
+                 files: dict[str, str], warnings: list[str] | None = None) -> dict[str, Any]:
+    """report.json: the result plus file names, terminology contexts, per-lesion segment codes and warnings."""
     report = result.to_json()
+    report["scan"]["warnings"] = [*report["scan"]["warnings"], *(warnings or [])]
     report = {
         "schema_version": report.pop("schema_version"),
         "format": report.pop("format"),
@@ -133,7 +142,7 @@ def build_report(result: SegmentationResult, specs: list[SegmentSpec], terminolo
 
 
 def _write_all(staging: Path, result: SegmentationResult, specs: list[SegmentSpec], terminology: Terminology,
-               formats: list[str], names: dict[str, str]) -> None:
+               formats: list[str], names: dict[str, str], warnings: list[str]) -> None:
     if "nifti" in formats:
         max_label = max((s.label for s in specs), default=0)
         pixel = sitk.sitkUInt8 if max_label < 256 else sitk.sitkUInt16 if max_label < 65536 else sitk.sitkUInt32
@@ -150,9 +159,9 @@ def _write_all(staging: Path, result: SegmentationResult, specs: list[SegmentSpe
         from malenia.infer.report_html import write_report_html
 
         write_report_html(staging / names["html"], result, specs,
-                          {d: terminology.display_name(d) for d in terminology.diseases})
+                          {d: terminology.display_name(d) for d in terminology.diseases}, warnings)
     if "json" in formats:
-        report = build_report(result, specs, terminology, names)
+        report = build_report(result, specs, terminology, names, warnings)
         validate_report(report)
         text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
         (staging / names["json"]).write_text(text, encoding="utf-8")

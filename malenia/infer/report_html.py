@@ -190,7 +190,7 @@ def _num(x: float | None, fmt: str = ".1f") -> str:
 
 
 def build_html(result: SegmentationResult, specs: list[SegmentSpec], key_slices: dict[int, KeySlice],
-               display_names: dict[str, str] | None = None) -> str:
+               display_names: dict[str, str] | None = None, warnings: list[str] | tuple[str, ...] = ()) -> str:
     display_names = display_names or {}
     scan, model = result.scan, result.model
     enh = scan.enhancement
@@ -206,7 +206,7 @@ def build_html(result: SegmentationResult, specs: list[SegmentSpec], key_slices:
         f"<tr><th>Enhancement</th><td>{_enhancement_text(enh)}</td></tr>",
         f"<tr><th>Model</th><td>{_e(model.name)} {_e(model.version)} <span class='muted'>sha256 {_e(model.sha256[:16])}...</span></td></tr>",
         f"<tr><th>Lesions</th><td>{len(result.lesions)}</td></tr>",
-        *(f"<tr><th>Warning</th><td>{_e(w)}</td></tr>" for w in scan.warnings),
+        *(f"<tr><th>Warning</th><td>{_e(w)}</td></tr>" for w in [*scan.warnings, *warnings]),
         "</table>",
     ]
     if not result.lesions:
@@ -283,7 +283,7 @@ def _lesion_html(lesion: LesionResult, spec: SegmentSpec, key: KeySlice | None, 
 
 
 def write_report_html(path, result: SegmentationResult, specs: list[SegmentSpec],
-                      display_names: dict[str, str] | None = None) -> None:
-    text = build_html(result, specs, render_key_slices(result, specs), display_names)
+                      display_names: dict[str, str] | None = None, warnings: list[str] | tuple[str, ...] = ()) -> None:
+    text = build_html(result, specs, render_key_slices(result, specs), display_names, warnings)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

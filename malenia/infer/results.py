@@ -229,7 +229,7 @@ class ScanInfo:
     direction: tuple[float, ...]  # 9 values, row-major, as SimpleITK gives it
     enhancement: Enhancement | None = None
     was_dicom: bool = False
-    dicom_files: list[str] = field(default_factory=list)  # in slice order of the image (k = 0, 1, ...)
+    dicom_files: list[str] = field(default_factory=list)  # the series' files (any order: the SEG matches slices by position)
     series_instance_uid: str | None = None
     study_instance_uid: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. identifiers an anonymiser removed
@@ -237,7 +237,7 @@ class ScanInfo:
     @staticmethod
     def from_image(image: sitk.Image, source: str, enhancement: Enhancement | None = None,
                    dicom_files: list[str] | None = None) -> "ScanInfo":
-        """Scan info for `image`; with `dicom_files` (the series, in slice order) also its study and series UIDs."""
+        """Scan info for `image`; with `dicom_files` (the series' files) also its study and series UIDs."""
         series_uid = study_uid = None
         warnings: list[str] = []
         if dicom_files:

@@ -73,8 +73,8 @@ def write_seg_nrrd(path: str | Path, labels: sitk.Image, lesions: list[LesionRes
     arr = sitk.GetArrayViewFromImage(labels)  # [z, y, x]
     max_label = max((s.label for s in specs), default=0)
     dtype = np.uint8 if max_label < 256 else np.uint16
-    voxels = np.ascontiguousarray(np.asarray(arr, dtype=dtype).transpose(2, 1, 0))  # [i, j, k]
-    boxes = ndimage.find_objects(voxels) if max_label else []
+    voxels = np.asarray(arr, dtype=dtype).transpose(2, 1, 0)  # [i, j, k], a Fortran-ordered view: written without a copy
+    boxes = [b[::-1] if b else b for b in ndimage.find_objects(np.asarray(arr))] if max_label else []  # [i, j, k] order
     segments: list[dict[str, Any]] = []
     for lesion, spec in zip(lesions, specs):
         box = boxes[spec.label - 1]

@@ -93,7 +93,7 @@ class MaleniaCriterion(nn.Module):
         final = output.mask_logits
         b, n = final.shape[:2]
         final = final.reshape(b, n, -1)
-        gt_full = [t.masks.to(final.device).reshape(t.num_lesions, -1).float() for t in targets]
+        gt_full = [t.masks.to(final.device).flatten(1).float() for t in targets]
         last = sup[-1].matches
         target = torch.zeros_like(final)
         for i, ((tok, les), g) in enumerate(zip(last, gt_full)):

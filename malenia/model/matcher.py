@@ -103,7 +103,7 @@ class HungarianMatcher:
         """Match every block's proposals to the lesions; keeps the compared voxels for the losses."""
         n_vox = int(np.prod(image_shape))
         device = proposals[0].device
-        flat_gt = [t.masks.to(device).reshape(t.num_lesions, -1).float() for t in targets]
+        flat_gt = [t.masks.to(device).flatten(1).float() for t in targets]
         out = []
         for logits in proposals:
             index = None

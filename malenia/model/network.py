@@ -102,7 +102,8 @@ class MaleniaNet(nn.Module):
         cfg = self.cfg
         self._check(image, bank, bank_aspects, targets)
         image_shape = tuple(image.shape[2:])
-        padded_shape = tuple(-(-s // cfg.stride) * cfg.stride for s in image_shape)
+        # a multiple of the stride, and at least 2 bottleneck voxels per axis (InstanceNorm needs > 1)
+        padded_shape = tuple(max(-(-s // cfg.stride), 2) * cfg.stride for s in image_shape)
         pad = [p - s for s, p in zip(image_shape, padded_shape)]
         x = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))  # zero = air in the config's intensity scale
 

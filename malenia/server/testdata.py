@@ -204,7 +204,7 @@ class ServerProcess:
 
         import httpx
 
-        self.lines = []
+        self.lines, self.token = [], None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "malenia.cli", "serve", "--data", str(self.data), "--port", str(self.port),
              "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

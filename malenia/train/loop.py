@@ -167,7 +167,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion, PatchStream, buil
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler, restore_rng=True)
         start = state.step
-        if state.extra.get("config") not in (None, cfg.to_dict()):
+        if state.extra.get("config") not in (None, json.loads(json.dumps(cfg.to_dict()))):
             raise InputError(f"{run} holds a run with another config; choose a new --out")
     ddp = wrap_model(model, info)
 

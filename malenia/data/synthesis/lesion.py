@@ -110,7 +110,8 @@ def _mass_effect(canvas: Canvas, box: tuple[slice, ...], center: np.ndarray, sp:
 
 
 def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str, attributes: dict[str, list[str]],
-                  rng: np.random.Generator, vocab: Any = None, region: str | None = None) -> tuple[dict[str, list[str]], dict[str, Any]]:
+                  rng: np.random.Generator, vocab: Any = None, region: str | None = None,
+                  radius_mm: float | None = None) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Draws one lesion into `canvas` and labels it `label_value`.
 
     Returns the attribute ids actually rendered (findings that do not apply to the organ or the
@@ -140,7 +141,7 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
             dropped.append(f)
     feature_set = set(findings)
 
-    radius = prof.sample_radius(rng)
+    radius = float(radius_mm) if radius_mm else prof.sample_radius(rng)
     placement = place_lesion(anat, canvas.organs, canvas.lesions, region_key, prof.kind, relationship_id, feature_set, radius, rng)
     radius = placement.radius_mm
     center = placement.center

@@ -77,8 +77,8 @@ def host_stats(image: np.ndarray, mask: np.ndarray, soft_tissue: bool = True, fa
     med = float(np.median(vals))
     mad = float(np.median(np.abs(vals - med))) * 1.4826
     resid = (img - ndi.gaussian_filter(img.astype(np.float32), 1.0))[core]
-    noise = float(np.median(np.abs(resid - np.median(resid)))) * 1.4826 * 1.5  # the filter keeps part of it
-    return HostStats(float(trimmed.mean()) if trimmed.size else med, med, max(mad, 1.0), max(noise, 1.0), int(vals.size))
+    noise = float(np.median(np.abs(resid - np.median(resid)))) * 1.4826  # ~ the noise std for CT-like correlated noise
+    return HostStats(float(trimmed.mean()) if trimmed.size else med, med, max(mad, 1.0), max(min(noise, mad), 1.0), int(vals.size))
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:

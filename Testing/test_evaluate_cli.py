@@ -1,0 +1,90 @@
+"""`malenia evaluate` end to end on a tiny trained model, the per-type scoring rule, and the model card."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from malenia.data.dataset import CaseReport, Description, LesionReport
+from malenia.evaluate.evaluate import evaluate_case
+from malenia.infer.predictor import PredictedLesion
+from train_helpers import make_tiny_dataset, tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _lesion(label, location, disease=None):
+    return PredictedLesion(label=label, voxels=1, score=1.0, token=0, lesion_score=1.0,
+                           attributes={"location": [(location, 0.9)]}, matches={}, disease=disease)
+
+
+def test_per_type_scores_and_attributes_on_a_two_type_case():
+    gt = np.zeros((10, 10, 10), np.int32)
+    gt[0:2, 0:2, 0:2] = 1  # liver tumour, 8 voxels
+    gt[5:7, 5:7, 5:7] = 2  # kidney cyst, 8 voxels
+    pred = np.zeros_like(gt)
+    pred[0:2, 0:2, 0:2] = 3  # exactly lesion 1
+    pred[5:7, 5:7, 5:6] = 4  # half of lesion 2
+    pred[9, 9, 9] = 5  # false positive, touches no lesion
+    report = CaseReport("c", [
+        LesionReport(1, "liver_tumor", {"location": [Description("right lobe", "location.liver.right_lobe")]}),
+        LesionReport(2, "kidney_cyst", {"location": [Description("left kidney", "location.kidney.left")]}),
+    ])
+    preds = [_lesion(3, "location.liver.right_lobe", "liver_tumor"), _lesion(4, "location.kidney.right", "kidney_tumor"),
+             _lesion(5, "location.kidney.left")]
+    res = evaluate_case(pred, preds, gt, report, (1.0, 1.0, 1.0))
+    # liver type: reference 8 voxels; its predictions: lesion 3 (8) and the false positive (1) -> 2*8/(9+8)
+    assert res["types"]["liver_tumor"]["dsc"] == pytest.approx(16 / 17)
+    assert res["types"]["liver_tumor"]["pred"] == 2 and res["types"]["liver_tumor"]["hits"] == 1
+    # kidney type: lesion 4 (4 voxels inside) + false positive (1) vs 8 -> 2*4/(5+8)
+    assert res["types"]["kidney_cyst"]["dsc"] == pytest.approx(8 / 13)
+    assert res["dsc"] == pytest.approx(2 * 12 / (13 + 16))
+    by_label = {les["label"]: les for les in res["lesions"]}
+    assert by_label[1]["detected"] and by_label[1]["pred_disease"] == "liver_tumor"
+    assert by_label[2]["detected"] and by_label[2]["pred_attributes"]["location"] == ["location.kidney.right"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import torch
+
+    from malenia.train.loop import TrainOptions, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ev")
+    make_tiny_dataset(root / "ds", n_cases=3)
+    train(TrainOptions(data=root / "ds", out=root / "run", config=tiny_config(), steps=6, progress="none", val_split=None))
+    return root
+
+
+def test_evaluate_cli_writes_tables_and_card(model):
+    out = model / "eval"
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": ""}
+    cmd = [sys.executable, "-m", "malenia.cli", "evaluate", "--model", str(model / "run" / "model"), "--data",
+           str(model / "ds"), "--split", "all", "--out", str(out), "--progress", "none", "--threads", "1"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["data"]["cases"] == 3 and len(result["cases"]) == 3
+    assert set(result["per_type"]) == {"liver_tumor", "kidney_cyst"}
+    assert result["protocol"]["nsd_tolerance_mm"] == 2.0
+    md = (out / "evaluation.md").read_text()
+    assert "| liver_tumor | seen |" in md and "Enhancement status" in md and md in res.stdout
+    card = subprocess.run([sys.executable, "-m", "malenia.cli", "evaluate", "--model", str(model / "run" / "model"),
+                           "--card", str(out / "evaluation.json")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert card.returncode == 0, card.stderr[-2000:]
+    from malenia.model.folder import load_model_folder
+
+    m = load_model_folder(model / "run" / "model")
+    text = m.card()
+    assert "tiny" in text and "## Targets" in text and "| liver_tumor | seen |" in text and m.sha256 in text
+
+
+def test_evaluate_refuses_a_missing_dataset(model):
+    res = subprocess.run([sys.executable, "-m", "malenia.cli", "evaluate", "--model", str(model / "run" / "model"),
+                          "--data", str(model / "nope")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3 and "not a Malenia dataset" in res.stderr and "Traceback" not in res.stderr

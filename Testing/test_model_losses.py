@@ -1,0 +1,124 @@
+"""Losses: MP-NCE by hand, alignment lowers it, degenerate targets (no lesion, more lesions than tokens)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from malenia.model.config import MaleniaConfig
+from malenia.model.losses import MaleniaCriterion, dice_loss, mp_nce, positive_sets
+from malenia.model.network import MaleniaNet
+from malenia.model.targets import LesionTargets
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_mp_nce_matches_hand_computation():
+    # candidates [t0, r0, r1, r2]; token 0 is a lesion with positives r0, r1; token 1 is background.
+    sim = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.5, 1.5, -0.5, 0.0]])
+    pos = torch.tensor([[False, True, True, False], [True, False, False, False]])
+    e = math.exp
+    # token 0: each positive against the negatives {t0, r2} only, not against the other positive
+    l0 = -0.5 * (math.log(e(1.0) / (e(1.0) + e(2.0) + e(-1.0))) + math.log(e(0.0) / (e(0.0) + e(2.0) + e(-1.0))))
+    # token 1: t0 against every bank row
+    l1 = -math.log(e(0.5) / (e(0.5) + e(1.5) + e(-0.5) + e(0.0)))
+    torch.testing.assert_close(mp_nce(sim, pos), torch.tensor([l0, l1]))
+    # one positive reduces to InfoNCE (cross-entropy)
+    torch.testing.assert_close(mp_nce(sim[1:], pos[1:]), F.cross_entropy(sim[1:], torch.tensor([0]), reduction="none"))
+
+
+def test_mp_nce_is_lower_when_positives_align():
+    g = torch.Generator().manual_seed(0)
+    cands = F.normalize(torch.randn(20, 32, generator=g), dim=-1)
+    pos = torch.zeros(1, 20, dtype=torch.bool)
+    pos[0, [3, 7, 11]] = True
+    aligned = F.normalize(cands[[3, 7, 11]].mean(0), dim=0)
+    opposed = -aligned
+    scale = 10.0
+    loss = [mp_nce(scale * (m @ cands.T)[None], pos).item() for m in (aligned, opposed)]
+    assert loss[0] < loss[1]
+
+
+def test_positive_sets_follow_the_matching():
+    masks = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    t = LesionTargets(masks, [[0, 2], [1]], report_rows=[3, 4])
+    matches = [(torch.tensor([2, 0]), torch.tensor([1, 0]))]  # token 2 -> lesion 1, token 0 -> lesion 0
+    pos = positive_sets(matches, [t], num_tokens=4, num_rows=5, multi_positive=True, device="cpu")
+    expected = torch.zeros(1, 4, 6, dtype=torch.bool)
+    expected[0, 0, [1, 3]] = True
+    expected[0, 2, 2] = True
+    expected[0, [1, 3], 0] = True
+    assert torch.equal(pos, expected)
+    single = positive_sets(matches, [t], num_tokens=4, num_rows=5, multi_positive=False, device="cpu")
+    assert single[0, 0].nonzero().flatten().tolist() == [4] and single[0, 2].nonzero().flatten().tolist() == [5]
+
+
+def test_dice_loss():
+    gt = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert dice_loss(torch.tensor([[20.0, 20.0, -20.0, -20.0]]), gt).item() == pytest.approx(0.0, abs=1e-6)
+    assert dice_loss(torch.tensor([[-20.0, -20.0, 20.0, 20.0]]), gt).item() == pytest.approx(1 - 1 / 5, abs=1e-6)
+
+
+def tiny(**changes):
+    base = dict(
+        name="tiny",
+        patch_size=(32, 32, 32),
+        features_per_stage=(4, 8, 16, 16, 16),
+        strides=(1, 2, 2, 2, 2),
+        n_conv_per_stage=1,
+        n_conv_per_stage_decoder=1,
+        embed_dim=16,
+        num_heads=2,
+        ffn_dim=32,
+        num_tokens=3,
+        text_dim=8,
+    )
+    return MaleniaConfig(**{**base, **changes})
+
+
+def test_criterion_with_no_lesions_and_with_more_lesions_than_tokens():
+    torch.manual_seed(0)
+    cfg = tiny()
+    net = MaleniaNet(cfg)
+    bank, aspects = torch.randn(16, 8), torch.arange(16) % 8
+    masks = torch.zeros(5, 32, 32, 32, dtype=torch.bool)
+    for k in range(5):
+        masks[k, 6 * k : 6 * k + 4, 4:10, 4:10] = True
+    targets = [
+        LesionTargets(torch.zeros(0, 32, 32, 32, dtype=torch.bool), []),
+        LesionTargets(masks, [[k, k + 8] for k in range(5)]),
+    ]
+    out = net(torch.rand(2, 1, 32, 32, 32), bank, aspects, targets)
+    assert all(len(s.matches[0][0]) == 0 for s in out.supervision)
+    assert all(len(s.matches[1][0]) == cfg.num_tokens for s in out.supervision)  # 3 of the 5 lesions matched
+    losses = MaleniaCriterion(cfg)(out, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    # only background tokens in the whole batch: the losses stay finite and still train the model
+    out = net(torch.rand(1, 1, 32, 32, 32), bank, aspects, targets[:1])
+    losses = MaleniaCriterion(cfg)(out, targets[:1])
+    assert losses["deep"].item() == 0.0 and losses["seg_dice"].item() == 0.0
+    assert losses["sim"] > 0 and losses["seg_bce"] > 0
+    net.zero_grad()
+    losses["total"].backward()
+    assert net.text.t0.grad.abs().sum() > 0
+
+
+def test_total_is_the_weighted_sum():
+    torch.manual_seed(0)
+    cfg = tiny(lambda_deep=0.5, lambda_sim=2.0, lambda_seg=3.0, alpha_bce=1.5, alpha_dice=0.25)
+    net = MaleniaNet(cfg)
+    masks = torch.zeros(1, 32, 32, 32, dtype=torch.bool)
+    masks[0, 8:16, 8:16, 8:16] = True
+    targets = [LesionTargets(masks, [list(range(8))])]
+    out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    l = MaleniaCriterion(cfg)(out, targets)
+    torch.testing.assert_close(l["seg"], 1.5 * l["seg_bce"] + 0.25 * l["seg_dice"])
+    torch.testing.assert_close(l["total"], 0.5 * l["deep"] + 2.0 * l["sim"] + 3.0 * l["seg"])

@@ -1,0 +1,66 @@
+"""Hungarian matching of proposals to lesions: optimal, one-to-one, 0 lesions, more lesions than tokens."""
+
+import itertools
+
+import pytest
+import torch
+
+from malenia.model.matcher import HungarianMatcher, bce_cost, dice_cost, hungarian, proposals_on_image_grid
+
+
+def brute_force(cost: torch.Tensor) -> float:
+    """Minimum total cost over all one-to-one assignments of min(N, K) pairs."""
+    n, k = cost.shape
+    if n == 0 or k == 0:
+        return 0.0
+    if k <= n:
+        return min(sum(cost[t, j].item() for j, t in enumerate(toks)) for toks in itertools.permutations(range(n), k))
+    return min(sum(cost[i, l].item() for i, l in enumerate(les)) for les in itertools.permutations(range(k), n))
+
+
+def random_case(n, k, voxels=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, voxels, generator=g) * 3
+    gt = (torch.rand(k, voxels, generator=g) < 0.3).float()
+    return logits, gt
+
+
+@pytest.mark.parametrize("n, k", [(4, 1), (4, 3), (5, 5), (3, 5), (2, 6), (6, 0)])
+@pytest.mark.parametrize("seed", range(5))
+def test_assignment_is_optimal_and_one_to_one(n, k, seed):
+    logits, gt = random_case(n, k, seed=seed)
+    matcher = HungarianMatcher(cost_bce=1.0, cost_dice=1.0)
+    cost = matcher.cost(logits, gt)
+    tok, les = matcher.match(logits, gt)
+    assert len(tok) == len(les) == min(n, k)
+    assert len(set(tok.tolist())) == len(tok) and len(set(les.tolist())) == len(les)
+    assert cost[tok, les].sum().item() == pytest.approx(brute_force(cost), abs=1e-5)
+
+
+def test_costs_prefer_the_overlapping_proposal():
+    gt = torch.zeros(2, 100)
+    gt[0, :20] = 1
+    gt[1, 50:60] = 1
+    logits = torch.full((3, 100), -8.0)
+    logits[0, 50:60] = 8  # token 0 covers lesion 1
+    logits[2, :20] = 8  # token 2 covers lesion 0
+    for cost in (dice_cost(logits, gt), bce_cost(logits, gt)):
+        assert cost[2, 0] < cost[0, 0] and cost[2, 0] < cost[1, 0]
+        assert cost[0, 1] < cost[1, 1] and cost[0, 1] < cost[2, 1]
+    tok, les = HungarianMatcher().match(logits, gt)
+    assert dict(zip(les.tolist(), tok.tolist())) == {0: 2, 1: 0}
+
+
+def test_empty_cost_matrix():
+    tok, les = hungarian(torch.zeros(16, 0))
+    assert tok.numel() == les.numel() == 0 and tok.dtype == torch.int64
+
+
+def test_point_sampling_equals_dense_upsampling():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 2, 3, 4, generator=g)  # a 1/16 grid of a (32, 48, 64) padded volume
+    image_shape = (30, 41, 64)
+    dense = proposals_on_image_grid(logits, (32, 48, 64), image_shape, None)
+    index = torch.randperm(30 * 41 * 64, generator=g)[:500]
+    sampled = proposals_on_image_grid(logits, (32, 48, 64), image_shape, index)
+    torch.testing.assert_close(sampled, dense[..., index], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,202 @@
+"""MaleniaNet: shapes for any input size, gradients reach every part, inference API, determinism."""
+
+import pytest
+import torch
+
+from malenia.aspects import ASPECTS
+from malenia.errors import InputError
+from malenia.model.config import MaleniaConfig
+from malenia.model.losses import MaleniaCriterion
+from malenia.model.network import ImagePrediction, MaleniaNet
+from malenia.model.targets import LesionTargets
+
+N_TOKENS, TEXT_DIM, ROWS = 6, 8, 24  # 3 descriptions per aspect
+
+
+def tiny(**changes) -> MaleniaConfig:
+    """The real 6-stage architecture with a handful of channels."""
+    base = dict(
+        name="tiny",
+        patch_size=(64, 64, 64),
+        features_per_stage=(4, 8, 8, 16, 16, 16),
+        n_conv_per_stage=1,
+        n_conv_per_stage_decoder=1,
+        embed_dim=16,
+        num_heads=2,
+        ffn_dim=32,
+        num_tokens=N_TOKENS,
+        text_dim=TEXT_DIM,
+    )
+    return MaleniaConfig(**{**base, **changes})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def bank():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(ROWS, TEXT_DIM, generator=g), torch.arange(ROWS) % len(ASPECTS)
+
+
+def box_targets(shape, boxes, positives, report_rows=None):
+    masks = torch.zeros(len(boxes), *shape, dtype=torch.bool)
+    for k, (z, y, x, s) in enumerate(boxes):
+        masks[k, z : z + s, y : y + s, x : x + s] = True
+    return LesionTargets(masks, positives, report_rows)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 64), (64, 32, 96), (37, 50, 29)])
+def test_output_shapes_batch_of_two(shape):
+    torch.manual_seed(0)
+    cfg = tiny()
+    net = MaleniaNet(cfg)
+    b, a = bank()
+    image = torch.rand(2, 1, *shape)
+    out = net(image, b, a)
+    n, r = cfg.num_tokens, ROWS
+    assert out.mask_logits.shape == (2, n, *shape)
+    assert out.image_shape == shape
+    padded = tuple(max(-(-s // 32), 2) * 32 for s in shape)
+    assert out.padded_shape == padded
+    assert [tuple(p.shape) for p in out.proposals] == [(2, n, *(s // st for s in padded)) for st in (32, 16, 8)]
+    assert all(t.shape == (2, n, cfg.embed_dim) for t in out.tokens)
+    assert all(s.shape == (2, n, r + 1) for s in out.sim_logits)
+    assert out.lesion_score.shape == (2, n) and ((out.lesion_score >= 0) & (out.lesion_score <= 1)).all()
+    assert out.aspect_rows.shape == (2, n, len(ASPECTS))
+    # each slot's best row describes that slot's aspect
+    assert (a[out.aspect_rows] == torch.arange(len(ASPECTS))).all()
+    assert torch.isfinite(out.mask_logits).all()
+
+
+def test_crop_back_matches_where_the_input_was_padded():
+    """A 40³ input equals the corner of a 64³ one that holds it and air elsewhere."""
+    torch.manual_seed(0)
+    net = MaleniaNet(tiny()).eval()
+    b, a = bank()
+    small = torch.rand(1, 1, 40, 40, 40)
+    big = torch.zeros(1, 1, 64, 64, 64)
+    big[..., :40, :40, :40] = small
+    out_small = net(small, b, a).mask_logits
+    out_big = net(big, b, a).mask_logits[..., :40, :40, :40]
+    torch.testing.assert_close(out_small, out_big)
+
+
+def test_every_parameter_group_gets_a_gradient():
+    torch.manual_seed(0)
+    cfg = tiny()
+    net = MaleniaNet(cfg)
+    b, a = bank()
+    shape = (64, 48, 64)
+    targets = [
+        box_targets(shape, [(5, 5, 5, 12), (30, 20, 30, 16)], [list(range(8)), [8, 9, 10, 11, 12, 13, 14, 15, 23]]),
+        box_targets(shape, [], []),
+    ]
+    out = net(torch.rand(2, 1, *shape), b, a, targets)
+    losses = MaleniaCriterion(cfg)(out, targets)
+    assert set(losses) >= {"deep", "sim", "seg", "total"}
+    losses["total"].backward()
+    groups = net.parameter_groups()
+    assert set(groups) == {"backbone", "transformer_decoder", "text_projection", "cmki", "heads"}
+    assert sum(len(v) for v in groups.values()) == len(list(net.parameters()))
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_predict_returns_one_dataclass_per_image():
+    torch.manual_seed(0)
+    cfg = tiny()
+    net = MaleniaNet(cfg).eval()
+    b, a = bank()
+    preds = net.predict(torch.rand(2, 1, 40, 64, 33), b, a, topk=2)
+    assert len(preds) == 2 and all(isinstance(p, ImagePrediction) for p in preds)
+    p = preds[0]
+    assert p.mask_logits.shape == (cfg.num_tokens, 40, 64, 33)
+    assert p.topk_rows.shape == p.topk_scores.shape == (cfg.num_tokens, len(ASPECTS), 2)
+    assert torch.equal(p.topk_rows[..., 0], p.aspect_rows)
+    assert (p.topk_scores[..., 0] >= p.topk_scores[..., 1]).all()
+    assert (a[p.topk_rows] == torch.arange(len(ASPECTS))[:, None]).all()
+    assert (p.topk_scores.sum(-1) <= 1 + 1e-5).all()
+    # with all of an aspect's rows, the scores are a distribution
+    full = net.predict(torch.rand(1, 1, 64, 64, 64), b, a, topk=ROWS // len(ASPECTS))[0]
+    torch.testing.assert_close(full.topk_scores.sum(-1), torch.ones(cfg.num_tokens, len(ASPECTS)))
+
+
+def test_aspect_missing_from_bank_is_reported_as_none():
+    torch.manual_seed(0)
+    net = MaleniaNet(tiny()).eval()
+    b, a = bank()
+    keep = a != ASPECTS.index("enhancement")
+    p = net.predict(torch.rand(1, 1, 64, 64, 64), b[keep], a[keep])[0]
+    slot = ASPECTS.index("enhancement")
+    assert (p.aspect_rows[:, slot] == -1).all() and (p.aspect_scores[:, slot] == 0).all()
+
+
+def test_same_seed_same_result():
+    b, a = bank()
+    shape = (64, 64, 64)
+    targets = [box_targets(shape, [(8, 8, 8, 14)], [list(range(8))])]
+    results = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        cfg = tiny(num_points=2000)  # point sampling draws from the global generator too
+        net = MaleniaNet(cfg)
+        image = torch.rand(1, 1, *shape)
+        out = net(image, b, a, targets)
+        loss = MaleniaCriterion(cfg)(out, targets)["total"]
+        results.append((out.mask_logits.detach(), loss.detach()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert not torch.equal(results[0][0], results[2][0])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(multi_scale_alignment=False),
+        dict(multi_positive=False),
+        dict(use_cmki=False),
+        dict(branches="mask"),
+        dict(branches="text"),
+        dict(masked_attention=False),
+        dict(num_points=500),
+    ],
+)
+def test_ablation_switches_train(changes):
+    torch.manual_seed(0)
+    cfg = tiny(**changes)
+    net = MaleniaNet(cfg)
+    b, a = bank()
+    a = a.clone()
+    a[-2:] = -1  # two whole-report rows for the single-positive ablation
+    shape = (64, 64, 64)
+    targets = [box_targets(shape, [(8, 8, 8, 14), (40, 40, 40, 10)], [list(range(8)), list(range(8, 16))], [22, 23])]
+    out = net(torch.rand(1, 1, *shape), b, a, targets)
+    loss = MaleniaCriterion(cfg)(out, targets)["total"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert net.backbone.encoder.stages[0][0].convs[0].conv.weight.grad.abs().sum() > 0
+    if not cfg.multi_positive:  # every slot draws from the report rows
+        pred = net.predict(torch.rand(1, 1, *shape), b, a)[0]
+        assert set(pred.aspect_rows.flatten().tolist()) <= {22, 23}
+
+
+def test_bad_inputs_are_refused_with_clear_errors():
+    net = MaleniaNet(tiny())
+    b, a = bank()
+    image = torch.rand(1, 1, 64, 64, 64)
+    with pytest.raises(InputError, match="text-encoder"):
+        net(image, torch.randn(ROWS, TEXT_DIM + 1), a)
+    with pytest.raises(InputError, match=r"\[B, 1, D, H, W\]"):
+        net(torch.rand(1, 64, 64, 64), b, a)
+    with pytest.raises(InputError, match="do not match image"):
+        net(image, b, a, [box_targets((32, 32, 32), [(0, 0, 0, 4)], [[0]])])
+    with pytest.raises(InputError, match="rows must be in"):
+        net(image, b, a, [box_targets((64, 64, 64), [(0, 0, 0, 4)], [[ROWS]])])
+    with pytest.raises(InputError, match="report_rows"):
+        MaleniaNet(tiny(multi_positive=False))(image, b, a, [box_targets((64, 64, 64), [(0, 0, 0, 4)], [[0]])])
+    with pytest.raises(InputError, match="positives for"):
+        LesionTargets(torch.zeros(2, 4, 4, 4, dtype=torch.bool), [[0]])

@@ -1,0 +1,342 @@
+"""Training patches: lesion-centred oversampling and augmentation over a Malenia dataset.
+
+`LesionPatchDataset(dataset_dir, split, patch_size, preprocessor)` is a map-style torch Dataset:
+item i of epoch e is drawn from its own generator seeded by (seed, e, i), so a run is
+reproducible whatever the number of DataLoader workers. Every case of the split is read once,
+prepared with the model's `Preprocessor` (canonical LPS orientation, model spacing, normalised)
+and kept in memory; DataLoader workers share the cache copy-on-write.
+
+Sampling. With probability `lesion_fraction` (default 2/3) a patch is centred on a random voxel of
+a random lesion: a case with lesions is drawn uniformly, then one of its lesions uniformly (so
+small lesions are drawn as often as large ones), then one of its voxels. Otherwise the patch sits
+uniformly anywhere in a uniformly drawn case. nnU-Net forces foreground in a third of its patches
+(oversample_foreground_percent 0.33) because random crops of its organ-sized targets already hold
+foreground; lesions are small and every matched lesion gives the contrastive loss eight positive
+pairs, so here two thirds of the patches are lesion-centred. The patch stays inside the volume
+when the volume is larger than the patch; smaller volumes are padded with air (image) and 0.
+
+Augmentation (`AugmentConfig`, MONAI transforms, all optional):
+  * spatial: with `affine_prob`, a rotation (default up to 15 deg in the axial plane and 5 deg
+    about the other axes) and scaling (0.85-1.15) around the patch centre (monai Affine, bilinear
+    for the image, nearest neighbour for the instance labels), from a region large enough that
+    no padding enters the patch;
+  * no mirroring by default. A left-right flip shows situs inversus, which real scans never do,
+    and makes location descriptions such as "left kidney" false. If `flip_axes` includes 2 (x,
+    left-right) the side-named location ids are swapped (`LR_SWAP`) and patches holding a lesion
+    without a mirror id (right middle lobe) are not flipped; flips about z or y keep the ids;
+  * intensity (monai RandScaleIntensity / RandShiftIntensity / RandAdjustContrast /
+    RandGaussianNoise, each with probability 0.15, small ranges): global changes keep a lesion's
+    density relative to its organ, which is what the density aspect describes; ranges stay small
+    so that the absolute blood HU that tells contrast from non-contrast scans is not washed out.
+
+An item: {"image": float32 (1, D, H, W), "instances": int64 (D, H, W) with the case's lesion
+labels (0 background), "lesions": [{"label", "disease", "attributes": {aspect: [ids]}, "texts":
+{aspect: [texts]}, "voxels"}, ...] for the lesions with at least `min_visible_voxels` voxels in the
+patch (after augmentation), "case_id", "centre" (z, y, x on the model grid), "lesion_centred", "target_label" (the lesion
+it was centred on, 0 for random patches), "enhancement" (scan-level id or None)}. `collate_patches` stacks tensors and keeps the lesion
+lists per item. `diseases` restricts training to some diseases (e.g. the seen ones): lesions of
+other diseases, and lesions without a disease, are erased to background (their annotation is not
+available to zero-shot training, as in the paper's protocol).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from malenia.aspects import ASPECTS
+from malenia.data.preprocess import Preprocessor
+from malenia.errors import InputError
+
+LR_SWAP = {
+    "location.kidney.left": "location.kidney.right",
+    "location.liver.left_lobe": "location.liver.right_lobe",
+    "location.lung.left_upper": "location.lung.right_upper",
+    "location.lung.left_lower": "location.lung.right_lower",
+    "location.colon.ascending": "location.colon.descending",
+}
+LR_SWAP.update({v: k for k, v in list(LR_SWAP.items())})
+NO_LR_MIRROR = {"location.lung.right_middle"}
+MAX_LOCATIONS_PER_LESION = 10000  # as nnU-Net's class locations: enough to draw centres from
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    affine_prob: float = 0.3
+    rotate_deg: tuple[float, float, float] = (15.0, 5.0, 5.0)  # about the z, y, x axes (z: in the axial plane)
+    scale: tuple[float, float] = (0.85, 1.15)
+    flip_axes: tuple[int, ...] = ()  # array axes 0 (z), 1 (y), 2 (x = left-right, swaps side-named ids)
+    flip_prob: float = 0.5
+    intensity_prob: float = 0.15
+    intensity_scale: float = 0.1  # multiplies by 1 +- this
+    intensity_shift: float = 0.1  # adds +- this (normalised units)
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise_std: float = 0.05  # normalised units
+
+
+@dataclass
+class _Lesion:
+    label: int
+    disease: str | None
+    attributes: dict[str, list[str | None]]
+    texts: dict[str, list[str]]
+    locations: np.ndarray  # flat voxel indices on the model grid (a random subset for big lesions)
+
+
+@dataclass
+class _CachedCase:
+    case_id: str
+    image: np.ndarray  # float32 (z, y, x), normalised, model grid
+    instances: np.ndarray  # int16/int32 (z, y, x)
+    lesions: dict[int, _Lesion] = field(default_factory=dict)
+    enhancement: str | None = None
+
+
+class LesionPatchDataset(Dataset):
+    """Lesion-centred training patches of a Malenia dataset (see the module doc)."""
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: str | None = "train",
+        patch_size: Sequence[int] = (96, 96, 96),
+        preprocessor: Preprocessor | None = None,
+        samples_per_epoch: int = 250,
+        lesion_fraction: float = 2 / 3,
+        augment: AugmentConfig | None = AugmentConfig(),
+        diseases: Iterable[str] | None = None,
+        seed: int = 0,
+        min_visible_voxels: int = 1,
+        cases: Sequence[str] | None = None,
+        progress: bool = False,
+    ):
+        from malenia.data.dataset import read_dataset
+
+        if preprocessor is None:
+            raise ValueError("a Preprocessor (the model's spacing and intensity settings) is required")
+        self.patch_size = tuple(int(v) for v in patch_size)
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be three positive integers (D, H, W), got {patch_size}")
+        if not 0.0 <= lesion_fraction <= 1.0:
+            raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
+        self.dataset_dir = Path(dataset_dir)
+        self.preprocessor = preprocessor
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.lesion_fraction = float(lesion_fraction)
+        self.augment = augment
+        self.diseases = None if diseases is None else frozenset(diseases)
+        self.seed = int(seed)
+        self.min_visible_voxels = int(min_visible_voxels)
+        self.epoch = 0
+        index = read_dataset(self.dataset_dir)
+        case_ids = list(cases) if cases is not None else index.split_cases(split)
+        if not case_ids:
+            raise InputError(f"{self.dataset_dir}: split {split!r} has no cases")
+        self.cases = self._load(case_ids, progress)
+        self._with_lesions = [i for i, c in enumerate(self.cases) if c.lesions]
+        self._intensity = _intensity_transforms(augment) if augment else None
+
+    # -- cache -------------------------------------------------------------------------------
+
+    def _load(self, case_ids: list[str], progress: bool) -> list[_CachedCase]:
+        from malenia.data.dataset import read_case
+
+        iterator: Iterable[str] = case_ids
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(case_ids, desc="prepare cases", unit="case")
+        out = []
+        for case_id in iterator:
+            case = read_case(self.dataset_dir, case_id)
+            prepared = self.preprocessor.prepare(case.image)
+            instances = prepared.to_prepared(case.lesions, is_label=True)
+            instances = instances.astype(np.int16 if instances.max(initial=0) < 32768 else np.int32)
+            cached = _CachedCase(case_id, prepared.array, instances,
+                                 enhancement=case.report.enhancement.id if case.report.enhancement else None)
+            rng = np.random.default_rng([self.seed, len(out)])
+            flat = instances.ravel()
+            order = np.argsort(flat, kind="stable")
+            labels, starts = np.unique(flat[order], return_index=True)
+            ends = np.append(starts[1:], len(order))
+            spans = {int(lab): (s, e) for lab, s, e in zip(labels, starts, ends) if lab > 0}
+            for report in case.report.lesions:
+                keep = self.diseases is None or report.disease in self.diseases
+                if report.label not in spans:
+                    continue  # no voxel left at the model spacing
+                s, e = spans[report.label]
+                if not keep:
+                    flat_view = cached.instances.reshape(-1)
+                    flat_view[order[s:e]] = 0
+                    continue
+                locations = order[s:e]
+                if len(locations) > MAX_LOCATIONS_PER_LESION:
+                    locations = np.sort(rng.choice(locations, MAX_LOCATIONS_PER_LESION, replace=False))
+                cached.lesions[report.label] = _Lesion(
+                    report.label,
+                    report.disease,
+                    {a: [d.id for d in report.attributes.get(a, [])] for a in ASPECTS},
+                    {a: [d.text for d in report.attributes.get(a, [])] for a in ASPECTS},
+                    locations.astype(np.int64),
+                )
+            # voxels of lesions without a report entry are not trainable targets: erase them
+            reported = set(cached.lesions)
+            stray = [lab for lab in spans if lab not in reported]
+            for lab in stray:
+                s, e = spans[lab]
+                cached.instances.reshape(-1)[order[s:e]] = 0
+            out.append(cached)
+        return out
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        lesion_centred = bool(self._with_lesions) and rng.random() < self.lesion_fraction
+        target = 0
+        if lesion_centred:
+            case = self.cases[self._with_lesions[rng.integers(len(self._with_lesions))]]
+            labels = sorted(case.lesions)
+            target = labels[rng.integers(len(labels))]
+            lesion = case.lesions[target]
+            voxel = np.array(np.unravel_index(int(lesion.locations[rng.integers(len(lesion.locations))]), case.image.shape))
+            room = np.array(case.image.shape) - np.array(self.patch_size)
+            # centred on the voxel, moved inside the volume where it fits (the voxel stays in the patch)
+            start = np.where(room >= 0, np.clip(voxel - np.array(self.patch_size) // 2, 0, np.maximum(room, 0)), room // 2)
+        else:
+            case = self.cases[rng.integers(len(self.cases))]
+            room = np.array(case.image.shape) - np.array(self.patch_size)
+            start = np.array([rng.integers(r + 1) if r >= 0 else r // 2 for r in room])
+        centre = start + np.array(self.patch_size) // 2
+        image, instances = self._extract(case, centre, rng)
+        image, instances, swap_lr = self._flip(image, instances, case, rng)
+        if self._intensity is not None:
+            self._intensity.set_random_state(seed=int(rng.integers(2**31)))
+            image = _numpy(self._intensity(torch.from_numpy(np.ascontiguousarray(image))[None]))[0]
+        present, counts = np.unique(instances[instances > 0], return_counts=True)
+        lesions = []
+        for label, count in zip(present.tolist(), counts.tolist()):
+            if count < self.min_visible_voxels:
+                continue
+            les = case.lesions[label]
+            attributes = {a: list(v) for a, v in les.attributes.items()}
+            texts = {a: list(v) for a, v in les.texts.items()}
+            if swap_lr:
+                attributes["location"] = [LR_SWAP.get(v, v) if v else v for v in attributes["location"]]
+                texts["location"] = _swapped_texts(attributes["location"], texts["location"], les.attributes["location"])
+            lesions.append({"label": label, "disease": les.disease, "attributes": attributes, "texts": texts, "voxels": count})
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            "instances": torch.from_numpy(np.ascontiguousarray(instances).astype(np.int64)),
+            "lesions": lesions,
+            "case_id": case.case_id,
+            "centre": tuple(int(v) for v in centre),
+            "lesion_centred": lesion_centred,
+            "target_label": int(target),  # the lesion the patch was centred on (0: a random patch)
+            "enhancement": case.enhancement,
+        }
+
+    def _extract(self, case: _CachedCase, centre: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        aug = self.augment
+        if aug is None or rng.random() >= aug.affine_prob:
+            start = centre - np.array(self.patch_size) // 2
+            return (_crop(case.image, start, self.patch_size, self.preprocessor.background_value),
+                    _crop(case.instances, start, self.patch_size, 0))
+        from monai.transforms import Affine
+        from monai.transforms.utils import create_rotate
+
+        angles = [math.radians(float(rng.uniform(-d, d))) if d > 0 else 0.0 for d in aug.rotate_deg]
+        scales = [float(rng.uniform(*aug.scale)) for _ in range(3)]
+        # the region the rotated, scaled patch reads from: Affine maps output to input coordinates
+        matrix = np.asarray(create_rotate(3, angles))[:3, :3] @ np.diag(scales)
+        half = np.abs(matrix) @ ((np.array(self.patch_size) - 1) / 2.0)
+        region = tuple(int(2 * math.ceil(h) + 3 + (p % 2 == 0)) for h, p in zip(half, self.patch_size))
+        region = tuple(r + (r - p) % 2 for r, p in zip(region, self.patch_size))  # same parity keeps the centre
+        start = centre - np.array(region) // 2
+        image = _crop(case.image, start, region, self.preprocessor.background_value)
+        labels = _crop(case.instances, start, region, 0)
+        common = dict(rotate_params=angles, scale_params=scales, spatial_size=self.patch_size, image_only=True)
+        image = _numpy(Affine(mode="bilinear", padding_mode="border", **common)(torch.from_numpy(image)[None]))[0]
+        labels = _numpy(Affine(mode="nearest", padding_mode="zeros", **common)(torch.from_numpy(labels.astype(np.float32))[None]))[0]
+        return image, labels.round().astype(case.instances.dtype)
+
+    def _flip(self, image, instances, case: _CachedCase, rng: np.random.Generator):
+        swap_lr = False
+        if self.augment is None:
+            return image, instances, swap_lr
+        for axis in self.augment.flip_axes:
+            if rng.random() >= self.augment.flip_prob:
+                continue
+            if axis == 2:
+                present = set(np.unique(instances).tolist()) - {0}
+                if any(loc in NO_LR_MIRROR for lab in present for loc in case.lesions[lab].attributes["location"]):
+                    continue
+                swap_lr = not swap_lr
+            image, instances = np.flip(image, axis), np.flip(instances, axis)
+        return image, instances, swap_lr
+
+
+def _numpy(t) -> np.ndarray:
+    t = t.as_tensor() if hasattr(t, "as_tensor") else t  # monai MetaTensor -> Tensor
+    return t.detach().cpu().numpy()
+
+
+def _swapped_texts(new_ids: list[str | None], old_texts: list[str], old_ids: list[str | None]) -> list[str]:
+    from malenia.data.importers.common import vocabulary_text
+
+    return [vocabulary_text(n) if n and n != o else t for n, o, t in zip(new_ids, old_ids, old_texts)]
+
+
+def _crop(array: np.ndarray, start: np.ndarray, size: Sequence[int], fill: float) -> np.ndarray:
+    """array[start:start+size] with `fill` where the box leaves the array."""
+    out = np.full(tuple(size), fill, dtype=array.dtype)
+    src = tuple(slice(max(0, s), min(n, s + p)) for s, p, n in zip(start, size, array.shape))
+    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
+    if all(sl.stop > sl.start for sl in src):
+        out[dst] = array[src]
+    return out
+
+
+def _intensity_transforms(aug: AugmentConfig):
+    from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+
+    p = aug.intensity_prob
+    return Compose([
+        RandScaleIntensity(factors=aug.intensity_scale, prob=p),
+        RandShiftIntensity(offsets=aug.intensity_shift, prob=p),
+        RandAdjustContrast(prob=p, gamma=aug.gamma),
+        RandGaussianNoise(prob=p, std=aug.noise_std),
+    ])
+
+
+def collate_patches(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacks images (B, 1, D, H, W) and instances (B, D, H, W); lesion lists stay per item."""
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "instances": torch.stack([b["instances"] for b in batch]),
+        "lesions": [b["lesions"] for b in batch],
+        "case_id": [b["case_id"] for b in batch],
+        "centre": [b["centre"] for b in batch],
+        "lesion_centred": torch.tensor([b["lesion_centred"] for b in batch]),
+        "enhancement": [b["enhancement"] for b in batch],
+    }
+
+
+def instance_masks(instances: torch.Tensor, lesions: list[dict[str, Any]]) -> torch.Tensor:
+    """Boolean masks [K, D, H, W], one per listed lesion, in list order (for the matcher's targets)."""
+    if not lesions:
+        return torch.zeros((0, *instances.shape), dtype=torch.bool)
+    labels = torch.tensor([les["label"] for les in lesions], dtype=instances.dtype)
+    return instances[None] == labels.view(-1, *([1] * instances.dim()))
