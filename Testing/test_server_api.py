@@ -376,3 +376,43 @@ def test_failing_trainer_gives_failed_job_with_reason(tmp_path, cases):
             assert [v["name"] for v in c.versions()["versions"]] == ["v1"]
     finally:
         assert srv.stop() in (0, -signal.SIGTERM)
+
+
+def test_free_text_descriptions_are_embedded_into_the_new_versions_bank(tmp_path):
+    from malenia.knowledge.bank import AttributeBank
+    from malenia.knowledge.encoder import load_text_encoder
+
+    text = "punctate calcification along the posterior wall"
+    make_model_folder(tmp_path / "base", real_bank=True)
+    case = make_case(tmp_path / "case", free_text=text)
+    srv = ServerProcess(tmp_path / "data", env={"MALENIA_FAKE_STEP_SECONDS": "0.01"}, settings={
+        "base_model": str(tmp_path / "base"), "train_command": FAKE_TRAINER, "promotion": "never"}).start()
+    try:
+        with MaleniaClient(srv.url, srv.token) as c:
+            stored = c.upload_case(case)["case"]
+            assert stored["free_text"] == [{"aspect": "specific_features", "text": text}]
+            job = c.wait(c.start_job(steps=2)["id"], timeout=90, poll=0.2)
+            assert job["state"] == "succeeded", c.log(job["id"])
+            assert "promote by hand" in job["notes"][-1] and c.versions()["current"] == "v1"
+            new = c.download_version(job["result_version"], tmp_path / "new")
+    finally:
+        assert srv.stop() in (0, -signal.SIGTERM)
+    base = AttributeBank.load(tmp_path / "base" / "attribute_bank.safetensors")
+    bank = AttributeBank.load(new / "attribute_bank.safetensors")
+    assert text not in base.texts and len(bank) == len(base) + 1
+    row = bank.texts.index(text)
+    assert bank.aspects[row] == "specific_features" and bank.ids[row].startswith("free.specific_features.")
+    expected = load_text_encoder().encode([text])[0]
+    assert float(np.dot(bank.embeddings[row], expected)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_promotion_rule():
+    from malenia.server.versions import decide_promotion
+
+    assert decide_promotion("not_worse", 0.0, 0.70, 0.70).promote
+    assert decide_promotion("not_worse", 0.0, 0.71, 0.70).promote
+    assert not decide_promotion("not_worse", 0.0, 0.69, 0.70).promote
+    assert decide_promotion("not_worse", 0.02, 0.69, 0.70).promote
+    missing = decide_promotion("not_worse", 0.0, None, 0.70)
+    assert not missing.promote and "no validation DSC" in missing.reason
+    assert decide_promotion("always", 0.0, None, None).promote and not decide_promotion("never", 0.0, 1.0, 0.0).promote

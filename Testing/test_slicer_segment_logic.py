@@ -336,3 +336,27 @@ def test_changing_to_a_ranked_disease_keeps_its_model_probability(output_dir, tm
     chosen = lesion.set_disease(runner_up.name, {runner_up.key: runner_up.name})
     assert chosen.key == runner_up.key and chosen.probability == pytest.approx(runner_up.probability)
     assert lesion.set_disease(lesion.disease.name, {}) == lesion.disease and not lesion.is_corrected
+
+
+def test_volume_in_another_axis_order_is_accepted_and_exports_on_the_scan_grid(output_dir, tmp_path):
+    """A DICOM reader may stack the same slices in the opposite order: same voxels, other grid."""
+    ct = sitk.ReadImage(str(TOTALSEG / "example_ct_sm.nii.gz"))
+    flipped = sitk.Flip(ct, [False, False, True])
+    assert not mrml_io.same_grid(flipped, ct)
+    scene = new_scene()
+    volume = mrml_io.add_volume_from_sitk(scene, flipped, "flipped")
+    logic = MaleniaLogic(scene, Settings(tmp_path / "r", tmp_path / "c"))
+    session = logic.load_results(output_dir, volume)
+    nifti = sitk.ReadImage(str(output_dir / "lesions.nii.gz"))
+    mine = session.labels_image()
+    assert mrml_io.same_grid(mine, flipped)
+    assert np.array_equal(sitk.GetArrayViewFromImage(mine), sitk.GetArrayViewFromImage(sitk.Flip(nifti, [False, False, True])))
+    exported = sitk.ReadImage(str(logic.export("nifti", tmp_path / "x.nii.gz")))
+    assert mrml_io.same_grid(exported, nifti)
+    assert np.array_equal(sitk.GetArrayViewFromImage(exported), sitk.GetArrayViewFromImage(nifti))
+    # a volume of another scan is still refused
+    shifted = sitk.Image(ct)
+    shifted.SetOrigin([o + 7.0 for o in ct.GetOrigin()])
+    other = mrml_io.add_volume_from_sitk(scene, shifted, "shifted")
+    with pytest.raises(ResultsError):
+        logic.load_results(output_dir, other)

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -143,3 +142,10 @@ def test_module_glue_imports_exist():
         mod = importlib.import_module(module)
         for name in (n.strip() for n in names.split(",")):
             assert hasattr(mod, name), f"{module} has no {name}"
+
+
+def test_every_module_folder_is_built_by_the_extension():
+    cml = (REPO / "CMakeLists.txt").read_text()
+    modules = sorted(p.parent.name for p in REPO.glob("*/CMakeLists.txt"))
+    assert "MaleniaSegment" in modules
+    assert [m for m in modules if f"add_subdirectory({m})" not in cml] == []

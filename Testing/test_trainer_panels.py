@@ -48,7 +48,7 @@ def test_panels_upload_train_and_use_a_version(app, corrections, tmp_path):
         logic = TrainerLogic(None, settings)
         logic.configure(corrections_dir=str(corrections), models_dir=str(tmp_path / "models"))
         panel = TrainerPanel(logic, poll_ms=50)
-        panel.widget.resize(720, 1080)
+        panel.widget.resize(720, get(panel.widget, "sizeHint").height() + 40)
         panel.widget.show()
         used = []
         panel.model_changed.connect(used.append)

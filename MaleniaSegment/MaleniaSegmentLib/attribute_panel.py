@@ -105,7 +105,9 @@ class _AspectRow:
         self.name.setStyleSheet(EDITED_STYLE if edited else "font-weight: bold; color: #1b1f23;")
         self.name.setToolTip(f"Corrected; the model matched: {review.matched.text}" if edited and review.matched else review.name)
 
-    def _on_index(self, index: int) -> None:
+    def _on_index(self, index) -> None:
+        # Qt 5 also has currentIndexChanged(QString); PythonQt may deliver that overload.
+        index = index if isinstance(index, int) else get(self.combo, "currentIndex")
         if self.panel._updating or index < 0:
             return
         self.panel._choose(self.aspect, str(self.combo.itemData(index)))
@@ -302,7 +304,8 @@ class AttributePanel:
         self._refresh()
         self.changed.emit(self.lesion)
 
-    def _on_disease_index(self, index: int) -> None:
+    def _on_disease_index(self, index) -> None:
+        index = index if isinstance(index, int) else get(self.disease_combo, "currentIndex")
         if self._updating or index < 0:
             return
         self.set_disease(str(self.disease_combo.itemData(index)))

@@ -50,11 +50,29 @@ def _read_result(out_dir: Path) -> SegmentationResult:
         raise ResultsError(f"{report_path}: {str(err).splitlines()[0]}") from None
 
 
-def _node_matches_grid(node, image: sitk.Image, tol: float = 1e-3) -> bool:
-    dims = node.GetImageData().GetDimensions() if node.GetImageData() else None
-    if dims is None or tuple(dims) != tuple(image.GetSize()):
-        return False
-    return np.allclose(mrml_io.node_ijk_to_ras(node), mrml_io.ijk_to_ras(image), atol=tol)
+def _voxel_centres(size, ijk_to_ras: np.ndarray) -> np.ndarray:
+    """RAS positions of the 8 corner voxel centres, sorted (independent of axis order and direction)."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    ras = (ijk_to_ras @ corners.T).T[:, :3]
+    return ras[np.lexsort(np.round(ras, 2).T[::-1])]
+
+
+def _node_grid_relation(node, image: sitk.Image, tol: float = 1e-3) -> str:
+    """'same' grid, 'same-space' (the same voxels in another axis order or direction, as DICOM
+    readers may give), or 'other'."""
+    data = node.GetImageData()
+    if data is None:
+        return "other"
+    dims = tuple(data.GetDimensions())
+    node_m, image_m = mrml_io.node_ijk_to_ras(node), mrml_io.ijk_to_ras(image)
+    if dims == tuple(image.GetSize()) and np.allclose(node_m, image_m, atol=tol):
+        return "same"
+    spacing_node = sorted(np.linalg.norm(node_m[:3, :3], axis=0))
+    spacing_image = sorted(np.linalg.norm(image_m[:3, :3], axis=0))
+    if sorted(dims) == sorted(image.GetSize()) and np.allclose(spacing_node, spacing_image, atol=tol) and \
+            np.allclose(_voxel_centres(dims, node_m), _voxel_centres(image.GetSize(), image_m), atol=10 * tol):
+        return "same-space"
+    return "other"
 
 
 @dataclass
@@ -78,7 +96,7 @@ class ReviewSession:
         mrml_io.ensure_segmentation_converters()
         out_dir = Path(out_dir)
         result = _read_result(out_dir)
-        if not _node_matches_grid(volume_node, result.labels):
+        if _node_grid_relation(volume_node, result.labels) == "other":
             raise ResultsError(f"the results in {out_dir} were computed on another image grid than volume "
                                f"{volume_node.GetName()!r}")
         if segmentation_node is None:
@@ -165,23 +183,27 @@ class ReviewSession:
 
         slicer = mrml_io.slicer_module()
         lesions = self.lesions if lesions is None else lesions
+        present = set(self.segment_ids())
+        exported_lesions = [(i, lesion) for i, lesion in enumerate(lesions) if lesion.segment_id in present]
         ids = vtk.vtkStringArray()
-        for lesion in lesions:
+        for _, lesion in exported_lesions:
             ids.InsertNextValue(lesion.segment_id)
         node = slicer.vtkMRMLLabelMapVolumeNode()
         self.scene.AddNode(node)
         try:
-            if lesions and not mrml_io.segmentations_logic(self.scene).ExportSegmentsToLabelmapNode(
-                    self.segmentation_node, ids, node, self.volume_node):
-                raise ResultsError("exporting the segments to a label map failed")
-            if lesions:
+            if exported_lesions:
+                ok = mrml_io.segmentations_logic(self.scene).ExportSegmentsToLabelmapNode(
+                    self.segmentation_node, ids, node, self.volume_node)
+                if not ok or node.GetImageData() is None:
+                    raise ResultsError("exporting the segments to a label map failed")
                 exported = mrml_io.volume_to_sitk(node)
             else:
                 exported = sitk.Image(self._volume_grid_image())
         finally:
             self.scene.RemoveNode(node)
         index = sitk.GetArrayViewFromImage(exported)
-        values = np.array([0] + [(i + 1 if relabel else lesion.label) for i, lesion in enumerate(lesions)])
+        # exported value j (1-based, in export order) -> the lesion's label (or its 1..K position)
+        values = np.array([0] + [(i + 1 if relabel else lesion.label) for i, lesion in exported_lesions])
         dtype = np.uint8 if values.max(initial=0) < 256 else np.uint16
         out = sitk.GetImageFromArray(values.astype(dtype)[np.asarray(index, dtype=np.int64)])
         out.CopyInformation(exported)
@@ -339,6 +361,12 @@ class ReviewSession:
         empty = [lesion.label for k, lesion in enumerate(self.lesions, start=1) if k not in present]
         if empty:
             raise ResultsError(f"lesion(s) {empty} have an empty mask; paint them or delete their segments first")
+        if not self.result.scan.matches(labels):
+            # The volume holds the scan's voxels in another axis order (or a rounding away): the
+            # outputs go on the scan's own grid. Voxel centres coincide, so nearest neighbour is exact.
+            reference = self.result.labels
+            labels = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+            image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
         measured = measure_lesions(labels, image) if self.lesions else {}
         lesions, review = [], []
         for k, lesion in enumerate(self.lesions, start=1):

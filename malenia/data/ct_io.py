@@ -143,6 +143,8 @@ def _read_file(path: Path) -> sitk.Image:
         _check_gzip_complete(path)
     elif name.endswith(".nii"):
         _check_nifti_complete(path)
+    if name.endswith((".nii", ".nii.gz")):
+        _check_nifti_finite(path)
     try:
         image = reader.Execute()
     except RuntimeError as err:
@@ -219,13 +221,8 @@ def _check_dicom_slices(folder: Path, files: list[str]) -> str:
 def _check_header_spacing(path: Path, name: str) -> None:
     """ITK silently replaces missing or zero spacing by 1 mm; look at the header first."""
     if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        try:
-            header = nib.load(str(path)).header
-            pixdim = [float(v) for v in header["pixdim"][1:4]]
-        except Exception as err:  # nibabel raises many types for broken headers
-            raise InputError(f"cannot read {path.name}: not a valid NIfTI file ({str(err).splitlines()[0][:120]})") from None
+        header = _nifti_header(path)
+        pixdim = [float(v) for v in header["pixdim"][1:4]]
         if any(not np.isfinite(v) or v <= 0 for v in pixdim):
             raise InputError(f"{path.name}: voxel spacing in the header is zero, negative or missing ({_fmt(pixdim)})")
     elif name.endswith((".nrrd", ".nhdr")):
@@ -261,6 +258,37 @@ def _check_header_spacing(path: Path, name: str) -> None:
             raise InputError(f"{path.name}: voxel spacing in the header is zero, negative or missing ({_fmt(sp)})")
 
 
+def _nifti_header(path: Path):
+    """The header as written (nibabel's loader would quietly repair zero pixdims)."""
+    import nibabel as nib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(540)
+        for order, code in (("little", "<"), ("big", ">")):
+            size = int.from_bytes(raw[:4], order) if len(raw) >= 4 else 0
+            if size == 348 and len(raw) >= 348:
+                return nib.Nifti1Header(binaryblock=raw[:348], endianness=code, check=False)
+            if size == 540 and len(raw) >= 540:
+                return nib.Nifti2Header(binaryblock=raw[:540], endianness=code, check=False)
+        raise ValueError("no NIfTI header")
+    except Exception as err:  # gzip, struct and nibabel errors alike mean "not a NIfTI file"
+        raise InputError(f"cannot read {path.name}: not a valid NIfTI file ({str(err).splitlines()[0][:120]})") from None
+
+
+def _check_nifti_finite(path: Path) -> None:
+    """ITK's NIfTI reader turns NaN into 0 without a word; look at float data with nibabel."""
+    import nibabel as nib
+
+    if _nifti_header(path).get_data_dtype().kind != "f":
+        return
+    data = np.asanyarray(nib.load(str(path)).dataobj)
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise InputError(f"{path.name}: {bad} voxel(s) are NaN or infinite")
+
+
 def _meta_header(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(16384)
@@ -279,9 +307,7 @@ def _check_gzip_complete(path: Path) -> None:
 
 
 def _check_nifti_complete(path: Path) -> None:
-    import nibabel as nib
-
-    header = nib.load(str(path)).header
+    header = _nifti_header(path)
     needed = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if path.stat().st_size < needed:
         raise InputError(f"cannot read {path.name}: truncated file ({path.stat().st_size} of {needed} bytes)")

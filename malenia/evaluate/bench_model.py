@@ -157,8 +157,14 @@ def _table(r: dict[str, Any]) -> str:
     lines.append(f"  FLOPs forward 96³   {r['flops_forward_96'] / 1e9:9.1f} G  (multiply-add = 2 FLOPs)")
     ps = "x".join(map(str, r["patch_size"]))
     lines.append(f"  FLOPs train step    {r['flops_train_step_patch'] / 1e9:9.1f} G  (one {ps} patch, fwd+bwd)")
-    lines.append(f"  forward {ps:<11} {r['forward_s']:9.2f} s  (median of {r['repeats']}, batch 1, no grad)")
-    lines.append(f"  fwd+bwd {ps:<11} {r['train_step_s']:9.2f} s  (median of {r['repeats']}, batch 1, with matching and loss)")
+    n = r["repeats"]
+    lines.append(
+        f"  forward {ps:<11} {r['forward_s']:9.2f} s  (median of {n}, min {min(r['forward_runs_s']):.2f}; batch 1, no grad)"
+    )
+    lines.append(
+        f"  fwd+bwd {ps:<11} {r['train_step_s']:9.2f} s  (median of {n}, min {min(r['train_step_runs_s']):.2f}; "
+        "batch 1, with matching and loss)"
+    )
     m = r["peak_rss_mb"]
     lines.append(
         f"  peak RSS            {m['after_model']:9.0f} MB model, {m['after_forward']:.0f} MB after forward, "

@@ -60,7 +60,7 @@ HEPATIC_VESSELS = ("liver_vessels", "portal_vein_and_splenic_vein", "inferior_ve
 # Organ (vocabulary "organ") -> TotalSegmentator names that make up the host organ.
 ORGAN_NAMES: dict[str, tuple[str, ...]] = {
     "kidney": ("kidney_left", "kidney_right", "kidney_cyst_left", "kidney_cyst_right"),
-    "liver": ("liver",),
+    "liver": ("liver", "liver_vessels"),  # a lesion may grow over intrahepatic vessels
     "pancreas": ("pancreas",),
     "colon": ("colon",),
     "lung": tuple(LUNG_LOBES.values()),
@@ -163,6 +163,8 @@ class Anatomy:
             return self.region("gallbladder.lumen")  # density relative to the bile
         if region.startswith("lung."):
             return self.organ_mask("lung")
+        if region.startswith("liver."):
+            return self.mask("liver")  # parenchyma without its vessels
         return self.organ_mask(organ_of_region(region))
 
     def region(self, key: str) -> np.ndarray:

@@ -208,9 +208,9 @@ def _dist(shape: tuple[int, ...], lo: np.ndarray, center: np.ndarray, sp: np.nda
 
 
 def _tube(ctx: LesionContext, box: tuple[slice, ...], lo: np.ndarray, pts_idx: np.ndarray, radius_mm: float | np.ndarray) -> np.ndarray:
-    """Partial-volume occupancy of a tube through voxel-index points, on `box`."""
+    """Partial-volume occupancy of a tube through points given as voxel indices relative to `box`."""
     sd = np.full(tuple(s.stop - s.start for s in box), 1e6, np.float32)
-    polyline_sdf(sd, ctx.sp, smooth_curve(np.asarray(pts_idx) * ctx.sp, 1.0), np.broadcast_to(radius_mm, (1,)) if np.isscalar(radius_mm) else radius_mm, lo * ctx.sp)
+    polyline_sdf(sd, ctx.sp, smooth_curve(np.asarray(pts_idx, float) * ctx.sp, 1.0), np.atleast_1d(radius_mm))
     return pv_ramp(sd, float(ctx.sp.min()))
 
 

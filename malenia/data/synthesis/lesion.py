@@ -9,7 +9,7 @@ Every aspect changes the image measurably:
                        water-like fluid, calcific, lung ground-glass / soft tissue / dense / mixed
     density variation  homogeneous (noise + faint texture) or heterogeneous (coarse mottled texture)
     surface            well-defined: partial-volume edge only; ill-defined: boundary blurred by a
-                       1.5-3.5 mm Gaussian and roughened; spiculated: tapering spicules
+                       2.5-5 mm Gaussian and roughened; spiculated: tapering spicules
     enhancement        the scan's phase (set for the whole scan: enhancement.py / the phantom)
     relationship       separate / abutting / invading / vascular (placement.py)
     specific features  features.py
@@ -161,7 +161,7 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
         params.lobes = [(v / np.linalg.norm(v), float(rng.uniform(0.2, 0.35)), float(rng.uniform(5.0, 10.0))) for v in u]
     if surface_id == "surface.spiculated":
         sample_spicules(params, rng, vox)
-    margin_mm = {"surface.well_defined": 0.0, "surface.ill_defined": float(rng.uniform(1.5, 3.5)),
+    margin_mm = {"surface.well_defined": 0.0, "surface.ill_defined": float(rng.uniform(2.5, 5.0)),
                  "surface.spiculated": float(rng.uniform(0.3, 0.8))}.get(surface_id, 0.0)
 
     wall_t = 0.0

@@ -219,9 +219,9 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
             y = P.axes[1][sl[1]][None, :, None]
             x = P.axes[0][sl[2]][None, None, :]
             inside = w >= 0.5
-            f_l = z_l + 25 + (y + 80) * 1.0  # oblique fissures: higher posteriorly
-            f_r = z_r + 20 + (y + 80) * 1.0
-            z_h = z_r + 30  # horizontal fissure
+            f_l = z_l - 15 + (y + 80) * 0.8  # oblique fissures: higher posteriorly
+            f_r = z_r - 15 + (y + 80) * 0.8
+            z_h = z_r + 18  # horizontal fissure
             left = x > 8
             lab = np.where(left, np.where(z > f_l, T["lung_upper_lobe_left"], T["lung_lower_lobe_left"]),
                            np.where(z <= f_r, T["lung_lower_lobe_right"],

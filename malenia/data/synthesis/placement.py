@@ -47,7 +47,10 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
     if not region.any():
         raise PlacementError(f"the base has no {region_key.replace('.', ' ')}")
     organ = organ_of_region(region_key)
-    host = anat.host_mask(region_key) if organ not in ("gallbladder", "lung") else anat.organ_mask(organ)
+    if organ == "kidney":
+        host = anat.host_mask(region_key)
+    else:
+        host = anat.organ_mask(organ)
     if organ == "lung":
         host = region  # lobes are separate organs for placement: fissures are boundaries
     occupied = lesions > 0
@@ -63,7 +66,18 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
     names = anat.names
     notes: list[str] = []
 
+    # A part of an organ (lobe, head/body/tail, segment): prefer centres deep inside the part too,
+    # so that the lesion lies in the part it is reported in.
+    part_depth = None
+    if organ in ("liver", "pancreas", "colon") and not region_key.endswith("both_lobes"):
+        others = host[box] & ~region[box]  # the organ's other parts: distance to the internal borders only
+        part_depth = (ndi.distance_transform_edt(~others, sampling=sp) if others.any()
+                      else np.full(region[box].shape, np.inf)).astype(np.float32)
+
     def pick(cand: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        if part_depth is not None and kind != "wall" and cand.any():
+            deep = cand & (part_depth >= min(0.8 * radius_mm, 0.8 * float(part_depth[cand].max())))
+            cand = deep if deep.any() else cand
         idx = np.argwhere(cand)
         if weights is not None:
             w = weights[cand].astype(np.float64)
@@ -111,7 +125,7 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
         return Placement(pick(cand if cand.any() else reg_b), radius_mm, full(allowed & free_b), "wall", neighbour, notes)
 
     if region_key == "gallbladder.wall":  # gallbladder wall mass growing into the lumen
-        radius_mm = min(radius_mm, max(max_depth * 2.0, 4.0))
+        radius_mm = min(radius_mm, max(float(depth.max()) * 1.2, 4.0))  # at most about the lumen's size
         allowed = host_b.copy()
         neighbour = None
         if relationship == "relationship.invading" and anat.has("liver"):
@@ -164,6 +178,9 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
         notes.append(f"radius reduced from {radius_mm:.1f} to {new_r:.1f} mm to fit the organ")
         radius_mm = new_r
     cand = reg_b & (depth >= min(0.9 * radius_mm, 0.95 * max_depth))
+    if organ == "lung" and "specific_features.pleural_traction" in features:
+        gap = cand & (depth >= radius_mm + 6.0) & (depth <= radius_mm + 30.0)  # room for a strand to the pleura
+        cand = gap if gap.any() else cand
     return Placement(pick(cand), radius_mm, full(host_b & free_b), "separate", None, notes)
 
 

@@ -171,7 +171,10 @@ def polyline_sdf(sd: np.ndarray, spacing_zyx: np.ndarray, points_mm: np.ndarray,
     """
     origin = np.zeros(3) if origin_mm is None else np.asarray(origin_mm, float)
     pts = np.asarray(points_mm, float)
-    rad = np.broadcast_to(np.asarray(radii_mm, float), (len(pts),))
+    rad = np.atleast_1d(np.asarray(radii_mm, float))
+    if len(rad) != len(pts):  # a few radii spread evenly along the curve's length
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+        rad = np.interp(arc / max(arc[-1], 1e-9), np.linspace(0, 1, len(rad)), rad) if len(rad) > 1 else np.full(len(pts), rad[0])
     shape = np.array(sd.shape)
     for a, b, ra, rb in zip(pts[:-1], pts[1:], rad[:-1], rad[1:]):
         r = max(ra, rb) + 2.0 * float(spacing_zyx.max())
