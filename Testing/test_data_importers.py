@@ -259,3 +259,36 @@ def test_import_refusals(tmp_path: Path, kits: Path, capsys):
     assert main(["import", "kits23", str(kits), "--out", str(tmp_path / "ds2"), "--quiet"]) == 3
     assert "does not match the image grid" in capsys.readouterr().err
     assert main(["import", "kits23", str(tmp_path / "nowhere"), "--out", str(tmp_path / "ds3")]) == 3
+
+
+def test_kits23_sides_on_a_real_scan(shared_data: Path, tmp_path: Path):
+    """Kidney sides measured by the importer agree with TotalSegmentator's kidney_left / kidney_right."""
+    example = shared_data / "ct/totalseg-example"
+    image = sitk.ReadImage(str(example / "example_ct_sm.nii.gz"))  # stored RAS
+    ts = sitk.GetArrayFromImage(sitk.ReadImage(str(example / "example_seg.nii.gz")))
+    right, left = 2, 3  # example_seg_classes.json
+    seg = np.where(np.isin(ts, [right, left]), 1, 0).astype(np.uint8)
+    for organ, value in ((right, 2), (left, 3)):  # a tumour in the right kidney, a cyst in the left
+        idx = np.argwhere(ts == organ)
+        z, y, x = idx[len(idx) // 2]
+        block = np.zeros_like(seg, dtype=bool)
+        block[z - 2 : z + 3, y - 2 : y + 3, x - 2 : x + 3] = True
+        seg[block & (ts == organ)] = value
+    case = tmp_path / "kits" / "dataset" / "case_00007"
+    case.mkdir(parents=True)
+    sitk.WriteImage(image, str(case / "imaging.nii.gz"))
+    label = sitk.GetImageFromArray(seg)
+    label.CopyInformation(image)
+    sitk.WriteImage(label, str(case / "segmentation.nii.gz"))
+    out = tmp_path / "ds"
+    assert main(["import", "kits23", str(tmp_path / "kits"), "--out", str(out), "--quiet"]) == 0
+    result = read_case(out, "case_00007")
+    sides = {les.disease: les.attributes["location"][0].id for les in result.report.lesions}
+    assert sides == {"kidney_tumor": "location.kidney.right", "kidney_cyst": "location.kidney.left"}
+    organs = sitk.GetArrayFromImage(result.organs)
+    names = {int(k): v for k, v in result.report.extra["organ_labels"].items()}
+    assert {names[v] for v in np.unique(organs[ts == right])} == {"kidney_right"}
+    assert {names[v] for v in np.unique(organs[ts == left])} == {"kidney_left"}
+    # the real scan is non-contrast: measured without masks
+    assert result.report.enhancement.id == "enhancement.non_contrast"
+    assert result.report.extra["enhancement_from"] == "blood_pool_search"

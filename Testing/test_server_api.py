@@ -416,3 +416,23 @@ def test_promotion_rule():
     missing = decide_promotion("not_worse", 0.0, None, 0.70)
     assert not missing.promote and "no validation DSC" in missing.reason
     assert decide_promotion("always", 0.0, None, None).promote and not decide_promotion("never", 0.0, 1.0, 0.0).promote
+
+
+def test_launcher_command_lines(tmp_path):
+    from malenia.server.config import ServerConfig
+    from malenia.server.jobs import launcher_prefix
+
+    cpu = launcher_prefix(ServerConfig(tmp_path), gpus=0, job_id="j000000000001")
+    assert cpu == [sys.executable, "-m", "malenia.cli", "train"]
+    gpu = launcher_prefix(ServerConfig(tmp_path), gpus=4, job_id="j000000000001")
+    assert gpu[:4] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=4"]
+    assert "--standalone" in gpu and gpu[-3:] == ["-m", "malenia.cli", "train"]
+    multi = launcher_prefix(ServerConfig(tmp_path, nnodes=2, rdzv_endpoint="head:29400"), gpus=8, job_id="j000000000001")
+    assert {"--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=head:29400", "--rdzv_id=j000000000001"} <= set(multi)
+    forced = launcher_prefix(ServerConfig(tmp_path, launcher="torchrun"), gpus=0, job_id="j000000000001")
+    assert "--nproc_per_node=1" in forced
+    assert launcher_prefix(ServerConfig(tmp_path, train_command=["x", "y"]), gpus=8, job_id="j1") == ["x", "y"]
+    from malenia.errors import InputError
+
+    with pytest.raises(InputError, match="rdzv_endpoint"):
+        ServerConfig(tmp_path, nnodes=2)

@@ -18,7 +18,7 @@ from MaleniaSegmentLib.qt_compat import BINDING, ensure_application, get, qt  # 
 from MaleniaTrainerLib.logic import KEY_TOKEN, MemorySettings, TrainerLogic  # noqa: E402
 from MaleniaTrainerLib.panels import TrainerPanel  # noqa: E402
 from malenia.server.testdata import ServerProcess, make_model_folder  # noqa: E402
-from test_trainer_logic import FAKE_TRAINER, FREE_TEXT, corrections  # noqa: E402,F401  (fixture)
+from test_trainer_logic import FAKE_TRAINER, corrections  # noqa: E402,F401  (corrections: a fixture)
 
 SCREENSHOT = Path("/tmp/malenia_trainer.png")
 

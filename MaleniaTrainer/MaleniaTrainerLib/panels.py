@@ -14,7 +14,7 @@ from typing import Any
 
 from MaleniaSegmentLib.qt_compat import Callbacks, get, qt
 
-from .logic import Background, JobView, TrainerLogic, describe_error
+from .logic import Background, JobView, TrainerLogic
 
 
 def _label(text: str = "", wrap: bool = True):

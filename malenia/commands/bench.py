@@ -8,6 +8,7 @@ import importlib
 # target -> "module:function"; each function takes the parsed args and prints its figures.
 TARGETS = {
     "model": "malenia.evaluate.bench_model:run",
+    "synth": "malenia.data.synthesis.bench:run",
 }
 
 

@@ -170,6 +170,8 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     else:  # the series with most slices is the volume; scouts and dose reports are short
         chosen = max(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
     files = list(reader.GetGDCMSeriesFileNames(str(folder), chosen))  # sorted by slice position
+    if len(files) == 1:  # an enhanced (multi-frame) DICOM holds the whole volume in one file
+        return _read_multiframe(folder, files[0])
     if len(files) < MIN_VOXELS_PER_AXIS:
         raise InputError(f"{folder.name}: DICOM series has {len(files)} slice(s); a CT volume needs at least {MIN_VOXELS_PER_AXIS}")
     modality = _check_dicom_slices(folder, files)
@@ -180,6 +182,19 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image
         raise InputError(f"cannot read DICOM series in {folder.name}: {_itk_message(err)}") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{folder.name}: DICOM series is not greyscale ({image.GetNumberOfComponentsPerPixel()} values per voxel)")
+    return image, modality
+
+
+def _read_multiframe(folder: Path, file: str) -> tuple[sitk.Image, str]:
+    r = sitk.ImageFileReader()
+    r.SetFileName(file)
+    try:
+        r.ReadImageInformation()
+        _check_shape(tuple(r.GetSize()), r.GetDimension(), r.GetNumberOfComponents(), Path(file))
+        image = r.Execute()
+    except RuntimeError as err:
+        raise InputError(f"cannot read DICOM file in {folder.name}: {_itk_message(err)}") from None
+    modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else ""
     return image, modality
 
 

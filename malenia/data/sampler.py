@@ -161,21 +161,18 @@ class LesionPatchDataset(Dataset):
             cached = _CachedCase(case_id, prepared.array, instances,
                                  enhancement=case.report.enhancement.id if case.report.enhancement else None)
             rng = np.random.default_rng([self.seed, len(out)])
-            flat = instances.ravel()
-            order = np.argsort(flat, kind="stable")
-            labels, starts = np.unique(flat[order], return_index=True)
-            ends = np.append(starts[1:], len(order))
-            spans = {int(lab): (s, e) for lab, s, e in zip(labels, starts, ends) if lab > 0}
+            flat = cached.instances.reshape(-1)  # a view: erasing below edits the cache
+            voxels = np.flatnonzero(flat)
+            voxels = voxels[np.argsort(flat[voxels], kind="stable")]  # lesion voxels grouped by label
+            labels, starts = np.unique(flat[voxels], return_index=True)
+            ends = np.append(starts[1:], len(voxels))
+            spans = {int(lab): voxels[s:e] for lab, s, e in zip(labels, starts, ends)}
             for report in case.report.lesions:
-                keep = self.diseases is None or report.disease in self.diseases
                 if report.label not in spans:
                     continue  # no voxel left at the model spacing
-                s, e = spans[report.label]
-                if not keep:
-                    flat_view = cached.instances.reshape(-1)
-                    flat_view[order[s:e]] = 0
-                    continue
-                locations = order[s:e]
+                if self.diseases is not None and report.disease not in self.diseases:
+                    continue  # erased below, like lesions without a report entry
+                locations = spans[report.label]
                 if len(locations) > MAX_LOCATIONS_PER_LESION:
                     locations = np.sort(rng.choice(locations, MAX_LOCATIONS_PER_LESION, replace=False))
                 cached.lesions[report.label] = _Lesion(
@@ -185,12 +182,9 @@ class LesionPatchDataset(Dataset):
                     {a: [d.text for d in report.attributes.get(a, [])] for a in ASPECTS},
                     locations.astype(np.int64),
                 )
-            # voxels of lesions without a report entry are not trainable targets: erase them
-            reported = set(cached.lesions)
-            stray = [lab for lab in spans if lab not in reported]
-            for lab in stray:
-                s, e = spans[lab]
-                cached.instances.reshape(-1)[order[s:e]] = 0
+            for label, where in spans.items():
+                if label not in cached.lesions:  # filtered out, or not a described lesion: background
+                    flat[where] = 0
             out.append(cached)
         return out
 
@@ -340,3 +334,42 @@ def instance_masks(instances: torch.Tensor, lesions: list[dict[str, Any]]) -> to
         return torch.zeros((0, *instances.shape), dtype=torch.bool)
     labels = torch.tensor([les["label"] for les in lesions], dtype=instances.dtype)
     return instances[None] == labels.view(-1, *([1] * instances.dim()))
+
+
+def _benchmark(argv: list[str] | None = None) -> int:
+    """python -m malenia.data.sampler DATASET: seconds to cache the split and per patch (one thread)."""
+    import argparse
+    import resource
+    import time
+
+    p = argparse.ArgumentParser(prog="python -m malenia.data.sampler", description=_benchmark.__doc__)
+    p.add_argument("dataset")
+    p.add_argument("--split", default="train")
+    p.add_argument("--patch", type=int, default=96)
+    p.add_argument("--spacing", type=float, default=1.5)
+    p.add_argument("--items", type=int, default=40)
+    p.add_argument("--no-augment", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    import monai.transforms  # noqa: F401  (a one-off import of several seconds, not part of the figures)
+
+    t0 = time.perf_counter()
+    data = LesionPatchDataset(args.dataset, args.split, (args.patch,) * 3, Preprocessor((args.spacing,) * 3, clip=(-1000, 1000),
+                              normalization="window"), samples_per_epoch=args.items,
+                              augment=None if args.no_augment else AugmentConfig())
+    t1 = time.perf_counter()
+    data[0]
+    t2 = time.perf_counter()
+    centred = sum(data[i]["lesion_centred"] for i in range(1, args.items))
+    t3 = time.perf_counter()
+    shapes = sorted({c.image.shape for c in data.cases})
+    print(f"cases {len(data.cases)} (model-grid shapes {shapes[0]}..{shapes[-1]}); cache {t1 - t0:.2f} s "
+          f"({(t1 - t0) / len(data.cases):.2f} s/case); first item {t2 - t1:.2f} s; "
+          f"per {args.patch}^3 patch {(t3 - t2) / max(1, args.items - 1) * 1000:.1f} ms; "
+          f"lesion-centred {centred}/{args.items - 1}; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_benchmark())

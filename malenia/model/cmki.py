@@ -22,18 +22,28 @@ from malenia.model.targets import LesionTargets
 
 
 class CMKILayer(nn.Module):
-    def __init__(self, cfg: MaleniaConfig):
+    """One round of Eq. 3. A side whose output no head reads (single-branch ablations) is not built."""
+
+    def __init__(self, cfg: MaleniaConfig, mask_side: bool = True, text_side: bool = True):
         super().__init__()
         c, h, p = cfg.embed_dim, cfg.num_heads, cfg.dropout
-        self.cross_m = AttentionLayer(c, h, p)  # mask tokens query the text embeddings
-        self.cross_t = AttentionLayer(c, h, p)  # text embeddings query the mask tokens
-        self.self_m = AttentionLayer(c, h, p)
-        self.self_t = AttentionLayer(c, h, p)
+        if mask_side:
+            self.cross_m = AttentionLayer(c, h, p)  # mask tokens query the text embeddings
+            self.self_m = AttentionLayer(c, h, p)
+        if text_side:
+            self.cross_t = AttentionLayer(c, h, p)  # text embeddings query the mask tokens
+            self.self_t = AttentionLayer(c, h, p)
+        self.mask_side, self.text_side = mask_side, text_side
 
     def forward(self, m: torch.Tensor, t: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m_cross = self.cross_m(m, t, pos, pos)  # norm(m + CrossAttn(q_m, k_t, v_t))
-        t_cross = self.cross_t(t, m, pos, pos)  # norm(t + CrossAttn(q_t, k_m, v_m))
-        return self.self_m(m_cross, m_cross, pos, pos), self.self_t(t_cross, t_cross, pos, pos)
+        m_hat = t_hat = None
+        if self.mask_side:
+            m_cross = self.cross_m(m, t, pos, pos)  # norm(m + CrossAttn(q_m, k_t, v_t))
+            m_hat = self.self_m(m_cross, m_cross, pos, pos)
+        if self.text_side:
+            t_cross = self.cross_t(t, m, pos, pos)  # norm(t + CrossAttn(q_t, k_m, v_m))
+            t_hat = self.self_t(t_cross, t_cross, pos, pos)
+        return m_hat, t_hat
 
 
 class KnowledgeInjection(nn.Module):
@@ -45,7 +55,9 @@ class KnowledgeInjection(nn.Module):
         self.compose = MLP(NUM_SLOTS * c, c, c, 2)
         # Token i and its text embedding t_i share a position code so that each can find the other.
         self.pos = nn.Parameter(torch.randn(cfg.num_tokens, c)) if cfg.use_cmki else None
-        self.layers = nn.ModuleList(CMKILayer(cfg) for _ in range(cfg.cmki_layers if cfg.use_cmki else 0))
+        n = cfg.cmki_layers if cfg.use_cmki else 0
+        last = dict(mask_side=cfg.branches != "text", text_side=cfg.branches != "mask")
+        self.layers = nn.ModuleList(CMKILayer(cfg, **(last if i == n - 1 else {})) for i in range(n))
 
     def forward(self, tokens: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, t = tokens, self.compose(slots.flatten(2))

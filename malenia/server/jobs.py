@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from malenia.errors import InputError, MaleniaError, ModelError
 from malenia.server.bank_update import add_free_text
@@ -439,7 +439,10 @@ class JobManager:
         run = self.layout.job_dir(job_id) / "run"
         if self.cfg.resume_interrupted and (_has_checkpoint(run) or _model_ok(run / "model")):
             self._update(job_id, progress=tracker.state)
-            self.store.execute("UPDATE jobs SET state='queued' WHERE id=?", (job_id,))
+            notes = self.store.get("SELECT notes FROM jobs WHERE id=?", (job_id,))["notes"]
+            self.store.execute("UPDATE jobs SET state='queued', notes=? WHERE id=?",
+                               (dumps(notes + ["server stopped while running: requeued; training resumes from its "
+                                               "last checkpoint at the next start"]), job_id))
         else:
             self._finish(job_id, "interrupted", error="the server was stopped while this job ran", progress=tracker.state)
 

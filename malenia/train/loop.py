@@ -107,17 +107,17 @@ class _MetricsLog:
 def train(opts: TrainOptions) -> TrainResult:
     from malenia.model.losses import MaleniaCriterion
     from malenia.model.network import MaleniaNet
-    from malenia.train.data import PatchStream, build_training_bank, collate, fixed_patches
 
     info = init_distributed(opts.device)
     try:
-        return _train(opts, info, MaleniaNet, MaleniaCriterion, PatchStream, build_training_bank, collate, fixed_patches)
+        return _train(opts, info, MaleniaNet, MaleniaCriterion)
     finally:
         shutdown(info)
 
 
-def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion, PatchStream, build_training_bank, collate, fixed_patches):
+def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
     from malenia.data.dataset import read_dataset
+    from malenia.train.data import PatchStream, build_training_bank, fixed_patches
 
     cfg = opts.config
     run = Path(opts.out)
@@ -139,7 +139,8 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion, PatchStream, buil
     # Bank: every vocabulary description (+ free-text and whole-report rows of the training data).
     bank = build_training_bank(cfg, [opts.data] + ([opts.replay] if opts.replay else []), opts.text_encoder,
                                opts.report_style, splits={opts.data: train_ids})
-    stream = PatchStream(opts.data, train_ids, cfg, bank, seed=opts.seed, augment=True,
+    stream = PatchStream(opts.data, opts.split, cfg, bank, seed=opts.seed, augment=True,
+                         samples_per_epoch=cfg.optim.iterations_per_epoch * batch * info.world_size,
                          replay=opts.replay, replay_fraction=opts.replay_fraction)
 
     model = MaleniaNet(cfg)
@@ -188,7 +189,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion, PatchStream, buil
             # The global batch of step s is the same whatever the number of processes: sample
             # indices s*G .. s*G+G-1 of the epoch-shuffled stream, G = batch * world size.
             items = stream.batch(step, batch, info.rank, info.world_size)
-            images, targets = collate(items, info.device)
+            images, targets = stream.collate(items, info.device)
             ddp.train()
             with torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 output = ddp(images, bank_t, aspects_t, targets)

@@ -235,14 +235,15 @@ def convert_case(
     label_image = read_label(source.label, image)
     labels = sitk.GetArrayViewFromImage(label_image)
     known = {0, *scheme.organs, *scheme.lesions}
-    unknown = sorted(set(np.unique(labels).tolist()) - known)
+    unknown = sorted(set(_values(labels)) - known)
     if unknown:
         raise InputError(f"{source.label.name}: label value(s) {unknown} are not in the {scheme.source} scheme {sorted(known)}")
 
     instances, components, dropped = lesion_instances(labels, scheme, image, min_lesion_mm3)
     lesion_map = np.zeros(labels.shape, dtype=np.uint8 if len(instances) < 256 else np.uint16)
     for k, inst in enumerate(instances, start=1):
-        lesion_map[components[inst.value] == inst.mask_index] = k
+        box, comp = components[inst.value]
+        lesion_map[box][comp == inst.mask_index] = k
     organ_map, organ_names, midline_x = organ_labels(labels, scheme, image)
 
     notes: list[str] = []
@@ -307,19 +308,21 @@ def lesion_instances(labels: np.ndarray, scheme: LabelScheme, image: sitk.Image,
     components: dict[int, np.ndarray] = {}
     dropped = 0
     for value, disease in scheme.lesions.items():
-        mask = labels == value
-        if not mask.any():
+        box = bounding_box(labels == value)
+        if box is None:
             continue
+        mask = labels[box] == value  # components in the lesions' bounding box only (memory on big scans)
         comp, n = ndi.label(mask, structure=STRUCTURE_26)
-        components[value] = comp
+        components[value] = (box, comp)
         counts = np.bincount(comp.ravel(), minlength=n + 1)
         centroids = ndi.center_of_mass(mask, comp, index=np.arange(1, n + 1))
+        offset = np.array([sl.start for sl in box], dtype=float)
         for i in range(1, n + 1):
             volume = counts[i] * voxel_mm3
             if volume < min_lesion_mm3:
                 dropped += 1
                 continue
-            zyx = np.array(centroids[i - 1])
+            zyx = np.array(centroids[i - 1]) + offset
             lps = np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
             instances.append(Instance(value, disease, int(counts[i]), volume, lps, i))
     instances.sort(key=lambda inst: (-inst.voxels, inst.value, tuple(inst.centroid_lps)))
@@ -356,16 +359,37 @@ def _organ_names(scheme: LabelScheme) -> list[str]:
 
 def _side_map(mask: np.ndarray, image: sitk.Image, midline_x: float) -> np.ndarray:
     """+1 where a voxel of `mask`'s components lies on the patient's left (LPS x > midline), -1 right."""
-    comp, n = ndi.label(mask, structure=STRUCTURE_26)
     side = np.zeros(mask.shape, dtype=np.int8)
-    if n == 0:
+    box = bounding_box(mask)
+    if box is None:
         return side
-    centroids = ndi.center_of_mass(mask, comp, index=np.arange(1, n + 1))
+    comp, n = ndi.label(mask[box], structure=STRUCTURE_26)
+    centroids = ndi.center_of_mass(mask[box], comp, index=np.arange(1, n + 1))
+    offset = np.array([sl.start for sl in box], dtype=float)
     lut = np.zeros(n + 1, dtype=np.int8)
     for i, zyx in enumerate(centroids, start=1):
-        x = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in np.asarray(zyx)[::-1]])[0]
+        x = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in (np.asarray(zyx) + offset)[::-1]])[0]
         lut[i] = 1 if x > midline_x else -1
-    return lut[comp]
+    side[box] = lut[comp]
+    return side
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True voxel (None when there is none)."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _values(labels: np.ndarray) -> list[int]:
+    """Distinct label values (a histogram: linear time on big integer volumes)."""
+    if labels.dtype.kind in "iu" and labels.size and labels.min() >= 0 and labels.max() < 65536:
+        return np.flatnonzero(np.bincount(labels.ravel())).tolist()
+    return np.unique(labels).tolist()
 
 
 def patient_midline_x(image: sitk.Image) -> float:

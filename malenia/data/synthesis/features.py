@@ -305,11 +305,11 @@ def pleural_traction(ctx: LesionContext) -> None:
     dist, ind = ndi.distance_transform_edt(lb, sampling=ctx.sp, return_indices=True)
     c = ctx.center - lo
     target = np.array([i[tuple(c)] for i in ind], float)  # nearest non-lung voxel: the pleura
-    r = ctx.rng.uniform(0.7, 1.1)
+    r = ctx.rng.uniform(1.2, 2.0)  # thicker than anatomy so that it survives 3 mm voxels
     w = _tube(ctx, box, lo, np.stack([c.astype(float), target]), r)
-    tag = pv_ramp(_dist(lb.shape, np.zeros(3, int), target, ctx.sp) - ctx.rng.uniform(2.0, 3.5), float(ctx.sp.min()))
+    tag = pv_ramp(_dist(lb.shape, np.zeros(3, int), target, ctx.sp) - ctx.rng.uniform(3.0, 5.0), float(ctx.sp.min()))
     w = np.maximum(w, tag * lb)
-    value = ctx.rng.uniform(-120.0, 0.0)
+    value = ctx.rng.uniform(-60.0, 20.0)
     n = _paint(ctx, box, w, value)
     ctx.record["pleural_traction"] = {"length_mm": round(float(dist[tuple(c)]), 1), "radius_mm": round(r, 2), "hu": round(value, 1), "voxels": n}
 

@@ -9,7 +9,7 @@ Every aspect changes the image measurably:
                        water-like fluid, calcific, lung ground-glass / soft tissue / dense / mixed
     density variation  homogeneous (noise + faint texture) or heterogeneous (coarse mottled texture)
     surface            well-defined: partial-volume edge only; ill-defined: boundary blurred by a
-                       2.5-5 mm Gaussian and roughened; spiculated: tapering spicules
+                       3-6 mm Gaussian and roughened; spiculated: tapering spicules
     enhancement        the scan's phase (set for the whole scan: enhancement.py / the phantom)
     relationship       separate / abutting / invading / vascular (placement.py)
     specific features  features.py
@@ -161,7 +161,7 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
         params.lobes = [(v / np.linalg.norm(v), float(rng.uniform(0.2, 0.35)), float(rng.uniform(5.0, 10.0))) for v in u]
     if surface_id == "surface.spiculated":
         sample_spicules(params, rng, vox)
-    margin_mm = {"surface.well_defined": 0.0, "surface.ill_defined": float(rng.uniform(2.5, 5.0)),
+    margin_mm = {"surface.well_defined": 0.0, "surface.ill_defined": float(rng.uniform(3.0, 6.0)),
                  "surface.spiculated": float(rng.uniform(0.3, 0.8))}.get(surface_id, 0.0)
 
     wall_t = 0.0
@@ -219,7 +219,9 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
     hetero = variation_id == "density_variation.heterogeneous"
     fluidlike = prof.cystic or density_id == "density.fluid"
     if hetero:
-        tex_std = max(10.0, 0.35 * abs(mean - host.mean), host_texture) * float(rng.uniform(1.0, 1.6))
+        # mottling scaled by the lesion-host contrast, but never more than soft tissue shows
+        # (a lung nodule is ~900 HU above its host)
+        tex_std = min(max(10.0, 0.35 * abs(mean - host.mean), host_texture), 25.0) * float(rng.uniform(1.0, 1.6))
         tex_sigma_mm = float(rng.uniform(1.5, 3.5))
     else:
         tex_std = 0.0 if fluidlike or prof.kind == "stone" else 0.3 * host_texture

@@ -110,7 +110,9 @@ class _Painter:
             return polyline_sdf(sd, self.sp, np.asarray(pts_lps)[:, ::-1], radii, origin_zyx)
         return fn
 
-    def tube(self, pts_lps, radii, value, label=None, within=None, step=3.0):
+    def tube(self, pts_lps, radii, value, label=None, within=None, step=None):
+        # segments about half a radius long: each is evaluated on its own box
+        step = step or max(3.0, 0.5 * float(np.min(radii)))
         pts = smooth_curve(np.asarray(pts_lps, float), step)
         r = np.interp(np.linspace(0, 1, len(pts)), np.linspace(0, 1, len(radii)), np.asarray(radii, float))
         pad = float(r.max())
@@ -455,21 +457,27 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
     }
     radii = {"colon.ascending": U(24, 30), "colon.transverse": U(20, 26), "colon.descending": U(17, 22),
              "colon.sigmoid": U(15, 20), "colon.rectum": U(20, 26)}
-    gas = filtered_noise(shape_zyx, max(6.0 / sp_xyz.min(), 1.0), rng)
-    stool = filtered_noise(shape_zyx, max(2.0 / sp_xyz.min(), 0.7), rng)
+    # stool: mottled texture; gas: pockets in the non-dependent (anterior) half of the lumen
+    texture = filtered_noise(shape_zyx, max(2.5 / sp_xyz.min(), 0.6), rng)
     colon_parts: dict[str, np.ndarray] = {}
     for key, pts in segs.items():
         pts = pts + np.vstack([J(3) * 0, *[J(7) for _ in range(len(pts) - 2)], J(3) * 0]) if len(pts) > 2 else pts
         r = radii[key]
-        gas_frac = {"colon.ascending": 0.35, "colon.transverse": 0.6, "colon.descending": 0.7, "colon.sigmoid": 0.6, "colon.rectum": 0.5}[key]
-        thr = float(np.quantile(gas[::4, ::4, ::4], 1 - gas_frac))
-        res, _, _ = P.tube(pts, [r], hu("bowel_wall"), T["colon"])
+        gas_frac = {"colon.ascending": 0.3, "colon.transverse": 0.6, "colon.descending": 0.7, "colon.sigmoid": 0.6, "colon.rectum": 0.5}[key]
+        res, curve, _ = P.tube(pts, [r], hu("bowel_wall"), T["colon"])
         if res is not None:
             sl, w = res
             m = np.zeros(shape_zyx, bool)
             m[sl] = w >= 0.5
             colon_parts[key] = m
-        content = lambda x, y, z, sl, thr=thr: np.where(gas[sl] > thr, -1000.0, HU["stool"][0] + 70 * stool[sl]).astype(np.float32)  # noqa: E731
+        n_pockets = max(1, int(len(curve) * gas_frac * 0.5))
+        pockets = [(curve[int(rng.integers(len(curve)))] + [0, -r * U(0.2, 0.6), 0], r * U(0.5, 1.0)) for _ in range(n_pockets)]
+
+        def content(x, y, z, sl, pockets=pockets):
+            gas = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), bool)
+            for c, rr in pockets:
+                gas |= (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < rr * rr
+            return np.where(gas, -1000.0, HU["stool"][0] + 70 * texture[sl]).astype(np.float32)
         P.tube(pts, [r - 3.0], content, None)
 
     # bladder
@@ -484,8 +492,8 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
         if lid < len(tex_lut):
             key = next((k for k in TEXTURE if name.startswith(k)), None)
             tex_lut[lid] = TEXTURE.get(key, 4.0) if key else 4.0
-    img = ndi.gaussian_filter(P.hu, 0.45)
-    img += filtered_noise(shape_zyx, max(2.5 / sp_xyz.min(), 0.6), rng) * tex_lut[P.lab]
+    img = P.hu
+    img += texture * tex_lut[P.lab]
     noise_std = float(U(11, 20))
     img += filtered_noise(shape_zyx, NOISE_SIGMA_VOX, rng) * noise_std
     img = np.clip(img, -1024.0, 3071.0).astype(np.float32)

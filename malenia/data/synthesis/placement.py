@@ -75,7 +75,7 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
                       else np.full(region[box].shape, np.inf)).astype(np.float32)
 
     def pick(cand: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        if part_depth is not None and kind != "wall" and cand.any():
+        if part_depth is not None and cand.any():
             deep = cand & (part_depth >= min(0.8 * radius_mm, 0.8 * float(part_depth[cand].max())))
             cand = deep if deep.any() else cand
         idx = np.argwhere(cand)

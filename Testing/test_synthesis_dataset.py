@@ -1,0 +1,129 @@
+"""`malenia synth`: same seed same dataset, read-back, zero-shot splits, reports from the knowledge table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from malenia.aspects import SEEN_DISEASES, UNSEEN_DISEASES
+from malenia.cli import main
+from malenia.data.dataset import read_case, read_dataset
+from malenia.data.synthesis.generate import load_split, make_demo_case, synthesize_dataset
+from malenia.knowledge.table import KnowledgeTable
+from malenia.knowledge.vocabulary import Vocabulary
+
+SMALL = dict(size=(64, 64, 64), spacing=(5.0, 5.0, 5.0))
+
+
+def arrays(ds, case_id):
+    c = read_case(ds, case_id)
+    return [sitk.GetArrayFromImage(x) for x in (c.image, c.lesions, c.organs)]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    synthesize_dataset(out, ["phantom"], ["kidney_cyst", "liver_tumor", "kidney_tumor", "gallstone"], 5, seed=4,
+                       lesions_per_case=(1, 2), test_fraction=0.4, val_fraction=0.2, **SMALL)
+    return out
+
+
+def test_same_seed_same_dataset(dataset, tmp_path):
+    again = tmp_path / "again"
+    synthesize_dataset(again, ["phantom"], ["kidney_cyst", "liver_tumor", "kidney_tumor", "gallstone"], 5, seed=4,
+                       lesions_per_case=(1, 2), test_fraction=0.4, val_fraction=0.2, **SMALL)
+    a, b = read_dataset(dataset), read_dataset(again)
+    assert [c.rsplit("_", 1)[1] for c in a.cases] == [c.rsplit("_", 1)[1] for c in b.cases]
+    assert {k: [c.rsplit("_", 1)[1] for c in v] for k, v in a.split.items()} == {k: [c.rsplit("_", 1)[1] for c in v] for k, v in b.split.items()}
+    for ca, cb in zip(a.cases, b.cases):
+        for x, y in zip(arrays(dataset, ca), arrays(again, cb)):
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+        ra = json.loads((dataset / "cases" / ca / "report.json").read_text())
+        rb = json.loads((again / "cases" / cb / "report.json").read_text())
+        assert ra["lesions"] == rb["lesions"]
+    other = tmp_path / "other"
+    synthesize_dataset(other, ["phantom"], ["kidney_cyst"], 1, seed=5, **SMALL)
+    assert arrays(other, read_dataset(other).cases[0])[0].tobytes() != arrays(dataset, a.cases[0])[0].tobytes()
+
+
+def test_zero_shot_split_and_reports(dataset):
+    index = read_dataset(dataset)
+    assert set(index.split) == {"train", "val", "test"} and len(index.split["test"]) == 2
+    table, vocab = KnowledgeTable.load(), Vocabulary.load()
+    for split, ids in index.split.items():
+        for cid in ids:
+            case = read_case(dataset, cid)
+            labels = sitk.GetArrayFromImage(case.lesions)
+            assert sorted(int(v) for v in np.unique(labels) if v) == [l.label for l in case.report.lesions]
+            allowed = UNSEEN_DISEASES if split == "test" else SEEN_DISEASES
+            for lesion in case.report.lesions:
+                assert lesion.disease in allowed  # training never sees an unseen type
+                assert lesion.attributes["enhancement"][0].id == case.report.enhancement.id
+                profile = table.profile(lesion.disease)
+                for aspect, descs in lesion.attributes.items():
+                    assert descs, aspect
+                    for d in descs:
+                        assert d.text == vocab.text(d.id)
+                        if aspect not in ("enhancement",) and d.id != "specific_features.none":
+                            assert profile[aspect].get(d.id, 0) > 0, (lesion.disease, d.id)
+                assert lesion.extra["synthesis"]["voxels"] == int((labels == lesion.label).sum())
+            assert set(json.loads((dataset / "cases" / cid / "report.json").read_text())["extra"]["organ_labels"].values()) >= {"liver"}
+
+
+def test_written_dataset_reads_back_identical(tmp_path):
+    from malenia.data.dataset import write_case
+
+    case = make_demo_case(0)
+    assert {l.disease for l in case.report.lesions} & set(SEEN_DISEASES)
+    assert {l.disease for l in case.report.lesions} & set(UNSEEN_DISEASES)
+    write_case(tmp_path, case)
+    back = read_case(tmp_path, case.case_id)
+    for x, y in ((case.image, back.image), (case.lesions, back.lesions), (case.organs, back.organs)):
+        assert np.array_equal(sitk.GetArrayFromImage(x), sitk.GetArrayFromImage(y))
+        assert x.GetSpacing() == y.GetSpacing() and x.GetOrigin() == y.GetOrigin()
+    assert back.report.to_json() == json.loads(json.dumps(case.report.to_json()))
+    again = make_demo_case(0)
+    assert sitk.GetArrayFromImage(again.image).tobytes() == sitk.GetArrayFromImage(case.image).tobytes()
+
+
+def test_cli_on_the_real_base(tmp_path, shared_data, capsys):
+    out = tmp_path / "real"
+    rc = main(["synth", "--base", str(shared_data / "ct" / "totalseg-example"), "--diseases", "liver_tumor,kidney_cyst,pancreas_cyst",
+               "--cases", "2", "--out", str(out), "--seed", "1", "--lesions-per-case", "2", "--quiet"])
+    assert rc == 0
+    index = read_dataset(out)
+    assert len(index.cases) == 2
+    img = arrays(out, index.cases[0])[0]
+    assert img.shape == (30, 101, 122)
+    assert "wrote 2 cases" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--diseases", "kidney_flu"], 3, "unknown disease"),
+    (["--diseases", "kidney_cyst", "--size", "8"], 3, "--size"),
+    (["--diseases", "kidney_cyst", "--split", "nope"], 3, "split protocol not found"),
+    (["--diseases", "kidney_cyst", "--lesions-per-case", "0"], 3, "lesions-per-case"),
+])
+def test_cli_refuses_bad_input(tmp_path, capsys, argv, code, message):
+    out = tmp_path / "ds"
+    rc = main(["synth", "--base", "phantom", "--cases", "1", "--out", str(out), "--quiet", *argv])
+    assert rc == code and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_refuses_missing_base_and_existing_output(tmp_path, capsys):
+    rc = main(["synth", "--base", str(tmp_path / "none"), "--diseases", "kidney_cyst", "--cases", "1", "--out", str(tmp_path / "x"), "--quiet"])
+    assert rc == 3 and "base folder not found" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    (tmp_path / "y").mkdir()
+    rc = main(["synth", "--base", "phantom", "--diseases", "kidney_cyst", "--cases", "1", "--out", str(tmp_path / "y"), "--quiet"])
+    assert rc == 5 and "exists" in capsys.readouterr().err
+
+
+def test_split_files():
+    zs = load_split("zero_shot")
+    assert zs["diseases"]["train"] == list(SEEN_DISEASES) and zs["diseases"]["test"] == list(UNSEEN_DISEASES)
+    assert not set(zs["diseases"]["train"]) & set(zs["diseases"]["test"])
+    assert set(load_split("all_diseases")["diseases"]["train"]) == set(SEEN_DISEASES) | set(UNSEEN_DISEASES)
