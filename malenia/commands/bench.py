@@ -9,6 +9,7 @@ import importlib
 TARGETS = {
     "model": "malenia.evaluate.bench_model:run",
     "synth": "malenia.data.synthesis.bench:run",
+    "segment": "malenia.infer.bench_segment:run",
 }
 
 

@@ -7,7 +7,8 @@
   that do the same; tables that count MACs report half).
 - Time: median over --repeats of a forward (inference, no gradient) and of a training step
   (forward with matching, loss, backward) on one patch of the config's patch size, after one
-  warm-up run. Synthetic input: a noisy volume with two spherical lesions, a random bank.
+  warm-up run; wall clock and the process's CPU seconds (all threads), which other work on a
+  shared machine inflates less. The load average at the start is printed with them. Synthetic input: a noisy volume with two spherical lesions, a random bank.
 - Memory: peak resident set size of this process (ru_maxrss) after the forward runs and
   after the training runs; it includes Python, torch and the model.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -80,6 +82,7 @@ def measure(config, repeats: int = 3) -> dict[str, Any]:
     from malenia.model.network import MaleniaNet
 
     cfg = get_config(config) if isinstance(config, str) else config
+    load = os.getloadavg()
     torch.manual_seed(0)
     net = MaleniaNet(cfg)
     criterion = MaleniaCriterion(cfg)
@@ -98,16 +101,18 @@ def measure(config, repeats: int = 3) -> dict[str, Any]:
         out = net(image, bank, aspects, targets)
         criterion(out, targets)["total"].backward()
 
-    def timed(fn) -> list[float]:
+    def timed(fn) -> tuple[list[float], list[float]]:
+        """Wall-clock and process CPU seconds (all threads) per run."""
         fn()  # warm-up
-        times = []
+        wall, cpu = [], []
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - t)
-        return times
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        return wall, cpu
 
-    fwd = timed(forward)
+    fwd, fwd_cpu = timed(forward)
     rss_fwd = _rss_mb()
     # FLOPs of one forward at 96³ (the paper's Table 9 setting). Counted with autograd on:
     # FlopCounterMode's module tracker fails on parameter views under no_grad; the count is the same.
@@ -122,7 +127,7 @@ def measure(config, repeats: int = 3) -> dict[str, Any]:
     with counter:
         train_step()
     train_flops = counter.get_total_flops()
-    step = timed(train_step)
+    step, step_cpu = timed(train_step)
     rss_train = _rss_mb()
 
     return {
@@ -138,6 +143,9 @@ def measure(config, repeats: int = 3) -> dict[str, Any]:
         "train_step_s": statistics.median(step),
         "forward_runs_s": fwd,
         "train_step_runs_s": step,
+        "forward_cpu_s": statistics.median(fwd_cpu),
+        "train_step_cpu_s": statistics.median(step_cpu),
+        "load_average": list(load),
         "peak_rss_mb": {"after_model": rss_model, "after_forward": rss_fwd, "after_train_step": rss_train},
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -164,6 +172,10 @@ def _table(r: dict[str, Any]) -> str:
     lines.append(
         f"  fwd+bwd {ps:<11} {r['train_step_s']:9.2f} s  (median of {n}, min {min(r['train_step_runs_s']):.2f}; "
         "batch 1, with matching and loss)"
+    )
+    lines.append(
+        f"  CPU time            {r['forward_cpu_s']:9.2f} s forward, {r['train_step_cpu_s']:.2f} s fwd+bwd "
+        f"(process, all threads; load average before: {r['load_average'][0]:.1f} on {os.cpu_count()} cores)"
     )
     m = r["peak_rss_mb"]
     lines.append(

@@ -72,7 +72,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         "## Training data",
         f"- {manifest.get('training_data') or 'not recorded'}",
         f"- Training: {train.get('steps', '?')} of {train.get('of_steps', '?')} optimiser steps, global batch "
-        f"{train.get('batch_size', '?')}, {train.get('seconds_this_launch', '?')} s wall clock in the last launch; "
+        f"{train.get('batch_size', '?')}, {train.get('seconds_total', train.get('seconds_this_launch', '?'))} s wall clock; "
         f"validation patch Dice {_fmt(train.get('val_patch_dsc'))}.",
         "",
         "## Targets",

@@ -153,15 +153,19 @@ def _measure_one(labels: sitk.Image, lab: np.ndarray, hu: np.ndarray | None, val
     plane = [a for a in range(3) if a != ax]
     sp2 = (float(spacing[plane[0]]), float(spacing[plane[1]]))
     areas = mask.sum(axis=tuple(plane))
+
+    def axial_slice(k: int) -> np.ndarray:  # a view; np.take would copy the whole (transposed) mask per slice
+        return mask[(slice(None),) * ax + (int(k),)]
+
     best = None  # (long, area, -k, k, a, b)
     for k in np.flatnonzero(areas):
-        sl = np.take(mask, k, axis=ax)
+        sl = axial_slice(k)
         length, pa, pb = feret_2d(sl, sp2)
         key = (round(length, 9), int(areas[k]), -int(k))
         if best is None or key > best[0]:
             best = (key, int(k), length, pa, pb)
     _, k_rec, long_mm, pa, pb = best
-    sl = np.take(mask, k_rec, axis=ax)
+    sl = axial_slice(k_rec)
     short_mm, qa, qb = longest_perpendicular_chord(sl, sp2, pa, pb)
 
     def to_ras(p2: np.ndarray) -> tuple[float, float, float]:

@@ -78,14 +78,15 @@ class CasePrediction:
 
 class Predictor:
     def __init__(self, model, device: str | torch.device = "cpu", threshold: float = 0.5, min_voxels: int = 4,
-                 overlap: float = 0.25, sw_batch_size: int = 1, topk: int = 3, table=None, report_rows: np.ndarray | None = None):
+                 overlap: float = 0.25, sw_batch_size: int = 1, topk: int = 3, table=None, report_rows: np.ndarray | None = None,
+                 max_lesions: int = 32):
         """`model` is a LoadedModel (malenia.model.folder); `table` a KnowledgeTable (default: the model's)."""
         self.model = model
         self.cfg = model.config
         self.device = torch.device(device)
         self.net = model.network.to(self.device).eval()
         self.threshold, self.min_voxels, self.overlap = float(threshold), int(min_voxels), float(overlap)
-        self.sw_batch_size, self.topk = int(sw_batch_size), int(topk)
+        self.sw_batch_size, self.topk, self.max_lesions = int(sw_batch_size), int(topk), int(max_lesions)
         if report_rows is None and hasattr(model, "report_rows"):
             report_rows = model.report_rows()
         self.bank = model.bank
@@ -116,18 +117,20 @@ class Predictor:
         return prob[0, 0].float().cpu().numpy()
 
     def components(self, prob: np.ndarray) -> np.ndarray:
+        """Connected lesions (26-connectivity) of at least `min_voxels`; at most `max_lesions`, the ones with the
+        largest summed probability (a guard against a flood of specks from a poor model), numbered in that order."""
         from scipy import ndimage
 
         labels, n = ndimage.label(prob >= self.threshold, structure=np.ones((3, 3, 3), bool))
         if n == 0:
             return labels.astype(np.int32)
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        mass = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n + 1)
+        candidates = [lab for lab in range(1, n + 1) if sizes[lab] >= self.min_voxels]
+        candidates = sorted(candidates, key=lambda lab: -mass[lab])[: self.max_lesions]
         keep = np.zeros(n + 1, np.int32)
-        new = 0
-        for lab in range(1, n + 1):
-            if sizes[lab] >= self.min_voxels:
-                new += 1
-                keep[lab] = new
+        for new, lab in enumerate(candidates, start=1):
+            keep[lab] = new
         return keep[labels]
 
     @torch.no_grad()

@@ -163,11 +163,11 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
     bank_t = torch.as_tensor(bank.embeddings, dtype=torch.float32, device=info.device)
     aspects_t = torch.as_tensor(bank.aspect_index, dtype=torch.int64, device=info.device)
 
-    start = 0
+    start, seconds_before = 0, 0.0
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler, restore_rng=True)
-        start = state.step
+        start, seconds_before = state.step, float(state.extra.get("seconds_total", 0.0))
         if state.extra.get("config") not in (None, json.loads(json.dumps(cfg.to_dict()))):
             raise InputError(f"{run} holds a run with another config; choose a new --out")
     ddp = wrap_model(model, info)
@@ -186,8 +186,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
              "world_size": info.world_size, "seed": opts.seed}
     try:
         for step in range(start, steps):
-            # The global batch of step s is the same whatever the number of processes: sample
-            # indices s*G .. s*G+G-1 of the epoch-shuffled stream, G = batch * world size.
+            # The global batch of step s is the same whatever the number of processes (see PatchStream.batch).
             items = stream.batch(step, batch, info.rank, info.world_size)
             images, targets = stream.collate(items, info.device)
             ddp.train()
@@ -217,6 +216,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
             over_time = opts.max_seconds is not None and time.perf_counter() - t_start > opts.max_seconds
             if done % opts.checkpoint_every == 0 or done == steps or over_time:
                 if info.is_main:
+                    extra["seconds_total"] = round(seconds_before + time.perf_counter() - t_start, 1)
                     save_checkpoint(run, done, ddp, optimizer, scheduler, extra)
                 barrier(info)
             if over_time:
@@ -226,7 +226,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
             step = steps
     finally:
         progress.close()
-    final_step = step if steps == start else max(step, start)
+    final_step = step
     model_dir = None
     if info.is_main:
         from malenia.model.folder import save_model_folder
@@ -239,6 +239,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
             report_rows=None if cfg.multi_positive else bank.report_embeddings,
             extra={"training": {"steps": final_step, "of_steps": steps, "batch_size": batch * info.world_size,
                                 "seconds_this_launch": round(time.perf_counter() - t_start, 1),
+                                "seconds_total": round(seconds_before + time.perf_counter() - t_start, 1),
                                 "val_patch_dsc": val_dsc, "seed": opts.seed}},
         )
         progress.emit(final_step, "model folder written", stage="done", val_dsc=val_dsc)

@@ -1,0 +1,41 @@
+"""Process set-up for the long-running commands (segment, demo).
+
+- SIGTERM ends a command like Ctrl-C: KeyboardInterrupt unwinds it, so staging folders are removed
+  and nothing half-written stays (malenia.cli turns it into exit code 130).
+- CPU threads: OpenMP threads that spin while waiting make PyTorch many times slower when other
+  programs (3D Slicer's GUI, another job) share the cores; passive waiting costs almost nothing
+  when the cores are free. Set before torch is imported; the environment can override it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals can only be set there
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def configure_cpu(threads: int | None = None) -> None:
+    """Call before importing torch: passive OpenMP waiting; `threads` CPU threads if given."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))

@@ -1,0 +1,83 @@
+"""`malenia segment INPUT --out DIR`: lesions, attributes and disease classes of one CT (docs/segment.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by `segment` and `demo`."""
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="bar on a terminal; json: one {stage, fraction, message} object per line on stdout")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, 0 to <1 (default 0.25)")
+    p.add_argument("--window-batch", type=int, default=1, metavar="N", help="windows per network call (default 1)")
+    p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
+    p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold (default 0.5)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--min-volume", type=float, default=50.0, metavar="MM3",
+                   help="remove lesions smaller than this, mm^3 (default 50)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment and describe the lesions of one CT",
+                       description="Segments lesions in a CT (NIfTI, NRRD, MetaImage or a DICOM series folder) and "
+                                   "describes each by 8 attributes and a disease class. Writes lesions.nii.gz, "
+                                   "lesions.seg.nrrd, report.json, report.html (and lesions.dcm for DICOM input).")
+    p.add_argument("input", metavar="INPUT", help="CT image file or DICOM series folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the built-in model)")
+    p.add_argument("--roi", default=None, metavar="x0,y0,z0,x1,y1,z1",
+                   help="segment only inside this box: RAS mm, minimum corner then maximum corner")
+    p.add_argument("--force", action="store_true", help="read images outside the CT Hounsfield range / non-CT DICOM")
+    add_run_arguments(p)
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace, roi: str | None = None):
+    from malenia.infer.pipeline import SegmentOptions
+    from malenia.infer.roi import RasBox
+
+    return SegmentOptions(device=args.device, overlap=args.overlap, sw_batch_size=args.window_batch, mirror=args.mirror,
+                          threshold=args.threshold, min_volume_mm3=args.min_volume,
+                          roi=RasBox.parse(roi) if roi else None, force=getattr(args, "force", False))
+
+
+def run(args: argparse.Namespace) -> int:
+    from malenia.commands._runtime import configure_cpu, terminate_as_interrupt
+
+    configure_cpu(args.threads)
+    with terminate_as_interrupt():
+        from malenia.infer.pipeline import segment_path
+        from malenia.infer.progress import SegmentProgress
+
+        options = options_from_args(args, args.roi)
+        progress = SegmentProgress(args.progress)
+        try:
+            done = segment_path(args.input, args.out, args.model, options, overwrite=args.overwrite, progress=progress)
+        finally:
+            progress.close()
+    if args.progress != "json":
+        print(summary(done.result, done.seconds))
+        print(f"outputs in {args.out}: " + ", ".join(p.name for p in done.files.values()))
+    return 0
+
+
+def summary(result, seconds: float | None = None) -> str:
+    """One line per lesion: label, disease (probability), volume, RECIST diameters, top attributes."""
+    enh = result.scan.enhancement
+    head = f"{len(result.lesions)} lesion(s)"
+    if enh is not None:
+        head += f"; scan: {enh.text} ({enh.method})"
+    if seconds is not None:
+        head += f"; {seconds:.1f} s"
+    lines = [head]
+    for les in result.lesions:
+        m = les.measurements
+        d = les.disease
+        name = d.display_name + (" (unclassified)" if d.unclassified else "")
+        size = f"{m.volume_ml:.1f} ml, {m.long_axis_mm:.0f} x {m.short_axis_mm:.0f} mm" if m else ""
+        attrs = "; ".join(les.attributes[a].description for a in ("location", "density", "shape", "surface", "specific_features"))
+        lines.append(f"  {les.label:>2}  {name} {d.probability:.2f}  {size}  [{attrs}]")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""From a lesion's per-aspect match distribution over the attribute bank to its report entries.
+
+- Attributes: per aspect the best bank row (description, normalised score within the aspect's
+  rows) and the runners-up, best first.
+- Enhancement is a property of the scan, not of the lesion: when the contrast phase found from
+  the blood pool HU (malenia.data.contrast) is confident it is used for the scan and every
+  lesion (Enhancement.method "hu"); otherwise the model's match is (method "model").
+- Disease: the knowledge table's posterior from the per-aspect matches (malenia.knowledge.inference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from malenia.aspects import ASPECTS
+from malenia.infer.results import AspectMatch, AttributeMatch, DiseaseCall, Enhancement
+
+# Blood-pool HU distance from the 80 HU threshold at which the phase is called confidently:
+# confidence = logistic(margin / scale); 0.9 is reached at ~22 HU with a vessel search or masks,
+# at ~55 HU when no spine was found and the whole body section was searched.
+PHASE_SCALE_HU = {"aorta_ivc_masks": 10.0, "blood_pool_search": 10.0, "body_search": 25.0}
+PHASE_CONFIDENT = 0.9
+
+
+@dataclass
+class PhaseCall:
+    id: str | None  # enhancement.* vocabulary id, None when undetermined
+    confidence: float  # 0..1
+    method: str  # contrast.PhaseEstimate.method
+    blood_hu: float | None
+
+    @property
+    def confident(self) -> bool:
+        return self.id is not None and self.confidence >= PHASE_CONFIDENT
+
+
+def phase_call(estimate) -> PhaseCall:
+    """Confidence of a malenia.data.contrast.PhaseEstimate from its margin to the HU threshold."""
+    from malenia.data.contrast import NON_CONTRAST_MAX_HU
+
+    hu = estimate.aorta_hu if estimate.aorta_hu is not None else estimate.ivc_hu
+    if estimate.phase is None or hu is None:
+        return PhaseCall(None, 0.0, estimate.method, None)
+    if estimate.method == "aorta_ivc_masks":  # the phase follows the brighter vessel
+        hu = max(v for v in (estimate.aorta_hu, estimate.ivc_hu) if v is not None)
+    margin = abs(float(hu) - NON_CONTRAST_MAX_HU)
+    scale = PHASE_SCALE_HU.get(estimate.method, 25.0)
+    return PhaseCall(estimate.vocabulary_id, 1.0 / (1.0 + math.exp(-margin / scale)), estimate.method, float(hu))
+
+
+class BankMatcher:
+    """Turns distributions over the bank rows into AspectMatch entries and disease calls."""
+
+    def __init__(self, bank, table, alternatives: int = 3, terminology=None):
+        from malenia.infer.terminology import Terminology
+
+        self.bank, self.table = bank, table
+        self.terminology = terminology or Terminology.load()
+        self.vocab = table.vocab
+        self.alternatives = int(alternatives)
+        aspect_of = bank.aspect_indices()
+        self.rows = {a: np.flatnonzero(aspect_of == i) for i, a in enumerate(ASPECTS)}
+
+    def _entry(self, row: int, score: float) -> AttributeMatch:
+        desc_id = self.bank.ids[row]
+        return AttributeMatch(desc_id if desc_id in self.vocab else None, self.bank.texts[row], float(score))
+
+    def attributes(self, distribution: np.ndarray, phase: PhaseCall | None = None) -> dict[str, AspectMatch]:
+        out: dict[str, AspectMatch] = {}
+        for aspect in ASPECTS:
+            if aspect == "enhancement" and phase is not None and phase.confident:
+                out[aspect] = self.phase_match(phase)
+                continue
+            rows = self.rows[aspect]
+            if not len(rows):  # the bank has no description of this aspect
+                out[aspect] = AspectMatch(None, "not described", 0.0)
+                continue
+            scores = distribution[rows].astype(np.float64)
+            total = scores.sum()
+            scores = scores / total if total > 0 else np.full(len(rows), 1.0 / len(rows))
+            order = np.argsort(-scores, kind="stable")
+            best = self._entry(int(rows[order[0]]), scores[order[0]])
+            alts = [self._entry(int(rows[i]), scores[i]) for i in order[1 : 1 + self.alternatives]]
+            out[aspect] = AspectMatch(best.id, best.description, best.score, alts)
+        return out
+
+    def phase_match(self, phase: PhaseCall) -> AspectMatch:
+        ids = self.vocab.ids("enhancement")
+        others = [AttributeMatch(i, self.vocab.text(i), (1.0 - phase.confidence) / max(len(ids) - 1, 1))
+                  for i in ids if i != phase.id]
+        return AspectMatch(phase.id, self.vocab.text(phase.id), phase.confidence, others[: self.alternatives])
+
+    def full_matches(self, distribution: np.ndarray, attributes: dict[str, AspectMatch]) -> dict[str, dict[str, float]]:
+        """aspect -> {description id: score} over every vocabulary row of the aspect: the input of
+        disease inference (enhancement as decided in `attributes`, free-text rows left out)."""
+        out = {a: {self.bank.ids[r]: float(distribution[r]) for r in self.rows[a] if self.bank.ids[r] in self.vocab}
+               for a in ASPECTS}
+        enh = attributes["enhancement"]
+        out["enhancement"] = {e.id: float(e.score) for e in (enh, *enh.alternatives) if e.id is not None}
+        return out
+
+    def disease(self, matches: dict[str, dict[str, float]], top: int = 3) -> DiseaseCall:
+        from malenia.knowledge.inference import infer_disease
+
+        post = infer_disease(matches, self.table)
+        if not post.alternatives and post.unclassified:  # no usable matches at all
+            return DiseaseCall(None, self.terminology.display_name(None), 0.0, [], True, None)
+        if post.unclassified:
+            (name, p), rest = post.alternatives[0], post.alternatives[1:]
+            return DiseaseCall(name, self.terminology.display_name(name), float(p), [(n, float(q)) for n, q in rest[:top]], True, None)
+        return DiseaseCall(post.name, self.terminology.display_name(post.name), float(post.probability),
+                           [(n, float(q)) for n, q in post.alternatives[:top]], False, self.table.organ(post.name))
+
+
+def scan_enhancement(phase: PhaseCall, lesion_enhancements: list[tuple[AspectMatch, float]], vocab) -> Enhancement | None:
+    """The scan's phase: the HU estimate when confident, else the model's (lesion-weighted) match,
+    else the unconfident HU estimate, else None."""
+    if phase.confident:
+        return Enhancement(phase.id, vocab.text(phase.id), phase.confidence, "hu")
+    votes: dict[str, float] = {}
+    total = 0.0
+    for match, weight in lesion_enhancements:
+        for e in (match, *match.alternatives):
+            if e.id is not None:
+                votes[e.id] = votes.get(e.id, 0.0) + weight * e.score
+        total += weight
+    if votes and total > 0:
+        best = max(votes, key=votes.get)
+        return Enhancement(best, vocab.text(best), min(1.0, votes[best] / total), "model")
+    if phase.id is not None:
+        return Enhancement(phase.id, vocab.text(phase.id), phase.confidence, "hu")
+    return None

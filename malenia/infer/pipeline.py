@@ -1,0 +1,287 @@
+"""`malenia segment`: one CT in, lesions with attributes and disease classes out.
+
+    read_ct (validated)  ->  contrast phase (blood-pool HU)  ->  [--roi crop]  ->  preprocess
+    (canonical orientation, model spacing, HU window)  ->  sliding windows (malenia.infer.windows:
+    tokens -> per-aspect match against the stored bank -> CMKI -> ensembled masks)  ->  instances
+    (malenia.infer.instances: connected components, small ones removed, tokens and windows
+    de-duplicated)  ->  per lesion attributes and disease posterior (malenia.infer.matching)  ->
+    labels on the input's exact grid  ->  SegmentationResult  ->  write_outputs (all files at once).
+
+Memory: the model-grid probability and the candidates' bit-packed crops, the input image, and at
+the end one probability and one label volume on the input grid (no per-token full volumes).
+Labels go back to the input grid with smooth borders: the probability is interpolated linearly
+and thresholded there; each voxel takes the label of the nearest model-grid lesion voxel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from malenia.errors import InputError, ModelError
+from malenia.infer.progress import ProgressFn, silent
+from malenia.infer.roi import RasBox
+
+
+@dataclass
+class SegmentOptions:
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+    overlap: float = 0.25  # sliding-window overlap (fraction of the patch)
+    sw_batch_size: int = 1  # windows per network call
+    mirror: bool = False  # test-time mirroring over the three axes (8x the network calls)
+    threshold: float = 0.5  # foreground probability of a lesion voxel
+    token_threshold: float = 0.5  # lesion score (1 - p(no lesion)) for a token to be a candidate
+    min_volume_mm3: float = 50.0  # smaller components are removed (a 4.6 mm sphere)
+    min_overlap: float = 0.25  # share of a candidate's voxels inside a component for it to describe it
+    alternatives: int = 3  # runners-up per aspect and per disease
+    roi: RasBox | None = None
+    skip_air: bool = True  # windows that hold only air are not run
+    force: bool = False  # read_ct: skip the CT Hounsfield-range and DICOM modality checks
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 <= self.overlap < 1.0:
+            problems.append(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            problems.append(f"window batch must be at least 1, got {self.sw_batch_size}")
+        if not 0.0 < self.threshold < 1.0:
+            problems.append(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.token_threshold < 1.0:
+            problems.append(f"token threshold must be in [0, 1), got {self.token_threshold}")
+        if self.min_volume_mm3 < 0:
+            problems.append("minimum lesion volume must not be negative")
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+def resolve_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+def load_model(model_dir: str | os.PathLike | None, device="cpu"):
+    """A verified model folder (default: the built-in model); ModelError when missing or damaged."""
+    from malenia.model.folder import load_model_folder
+    from malenia.paths import builtin_model_dir
+
+    if model_dir is None and not (builtin_model_dir() / "manifest.json").is_file():
+        raise ModelError(f"the built-in model is not installed ({builtin_model_dir()}); pass --model MODEL_DIR")
+    model = load_model_folder(model_dir, device=str(device))
+    if not model.config.multi_positive:
+        raise ModelError(f"{model.path}: a single-positive ablation model cannot describe lesions per aspect; "
+                         "use it with `malenia evaluate`")
+    return model
+
+
+def read_input(path: str | os.PathLike, force: bool = False) -> tuple[sitk.Image, list[str] | None]:
+    """The CT (malenia.data.ct_io.read_ct) and, for a DICOM folder, the series' files (slice order)."""
+    from malenia.data.ct_io import read_ct
+
+    image = read_ct(path, force=force)
+    files = None
+    if Path(path).is_dir():  # the same series read_ct chose: the one with most files
+        reader = sitk.ImageSeriesReader
+        series = list(reader.GetGDCMSeriesIDs(str(path)))
+        chosen = max(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(path), s)))
+        files = list(reader.GetGDCMSeriesFileNames(str(path), chosen))
+    return image, files
+
+
+class Segmenter:
+    """A loaded model ready to segment CT images: `segment(image) -> SegmentationResult`."""
+
+    def __init__(self, model, options: SegmentOptions | None = None, progress: ProgressFn = silent):
+        import torch
+
+        from malenia.infer.matching import BankMatcher
+        from malenia.infer.predictor import bank_tensors, preprocessor_for
+
+        self.options = options or SegmentOptions()
+        self.progress = progress
+        self.model = model
+        self.cfg = model.config
+        self.device = resolve_device(self.options.device)
+        self.net = model.network.to(self.device).eval()
+        self.bank_emb, self.bank_aspects = bank_tensors(model.bank, None, self.device)
+        self.preprocessor = preprocessor_for(self.cfg)
+        self.table = model.knowledge_table()
+        self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
+        self._torch = torch
+
+    def runner(self, on_window=None):
+        from malenia.infer.windows import WindowRunner
+
+        o = self.options
+        return WindowRunner(self.net, self.bank_emb, self.bank_aspects, self.cfg.patch_size, self.device,
+                            overlap=o.overlap, sw_batch_size=o.sw_batch_size, mirror_axes=(0, 1, 2) if o.mirror else (),
+                            threshold=o.threshold, token_threshold=o.token_threshold,
+                            background=self.preprocessor.background_value, skip_air=o.skip_air, on_window=on_window)
+
+    def segment(self, image: sitk.Image, source: str = "", dicom_files: list[str] | None = None):
+        from malenia.data.contrast import detect_phase
+        from malenia.infer import roi as roi_mod
+        from malenia.infer.instances import assign, components
+        from malenia.infer.matching import phase_call, scan_enhancement
+        from malenia.infer.results import LesionResult, ModelInfo, ScanInfo, SegmentationResult
+
+        o, progress = self.options, self.progress
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+
+        progress("phase", 0.0, "contrast phase from the blood pool")
+        phase = phase_call(detect_phase(image))
+        timings["phase"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress("preprocess", 0.0, "orientation, spacing, intensities")
+        region = roi_mod.crop_region(image, o.roi) if o.roi is not None else None
+        work = roi_mod.crop(image, region) if region is not None else image
+        prepared = self.preprocessor.prepare(work)
+        timings["preprocess"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        runner = self.runner(lambda done, total: progress("windows", done / max(total, 1), f"window {done}/{total}"))
+        progress("windows", 0.0, f"{runner.count_windows(prepared.array.shape)} windows")
+        with self._torch.inference_mode():
+            wp = runner.run(prepared.array)
+        timings["windows"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress("lesions", 0.0, "instances, attributes, diseases")
+        voxel_mm3 = float(np.prod(prepared.grid.spacing))
+        min_voxels = max(1, int(math.ceil(o.min_volume_mm3 / voxel_mm3)))
+        model_labels, n = components(wp.probability, o.threshold, min_voxels)
+        instances = assign(model_labels, n, wp.candidates, wp.probability, o.min_overlap)
+        for inst in instances:
+            if inst.distribution is None:  # nobody in the unflipped pass claimed it: one centred window
+                with self._torch.inference_mode():
+                    cand = runner.describe_at(prepared.array, model_labels == inst.label)
+                if cand is not None:
+                    inst.candidates = [(cand, 1.0)]
+                    inst.distribution = cand.distribution
+
+        labels = self._labels_on_input(prepared, wp.probability, model_labels, image, region)
+        if o.roi is not None:
+            roi_mod.clear_outside(labels, image, o.roi)
+        # small-component removal once more on the input grid, after borders and the ROI were applied
+        input_min = int(math.ceil(o.min_volume_mm3 / float(np.prod(image.GetSpacing()))))
+        labels, order = _relabel_by_volume(labels, n, input_min)
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.CopyInformation(image)
+
+        lesions, details, enh_votes = [], [], []
+        for new_label, old_label in enumerate(order, start=1):
+            inst = instances[old_label - 1]
+            attributes = self.matcher.attributes(inst.distribution, phase)
+            disease = self.matcher.disease(self.matcher.full_matches(inst.distribution, attributes))
+            lesions.append(LesionResult(new_label, disease, attributes))
+            enh_votes.append((attributes["enhancement"], float(inst.voxels)))
+            details.append({"label": new_label, "lesion_score": round(inst.lesion_score, 4),
+                            "mean_probability": round(inst.mean_probability, 4), "tokens": len(inst.candidates),
+                            "windows": inst.windows, "model_voxels": inst.voxels})
+        enhancement = scan_enhancement(phase, enh_votes, self.table.vocab)
+        timings["lesions"] = time.perf_counter() - t
+
+        scan = ScanInfo.from_image(image, source, enhancement, dicom_files)
+        model = ModelInfo(self.model.name, self.model.version, self.model.sha256)
+        extra = {
+            "config": self.cfg.name,
+            "device": str(self.device),
+            "options": {k: (str(v) if isinstance(v, RasBox) else v) for k, v in asdict(self.options).items() if k != "roi"}
+            | {"roi_ras_mm": str(o.roi) if o.roi else None},
+            "model_grid": {"size_zyx": list(prepared.array.shape), "spacing_zyx": list(prepared.grid.spacing_zyx)},
+            "windows": {"total": wp.windows_total, "run": wp.windows_run, "forward_passes": wp.forward_passes,
+                        "candidates": len(wp.candidates)},
+            "phase": {"id": phase.id, "confidence": round(phase.confidence, 4), "method": phase.method,
+                      "blood_hu": None if phase.blood_hu is None else round(phase.blood_hu, 1),
+                      "used_for_enhancement": phase.confident},
+            "lesions": details,
+            "seconds": {k: round(v, 3) for k, v in timings.items()},
+        }
+        return SegmentationResult(label_image, image, scan, model, lesions, extra)
+
+    def _labels_on_input(self, prepared, probability: np.ndarray, model_labels: np.ndarray, image: sitk.Image,
+                         region) -> np.ndarray:
+        """(z, y, x) labels on the full input grid (model-grid labels 1..n), uint16 or uint32."""
+        from scipy import ndimage
+
+        n = int(model_labels.max())
+        dtype = np.uint16 if n < 65535 else np.uint32
+        if n == 0:
+            return np.zeros(tuple(reversed(image.GetSize())), dtype)
+        # Grow each lesion by up to 2 voxels (nearest label) so that the finer input grid can follow
+        # the interpolated probability beyond the model-grid voxel borders.
+        dist, idx = ndimage.distance_transform_edt(model_labels == 0, return_indices=True)
+        grown = model_labels[tuple(idx)].astype(dtype)
+        grown[dist > 2.0] = 0
+        del dist, idx
+        fine_labels = sitk.GetArrayFromImage(prepared.to_original(grown, is_label=True))
+        fine_prob = sitk.GetArrayFromImage(prepared.to_original(probability, is_label=False))
+        fine_labels[fine_prob < self.options.threshold] = 0
+        del fine_prob
+        if region is None:
+            return fine_labels
+        (i0, i1), (j0, j1), (k0, k1) = region
+        full = np.zeros(tuple(reversed(image.GetSize())), dtype)
+        full[k0:k1, j0:j1, i0:i1] = fine_labels
+        return full
+
+
+def _relabel_by_volume(labels: np.ndarray, n: int, min_voxels: int = 1) -> tuple[np.ndarray, list[int]]:
+    """Labels 1..K by decreasing voxel count (ties: lower old label), lesions under `min_voxels`
+    removed; returns (labels, old label per new label)."""
+    if n == 0:
+        return labels, []
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[: n + 1]
+    order = [int(k) for k in sorted(range(1, n + 1), key=lambda k: (-counts[k], k)) if counts[k] >= max(min_voxels, 1)]
+    lut = np.zeros(max(n + 1, int(labels.max()) + 1), labels.dtype)
+    lut[order] = np.arange(1, len(order) + 1, dtype=labels.dtype)
+    return lut[labels], order
+
+
+@dataclass
+class SegmentRun:
+    result: Any  # SegmentationResult
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def segment_path(input_path: str | os.PathLike, out_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None,
+                 options: SegmentOptions | None = None, overwrite: bool = False, progress: ProgressFn = silent,
+                 model=None) -> SegmentRun:
+    """The whole command: checks the output folder, loads the model, reads the CT, segments, writes.
+
+    Errors are one-line MaleniaErrors: OutputError (5) before any work when the folder is not
+    writable or outputs exist without `overwrite`; ModelError (4); InputError (3).
+    """
+    from malenia.infer.outputs import _check_target, write_outputs
+
+    start = time.perf_counter()
+    options = options or SegmentOptions()
+    _check_target(Path(out_dir), overwrite)  # refuse early: before minutes of work
+    progress("load", 0.0, "model")
+    if model is None:
+        model = load_model(model_dir, "cpu")
+    progress("load", 0.5, f"reading {Path(input_path).name}")
+    image, dicom_files = read_input(input_path, options.force)
+    segmenter = Segmenter(model, options, progress)
+    result = segmenter.segment(image, str(input_path), dicom_files)
+    progress("outputs", 0.0, f"{len(result.lesions)} lesion(s); writing outputs")
+    files = write_outputs(result, out_dir, overwrite=overwrite)
+    progress("done", 1.0, f"{len(result.lesions)} lesion(s) in {out_dir}")
+    return SegmentRun(result, files, time.perf_counter() - start)
