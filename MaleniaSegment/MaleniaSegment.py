@@ -17,7 +17,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MaleniaSegmentLib.logic import MaleniaLogic
-from MaleniaSegmentLib.paths import ensure_malenia_importable, malenia_root
+from MaleniaSegmentLib.paths import MODEL_FOLDER_SETTING, configured_model_folder, ensure_malenia_importable, malenia_root
 
 ensure_malenia_importable()
 
@@ -117,6 +117,10 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showProgress(None)
         self._updateButtons()
 
+    def enter(self):
+        self._applyModelSetting()  # MaleniaTrainer may have chosen a new model meanwhile
+        self._updateButtons()
+
     def cleanup(self):
         if self.run is not None:
             self.run.cancel()
@@ -131,6 +135,18 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsFolderPathLineEdit.currentPath = s.value(SETTINGS_PREFIX + "ResultsFolder", str(defaults.results_dir))
         self.ui.correctionsFolderPathLineEdit.currentPath = s.value(SETTINGS_PREFIX + "CorrectionsFolder", str(defaults.corrections_dir))
         self._saveSettings()
+        self._applyModelSetting()
+
+    def _applyModelSetting(self):
+        """Defaults the model to the folder MaleniaTrainer stored (Malenia/ModelFolder), once per new value."""
+        value = qt.QSettings().value(MODEL_FOLDER_SETTING, "")
+        if value == getattr(self, "_appliedModelSetting", None):
+            return
+        self._appliedModelSetting = value
+        folder = configured_model_folder(value)
+        if folder:
+            self.ui.modelComboBox.currentIndex = 1
+            self.ui.modelPathLineEdit.currentPath = folder
 
     def _saveSettings(self, *args):
         from pathlib import Path

@@ -28,23 +28,21 @@ REAL_CTS = ("pyradiomics-lung1/lung1_image.nrrd", "totalseg-example/example_ct.n
 
 
 def tiny_trained_model(tmp_path_factory) -> Path:
+    import torch
+
+    # One thread for the whole session: the cores are shared, and torch imported here already fixed its
+    # OpenMP settings (spinning threads on a busy machine make in-process runs many times slower).
+    torch.set_num_threads(1)
     root = tmp_path_factory.getbasetemp() / "segment-tiny-model"
     model = root / "run" / "model"
     if (model / "manifest.json").is_file():
         return model
-    import torch
-
     from malenia.train.loop import TrainOptions, train
     from train_helpers import tiny_config
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        make_planted_dataset(root / "ds")
-        train(TrainOptions(data=root / "ds", out=root / "run", config=tiny_config(), steps=STEPS, progress="none",
-                           val_split=None, checkpoint_every=10**6, seed=0))
-    finally:
-        torch.set_num_threads(threads)
+    make_planted_dataset(root / "ds")
+    train(TrainOptions(data=root / "ds", out=root / "run", config=tiny_config(), steps=STEPS, progress="none",
+                       val_split=None, checkpoint_every=10**6, seed=0))
     return model
 
 

@@ -188,3 +188,23 @@ def test_volume_smaller_than_patch_is_padded(dataset: Path):
         assert item["image"].shape == (1, 32, 64, 64)
         assert float(item["image"][0, :, 0, 0].max()) == pytest.approx(PRE.background_value)  # air padding
         assert [les["label"] for les in item["lesions"]] == [1]  # the whole case fits: its lesion is always in
+
+
+def test_lesions_are_seen_off_centre(dataset: Path):
+    """A lesion's position within its patches varies (no centre bias), and can be pinned for debugging."""
+
+    def lesion_offsets(data):
+        out = []
+        for i in range(120):
+            it = data[i]
+            if not it["lesion_centred"]:
+                continue
+            index = [les["label"] for les in it["lesions"]].index(it["target_label"])
+            mask = instance_masks(it["instances"], it["lesions"])[index].numpy()
+            centroid = np.argwhere(mask).mean(axis=0)
+            out.append(np.abs(centroid - (np.array(PATCH) - 1) / 2).max())
+        return np.array(out)
+
+    spread = lesion_offsets(make(dataset, samples_per_epoch=120, augment=None))
+    pinned = lesion_offsets(make(dataset, samples_per_epoch=120, augment=None, lesion_offset=0.0))
+    assert np.median(spread) > np.median(pinned) + 2

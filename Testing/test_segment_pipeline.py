@@ -1,7 +1,6 @@
 """The `malenia segment` inference flow in-process: sliding windows, instances, matching, geometry, ROI, progress."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -191,9 +190,10 @@ def test_instances_merge_tokens_and_windows_and_ignore_strays():
     prob = np.zeros((20, 20, 20), np.float32)
     prob[2:8, 2:8, 2:8] = 0.9  # lesion A: 216 voxels
     prob[12:18, 12:18, 12:18] = 0.8  # lesion B
+    prob[9:11, 9:11, 9:11] = 0.7  # lesion C: 8 voxels, inside the stray token's claim below
     prob[0, 19, 19] = 0.9  # a 1-voxel speck: removed
     labels, n = components(prob, 0.5, min_voxels=2)
-    assert n == 2 and labels[0, 19, 19] == 0
+    assert n == 3 and labels[0, 19, 19] == 0
 
     def cand(window, box, score, dist_value, centrality=1.0):
         sl = tuple(slice(a, b) for a, b in box)
@@ -206,15 +206,18 @@ def test_instances_merge_tokens_and_windows_and_ignore_strays():
     a1, _ = cand(0, [(2, 8), (2, 8), (2, 8)], 0.9, 0)  # window 0 sees all of A
     a2, _ = cand(1, [(2, 8), (2, 8), (5, 8)], 0.9, 1, centrality=0.5)  # window 1 sees half of A, near its border
     b1, _ = cand(1, [(12, 18), (12, 18), (12, 18)], 0.7, 2)
-    stray, _ = cand(2, [(6, 12), (6, 12), (6, 12)], 0.9, 3)  # 216 voxels, only 8 inside A: below min_overlap
+    # 216 voxels: 8 inside A (a stray there, below a quarter of either), all of C (it describes C)
+    stray, _ = cand(2, [(6, 12), (6, 12), (6, 12)], 0.9, 3)
     inst = assign(labels, n, [a1, a2, b1, stray], prob, min_overlap=0.25)
     a = inst[labels[3, 3, 3] - 1]
     b = inst[labels[13, 13, 13] - 1]
-    assert [c.window for c, _ in a.candidates] == [0, 1] and a.windows == 2
-    assert [c.window for c, _ in b.candidates] == [1]
+    c = inst[labels[9, 9, 9] - 1]
+    assert [x.window for x, _ in a.candidates] == [0, 1] and a.windows == 2
+    assert [x.window for x, _ in b.candidates] == [1] and [x.window for x, _ in c.candidates] == [2]
     # weights: voxels inside x lesion score x centrality -> A = (216*0.9*1, 108*0.9*0.5) = 4:1
     assert a.distribution[0] == pytest.approx(0.8) and a.distribution[1] == pytest.approx(0.2)
     assert b.distribution[2] == pytest.approx(1.0) and a.distribution[3] == 0 and b.distribution[3] == 0
+    assert c.distribution[3] == pytest.approx(1.0) and c.voxels == 8
     assert a.voxels == 216 and a.mean_probability == pytest.approx(0.9)
 
 
@@ -283,3 +286,13 @@ def test_progress_json_lines_are_what_the_slicer_module_reads(model, tmp_path):
     stages = [p.stage for p in parsed]
     assert stages[-1] == "done" and "windows" in stages and stages.index("windows") < stages.index("outputs")
     assert sum(s == "windows" for s in stages) >= 1 + 8  # one line per window (8 windows here)
+
+
+def test_window_batches_give_the_same_result_as_single_windows(fresh):
+    vol = np.random.default_rng(3).uniform(0.2, 0.6, (40, 50, 36)).astype(np.float32)
+    one = _segmenter(fresh, threshold=0.5).runner().run(vol)
+    three = _segmenter(fresh, threshold=0.5, sw_batch_size=3).runner().run(vol)
+    assert three.windows_total == one.windows_total == 8 and three.windows_run == 8
+    np.testing.assert_allclose(three.probability, one.probability, atol=1e-5)
+    key = lambda w: sorted((c.window, c.token, c.start, c.voxels) for c in w.candidates)  # noqa: E731
+    assert key(three) == key(one) and len(one.candidates) > 0

@@ -41,3 +41,14 @@ def subprocess_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"  # progress lines must arrive as they are printed
     env.setdefault("PYTHONIOENCODING", "utf-8")
     return env
+
+
+MODEL_FOLDER_SETTING = "Malenia/ModelFolder"  # written by MaleniaTrainer ("Use this model"), read here
+
+
+def configured_model_folder(value) -> str | None:
+    """The model folder a setting names, if it is one (holds a manifest.json); else None (built-in model)."""
+    if not value:
+        return None
+    folder = Path(str(value)).expanduser()
+    return str(folder) if (folder / "manifest.json").is_file() else None

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="train and evaluate the paper's ablation variants at small scale")
     p.add_argument("--data", required=True, help="training dataset (seen lesion types)")
     p.add_argument("--out", required=True, help="folder for one run per variant and the ablation table")
-    p.add_argument("--config", default="compact")
+    p.add_argument("--config", default="compact", help="compact, paper, or a config.json")
     p.add_argument("--steps", type=int, required=True, help="optimiser steps per variant (same for all)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--eval", action="append", default=[], metavar="DATASET[:SPLIT]",
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from malenia.errors import InputError
     from malenia.evaluate.evaluate import evaluate_dataset
     from malenia.infer.predictor import Predictor
-    from malenia.model.config import get_config
+    from malenia.commands.train import build_config
     from malenia.model.folder import load_model_folder
     from malenia.train.loop import TrainOptions, train
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         changes, report_style = VARIANTS[name]
-        cfg = get_config(args.config).replace(**changes)
+        cfg = build_config(args.config, []).replace(**changes)
         run_dir = out / name
         opts = TrainOptions(data=Path(args.data), out=run_dir, config=cfg, steps=args.steps, split=args.split,
                             val_split=None, batch_size=args.batch_size, seed=args.seed, progress=args.progress,

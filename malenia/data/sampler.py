@@ -6,8 +6,9 @@ reproducible whatever the number of DataLoader workers. Every case of the split 
 prepared with the model's `Preprocessor` (canonical LPS orientation, model spacing, normalised)
 and kept in memory; DataLoader workers share the cache copy-on-write.
 
-Sampling. With probability `lesion_fraction` (default 2/3) a patch is centred on a random voxel of
-a random lesion: a case with lesions is drawn uniformly, then one of its lesions uniformly (so
+Sampling. With probability `lesion_fraction` (default 2/3) a patch holds a random voxel of a random
+lesion, placed uniformly within the central `lesion_offset` (default 0.7) share of the patch so
+that lesions are seen off-centre too: a case with lesions is drawn uniformly, then one of its lesions uniformly (so
 small lesions are drawn as often as large ones), then one of its voxels. Otherwise the patch sits
 uniformly anywhere in a uniformly drawn case. nnU-Net forces foreground in a third of its patches
 (oversample_foreground_percent 0.33) because random crops of its organ-sized targets already hold
@@ -109,6 +110,7 @@ class LesionPatchDataset(Dataset):
         preprocessor: Preprocessor | None = None,
         samples_per_epoch: int = 250,
         lesion_fraction: float = 2 / 3,
+        lesion_offset: float = 0.7,
         augment: AugmentConfig | None = AugmentConfig(),
         diseases: Iterable[str] | None = None,
         seed: int = 0,
@@ -129,6 +131,9 @@ class LesionPatchDataset(Dataset):
         self.preprocessor = preprocessor
         self.samples_per_epoch = int(samples_per_epoch)
         self.lesion_fraction = float(lesion_fraction)
+        if not 0.0 <= lesion_offset < 1.0:
+            raise ValueError(f"lesion_offset must be in [0, 1), got {lesion_offset}")
+        self.lesion_offset = float(lesion_offset)
         self.augment = augment
         self.diseases = None if diseases is None else frozenset(diseases)
         self.seed = int(seed)
@@ -207,8 +212,13 @@ class LesionPatchDataset(Dataset):
             lesion = case.lesions[target]
             voxel = np.array(np.unravel_index(int(lesion.locations[rng.integers(len(lesion.locations))]), case.image.shape))
             room = np.array(case.image.shape) - np.array(self.patch_size)
-            # centred on the voxel, moved inside the volume where it fits (the voxel stays in the patch)
-            start = np.where(room >= 0, np.clip(voxel - np.array(self.patch_size) // 2, 0, np.maximum(room, 0)), room // 2)
+            # The voxel lands anywhere in the central `lesion_offset` share of the patch, not always at its
+            # centre: a model that only ever sees lesions in the patch centre misses them elsewhere in a
+            # sliding window. Then moved inside the volume where it fits (the voxel stays in the patch).
+            half = np.array(self.patch_size) // 2
+            reach = np.floor(half * self.lesion_offset).astype(int)
+            shift = np.array([rng.integers(-r, r + 1) for r in reach])
+            start = np.where(room >= 0, np.clip(voxel - half + shift, 0, np.maximum(room, 0)), room // 2)
         else:
             case = self.cases[rng.integers(len(self.cases))]
             room = np.array(case.image.shape) - np.array(self.patch_size)

@@ -3,11 +3,12 @@
 1. Instances are the connected components (26-connectivity) of probability >= threshold;
    components smaller than the minimum lesion volume are removed.
 2. De-duplication across tokens and windows: overlapping windows, and several tokens within a
-   window, describe the same lesion. Each candidate (malenia.infer.windows.TokenCandidate) is
-   given to the component holding most of its voxels, if that is at least `min_overlap` of them;
-   a component's description is the weighted mean of its candidates' per-aspect distributions,
-   weight = voxels inside x lesion score x centrality (a token near a window border sees the
-   lesion cut off, so it counts less).
+   window, describe the same lesion. A candidate (malenia.infer.windows.TokenCandidate) describes
+   a component when their overlap is at least `min_overlap` of the smaller of the two (a good part
+   of the token lies in the lesion, or the token covers a good part of it); a component's
+   description is the weighted mean of its candidates' per-aspect distributions, weight = voxels
+   inside x lesion score x centrality (a token near a window border sees the lesion cut off, so
+   it counts less). A component with no such candidate takes every candidate touching it.
 Touching lesions that form one component stay one instance.
 """
 
@@ -65,16 +66,22 @@ def assign(labels: np.ndarray, n: int, candidates: list[TokenCandidate], probabi
     for inst in instances:
         inst.voxels = int(sizes[inst.label])
         inst.mean_probability = float(sums[inst.label - 1] / max(inst.voxels, 1))
+    partial: list[list[tuple[TokenCandidate, float]]] = [[] for _ in instances]
     for cand in candidates:
         hit = labels[cand.slices][cand.mask()]
         counts = np.bincount(hit, minlength=n + 1)
         counts[0] = 0
-        k = int(np.argmax(counts))
-        if k == 0 or counts[k] < min_overlap * cand.voxels:
-            continue
-        weight = float(counts[k]) * cand.lesion_score * max(cand.centrality, 1e-3)
-        instances[k - 1].candidates.append((cand, weight))
-    for inst in instances:
+        weight = cand.lesion_score * max(cand.centrality, 1e-3)
+        for k in np.flatnonzero(counts):
+            entry = (cand, float(counts[k]) * weight)
+            # it describes the lesion when a good part of it lies there, or it covers a good part of the lesion
+            if counts[k] >= min_overlap * min(cand.voxels, instances[k - 1].voxels):
+                instances[k - 1].candidates.append(entry)
+            else:
+                partial[k - 1].append(entry)
+    for inst, extra in zip(instances, partial):
+        if not inst.candidates:  # only strays touch it: better than nothing
+            inst.candidates = extra
         inst.distribution = aggregate(inst.candidates)
     return instances
 

@@ -174,6 +174,8 @@ class Segmenter:
                 if cand is not None:
                     inst.candidates = [(cand, 1.0)]
                     inst.distribution = cand.distribution
+                else:  # cannot happen for a non-empty component; no evidence then: uniform per aspect
+                    inst.distribution = np.zeros(len(self.model.bank), np.float32)
 
         labels = self._labels_on_input(prepared, wp.probability, model_labels, image, region)
         if o.roi is not None:
