@@ -7,19 +7,11 @@ from malenia.errors import EXIT_BAD_INPUT
 from malenia.evaluate.bench_model import measure
 from malenia.model.config import MaleniaConfig
 from malenia.model.network import MaleniaNet
+from model_helpers import tiny_config
 
 
 def test_measure_tiny_config():
-    cfg = MaleniaConfig(
-        name="tiny",
-        patch_size=(32, 32, 32),
-        features_per_stage=(4, 8, 8, 16, 16, 16),
-        n_conv_per_stage=1,
-        n_conv_per_stage_decoder=1,
-        embed_dim=16,
-        num_heads=2,
-        ffn_dim=32,
-    )
+    cfg = tiny_config(patch_size=(32, 32, 32), text_dim=MaleniaConfig.text_dim)
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

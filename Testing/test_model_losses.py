@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from malenia.model.config import MaleniaConfig
 from malenia.model.losses import MaleniaCriterion, dice_loss, mp_nce, positive_sets
 from malenia.model.network import MaleniaNet
 from malenia.model.targets import LesionTargets
+from model_helpers import tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -67,20 +67,7 @@ def test_dice_loss():
 
 
 def tiny(**changes):
-    base = dict(
-        name="tiny",
-        patch_size=(32, 32, 32),
-        features_per_stage=(4, 8, 16, 16, 16),
-        strides=(1, 2, 2, 2, 2),
-        n_conv_per_stage=1,
-        n_conv_per_stage_decoder=1,
-        embed_dim=16,
-        num_heads=2,
-        ffn_dim=32,
-        num_tokens=3,
-        text_dim=8,
-    )
-    return MaleniaConfig(**{**base, **changes})
+    return tiny_config(stages=5, **{"num_tokens": 3, **changes})
 
 
 def test_criterion_with_no_lesions_and_with_more_lesions_than_tokens():

@@ -9,25 +9,13 @@ from malenia.model.config import MaleniaConfig
 from malenia.model.losses import MaleniaCriterion
 from malenia.model.network import ImagePrediction, MaleniaNet
 from malenia.model.targets import LesionTargets
+from model_helpers import tiny_config
 
 N_TOKENS, TEXT_DIM, ROWS = 6, 8, 24  # 3 descriptions per aspect
 
 
 def tiny(**changes) -> MaleniaConfig:
-    """The real 6-stage architecture with a handful of channels."""
-    base = dict(
-        name="tiny",
-        patch_size=(64, 64, 64),
-        features_per_stage=(4, 8, 8, 16, 16, 16),
-        n_conv_per_stage=1,
-        n_conv_per_stage_decoder=1,
-        embed_dim=16,
-        num_heads=2,
-        ffn_dim=32,
-        num_tokens=N_TOKENS,
-        text_dim=TEXT_DIM,
-    )
-    return MaleniaConfig(**{**base, **changes})
+    return tiny_config(num_tokens=N_TOKENS, text_dim=TEXT_DIM, **changes)
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """A short optimisation on a synthetic volume with two blobs: the loss falls and the masks find the blobs."""
 
 import torch
+from model_helpers import tiny_config
 
-from malenia.model.config import MaleniaConfig
 from malenia.model.losses import MaleniaCriterion
 from malenia.model.network import MaleniaNet
 from malenia.model.targets import LesionTargets
@@ -23,20 +23,7 @@ def test_fifty_steps_lower_the_loss_and_find_the_blobs():
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        # 5 stages (stride 16) keep a 32³ volume unpadded; the architecture is otherwise the real one
-        cfg = MaleniaConfig(
-            name="tiny",
-            patch_size=(32, 32, 32),
-            features_per_stage=(4, 8, 16, 16, 16),
-            strides=(1, 2, 2, 2, 2),
-            n_conv_per_stage=1,
-            n_conv_per_stage_decoder=1,
-            embed_dim=16,
-            num_heads=2,
-            ffn_dim=32,
-            num_tokens=6,
-            text_dim=8,
-        )
+        cfg = tiny_config(stages=5, num_tokens=6)
         net, criterion = MaleniaNet(cfg), MaleniaCriterion(cfg)
         s = 32
         zz, yy, xx = torch.meshgrid(*(torch.arange(s, dtype=torch.float32),) * 3, indexing="ij")

@@ -140,7 +140,7 @@ def _read_file(path: Path) -> sitk.Image:
         raise InputError(f"cannot read {path.name}: {_itk_message(err)}") from None
     _check_shape(tuple(reader.GetSize()), reader.GetDimension(), reader.GetNumberOfComponents(), path)
     if name.endswith(".nii.gz"):
-        _check_gzip_complete(path)
+        check_gzip_complete(path)
     elif name.endswith(".nii"):
         _check_nifti_complete(path)
     if name.endswith((".nii", ".nii.gz")):
@@ -311,14 +311,14 @@ def _meta_header(path: Path) -> str:
     return head[: end if end >= 0 else len(head)].decode("latin-1")
 
 
-def _check_gzip_complete(path: Path) -> None:
+def check_gzip_complete(path: Path, what: str | None = None) -> None:
     """ITK's NIfTI reader fills a truncated .nii.gz with zeros without a word; decompress to check."""
     try:
         with gzip.open(path, "rb") as f:
-            while f.read(1 << 24):
+            while f.read(1 << 22):
                 pass
     except (OSError, EOFError, zlib.error) as err:
-        raise InputError(f"cannot read {path.name}: corrupt or truncated file ({err})") from None
+        raise InputError(f"cannot read {what or Path(path).name}: corrupt or truncated file ({err})") from None
 
 
 def _check_nifti_complete(path: Path) -> None:

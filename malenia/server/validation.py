@@ -9,11 +9,9 @@ non-negative integers and exactly the labels the report describes; the report pa
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
-import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from malenia.data.ct_io import check_gzip_complete
 from malenia.data.dataset import CaseReport
 from malenia.errors import InputError
 from malenia.paths import knowledge_dir
@@ -157,16 +156,6 @@ def read_labels(path: Path, limits: UploadLimits) -> dict[int, int]:
     return {int(k): int(counts[k]) for k in np.flatnonzero(counts) if k > 0}
 
 
-def check_gzip_intact(path: Path, what: str) -> None:
-    """Reads the gzip stream to its end: ITK accepts a truncated .nii.gz silently, gzip's CRC does not."""
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 22):
-                pass
-    except (OSError, EOFError, zlib.error) as err:
-        raise InputError(f"{what}: damaged gzip stream ({err})") from None
-
-
 def check_image_data(path: Path) -> None:
     """Decompresses the whole image: a truncated or corrupt file fails here, not in training."""
     import SimpleITK as sitk
@@ -187,7 +176,7 @@ def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> Ch
         raise InputError(f"report: larger than {limits.max_report_bytes} bytes")
     report, report_sha = check_report(report_path.read_bytes())
     for name, what in (("image.nii.gz", "image"), ("lesions.nii.gz", "lesions")):
-        check_gzip_intact(folder / name, what)
+        check_gzip_complete(folder / name, what)
     image_grid = read_grid(folder / "image.nii.gz", "image", limits)
     lesion_grid = read_grid(folder / "lesions.nii.gz", "lesions", limits)
     check_same_grid(image_grid, lesion_grid, tol)
