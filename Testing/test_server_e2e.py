@@ -1,8 +1,5 @@
 """End to end with the real parts: upload -> fine-tune (compact, a few CPU steps, the real `malenia train`)
 -> a new version -> download -> sha256 matches -> the real `malenia segment` runs with it.
-
-Marked `needs_train` (Testing/conftest.py): skipped, naming the missing command, until both
-`malenia train` and `malenia segment` exist.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from malenia.paths import builtin_model_dir
 from malenia.server.client import MaleniaClient
 from malenia.server.testdata import ServerProcess, make_case
 
-pytestmark = pytest.mark.needs_train
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

@@ -179,7 +179,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
     return {
         "format": RESULT_FORMAT,
         "model": {**model_meta, "sha256": getattr(getattr(predictor, "model", None), "sha256", None)},
-        "data": {"path": str(data_dir), "name": index.name, "split": split, "cases": len(case_ids)},
+        "data": {"path": str(data_dir), "name": index.name, "split": split or "all", "cases": len(case_ids)},
         "protocol": {
             "nsd_tolerance_mm": nsd_tolerance,
             "detection_iou_threshold": iou_threshold,
