@@ -110,7 +110,11 @@ def train(opts: TrainOptions) -> TrainResult:
 
     info = init_distributed(opts.device)
     try:
-        return _train(opts, info, MaleniaNet, MaleniaCriterion)
+        result = _train(opts, info, MaleniaNet, MaleniaCriterion)
+        # Rank 0 writes the model folder after the loop; the others wait for it so that no process tears
+        # down the process group while another still uses it (gloo aborts the early leaver otherwise).
+        barrier(info)
+        return result
     finally:
         shutdown(info)
 
