@@ -15,3 +15,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def shared_data() -> Path:
     assert SHARED_DATA.is_dir(), f"shared data folder missing: {SHARED_DATA}"
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tests of small tensors run faster on one thread, and leave the other core to parallel work."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

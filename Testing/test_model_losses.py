@@ -12,12 +12,7 @@ from malenia.model.targets import LesionTargets
 from model_helpers import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_mp_nce_matches_hand_computation():

@@ -18,12 +18,7 @@ def tiny(**changes) -> MaleniaConfig:
     return tiny_config(num_tokens=N_TOKENS, text_dim=TEXT_DIM, **changes)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bank():
