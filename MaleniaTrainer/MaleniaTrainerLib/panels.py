@@ -23,6 +23,22 @@ def _label(text: str = "", wrap: bool = True):
     return label
 
 
+def _row_table(columns, stretch: int):
+    """A read-only table selected by rows; column `stretch` takes the spare width."""
+    t = qt.QTableWidget()
+    t.setColumnCount(len(columns))
+    t.setHorizontalHeaderLabels(list(columns))
+    t.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+    t.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+    t.verticalHeader().setVisible(False)
+    header = t.horizontalHeader()
+    header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
+    header.setSectionResizeMode(stretch, qt.QHeaderView.Stretch)
+    t.setMinimumHeight(110)
+    t.setMaximumHeight(170)
+    return t
+
+
 class ConnectionPanel:
     def __init__(self):
         self.widget = qt.QGroupBox("Backend")
@@ -78,17 +94,7 @@ class CorrectionsPanel:
         row.addWidget(self.folder, 1)
         row.addWidget(self.refresh_button)
         layout.addLayout(row)
-        t = self.table = qt.QTableWidget()
-        t.setColumnCount(len(self.COLUMNS))
-        t.setHorizontalHeaderLabels(list(self.COLUMNS))
-        t.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
-        t.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
-        t.verticalHeader().setVisible(False)
-        header = t.horizontalHeader()
-        header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(1, qt.QHeaderView.Stretch)
-        t.setMinimumHeight(110)
-        t.setMaximumHeight(170)
+        t = self.table = _row_table(self.COLUMNS, stretch=1)
         layout.addWidget(t)
         row = qt.QHBoxLayout()
         self.upload_button = qt.QPushButton("Upload selected")
@@ -250,18 +256,8 @@ class VersionsPanel:
     def __init__(self):
         self.widget = qt.QGroupBox("Model versions")
         layout = qt.QVBoxLayout(self.widget)
-        t = self.table = qt.QTableWidget()
-        t.setColumnCount(len(self.COLUMNS))
-        t.setHorizontalHeaderLabels(list(self.COLUMNS))
-        t.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        t = self.table = _row_table(self.COLUMNS, stretch=5)
         t.setSelectionMode(qt.QAbstractItemView.SingleSelection)
-        t.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
-        t.verticalHeader().setVisible(False)
-        header = t.horizontalHeader()
-        header.setSectionResizeMode(qt.QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(5, qt.QHeaderView.Stretch)
-        t.setMinimumHeight(110)
-        t.setMaximumHeight(170)
         layout.addWidget(t)
         row = qt.QHBoxLayout()
         self.refresh_button = qt.QPushButton("Refresh")

@@ -127,17 +127,18 @@ class Case:
     organs: sitk.Image | None = None
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path, missing: str = "missing file") -> Any:
+    """A JSON file, or an InputError naming the file (`missing` words the not-found case)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"missing file: {path}") from None
+        raise InputError(f"{missing}: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
 
 
 def read_report(path: str | Path) -> CaseReport:
-    return CaseReport.from_json(_read_json(Path(path)))
+    return CaseReport.from_json(read_json(Path(path)))
 
 
 def write_case(dataset_dir: str | Path, case: Case, overwrite: bool = False) -> Path:
@@ -201,7 +202,7 @@ class DatasetIndex:
 
 
 def read_dataset(dataset_dir: str | Path) -> DatasetIndex:
-    obj = _read_json(Path(dataset_dir) / "dataset.json")
+    obj = read_json(Path(dataset_dir) / "dataset.json")
     if not isinstance(obj, dict) or obj.get("format") != DATASET_FORMAT:
         raise InputError(f"{dataset_dir}: not a Malenia dataset (dataset.json format must be {DATASET_FORMAT!r})")
     cases = [str(c) for c in obj.get("cases", [])]

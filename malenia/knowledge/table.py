@@ -14,7 +14,6 @@ calibration of disease inference (malenia.knowledge.inference).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from malenia.aspects import ALL_DISEASES, ASPECTS, SEEN_DISEASES
+from malenia.data.dataset import read_json
 from malenia.errors import InputError
 from malenia.knowledge.vocabulary import Vocabulary
 from malenia.paths import knowledge_dir
@@ -207,9 +207,4 @@ class KnowledgeTable:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"knowledge file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
+    return read_json(path, missing="knowledge file not found")
