@@ -49,3 +49,10 @@ def test_unknown_name_and_keys_are_refused():
 def test_invalid_configs_are_refused(change, message):
     with pytest.raises(ModelError, match=message):
         paper().replace(**change)
+
+
+def test_architecture_ignores_training_only_fields():
+    c = compact()
+    assert c.replace(lambda_fg=0.0, alpha_bce=1.0, name="other").architecture() == c.architecture()
+    assert c.replace(num_tokens=8).architecture() != c.architecture()
+    assert c.replace(multi_positive=False).architecture() != c.architecture()  # inference ranks rows by it

@@ -104,3 +104,38 @@ def test_total_is_the_weighted_sum():
     l = MaleniaCriterion(cfg)(out, targets)
     torch.testing.assert_close(l["seg"], 1.5 * l["seg_bce"] + 0.25 * l["seg_dice"])
     torch.testing.assert_close(l["total"], 0.5 * l["deep"] + 2.0 * l["sim"] + 3.0 * l["seg"])
+
+
+def test_foreground_loss_matches_a_hand_computed_value():
+    from malenia.model.losses import foreground_loss, foreground_map
+
+    logits = torch.tensor([[[[[0.0, 2.0]]], [[[-2.0, 0.0]]]]])  # [B=1, N=2, 1, 1, 2]
+    score = torch.tensor([[0.5, 1.0]])
+    prob = foreground_map(logits, score)
+    s = torch.sigmoid(torch.tensor([0.0, 2.0, -2.0]))
+    expected_p = torch.stack([torch.maximum(0.5 * s[0], 1.0 * s[2]), torch.maximum(0.5 * s[1], torch.tensor(0.5))])
+    torch.testing.assert_close(prob.flatten(), expected_p)
+    masks = torch.tensor([[[[True, False]]]])  # one lesion at the first voxel
+    loss = foreground_loss(prob, [LesionTargets(masks, [[0]])])
+    gt = torch.tensor([1.0, 0.0])
+    bce = -(gt * expected_p.log() + (1 - gt) * (1 - expected_p).log()).mean()
+    dice = 1 - (2 * (expected_p * gt).sum() + 1) / (expected_p.sum() + gt.sum() + 1)
+    torch.testing.assert_close(loss, bce + dice)
+
+
+def test_foreground_term_is_weighted_in_and_trains_the_no_lesion_score():
+    torch.manual_seed(0)
+    cfg = tiny(lambda_fg=0.7)
+    net = MaleniaNet(cfg)
+    masks = torch.zeros(1, 32, 32, 32, dtype=torch.bool)
+    masks[0, 8:16, 8:16, 8:16] = True
+    targets = [LesionTargets(masks, [list(range(8))])]
+    out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    l = MaleniaCriterion(cfg)(out, targets)
+    assert l["fg"] > 0
+    torch.testing.assert_close(l["total"], l["deep"] + l["sim"] + l["seg"] + 0.7 * l["fg"])
+    net.zero_grad()
+    (l["fg"]).backward()
+    assert net.text.t0.grad.abs().sum() > 0  # the score's gradient reaches the "no lesion" embedding
+    off = MaleniaCriterion(tiny())(out, targets)
+    assert off["fg"].item() == 0.0

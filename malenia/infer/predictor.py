@@ -34,9 +34,10 @@ def preprocessor_for(cfg):
 
 
 def foreground_probability(output) -> torch.Tensor:
-    """[B, 1, D, H, W]: max over tokens of lesion_score * sigmoid(mask logits)."""
-    p = output.mask_logits.float().sigmoid() * output.lesion_score.float()[..., None, None, None]
-    return p.max(dim=1, keepdim=True).values
+    """[B, 1, D, H, W]: max over tokens of lesion_score * sigmoid(mask logits) (what L_fg trains)."""
+    from malenia.model.losses import foreground_map
+
+    return foreground_map(output.mask_logits, output.lesion_score)[:, None]
 
 
 def bank_tensors(bank, extra_rows: np.ndarray | None = None, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,11 @@ from typing import Any
 from malenia.errors import InputError, ModelError
 
 BRANCHES = ("both", "mask", "text")
+# Loss weights, matching costs, optimiser and name: a fine-tuning run (--init) may set them anew.
+TRAINING_ONLY_FIELDS = frozenset({
+    "name", "optim", "match_cost_bce", "match_cost_dice", "num_points",
+    "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce", "alpha_dice", "lambda_fg",
+})
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,12 @@ class MaleniaConfig:
     lambda_seg: float = 1.0
     alpha_bce: float = 2.0
     alpha_dice: float = 2.0
+    # Not in the paper (0 = the paper's objective): BCE + Dice on the map inference thresholds, the
+    # per-voxel max over tokens of lesion score x mask probability, against the union of the lesions.
+    # Hungarian matching supervises each token only on its own lesion, so this map, and the false
+    # positives it holds, are otherwise never trained directly; with a CPU-sized budget it is what
+    # makes the compact model converge (docs/training.md).
+    lambda_fg: float = 0.0
 
     # --- ablation switches (paper Tables 3 and 4) ---
     multi_scale_alignment: bool = True  # False: L_sim at the last block only
@@ -125,6 +136,10 @@ class MaleniaConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def architecture(self) -> dict[str, Any]:
+        """The fields that weights and inference depend on: fine-tuning may change only the others."""
+        return {k: v for k, v in self.to_dict().items() if k not in TRAINING_ONLY_FIELDS}
+
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "MaleniaConfig":
         """Inverse of `to_dict` (JSON lists become tuples again); unknown keys are refused."""
@@ -157,6 +172,7 @@ def compact() -> MaleniaConfig:
         embed_dim=96,
         num_heads=4,
         ffn_dim=384,
+        lambda_fg=1.0,
         optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50),
     )
 

@@ -7,6 +7,9 @@
 - L_seg: on the final masks, with the last block's matching (the one CMKI was fed with):
   BCE over all tokens (unmatched tokens learn an empty mask) plus Dice over matched tokens
   (Dice against an empty mask is degenerate; Mask2Former also restricts it to matched masks).
+- L_fg (not in the paper; weight `lambda_fg`, 0 in the `paper` config): BCE + Dice of the map that
+  inference thresholds, max over tokens of (1 - p(t0)) * sigmoid(mask), against the union of the
+  lesions; it trains the no-lesion score and the masks together where false positives arise.
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ def dice_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """1 - soft Dice per row: logits [M, P], gt [M, P] → [M]."""
     p = logits.sigmoid()
     return 1 - (2 * (p * gt).sum(-1) + 1) / (p.sum(-1) + gt.sum(-1) + 1)
+
+
+def foreground_map(mask_logits: torch.Tensor, lesion_score: torch.Tensor) -> torch.Tensor:
+    """[B, D, H, W]: max over tokens of lesion_score [B, N] * sigmoid(mask_logits [B, N, D, H, W])."""
+    p = mask_logits.float().sigmoid() * lesion_score.float()[..., None, None, None]
+    return p.max(dim=1).values
+
+
+def foreground_loss(prob: torch.Tensor, targets: list[LesionTargets]) -> torch.Tensor:
+    """BCE + soft Dice (over the batch, so lesion-free patches count) of a probability map vs the lesion union."""
+    gt = torch.stack([(t.masks.to(prob.device).sum(0) > 0) for t in targets]).float()
+    p = prob.clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(p, gt)
+    dice = 1 - (2 * (p * gt).sum() + 1) / (p.sum() + gt.sum() + 1)
+    return bce + dice
 
 
 def mp_nce(sim: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -60,7 +78,7 @@ def _matched(logits: torch.Tensor, gt: list[torch.Tensor], matches: list[Match])
 
 
 class MaleniaCriterion(nn.Module):
-    """`criterion(output, targets)` → {"deep", "sim", "seg_bce", "seg_dice", "seg", "total"} (scalars)."""
+    """`criterion(output, targets)` → {"deep", "sim", "seg_bce", "seg_dice", "seg", "fg", "total"} (scalars)."""
 
     def __init__(self, cfg: MaleniaConfig):
         super().__init__()
@@ -104,4 +122,12 @@ class MaleniaCriterion(nn.Module):
         l_seg = cfg.alpha_bce * l_bce + cfg.alpha_dice * l_dice
 
         total = cfg.lambda_deep * l_deep + cfg.lambda_sim * l_sim + cfg.lambda_seg * l_seg
-        return {"deep": l_deep, "sim": l_sim, "seg_bce": l_bce, "seg_dice": l_dice, "seg": l_seg, "total": total}
+        if cfg.lambda_fg:
+            # the lesion score with its gradient (MaleniaOutput.lesion_score is detached)
+            score = 1 - output.sim_logits[-1].softmax(-1)[..., 0]
+            l_fg = foreground_loss(foreground_map(output.mask_logits, score), targets)
+            total = total + cfg.lambda_fg * l_fg
+        else:
+            l_fg = zero
+        return {"deep": l_deep, "sim": l_sim, "seg_bce": l_bce, "seg_dice": l_dice, "seg": l_seg, "fg": l_fg,
+                "total": total}

@@ -154,11 +154,8 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
         from malenia.model.folder import WEIGHTS, load_weights
 
         init = load_model_folder(opts.init, build_network=False)
-        if init.config.to_dict() != cfg.to_dict():
-            cfg_init = {k: v for k, v in init.config.to_dict().items() if k not in ("optim", "name")}
-            cfg_now = {k: v for k, v in cfg.to_dict().items() if k not in ("optim", "name")}
-            if cfg_init != cfg_now:
-                raise InputError(f"--init model {opts.init} has a different architecture than config {cfg.name!r}")
+        if init.config.architecture() != cfg.architecture():
+            raise InputError(f"--init model {opts.init} has a different architecture than config {cfg.name!r}")
         load_weights(model, init.path / WEIGHTS)
     model.to(info.device)
     criterion = MaleniaCriterion(cfg)
