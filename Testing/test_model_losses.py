@@ -139,3 +139,23 @@ def test_foreground_term_is_weighted_in_and_trains_the_no_lesion_score():
     assert net.text.t0.grad.abs().sum() > 0  # the score's gradient reaches the "no lesion" embedding
     off = MaleniaCriterion(tiny())(out, targets)
     assert off["fg"].item() == 0.0
+
+
+def test_background_tokens_weigh_less_in_the_similarity_loss():
+    from malenia.model.losses import mp_nce, positive_sets
+
+    torch.manual_seed(0)
+    masks = torch.zeros(1, 32, 32, 32, dtype=torch.bool)
+    masks[0, 8:16, 8:16, 8:16] = True
+    targets = [LesionTargets(masks, [list(range(8))])]
+    image, bank, aspects = torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8
+    net = MaleniaNet(tiny(multi_scale_alignment=False, background_token_weight=0.25))
+    out = net(image, bank, aspects, targets)
+    sim = out.sim_logits[-1]
+    pos = positive_sets(out.supervision[-1].matches, targets, sim.shape[1], sim.shape[2] - 1, True, sim.device)[0]
+    per_token = mp_nce(sim[0], pos)
+    w = torch.where(pos[:, 0], 0.25, 1.0)
+    expected = (per_token * w).sum() / w.sum()
+    torch.testing.assert_close(MaleniaCriterion(net.cfg)(out, targets)["sim"], expected)
+    plain = MaleniaCriterion(net.cfg.replace(background_token_weight=1.0))(out, targets)["sim"]
+    torch.testing.assert_close(plain, per_token.mean())

@@ -19,7 +19,7 @@ BRANCHES = ("both", "mask", "text")
 # Loss weights, matching costs, optimiser and name: a fine-tuning run (--init) may set them anew.
 TRAINING_ONLY_FIELDS = frozenset({
     "name", "optim", "match_cost_bce", "match_cost_dice", "num_points",
-    "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce", "alpha_dice", "lambda_fg",
+    "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce", "alpha_dice", "lambda_fg", "background_token_weight",
 })
 
 
@@ -89,6 +89,11 @@ class MaleniaConfig:
     # positives it holds, are otherwise never trained directly; with a CPU-sized budget it is what
     # makes the compact model converge (docs/training.md).
     lambda_fg: float = 0.0
+    # Weight of a background token's term in the L_sim average (matched tokens weigh 1). The paper
+    # averages plainly (1.0); Mask2Former weighs its no-object class 0.1 for the same reason as here:
+    # with 16 tokens and one or two lesions per patch, background terms otherwise dominate, and the
+    # compact model's lesion tokens learned their descriptions poorly (docs/training.md).
+    background_token_weight: float = 1.0
 
     # --- ablation switches (paper Tables 3 and 4) ---
     multi_scale_alignment: bool = True  # False: L_sim at the last block only
@@ -173,6 +178,7 @@ def compact() -> MaleniaConfig:
         num_heads=4,
         ffn_dim=384,
         lambda_fg=1.0,
+        background_token_weight=0.1,
         optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50),
     )
 

@@ -1,7 +1,7 @@
 """Training objective (paper Eq. 6): λ1·L_deep + λ2·L_sim + λ3·(α1·BCE + α2·Dice).
 
 - L_sim: multi-positive NCE (Eq. 2) of every token of every block against [t0, bank], averaged
-  over tokens and then over blocks (the paper's leading minus sign in the block average is a
+  over tokens (background tokens weighted by `background_token_weight`, 1 in the paper) and then over blocks (the paper's leading minus sign in the block average is a
   typo: each term is already a negative log-likelihood).
 - L_deep: Dice loss of each block's matched proposals, averaged over matched tokens, then blocks.
 - L_seg: on the final masks, with the last block's matching (the one CMKI was fed with):
@@ -105,7 +105,9 @@ class MaleniaCriterion(nn.Module):
             pos = positive_sets(sup[i].matches, targets, sim.shape[1], sim.shape[2] - 1, cfg.multi_positive, sim.device)
             sim, pos = sim.flatten(0, 1), pos.flatten(0, 1)
             keep = pos.any(-1)
-            sims.append(mp_nce(sim[keep], pos[keep]).mean())
+            # background tokens (positive: t0 only) weigh cfg.background_token_weight, lesion tokens 1
+            weight = torch.where(pos[:, 0], cfg.background_token_weight, 1.0).to(sim.dtype)[keep]
+            sims.append((mp_nce(sim[keep], pos[keep]) * weight).sum() / weight.sum())
         l_sim = torch.stack(sims).mean()
 
         final = output.mask_logits
