@@ -93,14 +93,19 @@ def test_criterion_with_no_lesions_and_with_more_lesions_than_tokens():
     assert net.text.t0.grad.abs().sum() > 0
 
 
-def test_total_is_the_weighted_sum():
-    torch.manual_seed(0)
-    cfg = tiny(lambda_deep=0.5, lambda_sim=2.0, lambda_seg=3.0, alpha_bce=1.5, alpha_dice=0.25)
+def one_cube_forward(cfg):
+    """A tiny net's training forward on a random 32³ image with one cubic lesion described by 8 rows."""
     net = MaleniaNet(cfg)
     masks = torch.zeros(1, 32, 32, 32, dtype=torch.bool)
     masks[0, 8:16, 8:16, 8:16] = True
     targets = [LesionTargets(masks, [list(range(8))])]
-    out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    return net, net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets), targets
+
+
+def test_total_is_the_weighted_sum():
+    torch.manual_seed(0)
+    cfg = tiny(lambda_deep=0.5, lambda_sim=2.0, lambda_seg=3.0, alpha_bce=1.5, alpha_dice=0.25)
+    net, out, targets = one_cube_forward(cfg)
     l = MaleniaCriterion(cfg)(out, targets)
     torch.testing.assert_close(l["seg"], 1.5 * l["seg_bce"] + 0.25 * l["seg_dice"])
     torch.testing.assert_close(l["total"], 0.5 * l["deep"] + 2.0 * l["sim"] + 3.0 * l["seg"])
@@ -126,11 +131,7 @@ def test_foreground_loss_matches_a_hand_computed_value():
 def test_foreground_term_is_weighted_in_and_trains_the_no_lesion_score():
     torch.manual_seed(0)
     cfg = tiny(lambda_fg=0.7)
-    net = MaleniaNet(cfg)
-    masks = torch.zeros(1, 32, 32, 32, dtype=torch.bool)
-    masks[0, 8:16, 8:16, 8:16] = True
-    targets = [LesionTargets(masks, [list(range(8))])]
-    out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    net, out, targets = one_cube_forward(cfg)
     l = MaleniaCriterion(cfg)(out, targets)
     assert l["fg"] > 0
     torch.testing.assert_close(l["total"], l["deep"] + l["sim"] + l["seg"] + 0.7 * l["fg"])
@@ -145,12 +146,7 @@ def test_background_tokens_weigh_less_in_the_similarity_loss():
     from malenia.model.losses import mp_nce, positive_sets
 
     torch.manual_seed(0)
-    masks = torch.zeros(1, 32, 32, 32, dtype=torch.bool)
-    masks[0, 8:16, 8:16, 8:16] = True
-    targets = [LesionTargets(masks, [list(range(8))])]
-    image, bank, aspects = torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8
-    net = MaleniaNet(tiny(multi_scale_alignment=False, background_token_weight=0.25))
-    out = net(image, bank, aspects, targets)
+    net, out, targets = one_cube_forward(tiny(multi_scale_alignment=False, background_token_weight=0.25))
     sim = out.sim_logits[-1]
     pos = positive_sets(out.supervision[-1].matches, targets, sim.shape[1], sim.shape[2] - 1, True, sim.device)[0]
     per_token = mp_nce(sim[0], pos)
