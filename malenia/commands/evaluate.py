@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
     p.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default 2.0)")
     p.add_argument("--iou", type=float, default=None, help="IoU for a detected lesion (default 0.1)")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="foreground probability threshold (default: the model's calibrated value, else 0.5)")
+    p.add_argument("--min-volume", type=float, default=None, metavar="MM3",
+                   help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
     p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of the split")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from malenia.train.progress import Progress
 
     model = load_model_folder(args.model, device=args.device)
-    predictor = Predictor(model, device=args.device, threshold=args.threshold)
+    predictor = Predictor(model, device=args.device, threshold=args.threshold, min_volume_mm3=args.min_volume)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
 
     def on_case(i: int, n: int, case_id: str) -> None:
@@ -101,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         result["data"]["path"] = f"{args.image} (label {args.label})"
         tmp.cleanup()
     result["model"]["path"] = str(model.path)
-    result["threshold"] = args.threshold
+    result["threshold"] = predictor.threshold
+    result["min_volume_mm3"] = predictor.min_volume_mm3
+    calibration = model.inference_defaults().calibration
+    result["calibration"] = {k: v for k, v in calibration.items() if k != "table"} if calibration else None
     md = markdown_tables(result)
     if args.out:
         out = Path(args.out)

@@ -14,10 +14,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, 0 to <1 (default 0.25)")
     p.add_argument("--window-batch", type=int, default=1, metavar="N", help="windows per network call (default 1)")
     p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
-    p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="lesion probability threshold (default: the model's calibrated value, else 0.5)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for PyTorch (default: all cores)")
-    p.add_argument("--min-volume", type=float, default=50.0, metavar="MM3",
-                   help="remove lesions smaller than this, mm^3 (default 50)")
+    p.add_argument("--min-volume", type=float, default=None, metavar="MM3",
+                   help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -94,7 +94,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
             f"### {data.get('name', '?')} (split `{data.get('split')}`, {data.get('cases')} cases)",
             "",
             f"Path `{data.get('path')}`; evaluated in {r.get('seconds', '?')} s on the CPU "
-            f"(foreground threshold {r.get('threshold', 0.5)}).",
+            f"({_post_processing(r)}).",
             "",
             markdown_tables(r).rstrip(),
         ]
@@ -111,6 +111,17 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
     if commands:
         lines += ["", "## Commands", "", "```", commands.strip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _post_processing(result: dict[str, Any]) -> str:
+    """The threshold and minimum volume an evaluation used, and where they came from."""
+    text = f"foreground threshold {result.get('threshold', 0.5)}"
+    if result.get("min_volume_mm3") is not None:
+        text += f", lesions under {result['min_volume_mm3']:g} mm³ removed"
+    cal = result.get("calibration")
+    if cal:
+        text += f"; both chosen by `malenia calibrate` on {cal.get('cases')} cases of {cal.get('dataset')} ({cal.get('split')})"
+    return text
 
 
 def write_model_card(model_dir: str | Path | None, results: Sequence[dict[str, Any]], commands: str | None = None) -> Path:

@@ -36,9 +36,11 @@ class SegmentOptions:
     overlap: float = 0.25  # sliding-window overlap (fraction of the patch)
     sw_batch_size: int = 1  # windows per network call
     mirror: bool = False  # test-time mirroring over the three axes (8x the network calls)
-    threshold: float = 0.5  # foreground probability of a lesion voxel
+    # Foreground probability of a lesion voxel, and the volume under which a component is removed;
+    # None: the model's calibrated values (MODEL/inference.json), else 0.5 and 50 mm³ (a 4.6 mm sphere).
+    threshold: float | None = None
     token_threshold: float = 0.5  # lesion score (1 - p(no lesion)) for a token to be a candidate
-    min_volume_mm3: float = 50.0  # smaller components are removed (a 4.6 mm sphere)
+    min_volume_mm3: float | None = None
     min_overlap: float = 0.25  # share of a candidate's voxels inside a component for it to describe it
     alternatives: int = 3  # runners-up per aspect and per disease
     roi: RasBox | None = None
@@ -51,14 +53,21 @@ class SegmentOptions:
             problems.append(f"overlap must be in [0, 1), got {self.overlap}")
         if self.sw_batch_size < 1:
             problems.append(f"window batch must be at least 1, got {self.sw_batch_size}")
-        if not 0.0 < self.threshold < 1.0:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             problems.append(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.token_threshold < 1.0:
             problems.append(f"token threshold must be in [0, 1), got {self.token_threshold}")
-        if self.min_volume_mm3 < 0:
+        if self.min_volume_mm3 is not None and self.min_volume_mm3 < 0:
             problems.append("minimum lesion volume must not be negative")
         if problems:
             raise InputError("; ".join(problems))
+
+    def with_model_defaults(self, defaults) -> "SegmentOptions":
+        """These options with unset post-processing values taken from a model's InferenceDefaults."""
+        from dataclasses import replace
+
+        return replace(self, threshold=defaults.threshold if self.threshold is None else self.threshold,
+                       min_volume_mm3=defaults.min_volume_mm3 if self.min_volume_mm3 is None else self.min_volume_mm3)
 
 
 def resolve_device(name: str = "auto"):
@@ -111,7 +120,7 @@ class Segmenter:
         from malenia.infer.matching import BankMatcher
         from malenia.infer.predictor import bank_tensors, preprocessor_for
 
-        self.options = options or SegmentOptions()
+        self.options = (options or SegmentOptions()).with_model_defaults(model.inference_defaults())
         self.progress = progress
         self.model = model
         self.cfg = model.config

@@ -78,15 +78,23 @@ class CasePrediction:
 
 
 class Predictor:
-    def __init__(self, model, device: str | torch.device = "cpu", threshold: float = 0.5, min_voxels: int = 4,
-                 overlap: float = 0.25, sw_batch_size: int = 1, topk: int = 3, table=None, report_rows: np.ndarray | None = None,
-                 max_lesions: int = 32):
-        """`model` is a LoadedModel (malenia.model.folder); `table` a KnowledgeTable (default: the model's)."""
+    def __init__(self, model, device: str | torch.device = "cpu", threshold: float | None = None,
+                 min_volume_mm3: float | None = None, overlap: float = 0.25, sw_batch_size: int = 1, topk: int = 3,
+                 table=None, report_rows: np.ndarray | None = None, max_lesions: int = 32):
+        """`model` is a LoadedModel (malenia.model.folder); `table` a KnowledgeTable (default: the model's).
+        `threshold` and `min_volume_mm3` default to the model's calibrated values (MODEL/inference.json)."""
+        import math
+
         self.model = model
         self.cfg = model.config
         self.device = torch.device(device)
         self.net = model.network.to(self.device).eval()
-        self.threshold, self.min_voxels, self.overlap = float(threshold), int(min_voxels), float(overlap)
+        defaults = model.inference_defaults()
+        self.threshold = float(defaults.threshold if threshold is None else threshold)
+        self.min_volume_mm3 = float(defaults.min_volume_mm3 if min_volume_mm3 is None else min_volume_mm3)
+        voxel_mm3 = float(np.prod(self.cfg.target_spacing))
+        self.min_voxels = max(1, math.ceil(self.min_volume_mm3 / voxel_mm3 - 1e-9))
+        self.overlap = float(overlap)
         self.sw_batch_size, self.topk, self.max_lesions = int(sw_batch_size), int(topk), int(max_lesions)
         if report_rows is None and hasattr(model, "report_rows"):
             report_rows = model.report_rows()

@@ -8,6 +8,8 @@
     MODEL/knowledge_table.json         the knowledge table the model was evaluated with
     MODEL/MODEL_CARD.md                generated from the evaluation (optional until evaluated)
     MODEL/report_rows.safetensors      optional: whole-report embeddings of a single-positive (ablation) model
+    MODEL/inference.json               optional: post-processing chosen on a validation split (`malenia calibrate`):
+                                        {"threshold", "min_volume_mm3", "calibration": {...}}
 
 Used by training (RUN/model), `malenia segment`, `malenia evaluate`, the Slicer module and the retraining
 server. The folder is written whole (malenia.atomic.atomic_dir); loading refuses any missing file, any
@@ -38,7 +40,10 @@ BANK = "attribute_bank.safetensors"
 KNOWLEDGE = "knowledge_table.json"
 CARD = "MODEL_CARD.md"
 REPORT_ROWS = "report_rows.safetensors"  # only single-positive ablation models: whole-report embeddings
+INFERENCE = "inference.json"  # only calibrated models: their post-processing defaults
 REQUIRED = (CONFIG, WEIGHTS, BANK, KNOWLEDGE)
+DEFAULT_THRESHOLD = 0.5  # foreground probability of a lesion voxel, for models never calibrated
+DEFAULT_MIN_VOLUME_MM3 = 50.0  # smaller components are removed (a 4.6 mm sphere)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,6 +52,37 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """Post-processing a model is used with unless the user overrides it."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
+    calibration: dict[str, Any] | None = None  # how they were chosen (None: the project defaults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "min_volume_mm3": self.min_volume_mm3, "calibration": self.calibration}
+
+    def inherited_by(self, parent: str) -> "InferenceDefaults | None":
+        """What a model fine-tuned from this one starts with: the same values, marked as inherited
+        (None when these are only the project defaults)."""
+        if self.calibration is None:
+            return None
+        summary = {k: v for k, v in self.calibration.items() if k not in ("table", "inherited_from")}
+        return InferenceDefaults(self.threshold, self.min_volume_mm3, {"inherited_from": parent, **summary})
+
+    @staticmethod
+    def from_dict(data: Any, where: str = INFERENCE) -> "InferenceDefaults":
+        try:
+            threshold, volume = float(data["threshold"]), float(data["min_volume_mm3"])
+        except (TypeError, KeyError, ValueError) as err:
+            raise ModelError(f"{where}: needs numeric 'threshold' and 'min_volume_mm3' ({err!r})") from None
+        if not 0.0 < threshold < 1.0 or not volume >= 0.0:
+            raise ModelError(f"{where}: threshold must be in (0, 1) and min_volume_mm3 >= 0, "
+                             f"got {threshold} and {volume}")
+        return InferenceDefaults(threshold, volume, data.get("calibration"))
 
 
 @dataclass
@@ -91,6 +127,17 @@ class LoadedModel:
 
         return load_file(str(p))["embeddings"]
 
+    def inference_defaults(self) -> InferenceDefaults:
+        """The calibrated post-processing (inference.json) or, for an uncalibrated model, the project defaults."""
+        if INFERENCE not in self.manifest.get("files", {}):
+            return InferenceDefaults()
+        path = self.path / INFERENCE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ModelError(f"{path}: unreadable ({err})") from None
+        return InferenceDefaults.from_dict(data, str(path))
+
     def card(self) -> str | None:
         p = self.path / CARD
         return p.read_text(encoding="utf-8") if p.exists() else None
@@ -105,13 +152,14 @@ def _manifest(folder: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
 def save_model_folder(target: str | Path, *, config, network, bank,
                       knowledge_table: str | Path | Mapping[str, Any], name: str, version: str,
                       training_data: str, model_card: str | None = None,
-                      extra: Mapping[str, Any] | None = None, report_rows=None, overwrite: bool = False) -> Path:
+                      extra: Mapping[str, Any] | None = None, report_rows=None,
+                      inference: InferenceDefaults | None = None, overwrite: bool = False) -> Path:
     """Writes a complete model folder at `target` atomically and returns its path.
 
     `knowledge_table` is the path of a knowledge-table JSON (copied as is) or its parsed content.
     `extra` adds keys to the manifest (e.g. training steps, evaluation summary). `knowledge_table` may also
     be a KnowledgeTable (its `to_json()` is stored). `report_rows` (float32 [Q, Dt]) are stored only for
-    single-positive ablation models.
+    single-positive ablation models. `inference` is stored as inference.json (calibrated post-processing).
     """
     from safetensors.torch import save_model
 
@@ -136,6 +184,8 @@ def save_model_folder(target: str | Path, *, config, network, bank,
                                              encoding="utf-8")
         if model_card is not None:
             (staging / CARD).write_text(model_card, encoding="utf-8")
+        if inference is not None:
+            (staging / INFERENCE).write_text(json.dumps(inference.to_dict(), indent=2) + "\n", encoding="utf-8")
         meta = {
             "name": name,
             "version": version,

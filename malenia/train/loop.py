@@ -148,15 +148,15 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
                          replay=opts.replay, replay_fraction=opts.replay_fraction)
 
     model = MaleniaNet(cfg)
+    inherited = None  # a fine-tune keeps its parent's calibrated post-processing until it is calibrated itself
     if opts.init:
-        from malenia.model.folder import load_model_folder
-
-        from malenia.model.folder import WEIGHTS, load_weights
+        from malenia.model.folder import WEIGHTS, load_model_folder, load_weights
 
         init = load_model_folder(opts.init, build_network=False)
         if init.config.architecture() != cfg.architecture():
             raise InputError(f"--init model {opts.init} has a different architecture than config {cfg.name!r}")
         load_weights(model, init.path / WEIGHTS)
+        inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
     model.to(info.device)
     criterion = MaleniaCriterion(cfg)
     optimizer = build_optimizer(model.parameters(), opts.lr or cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas))
@@ -237,7 +237,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
             run / "model", config=cfg, network=unwrap(ddp), bank=bank.inference_bank(),
             knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
             training_data=training_data, overwrite=True,
-            report_rows=None if cfg.multi_positive else bank.report_embeddings,
+            report_rows=None if cfg.multi_positive else bank.report_embeddings, inference=inherited,
             extra={"training": {"steps": final_step, "of_steps": steps, "batch_size": batch * info.world_size,
                                 "seconds_this_launch": round(time.perf_counter() - t_start, 1),
                                 "seconds_total": round(seconds_before + time.perf_counter() - t_start, 1),

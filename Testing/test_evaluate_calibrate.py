@@ -1,0 +1,141 @@
+"""Post-processing calibration: the sweep on constructed maps, the choice rule, inference.json in the model
+folder and the defaults that segment / evaluate take from it, and `malenia calibrate` end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from malenia.errors import ModelError
+from malenia.evaluate.calibrate import CaseMaps, choose, sweep_case
+from malenia.model.folder import INFERENCE, InferenceDefaults, load_model_folder, update_model_folder
+from segment_helpers import malenia, tiny_trained_model
+from train_helpers import make_tiny_dataset
+
+
+def _maps() -> CaseMaps:
+    truth = np.zeros((12, 12, 12), bool)
+    truth[2:5, 2:5, 2:5] = True  # 27 voxels
+    prob = np.zeros(truth.shape, np.float32)
+    prob[truth] = 0.95  # the lesion
+    prob[9, 9, 9:11] = 0.65  # a 2-voxel speck
+    prob[7:10, 0:3, 0:3] = 0.35  # a faint 27-voxel false positive
+    return CaseMaps("c", prob.astype(np.float16), truth)
+
+
+def test_sweep_scores_every_threshold_and_volume_as_computed_by_hand():
+    # voxels of 8 mm³: the speck is 16 mm³, the cube and the faint block 216 mm³
+    dsc, count = sweep_case(_maps(), 8.0, thresholds=(0.3, 0.6, 0.9), min_volumes_mm3=(0.0, 20.0, 300.0))
+    expected = np.array([
+        [2 * 27 / (56 + 27), 2 * 27 / (54 + 27), 0.0],  # 0.3: all three; speck removed; everything removed
+        [2 * 27 / (29 + 27), 1.0, 0.0],  # 0.6: lesion + speck; the lesion alone; nothing
+        [1.0, 1.0, 0.0],
+    ])
+    np.testing.assert_allclose(dsc, expected)
+    np.testing.assert_array_equal(count, [[3, 2, 0], [2, 1, 0], [1, 1, 0]])
+
+
+def test_a_case_without_lesions_scores_one_only_when_nothing_is_predicted():
+    maps = _maps()
+    empty = CaseMaps("e", maps.probability, np.zeros_like(maps.truth))
+    dsc, _ = sweep_case(empty, 8.0, thresholds=(0.3, 0.99), min_volumes_mm3=(0.0,))
+    np.testing.assert_array_equal(dsc[:, 0], [0.0, 1.0])
+
+
+def test_choice_takes_the_best_dsc_and_breaks_ties_towards_fewer_false_positives():
+    thresholds, volumes = (0.3, 0.6, 0.9), (0.0, 20.0, 300.0)
+    scores = np.array([[0.5, 0.7, 0.1], [0.6, 0.7, 0.1], [0.2, 0.3, 0.1]])
+    assert choose(scores, thresholds, volumes) == (1, 1)  # 0.7 twice: the higher threshold
+    scores[1, 2] = 0.7
+    assert choose(scores, thresholds, volumes) == (1, 2)  # then the larger minimum volume
+    scores[0, 0] = 0.71
+    assert choose(scores, thresholds, volumes) == (0, 0)  # a better DSC wins whatever its threshold
+
+
+def test_inference_defaults_refuse_bad_values():
+    assert InferenceDefaults.from_dict({"threshold": 0.7, "min_volume_mm3": 100}).threshold == 0.7
+    for bad in ({"threshold": 1.5, "min_volume_mm3": 0}, {"threshold": 0.5, "min_volume_mm3": -1},
+                {"threshold": "x", "min_volume_mm3": 0}, {"min_volume_mm3": 0}, [0.5]):
+        with pytest.raises(ModelError):
+            InferenceDefaults.from_dict(bad)
+
+
+@pytest.fixture(scope="module")
+def model_copy(tmp_path_factory):
+    src = tiny_trained_model(tmp_path_factory)
+    dst = tmp_path_factory.mktemp("calibrate") / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_calibrated_values_become_the_defaults_of_segment_and_evaluate(model_copy, tmp_path):
+    from malenia.infer.pipeline import Segmenter, SegmentOptions
+    from malenia.infer.predictor import Predictor
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_copy, folder)
+    plain = load_model_folder(folder)
+    assert plain.inference_defaults() == InferenceDefaults()  # uncalibrated: the project defaults
+    update_model_folder(folder, {INFERENCE: json.dumps({"threshold": 0.7, "min_volume_mm3": 250.0})})
+    model = load_model_folder(folder)
+    assert (model.inference_defaults().threshold, model.inference_defaults().min_volume_mm3) == (0.7, 250.0)
+    seg = Segmenter(model, SegmentOptions(device="cpu"))
+    assert (seg.options.threshold, seg.options.min_volume_mm3) == (0.7, 250.0)
+    explicit = Segmenter(model, SegmentOptions(device="cpu", threshold=0.3, min_volume_mm3=0.0))
+    assert (explicit.options.threshold, explicit.options.min_volume_mm3) == (0.3, 0.0)
+    pred = Predictor(model)
+    assert pred.threshold == 0.7 and pred.min_voxels == 16  # 250 mm³ in 2.5 mm voxels (15.6 mm³) -> 16
+    update_model_folder(folder, {INFERENCE: json.dumps({"threshold": 2.0, "min_volume_mm3": 250.0})})
+    with pytest.raises(ModelError, match="threshold"):
+        load_model_folder(folder).inference_defaults()
+
+
+def test_calibrate_cli_writes_the_best_pair_into_the_model_folder(model_copy, tmp_path):
+    data = make_tiny_dataset(tmp_path / "ds", n_cases=3)
+    before = {p.name: p.read_bytes() for p in model_copy.iterdir()}
+    dry = malenia("calibrate", "--model", model_copy, "--data", data, "--split", "all", "--threads", "1",
+                  "--progress", "none", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "| threshold | min volume" in dry.stdout
+    assert {p.name: p.read_bytes() for p in model_copy.iterdir()} == before  # nothing written
+
+    res = malenia("calibrate", "--model", model_copy, "--data", data, "--split", "all", "--threads", "1",
+                  "--progress", "none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    model = load_model_folder(model_copy)  # manifest re-hashed: still verifies
+    stored = json.loads((model_copy / INFERENCE).read_text())
+    table = stored["calibration"]["table"]
+    best = max(row["mean_dsc"] for row in table)
+    assert stored["calibration"]["mean_dsc"] == best and stored["calibration"]["cases"] == 3
+    chosen = [r for r in table if (r["threshold"], r["min_volume_mm3"]) == (stored["threshold"], stored["min_volume_mm3"])]
+    assert chosen and chosen[0]["mean_dsc"] == best
+    assert best > 0.3  # the test model finds the bright spheres of these cases
+    assert model.inference_defaults().threshold == stored["threshold"]
+    assert model.manifest["inference"] == {"threshold": stored["threshold"], "min_volume_mm3": stored["min_volume_mm3"]}
+
+
+def test_calibrate_cli_refuses_a_folder_that_is_not_a_dataset(model_copy, tmp_path):
+    res = malenia("calibrate", "--model", model_copy, "--data", tmp_path, "--progress", "none")
+    assert res.returncode != 0 and "not a Malenia dataset" in res.stderr
+
+
+def test_a_fine_tune_inherits_its_parents_calibration(model_copy, tmp_path, tmp_path_factory):
+    from malenia.train.loop import TrainOptions, train
+    from train_helpers import tiny_config
+
+    parent = tmp_path / "parent"
+    shutil.copytree(model_copy, parent)
+    update_model_folder(parent, {INFERENCE: json.dumps({"threshold": 0.65, "min_volume_mm3": 100.0, "calibration": {
+        "objective": "mean case DSC on the model grid", "split": "val", "cases": 4, "table": []}})})
+    data = make_tiny_dataset(tmp_path / "ds", n_cases=2)
+    res = train(TrainOptions(data=data, out=tmp_path / "run", config=tiny_config(), steps=2, progress="none",
+                             val_split=None, init=parent, checkpoint_every=10**6))
+    child = load_model_folder(res.model_dir).inference_defaults()
+    assert (child.threshold, child.min_volume_mm3) == (0.65, 100.0)
+    assert child.calibration["inherited_from"].startswith(load_model_folder(parent).name)
+    assert child.calibration["cases"] == 4 and "table" not in child.calibration
+    # an uncalibrated parent passes on nothing: the child uses the project defaults
+    res2 = train(TrainOptions(data=data, out=tmp_path / "run2", config=tiny_config(), steps=2, progress="none",
+                              val_split=None, init=tiny_trained_model(tmp_path_factory), checkpoint_every=10**6))
+    assert load_model_folder(res2.model_dir).inference_defaults() == InferenceDefaults()

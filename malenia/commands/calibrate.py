@@ -1,0 +1,72 @@
+"""`malenia calibrate --model M --data DATASET [--split val]`: post-processing chosen on validation cases.
+
+Sweeps the foreground threshold and the minimum lesion volume (malenia.evaluate.calibrate), prints
+the table and stores the best pair in M/inference.json (the manifest is re-hashed), from where
+`segment`, `demo`, `evaluate` and the Slicer module take their defaults. `--dry-run` only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="choose the threshold and minimum lesion volume on a validation split")
+    p.add_argument("--model", required=True, help="model folder to calibrate (inference.json is written into it)")
+    p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
+    p.add_argument("--split", default="val", help="dataset split (default val; never the test split you report)")
+    p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases of the split")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the sweep, leave the model folder unchanged")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.set_defaults(func=run)
+
+
+def markdown(result: dict) -> str:
+    cal = result["calibration"]
+    lines = [f"Calibrated on {cal['cases']} cases of {cal['dataset']} ({cal['split']}): {cal['objective']}.", "",
+             "| threshold | min volume (mm³) | mean DSC | lesions per case |", "|---|---|---|---|"]
+    for row in cal["table"]:
+        chosen = row["threshold"] == result["threshold"] and row["min_volume_mm3"] == result["min_volume_mm3"]
+        mark = "**" if chosen else ""
+        lines.append(f"| {mark}{row['threshold']}{mark} | {mark}{row['min_volume_mm3']:g}{mark} | "
+                     f"{row['mean_dsc']:.4f} | {row['lesions_per_case']:.1f} |")
+    lines += ["", f"Chosen: threshold {result['threshold']}, minimum volume {result['min_volume_mm3']:g} mm³ "
+                  f"(mean DSC {cal['mean_dsc']:.4f}, {cal['lesions_per_case']:.1f} lesions per case)."]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from malenia.errors import InputError
+    from malenia.evaluate.calibrate import calibrate
+    from malenia.infer.predictor import Predictor
+    from malenia.model.folder import INFERENCE, load_model_folder, update_model_folder
+    from malenia.train.progress import Progress
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (Path(args.data) / "dataset.json").is_file():
+        raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
+    model = load_model_folder(args.model, device=args.device)
+    progress = Progress(1, args.progress, "calibrate")
+
+    def on_case(i: int, n: int, case_id: str) -> None:
+        progress.total = n
+        progress.emit(i, case_id)
+
+    result = calibrate(Predictor(model, device=args.device), args.data, None if args.split == "all" else args.split,
+                       max_cases=args.max_cases, on_case=on_case)
+    progress.emit(progress.total, "done", stage="done")
+    progress.close()
+    print(markdown(result), end="")
+    if not args.dry_run:
+        update_model_folder(model.path, {INFERENCE: json.dumps(result, indent=2) + "\n"},
+                            {"inference": {k: result[k] for k in ("threshold", "min_volume_mm3")}})
+        print(f"written: {model.path / INFERENCE}")
+    return 0
