@@ -120,7 +120,7 @@ def test_calibrate_cli_refuses_a_folder_that_is_not_a_dataset(model_copy, tmp_pa
     assert res.returncode != 0 and "not a Malenia dataset" in res.stderr
 
 
-def test_a_fine_tune_inherits_its_parents_calibration(model_copy, tmp_path, tmp_path_factory):
+def test_a_fine_tune_inherits_its_parents_calibration_and_records_its_lineage(model_copy, tmp_path, tmp_path_factory):
     from malenia.train.loop import TrainOptions, train
     from train_helpers import tiny_config
 
@@ -135,7 +135,25 @@ def test_a_fine_tune_inherits_its_parents_calibration(model_copy, tmp_path, tmp_
     assert (child.threshold, child.min_volume_mm3) == (0.65, 100.0)
     assert child.calibration["inherited_from"].startswith(load_model_folder(parent).name)
     assert child.calibration["cases"] == 4 and "table" not in child.calibration
+    parent_manifest = load_model_folder(parent).manifest
+    lineage = load_model_folder(res.model_dir).manifest["lineage"]  # the stage it continues, for the model card
+    assert lineage == [{"name": parent_manifest["name"], "version": parent_manifest["version"],
+                        "steps": parent_manifest["training"]["steps"], "batch_size": parent_manifest["training"]["batch_size"],
+                        "seconds": parent_manifest["training"]["seconds_total"]}]
     # an uncalibrated parent passes on nothing: the child uses the project defaults
     res2 = train(TrainOptions(data=data, out=tmp_path / "run2", config=tiny_config(), steps=2, progress="none",
                               val_split=None, init=tiny_trained_model(tmp_path_factory), checkpoint_every=10**6))
     assert load_model_folder(res2.model_dir).inference_defaults() == InferenceDefaults()
+
+
+def test_model_card_lists_earlier_stages_and_totals():
+    from malenia.evaluate.model_card import render_model_card
+
+    manifest = {"name": "m", "version": "3", "training": {"steps": 1000, "seconds_total": 1200.0},
+                "lineage": [{"name": "m", "version": "1", "steps": 1500, "seconds": 1800.0},
+                            {"name": "m", "version": "2", "steps": 500, "seconds": 600.0, "note": "off-centre"}]}
+    card = render_model_card(manifest, {"name": "compact"}, [])
+    assert "  - m 1: 1500 steps, 30.0 min" in card and "  - m 2: 500 steps, 10.0 min (off-centre)" in card
+    assert "All 3 stages: 3000 steps in 60.0 min of training." in card
+    manifest["lineage"][0]["seconds"] = None  # unknown duration: no made-up total
+    assert "All 3 stages" not in render_model_card(manifest, {"name": "compact"}, [])

@@ -81,6 +81,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         f"- Training: {train.get('steps', '?')} of {train.get('of_steps', '?')} optimiser steps, global batch "
         f"{train.get('batch_size', '?')}, {train.get('seconds_total', train.get('seconds_this_launch', '?'))} s wall clock; "
         f"validation patch Dice {_fmt(train.get('val_patch_dsc'))}.",
+        *_lineage(manifest),
         "",
         "## Targets",
         *_targets(results),
@@ -111,6 +112,26 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
     if commands:
         lines += ["", "## Commands", "", "```", commands.strip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _lineage(manifest: dict[str, Any]) -> list[str]:
+    """Card lines for the earlier stages a fine-tuned model continues, and the totals over all stages."""
+    stages = manifest.get("lineage") or []
+    if not stages:
+        return []
+    train = manifest.get("training") or {}
+    lines = ["- It continues earlier stages, each started from the previous one's weights (`--init`):"]
+    for st in stages:
+        secs = st.get("seconds")
+        lines.append(f"  - {st.get('name')} {st.get('version')}: {st.get('steps', '?')} steps"
+                     + (f", {secs / 60:.1f} min" if isinstance(secs, (int, float)) else "")
+                     + (f" ({st['note']})" if st.get("note") else ""))
+    all_stages = [*stages, {"steps": train.get("steps"), "seconds": train.get("seconds_total")}]
+    steps = [st.get("steps") for st in all_stages]
+    secs = [st.get("seconds") for st in all_stages]
+    if all(isinstance(v, (int, float)) for v in steps + secs):
+        lines.append(f"- All {len(all_stages)} stages: {sum(steps)} steps in {sum(secs) / 60:.1f} min of training.")
+    return lines
 
 
 def _post_processing(result: dict[str, Any]) -> str:

@@ -149,6 +149,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
 
     model = MaleniaNet(cfg)
     inherited = None  # a fine-tune keeps its parent's calibrated post-processing until it is calibrated itself
+    lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
     if opts.init:
         from malenia.model.folder import WEIGHTS, load_model_folder, load_weights
 
@@ -157,6 +158,7 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
             raise InputError(f"--init model {opts.init} has a different architecture than config {cfg.name!r}")
         load_weights(model, init.path / WEIGHTS)
         inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
+        lineage = training_lineage(init.manifest)
     model.to(info.device)
     criterion = MaleniaCriterion(cfg)
     optimizer = build_optimizer(model.parameters(), opts.lr or cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas))
@@ -241,12 +243,22 @@ def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
             extra={"training": {"steps": final_step, "of_steps": steps, "batch_size": batch * info.world_size,
                                 "seconds_this_launch": round(time.perf_counter() - t_start, 1),
                                 "seconds_total": round(seconds_before + time.perf_counter() - t_start, 1),
-                                "val_patch_dsc": val_dsc, "seed": opts.seed}},
+                                "val_patch_dsc": val_dsc, "seed": opts.seed}}
+            | ({"lineage": lineage} if lineage else {}),
         )
         progress.emit(final_step, "model folder written", stage="done", val_dsc=val_dsc)
     barrier(info)
     return TrainResult(final_step, time.perf_counter() - t_start, losses[-1] if losses else None, losses,
                        model_dir, start, val_dsc)
+
+
+def training_lineage(parent_manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stages a model fine-tuned from `parent` continues: the parent's own lineage, then the parent."""
+    train = parent_manifest.get("training") or {}
+    stage = {"name": parent_manifest.get("name"), "version": parent_manifest.get("version"),
+             "steps": train.get("steps"), "batch_size": train.get("batch_size"),
+             "seconds": train.get("seconds_total", train.get("seconds_this_launch"))}
+    return list(parent_manifest.get("lineage") or []) + [stage]
 
 
 def _knowledge_table_json() -> dict[str, Any]:
