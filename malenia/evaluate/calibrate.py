@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # Up to 524 mm³, a 10 mm sphere: RECIST 1.1's smallest measurable lesion. A voxel-weighted DSC hardly
 # notices small lesions, so a larger minimum would be chosen for a few voxels of false positives while
 # deleting every lesion a radiologist would measure.
