@@ -157,3 +157,17 @@ def test_model_card_lists_earlier_stages_and_totals():
     assert "All 3 stages: 3000 steps in 60.0 min of training." in card
     manifest["lineage"][0]["seconds"] = None  # unknown duration: no made-up total
     assert "All 3 stages" not in render_model_card(manifest, {"name": "compact"}, [])
+
+
+def test_model_card_does_not_call_a_gap_between_two_poor_results_met():
+    from malenia.evaluate.model_card import _targets
+
+    def card(unseen_dsc, seen_dsc):
+        attrs = {"enhancement": {"precision": 1.0}, "location": {"precision": 0.2}}
+        results = [{"groups": {"unseen": {"dsc": unseen_dsc, "attributes": attrs}}},
+                   {"groups": {"seen": {"dsc": seen_dsc, "attributes": attrs}}}]
+        return next(line for line in _targets(results) if "within 0.10" in line)
+
+    assert card(0.112, 0.107).endswith("n/a (seen and unseen DSC both below the 0.60 target) |")
+    assert card(0.65, 0.70).endswith("| yes |")
+    assert card(0.45, 0.70).endswith("| no |")

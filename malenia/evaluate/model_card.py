@@ -14,6 +14,7 @@ TARGETS = (
     ("attribute precision, enhancement (unseen)", ">= 0.90"),
     ("attribute precision, location (unseen)", ">= 0.90"),
 )
+MIN_DSC_FOR_GAP = 0.60  # the gap target is judged only once one of the two DSCs reaches the DSC target
 
 
 def _fmt(v: Any) -> str:
@@ -32,9 +33,10 @@ def _targets(results: Sequence[dict[str, Any]]) -> list[str]:
     s = seen["dsc"] if seen else None
     row(TARGETS[0][0], TARGETS[0][1], u, None if u is None else u >= 0.60)
     gap = (s - u) if (u is not None and s is not None) else None
-    if gap is not None and max(u, s) < 0.10:
-        # A small gap between two failures says nothing about zero-shot transfer.
-        rows.append(f"| {TARGETS[1][0]} | {TARGETS[1][1]} | {_fmt(gap)} | n/a (seen and unseen DSC both below 0.10) |")
+    if gap is not None and max(u, s) < MIN_DSC_FOR_GAP:
+        # A small gap between two poor results says little about zero-shot transfer.
+        rows.append(f"| {TARGETS[1][0]} | {TARGETS[1][1]} | {_fmt(gap)} | n/a (seen and unseen DSC both below "
+                    f"the {MIN_DSC_FOR_GAP:.2f} target) |")
     else:
         row(TARGETS[1][0], TARGETS[1][1], gap, None if gap is None else gap <= 0.10)
     for i, aspect in ((2, "enhancement"), (3, "location")):
