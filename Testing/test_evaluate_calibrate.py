@@ -114,6 +114,18 @@ def test_calibrate_cli_writes_the_best_pair_into_the_model_folder(model_copy, tm
     assert model.inference_defaults().threshold == stored["threshold"]
     assert model.manifest["inference"] == {"threshold": stored["threshold"], "min_volume_mm3": stored["min_volume_mm3"]}
 
+    def evaluate(*extra):
+        run = malenia("evaluate", "--model", model_copy, "--data", data, "--split", "all", "--max-cases", "1",
+                      "--threads", "1", "--progress", "none", "--json", *extra)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.loads(run.stdout)
+
+    calibrated = evaluate()
+    assert (calibrated["threshold"], calibrated["min_volume_mm3"]) == (stored["threshold"], stored["min_volume_mm3"])
+    assert calibrated["calibration"]["split"] == "all" and "table" not in calibrated["calibration"]
+    overridden = evaluate("--threshold", "0.35", "--min-volume", "0")
+    assert (overridden["threshold"], overridden["min_volume_mm3"], overridden["calibration"]) == (0.35, 0.0, None)
+
 
 def test_calibrate_cli_refuses_a_folder_that_is_not_a_dataset(model_copy, tmp_path):
     res = malenia("calibrate", "--model", model_copy, "--data", tmp_path, "--progress", "none")

@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     result["model"]["path"] = str(model.path)
     result["threshold"] = predictor.threshold
     result["min_volume_mm3"] = predictor.min_volume_mm3
-    calibration = model.inference_defaults().calibration
+    # where the post-processing came from: the model's calibration only when neither value was overridden
+    calibration = model.inference_defaults().calibration if args.threshold is None and args.min_volume is None else None
     result["calibration"] = {k: v for k, v in calibration.items() if k != "table"} if calibration else None
     md = markdown_tables(result)
     if args.out:
