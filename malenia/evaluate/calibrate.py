@@ -39,12 +39,6 @@ class CaseMaps:
     truth: np.ndarray  # bool (z, y, x)
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty (nothing to find, nothing found)."""
-    denom = int(pred.sum()) + int(truth.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / denom
-
-
 def sweep_case(maps: CaseMaps, voxel_mm3: float, thresholds: Sequence[float] = THRESHOLDS,
                min_volumes_mm3: Sequence[float] = MIN_VOLUMES_MM3) -> tuple[np.ndarray, np.ndarray]:
     """(DSC, number of predicted lesions), each [len(thresholds), len(min_volumes)], of one case."""
