@@ -155,3 +155,41 @@ def test_background_tokens_weigh_less_in_the_similarity_loss():
     torch.testing.assert_close(MaleniaCriterion(net.cfg)(out, targets)["sim"], expected)
     plain = MaleniaCriterion(net.cfg.replace(background_token_weight=1.0))(out, targets)["sim"]
     torch.testing.assert_close(plain, per_token.mean())
+
+
+def test_training_steps_and_inference_run_under_bfloat16_autocast():
+    """The CUDA path autocasts to bfloat16; CPU autocast exercises the same dtype mix: the losses stay float32,
+    close to their float32 values, the steps train, and inference runs (lambda_fg on: every loss term)."""
+    torch.manual_seed(0)
+    cfg = tiny(lambda_fg=0.5)
+    net = MaleniaNet(cfg)
+    criterion = MaleniaCriterion(cfg)
+    masks = torch.zeros(2, 32, 32, 32, dtype=torch.bool)
+    masks[0, 8:16, 8:16, 8:16] = True
+    masks[1, 20:26, 18:24, 4:10] = True
+    targets = [LesionTargets(masks, [list(range(8)), list(range(8, 16))]),
+               LesionTargets(torch.zeros(0, 32, 32, 32, dtype=torch.bool), [])]
+    g = torch.Generator().manual_seed(1)
+    image, bank, aspects = torch.rand(2, 1, 32, 32, 32, generator=g), torch.randn(16, 8, generator=g), torch.arange(16) % 8
+    reference = criterion(net(image, bank, aspects, targets), targets)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    totals = []
+    for _ in range(4):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(image, bank, aspects, targets)
+            parts = criterion(out, targets)
+        assert out.mask_logits.dtype == torch.bfloat16  # autocast really ran the network in bfloat16
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in parts.values()), parts
+        if not totals:
+            torch.testing.assert_close(parts["total"], reference["total"].detach(), rtol=0.05, atol=0.05)
+        opt.zero_grad()
+        parts["total"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+        opt.step()
+        totals.append(parts["total"].item())
+    assert totals[-1] < totals[0], totals
+    net.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = net.predict(image[:1], bank, aspects)[0]
+    assert pred.mask_logits.shape == (cfg.num_tokens, 32, 32, 32) and torch.isfinite(pred.mask_logits.float()).all()
+    assert torch.isfinite(pred.lesion_score.float()).all()

@@ -86,22 +86,28 @@ class MaleniaCriterion(nn.Module):
         self.matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice, cfg.num_points)
 
     def forward(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
+        # The losses run in float32 whatever the network's autocast dtype: bfloat16 sums over a 64³ patch lose
+        # the Dice terms' precision, and index_put needs one dtype on both sides.
+        with torch.autocast(output.mask_logits.device.type, enabled=False):
+            return self._losses(output, targets)
+
+    def _losses(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         sup: list[BlockSupervision] = output.supervision or self.matcher.supervise(
             output.proposals, targets, output.padded_shape, output.image_shape
         )
-        zero = output.mask_logits.sum() * 0.0  # keeps the graph connected when nothing is matched
+        zero = output.mask_logits.float().sum() * 0.0  # keeps the graph connected when nothing is matched
 
         deep = []
         for block in sup:
-            pred, gt = _matched(block.logits, block.gt, block.matches)
+            pred, gt = _matched(block.logits.float(), block.gt, block.matches)
             deep.append(dice_loss(pred, gt).mean() if len(pred) else zero)
         l_deep = torch.stack(deep).mean()
 
         blocks = range(len(sup)) if cfg.multi_scale_alignment else [len(sup) - 1]
         sims = []
         for i in blocks:
-            sim = output.sim_logits[i]
+            sim = output.sim_logits[i].float()
             pos = positive_sets(sup[i].matches, targets, sim.shape[1], sim.shape[2] - 1, cfg.multi_positive, sim.device)
             sim, pos = sim.flatten(0, 1), pos.flatten(0, 1)
             keep = pos.any(-1)
@@ -110,7 +116,7 @@ class MaleniaCriterion(nn.Module):
             sims.append((mp_nce(sim[keep], pos[keep]) * weight).sum() / weight.sum())
         l_sim = torch.stack(sims).mean()
 
-        final = output.mask_logits
+        final = output.mask_logits.float()
         b, n = final.shape[:2]
         final = final.reshape(b, n, -1)
         gt_full = [t.masks.to(final.device).flatten(1).float() for t in targets]
@@ -126,7 +132,7 @@ class MaleniaCriterion(nn.Module):
         total = cfg.lambda_deep * l_deep + cfg.lambda_sim * l_sim + cfg.lambda_seg * l_seg
         if cfg.lambda_fg:
             # the lesion score with its gradient (MaleniaOutput.lesion_score is detached)
-            score = 1 - output.sim_logits[-1].softmax(-1)[..., 0]
+            score = 1 - output.sim_logits[-1].float().softmax(-1)[..., 0]
             l_fg = foreground_loss(foreground_map(output.mask_logits, score), targets)
             total = total + cfg.lambda_fg * l_fg
         else:
