@@ -1,6 +1,6 @@
 """`malenia train`: train (or fine-tune, or resume) a Malenia model on a dataset.
 
-    malenia train --config compact --data DATASET --out RUN [--steps N] [--progress json]
+    malenia train --config compact --data DATASET --out RUN [--steps N | --minutes M] [--workers W] [--progress json]
     torchrun --nproc_per_node=8 -m malenia.cli train --config paper --data DATASET --out RUN
 
 RUN/checkpoints/ (resumable), RUN/metrics.jsonl and, at the end, RUN/model/ (a model folder). Running the
@@ -34,8 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="train for this wall time: warm-up then a cosine that ends when the time is up, so the run "
+                        "ends annealed (with --steps: whichever comes first; counted over resumed launches)")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this wall time, checkpoint and write the model folder (resumable)")
+                   help="stop this launch after this wall time, checkpoint and write the model folder (resumable; "
+                        "the schedule is not shortened: use --minutes for a time-limited run)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes drawing training batches ahead of the loop (default: from the CPU count; "
+                        "0: in the training process); the patches are the same for any number")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set multi_positive=false (ablations); repeatable")
     p.add_argument("--report-style", choices=("paragraph", "raw"), default="paragraph",
@@ -106,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{data} is not a Malenia dataset (no dataset.json)")
     if args.replay and not (Path(args.replay) / "dataset.json").is_file():
         raise InputError(f"{args.replay} is not a Malenia dataset (no dataset.json)")
+    if args.workers is not None and args.workers < 0:
+        raise InputError("--workers must be 0 or more")
     cfg = build_config(args.config, args.set)
     opts = TrainOptions(
         data=data, out=Path(args.out), config=cfg, steps=args.steps, split=args.split, val_split=args.val_split,
@@ -116,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress, seed=args.seed, device=args.device, model_name=args.name,
         model_version=args.version, training_data=args.training_data, text_encoder=args.text_encoder,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, report_style=args.report_style,
+        minutes=args.minutes, num_workers=args.workers,
     )
     result = train(opts)
     if result.model_dir is not None and args.progress != "json":

@@ -113,12 +113,23 @@ class TextEncoder:
         return f"TextEncoder({self.encoder_id!r}, dim={self.dim}, pooling={self.pooling!r})"
 
 
-def load_text_encoder(name_or_path: str | Path | None = None, device: str = "cpu") -> TextEncoder:
-    """None or "all-MiniLM-L6-v2": the bundled default; otherwise a local Hugging Face model folder."""
+def _encoder_folder(name_or_path: str | Path | None) -> tuple[Path, str | None]:
     if name_or_path is None or str(name_or_path) in (DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"):
-        return TextEncoder(default_encoder_dir(), name=DEFAULT_ENCODER, device=device)
+        return default_encoder_dir(), DEFAULT_ENCODER
     folder = Path(name_or_path).expanduser()
     if not folder.is_dir():
         raise ModelError(f"text encoder {str(name_or_path)!r} not found: give {DEFAULT_ENCODER!r} or a local "
                          "Hugging Face model folder (models are never downloaded at run time)")
-    return TextEncoder(folder, device=device)
+    return folder, None
+
+
+def load_text_encoder(name_or_path: str | Path | None = None, device: str = "cpu") -> TextEncoder:
+    """None or "all-MiniLM-L6-v2": the bundled default; otherwise a local Hugging Face model folder."""
+    folder, name = _encoder_folder(name_or_path)
+    return TextEncoder(folder, name=name, device=device)
+
+
+def text_encoder_id(name_or_path: str | Path | None = None) -> str:
+    """The `encoder_id` that load_text_encoder(name_or_path) gives, without loading the model (finds cached banks)."""
+    folder, name = _encoder_folder(name_or_path)
+    return f"{name or folder.name}@{_digest(folder)}"

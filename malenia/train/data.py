@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,24 +81,40 @@ def report_text(disease: str | None, texts: dict[str, list[str]], style: str, ta
 
 
 def build_training_bank(cfg, datasets: list[Path], encoder_name: str | None = None, report_style: str = "paragraph",
-                        splits: dict[Path, list[str]] | None = None) -> TrainingBank:
-    """Vocabulary bank (cached per encoder and vocabulary), extended with the datasets' free-text descriptions;
-    plus whole-report rows when the config trains with one positive per lesion."""
-    from malenia.data.dataset import read_dataset, read_report
+                        splits: dict[Path, list[str]] | None = None, init: Path | None = None) -> TrainingBank:
+    """Vocabulary bank (cached per encoder and vocabulary, or --init's), extended with the datasets' free-text
+    descriptions; plus whole-report rows when the config trains with one positive per lesion. The text encoder
+    is loaded only when one of these texts is not in the bank yet (malenia.train.text_bank)."""
     from malenia.errors import InputError
-    from malenia.knowledge.bank import AttributeBank
-    from malenia.knowledge.encoder import load_text_encoder
     from malenia.knowledge.table import KnowledgeTable
     from malenia.knowledge.vocabulary import Vocabulary
+    from malenia.train.text_bank import vocabulary_bank
 
-    encoder = load_text_encoder(encoder_name or cfg.text_encoder)
-    if encoder.dim != cfg.text_dim:
-        raise InputError(f"text encoder {encoder.encoder_id} gives {encoder.dim}-d embeddings; config {cfg.name!r} expects {cfg.text_dim}")
-    bank = AttributeBank.build_or_load(Vocabulary.load(), encoder)
+    bank, encoder = vocabulary_bank(Vocabulary.load(), encoder_name or cfg.text_encoder, init)
+    if bank.dim != cfg.text_dim:
+        raise InputError(f"text encoder {bank.encoder_id} gives {bank.dim}-d embeddings; config {cfg.name!r} expects {cfg.text_dim}")
     table = KnowledgeTable.load()
+    free, reports = _dataset_texts(cfg, datasets, splits, report_style, table)
+    for a, texts in free.items():
+        if texts:
+            bank.extend(sorted(texts), a, encoder)  # embeds only the texts the bank lacks
+    out = TrainingBank(bank, report_style=report_style, table=table)
+    if not cfg.multi_positive:
+        out.report_texts = sorted(reports)
+        out.report_embeddings = (encoder.encode(out.report_texts) if out.report_texts
+                                 else np.zeros((0, bank.dim), np.float32))
+    return out
+
+
+def _dataset_texts(cfg, datasets, splits, report_style, table) -> tuple[dict[str, set[str]], set[str]]:
+    """The free-text descriptions per aspect (those without a vocabulary id) and, for single-positive
+    configs, the whole-report texts of the datasets' lesions."""
+    from malenia.data.dataset import read_dataset, read_report
+    from malenia.knowledge.vocabulary import Vocabulary
+
+    known = set(Vocabulary.load().ids())
     free: dict[str, set[str]] = {a: set() for a in ASPECTS}
     reports: set[str] = set()
-    known = set(bank.ids)
     for ds in datasets:
         ids = (splits or {}).get(ds) or read_dataset(ds).cases
         for case_id in ids:
@@ -107,15 +125,7 @@ def build_training_bank(cfg, datasets: list[Path], encoder_name: str | None = No
                 if not cfg.multi_positive:
                     texts = {a: [d.text for d in les.attributes.get(a, [])] for a in ASPECTS}
                     reports.add(report_text(les.disease, texts, report_style, table))
-    for a, texts in free.items():
-        if texts:
-            bank.extend(sorted(texts), a, encoder)
-    out = TrainingBank(bank, report_style=report_style, table=table)
-    if not cfg.multi_positive:
-        out.report_texts = sorted(reports)
-        out.report_embeddings = (encoder.encode(out.report_texts) if out.report_texts
-                                 else np.zeros((0, encoder.dim), np.float32))
-    return out
+    return free, reports
 
 
 class _Mix(torch.utils.data.Dataset):
@@ -199,9 +209,64 @@ class PatchStream:
                                                                 self.bank.table)))
         return LesionTargets(masks, positives, reports if not self.cfg.multi_positive else None)
 
-    def collate(self, items: list[dict], device: torch.device):
-        images = torch.stack([it["image"] for it in items]).to(device)
-        return images, [self.targets(it).to(device) for it in items]
+    def host_batch(self, step: int, batch: int, rank: int = 0, world: int = 1) -> HostBatch:
+        """Batch `step` ready to be copied to the device (built in a loader worker): the stacked images and,
+        per patch, (lesion masks, positive rows, report rows)."""
+        items = self.batch(step, batch, rank, world)
+        targets = [self.targets(it) for it in items]
+        return torch.stack([it["image"] for it in items]), [(t.masks, t.positives, t.report_rows) for t in targets]
+
+
+# (images [B,1,D,H,W], per patch (masks bool [K,D,H,W], positives, report rows)): plain tensors and lists, so
+# DataLoader workers can send it and its pin-memory thread can pin it.
+HostBatch = tuple[torch.Tensor, list[tuple[torch.Tensor, list[list[int]], list[int] | None]]]
+
+
+def to_device(host: HostBatch, device: torch.device):
+    """(images, [LesionTargets]) on `device`; from pinned memory the copies do not wait for the device."""
+    from malenia.model.targets import LesionTargets
+
+    nb = device.type == "cuda"
+    images, targets = host
+    return images.to(device, non_blocking=nb), [LesionTargets(m.to(device, non_blocking=nb), p, r) for m, p, r in targets]
+
+
+def default_workers(processes_per_node: int = 1) -> int:
+    """Loader worker processes per training process: the CPU cores left after the training processes and one
+    spare, at most 12 (a 16-core GPU machine keeps a GPU busy with about 12); 0 on a 2-core machine."""
+    cores = os.cpu_count() or 1
+    return max(0, min(12, cores // max(1, processes_per_node) - 2))
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Item `step` is global batch `step`'s share of this process: any worker builds any step alike."""
+
+    def __init__(self, stream: PatchStream, batch: int, rank: int, world: int):
+        self.stream, self.batch, self.rank, self.world = stream, batch, rank, world
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int) -> HostBatch:
+        return self.stream.host_batch(step, self.batch, self.rank, self.world)
+
+
+def _as_is(x):
+    return x
+
+
+def batch_loader(stream: PatchStream, start: int, stop: int | None, batch: int, rank: int = 0, world: int = 1,
+                 workers: int = 0, pin_memory: bool = False) -> Iterator[HostBatch]:
+    """Host batches of steps start, start+1, ... (stop excluded; None: without end), drawn by `workers` processes
+    ahead of the loop (0: in this process). Each step's patches depend only on (seed, step), so they are the same
+    for any number of workers, and a resumed run continues exactly."""
+    steps = range(start, stop if stop is not None else 2**62)
+    # its own generator: creating the workers must not draw from torch's global RNG (the training's)
+    loader = torch.utils.data.DataLoader(
+        _Steps(stream, batch, rank, world), batch_size=None, sampler=steps, num_workers=workers,
+        collate_fn=_as_is, pin_memory=pin_memory, prefetch_factor=2 if workers else None,
+        generator=torch.Generator().manual_seed(stream.seed))
+    return iter(loader)
 
 
 def fixed_patches(data: Path, case_ids: list[str], cfg, bank: TrainingBank, n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -52,13 +52,22 @@ def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
-def mean_across(value: float, info: DistInfo) -> float:
-    """The mean of a per-process scalar over all processes (the global-batch loss for logging)."""
+def mean_values(values: torch.Tensor, info: DistInfo) -> list:
+    """A device tensor's values as Python numbers (one read back), averaged over all processes."""
+    if info.enabled:
+        values = values.double()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values = values / info.world_size
+    return values.tolist()
+
+
+def max_across(value: float, info: DistInfo) -> float:
+    """The largest of a per-process number (a clock every process must agree on)."""
     if not info.enabled:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item() / info.world_size)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def barrier(info: DistInfo) -> None:

@@ -1,21 +1,25 @@
-"""The training loop: `train(TrainOptions) -> TrainResult`.
+"""The training loop: `train(TrainOptions) -> TrainResult`, run by a `Trainer` laid out as nnU-Net's:
+`setup` (data, bank, network, optimiser, schedule, resume), `train_step`, `validate`, `checkpoint`, `finish`.
 
 One process (CPU or one GPU) or several through torchrun (DDP, DistributedSampler). Per step: a batch of
-lesion-centred patches -> MaleniaNet(image, bank, bank_aspects, targets) -> MaleniaCriterion -> AdamW with
-gradient clipping and the warm-up cosine schedule; bfloat16 autocast on GPU. Every `checkpoint_every` steps
-a resumable checkpoint (malenia.train.checkpoint); every `val_every` steps a patch-level validation Dice on
-fixed validation patches; `RUN/metrics.jsonl` gets one line per logged step. At the end RUN/model is a model
-folder (malenia.model.folder). Launching again with the same RUN resumes from the last checkpoint.
+lesion-centred patches (built ahead by loader worker processes, malenia.train.data.batch_loader, copied from
+pinned memory) -> MaleniaNet(image, bank, bank_aspects, targets) -> MaleniaCriterion -> AdamW with gradient
+clipping; bfloat16 autocast on GPU. The learning rate follows a warm-up cosine over `steps`, or over the wall
+time with `minutes` (a time-limited run ends annealed). A step does not wait on the device: the loss values
+are read back (one synchronisation) only when a metrics line, a checkpoint or the end needs them. Every
+`checkpoint_every` steps a resumable checkpoint (malenia.train.checkpoint); every `val_every` steps a
+patch-level validation Dice on fixed validation patches; `RUN/metrics.jsonl` gets one line per logged step.
+At the end RUN/model is a model folder (malenia.model.folder). Launching again with the same RUN resumes from
+the last checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +28,9 @@ import torch
 
 from malenia.errors import InputError
 from malenia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
-from malenia.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown, wrap_model
+from malenia.train.distributed import DistInfo, barrier, init_distributed, max_across, mean_values, shutdown, wrap_model
 from malenia.train.progress import Progress
-from malenia.train.schedule import build_optimizer, build_scheduler
+from malenia.train.schedule import WallClockSchedule, build_optimizer, build_scheduler
 
 
 @dataclass
@@ -34,7 +38,7 @@ class TrainOptions:
     data: Path
     out: Path
     config: Any  # MaleniaConfig
-    steps: int | None = None  # default: config.optim.epochs * iterations_per_epoch
+    steps: int | None = None  # default: config.optim.epochs * iterations_per_epoch (with `minutes`: no limit)
     split: str | None = "train"
     val_split: str | None = "val"
     replay: Path | None = None  # a second dataset mixed in (retraining: keeps old lesion types)
@@ -50,12 +54,13 @@ class TrainOptions:
     progress: str = "bar"
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # loader worker processes; None: malenia.train.data.default_workers()
     model_name: str = "malenia"
     model_version: str = "0"
     training_data: str = ""
     text_encoder: str | None = None
     max_seconds: float | None = None  # stop early (checkpoint + model folder) after this wall time
+    minutes: float | None = None  # the run's wall time (all launches): the schedule is laid over it, then it stops
     report_style: str = "paragraph"  # single-positive ablations: "paragraph" (8 descriptions) or "raw" (type only)
     amp: bool = True
 
@@ -77,9 +82,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def total_steps(opts: TrainOptions) -> int:
+def total_steps(opts: TrainOptions) -> int | None:
     if opts.steps is not None:
         return int(opts.steps)
+    if opts.minutes:
+        return None  # the time is the limit
     o = opts.config.optim
     return int(o.epochs * o.iterations_per_epoch)
 
@@ -105,12 +112,11 @@ class _MetricsLog:
 
 
 def train(opts: TrainOptions) -> TrainResult:
-    from malenia.model.losses import MaleniaCriterion
-    from malenia.model.network import MaleniaNet
-
     info = init_distributed(opts.device)
     try:
-        result = _train(opts, info, MaleniaNet, MaleniaCriterion)
+        trainer = Trainer(opts, info)
+        trainer.setup()
+        result = trainer.run()
         # Rank 0 writes the model folder after the loop; the others wait for it so that no process tears
         # down the process group while another still uses it (gloo aborts the early leaver otherwise).
         barrier(info)
@@ -119,137 +125,233 @@ def train(opts: TrainOptions) -> TrainResult:
         shutdown(info)
 
 
-def _train(opts, info: DistInfo, MaleniaNet, MaleniaCriterion):
-    from malenia.data.dataset import read_dataset
-    from malenia.train.data import PatchStream, build_training_bank, fixed_patches
+class Trainer:
+    def __init__(self, opts: TrainOptions, info: DistInfo):
+        self.opts, self.info, self.cfg = opts, info, opts.config
+        self.run_dir = Path(opts.out)
+        self.steps = total_steps(opts)
+        if self.steps is not None and self.steps < 1:
+            raise InputError("--steps must be at least 1")
+        if opts.minutes is not None and opts.minutes <= 0:
+            raise InputError("--minutes must be positive")
+        self.budget_s = opts.minutes * 60 if opts.minutes else None
+        self.batch = int(opts.batch_size or self.cfg.optim.batch_size)
+        self.use_amp = opts.amp and info.device.type == "cuda"
+        self.losses: list[float] = []
+        self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # steps whose values are not read back yet
+        self.val_dsc: float | None = None
+        self.start, self.seconds_before = 0, 0.0
 
-    cfg = opts.config
-    run = Path(opts.out)
-    if info.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-    barrier(info)
-    steps = total_steps(opts)
-    if steps < 1:
-        raise InputError("--steps must be at least 1")
-    batch = int(opts.batch_size or cfg.optim.batch_size)
-    _seed_everything(opts.seed)
+    # ---- setup -------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(self.info)
+        _seed_everything(self.opts.seed)
+        self._setup_data()
+        self._setup_model()
+        self._resume()
+        self.log = _MetricsLog(self.run_dir / "metrics.jsonl", self.info.is_main)
+        self.progress = Progress(self.steps or 0, self.opts.progress, "train", initial=self.start,
+                                 enabled=self.info.is_main)
 
-    index = read_dataset(opts.data)
-    train_ids = index.split_cases(opts.split)
-    if not train_ids:
-        raise InputError(f"dataset {opts.data} has no cases in split {opts.split!r}")
-    val_ids = index.split_cases(opts.val_split) if opts.val_split and opts.val_split in index.split else []
+    def _setup_data(self) -> None:
+        from malenia.data.dataset import read_dataset
+        from malenia.train.data import PatchStream, build_training_bank, fixed_patches
 
-    # Bank: every vocabulary description (+ free-text and whole-report rows of the training data).
-    bank = build_training_bank(cfg, [opts.data] + ([opts.replay] if opts.replay else []), opts.text_encoder,
-                               opts.report_style, splits={opts.data: train_ids})
-    stream = PatchStream(opts.data, opts.split, cfg, bank, seed=opts.seed, augment=True,
-                         samples_per_epoch=cfg.optim.iterations_per_epoch * batch * info.world_size,
-                         replay=opts.replay, replay_fraction=opts.replay_fraction)
+        opts, cfg, info = self.opts, self.cfg, self.info
+        self.index = read_dataset(opts.data)
+        train_ids = self.index.split_cases(opts.split)
+        if not train_ids:
+            raise InputError(f"dataset {opts.data} has no cases in split {opts.split!r}")
+        val_ids = self.index.split_cases(opts.val_split) if opts.val_split and opts.val_split in self.index.split else []
+        # Bank: every vocabulary description (+ free-text and whole-report rows of the training data).
+        self.bank = build_training_bank(cfg, [opts.data] + ([opts.replay] if opts.replay else []), opts.text_encoder,
+                                        opts.report_style, splits={opts.data: train_ids}, init=opts.init)
+        self.stream = PatchStream(opts.data, opts.split, cfg, self.bank, seed=opts.seed, augment=True,
+                                  samples_per_epoch=cfg.optim.iterations_per_epoch * self.batch * info.world_size,
+                                  replay=opts.replay, replay_fraction=opts.replay_fraction)
+        self.val_set = (fixed_patches(opts.data, val_ids, cfg, self.bank, opts.val_patches, seed=opts.seed + 1)
+                        if val_ids and info.is_main else [])
 
-    model = MaleniaNet(cfg)
-    inherited = None  # a fine-tune keeps its parent's calibrated post-processing until it is calibrated itself
-    lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
-    if opts.init:
+    def _setup_model(self) -> None:
+        from malenia.model.losses import MaleniaCriterion
+        from malenia.model.network import MaleniaNet
+
+        opts, cfg, dev = self.opts, self.cfg, self.info.device
+        self.model = MaleniaNet(cfg)
+        self.inherited = None  # a fine-tune keeps its parent's calibrated post-processing until calibrated itself
+        self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
+        if opts.init:
+            self._load_init()
+        self.model.to(dev)
+        self.criterion = MaleniaCriterion(cfg)
+        self.optimizer = build_optimizer(self.model.parameters(), opts.lr or cfg.optim.lr, cfg.optim.weight_decay,
+                                         tuple(cfg.optim.betas))
+        if self.budget_s is not None:
+            o = cfg.optim
+            self.scheduler = WallClockSchedule(self.optimizer, o.warmup_epochs / o.epochs if o.epochs else 0.0,
+                                               opts.warmup_steps)
+        else:
+            self.scheduler = build_scheduler(self.optimizer, self.steps, default_warmup(self.opts, self.steps))
+        self.bank_t = torch.as_tensor(self.bank.embeddings, dtype=torch.float32, device=dev)
+        self.aspects_t = torch.as_tensor(self.bank.aspect_index, dtype=torch.int64, device=dev)
+
+    def _load_init(self) -> None:
         from malenia.model.folder import WEIGHTS, load_model_folder, load_weights
 
-        init = load_model_folder(opts.init, build_network=False)
-        if init.config.architecture() != cfg.architecture():
-            raise InputError(f"--init model {opts.init} has a different architecture than config {cfg.name!r}")
-        load_weights(model, init.path / WEIGHTS)
-        inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
-        lineage = training_lineage(init.manifest)
-    model.to(info.device)
-    criterion = MaleniaCriterion(cfg)
-    optimizer = build_optimizer(model.parameters(), opts.lr or cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas))
-    scheduler = build_scheduler(optimizer, steps, default_warmup(opts, steps))
-    bank_t = torch.as_tensor(bank.embeddings, dtype=torch.float32, device=info.device)
-    aspects_t = torch.as_tensor(bank.aspect_index, dtype=torch.int64, device=info.device)
+        init = load_model_folder(self.opts.init, build_network=False)
+        if init.config.architecture() != self.cfg.architecture():
+            raise InputError(f"--init model {self.opts.init} has a different architecture than config {self.cfg.name!r}")
+        load_weights(self.model, init.path / WEIGHTS)
+        self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
+        self.lineage = training_lineage(init.manifest)
 
-    start, seconds_before = 0, 0.0
-    ckpt = latest_checkpoint(run)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, restore_rng=True)
-        start, seconds_before = state.step, float(state.extra.get("seconds_total", 0.0))
-        if state.extra.get("config") not in (None, json.loads(json.dumps(cfg.to_dict()))):
-            raise InputError(f"{run} holds a run with another config; choose a new --out")
-    ddp = wrap_model(model, info)
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, restore_rng=True)
+            self.start, self.seconds_before = state.step, float(state.extra.get("seconds_total", 0.0))
+            if state.extra.get("config") not in (None, json.loads(json.dumps(self.cfg.to_dict()))):
+                raise InputError(f"{self.run_dir} holds a run with another config; choose a new --out")
+        self.ddp = wrap_model(self.model, self.info)
+        self.extra = {"config": self.cfg.to_dict(), "data": str(self.opts.data), "steps": self.steps,
+                      "minutes": self.opts.minutes, "batch_size": self.batch, "world_size": self.info.world_size,
+                      "seed": self.opts.seed}
 
-    log = _MetricsLog(run / "metrics.jsonl", info.is_main)
-    progress = Progress(steps, opts.progress, "train", initial=start, enabled=info.is_main)
-    progress.emit(start, "resuming" if start else "starting", stage="train")
-    val_set = fixed_patches(opts.data, val_ids, cfg, bank, opts.val_patches, seed=opts.seed + 1) if val_ids and info.is_main else []
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from malenia.train.data import batch_loader, default_workers, to_device
 
-    use_amp = opts.amp and info.device.type == "cuda"
-    losses: list[float] = []
-    t_start = time.perf_counter()
-    val_dsc = None
-    step = start
-    extra = {"config": cfg.to_dict(), "data": str(opts.data), "steps": steps, "batch_size": batch,
-             "world_size": info.world_size, "seed": opts.seed}
-    try:
-        for step in range(start, steps):
-            # The global batch of step s is the same whatever the number of processes (see PatchStream.batch).
-            items = stream.batch(step, batch, info.rank, info.world_size)
-            images, targets = stream.collate(items, info.device)
-            ddp.train()
-            with torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                output = ddp(images, bank_t, aspects_t, targets)
-                parts = criterion(output, targets)
-            loss = parts["total"]
-            if not torch.isfinite(loss):
-                raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            g_loss = mean_across(float(loss.detach()), info)
-            losses.append(g_loss)
-            done = step + 1
-            if done % opts.log_every == 0 or done == steps or done == start + 1:
-                row = {"step": done, "loss": g_loss, "lr": optimizer.param_groups[0]["lr"],
-                       "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - t_start, 2),
-                       **{k: mean_across(float(v.detach()), info) for k, v in parts.items() if k != "total"}}
-                log.write(row)
-            if val_set and (done % opts.val_every == 0 or done == steps):
-                val_dsc = validate(unwrap(ddp), val_set, bank_t, aspects_t, info.device)
-                log.write({"step": done, "val_dsc": val_dsc})
-            progress.emit(done, "", loss=g_loss, val_dsc=val_dsc)
-            over_time = opts.max_seconds is not None and time.perf_counter() - t_start > opts.max_seconds
-            if done % opts.checkpoint_every == 0 or done == steps or over_time:
-                if info.is_main:
-                    extra["seconds_total"] = round(seconds_before + time.perf_counter() - t_start, 1)
-                    save_checkpoint(run, done, ddp, optimizer, scheduler, extra)
-                barrier(info)
-            if over_time:
-                step = done
-                break
+        opts, info = self.opts, self.info
+        workers = opts.num_workers if opts.num_workers is not None else default_workers(_processes_per_node(info))
+        batches = batch_loader(self.stream, self.start, self.steps, self.batch, info.rank, info.world_size, workers,
+                               pin_memory=info.device.type == "cuda")
+        self.t_start = time.perf_counter()
+        self._now = self.seconds_before
+        step = self.start
+        self.progress.emit(step, "resuming" if step else "starting", stage="train", fraction=self._fraction())
+        try:
+            while not self._finished(step):
+                # The global batch of step s is the same whatever the number of processes (see PatchStream.batch).
+                values = self.train_step(*to_device(next(batches), info.device))
+                step += 1
+                self._now = self._elapsed()
+                self._pending.append((step, values))
+                self._after_step(step)
+            self.checkpoint(step, force=step > self.start)
+        finally:
+            self.progress.close()
+        return self.finish(step)
+
+    def train_step(self, images: torch.Tensor, targets: list) -> dict[str, torch.Tensor]:
+        """One optimiser step; returns the loss terms and gradient norm as device tensors (nothing read back)."""
+        self.ddp.train()
+        with torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            output = self.ddp(images, self.bank_t, self.aspects_t, targets)
+            parts = self.criterion(output, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        if isinstance(self.scheduler, WallClockSchedule):
+            self.scheduler.fraction = self._fraction(self._elapsed())
+        self.scheduler.step()
+        return {k: v.detach() for k, v in parts.items()} | {"grad_norm": grad_norm.detach()}
+
+    def _after_step(self, done: int) -> None:
+        opts = self.opts
+        last = self._finished(done)
+        if done % opts.log_every == 0 or last or done == self.start + 1:
+            self._flush(log_last=True)
         else:
-            step = steps
-    finally:
-        progress.close()
-    final_step = step
-    model_dir = None
-    if info.is_main:
-        from malenia.model.folder import save_model_folder
+            self.progress.emit(done, "", fraction=self._fraction())  # the last values read back, no new ones
+        if self.val_set and (done % opts.val_every == 0 or last):
+            self.validate(done)
+        if done % opts.checkpoint_every == 0 and not last:
+            self.checkpoint(done)
 
-        training_data = opts.training_data or f"{index.name} ({opts.data}), split {opts.split}"
-        model_dir = save_model_folder(
-            run / "model", config=cfg, network=unwrap(ddp), bank=bank.inference_bank(),
-            knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
-            training_data=training_data, overwrite=True,
-            report_rows=None if cfg.multi_positive else bank.report_embeddings, inference=inherited,
-            extra={"training": {"steps": final_step, "of_steps": steps, "batch_size": batch * info.world_size,
-                                "seconds_this_launch": round(time.perf_counter() - t_start, 1),
-                                "seconds_total": round(seconds_before + time.perf_counter() - t_start, 1),
-                                "val_patch_dsc": val_dsc, "seed": opts.seed}}
-            | ({"lineage": lineage} if lineage else {}),
-        )
-        progress.emit(final_step, "model folder written", stage="done", val_dsc=val_dsc)
-    barrier(info)
-    return TrainResult(final_step, time.perf_counter() - t_start, losses[-1] if losses else None, losses,
-                       model_dir, start, val_dsc)
+    def _flush(self, log_last: bool = False) -> None:
+        """Reads back the pending steps' values (one synchronisation), checks them, logs the newest."""
+        if not self._pending:
+            return
+        names = list(self._pending[-1][1])
+        stacked = torch.stack([torch.stack([v[k].float() for k in names]) for _, v in self._pending])
+        values = mean_values(stacked, self.info)  # [steps][names], the mean over processes
+        for (step, _), row in zip(self._pending, values):
+            if not math.isfinite(row[names.index("total")]):
+                raise InputError(f"training diverged at step {step} (loss {row[names.index('total')]}); lower --lr")
+        self.losses.extend(row[names.index("total")] for row in values)
+        done, row = self._pending[-1][0], dict(zip(names, values[-1]))
+        self._pending.clear()
+        loss = row.pop("total")
+        if log_last:
+            self.log.write({"step": done, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                            "grad_norm": row.pop("grad_norm"), "seconds": round(time.perf_counter() - self.t_start, 2),
+                            **row})
+        self.progress.emit(done, "", loss=loss, val_dsc=self.val_dsc, fraction=self._fraction())
+
+    def _elapsed(self) -> float:
+        """Wall seconds of the run over all launches; the same number in every process (the schedule uses it)."""
+        return max_across(self.seconds_before + time.perf_counter() - self.t_start, self.info)
+
+    def _fraction(self, elapsed: float | None = None) -> float | None:
+        """Elapsed share of the time budget (None without one); by default at the last step's end."""
+        return min(1.0, (self._now if elapsed is None else elapsed) / self.budget_s) if self.budget_s else None
+
+    def _finished(self, step: int) -> bool:
+        if self.steps is not None and step >= self.steps:
+            return True
+        if self.budget_s is not None and self._fraction() >= 1.0:
+            return True
+        launch = self._now - self.seconds_before
+        return step > self.start and self.opts.max_seconds is not None and launch > self.opts.max_seconds
+
+    # ---- validation, checkpoints, the model folder ----------------------------------------------------------
+    def validate(self, done: int) -> None:
+        self.val_dsc = validate(unwrap(self.ddp), self.val_set, self.bank_t, self.aspects_t, self.info.device)
+        self.log.write({"step": done, "val_dsc": self.val_dsc})
+        self.progress.emit(done, "", val_dsc=self.val_dsc, fraction=self._fraction())
+
+    def checkpoint(self, done: int, force: bool = True) -> None:
+        self._flush()
+        if not force:
+            return
+        if self.info.is_main:
+            self.extra["seconds_total"] = round(self.seconds_before + time.perf_counter() - self.t_start, 1)
+            save_checkpoint(self.run_dir, done, self.ddp, self.optimizer, self.scheduler, self.extra)
+        barrier(self.info)
+
+    def finish(self, final_step: int) -> TrainResult:
+        """Rank 0 writes RUN/model, a model folder with the final weights."""
+        opts, info = self.opts, self.info
+        model_dir = None
+        seconds = time.perf_counter() - self.t_start
+        if info.is_main:
+            from malenia.model.folder import save_model_folder
+
+            training = {"steps": final_step, "of_steps": self.steps, "minutes": opts.minutes,
+                        "batch_size": self.batch * info.world_size, "seconds_this_launch": round(seconds, 1),
+                        "seconds_total": round(self.seconds_before + seconds, 1), "val_patch_dsc": self.val_dsc,
+                        "seed": opts.seed}
+            model_dir = save_model_folder(
+                self.run_dir / "model", config=self.cfg, network=unwrap(self.ddp), bank=self.bank.inference_bank(),
+                knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
+                training_data=opts.training_data or f"{self.index.name} ({opts.data}), split {opts.split}",
+                overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
+                inference=self.inherited,
+                extra={"training": training} | ({"lineage": self.lineage} if self.lineage else {}),
+            )
+            self.progress.emit(final_step, "model folder written", stage="done", val_dsc=self.val_dsc, fraction=1.0)
+        barrier(info)
+        return TrainResult(final_step, seconds, self.losses[-1] if self.losses else None, self.losses, model_dir,
+                           self.start, self.val_dsc)
+
+
+def _processes_per_node(info: DistInfo) -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if info.enabled else 1
 
 
 def training_lineage(parent_manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -23,11 +23,14 @@ class Progress:
         if enabled and mode == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, initial=initial, desc=stage, file=self.stream, dynamic_ncols=True,
+            # a run laid over wall time (total 0) shows the percentage of its time
+            self._bar = tqdm(total=self.total or 100, initial=initial if self.total else 0, desc=stage, file=self.stream, dynamic_ncols=True,
                              disable=not getattr(self.stream, "isatty", lambda: False)())
 
-    def emit(self, step: int, message: str = "", stage: str | None = None, **values: Any) -> None:
-        """Reports the state at `step` (loss, val_dsc, ... are remembered until replaced)."""
+    def emit(self, step: int, message: str = "", stage: str | None = None, fraction: float | None = None,
+             **values: Any) -> None:
+        """Reports the state at `step` (loss, val_dsc, ... are remembered until replaced). `fraction`: the share
+        done when it is not step / total (a run laid over wall time)."""
         if not self.enabled:
             return
         self.last.update({k: v for k, v in values.items() if v is not None})
@@ -35,7 +38,7 @@ class Progress:
         if self.mode == "json":
             obj = {
                 "stage": stage,
-                "fraction": round(step / self.total, 6) if self.total else 1.0,
+                "fraction": round(fraction if fraction is not None else step / self.total if self.total else 1.0, 6),
                 "message": message,
                 "step": int(step),
                 "total": self.total,
@@ -45,7 +48,7 @@ class Progress:
             self.stream.write(json.dumps(obj) + "\n")
             self.stream.flush()
         elif self._bar is not None:
-            self._bar.n = step
+            self._bar.n = step if self.total or fraction is None else round(fraction * 100)
             post = {k: f"{v:.4f}" for k, v in self.last.items() if isinstance(v, float)}
             self._bar.set_postfix(post, refresh=False)
             if message:

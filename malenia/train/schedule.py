@@ -6,6 +6,8 @@ checkpointed as JSON).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -23,3 +25,34 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     base_lr = optimizer.param_groups[0]["lr"]
     return WarmupCosineSchedule(optimizer, warmup_steps=warmup_steps, t_total=total_steps,
                                 end_lr=base_lr * end_lr_fraction, warmup_multiplier=0.0)
+
+
+class WallClockSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Warm-up then cosine laid over a wall-time budget (`malenia train --minutes`): the learning rate is a
+    function of the elapsed fraction of the budget, so a run ends annealed whatever its speed.
+
+    The loop sets `fraction` (elapsed / budget, over every launch of a resumed run) before each `step()`.
+    Warm-up: the first `warmup_steps` steps when given, else the first `warmup_fraction` of the time; the
+    cosine then runs from the end of the warm-up time to 0 when the time is up. Its state is plain numbers
+    (checkpointed as JSON).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_fraction: float = 0.0, warmup_steps: int | None = None):
+        self.warmup_fraction = min(max(float(warmup_fraction), 0.0), 0.99)
+        self.warmup_steps = int(warmup_steps) if warmup_steps else None
+        self.fraction = 0.0
+        super().__init__(optimizer)
+
+    def factor(self) -> float:
+        f = min(max(self.fraction, 0.0), 1.0)
+        if self.warmup_steps:
+            ramp, w = min(1.0, (self.last_epoch + 1) / self.warmup_steps), 0.0
+        else:
+            w = self.warmup_fraction
+            if f < w:
+                return f / w
+            ramp = 1.0
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * (f - w) / (1.0 - w)))
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor() for base in self.base_lrs]
