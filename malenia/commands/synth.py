@@ -11,8 +11,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="synthesise a lesion dataset on real CT organs or procedural phantoms")
     p.add_argument("--base", action="append", required=True, metavar="DIR|phantom",
                    help="anatomy source: 'phantom' or a folder with a CT and organ labels (repeatable; cases cycle through them)")
-    p.add_argument("--diseases", required=True, help="comma-separated disease keys, or all / seen / unseen")
-    p.add_argument("--cases", type=int, required=True, metavar="N")
+    p.add_argument("--diseases", default=None, help="comma-separated disease keys, or all / seen / unseen (not with --nodules)")
+    p.add_argument("--cases", type=int, default=None, metavar="N", help="number of cases (with --nodules: at most N)")
+    p.add_argument("--nodules", default=None, metavar="DATASET|DIR",
+                   help="plant real LIDC nodules (a dataset from `malenia import lidc`, or the LIDC folder) instead of drawn lesions")
+    p.add_argument("--nodule-split", default="all", choices=("all", "train", "val", "test"),
+                   help="with --nodules: plant the nodules of this patient split only (default all; each case keeps its split)")
+    p.add_argument("--all-nodules", action="store_true",
+                   help="with --nodules: also plant nodules cut by their crop or attached to the chest wall (they show a flat face)")
     p.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to write")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="same seed, same dataset (default 0)")
     p.add_argument("--lesions-per-case", default="1-3", metavar="K|A-B", help="lesions per case (default 1-3)")
@@ -48,6 +54,10 @@ def _triple(text: str | None, kind: type, what: str):
 def run(args: argparse.Namespace) -> int:
     from malenia.data.synthesis.generate import parse_diseases, parse_range, print_progress, synthesize_dataset
 
+    if args.nodules is not None:
+        return _run_nodules(args)
+    if args.diseases is None or args.cases is None:
+        raise InputError("--diseases and --cases are required (unless --nodules plants real nodules)")
     diseases = parse_diseases(args.diseases)
     index = synthesize_dataset(
         args.out, args.base, diseases, args.cases, args.seed,
@@ -58,4 +68,24 @@ def run(args: argparse.Namespace) -> int:
     )
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.split.items())
     print(f"wrote {len(index.cases)} cases to {args.out} ({sizes})")
+    return 0
+
+
+def _run_nodules(args: argparse.Namespace) -> int:
+    from malenia.data.synthesis.generate import parse_range, print_progress
+    from malenia.data.synthesis.plant import plant_dataset
+
+    if args.diseases is not None:
+        raise InputError("--diseases does not apply to --nodules (every planted nodule is a lung_tumor)")
+    if args.size is not None:
+        raise InputError("--size does not apply to --nodules (the base keeps its field of view)")
+    result = plant_dataset(
+        args.out, args.nodules, args.base, split=args.nodule_split, seed=args.seed,
+        lesions_per_case=parse_range(args.lesions_per_case), spacing=_triple(args.spacing, float, "spacing"),
+        allow_truncated=args.all_nodules, max_cases=args.cases, name=args.name, overwrite=args.overwrite,
+        progress=None if args.quiet else print_progress,
+    )
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in result.index.split.items())
+    print(f"wrote {len(result.index.cases)} cases with {result.placed} planted nodules to {args.out} ({sizes}); "
+          f"{len(result.notes)} nodule(s) left out, {len(result.not_placed)} did not fit")
     return 0
