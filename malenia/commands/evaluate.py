@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-volume", type=float, default=None, metavar="MM3",
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
     p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of the split")
+    p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
+                   help="site disease profiles merged into the model's knowledge table (repeatable; also $MALENIA_KNOWLEDGE)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown tables")
@@ -84,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from malenia.model.folder import load_model_folder
     from malenia.train.progress import Progress
 
+    from malenia.knowledge.site import origin_json, table_in_force
+
     model = load_model_folder(args.model, device=args.device)
-    predictor = Predictor(model, device=args.device, threshold=args.threshold, min_volume_mm3=args.min_volume)
+    table = table_in_force(model, args.knowledge)
+    predictor = Predictor(model, device=args.device, threshold=args.threshold, min_volume_mm3=args.min_volume, table=table)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
 
     def on_case(i: int, n: int, case_id: str) -> None:
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     result["model"]["path"] = str(model.path)
     result["threshold"] = predictor.threshold
     result["min_volume_mm3"] = predictor.min_volume_mm3
+    result["knowledge"] = origin_json(table)  # the table and site profiles the diseases were named with
     # where the post-processing came from: the model's calibration only when neither value was overridden
     calibration = model.inference_defaults().calibration if args.threshold is None and args.min_volume is None else None
     result["calibration"] = {k: v for k, v in calibration.items() if k != "table"} if calibration else None

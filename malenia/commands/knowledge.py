@@ -4,6 +4,14 @@
     malenia knowledge loo [--json]            leave-one-out disease accuracy on the workbook lesions
     malenia knowledge bank [--encoder P]      build (or reuse) the cached attribute bank; prints timings
     malenia knowledge classify ID [ID ...]    disease posterior for a set of description ids
+    malenia knowledge list [--json]           the table in force (model table + site profiles), with origin
+    malenia knowledge add KEY --name N --organ O -d ID[=W] ...   a site profile for a new disease
+    malenia knowledge edit KEY [--name N] [--organ O] -d ID[=W] ...   replace those aspects (or override a built-in)
+    malenia knowledge remove KEY              delete a site profile
+    malenia knowledge openset --model M --data D   unseen diseases: unclassified vs named wrongly; --fit stores the rule
+
+Profile folders: --knowledge DIR (repeatable), else $MALENIA_KNOWLEDGE, else Resources/knowledge/diseases
+(malenia.knowledge.site).
 """
 
 from __future__ import annotations
@@ -45,8 +53,45 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = actions.add_parser("classify", help="disease posterior for description ids (one per aspect)")
     c.add_argument("ids", nargs="+", help="vocabulary description ids, e.g. location.kidney.left shape.round")
-    c.add_argument("--table", type=Path, default=None)
+    c.add_argument("--table", type=Path, default=None, help="a knowledge table file (default: the model's, see --model)")
+    _site_arguments(c)
     c.set_defaults(func=_classify)
+    _register_profiles(actions)
+
+
+def _site_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="DIR", help="model folder whose table is used (default: built-in)")
+    p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
+                   help="site profile folder (repeatable; default $MALENIA_KNOWLEDGE, else Resources/knowledge/diseases)")
+
+
+def _register_profiles(actions) -> None:
+    ls = actions.add_parser("list", help="the knowledge table in force: model table + site profiles, with origin")
+    _site_arguments(ls)
+    ls.add_argument("--json", action="store_true", help="print the origin and the diseases as JSON")
+    ls.add_argument("--descriptions", default=None, metavar="ORGAN", help="list the vocabulary's descriptions for an organ")
+    ls.set_defaults(func=_list)
+    for verb, text in (("add", "write a site profile for a disease the table lacks"),
+                       ("edit", "change a site profile's aspects (or override a built-in disease)")):
+        a = actions.add_parser(verb, help=text, description=text + ". Descriptions are vocabulary ids (or their "
+                               "exact texts), each with an optional =WEIGHT (default 1); per aspect the weights are "
+                               "normalised. Aspects not given: " + ("every description valid for the organ, equally."
+                                                                    if verb == "add" else "kept."))
+        a.add_argument("key", metavar="KEY", help="disease key, lower_snake_case (e.g. hepatic_haemangioma)")
+        a.add_argument("-d", "--describe", dest="descriptions", nargs="+", action="extend", default=[],
+                       metavar="ID[=WEIGHT]", help="descriptions with optional weights (repeatable)")
+        a.add_argument("--name", required=verb == "add", default=None, help="display name")
+        a.add_argument("--organ", required=verb == "add", default=None, help="organ (vocabulary organs)")
+        a.add_argument("--rationale", action="append", default=None, metavar="ASPECT=TEXT", help="why, per aspect")
+        _site_arguments(a)
+        a.set_defaults(func=_add if verb == "add" else _edit)
+    r = actions.add_parser("remove", help="delete a site profile (the model's own diseases cannot be removed)")
+    r.add_argument("key", metavar="KEY")
+    _site_arguments(r)
+    r.set_defaults(func=_remove)
+    from malenia.commands._openset import register as register_openset
+
+    register_openset(actions)
 
 
 def _table(args: argparse.Namespace) -> int:
@@ -130,9 +175,112 @@ def _classify(args: argparse.Namespace) -> int:
     from malenia.knowledge.vocabulary import Vocabulary
 
     vocab = Vocabulary.load()
-    table = KnowledgeTable.load(args.table, vocab)
+    table = KnowledgeTable.load(args.table, vocab, site_dirs=args.knowledge or ()) if args.table else _table_in_force(args)
     matches: dict[str, dict[str, float]] = {}
     for desc_id in args.ids:
         matches.setdefault(vocab.aspect_of(desc_id), {})[desc_id] = 1.0
     print(json.dumps(infer_disease(matches, table).to_json(), indent=2))
+    return 0
+
+
+def _table_in_force(args: argparse.Namespace):
+    from malenia.knowledge.site import table_in_force_at
+
+    return table_in_force_at(args.model, args.knowledge)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from malenia.knowledge.site import origin_json, profile_dirs
+
+    table = _table_in_force(args)
+    if args.descriptions:
+        organ = args.descriptions
+        if organ not in table.vocab.organs():
+            from malenia.errors import InputError
+
+            raise InputError(f"unknown organ {organ!r}; organs: {', '.join(table.vocab.organs())}")
+        for e in table.vocab.entries:
+            if e.applies_to(organ):
+                print(f"{e.aspect:<18} {e.id:<40} {e.text}")
+        return 0
+    origin = origin_json(table)
+    site = {p["key"]: p for p in origin["profiles"]}
+    rows = [{"key": k, "name": table.name(k), "organ": table.organ(k),
+             "source": "site" if k in site else "model", "overrides": bool(site.get(k, {}).get("overrides"))}
+            for k in table.diseases]
+    if args.json:
+        print(json.dumps({"knowledge": origin, "folders": [str(p) for p in profile_dirs(args.knowledge)],
+                          "diseases": rows}, indent=2))
+        return 0
+    t = origin["table"]
+    print(f"{t['name']} {t['version']} (sha256 {t['sha256'][:12]}); {len(site)} site profile(s)")
+    for r in rows:
+        where = site[r["key"]]["path"] if r["key"] in site else "model table"
+        print(f"  {r['key']:<22} {r['name']:<24} {r['organ']:<12} {where}" + ("  (overrides)" if r["overrides"] else ""))
+    return 0
+
+
+def _rationale(items: list[str] | None) -> dict[str, str] | None:
+    from malenia.aspects import ASPECTS
+    from malenia.errors import InputError
+
+    out = {}
+    for item in items or []:
+        aspect, sep, text = item.partition("=")
+        if not sep or aspect not in ASPECTS:
+            raise InputError(f"--rationale {item!r}: expected ASPECT=TEXT with an aspect of {list(ASPECTS)}")
+        out[aspect] = text
+    return out or None
+
+
+def _save(args: argparse.Namespace, adding: bool) -> int:
+    from malenia.errors import InputError
+    from malenia.knowledge.profiles import build_profile, folder_lock, parse_weighted, profile_path, write_profile
+    from malenia.knowledge.site import writable_dir
+
+    folder = writable_dir(args.knowledge)
+    with folder_lock(folder):
+        table = _table_in_force(args)  # read under the lock: concurrent edits see each other
+        exists = args.key in table.diseases
+        if adding and exists:
+            raise InputError(f"disease {args.key!r} already exists ({table.name(args.key)}); use `malenia knowledge edit`")
+        if not adding and not exists:
+            raise InputError(f"no disease {args.key!r} in the table in force; use `malenia knowledge add`")
+        base = None if adding else table.disease(args.key)
+        organ = args.organ or base.organ
+        weights = parse_weighted(args.descriptions, table.vocab, organ)
+        if not adding and not weights and args.name is None and args.organ is None and not args.rationale:
+            raise InputError("nothing to change: give descriptions, --name, --organ or --rationale")
+        profile = build_profile(args.key, args.name or base.name, organ, weights, table.vocab, base,
+                                _rationale(args.rationale))
+        replaced = profile_path(folder, args.key).is_file()
+        path = write_profile(folder, profile)
+    verb = "added" if adding else ("edited" if replaced else "override written")
+    print(f"{verb}: {args.key} ({profile.name}, {organ}), version {profile.extra['version']} -> {path}")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    return _save(args, adding=True)
+
+
+def _edit(args: argparse.Namespace) -> int:
+    return _save(args, adding=False)
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from malenia.errors import InputError
+    from malenia.knowledge.profiles import folder_lock, profile_path, remove_profile
+    from malenia.knowledge.site import writable_dir
+
+    folder = writable_dir(args.knowledge)
+    with folder_lock(folder):
+        if not profile_path(folder, args.key).is_file():
+            table = _table_in_force(args)
+            if args.key in table.diseases and not any(p["key"] == args.key for p in table.origin["profiles"]):
+                raise InputError(f"{args.key!r} is part of the model's knowledge table; a site profile can override "
+                                 "it (`malenia knowledge edit`) but not remove it")
+            raise InputError(f"no site profile {args.key!r} in {folder}")
+        path = remove_profile(folder, args.key)
+    print(f"removed: {args.key} ({path})")
     return 0

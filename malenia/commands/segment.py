@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", default=None, metavar="x0,y0,z0,x1,y1,z1",
                    help="segment only inside this box: RAS mm, minimum corner then maximum corner")
     p.add_argument("--force", action="store_true", help="read images outside the CT Hounsfield range / non-CT DICOM")
+    p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
+                   help="site disease profiles merged into the model's knowledge table (repeatable; also $MALENIA_KNOWLEDGE)")
     add_run_arguments(p)
     p.set_defaults(func=run)
 
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args, args.roi)
         progress = SegmentProgress(args.progress)
         try:
-            done = segment_path(args.input, args.out, args.model, options, overwrite=args.overwrite, progress=progress)
+            done = segment_path(args.input, args.out, args.model, options, overwrite=args.overwrite, progress=progress,
+                                knowledge=args.knowledge)
         finally:
             progress.close()
     if args.progress != "json":

@@ -103,16 +103,25 @@ class BankMatcher:
         return out
 
     def disease(self, matches: dict[str, dict[str, float]], top: int = 3) -> DiseaseCall:
-        from malenia.knowledge.inference import infer_disease
+        return disease_call(matches, self.table, self.terminology, top)
 
-        post = infer_disease(matches, self.table)
-        if not post.alternatives and post.unclassified:  # no usable matches at all
-            return DiseaseCall(None, self.terminology.display_name(None), 0.0, [], True, None)
-        if post.unclassified:
-            (name, p), rest = post.alternatives[0], post.alternatives[1:]
-            return DiseaseCall(name, self.terminology.display_name(name), float(p), [(n, float(q)) for n, q in rest[:top]], True, None)
-        return DiseaseCall(post.name, self.terminology.display_name(post.name), float(post.probability),
-                           [(n, float(q)) for n, q in post.alternatives[:top]], False, self.table.organ(post.name))
+
+def disease_call(matches: dict[str, dict[str, float]], table, terminology, top: int = 3) -> DiseaseCall:
+    """The report's disease entry from per-aspect scores (segmenting, and re-ranking a saved report)."""
+    from malenia.knowledge.inference import infer_disease
+
+    def display(key: str | None) -> str:  # a site profile's own name where the terminology has none
+        known = key is None or key in terminology.diseases or key not in table.diseases
+        return terminology.display_name(key) if known else table.name(key)
+
+    post = infer_disease(matches, table)
+    if not post.alternatives and post.unclassified:  # no usable matches at all
+        return DiseaseCall(None, display(None), 0.0, [], True, None)
+    if post.unclassified:
+        (name, p), rest = post.alternatives[0], post.alternatives[1:]
+        return DiseaseCall(name, display(name), float(p), [(n, float(q)) for n, q in rest[:top]], True, None)
+    return DiseaseCall(post.name, display(post.name), float(post.probability),
+                       [(n, float(q)) for n, q in post.alternatives[:top]], False, table.organ(post.name))
 
 
 def scan_enhancement(phase: PhaseCall, lesion_enhancements: list[tuple[AspectMatch, float]], vocab) -> Enhancement | None:

@@ -114,11 +114,13 @@ def read_input(path: str | os.PathLike, force: bool = False) -> tuple[sitk.Image
 class Segmenter:
     """A loaded model ready to segment CT images: `segment(image) -> SegmentationResult`."""
 
-    def __init__(self, model, options: SegmentOptions | None = None, progress: ProgressFn = silent):
+    def __init__(self, model, options: SegmentOptions | None = None, progress: ProgressFn = silent, knowledge=None):
+        """`knowledge`: site profile folders for this run (malenia.knowledge.site), besides $MALENIA_KNOWLEDGE."""
         import torch
 
         from malenia.infer.matching import BankMatcher
         from malenia.infer.predictor import bank_tensors, preprocessor_for
+        from malenia.knowledge.site import table_in_force
 
         self.options = (options or SegmentOptions()).with_model_defaults(model.inference_defaults())
         self.progress = progress
@@ -128,7 +130,7 @@ class Segmenter:
         self.net = model.network.to(self.device).eval()
         self.bank_emb, self.bank_aspects = bank_tensors(model.bank, None, self.device)
         self.preprocessor = preprocessor_for(self.cfg)
-        self.table = model.knowledge_table()
+        self.table = table_in_force(model, knowledge)
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
         self._torch = torch
 
@@ -199,8 +201,8 @@ class Segmenter:
         for new_label, old_label in enumerate(order, start=1):
             inst = instances[old_label - 1]
             attributes = self.matcher.attributes(inst.distribution, phase)
-            disease = self.matcher.disease(self.matcher.full_matches(inst.distribution, attributes))
-            lesions.append(LesionResult(new_label, disease, attributes))
+            scores = self.matcher.full_matches(inst.distribution, attributes)
+            lesions.append(LesionResult(new_label, self.matcher.disease(scores), attributes, scores=scores))
             enh_votes.append((attributes["enhancement"], float(inst.voxels)))
             details.append({"label": new_label, "lesion_score": round(inst.lesion_score, 4),
                             "mean_probability": round(inst.mean_probability, 4), "tokens": len(inst.candidates),
@@ -224,7 +226,9 @@ class Segmenter:
             "lesions": details,
             "seconds": {k: round(v, 3) for k, v in timings.items()},
         }
-        return SegmentationResult(label_image, image, scan, model, lesions, extra)
+        from malenia.knowledge.site import origin_json
+
+        return SegmentationResult(label_image, image, scan, model, lesions, extra, origin_json(self.table))
 
     def _labels_on_input(self, prepared, probability: np.ndarray, model_labels: np.ndarray, image: sitk.Image,
                          region) -> np.ndarray:
@@ -274,7 +278,7 @@ class SegmentRun:
 
 def segment_path(input_path: str | os.PathLike, out_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None,
                  options: SegmentOptions | None = None, overwrite: bool = False, progress: ProgressFn = silent,
-                 model=None) -> SegmentRun:
+                 model=None, knowledge=None) -> SegmentRun:
     """The whole command: checks the output folder, loads the model, reads the CT, segments, writes.
 
     Errors are one-line MaleniaErrors: OutputError (5) before any work when the folder is not
@@ -290,7 +294,7 @@ def segment_path(input_path: str | os.PathLike, out_dir: str | os.PathLike, mode
         model = load_model(model_dir, "cpu")
     progress("load", 0.5, f"reading {Path(input_path).name}")
     image, dicom_files = read_input(input_path, options.force)
-    segmenter = Segmenter(model, options, progress)
+    segmenter = Segmenter(model, options, progress, knowledge)
     result = segmenter.segment(image, str(input_path), dicom_files)
     progress("outputs", 0.0, f"{len(result.lesions)} lesion(s); writing outputs")
     files = write_outputs(result, out_dir, overwrite=overwrite)

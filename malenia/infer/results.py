@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from malenia.aspects import ASPECTS
 from malenia.paths import resources_dir
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1: optional "knowledge" (table origin) and per-lesion "scores"
 REPORT_FORMAT = "malenia-segment-report"
 SCHEMA_FILE = "report.schema.json"
 
@@ -159,6 +159,9 @@ class LesionResult:
     disease: DiseaseCall
     attributes: dict[str, AspectMatch]  # every aspect of malenia.aspects.ASPECTS
     measurements: Measurements | None = None  # filled by malenia.infer.measurements
+    # aspect -> {description id: score}: what disease inference consumed, so that a changed knowledge
+    # table re-ranks the lesion without re-segmenting (malenia.infer.rerank)
+    scores: dict[str, dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         missing = [a for a in ASPECTS if a not in self.attributes]
@@ -174,6 +177,8 @@ class LesionResult:
             "disease": self.disease.to_json(),
             "attributes": {a: self.attributes[a].to_json() for a in ASPECTS},
             "measurements": self.measurements.to_json() if self.measurements else None,
+            **({"scores": {a: {i: round(float(v), 5) for i, v in m.items()} for a, m in self.scores.items()}}
+               if self.scores is not None else {}),
         }
 
     @staticmethod
@@ -184,6 +189,7 @@ class LesionResult:
             disease=DiseaseCall.from_json(obj["disease"]),
             attributes={a: AspectMatch.from_json(v) for a, v in obj["attributes"].items()},
             measurements=Measurements.from_json(m) if m else None,
+            scores={a: {i: float(v) for i, v in d.items()} for a, d in obj["scores"].items()} if obj.get("scores") else None,
         )
 
 
@@ -311,6 +317,7 @@ class SegmentationResult:
     model: ModelInfo
     lesions: list[LesionResult] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form run details (config, timings)
+    knowledge: dict[str, Any] | None = None  # the knowledge table in force (malenia.knowledge.site.origin_json)
 
     def lesion(self, label: int) -> LesionResult:
         for lesion in self.lesions:
@@ -326,6 +333,7 @@ class SegmentationResult:
             "model": self.model.to_json(),
             "scan": self.scan.to_json(),
             "lesions": [lesion.to_json() for lesion in self.lesions],
+            **({"knowledge": self.knowledge} if self.knowledge else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -344,6 +352,7 @@ class SegmentationResult:
             model=ModelInfo.from_json(obj["model"]),
             lesions=[LesionResult.from_json(x) for x in obj.get("lesions", [])],
             extra=dict(obj.get("extra", {})),
+            knowledge=obj.get("knowledge"),
         )
 
 

@@ -1,8 +1,8 @@
 """The disease knowledge table: per disease and aspect, a probability over vocabulary descriptions.
 
-`Resources/knowledge/knowledge_table.json` holds the built-in twelve lesion types; a user adds or
-overrides a disease by dropping `Resources/knowledge/diseases/<key>.json` (one disease object, same
-fields) - no retraining. Per disease:
+`Resources/knowledge/knowledge_table.json` holds the built-in twelve lesion types (a model folder
+carries its own copy); a site adds or overrides a disease with a profile file `<key>.json` (one
+disease object, same fields) in a profile folder (malenia.knowledge.site) - no retraining. Per disease:
 
     {"name", "organ", "seen", "source", "profile": {aspect: {id: prob}}, "rationale": {aspect: str},
      "finding_count": {"1": p, "2": p, "3": p}}   # optional: findings per lesion when not "none"
@@ -14,6 +14,8 @@ calibration of disease inference (malenia.knowledge.inference).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from malenia.aspects import ALL_DISEASES, ASPECTS, SEEN_DISEASES
-from malenia.data.dataset import read_json
 from malenia.errors import InputError
 from malenia.knowledge.vocabulary import Vocabulary
 from malenia.paths import knowledge_dir
@@ -118,11 +119,14 @@ class DiseaseProfile:
 
 class KnowledgeTable:
     def __init__(self, diseases: dict[str, DiseaseProfile], vocab: Vocabulary, inference: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, origin: dict[str, Any] | None = None):
         self._diseases = dict(diseases)
         self.vocab = vocab
         self.inference = dict(inference or {})
         self.meta = dict(meta or {})
+        # Which files made this table: {"table": {name, version, sha256, path}, "profiles": [...]}
+        # (malenia.knowledge.site; report.json's "knowledge" block).
+        self.origin = dict(origin or {})
 
     @staticmethod
     def default_path() -> Path:
@@ -134,20 +138,38 @@ class KnowledgeTable:
 
     @classmethod
     def load(cls, path: str | Path | None = None, vocab: Vocabulary | None = None,
-             user_dir: str | Path | None = None) -> "KnowledgeTable":
-        """Built-in table plus user profiles (`diseases/*.json`, which add or override diseases)."""
+             user_dir: str | Path | None = None, site_dirs: list[str | Path] | tuple = (),
+             name: str | None = None, version: str | None = None) -> "KnowledgeTable":
+        """A table file plus site profiles (`DIR/<key>.json`, each adding or overriding a disease).
+
+        Profile folders, later ones overriding earlier ones: `user_dir` (default: the built-in
+        `Resources/knowledge/diseases/` when `path` is the built-in table), then `site_dirs`.
+        `origin` records the table (name, version, sha256) and every profile used."""
         path = Path(path) if path else cls.default_path()
         vocab = vocab or Vocabulary.load()
-        obj = _read_json(path)
+        raw = _read_bytes(path)
+        obj = _parse_json(raw, path)
         if not isinstance(obj, dict) or obj.get("format") != TABLE_FORMAT or not isinstance(obj.get("diseases"), dict):
             raise InputError(f"{path}: not a Malenia knowledge table (format must be {TABLE_FORMAT!r} with 'diseases')")
         diseases = {k: DiseaseProfile.from_json(k, v, vocab, str(path)) for k, v in obj["diseases"].items()}
+        builtin = set(diseases)
         user_dir = Path(user_dir) if user_dir else (cls.default_user_dir() if path == cls.default_path() else None)
-        if user_dir and user_dir.is_dir():
-            for f in sorted(user_dir.glob("*.json")):
-                diseases[f.stem] = DiseaseProfile.from_json(f.stem, _read_json(f), vocab, str(f))
+        profiles = []
+        for folder in ([user_dir] if user_dir else []) + [Path(d) for d in site_dirs]:
+            for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+                data = _read_bytes(f)
+                disease = DiseaseProfile.from_json(f.stem, _parse_json(data, f), vocab, str(f))
+                profiles = [p for p in profiles if p["key"] != f.stem]  # a later folder overrides
+                profiles.append({"key": f.stem, "name": disease.name, "version": str(disease.extra.get("version", 1)),
+                                 "sha256": hashlib.sha256(data).hexdigest(), "path": str(f),
+                                 "overrides": f.stem in builtin})
+                diseases[f.stem] = disease
         meta = {k: v for k, v in obj.items() if k not in ("diseases", "inference")}
-        return cls(diseases, vocab, obj.get("inference"), meta)
+        origin = {"table": {"name": name or str(meta.get("name", path.stem)),
+                            "version": version or str(meta.get("version", meta.get("vocabulary_hash", ""))),
+                            "sha256": hashlib.sha256(raw).hexdigest(), "path": str(path)},
+                  "profiles": profiles}
+        return cls(diseases, vocab, obj.get("inference"), meta, origin)
 
     def to_json(self) -> dict[str, Any]:
         builtin_order = [d for d in ALL_DISEASES if d in self._diseases] + sorted(set(self._diseases) - set(ALL_DISEASES))
@@ -206,5 +228,17 @@ class KnowledgeTable:
         return out
 
 
-def _read_json(path: Path) -> Any:
-    return read_json(path, missing="knowledge file not found")
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"knowledge file not found: {path}") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _parse_json(data: bytes, path: Path) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None

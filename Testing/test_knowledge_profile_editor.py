@@ -1,0 +1,91 @@
+"""The MaleniaSegment profile editor on PySide6 offscreen, on a real result in a slicer-core MRML scene:
+test a draft on a lesion (nothing saved), save (the open result's lesions re-ranked and their
+segments renamed at once), remove (back to the model's table)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slicer_segment_support import TOTALSEG, _attribute_matches, make_output, new_scene
+
+from malenia.knowledge.site import table_in_force_at
+from malenia.knowledge.table import KnowledgeTable
+from malenia.knowledge.vocabulary import Vocabulary
+
+from MaleniaSegmentLib import mrml_io
+from MaleniaSegmentLib.logic import MaleniaLogic, Settings
+from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic, lesion_scores
+from MaleniaSegmentLib.qt_compat import BINDING, ensure_application, get
+
+# the liver lesion of slicer_segment_support.PLANNED as a new disease would describe it
+MASS = {"location.liver.right_lobe": 1, "location.liver.left_lobe": 1, "shape.round": 1, "density.fluid": 2,
+        "density.hypodense.liver": 1, "density_variation.homogeneous": 1, "surface.well_defined": 1,
+        "relationship.separate": 1, "specific_features.none": 1}
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory, shared_data):
+    """A segment output folder whose report keeps each lesion's scores (schema 1.1)."""
+    out = make_output(tmp_path_factory.mktemp("editor") / "out")
+    report = json.loads((out / "report.json").read_text())
+    table, vocab = KnowledgeTable.load(), Vocabulary.load()
+    for lesion, (disease, side) in zip(report["lesions"], (("kidney_tumor", "right"), ("liver_cyst", None),
+                                                           ("kidney_cyst", "left"))):
+        assert lesion["disease"]["name"] == disease
+        lesion["scores"] = _attribute_matches(disease, side, table, vocab)
+    (out / "report.json").write_text(json.dumps(report))
+    return out
+
+
+def test_draft_is_tested_on_the_lesion_then_saved_renaming_the_open_result(output_dir, tmp_path):
+    assert BINDING == "PySide6"
+    app = ensure_application()
+    scene = new_scene()
+    volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
+    logic = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections"))
+    session = logic.load_results(output_dir, volume)
+    site = tmp_path / "site"
+    editor = ProfileEditor(ProfileEditorLogic(lambda: table_in_force_at(None, [site]), site))
+    editor.set_session(session)
+    editor.widget.show()
+    app.processEvents()
+
+    editor.select_disease(None)  # a new disease
+    editor.key_edit.setText("liver_mass_x")
+    editor.name_edit.setText("Liver mass X")
+    editor.organ_combo.setCurrentIndex(editor.organ_combo.findText("liver"))
+    for desc_id, w in MASS.items():
+        editor.set_weight(desc_id, w)
+    editor.set_lesion_scores(lesion_scores(session, 2))
+    editor.test_button.click()
+    app.processEvents()
+    rows = [get(editor.ranking.item(r, 1), "text") for r in range(editor.ranking.rowCount())]
+    assert rows[0] == "liver_mass_x" and set(rows) == set(KnowledgeTable.load().diseases) | {"liver_mass_x"}
+    assert "would be named Liver mass X" in get(editor.status, "text")
+    assert not site.exists() or not list(site.glob("*.json"))  # testing writes nothing
+    assert session.lesion(2).disease.key == "liver_cyst"
+
+    liver_segment = session.lesion(2).segment_id
+    editor.save_button.click()
+    app.processEvents()
+    assert (site / "liver_mass_x.json").is_file()
+    assert session.lesion(2).disease.key == "liver_mass_x"  # re-ranked at once, no re-segmentation
+    assert session.segmentation.GetSegment(liver_segment).GetName().startswith("Liver mass x")
+    assert session.result.knowledge["profiles"][0]["key"] == "liver_mass_x"
+    assert [session.lesion(k).disease.key for k in (1, 3)] == ["kidney_tumor", "kidney_cyst"]
+    assert "1 lesion(s) of the open result renamed" in get(editor.status, "text")
+    # an unnamed draft is refused without writing
+    editor.select_disease(None)
+    editor.key_edit.setText("nameless")
+    editor.save_button.click()
+    assert "Not saved" in get(editor.status, "text") and not (site / "nameless.json").exists()
+
+    editor.select_disease("liver_mass_x")
+    assert get(editor.name_edit, "text") == "Liver mass X" and editor.remove_button.isEnabled()
+    editor.remove_button.click()
+    app.processEvents()
+    assert not (site / "liver_mass_x.json").exists()
+    assert session.lesion(2).disease.key == "liver_cyst"
+    editor.widget.close()

@@ -1,0 +1,97 @@
+"""`malenia knowledge openset`: how often a lesion of an unseen disease is called unclassified vs named wrongly.
+
+    malenia knowledge openset --model M --data D [--split val] [--fit] [--json]
+
+Runs the model on the split, keeps the detected lesions with their attribute scores, and for every
+disease d present: with d's profile removed from the table in force, the share of d's lesions
+called "unclassified" vs given another name; with it present, the share named correctly.
+`--fit` fits the unclassified rule on these lesions (malenia.knowledge.openset) and stores it in
+M/inference.json under "disease" (beside the post-processing calibration; the manifest is re-hashed);
+`segment`, `evaluate` and Slicer then use it. Fit on a validation split, never on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(actions) -> None:
+    p = actions.add_parser("openset", help="unseen diseases: unclassified vs named wrongly; --fit stores the rule")
+    p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the built-in model)")
+    p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
+    p.add_argument("--split", default="val", help="dataset split (default val; 'all' for every case)")
+    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--knowledge", action="append", default=None, metavar="DIR", help="site profile folder (repeatable)")
+    p.add_argument("--fit", action="store_true", help="fit the unclassified rule and store it in the model folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def store_rule(model, rule: dict) -> None:
+    """Merges the rule into MODEL/inference.json under "disease", keeping the post-processing values."""
+    import json
+
+    from malenia.model.folder import INFERENCE, update_model_folder
+
+    path = model.path / INFERENCE
+    data = json.loads(path.read_text(encoding="utf-8")) if INFERENCE in model.manifest.get("files", {}) else \
+        {k: v for k, v in model.inference_defaults().to_dict().items() if v is not None}
+    data["disease"] = rule
+    update_model_folder(model.path, {INFERENCE: json.dumps(data, indent=2) + "\n"})
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from malenia.errors import InputError
+    from malenia.evaluate.openset import scored_lesions
+    from malenia.infer.predictor import Predictor
+    from malenia.knowledge.inference import inference_params
+    from malenia.knowledge.openset import decisions, fit_rule, rates
+    from malenia.knowledge.site import table_in_force
+    from malenia.model.folder import load_model_folder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (Path(args.data) / "dataset.json").is_file():
+        raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
+    model = load_model_folder(args.model, device=args.device)
+    table = table_in_force(model, args.knowledge)
+    predictor = Predictor(model, device=args.device, table=table)
+    lesions, counts = scored_lesions(predictor, args.data, None if args.split == "all" else args.split, args.max_cases)
+    if not lesions:
+        raise InputError(f"the model detected none of the {counts['reference_lesions']} lesions of {args.data} "
+                         f"({args.split}): nothing to measure")
+    params = inference_params(table)
+    diseases, dec = decisions(lesions, table)
+    out = {"data": str(args.data), "split": args.split, **counts,
+           "rule_in_force": {"contradiction_fit": params["contradiction_fit"], "min_typicality": params["min_typicality"],
+                             "source": table.origin["unclassified"]["source"],
+                             **rates(diseases, dec, params["contradiction_fit"], params["min_typicality"])}}
+    if args.fit:
+        rule = fit_rule(lesions, table)
+        rule["dataset"], rule["split"] = Path(args.data).resolve().name, args.split
+        out["fitted_rule"] = {**rule, **rates(diseases, dec, rule["contradiction_fit"], rule["min_typicality"])}
+        store_rule(model, rule)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{counts['detected']} of {counts['reference_lesions']} lesions detected in {counts['cases']} cases "
+          f"({args.data}, {args.split})")
+    for key in ("rule_in_force", "fitted_rule"):
+        if key in out:
+            r = out[key]
+            print(f"{key.replace('_', ' ')}: contradiction fit {r['contradiction_fit']}, min typicality {r['min_typicality']}")
+            for d, v in r["per_disease"].items():
+                known = f"; present: correct {v['known_correct']:.2f}, unclassified {v['known_unclassified']:.2f}" \
+                    if "known_correct" in v else ""
+                print(f"  {d:<22} n={v['lesions']:<4} removed: unclassified {v['unseen_unclassified']:.2f}, "
+                      f"named wrongly {v['unseen_named_wrongly']:.2f}{known}")
+    if args.fit:
+        print(f"stored in {model.path / 'inference.json'} (\"disease\")")
+    return 0

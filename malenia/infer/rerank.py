@@ -1,0 +1,42 @@
+"""Re-ranking a saved result's lesions against another knowledge table, without re-segmenting.
+
+A report (schema 1.1) keeps each lesion's per-aspect scores, the input of disease inference; the
+same call `malenia segment` makes (malenia.infer.matching.disease_call) names the lesion again
+with the table in force now (a site profile added, edited or removed). Lesions of older reports
+(no scores) are left as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from malenia.infer.matching import disease_call
+from malenia.infer.results import DiseaseCall, SegmentationResult
+
+
+@dataclass
+class Reranked:
+    label: int
+    before: DiseaseCall
+    after: DiseaseCall
+
+    @property
+    def changed(self) -> bool:
+        return (self.before.name, self.before.unclassified) != (self.after.name, self.after.unclassified)
+
+
+def rerank(result: SegmentationResult, table, terminology=None, top: int = 3) -> list[Reranked]:
+    """Names every lesion with scores again (in place) and records the table's origin in the result."""
+    from malenia.infer.terminology import Terminology
+    from malenia.knowledge.site import origin_json
+
+    terminology = terminology or Terminology.load()
+    out = []
+    for lesion in result.lesions:
+        if lesion.scores is None:
+            continue
+        call = disease_call(lesion.scores, table, terminology, top)
+        out.append(Reranked(lesion.label, lesion.disease, call))
+        lesion.disease = call
+    result.knowledge = origin_json(table)
+    return out

@@ -1,0 +1,123 @@
+"""The "unclassified" rule fitted on a model's own attribute scores (open-set disease naming).
+
+The table's rule (malenia.knowledge.inference) was fitted on exact annotation codes; a model's
+scores are soft, so the same thresholds reject or accept differently. Here the rule is fitted on
+validation lesions the model detected, each with its per-aspect scores and true disease:
+
+- *Simulated unseen diseases.* For every disease d with lesions, d is removed from the table and
+  its lesions are classified against the rest: "unclassified" is right, any name is wrong.
+- *Known diseases.* With the whole table, a lesion should be named correctly.
+
+The grid of (contradiction_fit, min_typicality) maximises the mean over diseases of
+½·(unclassified rate with d removed) + ½·(correct rate with d present); ties go to the lower
+thresholds (name more). Decisions are exactly infer_disease's (same likelihoods, same argmax,
+same fits), computed once per lesion and re-thresholded in numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from malenia.knowledge.inference import aspect_likelihoods, inference_params
+from malenia.knowledge.table import KnowledgeTable
+
+CONTRADICTION_GRID = (0.0, 0.001, 0.005, 0.02, 0.05, 0.1)
+TYPICALITY_QUANTILES = tuple(np.linspace(0.0, 0.95, 20))
+
+
+@dataclass
+class ScoredLesion:
+    disease: str  # true disease key
+    matches: Mapping[str, Mapping[str, float]]  # aspect -> {description id: score}: what infer_disease consumes
+
+
+@dataclass
+class _Decision:
+    best: int  # index into the table's diseases
+    min_fit: float  # smallest weighted aspect fit to the best disease
+    typicality: float
+
+
+def _decide(lik: np.ndarray, peak: np.ndarray, w: np.ndarray, allowed: np.ndarray) -> _Decision:
+    """infer_disease's decision restricted to the `allowed` diseases (argmax does not depend on T)."""
+    score = np.where(allowed, (np.log(lik) * w).sum(axis=1), -np.inf)
+    best = int(np.argmax(score))
+    fit = np.minimum(lik[best] / peak[best], 1.0)
+    weighted = w > 0
+    if not weighted.any():
+        return _Decision(best, math.inf, 0.0)
+    typicality = float(math.exp((np.log(fit) * w).sum() / w.sum()))
+    return _Decision(best, float(fit[weighted].min()), typicality)
+
+
+def decisions(lesions: Sequence[ScoredLesion], table: KnowledgeTable) -> tuple[list[str], dict[str, list]]:
+    """Per lesion its decision with the whole table ("all") and with its own disease removed ("held_out")."""
+    params = inference_params(table)
+    diseases = table.diseases
+    out: dict[str, list] = {"all": [], "held_out": [], "truth": []}
+    for les in lesions:
+        _, aspects, lik, peak = aspect_likelihoods(les.matches, table, diseases)
+        w = np.array([params["aspect_weights"].get(a, 1.0) for a in aspects])
+        everyone = np.ones(len(diseases), bool)
+        out["all"].append(_decide(lik, peak, w, everyone))
+        out["held_out"].append(_decide(lik, peak, w, np.array([d != les.disease for d in diseases])))
+        out["truth"].append(les.disease)
+    return diseases, out
+
+
+def rates(diseases: list[str], dec: dict[str, list], contradiction_fit: float, min_typicality: float) -> dict:
+    """Per disease: held out -> unclassified / wrong name; present -> correct / unclassified / wrong."""
+    def unclassified(d: _Decision) -> bool:
+        return d.min_fit < contradiction_fit or d.typicality < min_typicality
+
+    per: dict[str, dict[str, float]] = {}
+    for truth in sorted(set(dec["truth"])):
+        idx = [i for i, t in enumerate(dec["truth"]) if t == truth]
+        held = [unclassified(dec["held_out"][i]) for i in idx]
+        present = [dec["all"][i] for i in idx]
+        n = len(idx)
+        per[truth] = {"lesions": n, "unseen_unclassified": sum(held) / n, "unseen_named_wrongly": 1 - sum(held) / n}
+        if truth in diseases:  # a disease the table lacks is only ever unseen
+            correct = sum(1 for d in present if not unclassified(d) and diseases[d.best] == truth)
+            rejected = sum(1 for d in present if unclassified(d))
+            per[truth].update(known_correct=correct / n, known_unclassified=rejected / n,
+                              known_named_wrongly=(n - correct - rejected) / n)
+    mean = {}
+    for k in ("unseen_unclassified", "unseen_named_wrongly", "known_correct", "known_unclassified"):
+        vals = [v[k] for v in per.values() if k in v]
+        mean[k] = float(np.mean(vals)) if vals else None
+    return {"per_disease": per, "mean": mean}
+
+
+def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable) -> dict:
+    """The rule maximising ½(unseen unclassified) + ½(known correct), averaged over diseases."""
+    diseases, dec = decisions(lesions, table)
+    if not dec["truth"]:
+        raise ValueError("no detected validation lesions to fit the unclassified rule on")
+    before = inference_params(table)
+    typ = np.array([d.typicality for d in dec["all"] + dec["held_out"]])
+    grid_t = sorted({0.0, float(before["min_typicality"]),
+                     *(round(float(np.quantile(typ, q)), 4) for q in TYPICALITY_QUANTILES)})
+    best = None
+    for cf in sorted({*CONTRADICTION_GRID, float(before["contradiction_fit"])}):  # the table's rule is a candidate
+        for mt in grid_t:
+            m = rates(diseases, dec, cf, mt)["mean"]
+            objective = 0.5 * m["unseen_unclassified"] + 0.5 * (m["known_correct"] or 0.0)
+            key = (round(objective, 6), -cf, -mt)
+            if best is None or key > best[0]:
+                best = (key, cf, mt)
+    _, cf, mt = best
+    fitted = rates(diseases, dec, cf, mt)
+    return {
+        "contradiction_fit": cf,
+        "min_typicality": mt,
+        "objective": "mean over diseases of 1/2 unclassified (disease removed) + 1/2 correct (disease present)",
+        "fitted_on": f"{len(dec['truth'])} detected validation lesions of {len(set(dec['truth']))} diseases (model scores)",
+        "fitted": fitted["mean"],
+        "table_rule": {"contradiction_fit": before["contradiction_fit"], "min_typicality": before["min_typicality"],
+                       **rates(diseases, dec, before["contradiction_fit"], before["min_typicality"])["mean"]},
+    }

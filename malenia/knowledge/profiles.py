@@ -1,0 +1,127 @@
+"""Site disease profiles: build one from descriptions and weights, validate, write, remove.
+
+Used by `malenia knowledge add|edit|remove|list` and the Slicer profile editor. A profile file
+`DIR/<key>.json` is one disease object of the knowledge table (malenia.knowledge.table) plus
+"version" (1, then +1 per edit). Descriptions are vocabulary ids (or their exact texts); an
+unknown one is refused naming the closest valid ones. Per aspect the weights are normalised to
+probabilities; an aspect given no description gets every description valid for the organ,
+equally (no knowledge). Files are written atomically under a folder lock, so concurrent editors
+never leave a half-written profile and never lose each other's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from malenia.aspects import ASPECTS
+from malenia.atomic import write_json
+from malenia.errors import InputError
+from malenia.knowledge.table import _KEY, DiseaseProfile
+from malenia.knowledge.vocabulary import Vocabulary
+
+LOCK_FILE = ".malenia-knowledge.lock"
+
+
+def resolve_description(token: str, vocab: Vocabulary, organ: str | None = None) -> str:
+    """A vocabulary id from an id or its exact text (case-insensitive); InputError with the closest
+    valid descriptions otherwise."""
+    token = token.strip()
+    if token in vocab:
+        return token
+    by_text = {e.text.lower(): e.id for e in vocab.entries}
+    if token.lower() in by_text:
+        return by_text[token.lower()]
+    pool = [e for e in vocab.entries if organ is None or e.applies_to(organ)]
+    candidates = {e.id: e.id for e in pool} | {e.text.lower(): e.id for e in pool}
+    close = difflib.get_close_matches(token.lower(), list(candidates), n=6, cutoff=0.4)
+    named = list(dict.fromkeys(candidates[c] for c in close))[:3]
+    hint = f"; closest: {', '.join(named)}" if named else "; `malenia knowledge list --descriptions` lists them"
+    raise InputError(f"unknown description {token!r}" + (f" for the {organ}" if organ else "") + hint)
+
+
+def parse_weighted(items: list[str], vocab: Vocabulary, organ: str) -> dict[str, dict[str, float]]:
+    """`ID[=WEIGHT]` items -> aspect -> {id: weight} (weight 1 when omitted)."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        token, _, weight = item.partition("=")
+        desc_id = resolve_description(token, vocab, organ)
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise InputError(f"{item!r}: the weight after '=' must be a number") from None
+        if not w > 0:
+            raise InputError(f"{item!r}: a weight must be positive (leave a description out instead)")
+        entry = vocab.entry(desc_id)
+        if not entry.applies_to(organ):
+            where = entry.organ or ", ".join(entry.organs or ())
+            raise InputError(f"{desc_id!r} describes the {where}, not the {organ}")
+        out.setdefault(entry.aspect, {})[desc_id] = w
+    return out
+
+
+def normalised(weights: Mapping[str, float]) -> dict[str, float]:
+    total = float(sum(weights.values()))
+    return {k: float(v) / total for k, v in weights.items()}
+
+
+def build_profile(key: str, name: str, organ: str, weights: Mapping[str, Mapping[str, float]], vocab: Vocabulary,
+                  base: DiseaseProfile | None = None, rationale: Mapping[str, str] | None = None) -> DiseaseProfile:
+    """A validated profile: `weights` (aspect -> {id: weight}) replace those aspects of `base`; other
+    aspects keep `base`'s, or (no base) every organ description equally."""
+    if not _KEY.match(key):
+        raise InputError(f"disease key {key!r} must be lower_snake_case (e.g. hepatic_haemangioma)")
+    if organ not in vocab.organs():
+        close = difflib.get_close_matches(organ, vocab.organs(), n=3, cutoff=0.3)
+        raise InputError(f"unknown organ {organ!r}; organs: {', '.join(vocab.organs())}"
+                         + (f" (closest: {', '.join(close)})" if close else ""))
+    profile: dict[str, dict[str, float]] = {}
+    for aspect in ASPECTS:
+        if weights.get(aspect):
+            profile[aspect] = normalised(weights[aspect])
+        elif base is not None and base.organ == organ:
+            profile[aspect] = dict(base.profile[aspect])
+        else:
+            profile[aspect] = normalised({i: 1.0 for i in vocab.ids_for_organ(aspect, organ)})
+    version = int((base.extra.get("version", 0) if base is not None else 0) or 0) + 1
+    obj = {"name": name, "organ": organ, "seen": False, "source": "site profile", "profile": profile,
+           "rationale": dict(rationale or (base.rationale if base is not None else {})), "version": version}
+    if base is not None:
+        obj["finding_count"] = {str(k): v for k, v in base.finding_count.items()}
+    return DiseaseProfile.from_json(key, obj, vocab, "profile")  # the table's own validation
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Serialises read-modify-write of one profile folder across processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def profile_path(folder: str | os.PathLike, key: str) -> Path:
+    return Path(folder) / f"{key}.json"
+
+
+def write_profile(folder: str | os.PathLike, profile: DiseaseProfile) -> Path:
+    """Writes DIR/<key>.json atomically (readers see the old file or the new one)."""
+    path = profile_path(folder, profile.key)
+    write_json(path, profile.to_json())
+    os.chmod(path, 0o644)  # a site folder is read by every user of the installation
+    return path
+
+
+def remove_profile(folder: str | os.PathLike, key: str) -> Path:
+    path = profile_path(folder, key)
+    if not path.is_file():
+        raise InputError(f"no site profile {key!r} in {folder}")
+    path.unlink()
+    return path

@@ -1,0 +1,111 @@
+"""The knowledge table in force: a model's table merged with site profiles, and its origin.
+
+A model folder carries the table it was evaluated with (`MODEL/knowledge_table.json`). A site adds
+a disease, or overrides one, with a profile file `<key>.json` (one disease object, the table's
+fields) in a profile folder. Folders apply in this order, a later one overriding an earlier one:
+
+    Resources/knowledge/diseases/        the installation's own profiles (if the folder exists)
+    $MALENIA_KNOWLEDGE                   one or more folders (os.pathsep-separated)
+    --knowledge DIR / the Slicer setting one or more folders named for this run
+
+The model's `inference.json` may hold a "disease" block (malenia.knowledge.openset: the
+"unclassified" rule fitted on the model's own attribute scores); it replaces the table's values.
+`table.origin` then says which table, profiles and rule were used (report.json's "knowledge").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from malenia.knowledge.table import KnowledgeTable
+from malenia.paths import knowledge_dir
+
+KNOWLEDGE_ENV = "MALENIA_KNOWLEDGE"
+RULE_KEYS = ("min_typicality", "contradiction_fit")  # what a model's disease calibration may set
+
+
+def builtin_profile_dir() -> Path:
+    return knowledge_dir() / "diseases"
+
+
+def env_dirs() -> list[Path]:
+    value = os.environ.get(KNOWLEDGE_ENV, "")
+    return [Path(p) for p in value.split(os.pathsep) if p.strip()]
+
+
+def profile_dirs(explicit: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
+    """Every profile folder in force, in override order (later wins)."""
+    if isinstance(explicit, (str, os.PathLike)):
+        explicit = [explicit]
+    return [builtin_profile_dir(), *env_dirs(), *(Path(p) for p in explicit or [])]
+
+
+def writable_dir(explicit: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> Path:
+    """Where `malenia knowledge add|edit|remove` writes: the last folder named for the run, else
+    the first of $MALENIA_KNOWLEDGE, else Resources/knowledge/diseases."""
+    if isinstance(explicit, (str, os.PathLike)):
+        explicit = [explicit]
+    named = [Path(p) for p in explicit or []]
+    if named:
+        return named[-1]
+    return (env_dirs() or [builtin_profile_dir()])[0]
+
+
+def model_disease_rule(model) -> dict[str, Any] | None:
+    """The "disease" block of a model folder's inference.json (None when it has none)."""
+    files = getattr(model, "manifest", {}).get("files", {})
+    path = Path(model.path) / "inference.json"
+    if "inference.json" not in files or not path.is_file():
+        return None
+    try:
+        block = json.loads(path.read_text(encoding="utf-8")).get("disease")
+    except (OSError, ValueError, AttributeError):
+        return None  # the model loader reports an unreadable inference.json
+    return block if isinstance(block, dict) and all(k in block for k in RULE_KEYS) else None
+
+
+def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> KnowledgeTable:
+    """`model`'s knowledge table (a LoadedModel) with its disease calibration and the site profiles."""
+    table = KnowledgeTable.load(model.knowledge_table_path, user_dir=None, site_dirs=profile_dirs(knowledge),
+                                name=f"{model.name} knowledge table", version=model.version)
+    rule = model_disease_rule(model)
+    if rule is not None:
+        table.inference = {**table.inference, **{k: float(rule[k]) for k in RULE_KEYS}}
+    table.origin["unclassified"] = {
+        "min_typicality": float(table.inference.get("min_typicality", 0.0)),
+        "contradiction_fit": float(table.inference.get("contradiction_fit", 0.0)),
+        "fitted_on": (rule or {}).get("fitted_on", table.inference.get("fitted_on", "")),
+        "source": "model" if rule is not None else "table",
+    }
+    return table
+
+
+def table_in_force_at(model_dir: str | os.PathLike | None = None,
+                      knowledge: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> KnowledgeTable:
+    """table_in_force for a model folder path (default: the built-in model), reading only its manifest,
+    table and inference.json, each checked by sha256: no network and no torch (CLI, Slicer module)."""
+    from types import SimpleNamespace
+
+    from malenia.model.folder import KNOWLEDGE, verify_model_folder  # lazy: the model layer sits above this one
+    from malenia.paths import builtin_model_dir
+
+    folder = Path(model_dir) if model_dir is not None else builtin_model_dir()
+    manifest = verify_model_folder(folder)
+    model = SimpleNamespace(path=folder, manifest=manifest, name=str(manifest.get("name", "")),
+                            version=str(manifest.get("version", "")), knowledge_table_path=folder / KNOWLEDGE)
+    return table_in_force(model, knowledge)
+
+
+def origin_json(table: KnowledgeTable) -> dict[str, Any]:
+    """report.json's "knowledge" block: the table and profiles used, and the unclassified rule."""
+    o = table.origin or {}
+    t = o.get("table") or {"name": "", "version": "", "sha256": None}
+    return {
+        "table": {k: t.get(k) for k in ("name", "version", "sha256")},
+        "profiles": [{k: p[k] for k in ("key", "name", "version", "sha256", "path", "overrides")}
+                     for p in o.get("profiles", [])],
+        "unclassified": o.get("unclassified") or {k: float(table.inference.get(k, 0.0)) for k in RULE_KEYS},
+    }
