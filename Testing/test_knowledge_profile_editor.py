@@ -16,8 +16,7 @@ from malenia.knowledge.vocabulary import Vocabulary
 
 from MaleniaSegmentLib import mrml_io
 from MaleniaSegmentLib.logic import MaleniaLogic, Settings
-from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic, lesion_scores
-from MaleniaSegmentLib.qt_compat import BINDING, ensure_application, get
+from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic, get, lesion_scores, qt_compat
 
 # the liver lesion of slicer_segment_support.PLANNED as a new disease would describe it
 MASS = {"location.liver.right_lobe": 1, "location.liver.left_lobe": 1, "shape.round": 1, "density.fluid": 2,
@@ -40,8 +39,8 @@ def output_dir(tmp_path_factory, shared_data):
 
 
 def test_draft_is_tested_on_the_lesion_then_saved_renaming_the_open_result(output_dir, tmp_path):
-    assert BINDING == "PySide6"
-    app = ensure_application()
+    assert qt_compat.BINDING == "PySide6"
+    app = qt_compat.ensure_application()
     scene = new_scene()
     volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
     logic = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections"))

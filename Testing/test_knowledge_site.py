@@ -139,8 +139,7 @@ def test_profile_added_by_cli_names_the_segmented_lesion_and_removal_reverts_it(
     assert named["knowledge"]["table"]["sha256"] == hashlib.sha256(tiny.knowledge_table_path.read_bytes()).hexdigest()
     nearest = call["alternatives"][0]["name"]
 
-    r = malenia("knowledge", "remove", "planted_mass", "--model", tiny.path, "--knowledge", site)
-    assert r.returncode == 0, r.stderr
+    assert cli(["knowledge", "remove", "planted_mass", "--model", str(tiny.path), "--knowledge", str(site)]) == 0
     _, after = _segment(tiny, ct, tmp_path / "after", site)
     again = after["lesions"][0]["disease"]
     assert again["name"] == nearest != "planted_mass"  # the closest disease; flagged when the rule says so

@@ -19,8 +19,13 @@ from typing import Callable
 
 from malenia.aspects import ASPECT_NAMES, ASPECTS
 
-from .qt_compat import Callbacks, get, qt
+try:  # the Qt shim shared by both modules (MaleniaCommon), or this package's own copy where it still lives here
+    from MaleniaCommon import qt_compat
+except ImportError:
+    from . import qt_compat
 from .review import DiseaseChoice
+
+Callbacks, get, qt = qt_compat.Callbacks, qt_compat.get, qt_compat.qt
 
 NEW_DISEASE = "New disease…"
 

@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
            "rule_in_force": {"contradiction_fit": params["contradiction_fit"], "min_typicality": params["min_typicality"],
                              "source": table.origin["unclassified"]["source"],
                              **rates(diseases, dec, params["contradiction_fit"], params["min_typicality"])}}
+    own = table.origin["unclassified"]["table_rule"]
+    if table.origin["unclassified"]["source"] == "model":  # also the table's own rule, for comparison
+        out["table_rule"] = {**own, "source": "table", **rates(diseases, dec, own["contradiction_fit"], own["min_typicality"])}
     if args.fit:
         rule = fit_rule(lesions, table)
         rule["dataset"], rule["split"] = Path(args.data).resolve().name, args.split
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{counts['detected']} of {counts['reference_lesions']} lesions detected in {counts['cases']} cases "
           f"({args.data}, {args.split})")
-    for key in ("rule_in_force", "fitted_rule"):
+    for key in ("rule_in_force", "table_rule", "fitted_rule"):
         if key in out:
             r = out[key]
             print(f"{key.replace('_', ' ')}: contradiction fit {r['contradiction_fit']}, min typicality {r['min_typicality']}")

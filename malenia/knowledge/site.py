@@ -72,6 +72,7 @@ def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.Path
     table = KnowledgeTable.load(model.knowledge_table_path, user_dir=None, site_dirs=profile_dirs(knowledge),
                                 name=f"{model.name} knowledge table", version=model.version)
     rule = model_disease_rule(model)
+    own = {k: float(table.inference.get(k, 0.0)) for k in RULE_KEYS}  # the table's rule (annotation codes)
     if rule is not None:
         table.inference = {**table.inference, **{k: float(rule[k]) for k in RULE_KEYS}}
     table.origin["unclassified"] = {
@@ -79,6 +80,7 @@ def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.Path
         "contradiction_fit": float(table.inference.get("contradiction_fit", 0.0)),
         "fitted_on": (rule or {}).get("fitted_on", table.inference.get("fitted_on", "")),
         "source": "model" if rule is not None else "table",
+        "table_rule": own,
     }
     return table
 
