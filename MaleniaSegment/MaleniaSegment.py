@@ -7,6 +7,7 @@ Slicer application, is in MaleniaSegmentLib/ (see its __init__.py).
 
 import logging
 import os
+import sys
 import time
 
 import ctk
@@ -16,12 +17,18 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MaleniaSegmentLib.logic import MaleniaLogic
-from MaleniaSegmentLib.paths import MODEL_FOLDER_SETTING, configured_model_folder, ensure_malenia_importable, malenia_root
+# MaleniaCommon (shared with MaleniaTrainer) sits in the parent folder in a checkout; the built
+# extension installs it beside the modules, already on sys.path.
+_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_PARENT, "MaleniaCommon")) and _PARENT not in sys.path:
+    sys.path.append(_PARENT)
+
+from MaleniaCommon import settings as shared_settings  # noqa: E402
+from MaleniaCommon.paths import configured_model_folder, ensure_malenia_importable, malenia_root  # noqa: E402
+from MaleniaSegmentLib.logic import MaleniaLogic  # noqa: E402
 
 ensure_malenia_importable()
 
-SETTINGS_PREFIX = "Malenia/"
 DEVICE_ITEMS = (("Auto", "auto"), ("CPU", "cpu"), ("GPU (CUDA)", "cuda"))
 
 
@@ -59,7 +66,9 @@ class MaleniaSegment(ScriptedLoadableModule):
             if name.startswith("SegmentationCategoryTypeModifier"):
                 logic.LoadTerminologyFromFile(path)
             elif name.startswith("AnatomicRegionAndModifier"):
-                logic.LoadAnatomicContextFromFile(path)
+                # LoadContextFromFile exists since 5.6; LoadAnatomicContextFromFile is deprecated on main.
+                load = getattr(logic, "LoadContextFromFile", None) or logic.LoadAnatomicContextFromFile
+                load(path)
 
 
 #
@@ -131,15 +140,15 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- settings ---------------------------------------------------------------------------
     def _loadSettings(self):
         s = qt.QSettings()
-        defaults = self.logic.settings
-        self.ui.resultsFolderPathLineEdit.currentPath = s.value(SETTINGS_PREFIX + "ResultsFolder", str(defaults.results_dir))
-        self.ui.correctionsFolderPathLineEdit.currentPath = s.value(SETTINGS_PREFIX + "CorrectionsFolder", str(defaults.corrections_dir))
+        self.ui.resultsFolderPathLineEdit.currentPath = str(shared_settings.folder(s, shared_settings.RESULTS_FOLDER, "results"))
+        self.ui.correctionsFolderPathLineEdit.currentPath = str(
+            shared_settings.folder(s, shared_settings.CORRECTIONS_FOLDER, "corrections"))
         self._saveSettings()
         self._applyModelSetting()
 
     def _applyModelSetting(self):
         """Defaults the model to the folder MaleniaTrainer stored (Malenia/ModelFolder), once per new value."""
-        value = qt.QSettings().value(MODEL_FOLDER_SETTING, "")
+        value = qt.QSettings().value(shared_settings.MODEL_FOLDER, "")
         if value == getattr(self, "_appliedModelSetting", None):
             return
         self._appliedModelSetting = value
@@ -152,8 +161,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from pathlib import Path
 
         s = qt.QSettings()
-        s.setValue(SETTINGS_PREFIX + "ResultsFolder", self.ui.resultsFolderPathLineEdit.currentPath)
-        s.setValue(SETTINGS_PREFIX + "CorrectionsFolder", self.ui.correctionsFolderPathLineEdit.currentPath)
+        s.setValue(shared_settings.RESULTS_FOLDER, self.ui.resultsFolderPathLineEdit.currentPath)
+        s.setValue(shared_settings.CORRECTIONS_FOLDER, self.ui.correctionsFolderPathLineEdit.currentPath)
         self.logic.settings.results_dir = Path(self.ui.resultsFolderPathLineEdit.currentPath)
         self.logic.settings.corrections_dir = Path(self.ui.correctionsFolderPathLineEdit.currentPath)
 
@@ -181,7 +190,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = progress.message
 
     def _ensureDependencies(self):
-        from MaleniaSegmentLib.deps import DependencyError
+        from MaleniaCommon.deps import DependencyError
 
         try:
             return self.logic.ensureDependencies(
@@ -293,18 +302,25 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         seg.GetDisplayNode().SetVisibility(True)
         slicer.util.setSliceViewerLayers(background=session.volume_node)
         # Segment Editor edits (paint, erase, add, delete) re-measure the lesions once they settle.
-        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                  slicer.vtkSegmentation.SourceRepresentationModified)
-        if self._observedSegmentation is not None:
-            for event in events:
-                self.removeObserver(self._observedSegmentation, event, self._onSegmentationModified)
+        self._unobserveSegmentation()
         self._observedSegmentation = seg.GetSegmentation()
-        for event in events:
+        for event in self._segmentationEvents():
             self.addObserver(self._observedSegmentation, event, self._onSegmentationModified)
         self.ui.reviewCollapsibleButton.collapsed = False
         if session.lesions:
             review.select(session.lesions[0].label)
         self._updateButtons()
+
+    @staticmethod
+    def _segmentationEvents():
+        return (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                slicer.vtkSegmentation.SourceRepresentationModified)
+
+    def _unobserveSegmentation(self):
+        if self._observedSegmentation is not None:
+            for event in self._segmentationEvents():
+                self.removeObserver(self._observedSegmentation, event, self._onSegmentationModified)
+        self._observedSegmentation = None
 
     def _onSegmentationModified(self, caller, event):
         self.syncTimer.start()
@@ -388,7 +404,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.run = None
             self.pollTimer.stop()
         self.logic.session = None
-        self._observedSegmentation = None
+        self.syncTimer.stop()
+        self._unobserveSegmentation()  # the observation would keep the closed scene's segmentation alive
         if self.review is not None:
             self.review.set_lesions([], "No results.")
         self._updateButtons()
@@ -402,12 +419,12 @@ class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):
     """MaleniaSegmentLib.logic.MaleniaLogic on slicer.mrmlScene, plus Slicer services (pip, DICOM database)."""
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
+        ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() runs MaleniaLogic.__init__() first
         MaleniaLogic.__init__(self, slicer.mrmlScene)
 
     def ensureDependencies(self, confirm, log=logging.info):
         """Asks (confirm(text) -> bool) and installs missing packages; raises deps.DependencyError."""
-        from MaleniaSegmentLib import deps
+        from MaleniaCommon import deps
 
         plan = deps.plan_installation()
         if plan.empty:

@@ -5,17 +5,23 @@ corrections.py (what MaleniaSegment saved), backends.py (retraining server or lo
 logic.py (settings, upload, jobs, versions), panels.py (the Qt panels).
 """
 
+import logging
 import os
+import sys
 
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
+# MaleniaCommon (shared with MaleniaSegment) sits in the parent folder in a checkout; the built
+# extension installs it beside the modules, already on sys.path.
+_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_PARENT, "MaleniaCommon")) and _PARENT not in sys.path:
+    sys.path.append(_PARENT)
+
 
 def _ensure_paths():
-    # The `malenia` package sits beside the modules (checkout or built extension); MaleniaSegmentLib
-    # provides the shared Qt shim and its own path helper.
-    from MaleniaSegmentLib.paths import ensure_malenia_importable
+    from MaleniaCommon.paths import ensure_malenia_importable
 
     ensure_malenia_importable()
 
@@ -39,9 +45,20 @@ class MaleniaTrainerWidget(ScriptedLoadableModuleWidget):
         from MaleniaTrainerLib.panels import TrainerPanel
 
         self.logic = MaleniaTrainerLogic()
-        self.panel = TrainerPanel(self.logic.core)
+        self.panel = TrainerPanel(self.logic.core, before_connect=self.onBeforeConnect)
         self.layout.addWidget(self.panel.widget)
         self.layout.addStretch(1)
+
+    def onBeforeConnect(self, mode):
+        """Server mode needs httpx, local mode the packages `malenia train` needs: asked, then installed."""
+        from MaleniaCommon.deps import DependencyError
+
+        try:
+            return self.logic.ensureDependencies(mode, lambda text: slicer.util.confirmOkCancelDisplay(
+                text, windowTitle="Malenia Trainer: install Python packages"))
+        except DependencyError as err:
+            slicer.util.errorDisplay(str(err), windowTitle="Malenia Trainer")
+            return False
 
     def cleanup(self):
         if getattr(self, "panel", None) is not None:
@@ -59,6 +76,20 @@ class MaleniaTrainerLogic(ScriptedLoadableModuleLogic):
         from MaleniaTrainerLib.logic import TrainerLogic
 
         self.core = TrainerLogic(slicer.mrmlScene, slicer.app.settings())
+
+    def ensureDependencies(self, mode, confirm, log=logging.info):
+        """Asks (confirm(text) -> bool) and installs what `mode` needs; raises deps.DependencyError."""
+        from MaleniaCommon import deps
+
+        requirements = deps.read_requirements(extra="server", only=("httpx",)) if mode == "server" else None
+        plan = deps.plan_installation(requirements)
+        if plan.empty:
+            return True
+        if not confirm(plan.describe("The Malenia Trainer needs")):
+            raise deps.DependencyError("the Python packages the Trainer needs are not installed (installation was declined)")
+        with slicer.util.WaitCursor():
+            return deps.ensure_dependencies(lambda text: True, lambda args: slicer.util.pip_install(" ".join(args)),
+                                            log, plan=plan)
 
 
 class MaleniaTrainerTest(ScriptedLoadableModuleTest):

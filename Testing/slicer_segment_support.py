@@ -19,8 +19,9 @@ import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "MaleniaSegment") not in sys.path:
-    sys.path.insert(0, str(REPO / "MaleniaSegment"))
+for _folder in (REPO / "MaleniaSegment", REPO):  # the module's Lib, and MaleniaCommon beside it
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 TOTALSEG = REPO.parent / "shared" / "data" / "ct" / "totalseg-example"
 

@@ -8,8 +8,8 @@ import pytest
 
 import slicer_segment_support  # noqa: F401  (puts MaleniaSegment/ on sys.path)
 
-from MaleniaSegmentLib import deps
-from MaleniaSegmentLib.paths import malenia_root, subprocess_env
+from MaleniaCommon import deps
+from MaleniaCommon.paths import malenia_root, subprocess_env
 
 
 def test_requirements_come_from_pyproject_with_the_no_deps_pins():

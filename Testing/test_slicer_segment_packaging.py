@@ -7,6 +7,7 @@ that every listed file exists and record what would be installed.
 from __future__ import annotations
 
 import py_compile
+import json
 import re
 import shutil
 import subprocess
@@ -85,6 +86,8 @@ def test_cmake_lists_every_module_file_and_the_core(cmake_record):
     core = {r[2] for r in rows if r[1] == "MaleniaCore"}
     assert {"malenia/__init__.py", "malenia/cli.py", "malenia/infer/outputs.py", "pyproject.toml",
             "constraints/cpu.txt", "Resources/report.schema.json"} <= core
+    common = {r[2] for r in rows if r[1] == "MaleniaCommon"}
+    assert common == {p.relative_to(REPO).as_posix() for p in (REPO / "MaleniaCommon").glob("*.py")}
     assert any(p.startswith("Resources/terminology/") for p in core)
     assert any(p.startswith("Resources/knowledge/") for p in core)
 
@@ -134,14 +137,16 @@ def test_module_glue_compiles_and_uses_only_widgets_of_the_ui():
 def test_module_glue_imports_exist():
     """Every `from MaleniaSegmentLib... import x` and `from malenia... import x` in the glue resolves."""
     import importlib
+    import importlib.util
 
     source = (MODULE / "MaleniaSegment.py").read_text()
-    imports = re.findall(r"from ((?:MaleniaSegmentLib|malenia)[\w.]*) import ([\w, ]+)", source)
+    imports = re.findall(r"from ((?:MaleniaSegmentLib|MaleniaCommon|malenia)[\w.]*) import ([\w, ]+)", source)
     assert len(imports) >= 8
     for module, names in imports:
         mod = importlib.import_module(module)
         for name in (n.strip() for n in names.split(",")):
-            assert hasattr(mod, name), f"{module} has no {name}"
+            name = name.split(" as ")[0]
+            assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}"), f"{module} has no {name}"
 
 
 def test_every_module_folder_is_built_by_the_extension():
@@ -149,3 +154,17 @@ def test_every_module_folder_is_built_by_the_extension():
     modules = sorted(p.parent.name for p in REPO.glob("*/CMakeLists.txt"))
     assert "MaleniaSegment" in modules
     assert [m for m in modules if f"add_subdirectory({m})" not in cml] == []
+
+
+def test_extensions_index_json_beside_the_s4ext_agrees_with_it():
+    """The Extensions Index takes a JSON description per extension (as PyTorch.json there)."""
+    fields = _s4ext()
+    entry = json.loads((REPO / "Malenia.json").read_text())
+    # The fields of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert set(entry) <= {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                          "build_subdirectory", "enabled", "tier"}
+    assert entry["scm_url"] == fields["scmurl"] and entry["scm_revision"] == fields["scmrevision"]
+    assert entry["scm_type"] == fields["scm"] and entry["enabled"] is (fields["enabled"] == "1")
+    assert entry["category"] == fields["category"] and entry["build_dependencies"] == fields["depends"].split()
+    assert entry["build_subdirectory"] == fields["build_subdirectory"]

@@ -14,7 +14,7 @@ from malenia.data.dataset import read_case
 
 from MaleniaSegmentLib import mrml_io
 from MaleniaSegmentLib.logic import MaleniaLogic, Settings
-from MaleniaSegmentLib.qt_compat import BINDING, ensure_application, get, qt
+from MaleniaCommon.qt_compat import BINDING, ensure_application, get, qt
 from MaleniaSegmentLib.review_panel import ReviewPanel
 
 SCREENSHOT = Path("/tmp/malenia_panel.png")

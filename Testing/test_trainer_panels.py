@@ -14,7 +14,7 @@ for module in ("MaleniaSegment", "MaleniaTrainer"):
     if str(REPO / module) not in sys.path:
         sys.path.insert(0, str(REPO / module))
 
-from MaleniaSegmentLib.qt_compat import BINDING, ensure_application, get, qt  # noqa: E402
+from MaleniaCommon.qt_compat import BINDING, ensure_application, get, qt  # noqa: E402
 from MaleniaTrainerLib.logic import KEY_TOKEN, MemorySettings, TrainerLogic  # noqa: E402
 from MaleniaTrainerLib.panels import TrainerPanel  # noqa: E402
 from malenia.server.testdata import ServerProcess, make_model_folder  # noqa: E402

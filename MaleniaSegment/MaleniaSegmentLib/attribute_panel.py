@@ -14,7 +14,7 @@ import html
 
 from malenia.aspects import ASPECTS
 
-from .qt_compat import Callbacks, get, qt
+from MaleniaCommon.qt_compat import Callbacks, get, qt
 from .review import AspectReview, LesionReview
 
 EDITED_STYLE = "color: #b35900; font-weight: bold;"

@@ -5,7 +5,7 @@ Plain Qt through `qt_compat` (Slicer's PythonQt or PySide6).
 
 from __future__ import annotations
 
-from .qt_compat import Callbacks, get, qt
+from MaleniaCommon.qt_compat import Callbacks, get, qt
 from .review import LesionReview
 
 COLUMNS = ("#", "Disease", "Prob.", "ml", "LD mm", "SA mm")
@@ -88,7 +88,8 @@ class LesionTable:
         # As tall as its rows (up to 8), so the attribute panel below stays in view.
         t = self.widget
         rows = min(max(get(t, "rowCount"), 3), 8)
-        height = t.horizontalHeader().height() + rows * t.verticalHeader().defaultSectionSize() + 2 * t.frameWidth() + 2
+        height = (get(t.horizontalHeader(), "height") + rows * t.verticalHeader().defaultSectionSize()
+                  + 2 * get(t, "frameWidth") + 2)
         t.setMinimumHeight(height)
         t.setMaximumHeight(height)
 

@@ -24,7 +24,9 @@ class Settings:
 
 
 class MaleniaLogic:
-    def __init__(self, scene, settings: Settings | None = None):
+    # Defaults on every argument: Slicer's ScriptedLoadableModuleLogic.__init__ calls super().__init__()
+    # with none, which reaches this class in MaleniaSegmentLogic's method resolution order.
+    def __init__(self, scene=None, settings: Settings | None = None):
         self.scene = scene
         self.settings = settings or Settings()
         self.session = None  # ReviewSession of the results on show

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .attribute_panel import AttributePanel
 from .lesion_table import LesionTable
-from .qt_compat import Callbacks, qt
+from MaleniaCommon.qt_compat import Callbacks, qt
 from .review import LesionReview
 
 

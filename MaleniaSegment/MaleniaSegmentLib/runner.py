@@ -17,7 +17,6 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -266,7 +265,3 @@ class SegmentationJob:
             time.sleep(0.05)
         return self.state
 
-
-def python_executable() -> str:
-    """Slicer's `PythonSlicer` launcher when present (sets up Slicer's environment), else this Python."""
-    return shutil.which("PythonSlicer") or sys.executable

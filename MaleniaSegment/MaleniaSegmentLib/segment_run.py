@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import mrml_io
-from .paths import subprocess_env
-from .runner import Progress, RunState, SegmentationJob, python_executable
+from MaleniaCommon.paths import python_executable, subprocess_env
+
+from .runner import Progress, RunState, SegmentationJob
 
 DEVICES = ("auto", "cpu", "cuda")
 

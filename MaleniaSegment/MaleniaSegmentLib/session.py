@@ -113,8 +113,10 @@ class ReviewSession:
         segmentation_node.SetAndObserveStorageNodeID(None)
         if segmentation_node.GetDisplayNode() is None:
             segmentation_node.CreateDefaultDisplayNodes()
-        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        # The transform first: the reference geometry is then computed in the segmentation's own
+        # coordinates (set the other way round, a transformed volume's transform is applied twice).
         segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         segmentation_node.SetAttribute("Malenia.OutputFolder", str(out_dir))
 
         terminology = terminology or Terminology.load()
@@ -190,6 +192,7 @@ class ReviewSession:
             ids.InsertNextValue(lesion.segment_id)
         node = slicer.vtkMRMLLabelMapVolumeNode()
         self.scene.AddNode(node)
+        before = {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
         try:
             if exported_lesions:
                 ok = mrml_io.segmentations_logic(self.scene).ExportSegmentsToLabelmapNode(
@@ -200,7 +203,7 @@ class ReviewSession:
             else:
                 exported = sitk.Image(self._volume_grid_image())
         finally:
-            self.scene.RemoveNode(node)
+            _remove_with_helpers(self.scene, node, before)
         index = sitk.GetArrayViewFromImage(exported)
         # exported value j (1-based, in export order) -> the lesion's label (or its 1..K position)
         values = np.array([0] + [(i + 1 if relabel else lesion.label) for i, lesion in exported_lesions])
@@ -400,3 +403,26 @@ def get_tag(segment, tag: str) -> str | None:
     value = vtk.reference("")
     return str(value) if segment.GetTag(tag, value) else None
 
+
+def _remove_with_helpers(scene, node, before: set[str]) -> None:
+    """Removes a temporary label map with the display and colour nodes the export made for it.
+
+    ExportSegmentsToLabelmapNode adds a display node and a `<segmentation>_ColorTable` colour node;
+    removing the label map leaves both in the scene (one of each per call, and this runs on every edit).
+    """
+    made = []
+    for i in range(node.GetNumberOfDisplayNodes()):
+        display = node.GetNthDisplayNode(i)
+        if display is None:
+            continue
+        made.append(display)
+        color = display.GetColorNode()
+        if color is not None and color.GetID() not in before:
+            made.append(color)
+    storage = node.GetStorageNode()
+    if storage is not None:
+        made.append(storage)
+    scene.RemoveNode(node)
+    for helper in made:
+        if scene.IsNodePresent(helper):
+            scene.RemoveNode(helper)

@@ -57,11 +57,20 @@ class RemoteBackend:
 class LocalBackend:
     kind = "local"
 
-    def __init__(self, data_dir: str | Path, settings: dict[str, Any] | None = None):
+    def __init__(self, data_dir: str | Path, settings: dict[str, Any] | None = None, python: str | None = None):
+        """`python` runs `malenia train` and validation (inside Slicer: PythonSlicer, with the
+        environment that finds the `malenia` package beside the modules)."""
+        import os
+
         from malenia.server.config import load_config
         from malenia.server.service import TrainingService
+        from MaleniaCommon.paths import subprocess_env
 
-        self.service = TrainingService(load_config(data_dir, settings or {}))
+        overrides = dict(settings or {})
+        if python:
+            overrides.setdefault("python", python)
+            overrides.setdefault("subprocess_env", {k: v for k, v in subprocess_env().items() if os.environ.get(k) != v})
+        self.service = TrainingService(load_config(data_dir, overrides))
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.service.cfg.data_dir)!r})"

@@ -6,7 +6,10 @@ put in the MRML scene, a repr, a log line or an error message. The scene's param
 non-secret state (server URL, running job, model in use) so a saved scene says what was used.
 
 Long calls (upload, download, connection) run through `Background` in a thread; the widget polls it
-with a QTimer, so the GUI never waits on the network. Qt is never touched from those threads.
+with a QTimer, so the GUI never waits on the network. Those threads touch neither Qt nor the settings
+nor the MRML scene: the panel reads the settings and makes the backend on the GUI thread, the threads
+call only the backend (`in_thread` functions below), and results reach settings and scene in the
+done-handlers, on the GUI thread again (MRML events fired from another thread would run observers there).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from MaleniaCommon import settings as shared
+
 from .backends import LocalBackend, RemoteBackend
 from .corrections import CorrectionItem, scan_corrections
 
@@ -24,16 +29,10 @@ KEY_URL = "MaleniaTrainer/ServerURL"
 KEY_TOKEN = "MaleniaTrainer/Token"
 KEY_MODE = "MaleniaTrainer/Mode"  # "server" | "local"
 KEY_LOCAL_DIR = "MaleniaTrainer/LocalDataDir"
-KEY_CORRECTIONS = "MaleniaTrainer/CorrectionsDir"
+KEY_CORRECTIONS = shared.CORRECTIONS_FOLDER  # where MaleniaSegment saves them (one key for both modules)
 KEY_MODELS = "MaleniaTrainer/ModelsDir"
-KEY_SEGMENT_MODEL = "Malenia/ModelFolder"  # the model folder MaleniaSegment uses (shared with that module)
+KEY_SEGMENT_MODEL = shared.MODEL_FOLDER  # the model folder MaleniaSegment uses (shared with that module)
 PARAMETER_NODE_TAG = "MaleniaTrainer"
-
-
-def _home() -> Path:
-    import os
-
-    return Path(os.environ.get("MALENIA_SLICER_HOME", Path.home() / "Malenia"))
 
 
 class MemorySettings:
@@ -145,10 +144,11 @@ def describe_error(err: Exception) -> str:
 
 
 class TrainerLogic:
-    def __init__(self, scene=None, settings=None, local_settings: dict[str, Any] | None = None):
+    def __init__(self, scene=None, settings=None, local_settings: dict[str, Any] | None = None, python: str | None = None):
         self.scene = scene
         self.settings = settings if settings is not None else MemorySettings()
         self.local_settings = local_settings or {}  # extra TrainingService settings in local mode
+        self._python = python  # runs local training; None: MaleniaCommon.paths.python_executable()
         self._backend = None
         self._backend_key: tuple | None = None
 
@@ -161,6 +161,13 @@ class TrainerLogic:
                 self.settings.setValue(key, str(value).strip())
         if url is not None:
             self._set_parameter("ServerURL", str(url).strip())
+
+    @property
+    def python(self) -> str:
+        """The Python that runs local training: PythonSlicer inside Slicer (never the Slicer application)."""
+        from MaleniaCommon.paths import python_executable
+
+        return self._python or python_executable()
 
     @property
     def server_url(self) -> str:
@@ -176,19 +183,23 @@ class TrainerLogic:
 
     @property
     def corrections_dir(self) -> Path:
-        return Path(str(self.settings.value(KEY_CORRECTIONS, "") or _home() / "corrections"))
+        return shared.folder(self.settings, KEY_CORRECTIONS, "corrections")
 
     @property
     def models_dir(self) -> Path:
-        return Path(str(self.settings.value(KEY_MODELS, "") or _home() / "models"))
+        return shared.folder(self.settings, KEY_MODELS, "models")
 
     @property
     def local_dir(self) -> Path:
-        return Path(str(self.settings.value(KEY_LOCAL_DIR, "") or _home() / "local-training"))
+        return shared.folder(self.settings, KEY_LOCAL_DIR, "local-training")
 
     def redact(self, text: str) -> str:
+        return self.redactor()(text)
+
+    def redactor(self) -> Callable[[str], str]:
+        """redact() with the token read now: safe to call from a worker thread."""
         token = str(self.settings.value(KEY_TOKEN, "") or "")
-        return text.replace(token, "***") if token else text
+        return (lambda text: text.replace(token, "***")) if token else (lambda text: text)
 
     def __repr__(self) -> str:
         return f"TrainerLogic(mode={self.mode!r}, url={self.server_url!r})"
@@ -199,7 +210,7 @@ class TrainerLogic:
         if self._backend is None or key != self._backend_key:
             self.close()
             if self.mode == "local":
-                self._backend = LocalBackend(self.local_dir, self.local_settings)
+                self._backend = LocalBackend(self.local_dir, self.local_settings, python=self.python)
             else:
                 if not self.server_url:
                     from malenia.server.client import ClientError
@@ -229,32 +240,18 @@ class TrainerLogic:
 
     def upload(self, items: list[CorrectionItem], progress: Callable[[int, int, str], None] | None = None) -> list[UploadOutcome]:
         """Uploads each item; a refused case is reported and the others still go."""
-        backend = self.backend()
-        outcomes = []
-        for n, item in enumerate(items):
-            def on_bytes(done: int, total: int, n=n, item=item) -> None:
-                if progress:
-                    progress(n * 1000 + int(1000 * done / max(total, 1)), len(items) * 1000, item.label)
-            try:
-                result = backend.upload_case(item.path, name=item.label.replace("/", "_"), progress=on_bytes)
-                outcomes.append(UploadOutcome(item, result["case"]["id"], bool(result["duplicate"])))
-            except Exception as err:
-                from malenia.server.client import AuthRejected, ServerUnreachable, VersionMismatch
-
-                if isinstance(err, (AuthRejected, ServerUnreachable, VersionMismatch)):
-                    raise  # nothing else will work either
-                outcomes.append(UploadOutcome(item, error=self.redact(describe_error(err))))
-        if progress:
-            progress(len(items) * 1000, len(items) * 1000, "")
-        return outcomes
+        return upload_items(self.backend(), items, progress, self.redactor())
 
     # -- training
     def start_training(self, steps: int, case_ids: list[str] | None = None, replay_fraction: float = 0.5,
                        base_version: str | None = None) -> JobView:
-        job = self.backend().start_job(steps=int(steps), case_ids=case_ids, val_case_ids=None,
-                                       base_version=base_version, replay_fraction=float(replay_fraction))
-        self._set_parameter("JobId", job["id"])
-        return JobView.from_json(job)
+        view = start_job(self.backend(), steps, case_ids, replay_fraction, base_version)
+        self.remember_job(view)
+        return view
+
+    def remember_job(self, view: JobView) -> None:
+        """The running job in the parameter node (GUI thread)."""
+        self._set_parameter("JobId", view.id)
 
     def job(self, job_id: str) -> JobView:
         return JobView.from_json(self.backend().job(job_id))
@@ -272,26 +269,19 @@ class TrainerLogic:
 
     # -- model versions
     def versions(self) -> tuple[list[dict[str, Any]], str | None]:
-        listing = self.backend().versions()
-        return listing["versions"], listing["current"]
+        return list_versions(self.backend())
+
+    def download_destination(self, version: str) -> Path:
+        where = self.server_url.split("://", 1)[-1].replace(":", "_").replace("/", "_") if self.mode != "local" else "local"
+        return self.models_dir / where / version
 
     def download(self, version: str, progress: Callable[[int, int], None] | None = None) -> Path:
         """A verified copy of the version under the models folder (downloaded once, sha256 checked)."""
-        from malenia.server.versions import verify_model_folder
-
-        where = self.server_url.split("://", 1)[-1].replace(":", "_").replace("/", "_") if self.mode != "local" else "local"
-        dest = self.models_dir / where / version
-        if dest.is_dir():
-            try:
-                verify_model_folder(dest)
-                return dest
-            except Exception:
-                pass  # damaged: fetch again
-        return self.backend().download_version(version, dest, progress=progress)
+        return fetch_version(self.backend(), version, self.download_destination(version), progress)
 
     def use_model(self, folder: Path) -> None:
-        """Makes a model folder MaleniaSegment's model (a shared setting and the parameter node)."""
-        from malenia.server.versions import verify_model_folder
+        """Makes a model folder MaleniaSegment's model (a shared setting and the parameter node; GUI thread)."""
+        from malenia.model.folder import verify_model_folder
 
         verify_model_folder(Path(folder))
         self.settings.setValue(KEY_SEGMENT_MODEL, str(folder))
@@ -319,3 +309,50 @@ class TrainerLogic:
         node = self.parameter_node()
         if node is not None:
             node.SetParameter(key, value)
+
+
+# -- in_thread: what Background threads run (the backend only; no settings, scene or Qt) --------------
+
+def upload_items(backend, items: list[CorrectionItem], progress: Callable[[int, int, str], None] | None,
+                 redact: Callable[[str], str]) -> list[UploadOutcome]:
+    from malenia.server.client import AuthRejected, ServerUnreachable, VersionMismatch
+
+    outcomes = []
+    for n, item in enumerate(items):
+        def on_bytes(done: int, total: int, n=n, item=item) -> None:
+            if progress:
+                progress(n * 1000 + int(1000 * done / max(total, 1)), len(items) * 1000, item.label)
+        try:
+            result = backend.upload_case(item.path, name=item.label.replace("/", "_"), progress=on_bytes)
+            outcomes.append(UploadOutcome(item, result["case"]["id"], bool(result["duplicate"])))
+        except (AuthRejected, ServerUnreachable, VersionMismatch):
+            raise  # nothing else will work either
+        except Exception as err:
+            outcomes.append(UploadOutcome(item, error=redact(describe_error(err))))
+    if progress:
+        progress(len(items) * 1000, len(items) * 1000, "")
+    return outcomes
+
+
+def start_job(backend, steps: int, case_ids: list[str] | None = None, replay_fraction: float = 0.5,
+              base_version: str | None = None) -> JobView:
+    return JobView.from_json(backend.start_job(steps=int(steps), case_ids=case_ids, val_case_ids=None,
+                                               base_version=base_version, replay_fraction=float(replay_fraction)))
+
+
+def list_versions(backend) -> tuple[list[dict[str, Any]], str | None]:
+    listing = backend.versions()
+    return listing["versions"], listing["current"]
+
+
+def fetch_version(backend, version: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> Path:
+    """A verified copy of `version` at `dest` (kept when already there and intact)."""
+    from malenia.model.folder import verify_model_folder
+
+    if dest.is_dir():
+        try:
+            verify_model_folder(dest)
+            return dest
+        except Exception:
+            pass  # damaged: fetch again
+    return backend.download_version(version, dest, progress=progress)

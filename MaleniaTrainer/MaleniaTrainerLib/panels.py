@@ -12,9 +12,10 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from MaleniaSegmentLib.qt_compat import Callbacks, get, qt
+from MaleniaCommon.qt_compat import Callbacks, get, qt
 
-from .logic import Background, JobView, TrainerLogic
+from .logic import (Background, JobView, TrainerLogic, describe_error, fetch_version, list_versions, start_job,
+                    upload_items)
 
 
 def _label(text: str = "", wrap: bool = True):
@@ -293,8 +294,11 @@ class VersionsPanel:
 class TrainerPanel:
     """All four panels, driven by a TrainerLogic. `poll()` is called by a QTimer (or by tests)."""
 
-    def __init__(self, logic: TrainerLogic, parent=None, poll_ms: int = 500):
+    def __init__(self, logic: TrainerLogic, parent=None, poll_ms: int = 500, before_connect=None):
         self.logic = logic
+        # before_connect(mode) -> bool: the Slicer glue checks (and, with consent, installs) the Python
+        # packages that mode needs; False stops the connection.
+        self.before_connect = before_connect
         self.widget = qt.QWidget(parent)
         layout = qt.QVBoxLayout(self.widget)
         self.connection = ConnectionPanel()
@@ -325,9 +329,18 @@ class TrainerPanel:
         return any(not t.done for t in self.tasks.values())
 
     def _run(self, name: str, fn, *args, **kwargs) -> Background:
-        task = Background(fn, *args, redact=self.logic.redact, **kwargs)
+        """fn runs in a thread: it gets the backend and plain values, never the settings or the scene."""
+        task = Background(fn, *args, redact=self.logic.redactor(), **kwargs)
         self.tasks[name] = task
         return task
+
+    def _backend(self, show_error) -> Any:
+        """The backend, made here on the GUI thread from the settings; None (error shown) if it cannot be."""
+        try:
+            return self.logic.backend()
+        except Exception as err:  # one line for the user (no server URL, no PythonSlicer, bad local folder)
+            show_error(self.logic.redact(describe_error(err)))
+            return None
 
     # -- actions
     def connect(self) -> None:
@@ -336,8 +349,14 @@ class TrainerPanel:
                              token=token if token else None)
         self.connection.token.setText("")  # the field never keeps the secret
         self.connection.set_values(self.logic.mode, self.logic.server_url, self.logic.has_token)
+        if self.before_connect is not None and not self.before_connect(self.logic.mode):
+            self.connection.set_status("Not connected: the Python packages it needs are not installed", False)
+            return
+        backend = self._backend(lambda text: self.connection.set_status(text, False))
+        if backend is None:
+            return
         self.connection.set_status("Connecting…", None)
-        self._run("connect", self.logic.connect)
+        self._run("connect", backend.connect)
 
     def refresh_corrections(self) -> None:
         self.corrections.set_items(self.logic.corrections(), self.logic.corrections_dir)
@@ -347,6 +366,9 @@ class TrainerPanel:
         if not items:
             self.corrections.status.setText("Tick the corrections to send first")
             return
+        backend = self._backend(self.corrections.status.setText)
+        if backend is None:
+            return
         for item in items:
             self.corrections.set_row_state(item, "waiting")
         task = None
@@ -355,27 +377,35 @@ class TrainerPanel:
             if task is not None:
                 task.progress = (done, total)
 
-        task = self._run("upload", self.logic.upload, items, progress)
+        task = self._run("upload", upload_items, backend, items, progress, self.logic.redactor())
         self.corrections.status.setText(f"Uploading {len(items)} correction(s)…")
 
     def start(self) -> None:
         ids = getattr(self, "uploaded_ids", None)
-        self._run("start", self.logic.start_training, get(self.training.steps, "value"), ids,
-                  get(self.training.replay, "value"))
+        backend = self._backend(self.training.status.setText)
+        if backend is None:
+            return
+        self._run("start", start_job, backend, get(self.training.steps, "value"), ids, get(self.training.replay, "value"))
         self.training.start_button.setEnabled(False)
         self.training.status.setText("Starting…")
 
     def cancel(self) -> None:
-        if self.job_id:
-            self._run("cancel", self.logic.cancel, self.job_id)
+        backend = self._backend(self.training.status.setText) if self.job_id else None
+        if backend is not None:
+            self._run("cancel", lambda: JobView.from_json(backend.cancel(self.job_id)))
 
     def refresh_versions(self) -> None:
-        self._run("versions", self.logic.versions)
+        backend = self._backend(self.versions.status.setText)
+        if backend is not None:
+            self._run("versions", list_versions, backend)
 
     def download_and_use(self) -> None:
         name = self.versions.selected()
         if not name:
             self.versions.status.setText("Select a version first")
+            return
+        backend = self._backend(self.versions.status.setText)
+        if backend is None:
             return
         task = None
 
@@ -383,12 +413,7 @@ class TrainerPanel:
             if task is not None:
                 task.progress = (done, total)
 
-        def fetch_and_use():
-            folder = self.logic.download(name, progress)
-            self.logic.use_model(folder)
-            return folder
-
-        task = self._run("download", fetch_and_use)
+        task = self._run("download", fetch_version, backend, name, self.logic.download_destination(name), progress)
         self.versions.status.setText(f"Downloading {name}…")
 
     # -- polling (GUI thread)
@@ -401,7 +426,8 @@ class TrainerPanel:
             del self.tasks[name]
             getattr(self, f"_{name}_done")(task)
         if self.job_id and "job" not in self.tasks:
-            self._run("job", self.logic.job, self.job_id)
+            backend, job_id = self.logic.backend(), self.job_id
+            self._run("job", lambda: JobView.from_json(backend.job(job_id)))
 
     def _connect_done(self, task: Background) -> None:
         if task.error:
@@ -434,6 +460,7 @@ class TrainerPanel:
             self.training.start_button.setEnabled(True)
             return
         self.job_id = task.result.id
+        self.logic.remember_job(task.result)  # the parameter node, on this (GUI) thread
         self.training.show_job(task.result)
 
     def _job_done(self, task: Background) -> None:
@@ -462,6 +489,11 @@ class TrainerPanel:
     def _download_done(self, task: Background) -> None:
         if task.error:
             self.versions.status.setText(task.error)
+            return
+        try:
+            self.logic.use_model(task.result)  # setting and parameter node, on this (GUI) thread
+        except Exception as err:
+            self.versions.status.setText(self.logic.redact(describe_error(err)))
             return
         self.versions.status.setText(f"MaleniaSegment now uses {task.result}")
         self.model_changed.emit(str(task.result))

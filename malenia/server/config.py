@@ -46,6 +46,8 @@ class ServerConfig:
     nnodes: int = 1  # > 1: torchrun rendezvous at rdzv_endpoint (docs/server.md)
     rdzv_endpoint: str | None = None
     train_command: list[str] | None = None  # replaces `python -m malenia.cli train` (tests, custom trainers)
+    python: str | None = None  # runs training and validation; None: this Python (Slicer's local mode: PythonSlicer)
+    subprocess_env: dict[str, str] | None = None  # added to the environment of those processes
     extra_train_args: list[str] = field(default_factory=list)
     max_steps: int = 1_000_000
     val_fraction: float = 0.2

@@ -93,9 +93,10 @@ def launcher_prefix(cfg: ServerConfig, gpus: int, job_id: str) -> list[str]:
         return list(cfg.train_command)
     module = ["-m", "malenia.cli", "train"]
     use_torchrun = cfg.launcher == "torchrun" or (cfg.launcher == "auto" and (gpus > 0 or cfg.nnodes > 1))
+    python = cfg.python or sys.executable
     if not use_torchrun:
-        return [sys.executable, *module]
-    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={max(gpus, 1)}"]
+        return [python, *module]
+    run = [python, "-m", "torch.distributed.run", f"--nproc_per_node={max(gpus, 1)}"]
     if cfg.nnodes > 1:
         run += [f"--nnodes={cfg.nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={cfg.rdzv_endpoint}",
                 f"--rdzv_id={job_id}"]
@@ -406,7 +407,7 @@ class JobManager:
             return None
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MALENIA_JOB_ID=job_id)
+        env = dict(os.environ, **(self.cfg.subprocess_env or {}), PYTHONUNBUFFERED="1", MALENIA_JOB_ID=job_id)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=self.layout.job_dir(job_id), env=env, start_new_session=True,
                                 text=True, encoding="utf-8", errors="replace", bufsize=1)
@@ -472,7 +473,7 @@ class JobManager:
             return None, None, current, ["no validation cases (fewer than 2 cases in the job)"]
         out = self.layout.job_dir(job_id) / "validation.json"
         models = [run / "model"] + ([self.layout.model_dir(current)] if current else [])
-        argv = [sys.executable, "-m", "malenia.server.validate_job", *map(str, models), "--data", str(data),
+        argv = [self.cfg.python or sys.executable, "-m", "malenia.server.validate_job", *map(str, models), "--data", str(data),
                 "--split", "val", "--out", str(out), "--device", "cuda" if (self._gpus or 0) > 0 else "cpu"]
         rc = self._spawn(job_id, argv, log, tracker)
         if rc is None:

