@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     print(markdown(result), end="")
     if not args.dry_run:
+        from malenia.knowledge.site import model_disease_rule
+
+        rule = model_disease_rule(model)  # the unclassified rule (`malenia knowledge openset --fit`) is kept
+        result = {**result, **({"disease": rule} if rule is not None else {})}
         update_model_folder(model.path, {INFERENCE: json.dumps(result, indent=2) + "\n"},
                             {"inference": {k: result[k] for k in ("threshold", "min_volume_mm3")}})
         print(f"written: {model.path / INFERENCE}")
