@@ -109,6 +109,147 @@ def _mass_effect(canvas: Canvas, box: tuple[slice, ...], center: np.ndarray, sp:
         a[...] = ndi.map_coordinates(a, coords, order=0, mode="nearest")
 
 
+def _applicable_findings(attrs: dict[str, list[str]], organ: str, phase: str, vocab: Any) -> tuple[list[str], list[str]]:
+    """The requested findings this organ and scan can show, and the dropped ones."""
+    findings = [f for f in attrs.get("specific_features", []) if f != NONE]
+    dropped: list[str] = []
+    for f in list(findings):
+        applies = vocab.entry(f).applies_to(organ) if vocab is not None and f in vocab else True
+        if not applies or (f == "specific_features.marked_enhancement" and phase != "contrast") \
+                or (f not in INTERNAL and f not in EXTERNAL and f not in STRUCTURAL):
+            findings.remove(f)
+            dropped.append(f)
+    return findings, dropped
+
+
+def _host(anat: Anatomy, organ: str, region_key: str) -> HostStats:
+    """The tissue the lesion's density is relative to (colon: a nominal bowel wall)."""
+    if organ == "colon":
+        host = HostStats(COLON_WALL_HU + (CONTRAST_WALL_GAIN if anat.phase == "contrast" else 0.0), 0, 12.0, 12.0, 0)
+        return HostStats(host.mean, host.mean, host.std, host.noise_std, 0)
+    return host_stats(anat.image, anat.host_mask(region_key), soft_tissue=organ != "lung")
+
+
+def _shape_params(shape_id: str, surface_id: str, feature_set: set[str], radius: float, rng: np.random.Generator,
+                  vox: float):
+    """Shape parameters (lobules for a lobulated contour, spicules) and the margin blur (mm)."""
+    params = sample_shape(shape_id, radius, rng)
+    if "specific_features.lobulation" in feature_set and not params.lobes:
+        u = rng.standard_normal((int(rng.integers(3, 6)), 3))
+        params.lobes = [(v / np.linalg.norm(v), float(rng.uniform(0.2, 0.35)), float(rng.uniform(5.0, 10.0))) for v in u]
+    if surface_id == "surface.spiculated":
+        sample_spicules(params, rng, vox)
+    margin_mm = {"surface.well_defined": 0.0, "surface.ill_defined": float(rng.uniform(3.0, 6.0)),
+                 "surface.spiculated": float(rng.uniform(0.3, 0.8))}.get(surface_id, 0.0)
+    return params, margin_mm
+
+
+def _crop_grid(center: np.ndarray, reach_mm: float, sp: np.ndarray, shape):
+    """The box around the centre that holds the lesion: (box, its low corner, its shape, mm offsets from the centre)."""
+    half = np.ceil(reach_mm / sp).astype(int) + 1
+    lo = np.maximum(center - half, 0)
+    hi = np.minimum(center + half + 1, shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    crop_shape = tuple(int(b - a) for a, b in zip(lo, hi))
+    sp32 = sp[:, None, None, None].astype(np.float32)
+    offsets = (np.indices(crop_shape, dtype=np.float32) + (lo - center)[:, None, None, None]) * sp32
+    return box, lo, crop_shape, offsets
+
+
+def _colon_wall(anat: Anatomy, box, sp: np.ndarray, sd: np.ndarray, wall_t: float, feature_set: set[str],
+                rng: np.random.Generator, record: dict[str, Any]) -> np.ndarray:
+    """A colon tumour as a shell of the wall, thick enough to narrow the lumen."""
+    colon = anat.organ_mask("colon")[box]
+    d_in = ndi.distance_transform_edt(colon, sampling=sp)
+    d_out = ndi.distance_transform_edt(~colon, sampling=sp)
+    sdc = (d_out - d_in).astype(np.float32)  # signed distance to the colon surface (+ outside)
+    if "specific_features.luminal_narrowing" in feature_set:
+        wall_t = max(wall_t, float(d_in.max()) * float(rng.uniform(0.8, 1.0)))
+    bulge = 3.0
+    record["wall"] = {"thickness_mm": round(wall_t, 2), "outer_bulge_mm": bulge,
+                      "lumen_narrowing": round(float(min(1.0, wall_t / max(float(d_in.max()), 1e-3))), 3)}
+    return np.maximum(sd, np.maximum(-sdc - wall_t, sdc - bulge))
+
+
+def _weight_and_label(sd: np.ndarray, surface_id: str, margin_mm: float, radius: float, sp: np.ndarray, vox: float,
+                      allowed: np.ndarray, centre_in_crop: tuple, rng: np.random.Generator):
+    """Blend weight (the surface's edge profile), label (one connected piece) and the signed distance
+    (roughened when ill-defined: the findings drawn later follow the rough boundary)."""
+    crop_shape = sd.shape
+    if surface_id == "surface.ill_defined":
+        rough = (filtered_noise(crop_shape, max(0.3 * radius / float(sp.min()), 1.0), rng)
+                 * float(rng.uniform(0.06, 0.12)) * radius)
+        sd = sd + rough
+        w = blurred_edge(sd, margin_mm, vox)
+    elif margin_mm > 0:
+        w = blurred_edge(sd, margin_mm, vox)
+    else:
+        w = pv_ramp(sd, vox)
+    w *= np.clip(ndi.gaussian_filter(allowed.astype(np.float32), 0.5), 0.0, 1.0)
+    label = (w >= 0.5) & allowed
+    lab, n = ndi.label(label)
+    if n > 1:
+        c = centre_in_crop
+        keep = lab[c] if lab[c] > 0 else int(np.bincount(lab.ravel())[1:].argmax()) + 1
+        label = lab == keep
+    return w, label, sd
+
+
+def _texture(prof, density_id: str, variation_id: str, mean: float, host: HostStats,
+             rng: np.random.Generator) -> tuple[bool, float, float]:
+    """(heterogeneous?, texture SD in HU, texture scale in mm) of the lesion's interior."""
+    host_texture = float(np.sqrt(max(host.std ** 2 - host.noise_std ** 2, 0.0)))
+    hetero = variation_id == "density_variation.heterogeneous"
+    fluidlike = prof.cystic or density_id == "density.fluid"
+    if hetero:
+        # mottling scaled by the lesion-host contrast, but never more than soft tissue shows
+        # (a lung nodule is ~900 HU above its host)
+        tex_std = min(max(10.0, 0.35 * abs(mean - host.mean), host_texture), 25.0) * float(rng.uniform(1.0, 1.6))
+        tex_sigma_mm = float(rng.uniform(1.5, 3.5))
+    else:
+        tex_std = 0.0 if fluidlike or prof.kind == "stone" else 0.3 * host_texture
+        tex_sigma_mm = 2.0
+    return hetero, tex_std, tex_sigma_mm
+
+
+def _intensity(crop_shape, mean: float, noise_std: float, tex_std: float, tex_sigma_mm: float, density_id: str,
+               dens: dict[str, Any], sd: np.ndarray, radius: float, sp: np.ndarray, vox: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """The lesion's HU field: target density, the scan's noise grain, texture, a ground-glass rim when mixed."""
+    hu = np.full(crop_shape, mean, np.float32)
+    hu += filtered_noise(crop_shape, NOISE_SIGMA_VOX, rng) * noise_std
+    if tex_std > 0:
+        hu += filtered_noise(crop_shape, np.maximum(tex_sigma_mm / sp, 0.5), rng) * tex_std
+    if density_id == "density.lung.mixed":  # ground-glass periphery around a solid part
+        frac = dens["solid_fraction"]
+        wg = blurred_edge((1.0 - frac) * radius + sd, 1.0, vox)  # 1 in the outer shell
+        hu = hu * (1 - wg) + wg * (dens["ground_glass_hu"] + filtered_noise(crop_shape, NOISE_SIGMA_VOX, rng) * noise_std * 1.5)
+    return hu
+
+
+def _apply_findings(ctx: LesionContext, findings: list[str], prof, hetero: bool, dens: dict[str, Any],
+                    w: np.ndarray) -> dict[str, Any]:
+    """Internal findings, the density guard, compositing into the canvas, then external and structural findings."""
+    if prof.kind == "stone" and hetero:
+        calcified_rim(ctx)
+    for f in findings:
+        if f in INTERNAL:
+            INTERNAL[f](ctx)
+    guard = _density_guard(ctx, dens)
+    img = ctx.canvas.image[ctx.box]
+    img *= 1.0 - w
+    img += w * ctx.hu
+    ctx.canvas.lesions[ctx.box][ctx.label] = ctx.label_value
+    for f in findings:
+        if f in EXTERNAL:
+            EXTERNAL[f](ctx)
+    for f in findings:
+        if f in STRUCTURAL:
+            ctx.record.setdefault(f.split(".")[1], {"rendered_by": "shape" if f.endswith("lobulation") else
+                                                    ("wall thickness" if f.endswith("narrowing") else "placement")})
+    return guard
+
+
 def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str, attributes: dict[str, list[str]],
                   rng: np.random.Generator, vocab: Any = None, region: str | None = None,
                   radius_mm: float | None = None) -> tuple[dict[str, list[str]], dict[str, Any]]:
@@ -122,139 +263,46 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
     attrs = {a: list(v) for a, v in attributes.items()}
     region_key = region or region_of_location(attrs["location"][0])
     organ = organ_of_region(region_key)
-    phase = anat.phase
-    sp = anat.spacing_zyx
-    vox = float(np.mean(sp))
-    shape_id = _first(attrs, "shape", "shape.round")
-    density_id = _first(attrs, "density", "density.isodense." + organ)
-    variation_id = _first(attrs, "density_variation", "density_variation.homogeneous")
-    surface_id = _first(attrs, "surface", "surface.well_defined")
-    relationship_id = _first(attrs, "relationship", "relationship.separate")
-
-    findings = [f for f in attrs.get("specific_features", []) if f != NONE]
-    dropped: list[str] = []
-    for f in list(findings):
-        applies = vocab.entry(f).applies_to(organ) if vocab is not None and f in vocab else True
-        if not applies or (f == "specific_features.marked_enhancement" and phase != "contrast") \
-                or (f not in INTERNAL and f not in EXTERNAL and f not in STRUCTURAL):
-            findings.remove(f)
-            dropped.append(f)
+    sp, vox = anat.spacing_zyx, float(np.mean(anat.spacing_zyx))
+    ids = {"shape": _first(attrs, "shape", "shape.round"), "density": _first(attrs, "density", "density.isodense." + organ),
+           "variation": _first(attrs, "density_variation", "density_variation.homogeneous"),
+           "surface": _first(attrs, "surface", "surface.well_defined"),
+           "relationship": _first(attrs, "relationship", "relationship.separate")}
+    findings, dropped = _applicable_findings(attrs, organ, anat.phase, vocab)
     feature_set = set(findings)
 
     radius = float(radius_mm) if radius_mm else prof.sample_radius(rng)
-    placement = place_lesion(anat, canvas.organs, canvas.lesions, region_key, prof.kind, relationship_id, feature_set, radius, rng)
-    radius = placement.radius_mm
-    center = placement.center
-
-    if organ == "colon":
-        host = HostStats(COLON_WALL_HU + (CONTRAST_WALL_GAIN if phase == "contrast" else 0.0), 0, 12.0, 12.0, 0)
-        host = HostStats(host.mean, host.mean, host.std, host.noise_std, 0)
-    else:
-        host = host_stats(anat.image, anat.host_mask(region_key), soft_tissue=organ != "lung")
+    placement = place_lesion(anat, canvas.organs, canvas.lesions, region_key, prof.kind, ids["relationship"], feature_set,
+                             radius, rng)
+    radius, center = placement.radius_mm, placement.center
+    host = _host(anat, organ, region_key)
     noise_std = scan_noise_std(anat)
-    dens = density_value(density_id, host.mean, prof, phase, rng)
-    mean = dens["target_hu"]
-
-    params = sample_shape(shape_id, radius, rng)
-    if "specific_features.lobulation" in feature_set and not params.lobes:
-        u = rng.standard_normal((int(rng.integers(3, 6)), 3))
-        params.lobes = [(v / np.linalg.norm(v), float(rng.uniform(0.2, 0.35)), float(rng.uniform(5.0, 10.0))) for v in u]
-    if surface_id == "surface.spiculated":
-        sample_spicules(params, rng, vox)
-    margin_mm = {"surface.well_defined": 0.0, "surface.ill_defined": float(rng.uniform(3.0, 6.0)),
-                 "surface.spiculated": float(rng.uniform(0.3, 0.8))}.get(surface_id, 0.0)
-
-    wall_t = 0.0
-    if prof.kind == "wall":
-        wall_t = float(rng.uniform(6.0, 14.0))
-    reach = params.reach() + 3.0 * margin_mm + 2.0 * float(sp.max()) + wall_t
-    half = np.ceil(reach / sp).astype(int) + 1
-    lo = np.maximum(center - half, 0)
-    hi = np.minimum(center + half + 1, anat.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    crop_shape = tuple(int(b - a) for a, b in zip(lo, hi))
-    offsets = (np.indices(crop_shape, dtype=np.float32) + (lo - center)[:, None, None, None]) * sp[:, None, None, None].astype(np.float32)
+    dens = density_value(ids["density"], host.mean, prof, anat.phase, rng)
+    params, margin_mm = _shape_params(ids["shape"], ids["surface"], feature_set, radius, rng, vox)
+    wall_t = float(rng.uniform(6.0, 14.0)) if prof.kind == "wall" else 0.0
+    reach_mm = params.reach() + 3.0 * margin_mm + 2.0 * float(sp.max()) + wall_t
+    box, lo, crop_shape, offsets = _crop_grid(center, reach_mm, sp, anat.shape)
 
     sd = shape_sdf(offsets, params, rng, sp)
     record: dict[str, Any] = {}
-    if prof.kind == "wall":  # a shell of the colon wall, thick enough to narrow the lumen
-        colon = anat.organ_mask("colon")[box]
-        d_in = ndi.distance_transform_edt(colon, sampling=sp)
-        d_out = ndi.distance_transform_edt(~colon, sampling=sp)
-        sdc = (d_out - d_in).astype(np.float32)  # signed distance to the colon surface (+ outside)
-        if "specific_features.luminal_narrowing" in feature_set:
-            wall_t = max(wall_t, float(d_in.max()) * float(rng.uniform(0.8, 1.0)))
-        bulge = 3.0
-        sd = np.maximum(sd, np.maximum(-sdc - wall_t, sdc - bulge))
-        record["wall"] = {"thickness_mm": round(wall_t, 2), "outer_bulge_mm": bulge,
-                          "lumen_narrowing": round(float(min(1.0, wall_t / max(float(d_in.max()), 1e-3))), 3)}
-
-    if surface_id == "surface.ill_defined":
-        rough = filtered_noise(crop_shape, max(0.3 * radius / float(sp.min()), 1.0), rng) * float(rng.uniform(0.06, 0.12)) * radius
-        sd = sd + rough
-        w = blurred_edge(sd, margin_mm, vox)
-    elif margin_mm > 0:
-        w = blurred_edge(sd, margin_mm, vox)
-    else:
-        w = pv_ramp(sd, vox)
-    allowed = placement.allowed[box]
-    w *= np.clip(ndi.gaussian_filter(allowed.astype(np.float32), 0.5), 0.0, 1.0)
-    label = (w >= 0.5) & allowed
-    lab, n = ndi.label(label)
-    if n > 1:
-        c = tuple(center - lo)
-        keep = lab[c] if lab[c] > 0 else int(np.bincount(lab.ravel())[1:].argmax()) + 1
-        label = lab == keep
+    if prof.kind == "wall":
+        sd = _colon_wall(anat, box, sp, sd, wall_t, feature_set, rng, record)
+    w, label, sd = _weight_and_label(sd, ids["surface"], margin_mm, radius, sp, vox, placement.allowed[box],
+                                     tuple(center - lo), rng)
     if label.sum() < 4:
         raise PlacementError(f"a {disease} of radius {radius:.1f} mm does not fit at this resolution")
-
     mass_effect = None
     if prof.expansile and placement.mode in ("separate", "abutting", "vascular", "exophytic"):
         amp = float(rng.uniform(0.04, 0.14))
         _mass_effect(canvas, box, center, sp, radius, amp)
         mass_effect = {"amplitude": round(amp, 3)}
 
-    # -- intensity ----------------------------------------------------------------------------
-    host_texture = float(np.sqrt(max(host.std ** 2 - host.noise_std ** 2, 0.0)))
-    hetero = variation_id == "density_variation.heterogeneous"
-    fluidlike = prof.cystic or density_id == "density.fluid"
-    if hetero:
-        # mottling scaled by the lesion-host contrast, but never more than soft tissue shows
-        # (a lung nodule is ~900 HU above its host)
-        tex_std = min(max(10.0, 0.35 * abs(mean - host.mean), host_texture), 25.0) * float(rng.uniform(1.0, 1.6))
-        tex_sigma_mm = float(rng.uniform(1.5, 3.5))
-    else:
-        tex_std = 0.0 if fluidlike or prof.kind == "stone" else 0.3 * host_texture
-        tex_sigma_mm = 2.0
-    hu = np.full(crop_shape, mean, np.float32)
-    hu += filtered_noise(crop_shape, NOISE_SIGMA_VOX, rng) * noise_std
-    if tex_std > 0:
-        hu += filtered_noise(crop_shape, np.maximum(tex_sigma_mm / sp, 0.5), rng) * tex_std
-    if density_id == "density.lung.mixed":  # ground-glass periphery around a solid part
-        frac = dens["solid_fraction"]
-        wg = blurred_edge((1.0 - frac) * radius + sd, 1.0, vox)  # 1 in the outer shell
-        hu = hu * (1 - wg) + wg * (dens["ground_glass_hu"] + filtered_noise(crop_shape, NOISE_SIGMA_VOX, rng) * noise_std * 1.5)
-    ctx = LesionContext(anat, canvas, box, center, offsets, sd, label, hu, radius, mean, host.mean, noise_std, phase,
-                        organ, region_key, label_value, rng, record)
-    if prof.kind == "stone" and hetero:
-        calcified_rim(ctx)
-    for f in findings:
-        if f in INTERNAL:
-            INTERNAL[f](ctx)
-    guard = _density_guard(ctx, dens)
-
-    img = canvas.image[box]
-    img *= 1.0 - w
-    img += w * ctx.hu
-    canvas.lesions[box][label] = label_value
-
-    for f in findings:
-        if f in EXTERNAL:
-            EXTERNAL[f](ctx)
-    for f in findings:
-        if f in STRUCTURAL:
-            record.setdefault(f.split(".")[1], {"rendered_by": "shape" if f.endswith("lobulation") else
-                                                ("wall thickness" if f.endswith("narrowing") else "placement")})
+    hetero, tex_std, tex_sigma_mm = _texture(prof, ids["density"], ids["variation"], dens["target_hu"], host, rng)
+    hu = _intensity(crop_shape, dens["target_hu"], noise_std, tex_std, tex_sigma_mm, ids["density"], dens, sd, radius, sp,
+                    vox, rng)
+    ctx = LesionContext(anat, canvas, box, center, offsets, sd, label, hu, radius, dens["target_hu"], host.mean, noise_std,
+                        anat.phase, organ, region_key, label_value, rng, record)
+    guard = _apply_findings(ctx, findings, prof, hetero, dens, w)
 
     used = dict(attrs)
     used["specific_features"] = findings or [NONE]
@@ -267,7 +315,7 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
                       "neighbour": placement.neighbour, "notes": placement.notes},
         "radius_mm": round(radius, 2),
         "shape": params.to_json(),
-        "surface": {"id": surface_id, "margin_blur_mm": round(margin_mm, 2)},
+        "surface": {"id": ids["surface"], "margin_blur_mm": round(margin_mm, 2)},
         "density": {**dens, "host": host.to_json(), "scan_noise_std": round(noise_std, 2), **guard},
         "texture": {"heterogeneous": hetero, "texture_std_hu": round(tex_std, 2), "texture_sigma_mm": round(tex_sigma_mm, 2)},
         "mass_effect": mass_effect,

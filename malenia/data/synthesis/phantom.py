@@ -152,28 +152,35 @@ def _rot(axis: str, deg: float) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
-def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 128, 128),
-                 spacing: tuple[float, float, float] = (3.0, 3.0, 3.0), phase: str = "non_contrast") -> Anatomy:
-    """A random abdominal phantom. size/spacing in SimpleITK (x, y, z) order; phase
-    'non_contrast' or 'contrast' (portal-venous, or arterial in 30 % of contrast scans)."""
-    if phase not in ("non_contrast", "contrast"):
-        raise ValueError(f"phase must be non_contrast or contrast, got {phase!r}")
-    sub = "non_contrast" if phase == "non_contrast" else ("arterial" if rng.random() < 0.3 else "portal_venous")
-    pi = PHASES[sub]
+class _Build:
+    """What the structure painters share: the grid, the painter, the generator, and the landmarks each
+    step leaves for the later ones (attributes set by the steps; the order of PAINTERS matters)."""
 
-    def hu(tissue: str, jitter: float = 4.0) -> float:
-        return float(HU[tissue][pi] + rng.uniform(-jitter, jitter))
+    def __init__(self, rng: np.random.Generator, size, spacing, phase: str):
+        self.rng = rng
+        self.phase = phase
+        self.sub = "non_contrast" if phase == "non_contrast" else ("arterial" if rng.random() < 0.3 else "portal_venous")
+        self.pi = PHASES[self.sub]
+        self.size = tuple(int(s) for s in size)
+        self.sp_xyz = np.asarray(spacing, float)
+        self.shape_zyx = (self.size[2], self.size[1], self.size[0])
+        centre = np.array([0.0, 5.0, -35.0])  # LPS, relative to L1
+        self.origin = centre - (np.asarray(self.size) - 1) / 2.0 * self.sp_xyz
+        self.P = _Painter(self.shape_zyx, self.sp_xyz, self.origin)
+        self.U = rng.uniform
+        self.J = lambda s=6.0: rng.uniform(-s, s, 3)  # positional jitter (mm)
 
-    size = tuple(int(s) for s in size)
-    sp_xyz = np.asarray(spacing, float)
-    shape_zyx = (size[2], size[1], size[0])
-    centre = np.array([0.0, 5.0, -35.0])  # LPS, relative to L1
-    origin = centre - (np.asarray(size) - 1) / 2.0 * sp_xyz
-    P = _Painter(shape_zyx, sp_xyz, origin)
-    U = rng.uniform
-    J = lambda s=6.0: rng.uniform(-s, s, 3)  # noqa: E731  positional jitter (mm)
+    def hu(self, tissue: str, jitter: float = 4.0) -> float:
+        return float(HU[tissue][self.pi] + self.rng.uniform(-jitter, jitter))
 
-    # -- body ---------------------------------------------------------------------------------
+    @property
+    def L5(self) -> float:
+        return self.zL["L5"]
+
+
+def _paint_body(build: _Build) -> None:
+    """Table, body ellipse, subcutaneous fat, wall muscle and the visceral fat of the cavity."""
+    P, U, hu = build.P, build.U, build.hu
     a0, b0 = U(150, 178), U(108, 130)
     y_v = U(22, 30)  # vertebral body centre (posterior)
     fat_t = min(U(8, 32), b0 - y_v - 80)
@@ -189,8 +196,14 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
     ac, bc, cyc = am - wall_t, bm - wall_t - 8, -6.0
     cavity = _ellipse2d_sd(0, cyc, ac, bc)
     P.paint(*big, cavity, hu("fat", 6) + 5)
+    build.a0, build.b0, build.y_v, build.zlo, build.zhi = a0, b0, y_v, zlo, zhi
+    build.am, build.bm, build.ac, build.bc, build.cyc = am, bm, ac, bc, cyc
+    build.cavity = cavity
 
-    # -- levels and diaphragm -------------------------------------------------------------------
+
+def _paint_levels(build: _Build) -> None:
+    """Vertebral level heights, diaphragm domes and the pancreas level (no painting)."""
+    U = build.U
     h = U(29, 34)  # vertebral level height (body + disc)
     zL = {f"L{i}": -(i - 1) * h for i in range(1, 6)}
     zL.update({f"T{i}": (12 - i + 1) * h for i in range(8, 13)})
@@ -202,8 +215,15 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
         dr = z_r - 60 * (((x + 55) / 105) ** 2 + ((y + 5) / 95) ** 2)
         dl = z_l - 60 * (((x - 55) / 105) ** 2 + ((y + 5) / 95) ** 2)
         return np.maximum(np.maximum(dr, dl), z_l - 12 - 0 * x)
+    build.h, build.zL, build.z_r, build.z_l, build.z_panc = h, zL, z_r, z_l, z_panc
+    build.z_d = z_d
 
-    # -- thorax: lungs (lobes), heart -----------------------------------------------------------------
+
+def _paint_thorax(build: _Build) -> None:
+    """Lungs (five lobes, fissures, vessels) above the domes, and the heart."""
+    P, U, J, hu, rng, sub = build.P, build.U, build.J, build.hu, build.rng, build.sub
+    z_l, z_r, z_d, ac, bc, zhi = build.z_l, build.z_r, build.z_d, build.ac, build.bc, build.zhi
+    y_v, cavity = build.y_v, build.cavity
     zmin_lung = z_l - 75
     x2 = P.axes[0][None, :]
     y2 = P.axes[1][:, None]
@@ -245,8 +265,13 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
         P.paint(heart_c - 80, heart_c + 80,
                 lambda x, y, z, sl: np.maximum(_ellipsoid_sd(heart_c, (U(60, 70), 52, 58), _rot("z", -30))(x, y, z, sl),
                                                zd2[sl[1], sl[2]] + 4 - z), hu("heart"), T["heart"])
+    build.zd2, build.cav2 = zd2, cav2
 
-    # -- spine, ribs, pelvis ----------------------------------------------------------------------
+
+def _paint_spine(build: _Build) -> None:
+    """Vertebrae T8-L5: body, cortex, disc, arch, processes, canal and cord."""
+    P, hu, zL, h, zlo, zhi = build.P, build.hu, build.zL, build.h, build.zlo, build.zhi
+    y_v = build.y_v
     levels = [("vertebrae_T8", zL["T8"]), ("vertebrae_T9", zL["T9"]), ("vertebrae_T10", zL["T10"]),
               ("vertebrae_T11", zL["T11"]), ("vertebrae_T12", zL["T12"])] + [(f"vertebrae_L{i}", zL[f"L{i}"]) for i in range(1, 6)]
     body_h = h - 8.0
@@ -273,7 +298,11 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
                 P.tube([cc + [s * 10, -6, 0], cc + [s * 38, -4, 0]], [2.5, 2.0], hu("cortical", 60) - 250, lid)
         P.paint(cc - 12, cc + 12, lambda x, y, z, sl, cc=cc: (np.sqrt(x ** 2 + (y - cc[1]) ** 2) - 9.0).astype(np.float32) + 0 * z, hu("csf"))
         P.paint(cc - 8, cc + 8, lambda x, y, z, sl, cc=cc: (np.sqrt(x ** 2 + (y - cc[1] + 1) ** 2) - 5.0).astype(np.float32) + 0 * z, hu("cord"), T["spinal_cord"])
-    y_canal = y_v + 32
+
+
+def _paint_pelvis(build: _Build) -> None:
+    """Sacrum and iliac wings."""
+    P, U, hu, zL, h, y_v = build.P, build.U, build.hu, build.zL, build.h, build.y_v
     # sacrum: tilted backwards below L5
     z_s = zL["L5"] - h / 2 - 4
     sac_pts = np.array([[0, y_v + 2, z_s], [0, y_v + 18, z_s - 45], [0, y_v + 42, z_s - 90], [0, y_v + 60, z_s - 120]])
@@ -295,6 +324,12 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
         lo = np.array([min(0, s_ * 130), y_v - 60, bottom]) - 5
         hi = np.array([max(0, s_ * 130), y_v + 50, crest]) + 5
         P.paint(lo, hi, wing, hu("cortical", 40) - 330, T[name])
+
+
+def _paint_back_muscles(build: _Build) -> None:
+    """Paraspinal (autochthon) and psoas muscles."""
+    P, U, hu, zL, y_v, zlo = build.P, build.U, build.hu, build.zL, build.y_v, build.zlo
+    zhi, am, bm = build.zhi, build.am, build.bm
     # paraspinal and psoas muscles
     for s, side in ((1, "left"), (-1, "right")):
         P.paint(np.array([s * 30 - 30, y_v + 15, zlo]), np.array([s * 30 + 30, y_v + 85, zhi]),
@@ -304,6 +339,12 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
         ps = np.array([[s * 26, y_v - 8, top], [s * 32, y_v - 12, zL["L2"]], [s * 42, y_v - 12, zL["L4"]],
                        [s * 55, y_v - 20, zL["L5"] - 40], [s * 70, y_v - 30, zL["L5"] - 110]])
         P.tube(ps, [4, 12, U(18, 24), U(20, 26), 22], hu("muscle"), T[f"iliopsoas_{side}"])
+
+
+def _paint_ribs(build: _Build) -> None:
+    """Ribs 7-12 and costal cartilage."""
+    P, U, hu, zL, h, y_v = build.P, build.U, build.hu, build.zL, build.h, build.y_v
+    am, bm, cyc = build.am, build.bm, build.cyc
     # ribs 7-12 and costal cartilage
     ring_a, ring_b = am - 6, bm - 6
     for s, side in ((1, "left"), (-1, "right")):
@@ -321,12 +362,19 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
                 cpts = np.stack([s * ring_a * np.sin(phic), cyc + ring_b * np.cos(phic), pts[-1, 2] + 30 * (phic - phic[0])], 1)
                 P.tube(cpts, [4.0], hu("cartilage", 10), T["costal_cartilages"])
 
-    # -- abdominal organs ---------------------------------------------------------------------------
+
+def _paint_cavity_masks(build: _Build) -> None:
+    """Masks that keep abdominal organs below the diaphragm and inside the cavity (no painting)."""
+    zd2, cav2 = build.zd2, build.cav2
     below = lambda off: (lambda x, y, z, sl: (zd2[sl[1], sl[2]] - off >= z).astype(np.float32))  # noqa: E731
     in_cav = lambda x, y, z, sl: (cav2[sl[1], sl[2]] <= 0).astype(np.float32)  # noqa: E731
     below_in = lambda off: (lambda x, y, z, sl: below(off)(x, y, z, sl) * in_cav(x, y, z, sl))  # noqa: E731
+    build.in_cav, build.below_in = in_cav, below_in
 
-    # small bowel loops (painted first: other organs cover them)
+
+def _paint_small_bowel(build: _Build) -> None:
+    """Small-bowel loops (painted first: other organs cover them)."""
+    P, U, hu, rng, zL, in_cav = build.P, build.U, build.hu, build.rng, build.zL, build.in_cav
     for _ in range(int(rng.integers(4, 7))):
         start = np.array([U(-55, 55), U(-85, -5), U(zL["L5"] - 40, zL["L2"])])
         pts = [start]
@@ -341,7 +389,11 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
         P.tube(pts, [r], hu("bowel_wall"), T["small_bowel"], within=in_cav)
         P.tube(pts, [r - 2.5], lambda x, y, z, sl: np.float32(hu("fluid", 8)) + 0 * x, None, within=in_cav)
 
-    # liver
+
+def _paint_liver(build: _Build) -> None:
+    """Liver (two smoothly joined ellipsoids under the right dome), hepatic veins and portal branches."""
+    P, U, J, hu, z_r, z_l = build.P, build.U, build.J, build.hu, build.z_r, build.z_l
+    zd2, cav2 = build.zd2, build.cav2
     lc1 = np.array([-62, 2, z_r - 48]) + J(6)
     lc2 = np.array([8, -48, z_l - 32]) + J(6)
     s1 = np.array([U(75, 88), U(80, 92), U(68, 80)])
@@ -368,8 +420,13 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
     for end in ([-95, 10, z_r - 70], [-80, -25, z_r - 105], [15, -45, z_r - 62]):
         end = np.array(end, float) + J(8)
         P.tube([porta, (porta + end) / 2 + J(5), end], [5.5, 3.5, 2.0], hu("portal"), T["liver_vessels"], within=liver_mask_fn)
+    build.porta = porta
 
-    # gallbladder: wall, then bile
+
+def _paint_gallbladder_spleen(build: _Build) -> None:
+    """Gallbladder (wall, then bile) and spleen."""
+    P, U, J, hu, z_r, z_l = build.P, build.U, build.J, build.hu, build.z_r, build.z_l
+    in_cav, below_in = build.in_cav, build.below_in
     gbc = np.array([-46, -52, z_r - 100]) + J(5)
     gsemi = np.array([U(14, 19), U(14, 19), U(30, 42)])
     grot = _rot("x", U(25, 45)) @ _rot("y", U(-15, 15))
@@ -383,7 +440,11 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
     hil = _ellipsoid_sd(spc + [-32, -18, 0], [22, 30, 40])
     P.paint(spc - 75, spc + 75, lambda x, y, z, sl: np.maximum(e_sp(x, y, z, sl), -hil(x, y, z, sl)), hu("spleen"), T["spleen"], within=below_in(4))
 
-    # stomach with an air-fluid level
+
+def _paint_stomach_duodenum(build: _Build) -> None:
+    """Stomach with an air-fluid level; duodenal C-loop around the pancreatic head."""
+    P, U, J, hu, z_l, z_panc = build.P, build.U, build.J, build.hu, build.z_l, build.z_panc
+    below_in = build.below_in
     st_pts = np.array([[55, 15, z_l - 22], [48, -38, z_l - 58], [12, -62, z_l - 85], [-18, -48, z_l - 92]]) + J(5)
     st_r = [U(30, 40), U(28, 34), U(20, 26), 11]
     (_, _, _) = P.tube(st_pts, st_r, hu("bowel_wall"), T["stomach"], within=below_in(6))
@@ -397,7 +458,10 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
     P.tube(du, [11], hu("bowel_wall"), T["duodenum"])
     P.tube(du, [8.5], hu("fluid", 8), None)
 
-    # kidneys: cortex, medulla, sinus fat, pelvis, ureter
+
+def _paint_kidneys(build: _Build) -> None:
+    """Kidneys: cortex, medulla, sinus fat, pelvis, ureter."""
+    P, U, hu, zL, y_v = build.P, build.U, build.hu, build.zL, build.y_v
     kid = {}
     for s, side, zc in ((1, "left", zL["L1"] - 5 + U(-8, 8)), (-1, "right", zL["L1"] - 22 + U(-8, 8))):
         c = np.array([s * U(66, 76), y_v + U(0, 8), zc])
@@ -418,13 +482,22 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
         ureter = [sinus_c + medial * 10, hilum + [0, 0, -25], np.array([s * 42, y_v - 5, zL["L4"]]), np.array([s * 45, y_v - 25, zL["L5"] - 80])]
         P.tube(ureter, [2.5], hu("urine", 4), None)
         kid[side] = c
+    build.kid = kid
 
-    # pancreas (head in the duodenal C-loop, tail at the splenic hilum)
+
+def _paint_pancreas(build: _Build) -> None:
+    """Pancreas: head in the duodenal C-loop, tail at the splenic hilum."""
+    P, U, J, hu, z_panc = build.P, build.U, build.J, build.hu, build.z_panc
     pan = np.array([[-42, -6, z_panc - 28], [-38, -12, z_panc - 8], [-12, -22, z_panc], [25, -16, z_panc + 8],
                     [62, 8, z_panc + 18], [80 + U(-5, 5), 26, z_panc + 24]]) + J(3)
     _, pan_pts, _ = P.tube(pan, [U(14, 18), 14, 10, U(10, 13), 9, 7], hu("pancreas"), T["pancreas"])
+    build.pan_pts = pan_pts
 
-    # vessels
+
+def _paint_vessels(build: _Build) -> None:
+    """Aorta, iliac vessels, IVC, left renal vein, portal and splenic veins, SMA, esophagus."""
+    P, hu, zhi, y_v, z_r, z_l = build.P, build.hu, build.zhi, build.y_v, build.z_r, build.z_l
+    zL, z_panc, kid, porta, pan_pts = build.zL, build.z_panc, build.kid, build.porta, build.pan_pts
     top = zhi
     aorta_pts = np.array([[22, y_v - 10, top], [18, y_v - 20, z_r], [12, y_v - 33, zL["L1"]], [8, y_v - 34, zL["L4"] - 8]])
     P.tube(aorta_pts, [13, 12, 11, 10], hu("blood", 8), T["aorta"])
@@ -446,7 +519,11 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
     # esophagus down to the gastric cardia
     P.tube([[8, y_v - 12, top], [12, y_v - 18, z_l + 10], [35, 12, z_l - 15]], [8], hu("bowel_wall"), T["esophagus"])
 
-    # colon: exact segments
+
+def _paint_colon(build: _Build) -> None:
+    """Colon from caecum to rectum (exact segment masks), stool texture and anterior gas pockets."""
+    P, U, J, hu, rng, zL = build.P, build.U, build.J, build.hu, build.rng, build.zL
+    shape_zyx, sp_xyz = build.shape_zyx, build.sp_xyz
     L5, L3, L2, L1 = zL["L5"], zL["L3"], zL["L2"], zL["L1"]
     segs = {
         "colon.ascending": np.array([[-72, -18, L5 - 25], [-84, 0, L5], [-88, 5, L3], [-84, 0, L1 - 30], [-72, -30, L1 - 52]]),
@@ -479,13 +556,44 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
                 gas |= (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < rr * rr
             return np.where(gas, -1000.0, HU["stool"][0] + 70 * texture[sl]).astype(np.float32)
         P.tube(pts, [r - 3.0], content, None)
+    build.texture, build.colon_parts, build.segs = texture, colon_parts, segs
 
-    # bladder
+
+def _paint_bladder(build: _Build) -> None:
+    """Urinary bladder: wall, then urine."""
+    P, U, J, hu, L5 = build.P, build.U, build.J, build.hu, build.L5
     bc_ = np.array([0, -30, L5 - 125]) + J(5)
     P.paint(bc_ - 60, bc_ + 60, _ellipsoid_sd(bc_, [U(40, 50), U(30, 38), U(30, 38)]), hu("gb_wall"), T["urinary_bladder"])
     P.paint(bc_ - 60, bc_ + 60, _ellipsoid_sd(bc_, [U(40, 50) - 3, 29, 29]), hu("urine", 4), None)
 
-    # -- texture, blur, noise ---------------------------------------------------------------------
+
+# The phantom's structures in painting order (later ones cover earlier ones where they overlap).
+PAINTERS: tuple[tuple[str, Callable[[_Build], None]], ...] = (
+    ("body", _paint_body),
+    ("levels", _paint_levels),
+    ("thorax", _paint_thorax),
+    ("spine", _paint_spine),
+    ("pelvis", _paint_pelvis),
+    ("back_muscles", _paint_back_muscles),
+    ("ribs", _paint_ribs),
+    ("cavity_masks", _paint_cavity_masks),
+    ("small_bowel", _paint_small_bowel),
+    ("liver", _paint_liver),
+    ("gallbladder_spleen", _paint_gallbladder_spleen),
+    ("stomach_duodenum", _paint_stomach_duodenum),
+    ("kidneys", _paint_kidneys),
+    ("pancreas", _paint_pancreas),
+    ("vessels", _paint_vessels),
+    ("colon", _paint_colon),
+    ("bladder", _paint_bladder),
+)
+
+
+def _finish(build: _Build) -> Anatomy:
+    """Tissue texture and correlated scanner noise; the Anatomy with its exact colon segments."""
+    b = build
+    P, U, rng, texture, shape_zyx, colon_parts, segs = b.P, b.U, b.rng, b.texture, b.shape_zyx, b.colon_parts, b.segs
+    sub, a0, b0, h, sp_xyz, origin, phase = b.sub, b.a0, b.b0, b.h, b.sp_xyz, b.origin, b.phase
     tex_lut = np.zeros(int(P.lab.max()) + 1, np.float32)
     tex_lut[0] = 6.0
     for name, lid in T.items():
@@ -507,3 +615,15 @@ def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 12
                             "body_mm": [round(a0 * 2, 1), round(b0 * 2, 1)], "level_height_mm": round(h, 1)}
     return Anatomy(img, P.lab, names, tuple(float(s) for s in sp_xyz), tuple(float(o) for o in origin),
                    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), phase, "phantom", subregions, info)
+
+
+def make_phantom(rng: np.random.Generator, size: tuple[int, int, int] = (128, 128, 128),
+                 spacing: tuple[float, float, float] = (3.0, 3.0, 3.0), phase: str = "non_contrast") -> Anatomy:
+    """A random abdominal phantom. size/spacing in SimpleITK (x, y, z) order; phase
+    'non_contrast' or 'contrast' (portal-venous, or arterial in 30 % of contrast scans)."""
+    if phase not in ("non_contrast", "contrast"):
+        raise ValueError(f"phase must be non_contrast or contrast, got {phase!r}")
+    build = _Build(rng, size, spacing, phase)
+    for _, paint in PAINTERS:
+        paint(build)
+    return _finish(build)

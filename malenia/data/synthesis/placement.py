@@ -40,17 +40,68 @@ class Placement:
     notes: list[str] = field(default_factory=list)
 
 
-def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_key: str, kind: str,
-                 relationship: str, features: set[str], radius_mm: float, rng: np.random.Generator) -> Placement:
+@dataclass
+class _Site:
+    """The region's neighbourhood (a box around it) that every placement mode searches."""
+
+    anat: Anatomy
+    box: tuple[slice, ...]
+    region_key: str
+    organ: str
+    host: np.ndarray  # full-size host mask
+    occupied: np.ndarray  # full-size: lesions already drawn
+    reg_b: np.ndarray  # the free part of the region, in the box
+    host_b: np.ndarray
+    org_b: np.ndarray
+    depth: np.ndarray  # mm inside the host
+    part_depth: np.ndarray | None  # mm from the organ's other parts (liver lobes, pancreas thirds, colon segments)
+    radius_mm: float
+    rng: np.random.Generator
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sp(self) -> np.ndarray:
+        return self.anat.spacing_zyx
+
+    @property
+    def max_depth(self) -> float:
+        return float(self.depth[self.reg_b].max())
+
+    @property
+    def free_b(self) -> np.ndarray:
+        return ~self.occupied[self.box]
+
+    def pick(self, cand: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """A random candidate voxel (full-grid index), deep in its part where the organ has parts."""
+        if self.part_depth is not None and cand.any():
+            deep = cand & (self.part_depth >= min(0.8 * self.radius_mm, 0.8 * float(self.part_depth[cand].max())))
+            cand = deep if deep.any() else cand
+        idx = np.argwhere(cand)
+        if weights is not None:
+            w = weights[cand].astype(np.float64)
+            w = w / w.sum() if w.sum() > 0 else None
+        else:
+            w = None
+        i = int(self.rng.choice(len(idx), p=w))
+        return idx[i] + np.array([s.start for s in self.box])
+
+    def full(self, mask_b: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.anat.shape, bool)
+        out[self.box] = mask_b
+        return out
+
+    def placement(self, centre: np.ndarray, allowed_b: np.ndarray, mode: str, neighbour: str | None) -> Placement:
+        return Placement(centre, self.radius_mm, self.full(allowed_b & self.free_b), mode, neighbour, self.notes)
+
+
+def _site(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_key: str, radius_mm: float,
+          rng: np.random.Generator) -> _Site:
     sp = anat.spacing_zyx
     region = anat.region(region_key)
     if not region.any():
         raise PlacementError(f"the base has no {region_key.replace('.', ' ')}")
     organ = organ_of_region(region_key)
-    if organ == "kidney":
-        host = anat.host_mask(region_key)
-    else:
-        host = anat.organ_mask(organ)
+    host = anat.host_mask(region_key) if organ == "kidney" else anat.organ_mask(organ)
     if organ == "lung":
         host = region  # lobes are separate organs for placement: fissures are boundaries
     occupied = lesions > 0
@@ -60,12 +111,7 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
     reg_b = region[box] & ~ndi.binary_dilation(occupied[box], iterations=1)
     if not reg_b.any():
         raise PlacementError(f"no free space left in the {region_key.replace('.', ' ')}")
-    host_b = host[box]
-    org_b = organs[box]
-    depth = ndi.distance_transform_edt(host_b, sampling=sp).astype(np.float32)
-    names = anat.names
-    notes: list[str] = []
-
+    depth = ndi.distance_transform_edt(host[box], sampling=sp).astype(np.float32)
     # A part of an organ (lobe, head/body/tail, segment): prefer centres deep inside the part too,
     # so that the lesion lies in the part it is reported in.
     part_depth = None
@@ -73,115 +119,133 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
         others = host[box] & ~region[box]  # the organ's other parts: distance to the internal borders only
         part_depth = (ndi.distance_transform_edt(~others, sampling=sp) if others.any()
                       else np.full(region[box].shape, np.inf)).astype(np.float32)
+    return _Site(anat, box, region_key, organ, host, occupied, reg_b, host[box], organs[box], depth, part_depth, radius_mm, rng)
 
-    def pick(cand: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        if part_depth is not None and cand.any():
-            deep = cand & (part_depth >= min(0.8 * radius_mm, 0.8 * float(part_depth[cand].max())))
-            cand = deep if deep.any() else cand
-        idx = np.argwhere(cand)
-        if weights is not None:
-            w = weights[cand].astype(np.float64)
-            w = w / w.sum() if w.sum() > 0 else None
-        else:
-            w = None
-        i = int(rng.choice(len(idx), p=w))
-        return idx[i] + np.array([s.start for s in box])
 
-    def full(mask_b: np.ndarray) -> np.ndarray:
-        out = np.zeros(anat.shape, bool)
-        out[box] = mask_b
-        return out
+def _place_stone(s: _Site, features: set[str]) -> Placement:
+    """Gallstones in the lumen, kidney stones in the deepest third (the sinus); optionally dependent."""
+    sp, reg_b = s.sp, s.reg_b
+    if s.organ == "gallbladder":
+        lumen_depth = ndi.distance_transform_edt(reg_b, sampling=sp)
+        s.radius_mm = min(s.radius_mm, max(float(lumen_depth.max()) * 0.9, float(sp.min()) * 0.75))
+        cand = reg_b & (lumen_depth >= min(s.radius_mm * 0.8, float(lumen_depth.max())))
+        mode = "lumen"
+    else:  # renal sinus / collecting system: the deepest third of the kidney
+        cand = reg_b & (s.depth >= 0.6 * s.max_depth)
+        mode = "sinus"
+    if "specific_features.layering" in features and cand.sum() > 1:
+        y = _lps_axis_grid(s.anat, s.box, 1)  # LPS y grows posteriorly: dependent when supine
+        thr = np.quantile(y[cand], 0.75)
+        cand = cand & (y >= thr)
+        mode += "+dependent"
+    return s.placement(s.pick(cand), reg_b if s.organ == "gallbladder" else s.host_b, mode, None)
 
-    max_depth = float(depth[reg_b].max())
-    free_b = ~occupied[box]
 
-    if kind == "stone":
-        if organ == "gallbladder":
-            lumen_depth = ndi.distance_transform_edt(reg_b, sampling=sp)
-            radius_mm = min(radius_mm, max(float(lumen_depth.max()) * 0.9, float(sp.min()) * 0.75))
-            cand = reg_b & (lumen_depth >= min(radius_mm * 0.8, float(lumen_depth.max())))
-            mode = "lumen"
-        else:  # renal sinus / collecting system: the deepest third of the kidney
-            cand = reg_b & (depth >= 0.6 * max_depth)
-            mode = "sinus"
-        if "specific_features.layering" in features and cand.sum() > 1:
-            y = _lps_axis_grid(anat, box, 1)  # LPS y grows posteriorly: dependent when supine
-            thr = np.quantile(y[cand], 0.75)
-            cand = cand & (y >= thr)
-            mode += "+dependent"
-        allowed = reg_b if organ == "gallbladder" else host_b
-        return Placement(pick(cand), radius_mm, full(allowed & free_b), mode, None, notes)
-
-    if kind == "wall":  # colon: centred on the wall, may bulge 3 mm outwards
-        cand = reg_b & (depth <= 1.5 * float(sp.max()))
-        grown = ndi.binary_dilation(host_b, iterations=max(1, int(round(3.0 / sp.min()))))
-        allowed = grown & ((org_b == 0) | host_b)
-        neighbour = None
-        if relationship == "relationship.invading":
-            nb, nb_mask = _nearest_other(org_b, host_b, occupied[box], sp, reg_b, radius_mm + 10.0, names)
-            if nb is not None:
-                allowed |= nb_mask & ndi.binary_dilation(host_b, iterations=int(np.ceil(radius_mm / sp.min())))
-                neighbour = nb
-        return Placement(pick(cand if cand.any() else reg_b), radius_mm, full(allowed & free_b), "wall", neighbour, notes)
-
-    if region_key == "gallbladder.wall":  # gallbladder wall mass growing into the lumen
-        radius_mm = min(radius_mm, max(float(depth.max()) * 1.2, 4.0))  # at most about the lumen's size
-        allowed = host_b.copy()
-        neighbour = None
-        if relationship == "relationship.invading" and anat.has("liver"):
-            allowed |= (org_b == _first_id(anat, "liver"))
-            neighbour = "liver"
-        return Placement(pick(reg_b), radius_mm, full(allowed & free_b), "wall", neighbour, notes)
-
-    # -- parenchymal masses ----------------------------------------------------------------
-    near_vessel = relationship == "relationship.vascular" or "specific_features.vessel_invasion" in features
-    vessel_names = HEPATIC_VESSELS if organ == "liver" else VESSELS
-    if near_vessel:
-        vmask = np.isin(org_b, [k for k, v in names.items() if v in vessel_names])
-        if vmask.any():
-            dv = ndi.distance_transform_edt(~vmask, sampling=sp)
-            cand = reg_b & (depth >= 0.4 * min(radius_mm, max_depth)) & (dv >= 0.5 * radius_mm) & (dv <= 1.1 * radius_mm + 2.0)
-            if not cand.any():
-                cand = reg_b & (dv <= 1.5 * radius_mm + 4.0)
-            if cand.any():
-                allowed = host_b & ~vmask
-                if "specific_features.vessel_invasion" in features:
-                    allowed = host_b | vmask
-                nb = names[int(np.bincount(org_b[vmask]).argmax())]
-                return Placement(pick(cand), radius_mm, full(allowed & free_b), "vascular", nb, notes)
-        notes.append("no vessel in reach: placed as separate")
-
-    if "specific_features.exophytic" in features:
-        cand = reg_b & (depth <= 0.45 * radius_mm + float(sp.max()))
-        allowed = host_b | (org_b == 0)
-        if cand.any():
-            return Placement(pick(cand), radius_mm, full(allowed & free_b), "exophytic", None, notes)
-
-    if relationship in ("relationship.abutting", "relationship.invading"):
-        invading = relationship == "relationship.invading"
-        lo, hi = ((0.2, 0.7) if invading else (0.75, 1.1))
-        reach = radius_mm + (5.0 if invading else 8.0)
-        nb, nb_mask = _nearest_other(org_b, host_b, occupied[box], sp, reg_b & (depth >= lo * radius_mm) & (depth <= hi * radius_mm + sp.max()), reach, names)
+def _place_colon_wall(s: _Site, relationship: str) -> Placement:
+    """Colon: centred on the wall, may bulge 3 mm outwards (and into an invaded neighbour)."""
+    sp, host_b = s.sp, s.host_b
+    cand = s.reg_b & (s.depth <= 1.5 * float(sp.max()))
+    grown = ndi.binary_dilation(host_b, iterations=max(1, int(round(3.0 / sp.min()))))
+    allowed = grown & ((s.org_b == 0) | host_b)
+    neighbour = None
+    if relationship == "relationship.invading":
+        nb, nb_mask = _nearest_other(s.org_b, host_b, s.occupied[s.box], sp, s.reg_b, s.radius_mm + 10.0, s.anat.names)
         if nb is not None:
-            dn = ndi.distance_transform_edt(~nb_mask, sampling=sp)
-            cand = reg_b & (depth >= lo * radius_mm) & (depth <= hi * radius_mm + sp.max()) & (dn <= reach)
-            if cand.any():
-                allowed = host_b.copy()
-                if invading:  # may cross the fat plane and enter the neighbour, not other organs
-                    allowed |= nb_mask | (org_b == 0)
-                return Placement(pick(cand), radius_mm, full(allowed & free_b), relationship.split(".")[1], nb, notes)
-        notes.append(f"no neighbour within reach for {relationship}: placed as separate")
+            allowed |= nb_mask & ndi.binary_dilation(host_b, iterations=int(np.ceil(s.radius_mm / sp.min())))
+            neighbour = nb
+    return s.placement(s.pick(cand if cand.any() else s.reg_b), allowed, "wall", neighbour)
 
-    # separate (or fallback): deep enough to stay inside
-    if max_depth < 0.9 * radius_mm:
+
+def _place_gallbladder_wall(s: _Site, relationship: str) -> Placement:
+    """A gallbladder wall mass growing into the lumen (at most about the lumen's size)."""
+    s.radius_mm = min(s.radius_mm, max(float(s.depth.max()) * 1.2, 4.0))
+    allowed = s.host_b.copy()
+    neighbour = None
+    if relationship == "relationship.invading" and s.anat.has("liver"):
+        allowed |= (s.org_b == _first_id(s.anat, "liver"))
+        neighbour = "liver"
+    return s.placement(s.pick(s.reg_b), allowed, "wall", neighbour)
+
+
+def _place_vascular(s: _Site, relationship: str, features: set[str]) -> Placement | None:
+    """Close to a vessel (0.5-1.1 radii away); None (noted) when no vessel is in reach."""
+    sp, r = s.sp, s.radius_mm
+    vessel_names = HEPATIC_VESSELS if s.organ == "liver" else VESSELS
+    vmask = np.isin(s.org_b, [k for k, v in s.anat.names.items() if v in vessel_names])
+    if vmask.any():
+        dv = ndi.distance_transform_edt(~vmask, sampling=sp)
+        cand = s.reg_b & (s.depth >= 0.4 * min(r, s.max_depth)) & (dv >= 0.5 * r) & (dv <= 1.1 * r + 2.0)
+        if not cand.any():
+            cand = s.reg_b & (dv <= 1.5 * r + 4.0)
+        if cand.any():
+            allowed = s.host_b & ~vmask
+            if "specific_features.vessel_invasion" in features:
+                allowed = s.host_b | vmask
+            nb = s.anat.names[int(np.bincount(s.org_b[vmask]).argmax())]
+            return s.placement(s.pick(cand), allowed, "vascular", nb)
+    s.notes.append("no vessel in reach: placed as separate")
+    return None
+
+
+def _place_near_neighbour(s: _Site, relationship: str) -> Placement | None:
+    """Abutting (0.75-1.1 radii deep) or invading (0.2-0.7) toward the nearest other organ; None when none is near."""
+    sp, r = s.sp, s.radius_mm
+    invading = relationship == "relationship.invading"
+    lo, hi = ((0.2, 0.7) if invading else (0.75, 1.1))
+    reach = r + (5.0 if invading else 8.0)
+    band = s.reg_b & (s.depth >= lo * r) & (s.depth <= hi * r + sp.max())
+    nb, nb_mask = _nearest_other(s.org_b, s.host_b, s.occupied[s.box], sp, band, reach, s.anat.names)
+    if nb is not None:
+        dn = ndi.distance_transform_edt(~nb_mask, sampling=sp)
+        cand = band & (dn <= reach)
+        if cand.any():
+            allowed = s.host_b.copy()
+            if invading:  # may cross the fat plane and enter the neighbour, not other organs
+                allowed |= nb_mask | (s.org_b == 0)
+            return s.placement(s.pick(cand), allowed, relationship.split(".")[1], nb)
+    s.notes.append(f"no neighbour within reach for {relationship}: placed as separate")
+    return None
+
+
+def _place_separate(s: _Site, features: set[str]) -> Placement:
+    """Deep enough to stay inside the organ (the radius shrinks to fit); room for a pleural strand in lung."""
+    max_depth, sp = s.max_depth, s.sp
+    if max_depth < 0.9 * s.radius_mm:
         new_r = max(max_depth / 0.9, 2.0 * float(sp.min()))
-        notes.append(f"radius reduced from {radius_mm:.1f} to {new_r:.1f} mm to fit the organ")
-        radius_mm = new_r
-    cand = reg_b & (depth >= min(0.9 * radius_mm, 0.95 * max_depth))
-    if organ == "lung" and "specific_features.pleural_traction" in features:
-        gap = cand & (depth >= radius_mm + 6.0) & (depth <= radius_mm + 30.0)  # room for a strand to the pleura
+        s.notes.append(f"radius reduced from {s.radius_mm:.1f} to {new_r:.1f} mm to fit the organ")
+        s.radius_mm = new_r
+    r = s.radius_mm
+    cand = s.reg_b & (s.depth >= min(0.9 * r, 0.95 * max_depth))
+    if s.organ == "lung" and "specific_features.pleural_traction" in features:
+        gap = cand & (s.depth >= r + 6.0) & (s.depth <= r + 30.0)  # room for a strand to the pleura
         cand = gap if gap.any() else cand
-    return Placement(pick(cand), radius_mm, full(host_b & free_b), "separate", None, notes)
+    return s.placement(s.pick(cand), s.host_b, "separate", None)
+
+
+def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_key: str, kind: str,
+                 relationship: str, features: set[str], radius_mm: float, rng: np.random.Generator) -> Placement:
+    """Where a lesion goes: the first mode that applies (stone, colon wall, gallbladder wall, vascular,
+    exophytic, abutting/invading a neighbour), else separate, deep inside the organ."""
+    s = _site(anat, organs, lesions, region_key, radius_mm, rng)
+    if kind == "stone":
+        return _place_stone(s, features)
+    if kind == "wall":
+        return _place_colon_wall(s, relationship)
+    if region_key == "gallbladder.wall":
+        return _place_gallbladder_wall(s, relationship)
+    if relationship == "relationship.vascular" or "specific_features.vessel_invasion" in features:
+        found = _place_vascular(s, relationship, features)
+        if found is not None:
+            return found
+    if "specific_features.exophytic" in features:
+        cand = s.reg_b & (s.depth <= 0.45 * s.radius_mm + float(s.sp.max()))
+        if cand.any():
+            return s.placement(s.pick(cand), s.host_b | (s.org_b == 0), "exophytic", None)
+    if relationship in ("relationship.abutting", "relationship.invading"):
+        found = _place_near_neighbour(s, relationship)
+        if found is not None:
+            return found
+    return _place_separate(s, features)
 
 
 def _first_id(anat: Anatomy, name: str) -> int:
