@@ -8,25 +8,38 @@ import numpy as np
 import pytest
 
 from malenia.errors import ModelError
-from malenia.evaluate.calibrate import CaseMaps, choose, sweep_case
+from malenia.evaluate.calibrate import choose, sweep_case
 from malenia.model.folder import INFERENCE, InferenceDefaults, load_model_folder, update_model_folder
 from segment_helpers import malenia, tiny_trained_model
 from train_helpers import make_tiny_dataset
 
 
-def _maps() -> CaseMaps:
+def _map(prob: np.ndarray, spacing: float = 2.0):
+    """A ProbabilityMap whose model grid is the input grid (2 mm voxels: 8 mm³)."""
+    import SimpleITK as sitk
+
+    from malenia.data.preprocess import Preprocessor
+    from malenia.infer.postprocess import ProbabilityMap
+
+    image = sitk.GetImageFromArray(np.zeros(prob.shape, np.float32))
+    image.SetSpacing((spacing,) * 3)
+    prepared = Preprocessor((spacing,) * 3, normalization="window").prepare(image)
+    return ProbabilityMap(prob.astype(np.float32), prepared, image)
+
+
+def _maps():
     truth = np.zeros((12, 12, 12), bool)
     truth[2:5, 2:5, 2:5] = True  # 27 voxels
     prob = np.zeros(truth.shape, np.float32)
     prob[truth] = 0.95  # the lesion
     prob[9, 9, 9:11] = 0.65  # a 2-voxel speck
     prob[7:10, 0:3, 0:3] = 0.35  # a faint 27-voxel false positive
-    return CaseMaps("c", prob.astype(np.float16), truth)
+    return _map(prob), truth
 
 
 def test_sweep_scores_every_threshold_and_volume_as_computed_by_hand():
     # voxels of 8 mm³: the speck is 16 mm³, the cube and the faint block 216 mm³
-    dsc, count = sweep_case(_maps(), 8.0, thresholds=(0.3, 0.6, 0.9), min_volumes_mm3=(0.0, 20.0, 300.0))
+    dsc, count = sweep_case(*_maps(), thresholds=(0.3, 0.6, 0.9), min_volumes_mm3=(0.0, 20.0, 300.0))
     expected = np.array([
         [2 * 27 / (56 + 27), 2 * 27 / (54 + 27), 0.0],  # 0.3: all three; speck removed; everything removed
         [2 * 27 / (29 + 27), 1.0, 0.0],  # 0.6: lesion + speck; the lesion alone; nothing
@@ -37,10 +50,38 @@ def test_sweep_scores_every_threshold_and_volume_as_computed_by_hand():
 
 
 def test_a_case_without_lesions_scores_one_only_when_nothing_is_predicted():
-    maps = _maps()
-    empty = CaseMaps("e", maps.probability, np.zeros_like(maps.truth))
-    dsc, _ = sweep_case(empty, 8.0, thresholds=(0.3, 0.99), min_volumes_mm3=(0.0,))
+    pm, truth = _maps()
+    dsc, _ = sweep_case(pm, np.zeros_like(truth), thresholds=(0.3, 0.99), min_volumes_mm3=(0.0,))
     np.testing.assert_array_equal(dsc[:, 0], [0.0, 1.0])
+
+
+def test_the_sweep_is_the_shipped_step_on_a_finer_input_grid():
+    """On a 1 mm input grid under a 2 mm model grid, every swept pair scores what segment's step labels."""
+    import SimpleITK as sitk
+
+    from malenia.data.preprocess import Preprocessor
+    from malenia.infer.postprocess import ProbabilityMap, kept, lesion_map, relabel
+
+    image = sitk.GetImageFromArray(np.zeros((24, 24, 24), np.float32))  # 1 mm
+    prepared = Preprocessor((2.0,) * 3, normalization="window").prepare(image)
+    prob = np.zeros(prepared.array.shape, np.float32)
+    prob[2:6, 2:6, 2:6] = np.linspace(0.5, 1.0, 64).reshape(4, 4, 4)
+    prob[8:10, 8:10, 8:10] = 0.7
+    pm = ProbabilityMap(prob, prepared, image)
+    truth = np.zeros((24, 24, 24), bool)
+    truth[4:12, 4:12, 4:12] = True
+    thresholds, volumes = (0.4, 0.8), (0.0, 30.0, 200.0)
+    dsc, count = sweep_case(pm, truth, thresholds, volumes)
+    for i, t in enumerate(thresholds):
+        lm = lesion_map(pm, t)
+        for j, v in enumerate(volumes):
+            labels = relabel(lm, kept(lm, v))
+            sizes = np.bincount(labels.ravel())[1:]
+            assert count[i, j] == labels.max() and list(sizes) == sorted(sizes, reverse=True)
+            assert all(s >= v for s in sizes)  # 1 mm³ voxels: the volume is the count
+            both = int(labels.astype(bool).sum()) + int(truth.sum())
+            assert dsc[i, j] == pytest.approx(2 * np.logical_and(labels > 0, truth).sum() / both)
+    assert count[0, 0] == 2 and count[0, 2] == 1  # the 2 mm cube (8 model voxels ~ 64 mm³) goes at 200 mm³
 
 
 def test_choice_takes_the_best_dsc_and_breaks_ties_towards_fewer_false_positives():
@@ -71,7 +112,6 @@ def model_copy(tmp_path_factory):
 
 def test_calibrated_values_become_the_defaults_of_segment_and_evaluate(model_copy, tmp_path):
     from malenia.infer.pipeline import Segmenter, SegmentOptions
-    from malenia.infer.predictor import Predictor
 
     folder = tmp_path / "m"
     shutil.copytree(model_copy, folder)
@@ -84,8 +124,10 @@ def test_calibrated_values_become_the_defaults_of_segment_and_evaluate(model_cop
     assert (seg.options.threshold, seg.options.min_volume_mm3) == (0.7, 250.0)
     explicit = Segmenter(model, SegmentOptions(device="cpu", threshold=0.3, min_volume_mm3=0.0))
     assert (explicit.options.threshold, explicit.options.min_volume_mm3) == (0.3, 0.0)
-    pred = Predictor(model)
-    assert pred.threshold == 0.7 and pred.min_voxels == 16  # 250 mm³ in 2.5 mm voxels (15.6 mm³) -> 16
+    from malenia.infer.postprocess import min_voxels
+
+    assert min_voxels(250.0, 2.5 ** 3) == 16 and min_voxels(250.0, 2.5) == 100  # 15.6 -> 16; exact: no 101
+    assert min_voxels(0.0, 8.0) == 1  # a lesion has at least one voxel
     update_model_folder(folder, {INFERENCE: json.dumps({"threshold": 2.0, "min_volume_mm3": 250.0})})
     with pytest.raises(ModelError, match="threshold"):
         load_model_folder(folder).inference_defaults()
@@ -139,7 +181,7 @@ def test_a_fine_tune_inherits_its_parents_calibration_and_records_its_lineage(mo
     parent = tmp_path / "parent"
     shutil.copytree(model_copy, parent)
     update_model_folder(parent, {INFERENCE: json.dumps({"threshold": 0.65, "min_volume_mm3": 100.0, "calibration": {
-        "objective": "mean case DSC on the model grid", "split": "val", "cases": 4, "table": []}})})
+        "objective": "mean case DSC", "split": "val", "cases": 4, "table": []}})})
     data = make_tiny_dataset(tmp_path / "ds", n_cases=2)
     res = train(TrainOptions(data=data, out=tmp_path / "run", config=tiny_config(), steps=2, progress="none",
                              val_split=None, init=parent, checkpoint_every=10**6))

@@ -10,15 +10,17 @@ import pytest
 
 from malenia.data.dataset import CaseReport, Description, LesionReport
 from malenia.evaluate.evaluate import evaluate_case
-from malenia.infer.predictor import PredictedLesion
+from malenia.infer.results import AspectMatch, DiseaseCall, LesionResult
 from train_helpers import make_tiny_dataset, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _lesion(label, location, disease=None):
-    return PredictedLesion(label=label, voxels=1, score=1.0, token=0, lesion_score=1.0,
-                           attributes={"location": [(location, 0.9)]}, matches={}, disease=disease)
+    from malenia.aspects import ASPECTS
+
+    attributes = {a: AspectMatch(location if a == "location" else None, "x", 0.9) for a in ASPECTS}
+    return LesionResult(label, DiseaseCall(disease, disease or "unclassified", 0.5, [], disease is None), attributes)
 
 
 def test_per_type_scores_and_attributes_on_a_two_type_case():
@@ -88,3 +90,49 @@ def test_evaluate_refuses_a_missing_dataset(model):
     res = subprocess.run([sys.executable, "-m", "malenia.cli", "evaluate", "--model", str(model / "run" / "model"),
                           "--data", str(model / "nope")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 3 and "not a Malenia dataset" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_segment_and_evaluate_ship_the_same_label_map_and_lesions(tmp_path, tmp_path_factory):
+    """One predictor: `malenia evaluate` scores exactly what `malenia segment` writes for the same case and model
+    (an anisotropic, flipped grid finer than the model's, two lesions, a minimum volume that matters)."""
+    import SimpleITK as sitk
+
+    from malenia.data.dataset import Case, CaseReport, DatasetIndex, LesionReport, write_case, write_dataset_index
+    from segment_helpers import THRESHOLD, malenia, sphere_ct, tiny_trained_model
+
+    model = tiny_trained_model(tmp_path_factory)
+    img, big = sphere_ct((50, 88, 96), (1.25, 1.25, 2.0), (25, 28, 60), 9.0)
+    arr = sitk.GetArrayFromImage(img)
+    zz, yy, xx = np.indices(arr.shape)
+    small = (zz - 25) ** 2 + (yy - 62) ** 2 + (xx - 30) ** 2 <= 6.0 ** 2
+    arr[small] = 150.0
+    image = sitk.GetImageFromArray(arr)
+    image.CopyInformation(img)
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    image.SetOrigin((100.0, -50.0, 30.0))
+    lab = sitk.GetImageFromArray(big.astype(np.uint8) + 2 * small.astype(np.uint8))
+    lab.CopyInformation(image)
+    report = CaseReport("c0", [LesionReport(1, "liver_tumor", {}), LesionReport(2, "liver_tumor", {})])
+    write_case(tmp_path / "ds", Case("c0", image, lab, report))
+    write_dataset_index(tmp_path / "ds", DatasetIndex("one", ["c0"], {"test": ["c0"]}))
+    options = ["--model", model, "--threshold", THRESHOLD, "--min-volume", "30", "--threads", "1", "--progress", "none"]
+
+    seg = malenia("segment", tmp_path / "ds" / "cases" / "c0" / "image.nii.gz", "--out", tmp_path / "seg", *options)
+    assert seg.returncode == 0, seg.stderr[-2000:]
+    ev = malenia("evaluate", "--data", tmp_path / "ds", "--predictions", tmp_path / "pred", "--json", *options)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+
+    a = sitk.ReadImage(str(tmp_path / "seg" / "lesions.nii.gz"))
+    b = sitk.ReadImage(str(tmp_path / "pred" / "c0" / "lesions.nii.gz"))
+    assert a.GetSize() == image.GetSize() and a.GetDirection() == b.GetDirection() and a.GetOrigin() == b.GetOrigin()
+    labels = sitk.GetArrayFromImage(a)
+    np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(b))
+    assert labels.max() == 2 and labels[25, 28, 60] == 1 and labels[25, 62, 30] == 2  # both found, largest first
+    shipped = json.loads((tmp_path / "seg" / "report.json").read_text())
+    measured = json.loads((tmp_path / "pred" / "c0" / "report.json").read_text())
+    assert shipped["lesions"] == measured["lesions"] and shipped["scan"]["enhancement"] == measured["scan"]["enhancement"]
+    result = json.loads(ev.stdout)
+    predicted = result["cases"][0]["predicted"]
+    assert [(p["label"], p["disease"]) for p in predicted] == [(x["label"], x["disease"]["name"]) for x in shipped["lesions"]]
+    assert [p["voxels"] for p in predicted] == [x["measurements"]["voxel_count"] for x in shipped["lesions"]]
+    assert result["cases"][0]["lesions_detected"] == 2 and result["threshold"] == float(THRESHOLD)

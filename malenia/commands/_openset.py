@@ -50,10 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     from malenia.errors import InputError
     from malenia.evaluate.openset import scored_lesions
-    from malenia.infer.predictor import Predictor
+    from malenia.evaluate.evaluate import make_segmenter
     from malenia.knowledge.inference import inference_params
     from malenia.knowledge.openset import decisions, fit_rule, rates
-    from malenia.knowledge.site import table_in_force
     from malenia.model.folder import load_model_folder
 
     if args.threads:
@@ -61,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if not (Path(args.data) / "dataset.json").is_file():
         raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
     model = load_model_folder(args.model, device=args.device)
-    table = table_in_force(model, args.knowledge)
-    predictor = Predictor(model, device=args.device, table=table)
-    lesions, counts = scored_lesions(predictor, args.data, None if args.split == "all" else args.split, args.max_cases)
+    segmenter = make_segmenter(model, args.device, knowledge=args.knowledge)
+    table = segmenter.table
+    lesions, counts = scored_lesions(segmenter, args.data, None if args.split == "all" else args.split, args.max_cases)
     if not lesions:
         raise InputError(f"the model detected none of the {counts['reference_lesions']} lesions of {args.data} "
                          f"({args.split}): nothing to measure")

@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from malenia.atomic import write_json, write_text
+    from malenia.data.dataset import is_dataset
     from malenia.errors import InputError
-    from malenia.evaluate.evaluate import evaluate_dataset
-    from malenia.infer.predictor import Predictor
+    from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter
     from malenia.commands.train import build_config
     from malenia.model.folder import load_model_folder
     from malenia.train.loop import TrainOptions, train
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     evals = []
     for item in args.eval:
         path, _, split = item.partition(":")
-        if not (Path(path) / "dataset.json").is_file():
+        if not is_dataset(path):
             raise InputError(f"--eval {path} is not a Malenia dataset")
         evals.append((Path(path), split or "test"))
     out = Path(args.out)
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             if target.is_file():
                 res = json.loads(target.read_text())
             else:
-                res = evaluate_dataset(model.path, path, split, max_cases=args.max_cases, predictor=Predictor(model))
+                res = evaluate_dataset(model.path, path, split, max_cases=args.max_cases, segmenter=make_segmenter(model))
                 write_json(target, res)
             row["results"][f"{path.name}:{split}"] = {
                 g: ({"dsc": res["groups"][g]["dsc"], "nsd": res["groups"][g]["nsd"]} if res["groups"].get(g) else None)

@@ -43,15 +43,16 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from malenia.data.dataset import is_dataset
     from malenia.errors import InputError
     from malenia.evaluate.calibrate import calibrate
-    from malenia.infer.predictor import Predictor
+    from malenia.evaluate.evaluate import make_segmenter
     from malenia.model.folder import INFERENCE, load_model_folder, update_model_folder
     from malenia.train.progress import Progress
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not (Path(args.data) / "dataset.json").is_file():
+    if not is_dataset(args.data):
         raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
     model = load_model_folder(args.model, device=args.device)
     progress = Progress(1, args.progress, "calibrate")
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         progress.total = n
         progress.emit(i, case_id)
 
-    result = calibrate(Predictor(model, device=args.device), args.data, None if args.split == "all" else args.split,
+    result = calibrate(make_segmenter(model, args.device), args.data, None if args.split == "all" else args.split,
                        max_cases=args.max_cases, on_case=on_case)
     progress.emit(progress.total, "done", stage="done")
     progress.close()

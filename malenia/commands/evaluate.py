@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disease", default=None, help="disease key of the lesions in --label (e.g. lung_tumor)")
     p.add_argument("--split", default="test", help="dataset split (default test; 'all' for every case)")
     p.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
+    p.add_argument("--predictions", default=None, metavar="DIR",
+                   help="also write each case's `malenia segment` outputs to DIR/<case>/")
     p.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default 2.0)")
     p.add_argument("--iou", type=float, default=None, help="IoU for a detected lesion (default 0.1)")
     p.add_argument("--threshold", type=float, default=None,
@@ -40,57 +42,73 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
+    import tempfile
 
     import torch
-
-    from malenia.atomic import write_json, write_text
-    from malenia.errors import InputError
-    from malenia.evaluate.metrics import DEFAULT_IOU_THRESHOLD, DEFAULT_NSD_TOLERANCE_MM
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.card:
-        from malenia.evaluate.model_card import write_model_card
+        return write_card(args)
+    with tempfile.TemporaryDirectory(prefix="malenia-eval-") as tmp:
+        if args.image:
+            _labelled_scan_dataset(args, tmp)
+        return evaluate(args)
 
-        results = []
-        for f in args.card:
-            try:
-                results.append(json.loads(Path(f).read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError) as err:
-                raise InputError(f"cannot read evaluation result {f}: {err}") from None
-        commands = Path(args.commands).read_text(encoding="utf-8") if args.commands else None
-        path = write_model_card(args.model, results, commands)
-        print(f"model card written: {path}")
-        return 0
-    tmp = None
-    if args.image:
-        import tempfile
 
-        from malenia.evaluate.evaluate import dataset_from_labelled_scan
+def write_card(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
 
-        if not args.label:
-            raise InputError("--image needs --label (its lesion label map)")
-        tmp = tempfile.TemporaryDirectory(prefix="malenia-eval-")
-        args.data = str(dataset_from_labelled_scan(args.image, args.label, args.disease, Path(tmp.name) / "ds"))
-        args.split = "test"
-    if not args.data:
-        raise InputError("--data or --image is required (or --card to write a model card)")
-    if not (Path(args.data) / "dataset.json").is_file():
-        raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
+    from malenia.errors import InputError
+    from malenia.evaluate.model_card import write_model_card
 
-    from malenia.evaluate.evaluate import evaluate_dataset, markdown_tables
-    from malenia.infer.predictor import Predictor
+    results = []
+    for f in args.card:
+        try:
+            results.append(json.loads(Path(f).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"cannot read evaluation result {f}: {err}") from None
+    commands = Path(args.commands).read_text(encoding="utf-8") if args.commands else None
+    path = write_model_card(args.model, results, commands)
+    print(f"model card written: {path}")
+    return 0
+
+
+def _labelled_scan_dataset(args: argparse.Namespace, tmp: str) -> None:
+    """--image/--label: a one-case dataset in `tmp` becomes --data."""
+    from pathlib import Path
+
+    from malenia.errors import InputError
+    from malenia.evaluate.evaluate import dataset_from_labelled_scan
+
+    if not args.label:
+        raise InputError("--image needs --label (its lesion label map)")
+    args.data = str(dataset_from_labelled_scan(args.image, args.label, args.disease, Path(tmp) / "ds"))
+    args.split = "test"
+    args.data_label = f"{args.image} (label {args.label})"
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from malenia.atomic import write_json, write_text
+    from malenia.data.dataset import is_dataset
+    from malenia.errors import InputError
+    from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter, markdown_tables
+    from malenia.evaluate.metrics import DEFAULT_IOU_THRESHOLD, DEFAULT_NSD_TOLERANCE_MM
+    from malenia.knowledge.site import origin_json
     from malenia.model.folder import load_model_folder
     from malenia.train.progress import Progress
 
-    from malenia.knowledge.site import origin_json, table_in_force
-
+    if not args.data:
+        raise InputError("--data or --image is required (or --card to write a model card)")
+    if not is_dataset(args.data):
+        raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
     model = load_model_folder(args.model, device=args.device)
-    table = table_in_force(model, args.knowledge)
-    predictor = Predictor(model, device=args.device, threshold=args.threshold, min_volume_mm3=args.min_volume, table=table)
+    segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
 
     def on_case(i: int, n: int, case_id: str) -> None:
@@ -101,24 +119,20 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.data, None if args.split == "all" else args.split,
         nsd_tolerance=args.nsd_tolerance or DEFAULT_NSD_TOLERANCE_MM,
         iou_threshold=args.iou or DEFAULT_IOU_THRESHOLD, device=args.device, max_cases=args.max_cases,
-        on_case=on_case, predictor=predictor,
+        on_case=on_case, segmenter=segmenter, predictions=args.predictions,
     )
     progress.emit(progress.total, "done", stage="done")
     progress.close()
-    if tmp is not None:
-        result["data"]["path"] = f"{args.image} (label {args.label})"
-        tmp.cleanup()
+    if getattr(args, "data_label", None):
+        result["data"]["path"] = args.data_label
     result["model"]["path"] = str(model.path)
-    result["threshold"] = predictor.threshold
-    result["min_volume_mm3"] = predictor.min_volume_mm3
-    result["knowledge"] = origin_json(table)  # the table and site profiles the diseases were named with
+    result["knowledge"] = origin_json(segmenter.table)  # the table and site profiles the diseases were named with
     # where the post-processing came from: the model's calibration only when neither value was overridden
     calibration = model.inference_defaults().calibration if args.threshold is None and args.min_volume is None else None
     result["calibration"] = {k: v for k, v in calibration.items() if k != "table"} if calibration else None
     md = markdown_tables(result)
     if args.out:
-        out = Path(args.out)
-        write_json(out / "evaluation.json", result)
-        write_text(out / "evaluation.md", md)
+        write_json(Path(args.out) / "evaluation.json", result)
+        write_text(Path(args.out) / "evaluation.md", md)
     print(json.dumps(result, indent=2) if args.json else md)
     return 0

@@ -1,4 +1,4 @@
-"""The Malenia dataset format (DESIGN.md, "Data").
+"""The Malenia dataset format (docs/architecture.md, "Dataset format").
 
     DATASET/dataset.json            {"format", "name", "description", "cases": [...], "split": {...}}
     DATASET/cases/<id>/image.nii.gz      CT in HU
@@ -13,7 +13,6 @@ has a vocabulary id, or id None for free text a radiologist typed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,18 @@ import SimpleITK as sitk
 from malenia.aspects import ASPECTS
 from malenia.atomic import atomic_dir, write_json
 from malenia.errors import InputError
+from malenia.json_files import read_json
 
 DATASET_FORMAT = "malenia-dataset/1"
 CASE_FORMAT = "malenia-case/1"
+# The file names of the format: every module that reads or writes a dataset or a case spells them from here.
+DATASET_FILE = "dataset.json"
+CASES_DIR = "cases"
+IMAGE_FILE = "image.nii.gz"
+LESIONS_FILE = "lesions.nii.gz"
+REPORT_FILE = "report.json"
+ORGANS_FILE = "organs.nii.gz"  # optional
+CASE_FILES = (IMAGE_FILE, LESIONS_FILE, REPORT_FILE)  # what every case has
 
 
 @dataclass(frozen=True)
@@ -127,14 +135,14 @@ class Case:
     organs: sitk.Image | None = None
 
 
-def read_json(path: Path, missing: str = "missing file") -> Any:
-    """A JSON file, or an InputError naming the file (`missing` words the not-found case)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{missing}: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
+def case_dir(dataset_dir: str | Path, case_id: str) -> Path:
+    """The folder of one case: DATASET/cases/<id>."""
+    return Path(dataset_dir) / CASES_DIR / case_id
+
+
+def is_dataset(path: str | Path) -> bool:
+    """Whether `path` is a dataset folder (it has a dataset.json)."""
+    return (Path(path) / DATASET_FILE).is_file()
 
 
 def read_report(path: str | Path) -> CaseReport:
@@ -145,14 +153,14 @@ def write_case(dataset_dir: str | Path, case: Case, overwrite: bool = False) -> 
     """Writes one case folder atomically (all files appear together)."""
     if case.image.GetSize() != case.lesions.GetSize():
         raise InputError(f"case {case.case_id}: lesion grid {case.lesions.GetSize()} != image grid {case.image.GetSize()}")
-    target = Path(dataset_dir) / "cases" / case.case_id
+    target = case_dir(dataset_dir, case.case_id)
     with atomic_dir(target, overwrite=overwrite) as staging:
-        sitk.WriteImage(case.image, str(staging / "image.nii.gz"), useCompression=True)
+        sitk.WriteImage(case.image, str(staging / IMAGE_FILE), useCompression=True)
         sitk.WriteImage(sitk.Cast(case.lesions, sitk.sitkUInt8 if _max_label(case.lesions) < 256 else sitk.sitkUInt16),
-                        str(staging / "lesions.nii.gz"), useCompression=True)
+                        str(staging / LESIONS_FILE), useCompression=True)
         if case.organs is not None:
-            sitk.WriteImage(case.organs, str(staging / "organs.nii.gz"), useCompression=True)
-        write_json(staging / "report.json", case.report.to_json())
+            sitk.WriteImage(case.organs, str(staging / ORGANS_FILE), useCompression=True)
+        write_json(staging / REPORT_FILE, case.report.to_json())
     return target
 
 
@@ -161,14 +169,14 @@ def _max_label(img: sitk.Image) -> int:
 
 
 def read_case(dataset_dir: str | Path, case_id: str, with_images: bool = True) -> Case:
-    folder = Path(dataset_dir) / "cases" / case_id
-    report = read_report(folder / "report.json")
+    folder = case_dir(dataset_dir, case_id)
+    report = read_report(folder / REPORT_FILE)
     if not with_images:
         return Case(case_id, None, None, report)  # type: ignore[arg-type]
     try:
-        image = sitk.ReadImage(str(folder / "image.nii.gz"))
-        lesions = sitk.ReadImage(str(folder / "lesions.nii.gz"))
-        organs_path = folder / "organs.nii.gz"
+        image = sitk.ReadImage(str(folder / IMAGE_FILE))
+        lesions = sitk.ReadImage(str(folder / LESIONS_FILE))
+        organs_path = folder / ORGANS_FILE
         organs = sitk.ReadImage(str(organs_path)) if organs_path.exists() else None
     except RuntimeError as err:
         raise InputError(f"case {case_id}: cannot read image ({str(err).splitlines()[0]})") from None
@@ -202,7 +210,7 @@ class DatasetIndex:
 
 
 def read_dataset(dataset_dir: str | Path) -> DatasetIndex:
-    obj = read_json(Path(dataset_dir) / "dataset.json")
+    obj = read_json(Path(dataset_dir) / DATASET_FILE)
     if not isinstance(obj, dict) or obj.get("format") != DATASET_FORMAT:
         raise InputError(f"{dataset_dir}: not a Malenia dataset (dataset.json format must be {DATASET_FORMAT!r})")
     cases = [str(c) for c in obj.get("cases", [])]
@@ -214,4 +222,4 @@ def read_dataset(dataset_dir: str | Path) -> DatasetIndex:
 
 
 def write_dataset_index(dataset_dir: str | Path, index: DatasetIndex) -> None:
-    write_json(Path(dataset_dir) / "dataset.json", index.to_json())
+    write_json(Path(dataset_dir) / DATASET_FILE, index.to_json())

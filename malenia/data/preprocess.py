@@ -122,6 +122,12 @@ class Preprocessor:
         return PreparedVolume(array=np.ascontiguousarray(array), grid=grid, original=original, preprocessor=self)
 
 
+def preprocessor_for(cfg) -> Preprocessor:
+    """The preprocessing a model config (malenia.model.config) defines: its spacing, its HU window
+    mapped to [0, 1]. Training and inference both take it from here."""
+    return Preprocessor(target_spacing=tuple(cfg.target_spacing), clip=tuple(cfg.hu_window), normalization="window")
+
+
 @dataclass
 class PreparedVolume:
     """A normalised array on the model grid, and what is needed to map results back."""

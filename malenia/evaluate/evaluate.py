@@ -2,8 +2,9 @@
 (paper App. D, Table 8) and disease accuracy of a model folder on a dataset; Markdown and JSON tables.
 
 Rules (metric definitions in malenia.evaluate.metrics):
-- Each case is predicted whole (malenia.infer.predictor: sliding window on the preprocessed volume, then back
-  to the case's own grid); DSC and NSD are computed on that grid, at its voxel spacing.
+- Each case is segmented by malenia.infer.pipeline.Segmenter, exactly as `malenia segment` would segment
+  the case's image (same options, same post-processing, labels on the case's own grid); DSC and NSD are
+  computed on that grid, at its voxel spacing. `predictions` keeps every case's `segment` outputs.
 - Per lesion type d: the reference is the union of the case's lesions of type d; the prediction is every
   predicted lesion except those overlapping only lesions of other types (so a single-type case scores its
   whole prediction, false positives included); detection precision per type counts the same predictions.
@@ -73,7 +74,7 @@ def _types_touched(pred_labels: np.ndarray, gt_labels: np.ndarray, type_of_gt: d
 
 def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.ndarray, report, spacing_zyx,
                   nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> dict[str, Any]:
-    """Scores one case. `pred_lesions` are PredictedLesion objects (label, attributes, disease)."""
+    """Scores one case. `pred_lesions` are malenia.infer.results.LesionResult (label, attributes, disease)."""
     type_of_gt = {les.label: (les.disease or "unknown") for les in report.lesions}
     pred_by_label = {p.label: p for p in pred_lesions}
     match = match_instances(pred_labels, gt_labels, iou_threshold)
@@ -106,91 +107,134 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "detected": p is not None,
             "pred_label": p,
             "iou": next((iou for g, q, iou in match.pairs if g == les.label), None),
-            "pred_disease": pl.disease if pl else None,
-            "pred_attributes": {a: [r[0] for r in pl.attributes.get(a, [])[:1]] for a in ASPECTS} if pl else None,
+            "pred_disease": _disease_named(pl) if pl else None,
+            "pred_attributes": {a: [pl.attributes[a].id or pl.attributes[a].description] for a in ASPECTS} if pl else None,
             "_report": les,
         })
     return out
 
 
+def _disease_named(lesion) -> str | None:
+    """The disease a lesion's report names: none when the posterior was too flat (unclassified)."""
+    return None if lesion.disease.unclassified else lesion.disease.name
+
+
+def make_segmenter(model, device: str = "cpu", threshold: float | None = None, min_volume_mm3: float | None = None,
+                   knowledge=None):
+    """The Segmenter `malenia segment` would build for `model` (a LoadedModel) with these options
+    (`knowledge`: site profile folders, as `segment --knowledge`)."""
+    from malenia.infer.pipeline import Segmenter, SegmentOptions
+
+    options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3)
+    return Segmenter(model, options, knowledge=knowledge)
+
+
 def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: str | None = "test",
                      nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
                      device: str = "cpu", max_cases: int | None = None,
-                     on_case: Callable[[int, int, str], None] | None = None, predictor=None) -> dict[str, Any]:
-    """Runs the model on every case of `split` and returns the JSON-ready result."""
-    import SimpleITK as sitk
+                     on_case: Callable[[int, int, str], None] | None = None, segmenter=None,
+                     predictions: str | Path | None = None) -> dict[str, Any]:
+    """Segments every case of `split` (with `segmenter`, default: the model folder's own settings) and
+    returns the JSON-ready result; `predictions`: a folder that receives each case's `segment` outputs."""
+    from malenia.data.dataset import read_dataset
 
-    from malenia.data.dataset import read_case, read_dataset
-    from malenia.infer.predictor import Predictor
-    from malenia.model.folder import load_model_folder
+    if segmenter is None:
+        from malenia.model.folder import load_model_folder
 
-    if predictor is None:
-        predictor = Predictor(load_model_folder(model_dir, device=device), device=device)
+        segmenter = make_segmenter(load_model_folder(model_dir, device=device), device)
     index = read_dataset(data_dir)
-    case_ids = index.split_cases(split)
-    if max_cases:
-        case_ids = case_ids[:max_cases]
+    case_ids = index.split_cases(split)[:max_cases] if max_cases else index.split_cases(split)
     groups: dict[str, GroupStats] = defaultdict(GroupStats)
     cases_out = []
     t0 = time.perf_counter()
     for i, case_id in enumerate(case_ids):
         if on_case:
             on_case(i, len(case_ids), case_id)
-        case = read_case(data_dir, case_id)
-        tc = time.perf_counter()
-        pred = predictor.predict(case.image)
-        seconds = time.perf_counter() - tc
-        gt = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
-        spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
-        res = evaluate_case(pred.labels, pred.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
-        groups["all_cases"].dsc.append(res["dsc"])
-        groups["all_cases"].nsd.append(res["nsd"])
-        groups["all_cases"].detection.add(res["match"])
-        for disease, vals in res["types"].items():
-            g = groups[disease]
-            g.dsc.append(vals["dsc"])
-            g.nsd.append(vals["nsd"])
-            g.detection.gt += vals["gt"]
-            g.detection.pred += vals["pred"]
-            g.detection.hits += vals["hits"]
-        for les in res["lesions"]:
-            for stats in (groups[les["disease"] or "unknown"], groups["all_cases"]):
-                if les["detected"]:
-                    stats.attributes.add({a: v for a, v in les["pred_attributes"].items()}, les["_report"].attributes)
-                    stats.disease_total += 1
-                    stats.disease_correct += int(les["pred_disease"] == les["disease"])
-        cases_out.append({
-            "case": case_id,
-            "diseases": sorted(res["types"]),
-            "dsc": res["dsc"],
-            "nsd": res["nsd"],
-            "types": res["types"],
-            "lesions_reported": len(res["lesions"]),
-            "lesions_predicted": len(res["match"].pred_labels),
-            "lesions_detected": res["match"].hits,
-            "seconds": round(seconds, 2),
-            "lesions": [{k: v for k, v in les.items() if not k.startswith("_")} for les in res["lesions"]],
-        })
+        res, seconds = _segment_and_score(segmenter, data_dir, case_id, nsd_tolerance, iou_threshold, predictions)
+        _add_to_groups(groups, res)
+        cases_out.append(_case_entry(case_id, res, seconds))
     per_type = {d: groups[d].summary() for d in sorted(groups) if d != "all_cases"}
     summary = {name: _group_summary(per_type, members) for name, members in
                (("unseen", UNSEEN_DISEASES), ("seen", SEEN_DISEASES), ("all_types", tuple(per_type)))}
-    model_meta = dict(getattr(getattr(predictor, "model", None), "manifest", {}) or {})
+    model_meta = dict(getattr(segmenter.model, "manifest", {}) or {})
     model_meta.pop("files", None)
     return {
         "format": RESULT_FORMAT,
-        "model": {**model_meta, "sha256": getattr(getattr(predictor, "model", None), "sha256", None)},
+        "model": {**model_meta, "sha256": getattr(segmenter.model, "sha256", None)},
         "data": {"path": str(data_dir), "name": index.name, "split": split or "all", "cases": len(case_ids)},
         "protocol": {
             "nsd_tolerance_mm": nsd_tolerance,
             "detection_iou_threshold": iou_threshold,
             "dsc_nsd_grid": "each case's own image grid",
             "attributes": "matched lesions; per aspect, precision/recall macro-averaged over description classes",
+            "predictor": "malenia segment (malenia.infer.pipeline.Segmenter)",
         },
+        "threshold": segmenter.options.threshold,
+        "min_volume_mm3": segmenter.options.min_volume_mm3,
         "seconds": round(time.perf_counter() - t0, 1),
         "overall": groups["all_cases"].summary() if case_ids else None,
         "groups": summary,
         "per_type": per_type,
         "cases": cases_out,
+    }
+
+
+def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, iou_threshold: float,
+                       predictions) -> tuple[dict[str, Any], float]:
+    """One case segmented as `malenia segment` would, scored; its outputs written under `predictions`."""
+    import SimpleITK as sitk
+
+    from malenia.data.dataset import read_case
+
+    case = read_case(data_dir, case_id)
+    tc = time.perf_counter()
+    result = segmenter.segment(case.image, case_id)
+    seconds = time.perf_counter() - tc
+    if predictions is not None:
+        from malenia.infer.outputs import write_outputs
+
+        write_outputs(result, Path(predictions) / case_id, overwrite=True)
+    gt = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
+    pred = sitk.GetArrayFromImage(result.labels).astype(np.int32)
+    spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
+    res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
+    res["predicted"] = [{"label": les.label, "disease": les.disease.name, "unclassified": les.disease.unclassified,
+                         "voxels": int(np.count_nonzero(pred == les.label))} for les in result.lesions]
+    return res, seconds
+
+
+def _add_to_groups(groups: dict[str, GroupStats], res: dict[str, Any]) -> None:
+    groups["all_cases"].dsc.append(res["dsc"])
+    groups["all_cases"].nsd.append(res["nsd"])
+    groups["all_cases"].detection.add(res["match"])
+    for disease, vals in res["types"].items():
+        g = groups[disease]
+        g.dsc.append(vals["dsc"])
+        g.nsd.append(vals["nsd"])
+        g.detection.gt += vals["gt"]
+        g.detection.pred += vals["pred"]
+        g.detection.hits += vals["hits"]
+    for les in res["lesions"]:
+        for stats in (groups[les["disease"] or "unknown"], groups["all_cases"]):
+            if les["detected"]:
+                stats.attributes.add({a: v for a, v in les["pred_attributes"].items()}, les["_report"].attributes)
+                stats.disease_total += 1
+                stats.disease_correct += int(les["pred_disease"] == les["disease"])
+
+
+def _case_entry(case_id: str, res: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {
+        "case": case_id,
+        "diseases": sorted(res["types"]),
+        "dsc": res["dsc"],
+        "nsd": res["nsd"],
+        "types": res["types"],
+        "lesions_reported": len(res["lesions"]),
+        "lesions_predicted": len(res["match"].pred_labels),
+        "lesions_detected": res["match"].hits,
+        "seconds": round(seconds, 2),
+        "lesions": [{k: v for k, v in les.items() if not k.startswith("_")} for les in res["lesions"]],
+        "predicted": res["predicted"],
     }
 
 

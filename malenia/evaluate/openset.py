@@ -1,8 +1,8 @@
 """Validation lesions with the model's attribute scores, for the open-set rule (malenia.knowledge.openset).
 
-Runs the model on a dataset split; every reference lesion the model detects (IoU-matched, as
-`malenia evaluate` matches) becomes a ScoredLesion: its true disease and the per-aspect scores of
-the predicted lesion that disease inference consumed.
+Runs the model on a dataset split as `malenia segment` runs it (malenia.infer.pipeline.Segmenter); every
+reference lesion the model detects (IoU-matched, as `malenia evaluate` matches) becomes a ScoredLesion:
+its true disease and the per-aspect scores of the predicted lesion that disease inference consumed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from malenia.evaluate.metrics import DEFAULT_IOU_THRESHOLD, match_instances
 from malenia.knowledge.openset import ScoredLesion
 
 
-def scored_lesions(predictor, data_dir: str | Path, split: str | None = "val", max_cases: int | None = None,
+def scored_lesions(segmenter, data_dir: str | Path, split: str | None = "val", max_cases: int | None = None,
                    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
                    on_case: Callable[[int, int, str], None] | None = None) -> tuple[list[ScoredLesion], dict]:
     """(detected lesions with scores, counts {"cases", "reference_lesions", "detected"})."""
@@ -31,15 +31,13 @@ def scored_lesions(predictor, data_dir: str | Path, split: str | None = "val", m
         if on_case:
             on_case(i, len(case_ids), case_id)
         case = read_case(data_dir, case_id)
-        pred = predictor.predict(case.image)
+        result = segmenter.segment(case.image, case_id)
         gt = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
-        match = match_instances(pred.labels, gt, iou_threshold)
-        by_label = {p.label: p for p in pred.lesions}
+        match = match_instances(sitk.GetArrayFromImage(result.labels).astype(np.int32), gt, iou_threshold)
+        by_label = {p.label: p for p in result.lesions}
         for les in case.report.lesions:
             reference += 1
             p = match.pred_for(les.label)
-            if p is not None and p in by_label and les.disease:
-                vocab = predictor.table.vocab
-                matches = {a: {k: v for k, v in m.items() if k in vocab} for a, m in by_label[p].matches.items()}
-                out.append(ScoredLesion(les.disease, matches))
+            if p is not None and p in by_label and les.disease and by_label[p].scores:
+                out.append(ScoredLesion(les.disease, by_label[p].scores))
     return out, {"cases": len(case_ids), "reference_lesions": reference, "detected": len(out)}

@@ -84,6 +84,8 @@ def fresh_model(config_name: str, folder: Path) -> Path:
 
 def measure(input_path: Path, model: Path | None, out: Path, device: str = "auto", extra_args: list[str] | None = None) -> dict[str, Any]:
     """One `malenia segment` process: exit code, wall seconds, peak RSS (MB), windows, stage seconds."""
+    from malenia.infer.outputs import FILE_NAMES
+
     stats = out.parent / f"{out.name}.stats.json"
     cmd = [sys.executable, "-c", _CHILD, str(stats), "segment", str(input_path), "--out", str(out), "--overwrite",
            "--progress", "none", "--device", device, *(["--model", str(model)] if model else []), *(extra_args or [])]
@@ -93,7 +95,7 @@ def measure(input_path: Path, model: Path | None, out: Path, device: str = "auto
     if proc.returncode != 0:
         raise RuntimeError(f"malenia segment failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
     child = json.loads(stats.read_text())
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / FILE_NAMES["json"]).read_text())
     extra = report.get("extra", {})
     return {
         "wall_s": round(wall, 2),

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia import __version__
+from malenia.infer.dicom_series import load_series
 from malenia.infer.results import SegmentationResult
 from malenia.infer.terminology import SegmentSpec
 
@@ -24,20 +25,6 @@ SERIES_NUMBER = 9901  # high, so viewers list the SEG after the source series
 
 class DicomSegError(ValueError):
     """The label map does not line up with the DICOM series it came from."""
-
-
-def read_source_datasets(files: list[str]):
-    import pydicom
-
-    from malenia.errors import InputError
-
-    datasets = []
-    for f in files:
-        try:
-            datasets.append(pydicom.dcmread(f, stop_before_pixels=True))
-        except (OSError, pydicom.errors.InvalidDicomError) as err:
-            raise InputError(f"cannot read DICOM file {f} of the input series: {err}") from None
-    return datasets
 
 
 def unsupported_reason(files: list[str]) -> str | None:
@@ -50,46 +37,6 @@ def unsupported_reason(files: list[str]) -> str | None:
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         return "multi-frame (enhanced) DICOM input is not supported for DICOM SEG output yet"
     return None
-
-
-def load_series(files: list[str]):
-    """Headers of the source series, with identifiers that anonymisers blanked filled in where possible.
-
-    SOP Class/Instance UIDs come from the file meta information (the same values by definition);
-    a Study, Series or Frame of Reference UID missing from every file is derived deterministically
-    from the instance UIDs, with a warning (the SEG then references that derived UID).
-    Returns (datasets, warnings).
-    """
-    from pydicom.uid import generate_uid
-
-    from malenia.errors import InputError
-
-    datasets = read_source_datasets(files)
-    warnings: list[str] = []
-    for attr, meta in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
-        filled = 0
-        for f, ds in zip(files, datasets):
-            if not str(ds.get(attr, "") or ""):
-                value = str(getattr(getattr(ds, "file_meta", None), meta, "") or "")
-                if not value:
-                    raise InputError(f"DICOM file {f} has no {attr}; cannot reference it from a DICOM SEG")
-                setattr(ds, attr, value)
-                filled += 1
-        if filled:
-            warnings.append(f"{filled} DICOM files lack {attr}; taken from their file meta information")
-    instance_uids = sorted(str(ds.SOPInstanceUID) for ds in datasets)
-    if len(set(instance_uids)) != len(instance_uids):
-        raise InputError("the DICOM series has repeated SOP Instance UIDs")
-    for attr in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-        values = {str(ds.get(attr, "") or "") for ds in datasets}
-        if values == {""}:
-            uid = generate_uid(entropy_srcs=[attr, *instance_uids])
-            for ds in datasets:
-                setattr(ds, attr, uid)
-            warnings.append(f"the DICOM series has no {attr}; derived {uid} from its instance UIDs")
-        elif len(values) > 1:
-            raise InputError(f"the DICOM files do not share one {attr} ({len(values)} values)")
-    return datasets, warnings
 
 
 def slice_order(labels: sitk.Image, datasets) -> list[int]:

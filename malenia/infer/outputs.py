@@ -1,4 +1,4 @@
-"""Writes the outputs of `malenia segment` (the contract in DESIGN.md "Outputs", docs/outputs.md).
+"""Writes the outputs of `malenia segment` (the contract in docs/outputs.md and Resources/report.schema.json).
 
     DIR/lesions.nii.gz     integer label map on the input's grid (0 background, k = lesion k)
     DIR/lesions.seg.nrrd   Slicer segmentation: one named, coloured, coded and tagged segment per lesion
@@ -26,15 +26,18 @@ from scipy import ndimage
 
 from malenia import __version__
 from malenia.atomic import atomic_dir
+from malenia.data.dataset import LESIONS_FILE, REPORT_FILE
 from malenia.errors import OutputError
 from malenia.infer.measurements import measure_lesions
 from malenia.infer.results import SegmentationResult, validate_report
 from malenia.infer.terminology import SegmentSpec, Terminology, segment_specs
 
+# The label map and report carry a dataset case's names: an output folder with its input image is a
+# case (the Slicer modules store corrections so).
 FILE_NAMES: dict[str, str] = {
-    "nifti": "lesions.nii.gz",
+    "nifti": LESIONS_FILE,
     "seg": "lesions.seg.nrrd",
-    "json": "report.json",
+    "json": REPORT_FILE,
     "html": "report.html",
     "dicom": "lesions.dcm",
 }

@@ -2,20 +2,21 @@
 
     read_ct (validated)  ->  contrast phase (blood-pool HU)  ->  [--roi crop]  ->  preprocess
     (canonical orientation, model spacing, HU window)  ->  sliding windows (malenia.infer.windows:
-    tokens -> per-aspect match against the stored bank -> CMKI -> ensembled masks)  ->  instances
-    (malenia.infer.instances: connected components, small ones removed, tokens and windows
-    de-duplicated)  ->  per lesion attributes and disease posterior (malenia.infer.matching)  ->
-    labels on the input's exact grid  ->  SegmentationResult  ->  write_outputs (all files at once).
+    tokens -> per-aspect match against the stored bank -> CMKI -> ensembled masks)  ->  lesions on
+    the input's exact grid (malenia.infer.postprocess: threshold, components, smooth borders, ROI,
+    minimum volume)  ->  instances (malenia.infer.instances: tokens and windows de-duplicated)  ->
+    per lesion attributes and disease posterior (malenia.infer.matching)  ->  SegmentationResult
+    ->  write_outputs (all files at once).
+
+`Segmenter` is the project's only predictor: `malenia evaluate`, `calibrate` and `ablate` run it
+too, so every measured number is a number of what ships.
 
 Memory: the model-grid probability and the candidates' bit-packed crops, the input image, and at
 the end one probability and one label volume on the input grid (no per-token full volumes).
-Labels go back to the input grid with smooth borders: the probability is interpolated linearly
-and thresholded there; each voxel takes the label of the nearest model-grid lesion voxel.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -111,15 +112,33 @@ def read_input(path: str | os.PathLike, force: bool = False) -> tuple[sitk.Image
     return image, files
 
 
+def bank_tensors(bank, extra_rows: np.ndarray | None = None, device="cpu"):
+    """(embeddings [R, Dt], aspect index [R]) for the network; `extra_rows` are the whole-report rows
+    (aspect -1) of a single-positive ablation model."""
+    import torch
+
+    from malenia.model.attributes import REPORT_ASPECT
+
+    emb, asp = np.asarray(bank.embeddings, np.float32), bank.aspect_indices()
+    if extra_rows is not None and len(extra_rows):
+        emb = np.concatenate([emb, np.asarray(extra_rows, np.float32)])
+        asp = np.concatenate([asp, np.full(len(extra_rows), REPORT_ASPECT, np.int64)])
+    return torch.as_tensor(emb, device=device), torch.as_tensor(asp, dtype=torch.int64, device=device)
+
+
 class Segmenter:
-    """A loaded model ready to segment CT images: `segment(image) -> SegmentationResult`."""
+    """A loaded model ready to segment CT images: `segment(image) -> SegmentationResult`.
+
+    The only predictor: `malenia segment`, the Slicer module, `evaluate`, `calibrate` and `ablate`
+    all run it. `segment` = `probability_map` (the network) + malenia.infer.postprocess (pure:
+    probability -> lesion labels) + `describe` (attributes, disease, report)."""
 
     def __init__(self, model, options: SegmentOptions | None = None, progress: ProgressFn = silent, knowledge=None):
         """`knowledge`: site profile folders for this run (malenia.knowledge.site), besides $MALENIA_KNOWLEDGE."""
         import torch
 
+        from malenia.data.preprocess import preprocessor_for
         from malenia.infer.matching import BankMatcher
-        from malenia.infer.predictor import bank_tensors, preprocessor_for
         from malenia.knowledge.site import table_in_force
 
         self.options = (options or SegmentOptions()).with_model_defaults(model.inference_defaults())
@@ -128,145 +147,122 @@ class Segmenter:
         self.cfg = model.config
         self.device = resolve_device(self.options.device)
         self.net = model.network.to(self.device).eval()
-        self.bank_emb, self.bank_aspects = bank_tensors(model.bank, None, self.device)
+        self.bank_emb, self.bank_aspects = bank_tensors(model.bank, model.report_rows(), self.device)
         self.preprocessor = preprocessor_for(self.cfg)
         self.table = table_in_force(model, knowledge)
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
         self._torch = torch
 
-    def runner(self, on_window=None):
+    def runner(self, on_window=None, collect: bool = True):
         from malenia.infer.windows import WindowRunner
 
         o = self.options
         return WindowRunner(self.net, self.bank_emb, self.bank_aspects, self.cfg.patch_size, self.device,
                             overlap=o.overlap, sw_batch_size=o.sw_batch_size, mirror_axes=(0, 1, 2) if o.mirror else (),
                             threshold=o.threshold, token_threshold=o.token_threshold,
-                            background=self.preprocessor.background_value, skip_air=o.skip_air, on_window=on_window)
+                            background=self.preprocessor.background_value, skip_air=o.skip_air, on_window=on_window,
+                            collect=collect)
 
-    def segment(self, image: sitk.Image, source: str = "", dicom_files: list[str] | None = None):
-        from malenia.data.contrast import detect_phase
+    def probability_map(self, image: sitk.Image, timings: dict[str, float] | None = None, collect: bool = True):
+        """(ProbabilityMap, WindowPass) of `image` (cropped to the ROI when one is set): the network's part."""
         from malenia.infer import roi as roi_mod
-        from malenia.infer.instances import assign, components
-        from malenia.infer.matching import phase_call, scan_enhancement
-        from malenia.infer.results import LesionResult, ModelInfo, ScanInfo, SegmentationResult
+        from malenia.infer.postprocess import ProbabilityMap
 
         o, progress = self.options, self.progress
-        timings: dict[str, float] = {}
-        t = time.perf_counter()
-
-        progress("phase", 0.0, "contrast phase from the blood pool")
-        phase = phase_call(detect_phase(image))
-        timings["phase"] = time.perf_counter() - t
-
+        timings = {} if timings is None else timings
         t = time.perf_counter()
         progress("preprocess", 0.0, "orientation, spacing, intensities")
         region = roi_mod.crop_region(image, o.roi) if o.roi is not None else None
-        work = roi_mod.crop(image, region) if region is not None else image
-        prepared = self.preprocessor.prepare(work)
+        prepared = self.preprocessor.prepare(roi_mod.crop(image, region) if region is not None else image)
         timings["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        runner = self.runner(lambda done, total: progress("windows", done / max(total, 1), f"window {done}/{total}"))
+        runner = self.runner(lambda done, total: progress("windows", done / max(total, 1), f"window {done}/{total}"),
+                             collect)
         progress("windows", 0.0, f"{runner.count_windows(prepared.array.shape)} windows")
         with self._torch.inference_mode():
             wp = runner.run(prepared.array)
         timings["windows"] = time.perf_counter() - t
+        return ProbabilityMap(wp.probability, prepared, image, region, o.roi), wp
 
+    def segment(self, image: sitk.Image, source: str = "", dicom_files: list[str] | None = None):
+        from malenia.data.contrast import detect_phase
+        from malenia.infer.matching import phase_call
+        from malenia.infer.postprocess import kept, lesion_map
+
+        o, timings = self.options, {}
+        if image.GetPixelID() != sitk.sitkFloat32:  # what read_ct gives: every caller segments the same values
+            image = sitk.Cast(image, sitk.sitkFloat32)
         t = time.perf_counter()
-        progress("lesions", 0.0, "instances, attributes, diseases")
-        voxel_mm3 = float(np.prod(prepared.grid.spacing))
-        min_voxels = max(1, int(math.ceil(o.min_volume_mm3 / voxel_mm3)))
-        model_labels, n = components(wp.probability, o.threshold, min_voxels)
-        instances = assign(model_labels, n, wp.candidates, wp.probability, o.min_overlap)
+        self.progress("phase", 0.0, "contrast phase from the blood pool")
+        phase = phase_call(detect_phase(image))
+        timings["phase"] = time.perf_counter() - t
+        pm, wp = self.probability_map(image, timings)
+        t = time.perf_counter()
+        self.progress("lesions", 0.0, "instances, attributes, diseases")
+        lm = lesion_map(pm, o.threshold)
+        result = self.describe(pm, wp, lm, kept(lm, o.min_volume_mm3), phase, source, dicom_files)
+        timings["lesions"] = time.perf_counter() - t
+        result.extra["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        return result
+
+    def describe(self, pm, wp, lm, order: list[int], phase, source: str = "", dicom_files: list[str] | None = None):
+        """The SegmentationResult of the lesions `order` (ids of `lm`, malenia.infer.postprocess.kept)."""
+        from malenia.infer.matching import scan_enhancement
+        from malenia.infer.postprocess import relabel
+        from malenia.infer.results import LesionResult, ModelInfo, ScanInfo, SegmentationResult
+
+        label_image = sitk.GetImageFromArray(relabel(lm, order))
+        label_image.CopyInformation(pm.image)
+        lesions, details, enh_votes = [], [], []
+        for label, inst in enumerate(self._instances(pm, wp, lm, order), start=1):
+            attributes = self.matcher.attributes(inst.distribution, phase)
+            scores = self.matcher.full_matches(inst.distribution, attributes)
+            lesions.append(LesionResult(label, self.matcher.disease(scores), attributes, scores=scores))
+            enh_votes.append((attributes["enhancement"], float(inst.voxels)))
+            details.append({"label": label, "lesion_score": round(inst.lesion_score, 4),
+                            "mean_probability": round(inst.mean_probability, 4), "tokens": len(inst.candidates),
+                            "windows": inst.windows, "model_voxels": inst.voxels})
+        scan = ScanInfo.from_image(pm.image, source, scan_enhancement(phase, enh_votes, self.table.vocab), dicom_files)
+        model = ModelInfo(self.model.name, self.model.version, self.model.sha256)
+        from malenia.knowledge.site import origin_json
+
+        return SegmentationResult(label_image, pm.image, scan, model, lesions, self._extra(pm, wp, phase, details),
+                                  origin_json(self.table))
+
+    def _instances(self, pm, wp, lm, order: list[int]):
+        """Per kept lesion (output order) its Instance: candidates and aggregated distribution."""
+        from malenia.infer.instances import assign
+        from malenia.infer.postprocess import relabel_model
+
+        model_labels = relabel_model(lm, order)
+        instances = assign(model_labels, len(order), wp.candidates, pm.probability, self.options.min_overlap)
         for inst in instances:
             if inst.distribution is None:  # nobody in the unflipped pass claimed it: one centred window
                 with self._torch.inference_mode():
-                    cand = runner.describe_at(prepared.array, model_labels == inst.label)
+                    cand = self.runner().describe_at(pm.prepared.array, model_labels == inst.label)
                 if cand is not None:
                     inst.candidates = [(cand, 1.0)]
                     inst.distribution = cand.distribution
                 else:  # cannot happen for a non-empty component; no evidence then: uniform per aspect
                     inst.distribution = np.zeros(len(self.model.bank), np.float32)
+        return instances
 
-        labels = self._labels_on_input(prepared, wp.probability, model_labels, image, region)
-        if o.roi is not None:
-            roi_mod.clear_outside(labels, image, o.roi)
-        # small-component removal once more on the input grid, after borders and the ROI were applied
-        input_min = int(math.ceil(o.min_volume_mm3 / float(np.prod(image.GetSpacing()))))
-        labels, order = _relabel_by_volume(labels, n, input_min)
-        label_image = sitk.GetImageFromArray(labels)
-        label_image.CopyInformation(image)
-
-        lesions, details, enh_votes = [], [], []
-        for new_label, old_label in enumerate(order, start=1):
-            inst = instances[old_label - 1]
-            attributes = self.matcher.attributes(inst.distribution, phase)
-            scores = self.matcher.full_matches(inst.distribution, attributes)
-            lesions.append(LesionResult(new_label, self.matcher.disease(scores), attributes, scores=scores))
-            enh_votes.append((attributes["enhancement"], float(inst.voxels)))
-            details.append({"label": new_label, "lesion_score": round(inst.lesion_score, 4),
-                            "mean_probability": round(inst.mean_probability, 4), "tokens": len(inst.candidates),
-                            "windows": inst.windows, "model_voxels": inst.voxels})
-        enhancement = scan_enhancement(phase, enh_votes, self.table.vocab)
-        timings["lesions"] = time.perf_counter() - t
-
-        scan = ScanInfo.from_image(image, source, enhancement, dicom_files)
-        model = ModelInfo(self.model.name, self.model.version, self.model.sha256)
-        extra = {
+    def _extra(self, pm, wp, phase, details: list[dict]) -> dict[str, Any]:
+        o = self.options
+        return {
             "config": self.cfg.name,
             "device": str(self.device),
-            "options": {k: (str(v) if isinstance(v, RasBox) else v) for k, v in asdict(self.options).items() if k != "roi"}
+            "options": {k: (str(v) if isinstance(v, RasBox) else v) for k, v in asdict(o).items() if k != "roi"}
             | {"roi_ras_mm": str(o.roi) if o.roi else None},
-            "model_grid": {"size_zyx": list(prepared.array.shape), "spacing_zyx": list(prepared.grid.spacing_zyx)},
+            "model_grid": {"size_zyx": list(pm.probability.shape), "spacing_zyx": list(pm.prepared.grid.spacing_zyx)},
             "windows": {"total": wp.windows_total, "run": wp.windows_run, "forward_passes": wp.forward_passes,
                         "candidates": len(wp.candidates)},
             "phase": {"id": phase.id, "confidence": round(phase.confidence, 4), "method": phase.method,
                       "blood_hu": None if phase.blood_hu is None else round(phase.blood_hu, 1),
                       "used_for_enhancement": phase.confident},
             "lesions": details,
-            "seconds": {k: round(v, 3) for k, v in timings.items()},
         }
-        from malenia.knowledge.site import origin_json
-
-        return SegmentationResult(label_image, image, scan, model, lesions, extra, origin_json(self.table))
-
-    def _labels_on_input(self, prepared, probability: np.ndarray, model_labels: np.ndarray, image: sitk.Image,
-                         region) -> np.ndarray:
-        """(z, y, x) labels on the full input grid (model-grid labels 1..n), uint16 or uint32."""
-        from scipy import ndimage
-
-        n = int(model_labels.max())
-        dtype = np.uint16 if n < 65535 else np.uint32
-        if n == 0:
-            return np.zeros(tuple(reversed(image.GetSize())), dtype)
-        # Grow each lesion by up to 2 voxels (nearest label) so that the finer input grid can follow
-        # the interpolated probability beyond the model-grid voxel borders.
-        dist, idx = ndimage.distance_transform_edt(model_labels == 0, return_indices=True)
-        grown = model_labels[tuple(idx)].astype(dtype)
-        grown[dist > 2.0] = 0
-        del dist, idx
-        fine_labels = sitk.GetArrayFromImage(prepared.to_original(grown, is_label=True))
-        fine_prob = sitk.GetArrayFromImage(prepared.to_original(probability, is_label=False))
-        fine_labels[fine_prob < self.options.threshold] = 0
-        del fine_prob
-        if region is None:
-            return fine_labels
-        (i0, i1), (j0, j1), (k0, k1) = region
-        full = np.zeros(tuple(reversed(image.GetSize())), dtype)
-        full[k0:k1, j0:j1, i0:i1] = fine_labels
-        return full
-
-
-def _relabel_by_volume(labels: np.ndarray, n: int, min_voxels: int = 1) -> tuple[np.ndarray, list[int]]:
-    """Labels 1..K by decreasing voxel count (ties: lower old label), lesions under `min_voxels`
-    removed; returns (labels, old label per new label)."""
-    if n == 0:
-        return labels, []
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[: n + 1]
-    order = [int(k) for k in sorted(range(1, n + 1), key=lambda k: (-counts[k], k)) if counts[k] >= max(min_voxels, 1)]
-    lut = np.zeros(max(n + 1, int(labels.max()) + 1), labels.dtype)
-    lut[order] = np.arange(1, len(order) + 1, dtype=labels.dtype)
-    return lut[labels], order
 
 
 @dataclass

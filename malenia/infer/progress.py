@@ -1,16 +1,17 @@
 """Progress of `malenia segment` / `malenia demo`: a bar for people, JSON lines for programs.
 
-`--progress json` prints one object per line on stdout, `{"stage", "fraction", "message"}` with
-fraction in 0..1 over the whole run (the contract the MaleniaSegment Slicer module reads, see
+`--progress json` prints one object per line on stdout (malenia.progress_lines), `{"stage",
+"fraction", "message"}` with fraction in 0..1 over the whole run (the contract the MaleniaSegment Slicer module reads, see
 docs/slicer.md). `bar` draws a tqdm bar on stderr when it is a terminal and stays silent
 otherwise; `none` prints nothing.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import IO, Callable
+
+from malenia.progress_lines import ProgressLine, write_line
 
 MODES = ("bar", "json", "none")
 
@@ -48,8 +49,7 @@ class SegmentProgress:
         fraction = max(self.fraction, min(1.0, lo + (hi - lo) * min(max(float(within), 0.0), 1.0)))
         self.fraction = fraction  # never goes backwards
         if self.mode == "json":
-            self.stream.write(json.dumps({"stage": stage, "fraction": round(fraction, 4), "message": message}) + "\n")
-            self.stream.flush()
+            write_line(self.stream, ProgressLine(stage, round(fraction, 4), message))
         elif self._bar is not None:
             self._bar.set_description_str(f"{stage}: {message}"[:60], refresh=False)
             self._bar.n = int(round(100 * fraction))

@@ -247,7 +247,7 @@ class ScanInfo:
         series_uid = study_uid = None
         warnings: list[str] = []
         if dicom_files:
-            from malenia.infer.dicom_seg import load_series
+            from malenia.infer.dicom_series import load_series
 
             datasets, warnings = load_series(list(dicom_files))
             series_uid, study_uid = str(datasets[0].SeriesInstanceUID), str(datasets[0].StudyInstanceUID)

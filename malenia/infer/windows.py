@@ -90,7 +90,7 @@ class WindowRunner:
     def __init__(self, net, bank_emb: torch.Tensor, bank_aspects: torch.Tensor, patch_size, device: torch.device,
                  overlap: float = 0.25, sw_batch_size: int = 1, mirror_axes: tuple[int, ...] = (),
                  threshold: float = 0.5, token_threshold: float = 0.5, background: float = 0.0,
-                 skip_air: bool = True, on_window: Callable[[int, int], None] | None = None):
+                 skip_air: bool = True, on_window: Callable[[int, int], None] | None = None, collect: bool = True):
         self.net, self.device = net, device
         self.bank_emb, self.bank_aspects = bank_emb, bank_aspects
         self.columns = aspect_columns(bank_aspects)
@@ -100,6 +100,7 @@ class WindowRunner:
         self.threshold, self.token_threshold = float(threshold), float(token_threshold)
         self.background, self.skip_air = float(background), bool(skip_air)
         self.on_window = on_window
+        self.collect = bool(collect)  # keep token candidates (False: the probability only, e.g. for calibration)
         from monai.data.utils import compute_importance_map
 
         w = compute_importance_map(self.roi, mode="gaussian", sigma_scale=0.125, device="cpu").float()
@@ -160,6 +161,8 @@ class WindowRunner:
                 total += torch.flip(p, dims)
                 result.forward_passes += batch.shape[0]
             prob = total / (len(flips) + 1)
+        if not self.collect:
+            return prob
         dist = aspect_distribution(out.sim_logits[-1], self.columns).cpu().numpy()
         scores = out.lesion_score.float().cpu().numpy()
         for b in range(batch.shape[0]):

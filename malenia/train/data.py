@@ -4,7 +4,7 @@
   reports) and, for single-positive ablations, one row per distinct whole-report text (aspect -1).
 - `PatchStream`: patches from malenia.data.sampler.LesionPatchDataset (lesion-centred oversampling, MONAI
   augmentation; item i of epoch e has its own seed), preprocessed exactly as at inference
-  (malenia.infer.predictor.preprocessor_for). The order of items per epoch comes from torch's
+  (malenia.data.preprocess.preprocessor_for). The order of items per epoch comes from torch's
   DistributedSampler, each process taking its share of the global batch; so a resumed or a multi-process
   run sees the same patches as an uninterrupted single-process run.
 """
@@ -109,7 +109,7 @@ def build_training_bank(cfg, datasets: list[Path], encoder_name: str | None = No
 def _dataset_texts(cfg, datasets, splits, report_style, table) -> tuple[dict[str, set[str]], set[str]]:
     """The free-text descriptions per aspect (those without a vocabulary id) and, for single-positive
     configs, the whole-report texts of the datasets' lesions."""
-    from malenia.data.dataset import read_dataset, read_report
+    from malenia.data.dataset import read_case, read_dataset
     from malenia.knowledge.vocabulary import Vocabulary
 
     known = set(Vocabulary.load().ids())
@@ -118,7 +118,7 @@ def _dataset_texts(cfg, datasets, splits, report_style, table) -> tuple[dict[str
     for ds in datasets:
         ids = (splits or {}).get(ds) or read_dataset(ds).cases
         for case_id in ids:
-            rep = read_report(Path(ds) / "cases" / case_id / "report.json")
+            rep = read_case(ds, case_id, with_images=False).report
             for les in rep.lesions:
                 for a in ASPECTS:
                     free[a] |= {d.text for d in les.attributes.get(a, []) if not d.id or d.id not in known}
@@ -153,7 +153,7 @@ class PatchStream:
                  samples_per_epoch: int | None = None, replay: Path | None = None, replay_fraction: float = 0.5,
                  lesion_fraction: float | None = None, case_ids: list[str] | None = None):
         from malenia.data.sampler import AugmentConfig, LesionPatchDataset
-        from malenia.infer.predictor import preprocessor_for
+        from malenia.data.preprocess import preprocessor_for
 
         self.cfg, self.bank, self.seed = cfg, bank, int(seed)
         pre = preprocessor_for(cfg)

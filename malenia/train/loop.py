@@ -372,13 +372,13 @@ def _knowledge_table_json() -> dict[str, Any]:
 @torch.no_grad()
 def validate(model, patches, bank_t, aspects_t, device) -> float:
     """Mean Dice of the predicted foreground on fixed validation patches (a cheap, deterministic signal)."""
-    from malenia.infer.predictor import foreground_probability
+    from malenia.model.losses import foreground_map
 
     model.eval()
     scores = []
     for image, gt in patches:
         out = model(image.to(device)[None], bank_t, aspects_t)
-        fg = foreground_probability(out)[0, 0] > 0.5
+        fg = foreground_map(out.mask_logits, out.lesion_score)[0] > 0.5
         g = gt.to(device)
         inter = (fg & g).sum().item()
         denom = fg.sum().item() + g.sum().item()

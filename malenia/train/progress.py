@@ -1,14 +1,15 @@
 """Progress of a long job: a tqdm bar for people, or one JSON object per line for programs.
 
-JSON lines follow the training CLI contract (docs/architecture.md):
+JSON lines (malenia.progress_lines) follow the training CLI contract:
 {"stage", "fraction", "message", "step", "total", "loss", "val_dsc"}.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import IO, Any
+
+from malenia.progress_lines import ProgressLine, write_line
 
 
 class Progress:
@@ -36,17 +37,9 @@ class Progress:
         self.last.update({k: v for k, v in values.items() if v is not None})
         stage = stage or self.stage
         if self.mode == "json":
-            obj = {
-                "stage": stage,
-                "fraction": round(fraction if fraction is not None else step / self.total if self.total else 1.0, 6),
-                "message": message,
-                "step": int(step),
-                "total": self.total,
-                "loss": _round(self.last.get("loss")),
-                "val_dsc": _round(self.last.get("val_dsc")),
-            }
-            self.stream.write(json.dumps(obj) + "\n")
-            self.stream.flush()
+            fraction = fraction if fraction is not None else step / self.total if self.total else 1.0
+            write_line(self.stream, ProgressLine(stage, fraction, message, int(step), self.total,
+                                                 _number(self.last.get("loss")), _number(self.last.get("val_dsc"))))
         elif self._bar is not None:
             self._bar.n = step if self.total or fraction is None else round(fraction * 100)
             post = {k: f"{v:.4f}" for k, v in self.last.items() if isinstance(v, float)}
@@ -60,5 +53,5 @@ class Progress:
             self._bar.close()
 
 
-def _round(v: Any) -> Any:
-    return round(float(v), 6) if isinstance(v, (int, float)) else v
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
