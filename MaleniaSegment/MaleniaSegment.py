@@ -452,7 +452,8 @@ class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):
 
 class MaleniaSegmentTest(ScriptedLoadableModuleTest):
     """Runs in Slicer: real `malenia segment` on a sample CT (inside a region of interest to keep it short),
-    import, a correction saved and read back, every export, and a cancelled run that leaves nothing."""
+    import, a correction saved and read back, every export, and a cancelled run that leaves nothing.
+    MALENIA_SELFTEST_VOLUME and MALENIA_SELFTEST_MODEL choose another CT file and model folder."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -508,7 +509,8 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
         logic, root = self._tempLogic()
         self.assertTrue(logic.ensureDependencies(lambda text: True))
         self.delayDisplay("Segmenting lesions in a region of interest")
-        run = logic.start_segmentation(SegmentRequest(volume, device="auto", roi_node=self._roiAround(volume)))
+        run = logic.start_segmentation(SegmentRequest(volume, model_dir=os.environ.get("MALENIA_SELFTEST_MODEL"),
+                                                      device="auto", roi_node=self._roiAround(volume)))
         self._wait(run)
         self.assertEqual(run.state, RunState.SUCCEEDED, run.error)
         session = logic.finish_segmentation(run)
@@ -545,7 +547,7 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
 
         volume = self._sampleVolume()
         logic, root = self._tempLogic()
-        run = logic.start_segmentation(SegmentRequest(volume, device="cpu"))
+        run = logic.start_segmentation(SegmentRequest(volume, model_dir=os.environ.get("MALENIA_SELFTEST_MODEL"), device="cpu"))
         start = time.time()
         while run.job.last_progress is None and run.state is RunState.RUNNING and time.time() - start < 300:
             run.poll()

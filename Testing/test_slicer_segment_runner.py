@@ -162,7 +162,10 @@ def test_segment_command_and_roi(scene):
     assert [float(v) for v in arg.split(",")] == [-30.0, 5.0, 90.0, 10.0, 35.0, 110.0]
     cmd = segment_command("/opt/Slicer/bin/PythonSlicer", "/tmp/in.nrrd", "/models/m1", "cuda", arg)
     assert cmd == ["/opt/Slicer/bin/PythonSlicer", "-m", "malenia.cli", "segment", "/tmp/in.nrrd", "--device", "cuda",
-                   "--progress", "json", "--model", "/models/m1", "--roi", arg]
+                   "--progress", "json", "--model", "/models/m1", f"--roi={arg}"]
+    from malenia.cli import build_parser
+
+    assert build_parser().parse_args([*cmd[3:], "--out", "/tmp/o"]).roi == arg  # the real parser takes it ("-" first)
     assert "--model" not in segment_command("py", "in.nrrd")
     with pytest.raises(ValueError, match="device"):
         segment_command("py", "in.nrrd", device="gpu")

@@ -51,7 +51,7 @@ def segment_command(python: str, input_path: str | Path, model_dir: str | None =
     if model_dir:
         cmd += ["--model", str(model_dir)]
     if roi:
-        cmd += ["--roi", roi]
+        cmd.append(f"--roi={roi}")  # one token: a box starting with a negative coordinate is not an option
     return cmd
 
 
