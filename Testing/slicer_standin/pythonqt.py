@@ -33,6 +33,8 @@ class PythonQtObject:
     """Mixin: Qt properties as attributes, `name`, and connect/disconnect by signature."""
 
     def __getattribute__(self, name):
+        if name in ("connect", "disconnect"):  # PySide6's attribute lookup would return QObject's own
+            return getattr(PythonQtObject, name).__get__(self)
         if name[:1] != "_" and name not in _python_names(type(self)) and name not in _reading:
             if name == "name":
                 return QtCore.QObject.objectName(self)
