@@ -212,6 +212,6 @@ def test_the_stand_in_reproduces_slicers_super_chain(slicer_app):
         label.text()
     seen = []
     button = qt.QPushButton()
-    button.connect("clicked(bool)", seen.append)
+    button.connect("clicked(bool)", lambda checked: seen.append(checked))
     button.click()
     assert seen == [False]
