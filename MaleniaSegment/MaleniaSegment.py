@@ -15,6 +15,7 @@ import qt
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 # MaleniaCommon (shared with MaleniaTrainer) sits in the parent folder in a checkout; the built
@@ -72,6 +73,21 @@ class MaleniaSegment(ScriptedLoadableModule):
 
 
 #
+# Parameter node
+#
+
+@parameterNodeWrapper
+class MaleniaSegmentParameterNode:
+    """The inputs of a Segment Lesions run, kept in the scene (a saved scene restores them)."""
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    useModelFolder: bool = False
+    modelFolder: str = ""
+    device: str = "auto"
+    roi: slicer.vtkMRMLMarkupsROINode
+
+
+#
 # Widget
 #
 
@@ -111,6 +127,10 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.syncTimer.timeout.connect(self.onSegmentationEdited)
 
         self.ui.inputVolumeSelector.currentNodeChanged.connect(self._updateButtons)
+        for signal in (self.ui.inputVolumeSelector.currentNodeChanged, self.ui.roiSelector.currentNodeChanged,
+                       self.ui.modelComboBox.currentIndexChanged, self.ui.modelPathLineEdit.currentPathChanged,
+                       self.ui.deviceComboBox.currentIndexChanged):
+            signal.connect(self._updateParameterNodeFromGUI)
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.cancelButton.clicked.connect(self.onCancel)
         self.ui.loadResultsButton.clicked.connect(self.onLoadResults)
@@ -123,12 +143,52 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for edit in (self.ui.resultsFolderPathLineEdit, self.ui.correctionsFolderPathLineEdit):
             edit.currentPathChanged.connect(self._saveSettings)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
         self._showProgress(None)
+        self.initializeParameterNode()
         self._updateButtons()
 
     def enter(self):
-        self._applyModelSetting()  # MaleniaTrainer may have chosen a new model meanwhile
+        self.initializeParameterNode()  # the scene's inputs first,
+        self._applyModelSetting()  # then a model MaleniaTrainer chose meanwhile
         self._updateButtons()
+
+    # -- parameter node ---------------------------------------------------------------------
+    def initializeParameterNode(self):
+        """Shows the scene's parameter node; a new one starts from what the panel shows."""
+        self._parameterNode = self.logic.getParameterNode()
+        if self._parameterNode.inputVolume is None:
+            self._updateParameterNodeFromGUI()
+        else:
+            self._updateGUIFromParameterNode()
+
+    def _updateGUIFromParameterNode(self):
+        p = self._parameterNode
+        self._updatingGUI = True
+        try:
+            self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
+            self.ui.roiSelector.setCurrentNode(p.roi)
+            self.ui.modelComboBox.currentIndex = 1 if p.useModelFolder else 0
+            self.ui.modelPathLineEdit.currentPath = p.modelFolder
+            index = self.ui.deviceComboBox.findData(p.device)
+            self.ui.deviceComboBox.currentIndex = max(index, 0)
+        finally:
+            self._updatingGUI = False
+
+    def _updateParameterNodeFromGUI(self, *args):
+        p = getattr(self, "_parameterNode", None)
+        if p is None or getattr(self, "_updatingGUI", False):
+            return
+        p.inputVolume = self.ui.inputVolumeSelector.currentNode()
+        p.roi = self.ui.roiSelector.currentNode()
+        p.useModelFolder = self.ui.modelComboBox.currentIndex == 1
+        p.modelFolder = self.ui.modelPathLineEdit.currentPath
+        p.device = self.ui.deviceComboBox.currentData or "auto"
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isVisible():
+            self.initializeParameterNode()
 
     def cleanup(self):
         if self.run is not None:
@@ -421,6 +481,9 @@ class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() runs MaleniaLogic.__init__() first
         MaleniaLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return MaleniaSegmentParameterNode(super().getParameterNode())
 
     def ensureDependencies(self, confirm, log=logging.info):
         """Asks (confirm(text) -> bool) and installs missing packages; raises deps.DependencyError."""

@@ -215,3 +215,25 @@ def test_the_stand_in_reproduces_slicers_super_chain(slicer_app):
     button.connect("clicked(bool)", lambda checked: seen.append(checked))
     button.click()
     assert seen == [False]
+
+
+def test_segment_inputs_live_in_the_parameter_node(slicer_app, ct, tmp_path):
+    """MaleniaSegment's inputs (volume, model, device, ROI) are a parameterNodeWrapper in the scene:
+    a panel built anew on that scene (as after loading a saved scene) shows them again (issue 13, item 5)."""
+    slicer, _ = slicer_app
+    load_module(REPO / "MaleniaSegment" / "MaleniaSegment.py")
+    w, _ = module_widget("MaleniaSegment")
+    volume = slicer.util.loadVolume(str(ct))
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    w.ui.roiSelector.setCurrentNode(roi)
+    w.ui.modelComboBox.currentIndex = 1
+    w.ui.modelPathLineEdit.currentPath = str(tmp_path / "my-model")
+    w.ui.deviceComboBox.currentIndex = 1
+    node = slicer.mrmlScene.GetSingletonNode("MaleniaSegment", "vtkMRMLScriptedModuleNode")
+    assert node.GetParameter("device") == "cpu" and node.GetNodeReference("inputVolume") is volume
+    unload_module("MaleniaSegment")
+    again, _ = module_widget("MaleniaSegment")
+    assert again.ui.inputVolumeSelector.currentNode() is volume and again.ui.roiSelector.currentNode() is roi
+    assert again.ui.modelComboBox.currentIndex == 1 and again.ui.modelPathLineEdit.currentPath == str(tmp_path / "my-model")
+    assert again.ui.deviceComboBox.currentData == "cpu"
+    unload_module("MaleniaSegment")
