@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,7 +25,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix="".join(target.suffixes) or ".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.partial.{os.getpid()}-", suffix="".join(target.suffixes) or ".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,17 +56,22 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty staging folder beside `target`; it becomes `target` only on success.
 
-    With overwrite, an existing target is replaced after the new one is complete.
+    Without overwrite, the final rename refuses an existing target (FileExistsError) even when another
+    process created it while this one was writing: of parallel writers exactly one wins, the others learn
+    it and can pick another name. With overwrite, an existing target is replaced after the new one is
+    complete. Staging names carry the writer's process id so `clean_stale` can tell abandoned ones.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise FileExistsError(str(target))
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial.{os.getpid()}-", dir=target.parent))
     try:
         yield staging
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        if not overwrite:
+            rename_no_replace(staging, target)
+        elif target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.{os.getpid()}-", dir=target.parent))
             os.replace(target, old / "x")
             os.replace(staging, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -70,3 +80,96 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def rename_no_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Renames `src` to `dst` atomically, FileExistsError if `dst` exists (file or folder, empty or not).
+
+    POSIX rename() silently replaces an empty folder or a file; Linux's renameat2(RENAME_NOREPLACE)
+    does not. Elsewhere (macOS, Windows) an existing non-empty folder makes rename fail, and on Windows
+    any existing target does; the exists() check narrows the remaining window.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "target exists", dst)
+        if err not in (errno.EINVAL, errno.ENOSYS):  # not supported by this file system: fall back
+            raise OSError(err, os.strerror(err), src, None, dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "target exists", dst)
+    try:
+        os.rename(src, dst)
+    except OSError as err:
+        if err.errno in (errno.EEXIST, errno.ENOTEMPTY) or isinstance(err, FileExistsError):
+            raise FileExistsError(errno.EEXIST, "target exists", dst) from None
+        raise
+
+
+def _load_renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_renameat2 = _load_renameat2()
+
+_STAGING_RE = re.compile(r"^\.(?:.+\.(?:partial|old)\.(\d+)-[^/]*|malenia-partial-.*)$")
+
+
+def clean_stale(folder: str | os.PathLike, min_age_s: float = 600.0) -> list[str]:
+    """Removes staging folders and files left in `folder` by writers that were killed (kill -9, power cut).
+
+    A staging name with a process id (atomic_dir, atomic_path) is stale when that process is gone
+    and the entry is older than a minute; one without (segment's `.malenia-partial-*`) when it is
+    older than `min_age_s` (a live writer keeps one for seconds). Returns the names removed.
+    """
+    folder = Path(folder)
+    removed: list[str] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _STAGING_RE.match(entry.name)
+        if not m:
+            continue
+        try:
+            age = now - entry.lstat().st_mtime
+        except OSError:
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        stale = (age > 60 and not _alive(pid)) if pid is not None else age > min_age_s
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows; keep it (age rule only)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: a process of another user holds that id
+        return True
+    return True

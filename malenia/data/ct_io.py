@@ -7,14 +7,15 @@ array back onto a reference grid, atomically; `read_label` reads a label map tha
 an image's grid.
 
 Checks (each refusal is one `InputError` line, see docs/data.md):
-  * path exists and is readable; format recognised; file complete (truncated NIfTI is caught:
-    ITK reads it silently as zeros);
+  * path exists and is readable; format recognised; voxel data as long as the header says, for
+    NIfTI, NRRD and MetaImage, compressed or not (ITK fills short data with zeros without a word);
+    read in 4 MiB chunks (`scan_data`), so the server checks uploads without inflating them;
   * exactly 3 spatial dimensions and one value per voxel (2D, 4D/time series, RGB refused);
   * spacing written in the header, positive, in [MIN_SPACING_MM, MAX_SPACING_MM];
   * size in [MIN_VOXELS_PER_AXIS, MAX_VOXELS_PER_AXIS] per axis and at most MAX_TOTAL_VOXELS;
   * finite values (no NaN/inf);
-  * a plausible CT Hounsfield range (skipped with force=True): not an 8-bit image, air or fat
-    present (minimum <= -200 HU), something at least as dense as water (maximum >= 0 HU) and
+  * a plausible CT Hounsfield range (skipped with force=True): not an 8-bit image, air or lung
+    present (minimum <= -500 HU), something at least as dense as water (maximum >= 0 HU) and
     nothing beyond the 16-bit CT scale. This refuses MR, PET, windowed 8-bit exports and CT
     saved without its rescale intercept.
   * DICOM: modality CT (unless forced), pixel spacing present, slices evenly spaced (no missing
@@ -23,10 +24,12 @@ Checks (each refusal is one `InputError` line, see docs/data.md):
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,11 @@ MAX_VOXELS_PER_AXIS = 2048
 MAX_TOTAL_VOXELS = 1 << 30  # 4 GiB as float32
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 30.0
-HU_AIR_OR_FAT_MAX = -200.0  # the lowest voxel of a CT must be at most this (air, lung or fat)
+# The lowest voxel of a CT must be at most this: air (-1000 HU) around the body, in the lungs or the bowel,
+# or lung tissue (-900..-500), which every CT whose field of view reaches past the skin holds. Fat alone
+# (-150..-50) is not enough: MR volumes stored with an offset (e.g. -330..1000) pass a fat rule. Crops
+# that hold no air are read with force.
+HU_AIR_MAX = -500.0
 HU_WATER_MIN = 0.0  # the highest voxel must be at least this (soft tissue, bone)
 HU_MAX = 40000.0  # beyond the extended CT scale
 SLICE_GAP_TOLERANCE = 0.01  # relative spread of DICOM slice gaps still called even
@@ -131,7 +138,7 @@ def _read_file(path: Path) -> sitk.Image:
     name = path.name.lower()
     if not name.endswith(FILE_SUFFIXES):
         raise InputError(f"{path.name}: unsupported format (expected {', '.join(FILE_SUFFIXES)} or a DICOM folder)")
-    _check_header_spacing(path, name)
+    check_header_spacing(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -139,12 +146,9 @@ def _read_file(path: Path) -> sitk.Image:
     except RuntimeError as err:
         raise InputError(f"cannot read {path.name}: {_itk_message(err)}") from None
     _check_shape(tuple(reader.GetSize()), reader.GetDimension(), reader.GetNumberOfComponents(), path)
-    if name.endswith(".nii.gz"):
-        check_gzip_complete(path)
-    elif name.endswith(".nii"):
-        _check_nifti_complete(path)
-    if name.endswith((".nii", ".nii.gz")):
-        _check_nifti_finite(path)
+    stats = scan_data(path)  # data as long as the header says (ITK pads short data with zeros)
+    if stats is not None and stats.nonfinite:  # ITK's NIfTI reader turns NaN into 0 without a word
+        raise InputError(f"{path.name}: {stats.nonfinite} voxel(s) are NaN or infinite")
     try:
         image = reader.Execute()
     except RuntimeError as err:
@@ -168,7 +172,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image
             raise InputError(f"{folder}: no DICOM series {series_uid} (found {len(series)})")
         chosen = series_uid
     else:  # the series with most slices is the volume; scouts and dose reports are short
-        chosen = max(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
+        chosen = _largest_series(reader, folder, series)
     files = list(reader.GetGDCMSeriesFileNames(str(folder), chosen))  # sorted by slice position
     if len(files) == 1:  # an enhanced (multi-frame) DICOM holds the whole volume in one file
         return _read_multiframe(folder, files[0])
@@ -183,6 +187,30 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{folder.name}: DICOM series is not greyscale ({image.GetNumberOfComponentsPerPixel()} values per voxel)")
     return image, modality
+
+
+def _largest_series(reader, folder: Path, series: list[str]) -> str:
+    """The series with most slices; two or more with that count (e.g. soft-tissue and bone kernels of
+    one scan, or two phases) are not guessed between: the error names them."""
+    counts = {s: len(reader.GetGDCMSeriesFileNames(str(folder), s)) for s in series}
+    most = max(counts.values())
+    tied = [s for s in series if counts[s] == most]
+    if len(tied) == 1:
+        return tied[0]
+    names = "; ".join(f"{s} ({_series_description(reader.GetGDCMSeriesFileNames(str(folder), s)[0])})" for s in tied)
+    raise InputError(f"{folder.name}: {len(tied)} DICOM series with {most} slices each, cannot tell which one to "
+                     f"read: {names}; put the one you want in a folder of its own")
+
+
+def _series_description(file: str) -> str:
+    r = sitk.ImageFileReader()
+    r.SetFileName(file)
+    try:
+        r.ReadImageInformation()
+    except RuntimeError:
+        return "unreadable"
+    parts = [r.GetMetaData(k).strip() for k in ("0008|103e", "0018|1210") if r.HasMetaDataKey(k)]
+    return ", ".join(p for p in parts if p) or "no description"
 
 
 def _read_multiframe(folder: Path, file: str) -> tuple[sitk.Image, str]:
@@ -233,8 +261,9 @@ def _check_dicom_slices(folder: Path, files: list[str]) -> str:
     return modality
 
 
-def _check_header_spacing(path: Path, name: str) -> None:
+def check_header_spacing(path: Path) -> None:
     """ITK silently replaces missing or zero spacing by 1 mm; look at the header first."""
+    name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         header = _nifti_header(path)
         pixdim = [float(v) for v in header["pixdim"][1:4]]
@@ -292,18 +321,6 @@ def _nifti_header(path: Path):
         raise InputError(f"cannot read {path.name}: not a valid NIfTI file ({str(err).splitlines()[0][:120]})") from None
 
 
-def _check_nifti_finite(path: Path) -> None:
-    """ITK's NIfTI reader turns NaN into 0 without a word; look at float data with nibabel."""
-    import nibabel as nib
-
-    if _nifti_header(path).get_data_dtype().kind != "f":
-        return
-    data = np.asanyarray(nib.load(str(path)).dataobj)
-    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise InputError(f"{path.name}: {bad} voxel(s) are NaN or infinite")
-
-
 def _meta_header(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(16384)
@@ -311,22 +328,213 @@ def _meta_header(path: Path) -> str:
     return head[: end if end >= 0 else len(head)].decode("latin-1")
 
 
-def check_gzip_complete(path: Path, what: str | None = None) -> None:
-    """ITK's NIfTI reader fills a truncated .nii.gz with zeros without a word; decompress to check."""
+# ---------------------------------------------------------------------------------------------
+# voxel data: as long as the header says, read once in bounded chunks
+
+CHUNK_BYTES = 1 << 22  # 4 MiB of voxel data at a time, whatever the image size
+_MET_TYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
+              "MET_UINT": "u4", "MET_LONG": "i4", "MET_ULONG": "u4", "MET_LONG_LONG": "i8",
+              "MET_ULONG_LONG": "u8", "MET_FLOAT": "f4", "MET_DOUBLE": "f8"}
+
+
+@dataclass
+class DataLayout:
+    """Where a file's voxel values are and what they are, from its header alone."""
+
+    file: Path  # the file holding the data (a detached NRRD/MetaImage header names another one)
+    offset: int  # bytes before the data (in the decompressed stream for .nii.gz, in the file otherwise)
+    compression: str  # none | gzip-file (whole file, .nii.gz) | gzip | zlib | bzip2 (from `offset` on)
+    dtype: np.dtype
+    count: int  # values (voxels x components)
+    scale: tuple[float, float] | None = None  # NIfTI scl_slope, scl_inter when they change values
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.dtype.itemsize
+
+
+@dataclass
+class DataStats:
+    count: int
+    minimum: float  # over finite values (0 when there are none)
+    maximum: float
+    nonfinite: int
+    itemsize: int = 0  # bytes per stored value (1: an 8-bit image)
+
+
+def data_layout(path: str | Path) -> DataLayout | None:
+    """The data layout of a NIfTI, NRRD or MetaImage file; None for encodings not checked (text NRRD...)."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return _nifti_layout(path)
+    if name.endswith((".nrrd", ".nhdr")):
+        return _nrrd_layout(path)
+    if name.endswith((".mha", ".mhd")):
+        return _meta_layout(path)
+    return None
+
+
+def scan_data(path: str | Path, what: str | None = None, consume=None, max_bytes: int | None = None) -> DataStats | None:
+    """Reads the voxel data once, 4 MiB at a time (a decompression bomb never expands in memory).
+
+    InputError when the data is shorter than the header says (ITK fills the rest with zeros without a
+    word), when a compressed stream is corrupt, or when the header promises more than `max_bytes`
+    (checked before anything is decompressed). `consume(values)` sees every chunk of values in file
+    order. Returns min/max/NaN counts, or None when the file's encoding is not one checked here.
+    """
+    path = Path(path)
+    what = what or path.name
+    layout = data_layout(path)
+    if layout is None:
+        return None
+    if max_bytes is not None and layout.nbytes > max_bytes:
+        raise InputError(f"{what}: the header promises {layout.nbytes} bytes of voxel data, over the limit of {max_bytes}")
+    numeric = layout.dtype.fields is None and layout.dtype.kind in "iuf"
+    stats = DataStats(0, np.inf, -np.inf, 0, layout.dtype.itemsize)
+    rest = b""
     try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 22):
-                pass
-    except (OSError, EOFError, zlib.error) as err:
-        raise InputError(f"cannot read {what or Path(path).name}: corrupt or truncated file ({err})") from None
+        for chunk in _data_chunks(layout):
+            chunk = rest + chunk
+            usable = len(chunk) - len(chunk) % layout.dtype.itemsize
+            rest = chunk[usable:]
+            values = np.frombuffer(chunk[:usable], dtype=layout.dtype)
+            stats.count += values.size
+            if numeric and values.size:
+                _fold(stats, values if layout.scale is None else values * layout.scale[0] + layout.scale[1], consume)
+    except (OSError, EOFError, zlib.error, ValueError) as err:
+        raise InputError(f"cannot read {what}: corrupt or truncated file ({str(err).splitlines()[0][:120]})") from None
+    if stats.count < layout.count:
+        raise InputError(f"cannot read {what}: truncated file: the voxel data is shorter than the header says "
+                         f"({stats.count * layout.dtype.itemsize} of {layout.nbytes} bytes)")
+    if stats.minimum > stats.maximum:
+        stats.minimum = stats.maximum = 0.0
+    return stats
 
 
-def _check_nifti_complete(path: Path) -> None:
+def _fold(stats: DataStats, values: np.ndarray, consume) -> None:
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        bad = values.size - int(np.count_nonzero(finite))
+        if bad:
+            stats.nonfinite += bad
+            values = values[finite]
+    if values.size:
+        stats.minimum = min(stats.minimum, float(values.min()))
+        stats.maximum = max(stats.maximum, float(values.max()))
+    if consume is not None:
+        consume(values)
+
+
+def _data_chunks(layout: DataLayout):
+    """Bytes of voxel data, at most layout.nbytes in all (trailing data is never expanded)."""
+    left = layout.nbytes
+    with open(layout.file, "rb") as raw:
+        if layout.compression != "gzip-file":
+            raw.seek(layout.offset)
+        stream = {"gzip-file": gzip.GzipFile, "gzip": gzip.GzipFile, "bzip2": lambda fileobj: bz2.BZ2File(fileobj),
+                  "zlib": _ZlibReader}.get(layout.compression, lambda fileobj: fileobj)(fileobj=raw)
+        if layout.compression == "gzip-file":
+            _skip(stream, layout.offset)
+        while left > 0:
+            chunk = stream.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+class _ZlibReader:
+    """read(n) over a zlib stream (MetaImage CompressedData), never holding more than n decompressed bytes."""
+
+    def __init__(self, fileobj):
+        self.raw, self.d, self.tail = fileobj, zlib.decompressobj(), b""
+
+    def read(self, n: int) -> bytes:
+        while True:
+            if not self.tail and not self.d.eof:
+                self.tail = self.raw.read(1 << 20)
+                if not self.tail:
+                    raise EOFError("compressed stream ended early")
+            out = self.d.decompress(self.tail, n)
+            self.tail = self.d.unconsumed_tail
+            if out or self.d.eof:
+                return out
+
+
+def _skip(stream, n: int) -> None:
+    while n > 0:
+        got = stream.read(min(n, CHUNK_BYTES))
+        if not got:
+            return
+        n -= len(got)
+
+
+def _nifti_layout(path: Path) -> DataLayout:
     header = _nifti_header(path)
-    needed = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    if path.stat().st_size < needed:
-        raise InputError(f"cannot read {path.name}: truncated file ({path.stat().st_size} of {needed} bytes)")
+    slope, inter = header.get_slope_inter()
+    scale = None
+    if slope is not None and np.isfinite(slope) and (slope != 1 or (inter or 0) != 0):
+        scale = (float(slope), float(inter or 0.0))
+    count = int(np.prod(header.get_data_shape(), dtype=np.int64))
+    compression = "gzip-file" if path.name.lower().endswith(".gz") else "none"
+    return DataLayout(path, int(header["vox_offset"]), compression, header.get_data_dtype(), count, scale)
 
+
+def _nrrd_layout(path: Path) -> DataLayout | None:
+    import nrrd
+    from nrrd.reader import _determine_datatype
+
+    try:
+        with open(path, "rb") as f:
+            header = nrrd.read_header(f)
+            offset = f.tell()
+        dtype = _determine_datatype(header)
+    except Exception as err:  # pynrrd raises its own error types and ValueError alike
+        raise InputError(f"cannot read {path.name}: not a valid NRRD file ({str(err).splitlines()[0][:120]})") from None
+    encoding = {"raw": "none", "gz": "gzip", "gzip": "gzip", "bz2": "bzip2", "bzip2": "bzip2"}.get(header.get("encoding", ""))
+    if encoding is None or int(header.get("line skip", 0) or 0):
+        return None  # text encodings and line skips: ITK's own reader checks them
+    if header.get("data file"):
+        data_file = str(header["data file"])
+        if " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
+            return None  # a file list or pattern
+        path, offset = (path.parent / data_file), 0
+    skip = int(header.get("byte skip", 0) or 0)
+    if skip < 0:
+        return None  # data at the end of the file
+    count = int(np.prod([int(s) for s in header["sizes"]], dtype=np.int64))
+    return DataLayout(path, offset + (skip if encoding == "none" else 0), encoding, dtype, count)
+
+
+def _meta_layout(path: Path) -> DataLayout | None:
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    end = head.find(b"ElementDataFile")
+    if end < 0:
+        raise InputError(f"cannot read {path.name}: the MetaImage header has no ElementDataFile")
+    line_end = head.find(b"\n", end)
+    fields = {}
+    for line in head[: line_end if line_end >= 0 else len(head)].decode("latin-1").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    try:
+        count = int(np.prod([int(v) for v in fields["DimSize"].split()], dtype=np.int64))
+        count *= int(fields.get("ElementNumberOfChannels", "1"))
+        dtype = np.dtype(_MET_TYPES[fields["ElementType"]])
+    except (KeyError, ValueError):
+        raise InputError(f"cannot read {path.name}: MetaImage header without a usable DimSize/ElementType") from None
+    msb = (fields.get("BinaryDataByteOrderMSB") or fields.get("ElementByteOrderMSB") or "False").lower() == "true"
+    dtype = dtype.newbyteorder(">" if msb else "<")
+    compression = "zlib" if fields.get("CompressedData", "False").lower() == "true" else "none"
+    data_file = fields["ElementDataFile"]
+    if data_file.upper() == "LOCAL":
+        return DataLayout(path, line_end + 1, compression, dtype, count)
+    if " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
+        return None
+    skip = int(fields.get("HeaderSize", "0") or 0)
+    return None if skip < 0 else DataLayout(path.parent / data_file, skip, compression, dtype, count)
 
 # ---------------------------------------------------------------------------------------------
 # checks
@@ -366,17 +574,20 @@ def _check_values(image: sitk.Image, path: Path, force: bool) -> None:
         finite = np.isfinite(values)
         if not finite.all():
             raise InputError(f"{path.name}: {int((~finite).sum())} voxel(s) are NaN or infinite")
-    eight_bit = values.dtype.itemsize == 1
     if force:
         return
-    lo, hi = float(values.min()), float(values.max())
-    hint = "use force (--force) to read it anyway"
-    if eight_bit:
-        raise InputError(f"{path.name}: 8-bit image (values {lo:g}..{hi:g}), not CT Hounsfield units (a windowed export?); {hint}")
-    if lo > HU_AIR_OR_FAT_MAX or hi < HU_WATER_MIN or hi > HU_MAX:
+    check_hu_range(float(values.min()), float(values.max()), values.dtype.itemsize, path.name)
+
+
+def check_hu_range(lo: float, hi: float, itemsize: int, what: str,
+                   hint: str = "use force (--force) to read it anyway") -> None:
+    """Refuses value ranges that are not CT in Hounsfield units (the rule in the module docstring)."""
+    if itemsize == 1:
+        raise InputError(f"{what}: 8-bit image (values {lo:g}..{hi:g}), not CT Hounsfield units (a windowed export?); {hint}")
+    if lo > HU_AIR_MAX or hi < HU_WATER_MIN or hi > HU_MAX:
         raise InputError(
-            f"{path.name}: values {lo:g}..{hi:g} are not a CT Hounsfield range (an MR, PET or windowed image, or a CT without "
-            f"its rescale intercept?); {hint}"
+            f"{what}: values {lo:g}..{hi:g} are not a CT Hounsfield range (a CT holds air or lung at -1000..-500 HU; "
+            f"an MR, PET or windowed image, or a CT without its rescale intercept?); {hint}"
         )
 
 

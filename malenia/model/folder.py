@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 import numpy as np
 
 from malenia import __version__
-from malenia.atomic import atomic_dir
+from malenia.atomic import atomic_dir, write_json
 from malenia.errors import ModelError
 
 MODEL_FORMAT = "malenia-model/1"
@@ -221,8 +222,17 @@ def update_model_folder(folder: str | Path, files: Mapping[str, str | bytes], ma
     return folder
 
 
-def verify_model_folder(folder: str | Path) -> dict[str, Any]:
-    """Checks the manifest and every sha256; returns the manifest. Raises ModelError with one line."""
+def safe_relpath(rel: Any) -> str:
+    """A manifest path that stays inside the folder: relative, no `..`, no backslash, no hidden name."""
+    p = PurePosixPath(rel) if isinstance(rel, str) else None
+    if p is None or not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or rel.startswith(".") \
+            or ":" in p.parts[0]:
+        raise ModelError(f"manifest lists an unsafe path {str(rel)[:120]!r} (must stay inside the model folder)")
+    return str(p)
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """manifest.json of a model folder, its format and every listed path checked (not the files)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder not found: {folder}")
@@ -230,23 +240,63 @@ def verify_model_folder(folder: str | Path) -> dict[str, Any]:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{folder}: not a Malenia model folder (no {MANIFEST})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelError(f"{folder / MANIFEST}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{folder}: unknown model format {manifest.get('format') if isinstance(manifest, dict) else None!r}; expected {MODEL_FORMAT!r}")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ModelError(f"{folder}: unknown model format {found!r}; expected {MODEL_FORMAT!r}")
     files = manifest.get("files")
-    if not isinstance(files, dict):
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ModelError(f"{folder / MANIFEST}: 'files' must map paths to sha256")
+    for rel in files:
+        safe_relpath(rel)
+    return manifest
+
+
+def verify_model_folder(folder: str | Path) -> dict[str, Any]:
+    """Checks the manifest, its paths and every sha256; returns the manifest. Raises ModelError with one line."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    files = manifest["files"]
     for rel in REQUIRED:
         if rel not in files:
             raise ModelError(f"{folder}: manifest does not list required file {rel}")
     for rel, digest in files.items():
         path = folder / rel
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             raise ModelError(f"{folder}: missing file {rel}")
         if sha256_file(path) != digest:
             raise ModelError(f"{folder}: sha256 mismatch for {rel} (file changed or corrupted)")
     return manifest
+
+
+def copy_model_files(src: str | Path, staging: str | Path, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Copies a verified model folder's manifest and listed files (nothing else) into `staging`."""
+    src, staging = Path(src), Path(staging)
+    manifest = verify_model_folder(src) if manifest is None else manifest
+    for rel in [MANIFEST, *manifest["files"]]:
+        dst = staging / safe_relpath(rel)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst)
+    return dict(manifest)
+
+
+def rewrite_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Writes `manifest` with the sha256 of its listed files as they are now in `folder`; returns it."""
+    folder = Path(folder)
+    out = {**manifest, "format": MODEL_FORMAT}
+    out["files"] = {rel: sha256_file(folder / safe_relpath(rel)) for rel in manifest["files"]}
+    write_json(folder / MANIFEST, out)
+    return out
+
+
+def copy_model_folder(src: str | Path, dst: str | Path, overwrite: bool = True) -> Path:
+    """A verified copy of a model folder, written whole."""
+    manifest = verify_model_folder(src)
+    with atomic_dir(dst, overwrite=overwrite) as staging:
+        copy_model_files(src, staging, manifest)
+        verify_model_folder(staging)
+    return Path(dst)
 
 
 def load_model_folder(path: str | Path | None = None, device: str = "cpu", build_network: bool = True) -> LoadedModel:
@@ -261,8 +311,9 @@ def load_model_folder(path: str | Path | None = None, device: str = "cpu", build
     manifest = verify_model_folder(folder)
     try:
         config = MaleniaConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as err:
         raise ModelError(f"{folder / CONFIG}: unreadable model config ({err})") from None
+    _check_config_values(config, folder / CONFIG)
     if manifest.get("config") not in (None, config.name):
         raise ModelError(f"{folder}: manifest says config {manifest.get('config')!r} but config.json is {config.name!r}")
     try:
@@ -293,3 +344,24 @@ def load_weights(network, weights_path: str | Path) -> None:
     except (RuntimeError, SafetensorError, OSError) as err:
         msg = " ".join(str(err).split())[:300]
         raise ModelError(f"{weights_path}: weights do not fit the model configuration ({msg})") from None
+    import torch
+
+    bad = [name for name, t in network.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # a diverged training run: every prediction would be NaN, i.e. silently "no lesion"
+        raise ModelError(f"{weights_path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                         f"(first: {bad[0]}); the model is unusable (training diverged?)")
+
+
+def _check_config_values(config, where: Path) -> None:
+    """Values the config class accepts but inference cannot use (they would fail deep inside MONAI)."""
+    problems = []
+    for key, n, kind in (("patch_size", 3, int), ("target_spacing", 3, float)):
+        value = getattr(config, key, None)
+        ok = isinstance(value, (tuple, list)) and len(value) == n and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
+        if ok and kind is int:
+            ok = all(float(v).is_integer() for v in value)
+        if not ok:
+            problems.append(f"{key} must be {n} positive {'integers' if kind is int else 'numbers'}, got {value!r}")
+    if problems:
+        raise ModelError(f"{where}: " + "; ".join(problems))

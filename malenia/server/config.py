@@ -21,7 +21,9 @@ class UploadLimits:
     max_image_bytes: int = 2 * GiB
     max_lesions_bytes: int = 512 * MiB
     max_report_bytes: int = 2 * MiB
-    max_voxels: int = 1024 * 1024 * 1024  # checked from the NIfTI header before decompressing
+    # Checked from the NIfTI header before anything is decompressed (a 1.5 MB gzip may promise 1 GB of
+    # zeros); 512 x 512 x 1600 is a whole body at 0.625 mm. Data under the cap is checked in 4 MiB chunks.
+    max_voxels: int = 512 * 512 * 1600
     max_labels: int = 1000
 
 

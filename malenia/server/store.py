@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -43,6 +44,7 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -98,6 +100,17 @@ class Store:
     def set_meta(self, key: str, value: str, db: sqlite3.Connection | None = None) -> None:
         (db or self).execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                              (key, value))
+
+
+def _private(path: Path) -> None:
+    """Token hashes and case details: readable by the server's user only (SQLite gives its -wal and -shm
+    files the database's mode). An existing database from an older version is tightened too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    if os.name == "posix":
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if p.exists():
+                os.chmod(p, 0o600)
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

@@ -1,10 +1,15 @@
 """Checks an uploaded training case before anything is stored.
 
 A case is the dataset format of `malenia.data.dataset` (image.nii.gz, lesions.nii.gz, report.json).
-Checked: both files are readable NIfTI (header first, so a decompression bomb is refused before it
-is inflated), 3D and within the voxel limit; the two grids agree within tolerance; lesion labels are
-non-negative integers and exactly the labels the report describes; the report parses as a
-`CaseReport` and its vocabulary ids exist. Every failure is an InputError with a one-line reason.
+Checked with the same rules as `malenia segment` (malenia.data.ct_io owns them): both files are
+readable NIfTI, 3D, within the voxel limit and with positive spacing in the header, all from the
+header, so a decompression bomb is refused before anything is inflated; then the voxel data is read
+once in 4 MiB chunks (ct_io.scan_data), never whole: it must be as long as the header says, the
+image finite and in the CT Hounsfield range, the lesion labels non-negative integers and exactly the
+labels the report describes. The two grids agree within tolerance; the report parses as a
+`CaseReport`, its vocabulary ids exist and its diseases are known (a new disease is written with
+disease null and its name in the lesion's extra.disease_text). Every failure is an InputError with a
+one-line reason.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from malenia.data.ct_io import check_gzip_complete
+from malenia.data.ct_io import check_header_spacing, check_hu_range, scan_data
 from malenia.data.dataset import CaseReport
 from malenia.errors import InputError
 from malenia.paths import knowledge_dir
@@ -75,6 +80,10 @@ def check_report(data: bytes) -> tuple[CaseReport, str]:
                     raise InputError(f"report: lesion {lesion.label}: {aspect} id {d.id!r} is not in the vocabulary")
                 if not d.text.strip():
                     raise InputError(f"report: lesion {lesion.label}: empty {aspect} description")
+        diseases = known_diseases()
+        if lesion.disease is not None and diseases and lesion.disease not in diseases:
+            raise InputError(f"report: lesion {lesion.label}: unknown disease {str(lesion.disease)[:60]!r} (known: "
+                             f"{', '.join(sorted(diseases))}; a new disease: disease null, its name in extra.disease_text)")
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return report, hashlib.sha256(canonical).hexdigest()
 
@@ -87,6 +96,23 @@ def vocabulary_ids() -> frozenset[tuple[str, str]]:
         return frozenset((aspect, entry["id"]) for aspect, entries in vocab["aspects"].items() for entry in entries)
     except (OSError, KeyError, TypeError, ValueError):
         return frozenset()
+
+
+@lru_cache(maxsize=1)
+def known_diseases() -> frozenset[str]:
+    """Disease keys of the built-in knowledge table and the site profiles in Resources/knowledge/diseases."""
+    keys: set[str] = set()
+    try:
+        keys |= set(json.loads((knowledge_dir() / "knowledge_table.json").read_text(encoding="utf-8"))["diseases"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return frozenset()
+    for profile in sorted((knowledge_dir() / "diseases").glob("*.json")):
+        try:
+            obj = json.loads(profile.read_text(encoding="utf-8"))
+            keys.add(str(obj.get("key") or profile.stem) if isinstance(obj, dict) else profile.stem)
+        except (OSError, ValueError):
+            keys.add(profile.stem)
+    return frozenset(keys)
 
 
 def read_grid(path: Path, what: str, limits: UploadLimits) -> Grid:
@@ -107,6 +133,10 @@ def read_grid(path: Path, what: str, limits: UploadLimits) -> Grid:
     voxels = math.prod(size)
     if voxels == 0 or voxels > limits.max_voxels:
         raise InputError(f"{what}: {size} voxels is outside 1..{limits.max_voxels}")
+    try:
+        check_header_spacing(path)  # ITK reads a zero spacing as 1 mm
+    except InputError as err:
+        raise InputError(f"{what}: {err}") from None
     spacing = tuple(float(s) for s in reader.GetSpacing())
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"{what}: spacing must be positive, got {spacing}")
@@ -128,45 +158,42 @@ def check_same_grid(image: Grid, lesions: Grid, tol: GeometryTolerance) -> None:
 
 
 def read_labels(path: Path, limits: UploadLimits) -> dict[int, int]:
-    """Voxel count per non-zero label, slab by slab (a 512x512x300 map never widens to int64 whole)."""
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.ReadImage(str(path), imageIO="NiftiImageIO")
-    except RuntimeError as err:
-        raise InputError(f"lesions: cannot read NIfTI data ({_first_line(err)})") from None
-    arr = sitk.GetArrayViewFromImage(image)  # a view: `image` must stay alive while it is used
+    """Voxel count per non-zero label, chunk by chunk while the file is read (never the whole map)."""
     counts = np.zeros(1, dtype=np.int64)
-    for z in range(0, arr.shape[0], 16):
-        slab = arr[z:z + 16]
-        if slab.dtype.kind == "f":
-            if not np.all(np.isfinite(slab)) or not np.all(slab == np.round(slab)):
-                raise InputError("lesions: label values must be integers (found fractional or non-finite values)")
-        elif slab.dtype.kind not in "iu":
-            raise InputError(f"lesions: label map must hold integers, got {slab.dtype}")
-        lo, hi = slab.min(), slab.max()
+
+    def count(values: np.ndarray) -> None:
+        nonlocal counts
+        if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+            raise InputError("lesions: label values must be integers (found fractional values)")
+        lo, hi = values.min(), values.max()
         if lo < 0:
-            raise InputError(f"lesions: label values must be 0..K, found {int(lo)}")
+            raise InputError(f"lesions: label values must be 0..K, found {lo:g}")
         if hi > limits.max_labels:
-            raise InputError(f"lesions: label {int(hi)} exceeds the limit of {limits.max_labels} lesions")
-        c = np.bincount(slab.astype(np.int64, copy=False).ravel(), minlength=counts.size)
+            raise InputError(f"lesions: label {hi:g} exceeds the limit of {limits.max_labels} lesions")
+        c = np.bincount(values.astype(np.int64), minlength=counts.size)
         if c.size > counts.size:
             counts = np.pad(counts, (0, c.size - counts.size))
         counts += c
+
+    stats = _scan(path, "lesions", limits, count)
+    if stats.nonfinite:
+        raise InputError("lesions: label values must be integers (found non-finite values)")
     return {int(k): int(counts[k]) for k in np.flatnonzero(counts) if k > 0}
 
 
-def check_image_data(path: Path) -> None:
-    """Decompresses the whole image: a truncated or corrupt file fails here, not in training."""
-    import SimpleITK as sitk
+def check_image_data(path: Path, limits: UploadLimits) -> None:
+    """Reads the whole image once: complete, finite and in the CT Hounsfield range like `malenia segment` asks."""
+    stats = _scan(path, "image", limits)
+    if stats.nonfinite:
+        raise InputError(f"image: {stats.nonfinite} voxel(s) are NaN or infinite")
+    check_hu_range(stats.minimum, stats.maximum, stats.itemsize, "image", hint="upload the CT in Hounsfield units")
 
-    try:
-        image = sitk.ReadImage(str(path), imageIO="NiftiImageIO")
-    except RuntimeError as err:
-        raise InputError(f"image: cannot read NIfTI data ({_first_line(err)})") from None
-    arr = sitk.GetArrayViewFromImage(image)
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise InputError("image: contains NaN or infinite values")
+
+def _scan(path: Path, what: str, limits: UploadLimits, consume=None):
+    stats = scan_data(path, what, consume, max_bytes=limits.max_voxels * 8)
+    if stats is None:  # cannot happen for NIfTI; kept so a future format is not silently unchecked
+        raise InputError(f"{what}: unsupported file encoding")
+    return stats
 
 
 def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> CheckedCase:
@@ -175,8 +202,6 @@ def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> Ch
     if report_path.stat().st_size > limits.max_report_bytes:
         raise InputError(f"report: larger than {limits.max_report_bytes} bytes")
     report, report_sha = check_report(report_path.read_bytes())
-    for name, what in (("image.nii.gz", "image"), ("lesions.nii.gz", "lesions")):
-        check_gzip_complete(folder / name, what)
     image_grid = read_grid(folder / "image.nii.gz", "image", limits)
     lesion_grid = read_grid(folder / "lesions.nii.gz", "lesions", limits)
     check_same_grid(image_grid, lesion_grid, tol)
@@ -188,7 +213,7 @@ def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> Ch
         parts = ([f"report describes labels {missing} absent from the mask"] if missing else []) + \
                 ([f"mask has labels {extra} the report does not describe"] if extra else [])
         raise InputError("lesions: " + "; ".join(parts))
-    check_image_data(folder / "image.nii.gz")
+    check_image_data(folder / "image.nii.gz", limits)
     free = [(aspect, d.text.strip()) for lesion in report.lesions for aspect, ds in lesion.attributes.items()
             for d in ds if d.id is None]
     return CheckedCase(report, report_sha, image_grid, dict(sorted(labels.items())), sorted(set(free)))

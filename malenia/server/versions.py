@@ -9,61 +9,24 @@ latest entry and the one before it becomes current again.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
+import sqlite3
+import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
 from malenia import __version__
-from malenia.atomic import atomic_dir, write_json
+from malenia.atomic import clean_stale, rename_no_replace, write_json
 from malenia.errors import InputError, ModelError
+from malenia.model.folder import (copy_model_files, copy_model_folder, read_manifest, rewrite_manifest,  # noqa: F401
+                                  safe_relpath, sha256_file, verify_model_folder)
 from malenia.server.cases import Conflict, NotFound
 from malenia.server.layout import Layout, check_id
 from malenia.server.store import Store, dumps, now
-
-MODEL_FORMAT = "malenia-model/1"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def safe_relpath(rel: str) -> str:
-    p = PurePosixPath(rel)
-    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or rel.startswith("."):
-        raise ModelError(f"manifest lists an unsafe path {rel!r}")
-    return str(p)
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{folder}: no manifest.json (not a model folder)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{folder}/manifest.json: unreadable ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT or not isinstance(manifest.get("files"), dict):
-        raise ModelError(f"{folder}: manifest.json is not a {MODEL_FORMAT} manifest")
-    return manifest
-
-
-def verify_model_folder(folder: Path) -> dict[str, Any]:
-    """The manifest, after checking that every listed file exists with its sha256."""
-    manifest = read_manifest(folder)
-    for rel, digest in manifest["files"].items():
-        path = folder / safe_relpath(rel)
-        if not path.is_file():
-            raise ModelError(f"{folder}: {rel} listed in the manifest is missing")
-        if sha256_file(path) != digest:
-            raise ModelError(f"{folder}: sha256 of {rel} does not match the manifest")
-    return manifest
 
 
 @dataclass
@@ -95,34 +58,55 @@ class Registry:
     def register(self, source: Path, *, parent: str | None, job_id: str | None, metrics: dict[str, Any],
                  notes: list[str], training_data: str | None = None,
                  adjust: Callable[[Path, dict[str, Any]], list[str]] | None = None) -> dict[str, Any]:
-        """Copies a verified model folder in as the next version; `adjust(folder, manifest)` may change files."""
+        """Copies a verified model folder in as the next version; `adjust(folder, manifest)` may change files.
+
+        Safe with other processes registering at the same time (`malenia serve model import` while the
+        server runs): the version name is claimed by a rename that never replaces, so each registration
+        gets its own number and no folder is ever overwritten.
+        """
         manifest = verify_model_folder(source)
-        with self._lock:
-            seq = int(self.store.query_one("SELECT COALESCE(MAX(seq), 0) FROM versions")[0]) + 1
-            while self.layout.model_dir(f"v{seq}").exists():  # folder without a row: recovered below, skip its name
-                seq += 1
+        staging = Path(tempfile.mkdtemp(prefix=f".import.partial.{os.getpid()}-", dir=self.layout.models))
+        try:
+            manifest = copy_model_files(source, staging, manifest)
+            if adjust is not None:
+                notes = notes + adjust(staging, manifest)
+            manifest["created"] = manifest.get("created") if job_id is None else _iso_now()
+            manifest["malenia_version"] = manifest.get("malenia_version") or __version__
+            if training_data:
+                manifest["training_data"] = training_data
+            with self._lock:
+                record = self._claim(staging, manifest, parent, job_id, metrics, notes)
+                try:
+                    self._insert(record)
+                except sqlite3.IntegrityError:  # a starting server's reconcile registered our folder first
+                    row = self.store.get("SELECT manifest_sha256 FROM versions WHERE name=?", (record["name"],))
+                    if row is None or row["manifest_sha256"] != record["manifest_sha256"]:
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone once renamed into place
+        return self.get(record["name"])
+
+    def _claim(self, staging: Path, manifest: dict[str, Any], parent: str | None, job_id: str | None,
+               metrics: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+        """Names the staged folder vN (the next free N) and renames it into place; returns its record."""
+        seq = int(self.store.query_one("SELECT COALESCE(MAX(seq), 0) FROM versions")[0]) + 1
+        for _ in range(10000):
             name = f"v{seq}"
-            with atomic_dir(self.layout.model_dir(name)) as staging:
-                for rel in ["manifest.json", *manifest["files"]]:
-                    dst = staging / safe_relpath(rel)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source / rel, dst)
-                if adjust is not None:
-                    notes = notes + adjust(staging, manifest)
-                manifest = dict(manifest)
-                manifest["version"] = name
-                manifest["created"] = manifest.get("created") if job_id is None else _iso_now()
-                manifest["malenia_version"] = manifest.get("malenia_version") or __version__
-                if training_data:
-                    manifest["training_data"] = training_data
-                manifest["files"] = {rel: sha256_file(staging / rel) for rel in manifest["files"]}
-                write_json(staging / "manifest.json", manifest)
-                verify_model_folder(staging)
-                record = {"name": name, "seq": seq, "created": now(), "parent": parent, "job_id": job_id,
-                          "manifest_sha256": sha256_file(staging / "manifest.json"), "metrics": metrics, "notes": notes}
-                write_json(staging / "server_version.json", record)  # re-registration after a crash
-            self._insert(record)
-        return self.get(name)
+            if self.layout.model_dir(name).exists():  # taken by another process (or a crash, recovered later)
+                seq += 1
+                continue
+            rewrite_manifest(staging, {**manifest, "version": name})
+            verify_model_folder(staging)
+            record = {"name": name, "seq": seq, "created": now(), "parent": parent, "job_id": job_id,
+                      "manifest_sha256": sha256_file(staging / "manifest.json"), "metrics": metrics, "notes": notes}
+            write_json(staging / "server_version.json", record)  # re-registration after a crash
+            try:
+                rename_no_replace(staging, self.layout.model_dir(name))
+            except FileExistsError:
+                seq += 1
+                continue
+            return record
+        raise ModelError("no free model version number")
 
     def _insert(self, record: dict[str, Any]) -> None:
         self.store.execute(
@@ -132,7 +116,7 @@ class Registry:
 
     def reconcile(self) -> list[str]:
         """Model folders whose row was not written (crash) are registered again, never dropped."""
-        notes = []
+        notes = [f"removed stale partial model folder {n}" for n in clean_stale(self.layout.models)]
         known = {r["name"] for r in self.store.query("SELECT name FROM versions")}
         for folder in sorted(self.layout.models.iterdir()):
             if folder.name in known or folder.name.startswith(".") or not folder.is_dir():
@@ -205,12 +189,3 @@ def _iso_now() -> str:
     import datetime
 
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def copy_model_folder(src: Path, dst: Path) -> None:
-    """A verified copy of a version (used by local mode and the client's download)."""
-    manifest = verify_model_folder(src)
-    with atomic_dir(dst, overwrite=True) as staging:
-        for rel in ["manifest.json", *manifest["files"]]:
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, staging / rel)

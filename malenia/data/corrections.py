@@ -1,0 +1,240 @@
+"""The corrections store: radiologists' reviews saved as training cases, versioned, never overwritten.
+
+    CORRECTIONS/dataset.json                       Malenia dataset index: the latest version of each case
+    CORRECTIONS/cases/<case>/v001/{image,lesions}.nii.gz, report.json
+    CORRECTIONS/cases/<case>/v002/...              a later correction of the same scan
+    CORRECTIONS/images/<sha256>.nii.gz             each distinct CT once; every version's image.nii.gz
+                                                   is a hard link to it (a copy where the file system
+                                                   has no hard links)
+
+A case is one scan: `case_name(volume name, image)` = `<readable name>_<8 hex digits of a hash of the
+voxels and grid>`, so the same scan corrected twice gets v001, v002 ... while two scans that share a
+name do not mix. Each version folder appears whole (malenia.atomic.atomic_dir) and is never replaced:
+when parallel savers (two Slicer sessions, several processes) take the same number, exactly one
+rename wins and the others take the next number. A version folder is an ordinary dataset case
+(`malenia.data.dataset.read_case(root, "<case>/vNNN")` reads it), so ten versions of one scan cost
+one CT plus ten small label maps and reports.
+
+API (used by MaleniaSegment, MaleniaTrainer and tools; no Slicer import):
+
+    store = CorrectionStore(folder)
+    saved = store.save(case_name("CT chest", image), image, labels, lesions, enhancement=None, details={})
+        -> SavedCorrection(case_id="<case>/v001", path, version); labels hold lesion k as value k
+    store.versions(case) -> [1, 2, ...]      store.latest_report(case) -> CaseReport
+    store.index() -> DatasetIndex            store.items() -> [CorrectionItem] (what the trainer offers)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from malenia.atomic import atomic_dir, clean_stale, write_json
+from malenia.data.dataset import (CaseReport, DatasetIndex, Description, LesionReport, read_json, read_report,
+                                  write_dataset_index)
+from malenia.errors import InputError, MaleniaError
+
+VERSION_RE = re.compile(r"^v(\d{3,})$")
+CASE_FILES = ("image.nii.gz", "lesions.nii.gz", "report.json")
+SOURCE = "malenia-slicer-review"
+MAX_TRIES = 1000  # parallel savers of one scan each take the next free number
+
+
+@dataclass(frozen=True)
+class SavedCorrection:
+    case_id: str  # "<case>/vNNN", as listed in dataset.json and read by read_case
+    path: Path
+    version: int
+
+
+@dataclass
+class CorrectionItem:
+    """One saved case folder, as offered for upload."""
+
+    case: str  # scan name (the folder above the version)
+    version: int | None  # None: an unversioned case folder copied in by hand
+    path: Path
+    lesions: int
+    free_text: int  # descriptions typed by the radiologist (become new attribute-bank rows)
+    modified: float
+    latest: bool = True
+    error: str | None = None  # unreadable report: listed, not selectable
+
+    @property
+    def label(self) -> str:
+        return f"{self.case}/v{self.version:03d}" if self.version is not None else self.case
+
+
+def case_name(volume_name: str, image: sitk.Image) -> str:
+    """Stable per scan: a readable part from the volume name and a hash of voxels and grid."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", volume_name).strip("._-")[:48] or "scan"
+    return f"{readable}_{image_digest(image, hashlib.sha1)[:8]}"
+
+
+def image_digest(image: sitk.Image, algorithm=hashlib.sha256) -> str:
+    """Hash of the voxel values, pixel type and grid (rounded as a header stores it)."""
+    h = algorithm()
+    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
+    for values in (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()):
+        h.update(repr(tuple(round(float(v), 5) for v in values)).encode())
+    if algorithm is not hashlib.sha1:  # case_name keeps its historical hash input
+        h.update(image.GetPixelIDTypeAsString().encode())
+    return h.hexdigest()
+
+
+class CorrectionStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- reading
+    def versions(self, case: str) -> list[int]:
+        folder = self.root / "cases" / case
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := VERSION_RE.match(p.name)))
+
+    def latest_report(self, case: str) -> CaseReport:
+        numbers = self.versions(case)
+        if not numbers:
+            raise InputError(f"no saved correction of {case} in {self.root}")
+        return read_report(self.root / "cases" / case / f"v{numbers[-1]:03d}" / "report.json")
+
+    def index(self) -> DatasetIndex:
+        """The dataset index from what is on disk: latest complete version per case, and the history."""
+        root = self.root / "cases"
+        latest: list[str] = []
+        history: dict[str, list[str]] = {}
+        cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+        for case_dir in cases:
+            done = [f"{case_dir.name}/v{n:03d}" for n in self.versions(case_dir.name)
+                    if (case_dir / f"v{n:03d}" / "report.json").is_file()]
+            if done:
+                history[case_dir.name] = done
+                latest.append(done[-1])
+        return DatasetIndex(name="corrections", cases=latest, split={},
+                            description="Radiologist corrections saved from the MaleniaSegment Slicer module "
+                                        "(latest version of each case; older versions are kept on disk)",
+                            extra={"history": history})
+
+    def items(self) -> list[CorrectionItem]:
+        """Every complete case folder under the store (versioned or copied in by hand), latest marked."""
+        return scan_case_folders(self.root)
+
+    # -- writing
+    def save(self, case: str, image: sitk.Image, labels: sitk.Image, lesions: list[LesionReport],
+             enhancement: Description | None = None, details: dict[str, Any] | None = None,
+             source: str = SOURCE) -> SavedCorrection:
+        """Writes the next version of `case`; lesion k of `lesions` (label k) is value k in `labels`."""
+        _check_labels(image, labels, len(lesions))
+        lesions = [LesionReport(k, les.disease, les.attributes, les.extra) for k, les in enumerate(lesions, start=1)]
+        blob = self._store_image(image)
+        saved_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        case_dir = self.root / "cases" / case
+        clean_stale(case_dir)
+        for _ in range(MAX_TRIES):
+            number = (self.versions(case) or [0])[-1] + 1
+            case_id = f"{case}/v{number:03d}"
+            report = CaseReport(case_id=case_id, lesions=lesions, enhancement=enhancement, source=source,
+                                extra={"saved": saved_at, "version": number, **(details or {})})
+            try:
+                with atomic_dir(case_dir / f"v{number:03d}") as staging:
+                    link_or_copy(blob, staging / "image.nii.gz")
+                    pixel = sitk.sitkUInt8 if len(lesions) < 256 else sitk.sitkUInt16
+                    sitk.WriteImage(sitk.Cast(labels, pixel), str(staging / "lesions.nii.gz"), useCompression=True)
+                    write_json(staging / "report.json", report.to_json())
+            except FileExistsError:
+                continue  # another saver took this number between our look and our rename
+            self.write_index()
+            return SavedCorrection(case_id, case_dir / f"v{number:03d}", number)
+        raise MaleniaError(f"could not find a free version number for case {case} in {self.root}")
+
+    def write_index(self) -> None:
+        """dataset.json from the disk; rewritten until it matches, so parallel savers cannot leave a stale one."""
+        for _ in range(20):
+            index = self.index()
+            write_dataset_index(self.root, index)
+            try:
+                if read_json(self.root / "dataset.json") == self.index().to_json():
+                    return
+            except InputError:  # replaced between write and read: look again
+                pass
+
+    def _store_image(self, image: sitk.Image) -> Path:
+        """The CT once under images/<sha256>.nii.gz (written atomically; identical content is not rewritten)."""
+        blob = self.root / "images" / f"{image_digest(image)}.nii.gz"
+        if blob.is_file():
+            return blob
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        tmp = blob.parent / f".{blob.name}.partial.{os.getpid()}-{uuid.uuid4().hex[:8]}.nii.gz"
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+            try:
+                os.link(tmp, blob)  # never replaces: parallel savers of one CT end up sharing one file
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links here: the last identical copy wins, as good as any
+                os.replace(tmp, blob)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return blob
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no extra disk), or a copy on file systems without them (FAT, some network shares)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _check_labels(image: sitk.Image, labels: sitk.Image, count: int) -> None:
+    if image.GetSize() != labels.GetSize():
+        raise InputError(f"lesion mask grid {labels.GetSize()} != image grid {image.GetSize()}")
+    present = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist()) - {0}
+    expected = set(range(1, count + 1))
+    if present != expected:
+        missing = sorted(expected - present)
+        if missing:
+            raise InputError(f"lesion(s) {missing} have an empty mask; paint them or delete their segments first")
+        raise InputError(f"mask values {sorted(present)} do not match lesions 1..{count}")
+
+
+def scan_case_folders(folder: str | Path) -> list[CorrectionItem]:
+    """Case folders (the three case files) under `folder`; staging (dot) folders are skipped."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    items: list[CorrectionItem] = []
+    for report in sorted(root.rglob("report.json")):
+        case_dir = report.parent
+        if not all((case_dir / f).is_file() for f in CASE_FILES):
+            continue
+        if any(p.name.startswith(".") for p in [case_dir, *case_dir.relative_to(root).parents]):
+            continue  # a write in progress (atomic staging folder)
+        m = VERSION_RE.match(case_dir.name)
+        case, version = (case_dir.parent.name, int(m.group(1))) if m else (case_dir.name, None)
+        try:
+            rep = read_report(report)
+            lesions = len(rep.lesions)
+            free = sum(1 for les in rep.lesions for ds in les.attributes.values() for d in ds if d.id is None)
+            error = None
+        except MaleniaError as err:
+            lesions, free, error = 0, 0, str(err)
+        items.append(CorrectionItem(case, version, case_dir, lesions, free, report.stat().st_mtime, True, error))
+    latest: dict[str, int] = {}
+    for item in items:
+        if item.version is not None:
+            latest[item.case] = max(latest.get(item.case, 0), item.version)
+    for item in items:
+        item.latest = item.version is None or item.version == latest[item.case]
+    return sorted(items, key=lambda i: (i.case, i.version or 0))
