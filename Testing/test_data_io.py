@@ -224,3 +224,57 @@ def test_refuses_broken_dicom_series(shared_data: Path, tmp_path: Path):
         ds.save_as(mr / f.name)
     refused(mr, "DICOM modality is MR")
     assert read_ct(mr, force=True).GetSize() == (512, 512, 20)
+
+
+def test_refuses_mr_stored_with_an_offset(tmp_path: Path):
+    """Issue 16 item 7: an MR volume with values -330..1000 passed the old "air or fat" rule (<= -200)."""
+    mr = np.random.default_rng(1).integers(-330, 1001, (16, 16, 16)).astype(np.int16)
+    refused(nifti(tmp_path, "mr_offset.nii.gz", mr), "not a CT Hounsfield range")
+    lung = body_volume()
+    lung[lung == -1000] = -600  # lung tissue without free air is still CT
+    assert read_ct(nifti(tmp_path, "lung.nii.gz", lung)).GetSize() == (16, 16, 16)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd"])
+def test_refuses_voxel_data_shorter_than_the_header(tmp_path: Path, suffix: str):
+    """Issue 16 item 3: ITK fills missing voxels with zeros without a word; a complete gzip stream is not enough."""
+    import gzip
+    import zlib
+
+    from malenia.data.ct_io import data_layout
+
+    image = sitk.GetImageFromArray(body_volume((16, 20, 24)))
+    image.SetSpacing((0.8, 0.8, 2.0))
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(image, str(path), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+    assert read_ct(path).GetSize() == (24, 20, 16)
+    layout = data_layout(path)
+    raw = layout.file.read_bytes()
+    keep = layout.nbytes * 3 // 4
+    if layout.compression == "gzip-file":
+        short = gzip.compress(gzip.decompress(raw)[: layout.offset + keep])
+    elif layout.compression == "gzip":
+        short = raw[: layout.offset] + gzip.compress(gzip.decompress(raw[layout.offset:])[:keep])
+    elif layout.compression == "zlib":
+        short = raw[: layout.offset] + zlib.compress(zlib.decompress(raw[layout.offset:])[:keep])
+    else:
+        short = raw[: layout.offset + keep]
+    layout.file.write_bytes(short)
+    refused(path, "shorter than the header says")
+
+
+def test_two_dicom_series_with_the_same_slice_count_are_named_not_guessed(shared_data: Path, tmp_path: Path):
+    import pydicom
+
+    src = sorted((shared_data / TOTALSEG / "example_ct_dicom").iterdir())[:8]
+    both = tmp_path / "both"
+    both.mkdir()
+    for kernel, uid in (("soft", "1.2.826.0.1.3680043.8.498.1"), ("bone", "1.2.826.0.1.3680043.8.498.2")):
+        for f in src:
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID, ds.SeriesDescription = uid, f"abdomen {kernel}"
+            ds.SOPInstanceUID = f"{uid}.{ds.InstanceNumber}"
+            ds.save_as(both / f"{kernel}_{f.name}")
+    message = refused(both, "2 DICOM series with 8 slices each")
+    assert "1.2.826.0.1.3680043.8.498.1 (abdomen soft" in message and "498.2 (abdomen bone" in message
+    assert read_ct(both, series_uid="1.2.826.0.1.3680043.8.498.2").GetSize() == (512, 512, 8)

@@ -92,3 +92,77 @@ def test_model_card_update_rehashes_manifest(folder, tmp_path):
     m = load_model_folder(copy)
     assert m.card() == "# card\n" and "MODEL_CARD.md" in m.manifest["files"]
     assert not list(tmp_path.glob(".m.*"))  # no staging left behind
+
+
+@pytest.mark.parametrize("damage", ["zero_patch", "nan_weights", "parent_path", "absolute_path"])
+def test_unusable_or_escaping_model_folders_exit_4_with_one_line(folder, tmp_path, capsys, damage):
+    """Issue 16 item 5: patch_size [0,0,0] was a MONAI traceback (exit 1), all-NaN weights "0 lesions"
+    (exit 0), and a manifest naming ../.. made the command line read files outside the folder."""
+    import SimpleITK as sitk
+    from safetensors.torch import load_file, save_file
+
+    from malenia.cli import main
+    from malenia.errors import EXIT_BAD_MODEL
+    from malenia.model.folder import rewrite_manifest
+    from segment_helpers import sphere_ct
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    if damage == "zero_patch":
+        cfg = json.loads((bad / "config.json").read_text())
+        cfg["patch_size"] = [0, 0, 0]
+        (bad / "config.json").write_text(json.dumps(cfg))
+        msg = "patch_size must be 3 positive integers"
+    elif damage == "nan_weights":
+        weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                   for k, v in load_file(str(bad / "weights.safetensors")).items()}
+        save_file(weights, str(bad / "weights.safetensors"), metadata={"format": "malenia-model/1"})
+        msg = "NaN or infinite"
+    else:
+        outside = tmp_path / "outside.json"
+        outside.write_text("{}")
+        rel = "../outside.json" if damage == "parent_path" else str(outside)
+        manifest["files"][rel] = "0" * 64
+        msg = "unsafe path"
+    if damage != "parent_path" and damage != "absolute_path":
+        rewrite_manifest(bad, manifest)
+    else:
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+    ct = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sphere_ct()[0], str(ct))
+    code = main(["segment", str(ct), "--out", str(tmp_path / "out"), "--model", str(bad), "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_BAD_MODEL and msg in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("stage", ["done"])
+def test_interrupt_reports_truthfully_whether_outputs_were_written(folder, tmp_path, capsys, monkeypatch, stage):
+    """Issue 16 item 6: Ctrl-C once the outputs were in place said "nothing was written" (exit 130)."""
+    import SimpleITK as sitk
+
+    from malenia.cli import main
+    from malenia.errors import EXIT_INTERRUPTED
+    from malenia.infer.progress import SegmentProgress
+    from segment_helpers import sphere_ct
+
+    original = SegmentProgress.__call__
+
+    def interrupted_at(self, name, *args, **kw):
+        if name == stage:  # "outputs": just before the files are written; "done": just after
+            raise KeyboardInterrupt
+        return original(self, name, *args, **kw)
+
+    monkeypatch.setattr(SegmentProgress, "__call__", interrupted_at)
+    ct, out = tmp_path / "ct.nii.gz", tmp_path / "out"
+    sitk.WriteImage(sphere_ct()[0], str(ct))
+    code = main(["segment", str(ct), "--out", str(out), "--model", str(folder), "--progress", "none",
+                 "--threads", "1", "--threshold", "0.99"])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_INTERRUPTED and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    if stage == "outputs":
+        assert "nothing was written" in err and not out.exists()
+    else:
+        assert "interrupted after the new outputs were written" in err and "nothing was written" not in err
+        assert (out / "report.json").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+from pathlib import Path
+
+from malenia.errors import EXIT_INTERRUPTED, MaleniaError
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,25 +52,76 @@ def options_from_args(args: argparse.Namespace, roi: str | None = None):
                           roi=RasBox.parse(roi) if roi else None, force=getattr(args, "force", False))
 
 
+class InterruptedAfterOutputs(MaleniaError):
+    """Ctrl-C or SIGTERM arrived once the new outputs were already in place: they are complete."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 def run(args: argparse.Namespace) -> int:
+    from malenia.atomic import clean_stale
     from malenia.commands._runtime import configure_cpu, terminate_as_interrupt
 
     configure_cpu(args.threads)
-    with terminate_as_interrupt():
-        from malenia.infer.pipeline import segment_path
-        from malenia.infer.progress import SegmentProgress
-
-        options = options_from_args(args, args.roi)
-        progress = SegmentProgress(args.progress)
-        try:
-            done = segment_path(args.input, args.out, args.model, options, overwrite=args.overwrite, progress=progress,
-                                knowledge=args.knowledge)
-        finally:
-            progress.close()
+    clean_stale(Path(args.out))  # staging folders of an earlier run that was killed (kill -9, power cut)
+    before = _outputs_state(Path(args.out))
+    try:
+        with terminate_as_interrupt():
+            done = _segment(args)
+    except KeyboardInterrupt:
+        # The outputs move into place all together or not at all (infer.outputs); if they changed, the new
+        # ones are complete and "nothing was written" would be false.
+        if _outputs_state(Path(args.out)) != before:
+            raise InterruptedAfterOutputs(f"interrupted after the new outputs were written to {args.out} "
+                                          "(they are complete)") from None
+        raise
     if args.progress != "json":
-        print(summary(done.result, done.seconds))
-        print(f"outputs in {args.out}: " + ", ".join(p.name for p in done.files.values()))
+        with _interrupts_ignored():  # the outputs are in place: an interrupt now would only cut the summary
+            print(summary(done.result, done.seconds))
+            print(f"outputs in {args.out}: " + ", ".join(p.name for p in done.files.values()))
     return 0
+
+
+def _segment(args: argparse.Namespace):
+    from malenia.infer.pipeline import segment_path
+    from malenia.infer.progress import SegmentProgress
+
+    options = options_from_args(args, args.roi)
+    progress = SegmentProgress(args.progress)
+    try:
+        return segment_path(args.input, args.out, args.model, options, overwrite=args.overwrite, progress=progress,
+                            knowledge=args.knowledge)
+    finally:
+        progress.close()
+
+
+def _outputs_state(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of each output file in `out`: any change means new outputs were moved in."""
+    from malenia.infer.outputs import FILE_NAMES
+
+    state = {}
+    for name in FILE_NAMES.values():
+        try:
+            st = (out / name).stat()
+        except OSError:
+            continue
+        state[name] = (st.st_ino, st.st_mtime_ns)
+    return state
+
+
+@contextlib.contextmanager
+def _interrupts_ignored():
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def summary(result, seconds: float | None = None) -> str:

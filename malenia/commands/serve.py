@@ -14,6 +14,8 @@ Token and model commands work on the database directly and are safe while the se
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shlex
 import sys
 import time
@@ -79,7 +81,7 @@ def run(args) -> int:
     import uvicorn
 
     from malenia.errors import InputError
-    from malenia.server.app import create_app
+    from malenia.server.app import QuerylessAccessLog, create_app
     from malenia.server.config import load_config
     from malenia.server.service import TrainingService
 
@@ -95,20 +97,38 @@ def run(args) -> int:
     for note in service.startup_notes:
         print(f"malenia serve: {note}", flush=True)
     if service.tokens.count() == 0:
-        token, _ = service.tokens.add("initial")
-        print("malenia serve: first start: created an access token. It is shown only now and stored hashed:\n"
-              f"    {token}\n"
-              f"malenia serve: more tokens: `malenia serve token add NAME --data {data}`", flush=True)
+        _first_token(service, data)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("malenia serve: listening beyond this machine: use TLS (a reverse proxy) outside a trusted network, "
               "tokens travel in the Authorization header", file=sys.stderr, flush=True)
     print(f"malenia serve: http://{args.host}:{args.port} (data {cfg.data_dir}); "
           f"current model {service.registry.current() or 'none'}", flush=True)
     app = create_app(service)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=10))
-    server.run()
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    logging.getLogger("uvicorn.access").addFilter(QuerylessAccessLog())  # after Config: it sets up logging
+    uvicorn.Server(config).run()
     return 0
+
+
+TOKEN_FILE = "initial_token.txt"
+
+
+def _first_token(service, data: Path) -> None:
+    """The first token goes to the terminal only; with output captured (a service, a log file) it is written
+    to DATA/initial_token.txt, mode 0600, and only that path is printed."""
+    token, _ = service.tokens.add("initial")
+    more = f"malenia serve: more tokens: `malenia serve token add NAME --data {data}`"
+    if sys.stdout.isatty():
+        print("malenia serve: first start: created an access token. It is shown only now and stored hashed:\n"
+              f"    {token}\n{more}", flush=True)
+        return
+    path = Path(service.layout.root) / TOKEN_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    print(f"malenia serve: first start: created an access token and wrote it to {path} (readable by this user only; "
+          f"output is not a terminal, so it is not printed). Copy it, then delete the file.\n{more}", flush=True)
 
 
 def run_token(args) -> int:

@@ -22,7 +22,7 @@ from malenia import __version__
 from malenia.atomic import atomic_dir
 from malenia.errors import MaleniaError
 from malenia.server import API_HEADER, API_VERSION, api_compatible, api_major
-from malenia.server.versions import safe_relpath
+from malenia.model.folder import safe_relpath
 
 CASE_FILES = (("image", "image.nii.gz"), ("lesions", "lesions.nii.gz"), ("report", "report.json"))
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -48,6 +48,29 @@ class RequestFailed(ClientError):
     def __init__(self, status: int, detail: str):
         super().__init__(f"server refused the request ({status}): {detail}")
         self.status, self.detail = status, detail
+
+
+TOKEN_ENV = "MALENIA_SERVER_TOKEN"
+TOKEN_FILE_ENV = "MALENIA_SERVER_TOKEN_FILE"
+DEFAULT_TOKEN_FILE = Path("~/.config/malenia/server_token")
+
+
+def resolve_token(explicit: str | None = None) -> str:
+    """The token to use, instead of one kept in Slicer's plain-text settings: `explicit` if given, else
+    $MALENIA_SERVER_TOKEN, else the file $MALENIA_SERVER_TOKEN_FILE or ~/.config/malenia/server_token,
+    which must be readable by its owner only (mode 0600) on POSIX. '' when none is set."""
+    import os
+
+    if explicit and explicit.strip():
+        return explicit.strip()
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return os.environ[TOKEN_ENV].strip()
+    path = Path(os.environ.get(TOKEN_FILE_ENV) or DEFAULT_TOKEN_FILE).expanduser()
+    if not path.is_file():
+        return ""
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise ClientError(f"token file {path} is readable by other users; run `chmod 600 {path}`")
+    return path.read_text(encoding="utf-8").strip()
 
 
 class MaleniaClient:

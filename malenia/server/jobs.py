@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from malenia.errors import InputError, MaleniaError, ModelError
+from malenia.model.folder import verify_model_folder
 from malenia.server.bank_update import add_free_text
 from malenia.server.cases import CaseStore, Conflict, NotFound
 from malenia.server.config import ServerConfig
 from malenia.server.layout import Layout, check_id
 from malenia.server.store import Store, dumps, now
-from malenia.server.versions import Registry, decide_promotion, verify_model_folder
+from malenia.server.versions import Registry, decide_promotion
 
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
@@ -103,6 +104,12 @@ def launcher_prefix(cfg: ServerConfig, gpus: int, job_id: str) -> list[str]:
     else:
         run += ["--standalone", "--nnodes=1"]
     return run + module
+
+
+def checkpoint_every(steps: int) -> int:
+    """Ten checkpoints per job, at most every 100 steps: a job shorter than the trainer's default interval
+    (100) would otherwise have none and restart from zero after a server restart."""
+    return max(1, min(100, int(steps) // 10))
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -391,7 +398,8 @@ class JobManager:
             self._gpus = gpu_count()
         argv = launcher_prefix(self.cfg, self._gpus, job_id)
         argv += ["--config", self.cfg.train_config, "--data", str(data), "--out", str(run), "--init", str(base_dir),
-                 "--steps", str(params["steps"]), "--split", "train", "--progress", "json"]
+                 "--steps", str(params["steps"]), "--checkpoint-every", str(checkpoint_every(params["steps"])),
+                 "--split", "train", "--progress", "json"]
         if has_val:
             argv += ["--val-split", "val"]
         if replay is not None:

@@ -20,7 +20,8 @@ from malenia.server.layout import Layout
 from malenia.server.store import Store
 from malenia.server.tokens import TokenStore
 from malenia.server.uploads import FILE_PARTS, StagedUpload
-from malenia.server.versions import Registry, sha256_file
+from malenia.model.folder import sha256_file
+from malenia.server.versions import Registry
 
 
 class TrainingService:

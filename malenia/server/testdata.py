@@ -77,7 +77,7 @@ def make_model_folder(folder: str | Path, name: str = "test-model", version: str
     embedded by the default text encoder (malenia.knowledge); otherwise a small placeholder tensor file."""
     from safetensors.numpy import save_file
 
-    from malenia.server.versions import sha256_file
+    from malenia.model.folder import sha256_file
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
@@ -118,7 +118,7 @@ def _progress(obj: dict[str, Any]) -> None:
 
 def fake_train(argv: list[str]) -> int:
     from malenia.data.dataset import read_dataset
-    from malenia.server.versions import sha256_file, verify_model_folder
+    from malenia.model.folder import sha256_file, verify_model_folder
 
     p = argparse.ArgumentParser(prog="malenia.server.testdata train")
     p.add_argument("--config", required=True)
@@ -131,6 +131,7 @@ def fake_train(argv: list[str]) -> int:
     p.add_argument("--replay", type=Path)
     p.add_argument("--replay-fraction", type=float)
     p.add_argument("--progress", default="bar")
+    p.add_argument("--checkpoint-every", type=int, default=5)
     args = p.parse_args(argv)
     step_s = float(os.environ.get("MALENIA_FAKE_STEP_SECONDS", "0.05"))
     index = read_dataset(args.data)
@@ -153,7 +154,7 @@ def fake_train(argv: list[str]) -> int:
         loss = 1.0 / step
         val = round(0.5 + 0.4 * step / args.steps, 4) if val_ids and step == args.steps else None
         _progress({"step": step, "total": args.steps, "fraction": step / args.steps, "loss": loss, "val_dsc": val})
-        if step % 5 == 0 or step == args.steps:
+        if step % args.checkpoint_every == 0 or step == args.steps:
             write_json(ckpts / f"step_{step}.json", {"step": step, "resumed_from": start})
     with atomic_dir(args.out / "model", overwrite=True) as staging:
         for f in args.init.iterdir():
@@ -186,8 +187,9 @@ class ServerProcess:
     from its output; `kill()` is SIGKILL of the server process alone (its job runs in its own session)."""
 
     def __init__(self, data: str | Path, settings: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None):
+                 port: int | None = None, log_level: str = "warning"):
         self.data = Path(data)
+        self.log_level = log_level
         self.data.mkdir(parents=True, exist_ok=True)
         if settings is not None:
             write_json(self.data / "server.json", settings)
@@ -207,7 +209,7 @@ class ServerProcess:
         self.lines, self.token = [], None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "malenia.cli", "serve", "--data", str(self.data), "--port", str(self.port),
-             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+             "--log-level", self.log_level], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, env=self.env)
 
         def pump(stream=self.proc.stdout) -> None:
@@ -231,6 +233,10 @@ class ServerProcess:
         for line in self.lines:
             if line.strip().startswith("mlt_"):
                 self.token = line.strip()
+        token_file = self.data / "initial_token.txt"  # output is a pipe here: the first token goes to this file
+        if self.token is None and token_file.is_file():
+            self.token = token_file.read_text().strip()
+            token_file.unlink()  # as the printed advice says: copy it, then delete the file
         return self
 
     def stop(self, timeout: float = 30.0) -> int | None:

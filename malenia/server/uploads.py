@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from malenia.errors import InputError
@@ -127,10 +128,16 @@ class MultipartToFolder:
         self.staged.nbytes += len(chunk)
         if self.staged.nbytes > self.limits.max_request_bytes:
             raise TooLarge(f"upload larger than the limit of {self.limits.max_request_bytes} bytes")
-        self.parser.write(chunk)
+        try:
+            self.parser.write(chunk)
+        except FormParserError as err:  # random bytes, a broken boundary: the client's fault, not a 500
+            raise InputError(f"malformed multipart body ({str(err)[:120]})") from None
 
     def finish(self) -> StagedUpload:
-        self.parser.finalize()
+        try:
+            self.parser.finalize()
+        except FormParserError as err:
+            raise InputError(f"malformed multipart body ({str(err)[:120]})") from None
         if self._file is not None:
             self._file.close()
             raise InputError("upload ended in the middle of a part")

@@ -98,21 +98,27 @@ def vocabulary_ids() -> frozenset[tuple[str, str]]:
         return frozenset()
 
 
-@lru_cache(maxsize=1)
 def known_diseases() -> frozenset[str]:
-    """Disease keys of the built-in knowledge table and the site profiles in Resources/knowledge/diseases."""
-    keys: set[str] = set()
+    """Disease keys of the built-in knowledge table and of the site profiles in force (`<key>.json` in
+    Resources/knowledge/diseases and $MALENIA_KNOWLEDGE; malenia.knowledge.site), looked up per upload
+    so a profile added while the server runs counts at once. Empty when the table cannot be read."""
+    try:  # TEMP until rebase
+        from malenia.knowledge.site import profile_dirs
+    except ImportError:
+        profile_dirs = lambda: [knowledge_dir() / "diseases"]  # noqa: E731
+    keys = _builtin_diseases()
+    if not keys:
+        return keys
+    return keys | {p.stem for folder in profile_dirs() if folder.is_dir() for p in folder.glob("*.json")}
+
+
+@lru_cache(maxsize=1)
+def _builtin_diseases() -> frozenset[str]:
     try:
-        keys |= set(json.loads((knowledge_dir() / "knowledge_table.json").read_text(encoding="utf-8"))["diseases"])
+        table = json.loads((knowledge_dir() / "knowledge_table.json").read_text(encoding="utf-8"))
+        return frozenset(table["diseases"])
     except (OSError, KeyError, TypeError, ValueError):
         return frozenset()
-    for profile in sorted((knowledge_dir() / "diseases").glob("*.json")):
-        try:
-            obj = json.loads(profile.read_text(encoding="utf-8"))
-            keys.add(str(obj.get("key") or profile.stem) if isinstance(obj, dict) else profile.stem)
-        except (OSError, ValueError):
-            keys.add(profile.stem)
-    return frozenset(keys)
 
 
 def read_grid(path: Path, what: str, limits: UploadLimits) -> Grid:
