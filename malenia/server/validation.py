@@ -102,10 +102,8 @@ def known_diseases() -> frozenset[str]:
     """Disease keys of the built-in knowledge table and of the site profiles in force (`<key>.json` in
     Resources/knowledge/diseases and $MALENIA_KNOWLEDGE; malenia.knowledge.site), looked up per upload
     so a profile added while the server runs counts at once. Empty when the table cannot be read."""
-    try:  # TEMP until rebase
-        from malenia.knowledge.site import profile_dirs
-    except ImportError:
-        profile_dirs = lambda: [knowledge_dir() / "diseases"]  # noqa: E731
+    from malenia.knowledge.site import profile_dirs
+
     keys = _builtin_diseases()
     if not keys:
         return keys
