@@ -63,7 +63,7 @@ def model_imports(tmp: Path, writers: int) -> int:
     data = tmp / "imports"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ps = [subprocess.Popen([sys.executable, "-m", "malenia.cli", "serve", "model", "import", str(s), "--data", str(data)],
-                           env=env, capture_output=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
           for s in srcs]
     outs = [p.communicate() for p in ps]
     tracebacks = sum("Traceback" in e for _, e in outs)
@@ -197,10 +197,10 @@ def stale_partials(tmp: Path) -> int:
         p = subprocess.Popen([sys.executable, "-m", "malenia.cli", "serve", "model", "import", str(src), "--data", str(data)],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list((data / "models").glob(".*partial*/big.bin")) if (data / "models").exists() else True:
-            time.sleep(0.02)
-            if p.poll() is not None:
+        while time.monotonic() < deadline and p.poll() is None:
+            if list((data / "models").glob(".*partial*/big.bin")):  # killed in the middle of copying
                 break
+            time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
         p.wait()
     left = list((data / "models").glob(".*partial*"))
@@ -226,7 +226,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        bad = corrections(tmp, args.writers, args.trials)
+        bad = corrections(tmp, args.writers, args.trials) if args.trials else 0
         bad += model_imports(tmp, args.writers)
         bad += stale_partials(tmp)
         bad += server_probes(tmp, tuple(int(v) for v in args.big.split(",")))
