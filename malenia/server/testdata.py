@@ -77,7 +77,7 @@ def make_model_folder(folder: str | Path, name: str = "test-model", version: str
     embedded by the default text encoder (malenia.knowledge); otherwise a small placeholder tensor file."""
     from safetensors.numpy import save_file
 
-    from malenia.model.folder import sha256_file
+    from malenia.model.folder import MODEL_FORMAT, sha256_file
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
@@ -91,7 +91,7 @@ def make_model_folder(folder: str | Path, name: str = "test-model", version: str
             (staging / rel).write_bytes(data)
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         write_json(staging / "manifest.json", {
-            "format": "malenia-model/1", "name": name, "version": version, "created": "2025-01-01T00:00:00Z",
+            "format": MODEL_FORMAT, "name": name, "version": version, "created": "2025-01-01T00:00:00Z",
             "malenia_version": "0.1.0", "config": "compact", "training_data": "none (test double)", "files": files})
     return folder
 
