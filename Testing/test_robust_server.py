@@ -172,3 +172,21 @@ def test_short_jobs_checkpoint_often_enough_to_resume(tmp_path):
                                   tmp_path / "base", tmp_path / "data", tmp_path / "run",
                                   {"steps": 60, "replay_fraction": 0.5}, False, None)
     assert argv[argv.index("--checkpoint-every") + 1] == "6"
+
+
+def test_token_from_environment_or_a_private_file(tmp_path, monkeypatch):
+    """Issue 16 item 10: an alternative to the token in Slicer's plain-text settings."""
+    from malenia.server.client import ClientError, resolve_token
+
+    path = tmp_path / "server_token"
+    monkeypatch.delenv("MALENIA_SERVER_TOKEN", raising=False)
+    monkeypatch.setenv("MALENIA_SERVER_TOKEN_FILE", str(path))
+    assert resolve_token(None) == ""
+    path.write_text("mlt_file\n")
+    path.chmod(0o644)
+    with pytest.raises(ClientError, match="chmod 600"):
+        resolve_token(None)
+    path.chmod(0o600)
+    assert resolve_token(None) == "mlt_file" and resolve_token(" mlt_given ") == "mlt_given"
+    monkeypatch.setenv("MALENIA_SERVER_TOKEN", "mlt_env")
+    assert resolve_token("") == "mlt_env"
