@@ -12,6 +12,7 @@ from pathlib import Path
 RESULTS_FOLDER = "Malenia/ResultsFolder"
 CORRECTIONS_FOLDER = "Malenia/CorrectionsFolder"
 MODEL_FOLDER = "Malenia/ModelFolder"
+KNOWLEDGE_FOLDER = "Malenia/KnowledgeFolder"  # site disease profiles (docs/knowledge.md), passed as --knowledge
 OLD_TRAINER_CORRECTIONS = "MaleniaTrainer/CorrectionsDir"  # read once if the shared key is unset (before 1.3)
 
 

@@ -272,7 +272,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay("Choose the model folder, or select the built-in model.", windowTitle="Malenia")
             return
         request = SegmentRequest(volume, model_dir=model, device=self.ui.deviceComboBox.currentData,
-                                 roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume))
+                                 roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume),
+                                 knowledge_dirs=[str(self._knowledgeFolder())])
         try:
             self.run = self.logic.start_segmentation(request)
         except (ValueError, RuntimeError, OSError) as err:
@@ -352,8 +353,42 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.review.saveRequested.connect(self.onSaveCorrection)
         return self.review
 
+    # -- disease profiles (MaleniaSegmentLib.profile_editor) ---------------------------------
+    def _knowledgeFolder(self):
+        """Site disease profiles: the Malenia/KnowledgeFolder setting, else ~/Malenia/knowledge."""
+        return shared_settings.folder(qt.QSettings(), shared_settings.KNOWLEDGE_FOLDER, "knowledge")
+
+    def _ensureProfileEditor(self):
+        if getattr(self, "profileEditor", None) is not None:
+            return self.profileEditor
+        from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic
+        from malenia.knowledge.site import table_in_force_at
+
+        folder = self._knowledgeFolder()
+        model = self.ui.modelPathLineEdit.currentPath if self.ui.modelComboBox.currentIndex == 1 else None
+        self.profileEditor = ProfileEditor(ProfileEditorLogic(lambda: table_in_force_at(model or None, [folder]), folder))
+        section = ctk.ctkCollapsibleButton()
+        section.text = "Disease profiles"
+        section.collapsed = True
+        qt.QVBoxLayout(section).addWidget(self.profileEditor.widget)
+        column = self.ui.reviewCollapsibleButton.parentWidget().layout()
+        column.insertWidget(column.indexOf(self.ui.reviewCollapsibleButton) + 1, section)
+        self.profileEditor.saved.connect(self.onProfilesSaved)
+        return self.profileEditor
+
+    def onProfilesSaved(self, changes):
+        """A saved or removed profile re-ranked the open result's lesions: show their new names."""
+        session = self.logic.session
+        if session is not None and self.review is not None:
+            self.review.set_lesions(session.lesions, f"{sum(c.changed for c in changes)} lesion(s) renamed by the "
+                                                     "disease profiles")
+
     def _showResults(self, session):
         review = self._ensureReviewPanel()
+        try:
+            self._ensureProfileEditor().set_session(session)
+        except Exception as err:  # the profiles are an extra: results show even if they cannot be edited
+            logging.warning(f"Malenia disease profiles unavailable: {err}")
         model = session.result.model
         review.set_lesions(session.lesions, f"{len(session.lesions)} lesion(s) · model {model.name} {model.version} · "
                                             f"{session.out_dir.name}")
@@ -397,6 +432,10 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         session = self.logic.session
         if session is None:
             return
+        if getattr(self, "profileEditor", None) is not None:
+            from MaleniaSegmentLib.profile_editor import lesion_scores
+
+            self.profileEditor.set_lesion_scores(lesion_scores(session, label))
         r, a, s = session.center_ras(label)
         slicer.modules.markups.logic().JumpSlicesToLocation(r, a, s, True)
         # When the Segment Editor works on these results, the lesion becomes its current segment.

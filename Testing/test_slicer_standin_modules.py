@@ -123,6 +123,11 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     session = w.logic.session
     assert len(session.lesions) >= 1 and w.ui.exportNiftiButton.enabled
     _grab(qwidget, "slicer-segment-panel.png", 1150)
+    # the disease-profile editor follows the open result and the selected lesion (its stored scores)
+    assert w.profileEditor.session is session
+    w.onLesionSelected(session.lesions[0].label)
+    assert w.profileEditor.scores == session.result.lesions[0].scores is not None
+    assert "--knowledge" in (tmp / "pythonslicer.log").read_text()
 
     seg = session.segmentation_node.GetSegmentation()
     base = _nodes(slicer.mrmlScene)

@@ -31,6 +31,7 @@ class SegmentRequest:
     device: str = "auto"
     roi_node: object | None = None  # a vtkMRMLMarkupsROINode: segment only inside it
     dicom_files: list[str] = field(default_factory=list)  # the volume's DICOM series, when it came from DICOM
+    knowledge_dirs: list[str] = field(default_factory=list)  # site disease profile folders (--knowledge)
 
 
 def roi_argument(roi_node) -> str:
@@ -43,7 +44,7 @@ def roi_argument(roi_node) -> str:
 
 
 def segment_command(python: str, input_path: str | Path, model_dir: str | None = None, device: str = "auto",
-                    roi: str | None = None) -> list[str]:
+                    roi: str | None = None, knowledge_dirs: Sequence[str] = ()) -> list[str]:
     """`malenia segment` through Slicer's Python; the job appends `--out`."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -52,6 +53,8 @@ def segment_command(python: str, input_path: str | Path, model_dir: str | None =
         cmd += ["--model", str(model_dir)]
     if roi:
         cmd.append(f"--roi={roi}")  # one token: a box starting with a negative coordinate is not an option
+    for folder in knowledge_dirs:
+        cmd += ["--knowledge", str(folder)]
     return cmd
 
 
@@ -102,7 +105,8 @@ class SegmentRun:
             if command_prefix is not None:  # tests and tools: another program that speaks the same protocol
                 command = [*command_prefix, str(input_path)]
             else:
-                command = segment_command(python or python_executable(), input_path, request.model_dir, request.device, roi)
+                command = segment_command(python or python_executable(), input_path, request.model_dir, request.device, roi,
+                                          request.knowledge_dirs)
             self.job = SegmentationJob(command, self.out_dir, env=env if env is not None else subprocess_env())
         except BaseException:
             shutil.rmtree(self.input_dir, ignore_errors=True)
