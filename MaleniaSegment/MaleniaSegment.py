@@ -275,7 +275,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                  roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume),
                                  knowledge_dirs=[str(self._knowledgeFolder())])
         try:
-            self.run = self.logic.start_segmentation(request)
+            self.run = self.logic.startSegmentation(request)
         except (ValueError, RuntimeError, OSError) as err:
             slicer.util.errorDisplay(f"Cannot start the segmentation: {err}", windowTitle="Malenia")
             return
@@ -301,7 +301,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.state is RunState.SUCCEEDED:
             try:
                 with slicer.util.WaitCursor():
-                    session = self.logic.finish_segmentation(run)
+                    session = self.logic.finishSegmentation(run)
                 self._showResults(session)
                 self.ui.statusLabel.text = f"{len(session.lesions)} lesion(s) found. Results: {run.out_dir}"
             except Exception as err:  # noqa: BLE001 - shown to the user, details in the log
@@ -333,7 +333,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             with slicer.util.WaitCursor():
-                session = self.logic.load_results(folder, volume, dicom_files=self.logic.dicomFiles(volume))
+                session = self.logic.loadResults(folder, volume, dicom_files=self.logic.dicomFiles(volume))
             self._showResults(session)
         except (ValueError, OSError) as err:
             slicer.util.errorDisplay(str(err), windowTitle="Malenia")
@@ -463,7 +463,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSaveCorrection(self):
         try:
             with slicer.util.WaitCursor():
-                saved = self.logic.save_correction()
+                saved = self.logic.saveCorrection()
         except (ValueError, OSError, RuntimeError) as err:
             slicer.util.errorDisplay(f"The correction was not saved: {err}", windowTitle="Malenia")
             return
@@ -611,11 +611,11 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
         logic, root = self._tempLogic()
         self.assertTrue(logic.ensureDependencies(lambda text: True))
         self.delayDisplay("Segmenting lesions in a region of interest")
-        run = logic.start_segmentation(SegmentRequest(volume, model_dir=os.environ.get("MALENIA_SELFTEST_MODEL"),
+        run = logic.startSegmentation(SegmentRequest(volume, model_dir=os.environ.get("MALENIA_SELFTEST_MODEL"),
                                                       device="auto", roi_node=self._roiAround(volume)))
         self._wait(run)
         self.assertEqual(run.state, RunState.SUCCEEDED, run.error)
-        session = logic.finish_segmentation(run)
+        session = logic.finishSegmentation(run)
         seg = session.segmentation_node
         self.assertEqual(seg.GetSegmentation().GetNumberOfSegments(), len(session.lesions))
         self.assertIs(seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()), volume)
@@ -630,7 +630,7 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
             lesion.aspects["specific_features"].choose("self-test: typed description")
             lesion.set_disease("liver_cyst", {"liver_cyst": "Liver cyst"})
             session.apply_to_segment(lesion)
-        saved = logic.save_correction()
+        saved = logic.saveCorrection()
         case = read_case(logic.settings.corrections_dir, saved.case_id)
         self.assertEqual(len(case.report.lesions), len(session.lesions))
         if session.lesions:
@@ -649,7 +649,7 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
 
         volume = self._sampleVolume()
         logic, root = self._tempLogic()
-        run = logic.start_segmentation(SegmentRequest(volume, model_dir=os.environ.get("MALENIA_SELFTEST_MODEL"), device="cpu"))
+        run = logic.startSegmentation(SegmentRequest(volume, model_dir=os.environ.get("MALENIA_SELFTEST_MODEL"), device="cpu"))
         start = time.time()
         while run.job.last_progress is None and run.state is RunState.RUNNING and time.time() - start < 300:
             run.poll()

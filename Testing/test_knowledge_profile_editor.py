@@ -44,7 +44,7 @@ def test_draft_is_tested_on_the_lesion_then_saved_renaming_the_open_result(outpu
     scene = new_scene()
     volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
     logic = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections"))
-    session = logic.load_results(output_dir, volume)
+    session = logic.loadResults(output_dir, volume)
     site = tmp_path / "site"
     editor = ProfileEditor(ProfileEditorLogic(lambda: table_in_force_at(None, [site]), site))
     editor.set_session(session)

@@ -37,7 +37,7 @@ def _load(output_dir, tmp_path):
     scene = new_scene()
     volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
     logic = MaleniaLogic(scene, Settings(results_dir=tmp_path / "results", corrections_dir=tmp_path / "corrections"))
-    session = logic.load_results(output_dir, volume)
+    session = logic.loadResults(output_dir, volume)
     return scene, volume, logic, session
 
 
@@ -116,12 +116,12 @@ def test_import_refuses_another_volume_and_incomplete_folders(output_dir, tmp_pa
     other = mrml_io.load_volume(scene, shared_data / "ct" / "pyradiomics-lung1" / "lung1_image.nrrd")
     logic = MaleniaLogic(scene, Settings(tmp_path / "r", tmp_path / "c"))
     with pytest.raises(ResultsError, match="another image grid"):
-        logic.load_results(output_dir, other)
+        logic.loadResults(output_dir, other)
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "report.json").write_text((output_dir / "report.json").read_text())
     with pytest.raises(ResultsError, match="lesions.nii.gz is missing"):
-        logic.load_results(partial, other)
+        logic.loadResults(partial, other)
 
 
 def _replace_mask(scene, session, segment_id, mask_zyx: np.ndarray):
@@ -172,7 +172,7 @@ def test_correction_round_trips_into_the_dataset_format(output_dir, report, tmp_
     added &= labels == 0
     _add_segment(scene, session, added, "Liver cyst")
 
-    saved = logic.save_correction()
+    saved = logic.saveCorrection()
     assert saved.version == 1 and saved.case_id.endswith("/v001") and saved.path.is_dir()
     case = read_case(tmp_path / "corrections", saved.case_id)
     image = mrml_io.volume_to_sitk(volume)
@@ -199,7 +199,7 @@ def test_correction_round_trips_into_the_dataset_format(output_dir, report, tmp_
     # the index lists the case; a second save is a new version and leaves the first untouched
     before = _tree_digest(saved.path)
     assert read_dataset(tmp_path / "corrections").cases == [saved.case_id]
-    again = logic.save_correction()
+    again = logic.saveCorrection()
     assert again.version == 2 and again.case_id.split("/")[0] == saved.case_id.split("/")[0]
     assert _tree_digest(saved.path) == before
     index = read_dataset(tmp_path / "corrections")
@@ -209,7 +209,7 @@ def test_correction_round_trips_into_the_dataset_format(output_dir, report, tmp_
 
 def test_a_taken_version_number_is_skipped_not_overwritten(output_dir, tmp_path, monkeypatch):
     _, _, logic, session = _load(output_dir, tmp_path)
-    first = logic.save_correction()
+    first = logic.saveCorrection()
     case = first.case_id.split("/")[0]
     # Another Slicer saved v002 after we looked for the next number: our save must take v003.
     import MaleniaSegmentLib.corrections as corrections
@@ -225,7 +225,7 @@ def test_a_taken_version_number_is_skipped_not_overwritten(output_dir, tmp_path,
         return [1] if calls["n"] == 1 else real(folder, name)
 
     monkeypatch.setattr(corrections, "versions", stale)
-    saved = logic.save_correction()
+    saved = logic.saveCorrection()
     assert saved.version == 3 and (other / "marker").read_text() == "someone else's correction"
     assert versions(tmp_path / "corrections", case) == [1, 2, 3]
     # v002 has no report.json: the index skips it
@@ -302,7 +302,7 @@ def test_dicom_volume_exports_dicom_seg(tmp_path, shared_data):
     scene = new_scene()
     volume = mrml_io.add_volume_from_sitk(scene, image, "CT series")
     logic = MaleniaLogic(scene, Settings(tmp_path / "r", tmp_path / "c"))
-    session = logic.load_results(out, volume, dicom_files=files)
+    session = logic.loadResults(out, volume, dicom_files=files)
     session.lesion(1).set_disease("liver_cyst", {"liver_cyst": "Liver cyst"})
     path = logic.export("dicom", tmp_path / "reviewed.dcm")
     seg = hd.seg.segread(str(path))
@@ -318,12 +318,12 @@ def test_deleted_and_emptied_segments(output_dir, tmp_path):
     empty = np.zeros(sitk.GetArrayViewFromImage(session.labels_image()).shape, bool)
     _replace_mask(scene, session, session.lesion(2).segment_id, empty)
     with pytest.raises(ValueError, match=r"lesion\(s\) \[2\] have an empty mask"):
-        logic.save_correction()
+        logic.saveCorrection()
     with pytest.raises(ResultsError, match="empty mask"):
         logic.export("json", tmp_path / "r.json")
     assert [lesion.label for lesion in session.lesions] == [1, 2] and session.masks_edited
     session.segmentation.RemoveSegment(session.lesion(2).segment_id)
-    saved = logic.save_correction()
+    saved = logic.saveCorrection()
     case = read_case(tmp_path / "corrections", saved.case_id)
     assert [x.disease for x in case.report.lesions] == ["kidney_tumor"]
     assert sorted(np.unique(sitk.GetArrayViewFromImage(case.lesions)).tolist()) == [0, 1]
@@ -346,7 +346,7 @@ def test_volume_in_another_axis_order_is_accepted_and_exports_on_the_scan_grid(o
     scene = new_scene()
     volume = mrml_io.add_volume_from_sitk(scene, flipped, "flipped")
     logic = MaleniaLogic(scene, Settings(tmp_path / "r", tmp_path / "c"))
-    session = logic.load_results(output_dir, volume)
+    session = logic.loadResults(output_dir, volume)
     nifti = sitk.ReadImage(str(output_dir / "lesions.nii.gz"))
     mine = session.labels_image()
     assert mrml_io.same_grid(mine, flipped)
@@ -359,4 +359,4 @@ def test_volume_in_another_axis_order_is_accepted_and_exports_on_the_scan_grid(o
     shifted.SetOrigin([o + 7.0 for o in ct.GetOrigin()])
     other = mrml_io.add_volume_from_sitk(scene, shifted, "shifted")
     with pytest.raises(ResultsError):
-        logic.load_results(output_dir, other)
+        logic.loadResults(output_dir, other)

@@ -36,7 +36,7 @@ def loaded(app, output_dir, tmp_path):
     scene = new_scene()
     volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
     logic = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections"))
-    session = logic.load_results(output_dir, volume)
+    session = logic.loadResults(output_dir, volume)
     known = {k: session.terminology.display_name(k) for k in session.terminology.diseases}
     panel = ReviewPanel(known)
     panel.set_lesions(session.lesions, f"{len(session.lesions)} lesions · model {session.result.model.name} "
@@ -112,7 +112,7 @@ def test_editing_aspects_and_disease_then_saving(app, loaded, tmp_path):
     applied = []
     panel.lesionChanged.connect(lambda lesion: (session.apply_to_segment(lesion), applied.append(lesion.label)))
     saved = []
-    panel.saveRequested.connect(lambda: saved.append(logic.save_correction()))
+    panel.saveRequested.connect(lambda: saved.append(logic.saveCorrection()))
     _click_row(app, panel.table.widget, panel.table.row_of(1))
     attrs = panel.attributes
     lesion = session.lesion(1)

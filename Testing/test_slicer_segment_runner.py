@@ -13,8 +13,8 @@ import pytest
 from slicer_segment_support import TOTALSEG, new_scene
 
 from MaleniaSegmentLib import mrml_io
-from MaleniaSegmentLib.runner import BackgroundProcess, Progress, RunState
-from MaleniaSegmentLib.segment_run import SegmentRequest, SegmentRun, roi_argument, segment_command
+from MaleniaSegmentLib.runner import BackgroundProcess, JobProgress, RunState
+from MaleniaSegmentLib.segment_run import SegmentRequest, LesionRun, roi_argument, segment_command
 
 # Behaves like `malenia segment INPUT --out DIR --progress json`: progress lines on stdout, a worker
 # child process, files in DIR, a one-line error on stderr and a non-zero exit on failure.
@@ -80,7 +80,7 @@ def _alive(pid: int) -> bool:
 
 
 def _run(volume, fake, root, mode):
-    run = SegmentRun(SegmentRequest(volume), root, command_prefix=[sys.executable, str(fake), "--mode", mode])
+    run = LesionRun(SegmentRequest(volume), root, command_prefix=[sys.executable, str(fake), "--mode", mode])
     run.start()
     return run
 
@@ -103,7 +103,7 @@ def test_progress_arrives_and_results_appear_whole(volume, fake, tmp_path):
     progress = [p for p in seen if p.fraction is not None]
     assert [p.fraction for p in progress] == [0.0, 0.5, 1.0]
     assert progress[0].stage == "read" and int(progress[0].message.split()[1]) > 100_000  # the NRRD of the volume
-    assert Progress("log", None, "a plain log line") in seen
+    assert JobProgress("log", None, "a plain log line") in seen
     assert run.out_dir.name.startswith("abdomen_CT-")
     assert sorted(p.name for p in run.out_dir.iterdir()) == ["lesions.nii.gz", "report.json"]
     assert sorted(p.name for p in run.out_dir.parent.iterdir()) == [run.out_dir.name], "input copy and staging removed"
@@ -146,9 +146,9 @@ def test_a_program_that_cannot_start_is_a_clear_error(tmp_path):
 
 
 def test_progress_lines_are_parsed_leniently():
-    assert Progress.parse('{"stage": "predict", "fraction": 1.7, "message": "x"}') == Progress("predict", 1.0, "x")
-    assert Progress.parse('{"stage": "s", "fraction": "n/a"}') == Progress("s", None, "")
-    assert Progress.parse("Loading model ...") == Progress("log", None, "Loading model ...")
+    assert JobProgress.parse('{"stage": "predict", "fraction": 1.7, "message": "x"}') == JobProgress("predict", 1.0, "x")
+    assert JobProgress.parse('{"stage": "s", "fraction": "n/a"}') == JobProgress("s", None, "")
+    assert JobProgress.parse("Loading model ...") == JobProgress("log", None, "Loading model ...")
 
 
 def test_segment_command_and_roi(scene):

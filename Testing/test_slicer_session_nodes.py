@@ -30,7 +30,7 @@ def _load(output_dir, tmp_path, transform=None):
         scene.AddNode(transform)
         volume.SetAndObserveTransformNodeID(transform.GetID())
     logic = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections"))
-    return scene, volume, logic, logic.load_results(output_dir, volume)
+    return scene, volume, logic, logic.loadResults(output_dir, volume)
 
 
 def test_label_maps_saves_and_exports_leave_no_colour_display_or_labelmap_nodes(output_dir, tmp_path):
@@ -41,7 +41,7 @@ def test_label_maps_saves_and_exports_leave_no_colour_display_or_labelmap_nodes(
     for _ in range(3):
         session.labels_image()
         session.labels_image(relabel=True)
-    logic.save_correction()
+    logic.saveCorrection()
     logic.export("nifti", tmp_path / "export" / "l.nii.gz")
     assert {c: _count(scene, c) for c in classes} == before
 

@@ -32,22 +32,22 @@ class MaleniaLogic:
         self.session = None  # ReviewSession of the results on show
 
     # -- running ----------------------------------------------------------------------------
-    def start_segmentation(self, request, **run_options):
-        """Starts `malenia segment` in the background; returns the SegmentRun to poll or cancel."""
-        from .segment_run import SegmentRun
+    def startSegmentation(self, request, **run_options):
+        """Starts `malenia segment` in the background; returns the LesionRun to poll or cancel."""
+        from .segment_run import LesionRun
 
-        run = SegmentRun(request, self.settings.results_dir, **run_options)
+        run = LesionRun(request, self.settings.results_dir, **run_options)
         run.start()
         return run
 
-    def finish_segmentation(self, run, segmentation_node=None):
+    def finishSegmentation(self, run, segmentation_node=None):
         from .runner import RunState
 
         if run.state is not RunState.SUCCEEDED:
             raise RuntimeError(run.error or f"segmentation {run.state.value}")
-        return self.load_results(run.out_dir, run.request.volume_node, segmentation_node, run.request.dicom_files)
+        return self.loadResults(run.out_dir, run.request.volume_node, segmentation_node, run.request.dicom_files)
 
-    def load_results(self, out_dir: str | Path, volume_node, segmentation_node=None, dicom_files: list[str] | None = None):
+    def loadResults(self, out_dir: str | Path, volume_node, segmentation_node=None, dicom_files: list[str] | None = None):
         """Shows an output folder of `malenia segment` on the volume it was computed from."""
         from .session import ReviewSession
 
@@ -60,7 +60,7 @@ class MaleniaLogic:
             raise RuntimeError("no Malenia results loaded")
         return self.session
 
-    def save_correction(self, corrections_dir: str | Path | None = None):
+    def saveCorrection(self, corrections_dir: str | Path | None = None):
         """Image, current masks and reviewed descriptions as the next version of this scan's case."""
         from malenia.data.dataset import Description
 

@@ -26,7 +26,7 @@ from typing import Sequence
 
 
 @dataclass(frozen=True)
-class Progress:
+class JobProgress:
     """One line of `--progress json`: {"stage", "fraction" in 0..1, "message"}."""
 
     stage: str
@@ -34,7 +34,7 @@ class Progress:
     message: str
 
     @staticmethod
-    def parse(line: str) -> "Progress":
+    def parse(line: str) -> "JobProgress":
         """A JSON progress line, or any other text line as a plain log message."""
         text = line.strip()
         try:
@@ -42,13 +42,13 @@ class Progress:
         except ValueError:
             obj = None
         if not isinstance(obj, dict):
-            return Progress("log", None, text)
+            return JobProgress("log", None, text)
         fraction = obj.get("fraction")
         try:
             fraction = min(1.0, max(0.0, float(fraction))) if fraction is not None else None
         except (TypeError, ValueError):
             fraction = None
-        return Progress(str(obj.get("stage", "")), fraction, str(obj.get("message", "")))
+        return JobProgress(str(obj.get("stage", "")), fraction, str(obj.get("message", "")))
 
 
 class RunState(enum.Enum):
@@ -105,7 +105,7 @@ class BackgroundProcess:
             t.start()
             self._threads.append(t)
 
-    def poll(self) -> list[Progress]:
+    def poll(self) -> list[JobProgress]:
         """Progress lines that arrived since the last call; updates `state` when the process ended."""
         out = self._drain()
         if self.state is RunState.RUNNING and self._proc is not None and self._proc.poll() is not None:
@@ -118,8 +118,8 @@ class BackgroundProcess:
             self.state = RunState.SUCCEEDED if self.returncode == 0 else RunState.FAILED
         return out
 
-    def _drain(self) -> list[Progress]:
-        out: list[Progress] = []
+    def _drain(self) -> list[JobProgress]:
+        out: list[JobProgress] = []
         while True:
             try:
                 name, line = self._queue.get_nowait()
@@ -128,7 +128,7 @@ class BackgroundProcess:
             if line is None:
                 continue
             if name == "stdout":
-                progress = Progress.parse(line)
+                progress = JobProgress.parse(line)
                 if progress.stage == "log":
                     self.log_lines.append(progress.message)
                 out.append(progress)
@@ -212,7 +212,7 @@ class SegmentationJob:
             raise FileExistsError(f"output folder already exists: {self.out_dir}")
         self.staging = self.out_dir.parent / f".{self.out_dir.name}.running-{uuid.uuid4().hex[:8]}"
         self.process = BackgroundProcess([*command, "--out", str(self.staging / "out")], env=env)
-        self.last_progress: Progress | None = None
+        self.last_progress: JobProgress | None = None
 
     @property
     def state(self) -> RunState:
@@ -231,7 +231,7 @@ class SegmentationJob:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise RuntimeError(f"cannot start {self.process.command[0]}: {err}") from None
 
-    def poll(self) -> list[Progress]:
+    def poll(self) -> list[JobProgress]:
         was_running = self.process.running
         lines = self.process.poll()
         progress = [p for p in lines if p.fraction is not None]

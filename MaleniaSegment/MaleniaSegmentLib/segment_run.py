@@ -19,7 +19,7 @@ from typing import Sequence
 from . import mrml_io
 from MaleniaCommon.paths import python_executable, subprocess_env
 
-from .runner import Progress, RunState, SegmentationJob
+from .runner import JobProgress, RunState, SegmentationJob
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -78,7 +78,7 @@ def _link_or_copy(files: Sequence[str], folder: Path) -> None:
             shutil.copy2(f, target)
 
 
-class SegmentRun:
+class LesionRun:
     """Prepares the input and runs the job; `poll()` from a GUI timer, `cancel()` any time."""
 
     def __init__(self, request: SegmentRequest, results_root: str | Path, python: str | None = None,
@@ -119,7 +119,7 @@ class SegmentRun:
             self._cleanup()
             raise
 
-    def poll(self) -> list[Progress]:
+    def poll(self) -> list[JobProgress]:
         lines = self.job.poll()
         if self.job.state is not RunState.RUNNING:
             self._cleanup()
