@@ -193,3 +193,25 @@ def test_training_steps_and_inference_run_under_bfloat16_autocast():
         pred = net.predict(image[:1], bank, aspects)[0]
     assert pred.mask_logits.shape == (cfg.num_tokens, 32, 32, 32) and torch.isfinite(pred.mask_logits.float()).all()
     assert torch.isfinite(pred.lesion_score.float()).all()
+
+
+def test_batched_matching_equals_matching_each_image_and_losses_gather_on_the_device():
+    from malenia.model.matcher import HungarianMatcher
+
+    torch.manual_seed(0)
+    cfg = tiny(num_tokens=4)
+    net = MaleniaNet(cfg)
+    masks = torch.zeros(3, 32, 32, 32, dtype=torch.bool)
+    for k in range(3):
+        masks[k, 8 * k + 2: 8 * k + 8, 6:12, 10:16] = True
+    targets = [LesionTargets(masks, [[0], [1], [2]]), LesionTargets(masks[:0], []), LesionTargets(masks[1:2], [[3]])]
+    out = net(torch.rand(3, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice)
+    for block in out.supervision:
+        for i, t in enumerate(targets):
+            tok, les = matcher.match(block.logits[i], t.masks.flatten(1).float())
+            assert torch.equal(block.matches[i][0], tok) and torch.equal(block.matches[i][1], les)
+        pred, gt = block.matched()
+        assert len(pred) == 3 + 0 + 1
+        expected = torch.cat([block.logits[i, tok] for i, (tok, _) in enumerate(block.matches)])
+        assert torch.equal(pred, expected) and torch.equal(gt[-1], masks[1].flatten().float())

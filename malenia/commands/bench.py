@@ -10,6 +10,7 @@ TARGETS = {
     "model": "malenia.evaluate.bench_model:run",
     "synth": "malenia.data.synthesis.bench:run",
     "segment": "malenia.infer.bench_segment:run",
+    "train": "malenia.train.bench:run",
 }
 
 
@@ -20,6 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model folder (default: built-in)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    train = p.add_argument_group("train", "malenia bench train: steps/s and the share of a step in each phase")
+    train.add_argument("--batch-size", type=int, default=None, help="patches per step (default: the config's)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default 5)")
+    train.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones (default 1)")
+    train.add_argument("--data", default=None, help="dataset (default: 4 phantom cases synthesised for the bench)")
+    train.add_argument("--workers", type=int, default=None, help="loader worker processes (default: from the CPU count)")
     p.set_defaults(func=_run)
 
 

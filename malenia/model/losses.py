@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from malenia.model.config import MaleniaConfig
-from malenia.model.matcher import BlockSupervision, HungarianMatcher, Match
+from malenia.model.matcher import BlockSupervision, HungarianMatcher, Match, padded_masks
 from malenia.model.targets import LesionTargets
 
 
@@ -67,14 +67,9 @@ def positive_sets(
             rows = tgt.positives[k] if multi_positive else [tgt.report_rows[k]]
             pos[b, j, 0] = False  # a lesion without descriptions leaves its token out of L_sim
             pos[b, j, [r + 1 for r in rows]] = True
+    if torch.device(device).type == "cuda":  # built on the host from the matches; copied without a wait
+        return pos.pin_memory().to(device, non_blocking=True)
     return pos.to(device)
-
-
-def _matched(logits: torch.Tensor, gt: list[torch.Tensor], matches: list[Match]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack the matched (prediction, lesion) rows of a batch: [M, P] each."""
-    preds = [logits[b, tok.to(logits.device)] for b, (tok, _) in enumerate(matches)]
-    gts = [g[les.to(g.device)] for g, (_, les) in zip(gt, matches)]
-    return torch.cat(preds), torch.cat(gts)
 
 
 class MaleniaCriterion(nn.Module):
@@ -100,8 +95,8 @@ class MaleniaCriterion(nn.Module):
 
         deep = []
         for block in sup:
-            pred, gt = _matched(block.logits.float(), block.gt, block.matches)
-            deep.append(dice_loss(pred, gt).mean() if len(pred) else zero)
+            pred, gt = block.matched()
+            deep.append(dice_loss(pred.float(), gt).mean() if len(pred) else zero)
         l_deep = torch.stack(deep).mean()
 
         blocks = range(len(sup)) if cfg.multi_scale_alignment else [len(sup) - 1]
@@ -119,13 +114,12 @@ class MaleniaCriterion(nn.Module):
         final = output.mask_logits.float()
         b, n = final.shape[:2]
         final = final.reshape(b, n, -1)
-        gt_full = [t.masks.to(final.device).flatten(1).float() for t in targets]
-        last = sup[-1].matches
+        gt_full = padded_masks(targets, final.device)  # [B, Kmax, P]
+        img, tok, les = sup[-1].pairs.unbind(-1)  # the last block's matching, on the device
         target = torch.zeros_like(final)
-        for i, ((tok, les), g) in enumerate(zip(last, gt_full)):
-            target[i, tok.to(final.device)] = g[les.to(g.device)]
+        target[img, tok] = gt_full[img, les]
         l_bce = F.binary_cross_entropy_with_logits(final, target)
-        pred, gt = _matched(final, gt_full, last)
+        pred, gt = final[img, tok], gt_full[img, les]
         l_dice = dice_loss(pred, gt).mean() if len(pred) else zero
         l_seg = cfg.alpha_bce * l_bce + cfg.alpha_dice * l_dice
 

@@ -23,17 +23,18 @@ Match = tuple[torch.Tensor, torch.Tensor]  # (token indices, lesion indices), in
 
 
 def dice_cost(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice between every proposal [N, P] (logits) and every lesion [K, P] (0/1) → [N, K]."""
+    """1 - soft Dice between every proposal [..., N, P] (logits) and every lesion [..., K, P] (0/1) → [..., N, K]
+    (leading dimensions: a batch)."""
     p = logits.sigmoid()
-    inter = p @ gt.T
-    return 1 - (2 * inter + 1) / (p.sum(-1)[:, None] + gt.sum(-1)[None, :] + 1)
+    inter = p @ gt.mT
+    return 1 - (2 * inter + 1) / (p.sum(-1)[..., :, None] + gt.sum(-1)[..., None, :] + 1)
 
 
 def bce_cost(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of every proposal [N, P] against every lesion [K, P] → [N, K]."""
+    """Mean binary cross-entropy of every proposal [..., N, P] against every lesion [..., K, P] → [..., N, K]."""
     pos = F.softplus(-logits)  # -log σ(x): cost where the lesion is
     neg = F.softplus(logits)  # -log(1-σ(x)): cost where it is not
-    return (pos @ gt.T + neg @ (1 - gt).T) / logits.shape[-1]
+    return (pos @ gt.mT + neg @ (1 - gt).mT) / logits.shape[-1]
 
 
 def hungarian(cost: torch.Tensor) -> Match:
@@ -54,7 +55,27 @@ class BlockSupervision:
 
     logits: torch.Tensor  # [B, N, P] proposal logits at the supervised voxels of the image grid
     gt: list[torch.Tensor]  # per image, float [K, P] lesion masks at the same voxels
-    matches: list[Match]  # per image
+    matches: list[Match]  # per image (on the host)
+    pairs: torch.Tensor | None = None  # [M, 3] (image, token, lesion) of every match, on the logits' device
+    masks: torch.Tensor | None = None  # float [B, Kmax, P]: `gt` padded with empty masks
+
+    def matched(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matched (proposal, lesion) rows of the batch: [M, P] each, in match order, gathered on the device."""
+        b, tok, les = self.pairs.unbind(-1)
+        return self.logits[b, tok], self.masks[b, les]
+
+
+def padded_masks(targets: list[LesionTargets], device) -> torch.Tensor:
+    """float [B, Kmax, P]: every image's lesion masks, flattened, padded with empty masks to the most lesions."""
+    kmax = max(max(t.num_lesions for t in targets), 1)
+    flat = [t.masks.to(device).flatten(1) for t in targets]
+    return torch.stack([F.pad(f, (0, 0, 0, kmax - len(f))) for f in flat]).float()
+
+
+def match_pairs(matches: list[Match]) -> torch.Tensor:
+    """int64 [M, 3] (image, token, lesion) of a batch's matches, on the host."""
+    rows = [torch.stack([torch.full_like(tok, b), tok, les], -1) for b, (tok, les) in enumerate(matches)]
+    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
 
 
 def proposals_on_image_grid(
@@ -100,17 +121,31 @@ class HungarianMatcher:
         padded_shape: tuple[int, ...],
         image_shape: tuple[int, ...],
     ) -> list[BlockSupervision]:
-        """Match every block's proposals to the lesions; keeps the compared voxels for the losses."""
+        """Match every block's proposals to the lesions; keeps the compared voxels for the losses.
+
+        The costs of all blocks and images are computed on the device in one batch and copied to the host once;
+        the matches go back to the device once (pinned, non-blocking): one synchronisation per step."""
         n_vox = int(np.prod(image_shape))
         device = proposals[0].device
-        flat_gt = [t.masks.to(device).flatten(1).float() for t in targets]
-        out = []
+        masks = padded_masks(targets, device)  # [B, Kmax, P]
+        counts = [t.num_lesions for t in targets]
+        sampled, gts, costs = [], [], []
         for logits in proposals:
             index = None
             if self.num_points is not None and self.num_points < n_vox:
                 index = torch.randperm(n_vox, device=device)[: self.num_points]
-            sampled = proposals_on_image_grid(logits, padded_shape, image_shape, index)
-            gt = flat_gt if index is None else [g[:, index] for g in flat_gt]
-            matches = [self.match(sampled[i], gt[i]) for i in range(len(targets))]
-            out.append(BlockSupervision(sampled, gt, matches))
-        return out
+            s = proposals_on_image_grid(logits, padded_shape, image_shape, index)
+            gt = masks if index is None else masks[:, :, index]
+            with torch.no_grad():
+                costs.append(self.cost(s, gt))  # [B, N, Kmax]
+            sampled.append(s)
+            gts.append(gt)
+        host = torch.stack(costs).cpu()
+        matches = [[hungarian(c[:, :k]) for c, k in zip(block, counts)] for block in host]
+        pairs = [match_pairs(m) for m in matches]
+        on_device = torch.cat(pairs)
+        if device.type == "cuda":
+            on_device = on_device.pin_memory().to(device, non_blocking=True)
+        pairs = on_device.split([len(p) for p in pairs])
+        return [BlockSupervision(s, [g[:k] for g, k in zip(gt, counts)], m, p, gt)
+                for s, gt, m, p in zip(sampled, gts, matches, pairs)]

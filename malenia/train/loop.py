@@ -31,6 +31,7 @@ from malenia.train.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from malenia.train.distributed import DistInfo, barrier, init_distributed, max_across, mean_values, shutdown, wrap_model
 from malenia.train.progress import Progress
 from malenia.train.schedule import WallClockSchedule, build_optimizer, build_scheduler
+from malenia.train.timing import untimed
 
 
 @dataclass
@@ -236,7 +237,6 @@ class Trainer:
                 # The global batch of step s is the same whatever the number of processes (see PatchStream.batch).
                 values = self.train_step(*to_device(next(batches), info.device))
                 step += 1
-                self._now = self._elapsed()
                 self._pending.append((step, values))
                 self._after_step(step)
             self.checkpoint(step, force=step > self.start)
@@ -244,19 +244,25 @@ class Trainer:
             self.progress.close()
         return self.finish(step)
 
-    def train_step(self, images: torch.Tensor, targets: list) -> dict[str, torch.Tensor]:
-        """One optimiser step; returns the loss terms and gradient norm as device tensors (nothing read back)."""
+    def train_step(self, images: torch.Tensor, targets: list, timer=untimed) -> dict[str, torch.Tensor]:
+        """One optimiser step; returns the loss terms and gradient norm as device tensors (nothing read back).
+        `timer(phase)`: a context per phase (malenia.train.timing, for `malenia bench train`)."""
         self.ddp.train()
         with torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            output = self.ddp(images, self.bank_t, self.aspects_t, targets)
-            parts = self.criterion(output, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        if isinstance(self.scheduler, WallClockSchedule):
-            self.scheduler.fraction = self._fraction(self._elapsed())
-        self.scheduler.step()
+            with timer("forward"):
+                output = self.ddp(images, self.bank_t, self.aspects_t, targets)
+            with timer("losses"):
+                parts = self.criterion(output, targets)
+        with timer("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            parts["total"].backward()
+        with timer("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.step()
+            self._now = self._elapsed()  # the time every process agrees on (the schedule and the stop use it)
+            if isinstance(self.scheduler, WallClockSchedule):
+                self.scheduler.fraction = self._fraction()
+            self.scheduler.step()
         return {k: v.detach() for k, v in parts.items()} | {"grad_norm": grad_norm.detach()}
 
     def _after_step(self, done: int) -> None:

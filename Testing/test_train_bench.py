@@ -1,0 +1,27 @@
+"""`malenia bench train`: the trainer's real step, timed per phase."""
+
+import json
+
+import pytest
+
+from malenia.cli import main
+from train_helpers import make_tiny_dataset, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_bench_train_times_every_phase_of_real_steps(tmp_path, capsys):
+    make_tiny_dataset(tmp_path / "ds")
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config().to_dict()))
+    assert main(["bench", "train", "--config", str(cfg), "--data", str(tmp_path / "ds"), "--batch-size", "3",
+                 "--steps", "2", "--device", "cpu", "--workers", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["batch_size"] == 3 and r["steps"] == 2 and r["workers"] == 1 and r["device"] == "cpu"
+    share = r["share"]
+    assert set(share) == {"data_wait", "forward", "matching", "losses", "backward", "optimizer"}
+    assert all(v > 0 for k, v in share.items() if k != "data_wait"), share
+    assert 0.9 < sum(share.values()) <= 1.0 + 1e-6  # the phases cover the step
+    assert r["steps_per_s"] > 0 and abs(r["step_s"] * r["steps_per_s"] - 1) < 1e-6
+    assert main(["bench", "train", "--steps", "0"]) != 0
+    assert "--steps must be at least 1" in capsys.readouterr().err

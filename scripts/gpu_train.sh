@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Train Malenia on a CUDA machine that has Python and PyTorch but no network, in one command:
+# install the other dependencies from a wheel folder (when given), synthesise training and test data on all
+# cores, train for N minutes (warm-up + cosine over the wall time), evaluate on unseen and seen lesion types,
+# and pack the model folder in pieces of at most 15 MB. What to copy to such a machine: docs/training.md.
+#
+#   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config compact]
+#       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
+#       [--workers W] [--device cuda] [--python PY]
+#
+# Outputs in --out (default ./gpu_run): data/, run/ (checkpoints, metrics.jsonl, model/), eval_unseen/,
+# eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), log.txt.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG=compact BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
+INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=()
+die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) MINUTES=$2; shift 2 ;;       --out) OUT=$2; shift 2 ;;
+    --wheels) WHEELS=$2; shift 2 ;;         --cache) CACHE=$2; shift 2 ;;
+    --config) CONFIG=$2; shift 2 ;;         --batch-size) BATCH=$2; shift 2 ;;
+    --cases) CASES=$2; shift 2 ;;           --test-cases) TEST_CASES=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;             --base) BASES+=(--base "$2"); shift 2 ;;
+    --init) INIT=$2; shift 2 ;;             --workers) WORKERS=$2; shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;         --python) PY=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+[ -n "$MINUTES" ] || die "--minutes is required"
+[ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die "--wheels $WHEELS is not a folder"
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd); cd "$OUT"
+exec > >(tee -a log.txt) 2>&1
+T0=$SECONDS; log() { echo "[$((SECONDS - T0)) s] $*"; }
+export PYTHONUNBUFFERED=1 PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+if [ -n "$WHEELS" ]; then  # no network: only the wheels given, next to the Python that has torch
+  log "installing wheels from $WHEELS into $OUT/site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$OUT/site" "$WHEELS"/*.whl
+  export PYTHONPATH=$OUT/site:$PYTHONPATH
+fi
+[ -z "$CACHE" ] || export MALENIA_CACHE=$(cd "$CACHE" && pwd)  # holds banks/: no text encoder needed
+M() { "$PY" -m malenia.cli "$@"; }
+"$PY" -c "import torch, SimpleITK, monai, malenia, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cpus', os.cpu_count())"
+[ "$DEVICE" != cuda ] || "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device (use --device cpu)')"
+[ ${#BASES[@]} -gt 0 ] || BASES=(--base phantom)
+SEEN=colon_tumor,lung_tumor,liver_tumor,pancreas_tumor,kidney_cyst,gallstone
+UNSEEN=hepatic_vessel_tumor,pancreas_cyst,kidney_tumor,liver_cyst,gallbladder_tumor,kidney_stone
+CPUS=$("$PY" -c "import os; print(os.cpu_count())")
+SHARDS=$(( CASES < CPUS - 2 ? CASES : (CPUS > 3 ? CPUS - 2 : 1) ))
+PER=$(( (CASES + SHARDS - 1) / SHARDS ))
+SYN=(synth "${BASES[@]}" --quiet --overwrite ${SIZE:+--size $SIZE})
+
+log "synthesising $((SHARDS * PER)) training cases in $SHARDS shards, $TEST_CASES unseen-type and $TEST_CASES seen-type test cases"
+rm -rf data logs; mkdir -p data logs
+pids=()
+for i in $(seq 1 "$SHARDS"); do
+  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$PER" --out data/shard$i --name s$i --seed $((100 + i)) > logs/synth_shard$i.log 2>&1 & pids+=($!)
+done
+OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $UNSEEN --cases "$TEST_CASES" --out data/unseen_test --seed 2 > logs/synth_unseen.log 2>&1 & pids+=($!)
+OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$TEST_CASES" --out data/seen_test --seed 3 --val-fraction 0 --test-fraction 0 > logs/synth_seen.log 2>&1 & pids+=($!)
+for p in "${pids[@]}"; do wait "$p" || { tail -n 5 logs/*.log; die "synthesis failed"; }; done
+"$PY" "$REPO/scripts/merge_datasets.py" data/train data/shard*
+rm -rf data/shard*
+
+log "training $CONFIG for $MINUTES min on $DEVICE (batch $BATCH)"
+M train --config "$CONFIG" --data data/train --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
+  ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} --checkpoint-every 500 --val-every 250 --log-every 50 \
+  --progress none --name malenia-$CONFIG --version "gpu-$(date -u +%Y%m%d)" \
+  --training-data "synthetic seen lesion types, $((SHARDS * PER)) cases ($OUT/data/train)"
+tail -n 2 run/metrics.jsonl
+
+log "packing run/model in pieces of at most 15 MB"
+rm -f model.tgz.part-*
+tar czf - -C run model | split -b 15m - model.tgz.part-
+ls -l model.tgz.part-*
+
+log "evaluating"
+M evaluate --model run/model --data data/unseen_test --split test --device "$DEVICE" --out eval_unseen --progress none | head -n 20
+M evaluate --model run/model --data data/seen_test --split all --device "$DEVICE" --out eval_seen --progress none | head -n 20
+log "done: $OUT/run/model (model.tgz.part-*), eval_unseen/evaluation.md, eval_seen/evaluation.md"
