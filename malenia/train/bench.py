@@ -34,17 +34,29 @@ def _bench_dataset(folder: Path, patch: tuple[int, ...]) -> Path:
     return folder
 
 
+def _config(name: str):
+    """A config by name (compact, paper) or a config.json (MaleniaConfig.to_dict)."""
+    from malenia.errors import InputError
+    from malenia.model.config import MaleniaConfig, get_config
+
+    if not name.endswith(".json"):
+        return get_config(name)
+    try:
+        return MaleniaConfig.from_dict(json.loads(Path(name).read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise InputError(f"cannot read model config {name}: {err}") from None
+
+
 def measure(config: str, batch: int | None = None, device: str = "auto", steps: int = 5, data: Path | None = None,
             workers: int | None = None, warmup: int = 1) -> dict[str, Any]:
     import torch
 
-    from malenia.commands.train import build_config
     from malenia.train.data import batch_loader, default_workers, to_device
     from malenia.train.distributed import init_distributed
     from malenia.train.loop import Trainer, TrainOptions
     from malenia.train.timing import PhaseTimer
 
-    cfg = build_config(config, [])
+    cfg = _config(config)
     with tempfile.TemporaryDirectory(prefix="malenia-bench-") as tmp:
         data = Path(data) if data else _bench_dataset(Path(tmp) / "data", tuple(cfg.patch_size))
         info = init_distributed(device)
