@@ -39,7 +39,6 @@ def markdown(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     import torch
 
