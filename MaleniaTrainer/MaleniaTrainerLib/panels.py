@@ -1,6 +1,6 @@
 """MaleniaTrainer's panels: plain Qt widgets on the API common to Slicer's PythonQt and PySide6.
 
-Uses MaleniaSegment's shim (MaleniaSegmentLib.qt_compat: `qt`, `get`, `Callbacks`); widgets are
+Uses the shared shim (MaleniaCommon.qt_compat: `qt`, `get`, `Callbacks`); widgets are
 composed, not subclassed, so no virtual override or custom signal is needed in either binding.
 `TrainerPanel` wires them to a TrainerLogic: network calls run in `Background` threads and a QTimer
 polls them, so the GUI stays responsive while uploading, downloading or training.
