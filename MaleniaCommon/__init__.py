@@ -4,6 +4,7 @@ paths       where the `malenia` package is; the Python (PythonSlicer) that runs 
 settings    the shared application-settings keys (corrections, results, model folder)
 qt_compat   one `qt` for Slicer's PythonQt and PySide6
 deps        first-use check and installation of Python packages, with the user's consent
+corrections_layout  the corrections folder layout (case files, vNNN version folders)
 
 In a checkout this folder sits beside MaleniaSegment/ and MaleniaTrainer/; each module file puts
 its parent folder on sys.path. The built extension installs it beside the modules.

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from MaleniaCommon.corrections_layout import VERSION_RE
 from malenia.aspects import ASPECTS
 from malenia.data.dataset import (Case, CaseReport, DatasetIndex, Description, LesionReport, read_report,
                                   write_case, write_dataset_index)
 
 from .review import LesionReview
 
-VERSION_RE = re.compile(r"^v(\d{3,})$")
 SOURCE = "malenia-slicer-review"
 
 

@@ -8,12 +8,10 @@ listed too (cases copied in by hand).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-CASE_FILES = ("image.nii.gz", "lesions.nii.gz", "report.json")
-VERSION_RE = re.compile(r"^v(\d{3,})$")
+from MaleniaCommon.corrections_layout import CASE_FILES, VERSION_RE
 
 
 @dataclass
