@@ -10,7 +10,10 @@ Sampling. With probability `lesion_fraction` (default 2/3) a patch holds a rando
 lesion, placed uniformly within the central `lesion_offset` (default 0.7) share of the patch so
 that lesions are seen off-centre too: a case with lesions is drawn uniformly, then one of its lesions uniformly (so
 small lesions are drawn as often as large ones), then one of its voxels. Otherwise the patch sits
-uniformly anywhere in a uniformly drawn case. nnU-Net forces foreground in a third of its patches
+centred on a random body voxel (denser than -300 HU: soft tissue, fat, bowel, bone; `background_in_body`) of
+a uniformly drawn case, or, with `background_in_body=False`, uniformly anywhere in it. A patch of air
+outside the patient teaches nothing, while fat, bowel and bone outside the organs are where the false
+positives of earlier models sat: these hard negatives are what the background patches are for. nnU-Net forces foreground in a third of its patches
 (oversample_foreground_percent 0.33) because random crops of its organ-sized targets already hold
 foreground; lesions are small and every matched lesion gives the contrastive loss eight positive
 pairs, so here two thirds of the patches are lesion-centred. The patch stays inside the volume
@@ -97,6 +100,7 @@ class _CachedCase:
     instances: np.ndarray  # int16/int32 (z, y, x)
     lesions: dict[int, _Lesion] = field(default_factory=dict)
     enhancement: str | None = None
+    body: np.ndarray | None = None  # flat indices of (a random subset of) body voxels: background patch centres
 
 
 class LesionPatchDataset(Dataset):
@@ -117,6 +121,7 @@ class LesionPatchDataset(Dataset):
         min_visible_voxels: int = 1,
         cases: Sequence[str] | None = None,
         progress: bool = False,
+        background_in_body: bool = True,
     ):
         from malenia.data.dataset import read_dataset
 
@@ -138,6 +143,9 @@ class LesionPatchDataset(Dataset):
         self.diseases = None if diseases is None else frozenset(diseases)
         self.seed = int(seed)
         self.min_visible_voxels = int(min_visible_voxels)
+        self.background_in_body = bool(background_in_body)
+        # body = denser than -300 HU, in the preprocessor's normalised units (air, lung and padding are not)
+        self._body_level = float(preprocessor.normalize(np.array([-300.0]))[0])
         self.epoch = 0
         index = read_dataset(self.dataset_dir)
         case_ids = list(cases) if cases is not None else index.split_cases(split)
@@ -190,6 +198,11 @@ class LesionPatchDataset(Dataset):
             for label, where in spans.items():
                 if label not in cached.lesions:  # filtered out, or not a described lesion: background
                     flat[where] = 0
+            if self.background_in_body:
+                body = np.flatnonzero(cached.image.reshape(-1) > self._body_level)
+                if len(body) > MAX_LOCATIONS_PER_LESION:
+                    body = np.sort(rng.choice(body, MAX_LOCATIONS_PER_LESION, replace=False))
+                cached.body = body if len(body) else None
             out.append(cached)
         return out
 
@@ -222,7 +235,12 @@ class LesionPatchDataset(Dataset):
         else:
             case = self.cases[rng.integers(len(self.cases))]
             room = np.array(case.image.shape) - np.array(self.patch_size)
-            start = np.array([rng.integers(r + 1) if r >= 0 else r // 2 for r in room])
+            if case.body is not None:  # hard negatives: centred on a body voxel, moved inside the volume
+                voxel = np.array(np.unravel_index(int(case.body[rng.integers(len(case.body))]), case.image.shape))
+                half = np.array(self.patch_size) // 2
+                start = np.where(room >= 0, np.clip(voxel - half, 0, np.maximum(room, 0)), room // 2)
+            else:
+                start = np.array([rng.integers(r + 1) if r >= 0 else r // 2 for r in room])
         centre = start + np.array(self.patch_size) // 2
         image, instances = self._extract(case, centre, rng)
         image, instances, swap_lr = self._flip(image, instances, case, rng)

@@ -149,15 +149,16 @@ class WindowRunner:
         out = self._network(batch)
         result.forward_passes += batch.shape[0]
         claim = out.mask_logits.float().sigmoid() * out.lesion_score.float()[..., None, None, None]  # [B, N, d, h, w]
-        best, owner = claim.max(dim=1)  # [B, d, h, w]
-        prob = best[:, None]
+        owner = claim.argmax(dim=1)  # [B, d, h, w]: the token that claims each voxel most
+        prob = out.foreground()  # [B, 1, d, h, w]: token claims, or the dense head (config foreground_source)
+        best = prob[:, 0]
         if self.mirror_axes:
             total = prob.clone()
             flips = [c for k in range(1, len(self.mirror_axes) + 1) for c in itertools.combinations(self.mirror_axes, k)]
             for axes in flips:
                 dims = [2 + a for a in axes]
                 o = self._network(torch.flip(batch, dims))
-                p = (o.mask_logits.float().sigmoid() * o.lesion_score.float()[..., None, None, None]).amax(dim=1, keepdim=True)
+                p = o.foreground()
                 total += torch.flip(p, dims)
                 result.forward_passes += batch.shape[0]
             prob = total / (len(flips) + 1)

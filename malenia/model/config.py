@@ -20,7 +20,9 @@ BRANCHES = ("both", "mask", "text")
 TRAINING_ONLY_FIELDS = frozenset({
     "name", "optim", "match_cost_bce", "match_cost_dice", "num_points",
     "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce", "alpha_dice", "lambda_fg", "background_token_weight",
+    "lambda_dense",
 })
+FOREGROUND_SOURCES = ("tokens", "dense")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,14 @@ class MaleniaConfig:
     # with 16 tokens and one or two lesions per patch, background terms otherwise dominate, and the
     # compact model's lesion tokens learned their descriptions poorly (docs/training.md).
     background_token_weight: float = 1.0
+    # Not in the paper (0 = the paper's network): a dense lesion head (1x1x1 conv) on the finest
+    # `dense_head_levels` decoder stages, trained with deep-supervised BCE + batch Dice on the lesion
+    # union (weight `lambda_dense`); see malenia/model/dense.py and docs/model.md for why.
+    dense_head_levels: int = 0
+    lambda_dense: float = 0.0
+    # Which map inference cuts lesions from: "tokens" (the paper: max over tokens of lesion score x
+    # mask probability) or "dense" (the dense head's probability; tokens still describe each lesion).
+    foreground_source: str = "tokens"
 
     # --- ablation switches (paper Tables 3 and 4) ---
     multi_scale_alignment: bool = True  # False: L_sim at the last block only
@@ -116,6 +126,12 @@ class MaleniaConfig:
             problems.append(f"num_blocks must be in 1..{n - 2}")
         if self.embed_dim % self.num_heads:
             problems.append("embed_dim must be divisible by num_heads")
+        if self.foreground_source not in FOREGROUND_SOURCES:
+            problems.append(f"foreground_source must be one of {FOREGROUND_SOURCES}, got {self.foreground_source!r}")
+        if self.foreground_source == "dense" and not self.dense_head_levels:
+            problems.append("foreground_source 'dense' needs a dense head (dense_head_levels >= 1)")
+        if not 0 <= self.dense_head_levels <= n - 1:
+            problems.append(f"dense_head_levels must be in 0..{n - 1}")
         if self.branches not in BRANCHES:
             problems.append(f"branches must be one of {BRANCHES}, got {self.branches!r}")
         if any(p % self.stride for p in self.patch_size):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from malenia.model.config import MaleniaConfig
+from malenia.model.dense import dense_loss
 from malenia.model.matcher import BlockSupervision, HungarianMatcher, Match, padded_masks
 from malenia.model.targets import LesionTargets
 
@@ -131,5 +132,10 @@ class MaleniaCriterion(nn.Module):
             total = total + cfg.lambda_fg * l_fg
         else:
             l_fg = zero
+        l_dense = zero
+        if cfg.lambda_dense and output.dense_logits is not None:
+            union = torch.stack([t.masks.to(final.device).any(0) for t in targets])
+            l_dense = dense_loss(output.dense_logits, union)
+            total = total + cfg.lambda_dense * l_dense
         return {"deep": l_deep, "sim": l_sim, "seg_bce": l_bce, "seg_dice": l_dice, "seg": l_seg, "fg": l_fg,
-                "total": total}
+                "dense": l_dense, "total": total}

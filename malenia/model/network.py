@@ -14,6 +14,7 @@ from malenia.model.backbone import MultiScaleUNet
 from malenia.model.cmki import KnowledgeInjection, inference_slot_weights, training_slot_weights
 from malenia.model.config import MaleniaConfig
 from malenia.model.decoder import TokenDecoder
+from malenia.model.dense import DenseLesionHead
 from malenia.model.heads import MaskHeads
 from malenia.model.matcher import BlockSupervision, HungarianMatcher
 from malenia.model.targets import LesionTargets
@@ -32,6 +33,17 @@ class MaleniaOutput:
     image_shape: tuple[int, int, int]
     padded_shape: tuple[int, int, int]
     supervision: list[BlockSupervision] | None = None  # per block matching (training only)
+    # dense lesion head (config dense_head_levels > 0): logits [B, 1, ...] per level, full resolution
+    # (image grid) first, then 1/2, 1/4 ... of the padded grid
+    dense_logits: list[torch.Tensor] | None = None
+    foreground_source: str = "tokens"
+
+    def foreground(self) -> torch.Tensor:
+        """[B, 1, D, H, W] probability that a voxel is lesion: the map inference thresholds."""
+        if self.foreground_source == "dense" and self.dense_logits is not None:
+            return self.dense_logits[0].float().sigmoid()
+        claim = self.mask_logits.float().sigmoid() * self.lesion_score.float()[..., None, None, None]
+        return claim.amax(dim=1, keepdim=True)
 
 
 @dataclass
@@ -56,6 +68,7 @@ class MaleniaNet(nn.Module):
         self.text = TextProjection(cfg)
         self.cmki = KnowledgeInjection(cfg)
         self.heads = MaskHeads(cfg, channels[-1])
+        self.dense = DenseLesionHead(channels, cfg.dense_head_levels) if cfg.dense_head_levels else None
         self.matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice, cfg.num_points)
 
     # ------------------------------------------------------------------ checks
@@ -127,6 +140,10 @@ class MaleniaNet(nn.Module):
         m_hat, t_hat = self.cmki(tokens[-1], slots)
         d, h, w = image_shape
         masks = self.heads(m_hat, t_hat, feats[-1])[..., :d, :h, :w]
+        dense = None
+        if self.dense is not None:
+            dense = self.dense(feats)
+            dense[0] = dense[0][..., :d, :h, :w]
         return MaleniaOutput(
             mask_logits=masks,
             proposals=proposals,
@@ -138,6 +155,8 @@ class MaleniaNet(nn.Module):
             image_shape=image_shape,
             padded_shape=padded_shape,
             supervision=supervision,
+            dense_logits=dense,
+            foreground_source=cfg.foreground_source,
         )
 
     @torch.no_grad()
@@ -167,4 +186,4 @@ class MaleniaNet(nn.Module):
             "text_projection": list(self.text.parameters()),
             "cmki": list(self.cmki.parameters()),
             "heads": list(self.heads.parameters()),
-        }
+        } | ({"dense_head": list(self.dense.parameters())} if self.dense is not None else {})
