@@ -23,6 +23,9 @@ TRAINING_ONLY_FIELDS = frozenset({
     "lambda_dense",
 })
 FOREGROUND_SOURCES = ("tokens", "dense")
+# A fine-tune (--init) may add a dense head to a model trained without one: the parent's weights load,
+# the head starts from its prior.
+HEAD_FIELDS = frozenset({"dense_head_levels", "foreground_source"})
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,12 @@ class MaleniaConfig:
         """The fields that weights and inference depend on: fine-tuning may change only the others."""
         return {k: v for k, v in self.to_dict().items() if k not in TRAINING_ONLY_FIELDS}
 
+    def adds_dense_head_to(self, parent: "MaleniaConfig") -> bool:
+        """True when this architecture is `parent`'s plus a dense head (so --init can load the parent)."""
+        mine = {k: v for k, v in self.architecture().items() if k not in HEAD_FIELDS}
+        theirs = {k: v for k, v in parent.architecture().items() if k not in HEAD_FIELDS}
+        return mine == theirs and parent.dense_head_levels == 0 and self.dense_head_levels > 0
+
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "MaleniaConfig":
         """Inverse of `to_dict` (JSON lists become tuples again); unknown keys are refused."""
@@ -195,6 +204,9 @@ def compact() -> MaleniaConfig:
         ffn_dim=384,
         lambda_fg=1.0,
         background_token_weight=0.1,
+        dense_head_levels=3,
+        lambda_dense=1.0,
+        foreground_source="dense",
         optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50),
     )
 

@@ -334,16 +334,22 @@ def load_model_folder(path: str | Path | None = None, device: str = "cpu", build
     return loaded
 
 
-def load_weights(network, weights_path: str | Path) -> None:
-    """Loads a weights.safetensors into `network` strictly (ModelError when it does not fit)."""
+def load_weights(network, weights_path: str | Path, new_parts: tuple[str, ...] = ()) -> None:
+    """Loads a weights.safetensors into `network` strictly (ModelError when it does not fit).
+
+    `new_parts`: parameter-name prefixes the file may lack (a part the network adds, e.g. "dense.");
+    everything else must match exactly."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     try:
-        load_model(network, str(weights_path), strict=True)
+        missing, unexpected = load_model(network, str(weights_path), strict=not new_parts)
     except (RuntimeError, SafetensorError, OSError) as err:
         msg = " ".join(str(err).split())[:300]
         raise ModelError(f"{weights_path}: weights do not fit the model configuration ({msg})") from None
+    wrong = sorted(unexpected) + [k for k in missing if not k.startswith(new_parts)]
+    if wrong:
+        raise ModelError(f"{weights_path}: weights do not fit the model configuration ({', '.join(wrong[:5])})")
     import torch
 
     bad = [name for name, t in network.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]

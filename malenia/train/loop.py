@@ -202,9 +202,12 @@ class Trainer:
         from malenia.model.folder import WEIGHTS, load_model_folder, load_weights
 
         init = load_model_folder(self.opts.init, build_network=False)
-        if init.config.architecture() != self.cfg.architecture():
+        new_parts: tuple[str, ...] = ()
+        if self.cfg.adds_dense_head_to(init.config):
+            new_parts = ("dense.",)  # the parent's network plus a dense head that starts from its prior
+        elif init.config.architecture() != self.cfg.architecture():
             raise InputError(f"--init model {self.opts.init} has a different architecture than config {self.cfg.name!r}")
-        load_weights(self.model, init.path / WEIGHTS)
+        load_weights(self.model, init.path / WEIGHTS, new_parts)
         self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
         self.lineage = training_lineage(init.manifest)
 

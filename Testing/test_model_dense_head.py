@@ -1,0 +1,129 @@
+"""Dense lesion head: shapes per level, prior start, deep-supervised loss by hand, the foreground switch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from malenia.errors import ModelError
+from malenia.model.dense import PRIOR, deep_supervision_weights, dense_loss
+from malenia.model.losses import MaleniaCriterion
+from malenia.model.network import MaleniaNet
+from malenia.model.targets import LesionTargets
+from model_helpers import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def dense_cfg(**changes):
+    base = dict(num_tokens=3, dense_head_levels=3, lambda_dense=1.0, foreground_source="dense")
+    return tiny_config(stages=5, **{**base, **changes})
+
+
+def cube_targets(shape=(32, 32, 32)):
+    masks = torch.zeros(1, *shape, dtype=torch.bool)
+    masks[0, 8:14, 8:14, 8:14] = True
+    return [LesionTargets(masks, [list(range(8))])]
+
+
+def test_levels_shapes_and_prior_start():
+    torch.manual_seed(0)
+    net = MaleniaNet(dense_cfg())
+    out = net(torch.rand(1, 1, 30, 32, 27), torch.randn(16, 8), torch.arange(16) % 8)
+    shapes = [tuple(x.shape) for x in out.dense_logits]
+    # full resolution on the image grid, then 1/2 and 1/4 of the padded 32³ grid
+    assert shapes == [(1, 1, 30, 32, 27), (1, 1, 16, 16, 16), (1, 1, 8, 8, 8)]
+    # the bias starts every voxel near the lesion prior, not at 0.5
+    assert abs(out.foreground().mean().item() - PRIOR) < 0.05
+    assert out.foreground().shape == (1, 1, 30, 32, 27)
+
+
+def test_deep_supervision_weights_halve_and_sum_to_one():
+    w = deep_supervision_weights(3)
+    assert w == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+
+
+def test_dense_loss_matches_a_hand_computation_and_keeps_small_lesions_at_coarse_levels():
+    union = torch.zeros(1, 4, 4, 4, dtype=torch.bool)
+    union[0, 1, 1, 1] = True  # one voxel: at 1/2 resolution the max-pooled target still marks its cell
+    full = torch.zeros(1, 1, 4, 4, 4)
+    half = torch.zeros(1, 1, 2, 2, 2)
+    loss = dense_loss([full, half], union)
+
+    def term(logits, target):
+        p = torch.sigmoid(logits)
+        dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+        return F.binary_cross_entropy_with_logits(logits, target) + dice
+
+    t_full = union.float()[:, None]
+    t_half = torch.zeros(1, 1, 2, 2, 2)
+    t_half[0, 0, 0, 0, 0] = 1.0
+    expected = 2 / 3 * term(full, t_full) + 1 / 3 * term(half, t_half)
+    torch.testing.assert_close(loss, expected)
+    # a coarse prediction that marks the cell lowers the loss; one that misses it raises it
+    hit, miss = torch.full((1, 1, 2, 2, 2), -5.0), torch.full((1, 1, 2, 2, 2), -5.0)
+    hit[0, 0, 0, 0, 0], miss[0, 0, 1, 1, 1] = 5.0, 5.0
+    assert dense_loss([full, hit], union) < dense_loss([full, miss], union)
+
+
+def test_criterion_adds_the_weighted_dense_term_and_it_trains_the_backbone():
+    torch.manual_seed(0)
+    cfg = dense_cfg(lambda_dense=2.5)
+    net = MaleniaNet(cfg)
+    targets = cube_targets()
+    out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    parts = MaleniaCriterion(cfg)(out, targets)
+    rest = cfg.lambda_deep * parts["deep"] + cfg.lambda_sim * parts["sim"] + cfg.lambda_seg * parts["seg"]
+    torch.testing.assert_close(parts["total"], rest + cfg.lambda_fg * parts["fg"] + 2.5 * parts["dense"])
+    # the dense term alone reaches the encoder's first convolution
+    net.zero_grad()
+    parts["dense"].backward()
+    first = next(net.backbone.encoder.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    assert "dense_head" in net.parameter_groups()
+
+
+def test_foreground_source_switch():
+    torch.manual_seed(0)
+    for source in ("dense", "tokens"):
+        net = MaleniaNet(dense_cfg(foreground_source=source))
+        out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8)
+        fg = out.foreground()
+        dense = out.dense_logits[0].sigmoid()
+        tokens = (out.mask_logits.sigmoid() * out.lesion_score[..., None, None, None]).amax(1, keepdim=True)
+        torch.testing.assert_close(fg, dense if source == "dense" else tokens)
+
+
+def test_config_refuses_a_dense_foreground_without_a_head_and_the_paper_has_none():
+    with pytest.raises(ModelError, match="dense head"):
+        tiny_config(stages=5, foreground_source="dense")
+    with pytest.raises(ModelError, match="foreground_source"):
+        tiny_config(stages=5, foreground_source="both")
+    from malenia.model.config import get_config
+
+    paper = get_config("paper")
+    assert paper.dense_head_levels == 0 and paper.lambda_dense == 0 and paper.foreground_source == "tokens"
+
+
+def test_a_fine_tune_may_add_a_dense_head_to_a_parent_without_one(tmp_path):
+    from safetensors.torch import save_model
+
+    from malenia.model.folder import load_weights
+
+    parent_cfg = tiny_config(stages=5, num_tokens=3)
+    child_cfg = dense_cfg()
+    assert child_cfg.adds_dense_head_to(parent_cfg) and not parent_cfg.adds_dense_head_to(child_cfg)
+    assert not dense_cfg(embed_dim=32).adds_dense_head_to(parent_cfg)  # another network is not "plus a head"
+    torch.manual_seed(0)
+    parent = MaleniaNet(parent_cfg)
+    path = tmp_path / "weights.safetensors"
+    save_model(parent, str(path))
+    child = MaleniaNet(child_cfg)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_weights(child, path)  # strict by default
+    load_weights(child, path, new_parts=("dense.",))
+    for name, p in parent.state_dict().items():
+        torch.testing.assert_close(child.state_dict()[name], p)
+    # the new head keeps its prior start; weights of another network are still refused
+    assert child.dense.convs[0].bias.item() == pytest.approx(-4.595, abs=1e-3)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_weights(MaleniaNet(dense_cfg(embed_dim=32)), path, new_parts=("dense.",))
