@@ -127,3 +127,15 @@ def test_a_fine_tune_may_add_a_dense_head_to_a_parent_without_one(tmp_path):
     assert child.dense.convs[0].bias.item() == pytest.approx(-4.595, abs=1e-3)
     with pytest.raises(ModelError, match="do not fit"):
         load_weights(MaleniaNet(dense_cfg(embed_dim=32)), path, new_parts=("dense.",))
+
+
+def test_the_dense_head_learns_at_its_own_rate_and_the_rest_at_the_network_rate():
+    from malenia.train.schedule import build_optimizer, parameter_groups
+
+    net = MaleniaNet(dense_cfg())
+    opt = build_optimizer(parameter_groups(net, 1e-3, 10.0), 1e-3, 0.0)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-2])
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in net.dense.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    plain = MaleniaNet(tiny_config(stages=5, num_tokens=3))
+    assert len(build_optimizer(parameter_groups(plain, 1e-3, 10.0), 1e-3, 0.0).param_groups) == 1

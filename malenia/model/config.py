@@ -40,6 +40,7 @@ class OptimConfig:
     warmup_epochs: int = 40
     iterations_per_epoch: int = 250  # nnU-Net's epoch definition
     grad_clip: float = 12.0  # nnU-Net clips the gradient norm at 12
+    dense_head_lr_scale: float = 1.0  # the dense lesion head's learning rate, as a multiple of lr (train/schedule.py)
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ def compact() -> MaleniaConfig:
         dense_head_levels=3,
         lambda_dense=1.0,
         foreground_source="dense",
-        optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50),
+        optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50,
+                          dense_head_lr_scale=10.0),
     )
 
 

@@ -30,7 +30,7 @@ from malenia.errors import InputError
 from malenia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from malenia.train.distributed import DistInfo, barrier, init_distributed, max_across, mean_values, shutdown, wrap_model
 from malenia.train.progress import Progress
-from malenia.train.schedule import WallClockSchedule, build_optimizer, build_scheduler
+from malenia.train.schedule import WallClockSchedule, build_optimizer, build_scheduler, parameter_groups
 from malenia.train.timing import untimed
 
 
@@ -187,8 +187,9 @@ class Trainer:
             self._load_init()
         self.model.to(dev)
         self.criterion = MaleniaCriterion(cfg)
-        self.optimizer = build_optimizer(self.model.parameters(), opts.lr or cfg.optim.lr, cfg.optim.weight_decay,
-                                         tuple(cfg.optim.betas))
+        lr = opts.lr or cfg.optim.lr
+        self.optimizer = build_optimizer(parameter_groups(self.model, lr, cfg.optim.dense_head_lr_scale), lr,
+                                         cfg.optim.weight_decay, tuple(cfg.optim.betas))
         if self.budget_s is not None:
             o = cfg.optim
             self.scheduler = WallClockSchedule(self.optimizer, o.warmup_epochs / o.epochs if o.epochs else 0.0,
