@@ -139,3 +139,14 @@ def test_the_dense_head_learns_at_its_own_rate_and_the_rest_at_the_network_rate(
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
     plain = MaleniaNet(tiny_config(stages=5, num_tokens=3))
     assert len(build_optimizer(parameter_groups(plain, 1e-3, 10.0), 1e-3, 0.0).param_groups) == 1
+
+
+def test_train_set_reaches_the_optimiser_config_and_refuses_unknown_fields():
+    from malenia.commands.train import build_config
+    from malenia.errors import InputError
+
+    cfg = build_config("compact", ["optim.dense_head_lr_scale=100", "lambda_dense=2"])
+    assert cfg.optim.dense_head_lr_scale == 100 and cfg.lambda_dense == 2
+    assert cfg.optim.lr == build_config("compact", []).optim.lr  # the rest of the optimiser is kept
+    with pytest.raises(InputError, match="optim.nope"):
+        build_config("compact", ["optim.nope=1"])

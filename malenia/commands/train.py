@@ -91,10 +91,15 @@ def build_config(name: str, overrides: list[str]):
     else:
         cfg = get_config(name)
     changes = parse_overrides(overrides)
+    # "optim.lr=..." and the like reach the optimiser's own config
+    optim = {k.split(".", 1)[1]: v for k, v in changes.items() if k.startswith("optim.")}
+    changes = {k: v for k, v in changes.items() if not k.startswith("optim.")}
     fields = {f.name for f in dataclasses.fields(cfg)}
-    unknown = sorted(set(changes) - fields)
+    unknown = sorted(set(changes) - fields) + sorted(f"optim.{k}" for k in set(optim) - {f.name for f in dataclasses.fields(cfg.optim)})
     if unknown:
         raise InputError(f"unknown config field(s) {unknown} in --set")
+    if optim:
+        changes["optim"] = dataclasses.replace(cfg.optim, **optim)
     return cfg.replace(**changes) if changes else cfg
 
 
