@@ -209,7 +209,7 @@ def compact() -> MaleniaConfig:
         lambda_dense=1.0,
         foreground_source="dense",
         optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50,
-                          dense_head_lr_scale=10.0),
+                          dense_head_lr_scale=100.0),
     )
 
 
