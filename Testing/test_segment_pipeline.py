@@ -32,7 +32,9 @@ def fresh(tmp_path_factory):
 
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("fresh") / "model"
-    cfg = tiny_config()
+    # the token path: untrained tokens claim voxels everywhere (an untrained dense head starts at its
+    # 1 % prior and claims nothing), which is what these window tests need
+    cfg = tiny_config().replace(foreground_source="tokens")
     save_model_folder(path, config=cfg, network=MaleniaNet(cfg), bank=AttributeBank.build_or_load(Vocabulary.load(), load_text_encoder()),
                       knowledge_table=KnowledgeTable.load(), name="fresh", version="0", training_data="none")
     return load_model_folder(path)

@@ -382,13 +382,11 @@ def _knowledge_table_json() -> dict[str, Any]:
 @torch.no_grad()
 def validate(model, patches, bank_t, aspects_t, device) -> float:
     """Mean Dice of the predicted foreground on fixed validation patches (a cheap, deterministic signal)."""
-    from malenia.model.losses import foreground_map
-
     model.eval()
     scores = []
     for image, gt in patches:
         out = model(image.to(device)[None], bank_t, aspects_t)
-        fg = foreground_map(out.mask_logits, out.lesion_score)[0] > 0.5
+        fg = out.foreground()[0, 0] > 0.5  # the map inference thresholds (tokens or the dense head)
         g = gt.to(device)
         inter = (fg & g).sum().item()
         denom = fg.sum().item() + g.sum().item()
