@@ -272,7 +272,7 @@ def test_progress_json_lines_are_what_the_slicer_module_reads(model, tmp_path):
     from segment_helpers import REPO
 
     _sys.path.insert(0, str(REPO / "MaleniaSegment"))
-    from MaleniaSegmentLib.runner import Progress
+    from MaleniaSegmentLib.runner import JobProgress as Progress
 
     img, _ = sphere_ct()
     sitk.WriteImage(img, str(tmp_path / "ct.nii.gz"))
