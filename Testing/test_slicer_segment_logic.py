@@ -212,19 +212,19 @@ def test_a_taken_version_number_is_skipped_not_overwritten(output_dir, tmp_path,
     first = logic.saveCorrection()
     case = first.case_id.split("/")[0]
     # Another Slicer saved v002 after we looked for the next number: our save must take v003.
-    import MaleniaSegmentLib.corrections as corrections
+    from malenia.data.corrections import CorrectionStore
 
-    real = corrections.versions
+    real = CorrectionStore.versions
     other = first.path.parent / "v002"
     other.mkdir()
     (other / "marker").write_text("someone else's correction")
     calls = {"n": 0}
 
-    def stale(folder, name):
+    def stale(store, name):
         calls["n"] += 1
-        return [1] if calls["n"] == 1 else real(folder, name)
+        return [1] if calls["n"] == 1 else real(store, name)
 
-    monkeypatch.setattr(corrections, "versions", stale)
+    monkeypatch.setattr(CorrectionStore, "versions", stale)
     saved = logic.saveCorrection()
     assert saved.version == 3 and (other / "marker").read_text() == "someone else's correction"
     assert versions(tmp_path / "corrections", case) == [1, 2, 3]
