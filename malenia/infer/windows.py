@@ -148,8 +148,6 @@ class WindowRunner:
     def _forward(self, batch: torch.Tensor, coords, result: WindowPass, first_index: int, shape) -> torch.Tensor:
         out = self._network(batch)
         result.forward_passes += batch.shape[0]
-        claim = out.mask_logits.float().sigmoid() * out.lesion_score.float()[..., None, None, None]  # [B, N, d, h, w]
-        owner = claim.argmax(dim=1)  # [B, d, h, w]: the token that claims each voxel most
         prob = out.foreground()  # [B, 1, d, h, w]: token claims, or the dense head (config foreground_source)
         best = prob[:, 0]
         if self.mirror_axes:
@@ -164,6 +162,9 @@ class WindowRunner:
             prob = total / (len(flips) + 1)
         if not self.collect:
             return prob
+        # which token claims each voxel most: only needed for the candidates (not for calibration's pass)
+        claim = out.mask_logits.float().sigmoid() * out.lesion_score.float()[..., None, None, None]  # [B, N, d, h, w]
+        owner = claim.argmax(dim=1)  # [B, d, h, w]
         dist = aspect_distribution(out.sim_logits[-1], self.columns).cpu().numpy()
         scores = out.lesion_score.float().cpu().numpy()
         for b in range(batch.shape[0]):
