@@ -83,14 +83,35 @@ def test_criterion_adds_the_weighted_dense_term_and_it_trains_the_backbone():
 
 
 def test_foreground_source_switch():
-    torch.manual_seed(0)
-    for source in ("dense", "tokens"):
+    for source in ("dense", "tokens", "mean"):
+        torch.manual_seed(0)
         net = MaleniaNet(dense_cfg(foreground_source=source))
         out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8)
         fg = out.foreground()
         dense = out.dense_logits[0].sigmoid()
         tokens = (out.mask_logits.sigmoid() * out.lesion_score[..., None, None, None]).amax(1, keepdim=True)
-        torch.testing.assert_close(fg, dense if source == "dense" else tokens)
+        expected = {"dense": dense, "tokens": tokens, "mean": (dense + tokens) / 2}[source]
+        torch.testing.assert_close(fg, expected)
+
+
+def _encoder_grad_of_dense_loss(share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    net = MaleniaNet(dense_cfg(dense_backbone_grad=share))
+    targets = cube_targets()
+    out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    MaleniaCriterion(net.cfg)(out, targets)["dense"].backward()
+    head = net.dense.convs[0].weight.grad.clone()
+    first = next(net.backbone.encoder.parameters())
+    return (torch.zeros_like(first) if first.grad is None else first.grad.clone()), head
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25])
+def test_dense_backbone_grad_scales_only_what_reaches_the_backbone(share):
+    full_backbone, full_head = _encoder_grad_of_dense_loss(1.0)
+    backbone, head = _encoder_grad_of_dense_loss(share)
+    assert full_backbone.abs().sum() > 0
+    torch.testing.assert_close(head, full_head)  # the head itself learns at full strength
+    torch.testing.assert_close(backbone, share * full_backbone)
 
 
 def test_config_refuses_a_dense_foreground_without_a_head_and_the_paper_has_none():
@@ -98,6 +119,10 @@ def test_config_refuses_a_dense_foreground_without_a_head_and_the_paper_has_none
         tiny_config(stages=5, foreground_source="dense")
     with pytest.raises(ModelError, match="foreground_source"):
         tiny_config(stages=5, foreground_source="both")
+    with pytest.raises(ModelError, match="dense head"):
+        tiny_config(stages=5, foreground_source="mean")
+    with pytest.raises(ModelError, match="dense_backbone_grad"):
+        dense_cfg(dense_backbone_grad=1.5)
     from malenia.model.config import get_config
 
     paper = get_config("paper")

@@ -20,9 +20,9 @@ BRANCHES = ("both", "mask", "text")
 TRAINING_ONLY_FIELDS = frozenset({
     "name", "optim", "match_cost_bce", "match_cost_dice", "num_points",
     "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce", "alpha_dice", "lambda_fg", "background_token_weight",
-    "lambda_dense",
+    "lambda_dense", "dense_backbone_grad",
 })
-FOREGROUND_SOURCES = ("tokens", "dense")
+FOREGROUND_SOURCES = ("tokens", "dense", "mean")
 # A fine-tune (--init) may add a dense head to a model trained without one: the parent's weights load,
 # the head starts from its prior.
 HEAD_FIELDS = frozenset({"dense_head_levels", "foreground_source"})
@@ -105,8 +105,13 @@ class MaleniaConfig:
     # union (weight `lambda_dense`); see malenia/model/dense.py and docs/model.md for why.
     dense_head_levels: int = 0
     lambda_dense: float = 0.0
+    # Share of the dense loss's gradient that reaches the shared backbone (1: all; 0: the head learns on
+    # features shaped by the token objective alone). A fast head fine-tuned onto a trained model at full
+    # share degraded its tokens (docs/training.md); a small share keeps them.
+    dense_backbone_grad: float = 1.0
     # Which map inference cuts lesions from: "tokens" (the paper: max over tokens of lesion score x
-    # mask probability) or "dense" (the dense head's probability; tokens still describe each lesion).
+    # mask probability), "dense" (the dense head's probability; tokens still describe each lesion) or
+    # "mean" (the average of the two maps: an ensemble of two heads on one backbone).
     foreground_source: str = "tokens"
 
     # --- ablation switches (paper Tables 3 and 4) ---
@@ -132,8 +137,10 @@ class MaleniaConfig:
             problems.append("embed_dim must be divisible by num_heads")
         if self.foreground_source not in FOREGROUND_SOURCES:
             problems.append(f"foreground_source must be one of {FOREGROUND_SOURCES}, got {self.foreground_source!r}")
-        if self.foreground_source == "dense" and not self.dense_head_levels:
-            problems.append("foreground_source 'dense' needs a dense head (dense_head_levels >= 1)")
+        if self.foreground_source != "tokens" and not self.dense_head_levels:
+            problems.append(f"foreground_source {self.foreground_source!r} needs a dense head (dense_head_levels >= 1)")
+        if not 0.0 <= self.dense_backbone_grad <= 1.0:
+            problems.append("dense_backbone_grad must be in [0, 1]")
         if not 0 <= self.dense_head_levels <= n - 1:
             problems.append(f"dense_head_levels must be in 0..{n - 1}")
         if self.branches not in BRANCHES:

@@ -48,6 +48,26 @@ class DenseLesionHead(nn.Module):
         return [conv(f) for conv, f in zip(self.convs, finest)]
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by `scale` on its way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x` for the forward pass; only `scale` of the gradient flows back into what produced it."""
+    if scale == 1.0 or not torch.is_grad_enabled():
+        return x
+    return x.detach() if scale == 0.0 else _ScaleGrad.apply(x, scale)
+
+
 def deep_supervision_weights(levels: int) -> list[float]:
     """nnU-Net's weights: 1, 1/2, 1/4, ... normalised to sum 1."""
     w = [0.5**i for i in range(levels)]

@@ -14,7 +14,7 @@ from malenia.model.backbone import MultiScaleUNet
 from malenia.model.cmki import KnowledgeInjection, inference_slot_weights, training_slot_weights
 from malenia.model.config import MaleniaConfig
 from malenia.model.decoder import TokenDecoder
-from malenia.model.dense import DenseLesionHead
+from malenia.model.dense import DenseLesionHead, scale_grad
 from malenia.model.heads import MaskHeads
 from malenia.model.matcher import BlockSupervision, HungarianMatcher
 from malenia.model.targets import LesionTargets
@@ -40,10 +40,14 @@ class MaleniaOutput:
 
     def foreground(self) -> torch.Tensor:
         """[B, 1, D, H, W] probability that a voxel is lesion: the map inference thresholds."""
-        if self.foreground_source == "dense" and self.dense_logits is not None:
-            return self.dense_logits[0].float().sigmoid()
-        claim = self.mask_logits.float().sigmoid() * self.lesion_score.float()[..., None, None, None]
-        return claim.amax(dim=1, keepdim=True)
+        claim = None
+        if self.foreground_source != "dense" or self.dense_logits is None:
+            claim = self.mask_logits.float().sigmoid() * self.lesion_score.float()[..., None, None, None]
+            claim = claim.amax(dim=1, keepdim=True)
+        if self.dense_logits is None or self.foreground_source == "tokens":
+            return claim
+        dense = self.dense_logits[0].float().sigmoid()
+        return dense if claim is None else (dense + claim) / 2
 
 
 @dataclass
@@ -142,7 +146,7 @@ class MaleniaNet(nn.Module):
         masks = self.heads(m_hat, t_hat, feats[-1])[..., :d, :h, :w]
         dense = None
         if self.dense is not None:
-            dense = self.dense(feats)
+            dense = self.dense([scale_grad(f, cfg.dense_backbone_grad) for f in feats])
             dense[0] = dense[0][..., :d, :h, :w]
         return MaleniaOutput(
             mask_logits=masks,
