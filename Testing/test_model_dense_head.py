@@ -175,3 +175,37 @@ def test_train_set_reaches_the_optimiser_config_and_refuses_unknown_fields():
     assert cfg.optim.lr == build_config("compact", []).optim.lr  # the rest of the optimiser is kept
     with pytest.raises(InputError, match="optim.nope"):
         build_config("compact", ["optim.nope=1"])
+
+
+def test_dense_only_forward_returns_the_same_dense_logits_and_builds_no_tokens():
+    torch.manual_seed(0)
+    net = MaleniaNet(dense_cfg())
+    image = torch.rand(1, 1, 30, 32, 27)
+    bank, aspects = torch.randn(16, 8), torch.arange(16) % 8
+    full = net(image, bank, aspects)
+    calls = []
+    net.decoder.register_forward_hook(lambda *a: calls.append("decoder"))
+    dense = net(image, bank, aspects, dense_only=True)
+    assert calls == []  # the token decoder does not run in the dense stage
+    for a, b in zip(dense, full.dense_logits):
+        torch.testing.assert_close(a, b)
+    targets = [LesionTargets(torch.zeros(1, 30, 32, 27, dtype=torch.bool), [list(range(8))])]
+    targets[0].masks[0, 5:9, 5:9, 5:9] = True
+    parts = MaleniaCriterion(net.cfg).dense_stage(dense, targets)
+    torch.testing.assert_close(parts["dense"], dense_loss(dense, targets[0].masks.any(0)[None]))
+    parts["total"].backward()
+    assert next(net.backbone.encoder.parameters()).grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.decoder.parameters())
+
+
+def test_dense_stage_needs_a_dense_foreground_and_weights_load_across_foreground_sources():
+    with pytest.raises(ModelError, match="train_stage"):
+        dense_cfg(train_stage="dense", foreground_source="tokens")
+    with pytest.raises(ModelError, match="train_stage"):
+        dense_cfg(train_stage="warmup")
+    with pytest.raises(ModelError, match="dense_only"):
+        MaleniaNet(tiny_config(stages=5, num_tokens=3))(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8),
+                                                       torch.arange(16) % 8, dense_only=True)
+    stage1 = dense_cfg(train_stage="dense")
+    assert dense_cfg(foreground_source="mean").loads_weights_of(stage1)  # the map read at inference is free
+    assert not dense_cfg(dense_head_levels=2).loads_weights_of(stage1)  # a different head is not

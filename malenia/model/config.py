@@ -20,8 +20,9 @@ BRANCHES = ("both", "mask", "text")
 TRAINING_ONLY_FIELDS = frozenset({
     "name", "optim", "match_cost_bce", "match_cost_dice", "num_points",
     "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce", "alpha_dice", "lambda_fg", "background_token_weight",
-    "lambda_dense", "dense_backbone_grad",
+    "lambda_dense", "dense_backbone_grad", "train_stage",
 })
+TRAIN_STAGES = ("full", "dense")
 FOREGROUND_SOURCES = ("tokens", "dense", "mean")
 # A fine-tune (--init) may add a dense head to a model trained without one: the parent's weights load,
 # the head starts from its prior.
@@ -109,6 +110,10 @@ class MaleniaConfig:
     # features shaped by the token objective alone). A fast head fine-tuned onto a trained model at full
     # share degraded its tokens (docs/training.md); a small share keeps them.
     dense_backbone_grad: float = 1.0
+    # "dense": train the backbone and the dense head alone (no tokens, matching or text; about half the
+    # step's work), a first stage whose model folder a "full" run (--init) then continues with the paper's
+    # objective added. nnU-Net-style lesion features first, the open-set stage on top (docs/training.md).
+    train_stage: str = "full"
     # Which map inference cuts lesions from: "tokens" (the paper: max over tokens of lesion score x
     # mask probability), "dense" (the dense head's probability; tokens still describe each lesion) or
     # "mean" (the average of the two maps: an ensemble of two heads on one backbone).
@@ -139,6 +144,10 @@ class MaleniaConfig:
             problems.append(f"foreground_source must be one of {FOREGROUND_SOURCES}, got {self.foreground_source!r}")
         if self.foreground_source != "tokens" and not self.dense_head_levels:
             problems.append(f"foreground_source {self.foreground_source!r} needs a dense head (dense_head_levels >= 1)")
+        if self.train_stage not in TRAIN_STAGES:
+            problems.append(f"train_stage must be one of {TRAIN_STAGES}, got {self.train_stage!r}")
+        if self.train_stage == "dense" and (self.foreground_source != "dense" or not self.lambda_dense):
+            problems.append("train_stage 'dense' needs foreground_source 'dense' and lambda_dense > 0")
         if not 0.0 <= self.dense_backbone_grad <= 1.0:
             problems.append("dense_backbone_grad must be in [0, 1]")
         if not 0 <= self.dense_head_levels <= n - 1:
@@ -171,6 +180,13 @@ class MaleniaConfig:
     def architecture(self) -> dict[str, Any]:
         """The fields that weights and inference depend on: fine-tuning may change only the others."""
         return {k: v for k, v in self.to_dict().items() if k not in TRAINING_ONLY_FIELDS}
+
+    def loads_weights_of(self, parent: "MaleniaConfig") -> bool:
+        """True when `parent`'s weights initialise this network (--init): the same architecture up to the
+        inference foreground (a choice of map, not of weights), or `parent`'s plus a dense head."""
+        def weights(c: "MaleniaConfig") -> dict[str, Any]:
+            return {k: v for k, v in c.architecture().items() if k != "foreground_source"}
+        return weights(self) == weights(parent) or self.adds_dense_head_to(parent)
 
     def adds_dense_head_to(self, parent: "MaleniaConfig") -> bool:
         """True when this architecture is `parent`'s plus a dense head (so --init can load the parent)."""

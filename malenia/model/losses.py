@@ -87,6 +87,13 @@ class MaleniaCriterion(nn.Module):
         with torch.autocast(output.mask_logits.device.type, enabled=False):
             return self._losses(output, targets)
 
+    def dense_stage(self, dense_logits: list[torch.Tensor], targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
+        """The loss of the dense stage (config train_stage "dense"): the dense head's term alone."""
+        with torch.autocast(dense_logits[0].device.type, enabled=False):
+            union = torch.stack([t.masks.to(dense_logits[0].device).any(0) for t in targets])
+            l_dense = dense_loss(dense_logits, union)
+        return {"dense": l_dense, "total": self.cfg.lambda_dense * l_dense}
+
     def _losses(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         sup: list[BlockSupervision] = output.supervision or self.matcher.supervise(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from malenia.errors import InputError
+from malenia.errors import InputError, ModelError
 from malenia.model.attributes import NUM_SLOTS, REPORT_ASPECT, rank_slots
 from malenia.model.backbone import MultiScaleUNet
 from malenia.model.cmki import KnowledgeInjection, inference_slot_weights, training_slot_weights
@@ -110,11 +110,14 @@ class MaleniaNet(nn.Module):
         bank: torch.Tensor,
         bank_aspects: torch.Tensor,
         targets: list[LesionTargets] | None = None,
-    ) -> MaleniaOutput:
+        dense_only: bool = False,
+    ) -> MaleniaOutput | list[torch.Tensor]:
         """image [B,1,D,H,W] (any size; normalised per the config), bank [R,Dt], bank_aspects [R].
 
         With targets (training), each block is matched to the lesions and CMKI uses the matched
         lesions' descriptions; without, CMKI uses each token's best bank row per aspect.
+        `dense_only` (the dense training stage): the backbone and the dense head alone, whose logits per
+        level are returned (full resolution first), as in `MaleniaOutput.dense_logits`.
         """
         cfg = self.cfg
         self._check(image, bank, bank_aspects, targets)
@@ -125,6 +128,10 @@ class MaleniaNet(nn.Module):
         x = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))  # zero = air in the config's intensity scale
 
         feats = self.backbone(x)
+        if dense_only:
+            if self.dense is None:
+                raise ModelError("dense_only needs a dense head (config dense_head_levels >= 1)")
+            return self._dense_logits(feats, image_shape)
         tokens, proposals = self.decoder(feats[: cfg.num_blocks])
         candidates = self.text(bank)
         sims = [self.text.similarity(t, candidates) for t in tokens]
@@ -144,10 +151,7 @@ class MaleniaNet(nn.Module):
         m_hat, t_hat = self.cmki(tokens[-1], slots)
         d, h, w = image_shape
         masks = self.heads(m_hat, t_hat, feats[-1])[..., :d, :h, :w]
-        dense = None
-        if self.dense is not None:
-            dense = self.dense([scale_grad(f, cfg.dense_backbone_grad) for f in feats])
-            dense[0] = dense[0][..., :d, :h, :w]
+        dense = self._dense_logits(feats, image_shape) if self.dense is not None else None
         return MaleniaOutput(
             mask_logits=masks,
             proposals=proposals,
@@ -162,6 +166,12 @@ class MaleniaNet(nn.Module):
             dense_logits=dense,
             foreground_source=cfg.foreground_source,
         )
+
+    def _dense_logits(self, feats: list[torch.Tensor], image_shape: tuple[int, int, int]) -> list[torch.Tensor]:
+        d, h, w = image_shape
+        dense = self.dense([scale_grad(f, self.cfg.dense_backbone_grad) for f in feats])
+        dense[0] = dense[0][..., :d, :h, :w]
+        return dense
 
     @torch.no_grad()
     def predict(

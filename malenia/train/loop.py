@@ -206,7 +206,7 @@ class Trainer:
         new_parts: tuple[str, ...] = ()
         if self.cfg.adds_dense_head_to(init.config):
             new_parts = ("dense.",)  # the parent's network plus a dense head that starts from its prior
-        elif init.config.architecture() != self.cfg.architecture():
+        elif not self.cfg.loads_weights_of(init.config):
             raise InputError(f"--init model {self.opts.init} has a different architecture than config {self.cfg.name!r}")
         load_weights(self.model, init.path / WEIGHTS, new_parts)
         self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
@@ -253,10 +253,12 @@ class Trainer:
         `timer(phase)`: a context per phase (malenia.train.timing, for `malenia bench train`)."""
         self.ddp.train()
         with torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            dense_stage = self.cfg.train_stage == "dense"
             with timer("forward"):
-                output = self.ddp(images, self.bank_t, self.aspects_t, targets)
+                output = self.ddp(images, self.bank_t, self.aspects_t, None if dense_stage else targets,
+                                  dense_only=dense_stage)
             with timer("losses"):
-                parts = self.criterion(output, targets)
+                parts = self.criterion.dense_stage(output, targets) if dense_stage else self.criterion(output, targets)
         with timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
