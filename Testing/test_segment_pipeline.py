@@ -272,7 +272,7 @@ def test_progress_json_lines_are_what_the_slicer_module_reads(model, tmp_path):
     from segment_helpers import REPO
 
     _sys.path.insert(0, str(REPO / "MaleniaSegment"))
-    from MaleniaSegmentLib.runner import JobProgress as Progress
+    from MaleniaSegmentLib.runner import parse_progress
 
     img, _ = sphere_ct()
     sitk.WriteImage(img, str(tmp_path / "ct.nii.gz"))
@@ -282,7 +282,7 @@ def test_progress_json_lines_are_what_the_slicer_module_reads(model, tmp_path):
     lines = stream.getvalue().splitlines()
     objs = [json.loads(x) for x in lines]
     assert all(set(o) == {"stage", "fraction", "message"} for o in objs)
-    parsed = [Progress.parse(x) for x in lines]
+    parsed = [parse_progress(x) for x in lines]
     fractions = [p.fraction for p in parsed]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[0] < 0.1
     stages = [p.stage for p in parsed]

@@ -76,7 +76,7 @@ def test_one_corrections_key_for_both_modules(tmp_path):
     assert TrainerLogic(None, settings).corrections_dir == tmp_path / "saved-by-segment"
     old = MemorySettings({shared.OLD_TRAINER_CORRECTIONS: str(tmp_path / "old")})
     assert TrainerLogic(None, old).corrections_dir == tmp_path / "old"  # an earlier Trainer setting still counts
-    segment_glue = (REPO / "MaleniaSegment" / "MaleniaSegment.py").read_text()
+    segment_glue = (REPO / "MaleniaSegment" / "MaleniaSegmentLib" / "widget.py").read_text()
     assert "CorrectionsFolder" not in segment_glue and "shared_settings.CORRECTIONS_FOLDER" in segment_glue
 
 
@@ -187,3 +187,20 @@ def test_trainer_threads_touch_neither_settings_nor_scene(tmp_path, monkeypatch)
     assert settings.off_thread == [] and events and all(events)
     panel.close()
     logic.close()
+
+
+def test_slicer_side_has_no_copy_of_the_core_protocols():
+    """One owner per format and protocol (issue 13): the corrections layout is malenia.data.corrections', progress
+    lines are parsed by malenia.progress_lines and process trees stopped by malenia.process_tree, in both modules."""
+    owned = {"VERSION_RE", "CASE_FILES"}
+    stopping = ("killpg", "taskkill", "CREATE_NEW_PROCESS_GROUP", "start_new_session")
+    assert len(SLICER_PY) > 20
+    for path in SLICER_PY:
+        source = path.read_text()
+        tree = ast.parse(source)
+        assigned = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        assert not assigned & owned, f"{path.name} redefines {assigned & owned}"
+        assert not [w for w in stopping if w in source], f"{path.name} stops processes itself"
+        assert "json.loads(line" not in source and "json.loads(text" not in source, f"{path.name} parses progress lines"
+    runner = (REPO / "MaleniaSegment" / "MaleniaSegmentLib" / "runner.py").read_text()
+    assert "malenia.progress_lines import ProgressLine" in runner and "malenia.process_tree import stop_tree" in runner

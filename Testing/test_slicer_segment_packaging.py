@@ -77,9 +77,11 @@ def cmake_record(tmp_path_factory) -> list[tuple[str, str, str, str]]:
 
 def test_cmake_lists_every_module_file_and_the_core(cmake_record):
     rows, _ = cmake_record
-    module_scripts = {r[2] for r in rows if r[0] == "SCRIPT" and r[1] == "MaleniaSegment"}
-    on_disk = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py") if "Resources" not in p.parts}
-    assert module_scripts == on_disk, f"not packaged: {on_disk - module_scripts}"
+    for name in ("MaleniaSegment", "MaleniaTrainer"):  # the module file and every file of its Lib
+        module_scripts = {r[2] for r in rows if r[0] == "SCRIPT" and r[1] == name}
+        folder = REPO / name
+        on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py") if "Resources" not in p.parts}
+        assert module_scripts == on_disk, f"not packaged: {on_disk - module_scripts}"
     resources = {r[2] for r in rows if r[0] == "RESOURCE" and r[1] == "MaleniaSegment"}
     assert resources == {"Resources/Icons/MaleniaSegment.png", "Resources/UI/MaleniaSegment.ui"}
     assert ("UNITTEST", "unittest", "MaleniaSegment.py", "MaleniaSegment/MaleniaSegment.py") in rows
@@ -126,27 +128,61 @@ def test_icon_is_a_128px_png():
         assert img.format == "PNG" and img.size == (128, 128)
 
 
+# The Slicer-facing files: the module files, and the widget, logic and self-test they import from their Lib.
+GLUE = {name: [REPO / name / f"{name}.py"] + [REPO / name / f"{name}Lib" / f for f in ("widget.py", "module_logic.py",
+                                                                                       "self_test.py")]
+        for name in ("MaleniaSegment", "MaleniaTrainer")}
+SLICER_ONLY = {f"{p.parent.name}.{p.stem}": p for paths in GLUE.values() for p in paths[1:]}
+
+
 def test_module_glue_compiles_and_uses_only_widgets_of_the_ui():
-    py_compile.compile(str(MODULE / "MaleniaSegment.py"), doraise=True)
-    source = (MODULE / "MaleniaSegment.py").read_text()
+    for path in GLUE["MaleniaSegment"] + GLUE["MaleniaTrainer"]:
+        py_compile.compile(str(path), doraise=True)
+    source = (MODULE / "MaleniaSegmentLib" / "widget.py").read_text()
     used = set(re.findall(r"self\.ui\.(\w+)", source))
     names = {w.get("name") for w in ET.parse(MODULE / "Resources" / "UI" / "MaleniaSegment.ui").iter("widget")}
     assert used and used <= names, f"missing in the .ui: {sorted(used - names)}"
 
 
+@pytest.mark.parametrize("name", sorted(GLUE))
+def test_module_file_only_declares_the_module_and_imports_the_rest_from_its_lib(name):
+    """As SlicerNNUNet: the module file defines the module class only; Slicer finds <Name>Widget, <Name>Logic
+    and <Name>Test by name in its namespace, imported from the Lib."""
+    import ast
+
+    tree = ast.parse(GLUE[name][0].read_text())
+    assert [n.name for n in tree.body if isinstance(n, ast.ClassDef)] == [name]
+    imported = {a.name: n.module for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    for suffix, lib_file in (("Widget", "widget"), ("Logic", "module_logic"), ("Test", "self_test")):
+        assert imported.get(name + suffix) == f"{name}Lib.{lib_file}", f"{name}{suffix} not imported from its Lib"
+
+
 def test_module_glue_imports_exist():
-    """Every `from MaleniaSegmentLib... import x` and `from malenia... import x` in the glue resolves."""
+    """Every `from MaleniaSegmentLib... import x` and `from malenia... import x` in the glue resolves (the Lib's
+    Slicer-only files are read, not imported: they need the application)."""
+    import ast
     import importlib
     import importlib.util
 
-    source = (MODULE / "MaleniaSegment.py").read_text()
-    imports = re.findall(r"from ((?:MaleniaSegmentLib|MaleniaCommon|malenia)[\w.]*) import ([\w, ]+)", source)
-    assert len(imports) >= 8
-    for module, names in imports:
-        mod = importlib.import_module(module)
-        for name in (n.strip() for n in names.split(",")):
-            name = name.split(" as ")[0]
-            assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}"), f"{module} has no {name}"
+    count = 0
+    for path in GLUE["MaleniaSegment"] + GLUE["MaleniaTrainer"]:
+        package = path.parent.name if path.parent.name.endswith("Lib") else None
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            module = f"{package}.{node.module}" if node.level else node.module
+            if not module.startswith(("MaleniaSegmentLib", "MaleniaTrainerLib", "MaleniaCommon", "malenia")):
+                continue
+            count += 1
+            slicer_only = SLICER_ONLY.get(module)
+            for name in (a.name for a in node.names):
+                if slicer_only is not None:
+                    defined = {n.name for n in ast.parse(slicer_only.read_text()).body if isinstance(n, ast.ClassDef)}
+                    assert name in defined, f"{module} has no {name}"
+                    continue
+                mod = importlib.import_module(module)
+                assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}"), f"{module} has no {name}"
+    assert count >= 12
 
 
 def test_every_module_folder_is_built_by_the_extension():

@@ -13,7 +13,8 @@ import pytest
 from slicer_segment_support import TOTALSEG, new_scene
 
 from MaleniaSegmentLib import mrml_io
-from MaleniaSegmentLib.runner import BackgroundProcess, JobProgress, RunState
+from malenia.progress_lines import ProgressLine
+from MaleniaSegmentLib.runner import BackgroundProcess, RunState, parse_progress
 from MaleniaSegmentLib.segment_run import SegmentRequest, LesionRun, roi_argument, segment_command
 
 # Behaves like `malenia segment INPUT --out DIR --progress json`: progress lines on stdout, a worker
@@ -103,7 +104,7 @@ def test_progress_arrives_and_results_appear_whole(volume, fake, tmp_path):
     progress = [p for p in seen if p.fraction is not None]
     assert [p.fraction for p in progress] == [0.0, 0.5, 1.0]
     assert progress[0].stage == "read" and int(progress[0].message.split()[1]) > 100_000  # the NRRD of the volume
-    assert JobProgress("log", None, "a plain log line") in seen
+    assert ProgressLine("log", None, "a plain log line") in seen
     assert run.out_dir.name.startswith("abdomen_CT-")
     assert sorted(p.name for p in run.out_dir.iterdir()) == ["lesions.nii.gz", "report.json"]
     assert sorted(p.name for p in run.out_dir.parent.iterdir()) == [run.out_dir.name], "input copy and staging removed"
@@ -145,10 +146,14 @@ def test_a_program_that_cannot_start_is_a_clear_error(tmp_path):
     assert proc.state is RunState.IDLE
 
 
-def test_progress_lines_are_parsed_leniently():
-    assert JobProgress.parse('{"stage": "predict", "fraction": 1.7, "message": "x"}') == JobProgress("predict", 1.0, "x")
-    assert JobProgress.parse('{"stage": "s", "fraction": "n/a"}') == JobProgress("s", None, "")
-    assert JobProgress.parse("Loading model ...") == JobProgress("log", None, "Loading model ...")
+def test_progress_lines_are_parsed_by_the_core_protocol():
+    """The runner reads the core's progress lines with the core's parser (malenia.progress_lines), not its own."""
+    assert parse_progress('{"stage": "predict", "fraction": 1.7, "message": "x"}') == ProgressLine("predict", 1.0, "x")
+    assert parse_progress('{"stage": "s", "fraction": "n/a"}') == ProgressLine("s", None, "")
+    assert parse_progress("Loading model ...") == ProgressLine("log", None, "Loading model ...")
+    line = ProgressLine("train", 0.5, "step 5/10", step=5, total=10, loss=0.25)
+    assert parse_progress(line.to_json()) == line  # what the core writes, the module reads back whole
+    assert parse_progress('{"no": "progress keys"}').stage == "log"
 
 
 def test_segment_command_and_roi(scene):

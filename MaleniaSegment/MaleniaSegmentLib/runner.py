@@ -6,49 +6,36 @@ staging folder beside the destination and is moved into place only when the comm
 succeeded: a cancelled or failed run leaves nothing behind.
 
 Nothing here blocks: the GUI calls `poll()` from a timer; reader threads feed a queue.
+
+The protocol and the stopping are the core's (malenia.progress_lines, malenia.process_tree: standard
+library only, so Slicer's Python imports them before any package is installed); they are imported
+inside the functions that need them, once MaleniaSegment.py has put the `malenia` package on sys.path.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from malenia.progress_lines import ProgressLine
 
 
-@dataclass(frozen=True)
-class JobProgress:
-    """One line of `--progress json`: {"stage", "fraction" in 0..1, "message"}."""
+def parse_progress(line: str) -> "ProgressLine":
+    """A `--progress json` line as a malenia.progress_lines.ProgressLine (the protocol's one parser);
+    any other text line as a plain log message (stage "log", no fraction)."""
+    from malenia.progress_lines import ProgressLine
 
-    stage: str
-    fraction: float | None
-    message: str
-
-    @staticmethod
-    def parse(line: str) -> "JobProgress":
-        """A JSON progress line, or any other text line as a plain log message."""
-        text = line.strip()
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            return JobProgress("log", None, text)
-        fraction = obj.get("fraction")
-        try:
-            fraction = min(1.0, max(0.0, float(fraction))) if fraction is not None else None
-        except (TypeError, ValueError):
-            fraction = None
-        return JobProgress(str(obj.get("stage", "")), fraction, str(obj.get("message", "")))
+    parsed = ProgressLine.parse(line)
+    return parsed if parsed is not None else ProgressLine("log", None, line.strip())
 
 
 class RunState(enum.Enum):
@@ -91,21 +78,18 @@ class BackgroundProcess:
     def start(self) -> None:
         if self.state is not RunState.IDLE:
             raise RuntimeError("process already started")
-        kwargs: dict = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            kwargs["start_new_session"] = True  # own session and process group: killpg reaches the whole tree
-        self._proc = subprocess.Popen(
+        from malenia.process_tree import new_group
+
+        self._proc = subprocess.Popen(  # its own process group: Cancel reaches the whole tree
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1, env=self.env, cwd=self.cwd, **kwargs)
+            text=True, encoding="utf-8", errors="replace", bufsize=1, env=self.env, cwd=self.cwd, **new_group())
         self.state = RunState.RUNNING
         for name, stream in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
             t = threading.Thread(target=_reader, args=(stream, self._queue, name), daemon=True)
             t.start()
             self._threads.append(t)
 
-    def poll(self) -> list[JobProgress]:
+    def poll(self) -> list[ProgressLine]:
         """Progress lines that arrived since the last call; updates `state` when the process ended."""
         out = self._drain()
         if self.state is RunState.RUNNING and self._proc is not None and self._proc.poll() is not None:
@@ -118,8 +102,8 @@ class BackgroundProcess:
             self.state = RunState.SUCCEEDED if self.returncode == 0 else RunState.FAILED
         return out
 
-    def _drain(self) -> list[JobProgress]:
-        out: list[JobProgress] = []
+    def _drain(self) -> list[ProgressLine]:
+        out: list[ProgressLine] = []
         while True:
             try:
                 name, line = self._queue.get_nowait()
@@ -128,7 +112,7 @@ class BackgroundProcess:
             if line is None:
                 continue
             if name == "stdout":
-                progress = JobProgress.parse(line)
+                progress = parse_progress(line)
                 if progress.stage == "log":
                     self.log_lines.append(progress.message)
                 out.append(progress)
@@ -164,24 +148,10 @@ class BackgroundProcess:
         """Ends the whole process tree: polite termination first, then a kill of the group."""
         if self._proc is None or self.state is not RunState.RUNNING:
             return
+        from malenia.process_tree import stop_tree
+
         proc = self._proc
-        if os.name == "nt":
-            # taskkill /T walks the child tree that a process group signal would not reach on Windows.
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
-        else:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            # Children may outlive (or ignore) SIGTERM: the group gets SIGKILL in any case.
-            _signal_group(proc.pid, signal.SIGKILL)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_tree(proc, grace_s)  # polite, then forced, to the whole group (Windows: the whole child tree)
         for stream in (proc.stdout, proc.stderr):
             try:
                 stream.close()
@@ -191,13 +161,6 @@ class BackgroundProcess:
             t.join(timeout=1.0)
         self.returncode = proc.returncode
         self.state = RunState.CANCELLED
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class SegmentationJob:
@@ -212,7 +175,7 @@ class SegmentationJob:
             raise FileExistsError(f"output folder already exists: {self.out_dir}")
         self.staging = self.out_dir.parent / f".{self.out_dir.name}.running-{uuid.uuid4().hex[:8]}"
         self.process = BackgroundProcess([*command, "--out", str(self.staging / "out")], env=env)
-        self.last_progress: JobProgress | None = None
+        self.last_progress: ProgressLine | None = None
 
     @property
     def state(self) -> RunState:
@@ -231,7 +194,7 @@ class SegmentationJob:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise RuntimeError(f"cannot start {self.process.command[0]}: {err}") from None
 
-    def poll(self) -> list[JobProgress]:
+    def poll(self) -> list[ProgressLine]:
         was_running = self.process.running
         lines = self.process.poll()
         progress = [p for p in lines if p.fraction is not None]

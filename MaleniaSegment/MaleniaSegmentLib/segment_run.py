@@ -14,12 +14,15 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import mrml_io
 from MaleniaCommon.paths import python_executable, subprocess_env
 
-from .runner import JobProgress, RunState, SegmentationJob
+from .runner import RunState, SegmentationJob
+
+if TYPE_CHECKING:
+    from malenia.progress_lines import ProgressLine
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -119,7 +122,7 @@ class LesionRun:
             self._cleanup()
             raise
 
-    def poll(self) -> list[JobProgress]:
+    def poll(self) -> list[ProgressLine]:
         lines = self.job.poll()
         if self.job.state is not RunState.RUNNING:
             self._cleanup()

@@ -1,0 +1,442 @@
+"""MaleniaSegment's panel (Slicer's `MaleniaSegmentWidget`): inputs, Segment Lesions, review, corrections, export.
+
+Imported by the module file MaleniaSegment.py, which only declares the module (as SlicerNNUNet keeps its
+widget in its Lib): Slicer finds this class by its name in the module file's namespace and builds it
+with a parent, then calls setup() and enter(). Runs inside Slicer only (PythonQt's `qt`, `ctk`, `slicer`);
+everything testable without the application is in the other modules of MaleniaSegmentLib.
+"""
+
+import logging
+import os
+
+import ctk
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+from MaleniaCommon import settings as shared_settings
+from MaleniaCommon.paths import configured_model_folder
+
+from .module_logic import MaleniaSegmentLogic
+
+DEVICE_ITEMS = (("Auto", "auto"), ("CPU", "cpu"), ("GPU (CUDA)", "cuda"))
+
+
+class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.run = None
+        self.review = None
+        self._observedSegmentation = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MaleniaSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MaleniaSegmentLogic()
+
+        for text, value in DEVICE_ITEMS:
+            self.ui.deviceComboBox.addItem(text, value)
+        self.ui.modelComboBox.addItem("Built-in model")
+        self.ui.modelComboBox.addItem("Model folder")
+        self.ui.modelComboBox.currentIndexChanged.connect(self._updateButtons)
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.resultsFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.correctionsFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self._loadSettings()
+
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(200)
+        self.pollTimer.timeout.connect(self.onPoll)
+        self.syncTimer = qt.QTimer()  # Segment Editor edits arrive as many events: re-measure once they settle
+        self.syncTimer.setSingleShot(True)
+        self.syncTimer.setInterval(800)
+        self.syncTimer.timeout.connect(self.onSegmentationEdited)
+
+        self.ui.inputVolumeSelector.currentNodeChanged.connect(self._updateButtons)
+        for signal in (self.ui.inputVolumeSelector.currentNodeChanged, self.ui.roiSelector.currentNodeChanged,
+                       self.ui.modelComboBox.currentIndexChanged, self.ui.modelPathLineEdit.currentPathChanged,
+                       self.ui.deviceComboBox.currentIndexChanged):
+            signal.connect(self._updateParameterNodeFromGUI)
+        self.ui.segmentButton.clicked.connect(self.onSegment)
+        self.ui.cancelButton.clicked.connect(self.onCancel)
+        self.ui.loadResultsButton.clicked.connect(self.onLoadResults)
+        self.ui.editMasksButton.clicked.connect(self.onEditMasks)
+        self.ui.checkDependenciesButton.clicked.connect(self.onCheckDependencies)
+        for button, kind in ((self.ui.exportNiftiButton, "nifti"), (self.ui.exportSegNrrdButton, "seg"),
+                             (self.ui.exportDicomSegButton, "dicom"), (self.ui.exportJsonButton, "json"),
+                             (self.ui.exportHtmlButton, "html")):
+            button.clicked.connect(lambda checked=False, k=kind: self.onExport(k))
+        for edit in (self.ui.resultsFolderPathLineEdit, self.ui.correctionsFolderPathLineEdit):
+            edit.currentPathChanged.connect(self._saveSettings)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
+        self._showProgress(None)
+        self.initializeParameterNode()
+        self._updateButtons()
+
+    def enter(self):
+        self.initializeParameterNode()  # the scene's inputs first,
+        self._applyModelSetting()  # then a model MaleniaTrainer chose meanwhile
+        self._updateButtons()
+
+    # -- parameter node ---------------------------------------------------------------------
+    def initializeParameterNode(self):
+        """Shows the scene's parameter node; a new one starts from what the panel shows."""
+        self._parameterNode = self.logic.getParameterNode()
+        if self._parameterNode.inputVolume is None:
+            self._updateParameterNodeFromGUI()
+        else:
+            self._updateGUIFromParameterNode()
+
+    def _updateGUIFromParameterNode(self):
+        p = self._parameterNode
+        self._updatingGUI = True
+        try:
+            self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
+            self.ui.roiSelector.setCurrentNode(p.roi)
+            self.ui.modelComboBox.currentIndex = 1 if p.useModelFolder else 0
+            self.ui.modelPathLineEdit.currentPath = p.modelFolder
+            index = self.ui.deviceComboBox.findData(p.device)
+            self.ui.deviceComboBox.currentIndex = max(index, 0)
+        finally:
+            self._updatingGUI = False
+
+    def _updateParameterNodeFromGUI(self, *args):
+        p = getattr(self, "_parameterNode", None)
+        if p is None or getattr(self, "_updatingGUI", False):
+            return
+        p.inputVolume = self.ui.inputVolumeSelector.currentNode()
+        p.roi = self.ui.roiSelector.currentNode()
+        p.useModelFolder = self.ui.modelComboBox.currentIndex == 1
+        p.modelFolder = self.ui.modelPathLineEdit.currentPath
+        p.device = self.ui.deviceComboBox.currentData or "auto"
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isVisible():
+            self.initializeParameterNode()
+
+    def cleanup(self):
+        if self.run is not None:
+            self.run.cancel()
+        self.pollTimer.stop()
+        self.syncTimer.stop()
+        self.removeObservers()
+
+    # -- settings ---------------------------------------------------------------------------
+    def _loadSettings(self):
+        s = qt.QSettings()
+        self.ui.resultsFolderPathLineEdit.currentPath = str(shared_settings.folder(s, shared_settings.RESULTS_FOLDER, "results"))
+        self.ui.correctionsFolderPathLineEdit.currentPath = str(
+            shared_settings.folder(s, shared_settings.CORRECTIONS_FOLDER, "corrections"))
+        self._saveSettings()
+        self._applyModelSetting()
+
+    def _applyModelSetting(self):
+        """Defaults the model to the folder MaleniaTrainer stored (Malenia/ModelFolder), once per new value."""
+        value = qt.QSettings().value(shared_settings.MODEL_FOLDER, "")
+        if value == getattr(self, "_appliedModelSetting", None):
+            return
+        self._appliedModelSetting = value
+        folder = configured_model_folder(value)
+        if folder:
+            self.ui.modelComboBox.currentIndex = 1
+            self.ui.modelPathLineEdit.currentPath = folder
+
+    def _saveSettings(self, *args):
+        from pathlib import Path
+
+        s = qt.QSettings()
+        s.setValue(shared_settings.RESULTS_FOLDER, self.ui.resultsFolderPathLineEdit.currentPath)
+        s.setValue(shared_settings.CORRECTIONS_FOLDER, self.ui.correctionsFolderPathLineEdit.currentPath)
+        self.logic.settings.results_dir = Path(self.ui.resultsFolderPathLineEdit.currentPath)
+        self.logic.settings.corrections_dir = Path(self.ui.correctionsFolderPathLineEdit.currentPath)
+
+    # -- state ------------------------------------------------------------------------------
+    def _updateButtons(self, *args):
+        running = self.run is not None
+        hasVolume = self.ui.inputVolumeSelector.currentNode() is not None
+        self.ui.segmentButton.enabled = hasVolume and not running
+        self.ui.segmentButton.toolTip = "Run Malenia on the input volume" if hasVolume else "Select an input volume"
+        self.ui.cancelButton.enabled = running
+        self.ui.modelPathLineEdit.enabled = self.ui.modelComboBox.currentIndex == 1
+        hasResults = self.logic is not None and self.logic.session is not None
+        for button in (self.ui.exportNiftiButton, self.ui.exportSegNrrdButton, self.ui.exportJsonButton,
+                       self.ui.exportHtmlButton, self.ui.editMasksButton):
+            button.enabled = hasResults and not running
+        self.ui.exportDicomSegButton.enabled = bool(hasResults and not running and self.logic.session.dicom_files)
+
+    def _showProgress(self, progress):
+        if progress is None:
+            self.ui.progressBar.setValue(0)
+            self.ui.progressBar.setFormat("")
+            return
+        self.ui.progressBar.setValue(int(round(100 * progress.fraction)))
+        self.ui.progressBar.setFormat(f"{progress.stage}: %p%")
+        self.ui.statusLabel.text = progress.message
+
+    def _ensureDependencies(self):
+        from MaleniaCommon.deps import DependencyError
+
+        try:
+            return self.logic.ensureDependencies(
+                lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="Malenia: install Python packages"),
+                self.ui.statusLabel.setText)
+        except DependencyError as err:
+            slicer.util.errorDisplay(str(err), windowTitle="Malenia")
+            return False
+
+    # -- running ----------------------------------------------------------------------------
+    def onSegment(self):
+        if not self._ensureDependencies():
+            return
+        from MaleniaSegmentLib.segment_run import SegmentRequest
+
+        volume = self.ui.inputVolumeSelector.currentNode()
+        model = self.ui.modelPathLineEdit.currentPath if self.ui.modelComboBox.currentIndex == 1 else None
+        if self.ui.modelComboBox.currentIndex == 1 and not model:
+            slicer.util.errorDisplay("Choose the model folder, or select the built-in model.", windowTitle="Malenia")
+            return
+        request = SegmentRequest(volume, model_dir=model, device=self.ui.deviceComboBox.currentData,
+                                 roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume),
+                                 knowledge_dirs=[str(self._knowledgeFolder())])
+        try:
+            self.run = self.logic.startSegmentation(request)
+        except (ValueError, RuntimeError, OSError) as err:
+            slicer.util.errorDisplay(f"Cannot start the segmentation: {err}", windowTitle="Malenia")
+            return
+        self.ui.statusLabel.text = "Segmenting lesions ..."
+        self._showProgress(None)
+        self.pollTimer.start()
+        self._updateButtons()
+
+    def onPoll(self):
+        from MaleniaSegmentLib.runner import RunState
+
+        run = self.run
+        if run is None:
+            self.pollTimer.stop()
+            return
+        run.poll()
+        if run.job.last_progress is not None:
+            self._showProgress(run.job.last_progress)
+        if run.state is RunState.RUNNING:
+            return
+        self.pollTimer.stop()
+        self.run = None
+        if run.state is RunState.SUCCEEDED:
+            try:
+                with slicer.util.WaitCursor():
+                    session = self.logic.finishSegmentation(run)
+                self._showResults(session)
+                self.ui.statusLabel.text = f"{len(session.lesions)} lesion(s) found. Results: {run.out_dir}"
+            except Exception as err:  # noqa: BLE001 - shown to the user, details in the log
+                logging.exception("Malenia: importing results failed")
+                slicer.util.errorDisplay(f"Cannot show the results: {err}", windowTitle="Malenia")
+        elif run.state is RunState.CANCELLED:
+            self.ui.statusLabel.text = "Cancelled. Nothing was written."
+            self._showProgress(None)
+        else:
+            self.ui.statusLabel.text = run.error
+            slicer.util.errorDisplay(run.error, windowTitle="Malenia: segmentation failed",
+                                     detailedText="\n".join(run.job.process.stderr_lines[-40:]))
+        self._updateButtons()
+
+    def onCancel(self):
+        if self.run is not None:
+            self.ui.statusLabel.text = "Cancelling ..."
+            slicer.app.processEvents()
+            self.run.cancel()
+            self.onPoll()
+
+    def onLoadResults(self):
+        volume = self.ui.inputVolumeSelector.currentNode()
+        if volume is None:
+            slicer.util.errorDisplay("Select the volume the results were computed from.", windowTitle="Malenia")
+            return
+        folder = qt.QFileDialog.getExistingDirectory(None, "Malenia results folder", str(self.logic.settings.results_dir))
+        if not folder or not self._ensureDependencies():
+            return
+        try:
+            with slicer.util.WaitCursor():
+                session = self.logic.loadResults(folder, volume, dicom_files=self.logic.dicomFiles(volume))
+            self._showResults(session)
+        except (ValueError, OSError) as err:
+            slicer.util.errorDisplay(str(err), windowTitle="Malenia")
+
+    # -- review -----------------------------------------------------------------------------
+    def _ensureReviewPanel(self):
+        if self.review is not None:
+            return self.review
+        from MaleniaSegmentLib.review_panel import ReviewPanel
+        from malenia.infer.terminology import Terminology
+
+        terminology = Terminology.load()
+        self.review = ReviewPanel({k: terminology.display_name(k) for k in terminology.diseases})
+        self.ui.reviewPlaceholder.layout().addWidget(self.review.widget)
+        self.review.lesionSelected.connect(self.onLesionSelected)
+        self.review.lesionChanged.connect(self.onLesionChanged)
+        self.review.saveRequested.connect(self.onSaveCorrection)
+        return self.review
+
+    # -- disease profiles (MaleniaSegmentLib.profile_editor) ---------------------------------
+    def _knowledgeFolder(self):
+        """Site disease profiles: the Malenia/KnowledgeFolder setting, else ~/Malenia/knowledge."""
+        return shared_settings.folder(qt.QSettings(), shared_settings.KNOWLEDGE_FOLDER, "knowledge")
+
+    def _ensureProfileEditor(self):
+        if getattr(self, "profileEditor", None) is not None:
+            return self.profileEditor
+        from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic
+        from malenia.knowledge.site import table_in_force_at
+
+        folder = self._knowledgeFolder()
+        model = self.ui.modelPathLineEdit.currentPath if self.ui.modelComboBox.currentIndex == 1 else None
+        self.profileEditor = ProfileEditor(ProfileEditorLogic(lambda: table_in_force_at(model or None, [folder]), folder))
+        section = ctk.ctkCollapsibleButton()
+        section.text = "Disease profiles"
+        section.collapsed = True
+        qt.QVBoxLayout(section).addWidget(self.profileEditor.widget)
+        column = self.ui.reviewCollapsibleButton.parentWidget().layout()
+        column.insertWidget(column.indexOf(self.ui.reviewCollapsibleButton) + 1, section)
+        self.profileEditor.saved.connect(self.onProfilesSaved)
+        return self.profileEditor
+
+    def onProfilesSaved(self, changes):
+        """A saved or removed profile re-ranked the open result's lesions: show their new names."""
+        session = self.logic.session
+        if session is not None and self.review is not None:
+            self.review.set_lesions(session.lesions, f"{sum(c.changed for c in changes)} lesion(s) renamed by the "
+                                                     "disease profiles")
+
+    def _showResults(self, session):
+        review = self._ensureReviewPanel()
+        try:
+            self._ensureProfileEditor().set_session(session)
+        except Exception as err:  # the profiles are an extra: results show even if they cannot be edited
+            logging.warning(f"Malenia disease profiles unavailable: {err}")
+        model = session.result.model
+        review.set_lesions(session.lesions, f"{len(session.lesions)} lesion(s) · model {model.name} {model.version} · "
+                                            f"{session.out_dir.name}")
+        seg = session.segmentation_node
+        seg.CreateDefaultDisplayNodes()
+        seg.GetDisplayNode().SetVisibility(True)
+        slicer.util.setSliceViewerLayers(background=session.volume_node)
+        # Segment Editor edits (paint, erase, add, delete) re-measure the lesions once they settle.
+        self._unobserveSegmentation()
+        self._observedSegmentation = seg.GetSegmentation()
+        for event in self._segmentationEvents():
+            self.addObserver(self._observedSegmentation, event, self._onSegmentationModified)
+        self.ui.reviewCollapsibleButton.collapsed = False
+        if session.lesions:
+            review.select(session.lesions[0].label)
+        self._updateButtons()
+
+    @staticmethod
+    def _segmentationEvents():
+        return (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                slicer.vtkSegmentation.SourceRepresentationModified)
+
+    def _unobserveSegmentation(self):
+        if self._observedSegmentation is not None:
+            for event in self._segmentationEvents():
+                self.removeObserver(self._observedSegmentation, event, self._onSegmentationModified)
+        self._observedSegmentation = None
+
+    def _onSegmentationModified(self, caller, event):
+        self.syncTimer.start()
+
+    def onSegmentationEdited(self):
+        session = self.logic.session
+        if session is None or self.review is None:
+            return
+        with slicer.util.WaitCursor():
+            lesions = session.sync_with_segmentation()
+        self.review.set_lesions(lesions, f"{len(lesions)} lesion(s) · masks edited" if session.masks_edited else "")
+
+    def onLesionSelected(self, label):
+        session = self.logic.session
+        if session is None:
+            return
+        if getattr(self, "profileEditor", None) is not None:
+            from MaleniaSegmentLib.profile_editor import lesion_scores
+
+            self.profileEditor.set_lesion_scores(lesion_scores(session, label))
+        r, a, s = session.center_ras(label)
+        slicer.modules.markups.logic().JumpSlicesToLocation(r, a, s, True)
+        # When the Segment Editor works on these results, the lesion becomes its current segment.
+        editorModule = slicer.modules.segmenteditor.widgetRepresentation()
+        editor = editorModule.self().editor if editorModule else None
+        if editor is not None and editor.segmentationNode() is session.segmentation_node:
+            editor.setCurrentSegmentID(session.lesion(label).segment_id)
+
+    def onLesionChanged(self, lesion):
+        if self.logic.session is not None:
+            self.logic.session.apply_to_segment(lesion)
+
+    def onEditMasks(self):
+        session = self.logic.session
+        if session is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(session.segmentation_node)
+        if hasattr(editor, "setSourceVolumeNode"):  # Slicer >= 5.2
+            editor.setSourceVolumeNode(session.volume_node)
+        else:
+            editor.setMasterVolumeNode(session.volume_node)
+
+    def onSaveCorrection(self):
+        try:
+            with slicer.util.WaitCursor():
+                saved = self.logic.saveCorrection()
+        except (ValueError, OSError, RuntimeError) as err:
+            slicer.util.errorDisplay(f"The correction was not saved: {err}", windowTitle="Malenia")
+            return
+        text = f"Saved correction {saved.case_id} in {self.logic.settings.corrections_dir}"
+        self.review.attributes.show_status(text)
+        self.ui.statusLabel.text = text
+
+    # -- export -----------------------------------------------------------------------------
+    def onExport(self, kind):
+        from MaleniaSegmentLib.export import EXPORTS, ExportError, default_file_name
+
+        session = self.logic.session
+        if session is None:
+            return
+        suffix = EXPORTS[kind][1]
+        start = os.path.join(str(self.logic.settings.results_dir), default_file_name(session, kind))
+        path = qt.QFileDialog.getSaveFileName(None, "Export", start, f"*{suffix}")
+        if not path:
+            return
+        if not path.endswith(suffix):
+            path += suffix
+        try:
+            with slicer.util.WaitCursor():
+                written = self.logic.export(kind, path)
+        except (ExportError, ValueError, OSError) as err:
+            slicer.util.errorDisplay(f"Export failed: {err}", windowTitle="Malenia")
+            return
+        self.ui.statusLabel.text = f"Exported {written}"
+
+    def onCheckDependencies(self):
+        if self._ensureDependencies():
+            self.ui.statusLabel.text = "All Python packages Malenia needs are installed."
+
+    def onSceneStartClose(self, caller, event):
+        if self.run is not None:
+            self.run.cancel()
+            self.run = None
+            self.pollTimer.stop()
+        self.logic.session = None
+        self.syncTimer.stop()
+        self._unobserveSegmentation()  # the observation would keep the closed scene's segmentation alive
+        if self.review is not None:
+            self.review.set_lesions([], "No results.")
+        self._updateButtons()
