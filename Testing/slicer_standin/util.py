@@ -2,7 +2,7 @@
 
 Dialogs do not block: each call is recorded in `DIALOGS` (kind, text) and confirmations answer from
 `ANSWERS` (True unless a test queues False). `pip_install` records its argument in `PIP` and installs
-nothing.
+nothing: it un-hides the packages that site.lacking() hid (Slicer's Python without them).
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def delayDisplay(message, autoCloseMsec=1000, parent=None, **kwargs):
 
 
 def pip_install(requirements, **kwargs):
+    from . import site
+
     PIP.append(requirements)
+    site.installed(requirements)
 
 
 @contextlib.contextmanager
