@@ -10,7 +10,7 @@ import pytest
 
 from slicer_segment_support import TOTALSEG, _attribute_matches, make_output, new_scene
 
-from malenia.knowledge.site import table_in_force_at
+from malenia.infer.site_table import table_in_force_at
 from malenia.knowledge.table import KnowledgeTable
 from malenia.knowledge.vocabulary import Vocabulary
 

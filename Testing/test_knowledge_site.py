@@ -74,7 +74,8 @@ def test_cli_adds_validates_edits_and_removes_a_profile_named_by_classification(
 
 
 def test_environment_folder_applies_and_a_later_folder_overrides(tmp_path, monkeypatch):
-    from malenia.knowledge.site import KNOWLEDGE_ENV, table_in_force_at
+    from malenia.infer.site_table import table_in_force_at
+    from malenia.knowledge.site import KNOWLEDGE_ENV
 
     env_dir, run_dir = tmp_path / "env", tmp_path / "run"
     monkeypatch.setenv(KNOWLEDGE_ENV, str(env_dir))

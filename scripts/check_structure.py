@@ -4,7 +4,8 @@
 
 Every import counts, also the ones inside functions (a lazy import is still a dependency). The layer
 order is the one docs/architecture.md states; a module may import its own layer and the ones below.
-Exit code 1 when a cycle or an upward import exists (long functions are listed, not fatal).
+It also finds file names spelled out in the core away from their owner (OWNED_NAMES).
+Exit code 1 when a cycle, an upward import or such a literal exists (long functions are listed, not fatal).
 """
 
 from __future__ import annotations
@@ -32,16 +33,24 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 # Modules of one layer that must not import each other (the two Slicer modules share MaleniaCommonLib instead).
 SIBLINGS = [(("MaleniaSegmentLib", "MaleniaSegment"), ("MaleniaTrainerLib", "MaleniaTrainer"))]
-ROOTS = {"malenia": REPO / "malenia", "MaleniaSegmentLib": REPO / "MaleniaSegment" / "MaleniaSegmentLib",
-         "MaleniaTrainerLib": REPO / "MaleniaTrainer" / "MaleniaTrainerLib",
-         "MaleniaCommonLib": REPO / "MaleniaCommon" / "MaleniaCommonLib", "MaleniaCommon": REPO / "MaleniaCommon"}
-SCRIPTS = {"MaleniaSegment": REPO / "MaleniaSegment" / "MaleniaSegment.py",
-           "MaleniaTrainer": REPO / "MaleniaTrainer" / "MaleniaTrainer.py"}
+# Import roots, relative to the repository.
+ROOTS = {"malenia": "malenia", "MaleniaSegmentLib": "MaleniaSegment/MaleniaSegmentLib",
+         "MaleniaTrainerLib": "MaleniaTrainer/MaleniaTrainerLib",
+         "MaleniaCommonLib": "MaleniaCommon/MaleniaCommonLib", "MaleniaCommon": "MaleniaCommon"}
+SCRIPTS = {"MaleniaSegment": "MaleniaSegment/MaleniaSegment.py", "MaleniaTrainer": "MaleniaTrainer/MaleniaTrainer.py"}
+# One owner per file name: code (not docstrings or comments) elsewhere in the core names these files
+# through the owner's constants (malenia.data.dataset.IMAGE_FILE, ...), so a rename happens in one place.
+OWNED_NAMES = {name: "malenia.data.dataset" for name in
+               ("dataset.json", "image.nii.gz", "lesions.nii.gz", "report.json", "organs.nii.gz")}
+# Where the same spelling means another format than the owner's (not checked there).
+OTHER_FORMATS = {("malenia.data.importers.msd", "dataset.json")}  # the Medical Segmentation Decathlon's task index
+NAMES_CHECKED_IN = ("malenia",)  # the core; the Slicer modules' Libs are checked by their own tests
 
 
-def modules() -> dict[str, Path]:
-    out = dict(SCRIPTS)
-    for root, folder in ROOTS.items():
+def modules(repo: Path = REPO) -> dict[str, Path]:
+    out = {name: repo / rel for name, rel in SCRIPTS.items()}
+    for root, rel in ROOTS.items():
+        folder = repo / rel
         for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
             parts = list(path.relative_to(folder).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -120,22 +129,52 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def long_functions(mods: dict[str, Path], limit: int) -> list[tuple[int, str]]:
+def long_functions(mods: dict[str, Path], limit: int, repo: Path = REPO) -> list[tuple[int, str]]:
     out = []
     for name, path in mods.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 if n > limit:
-                    out.append((n, f"{path.relative_to(REPO)}:{node.lineno} {node.name}"))
+                    out.append((n, f"{path.relative_to(repo)}:{node.lineno} {node.name}"))
     return sorted(out, reverse=True)
 
 
-def main() -> int:
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def owned_name_literals(mods: dict[str, Path], repo: Path = REPO) -> list[str]:
+    """String literals in code that spell out a file name another module owns (OWNED_NAMES)."""
+    out = []
+    for name, path in mods.items():
+        if not _within(name, NAMES_CHECKED_IN):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docs:
+                continue
+            for file_name, owner in OWNED_NAMES.items():
+                spelled = node.value == file_name or node.value.endswith(("/" + file_name, "\\" + file_name))
+                if spelled and name != owner and (name, file_name) not in OTHER_FORMATS:
+                    out.append(f"{path.relative_to(repo)}:{node.lineno} {file_name!r} (owner: {owner})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--max-lines", type=int, default=80)
-    args = p.parse_args()
-    mods = modules()
+    p.add_argument("--root", type=Path, default=REPO, help="repository to check (default: this one)")
+    args = p.parse_args(argv)
+    repo = args.root.resolve()
+    mods = modules(repo)
     graph = {m: imports(m, path, set(mods)) for m, path in mods.items()}
     # a package's __init__ importing its own submodules is not a cycle of concepts
     graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
@@ -157,9 +196,12 @@ def main() -> int:
     unplaced = sorted(m for m in mods if layer(m) is None)
     for m in unplaced:
         print(f"no layer: {m}")
-    for n, where in long_functions(mods, args.max_lines):
+    literals = owned_name_literals(mods, repo)
+    for where in literals:
+        print(f"file name spelled out: {where}")
+    for n, where in long_functions(mods, args.max_lines, repo):
         print(f"long function ({n} lines): {where}")
-    return 1 if found or upward or unplaced else 0
+    return 1 if found or upward or unplaced or literals else 0
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if getattr(self, "profileEditor", None) is not None:
             return self.profileEditor
         from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic
-        from malenia.knowledge.site import table_in_force_at
+        from malenia.infer.site_table import table_in_force_at
 
         folder = self._knowledgeFolder()
         model = self.ui.modelPathLineEdit.currentPath if self.ui.modelComboBox.currentIndex == 1 else None

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 
 SOURCES = {
-    "annotations": ("malenia.knowledge.workbook", "the authors' attribute workbook (.xlsx) -> structured reports"),
+    "annotations": ("malenia.data.importers.annotations", "the authors' attribute workbook (.xlsx) -> structured reports"),
     "msd": ("malenia.data.importers.msd", "a Medical Segmentation Decathlon task folder -> dataset"),
     "kits23": ("malenia.data.importers.kits23", "a KiTS23 dataset folder -> dataset"),
     "lidc": ("malenia.data.importers.lidc", "LIDC-IDRI nodule crops, masks and ratings (nodules.csv) -> dataset"),

@@ -184,7 +184,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _table_in_force(args: argparse.Namespace):
-    from malenia.knowledge.site import table_in_force_at
+    from malenia.infer.site_table import table_in_force_at
 
     return table_in_force_at(args.model, args.knowledge)
 

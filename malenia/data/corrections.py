@@ -40,12 +40,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia.atomic import atomic_dir, clean_stale, write_json
-from malenia.data.dataset import (CaseReport, DatasetIndex, Description, LesionReport, read_json, read_report,
+from malenia.data.dataset import (CASE_FILES, DATASET_FILE, IMAGE_FILE, LESIONS_FILE, REPORT_FILE, CaseReport,
+                                  DatasetIndex, Description, LesionReport, read_json, read_report,
                                   write_dataset_index)
 from malenia.errors import InputError, MaleniaError
 
 VERSION_RE = re.compile(r"^v(\d{3,})$")
-CASE_FILES = ("image.nii.gz", "lesions.nii.gz", "report.json")
 SOURCE = "malenia-slicer-review"
 MAX_TRIES = 1000  # parallel savers of one scan each take the next free number
 
@@ -107,7 +107,7 @@ class CorrectionStore:
         numbers = self.versions(case)
         if not numbers:
             raise InputError(f"no saved correction of {case} in {self.root}")
-        return read_report(self.root / "cases" / case / f"v{numbers[-1]:03d}" / "report.json")
+        return read_report(self.root / "cases" / case / f"v{numbers[-1]:03d}" / REPORT_FILE)
 
     def index(self) -> DatasetIndex:
         """The dataset index from what is on disk: latest complete version per case, and the history."""
@@ -117,7 +117,7 @@ class CorrectionStore:
         cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
         for case_dir in cases:
             done = [f"{case_dir.name}/v{n:03d}" for n in self.versions(case_dir.name)
-                    if (case_dir / f"v{n:03d}" / "report.json").is_file()]
+                    if (case_dir / f"v{n:03d}" / REPORT_FILE).is_file()]
             if done:
                 history[case_dir.name] = done
                 latest.append(done[-1])
@@ -148,10 +148,10 @@ class CorrectionStore:
                                 extra={"saved": saved_at, "version": number, **(details or {})})
             try:
                 with atomic_dir(case_dir / f"v{number:03d}") as staging:
-                    link_or_copy(blob, staging / "image.nii.gz")
+                    link_or_copy(blob, staging / IMAGE_FILE)
                     pixel = sitk.sitkUInt8 if len(lesions) < 256 else sitk.sitkUInt16
-                    sitk.WriteImage(sitk.Cast(labels, pixel), str(staging / "lesions.nii.gz"), useCompression=True)
-                    write_json(staging / "report.json", report.to_json())
+                    sitk.WriteImage(sitk.Cast(labels, pixel), str(staging / LESIONS_FILE), useCompression=True)
+                    write_json(staging / REPORT_FILE, report.to_json())
             except FileExistsError:
                 continue  # another saver took this number between our look and our rename
             self.write_index()
@@ -164,7 +164,7 @@ class CorrectionStore:
             index = self.index()
             write_dataset_index(self.root, index)
             try:
-                if read_json(self.root / "dataset.json") == self.index().to_json():
+                if read_json(self.root / DATASET_FILE) == self.index().to_json():
                     return
             except InputError:  # replaced between write and read: look again
                 pass
@@ -215,7 +215,7 @@ def scan_case_folders(folder: str | Path) -> list[CorrectionItem]:
     if not root.is_dir():
         return []
     items: list[CorrectionItem] = []
-    for report in sorted(root.rglob("report.json")):
+    for report in sorted(root.rglob(REPORT_FILE)):
         case_dir = report.parent
         if not all((case_dir / f).is_file() for f in CASE_FILES):
             continue

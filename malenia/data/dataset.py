@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import SimpleITK as sitk
+from typing import TYPE_CHECKING, Any
 
 from malenia.aspects import ASPECTS
 from malenia.atomic import atomic_dir, write_json
 from malenia.errors import InputError
 from malenia.json_files import read_json
+
+if TYPE_CHECKING:  # imported where images are read or written: the names above stay cheap to import
+    import SimpleITK as sitk
 
 DATASET_FORMAT = "malenia-dataset/1"
 CASE_FORMAT = "malenia-case/1"
@@ -153,6 +154,8 @@ def write_case(dataset_dir: str | Path, case: Case, overwrite: bool = False) -> 
     """Writes one case folder atomically (all files appear together)."""
     if case.image.GetSize() != case.lesions.GetSize():
         raise InputError(f"case {case.case_id}: lesion grid {case.lesions.GetSize()} != image grid {case.image.GetSize()}")
+    import SimpleITK as sitk
+
     target = case_dir(dataset_dir, case.case_id)
     with atomic_dir(target, overwrite=overwrite) as staging:
         sitk.WriteImage(case.image, str(staging / IMAGE_FILE), useCompression=True)
@@ -165,6 +168,8 @@ def write_case(dataset_dir: str | Path, case: Case, overwrite: bool = False) -> 
 
 
 def _max_label(img: sitk.Image) -> int:
+    import SimpleITK as sitk
+
     return int(sitk.GetArrayViewFromImage(img).max()) if img.GetNumberOfPixels() else 0
 
 
@@ -173,6 +178,8 @@ def read_case(dataset_dir: str | Path, case_id: str, with_images: bool = True) -
     report = read_report(folder / REPORT_FILE)
     if not with_images:
         return Case(case_id, None, None, report)  # type: ignore[arg-type]
+    import SimpleITK as sitk
+
     try:
         image = sitk.ReadImage(str(folder / IMAGE_FILE))
         lesions = sitk.ReadImage(str(folder / LESIONS_FILE))

@@ -7,6 +7,6 @@ inference.py   calibrated disease posterior from attribute matches, "unclassifie
 calibration.py leave-one-out accuracy and temperature / threshold fitting on the workbook
 encoder.py     text encoder (all-MiniLM-L6-v2 offline by default, any local HF folder)
 bank.py        attribute bank: cached safetensors embeddings of the vocabulary
-workbook.py    `malenia import annotations`: the authors' workbook -> case reports
+workbook.py    the authors' workbook -> one record per lesion (reports: malenia.data.importers.annotations)
 findings.py    keyword rules: report text -> specific-feature ids
 """

@@ -11,6 +11,8 @@ fields) in a profile folder. Folders apply in this order, a later one overriding
 The model's `inference.json` may hold a "disease" block (malenia.knowledge.openset: the
 "unclassified" rule fitted on the model's own attribute scores); it replaces the table's values.
 `table.origin` then says which table, profiles and rule were used (report.json's "knowledge").
+The caller hands in the model (a LoadedModel, or malenia.infer.site_table for a folder on disk): the
+model folder is a layer above this one.
 """
 
 from __future__ import annotations
@@ -83,22 +85,6 @@ def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.Path
         "table_rule": own,
     }
     return table
-
-
-def table_in_force_at(model_dir: str | os.PathLike | None = None,
-                      knowledge: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> KnowledgeTable:
-    """table_in_force for a model folder path (default: the built-in model), reading only its manifest,
-    table and inference.json, each checked by sha256: no network and no torch (CLI, Slicer module)."""
-    from types import SimpleNamespace
-
-    from malenia.model.folder import KNOWLEDGE, verify_model_folder  # lazy: the model layer sits above this one
-    from malenia.paths import builtin_model_dir
-
-    folder = Path(model_dir) if model_dir is not None else builtin_model_dir()
-    manifest = verify_model_folder(folder)
-    model = SimpleNamespace(path=folder, manifest=manifest, name=str(manifest.get("name", "")),
-                            version=str(manifest.get("version", "")), knowledge_table_path=folder / KNOWLEDGE)
-    return table_in_force(model, knowledge)
 
 
 def origin_json(table: KnowledgeTable) -> dict[str, Any]:

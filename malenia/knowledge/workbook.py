@@ -1,8 +1,8 @@
-"""The authors' attribute workbook (.xlsx) -> one structured report per case.
+"""The authors' attribute workbook (.xlsx) -> one record per annotated lesion, in vocabulary ids.
 
-`malenia import annotations WORKBOOK --out DIR` writes DIR/<case_id>.json (malenia.data.dataset
-CaseReport) and DIR/summary.json. Layout of the workbook (../shared/data/README.md): one sheet
-per disease; column 1 case id, columns 2-8 integer codes, column 9 the free-text report.
+Parsing only; `malenia import annotations` (malenia.data.importers.annotations) turns the records into
+dataset reports. Layout of the workbook (../shared/data/README.md): one sheet per disease; column 1
+case id, columns 2-8 integer codes, column 9 the free-text report.
 
 Data-quality rules (each application is warned about and counted in the summary):
 - worked_example: id `Example N` / `示例N` or a bare number -> row excluded (not a dataset case).
@@ -19,18 +19,15 @@ Data-quality rules (each application is warned about and counted in the summary)
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from malenia.aspects import ASPECTS
-from malenia.errors import InputError, OutputError
-from malenia.knowledge.findings import extract_findings, related_organs
+from malenia.errors import InputError
+from malenia.knowledge.findings import extract_findings
 from malenia.knowledge.vocabulary import Vocabulary
 
 
@@ -142,41 +139,7 @@ class WorkbookImport:
     quirks: Counter
     warnings: list[str]
 
-    def reports(self, vocab: Vocabulary):
-        """CaseReports keyed by case id; a case in several sheets gets one lesion per row."""
-        from malenia.data.dataset import CaseReport, Description, LesionReport
-
-        by_case: dict[str, list[LesionRecord]] = {}
-        for rec in self.records:
-            by_case.setdefault(rec.case_id, []).append(rec)
-        out = {}
-        for case_id, recs in by_case.items():
-            lesions = []
-            enhancement = None
-            for label, rec in enumerate(recs, start=1):
-                attrs = {a: [Description(vocab.text(i), i) for i in rec.attributes.get(a, [])] for a in ASPECTS}
-                extra = {"sheet": rec.sheet, "row": rec.row, "report_text": rec.text, "codes": rec.codes}
-                if rec.quirks:
-                    extra["quirks"] = rec.quirks
-                organs = related_organs(rec.text, rec.organ)
-                if organs and "relationship.invading" in rec.attributes.get("relationship", []):
-                    extra["related_organs"] = organs
-                lesions.append(LesionReport(label=label, disease=rec.disease, attributes=attrs, extra=extra))
-                phase = rec.attributes.get("enhancement", [])
-                if phase and enhancement is None:
-                    enhancement = Description(vocab.text(phase[0]), phase[0])
-                elif phase and enhancement is not None and phase[0] != enhancement.id:
-                    self._quirk("enhancement_conflict", f"case {case_id}: lesions disagree on the scan phase; "
-                                f"kept {enhancement.id}", rec)
-            sources = sorted({r.source for r in recs})
-            out[case_id] = CaseReport(
-                case_id=case_id, lesions=lesions, enhancement=enhancement,
-                source=f"{' + '.join(sources)} (Malenia attribute workbook)",
-                extra={"labels": "numbered in workbook row order; not tied to a lesion mask"},
-            )
-        return out
-
-    def _quirk(self, rule: str, message: str, rec: LesionRecord | None = None) -> None:
+    def quirk(self, rule: str, message: str, rec: LesionRecord | None = None) -> None:
         self.quirks[rule] += 1
         self.warnings.append(message)
         if rec is not None:
@@ -281,21 +244,21 @@ def _read_sheet(ws, name: str, spec: SheetSpec, vocab: Vocabulary, result: Workb
         where = f"sheet {name} ({spec.disease}) row {row_index} id {raw_id!r}"
         case_id = normalise_case_id(raw_id) if raw_id is not None else ""
         if _EXAMPLE.match(case_id):
-            result._quirk("worked_example", f"{where}: worked example, excluded")
+            result.quirk("worked_example", f"{where}: worked example, excluded")
             stats["examples_excluded"] += 1
             _check_codes(cells, spec, where, result, None)  # its code quirks are still reported
             continue
         if not pattern.match(case_id):
-            result._quirk("unrecognised_case_id", f"{where}: not a {spec.source} case id, skipped")
+            result.quirk("unrecognised_case_id", f"{where}: not a {spec.source} case id, skipped")
             stats["skipped"] += 1
             continue
         if case_id in seen:
-            result._quirk("duplicate_case", f"{where}: {case_id} already listed in this sheet, skipped")
+            result.quirk("duplicate_case", f"{where}: {case_id} already listed in this sheet, skipped")
             stats["skipped"] += 1
             continue
         text = "" if text is None else str(text).strip()
         if all(c is None or str(c).strip() == "" for c in cells) and not text:
-            result._quirk("empty_row", f"{where}: no codes and no report, skipped")
+            result.quirk("empty_row", f"{where}: no codes and no report, skipped")
             stats["skipped"] += 1
             continue
         seen.add(case_id)
@@ -321,15 +284,15 @@ def _check_codes(cells, spec: SheetSpec, where: str, result: WorkbookImport, rec
         if codes is None:
             recovered = _recover_from_text(aspect, spec.organ, text) if rec is not None else None
             if recovered:
-                result._quirk("blank_cell_recovered", f"{where}: blank {aspect} cell, read {recovered} from the report", rec)
+                result.quirk("blank_cell_recovered", f"{where}: blank {aspect} cell, read {recovered} from the report", rec)
                 attrs[aspect] = [recovered]
             else:
-                result._quirk("blank_cell", f"{where}: blank {aspect} cell, aspect left undescribed", rec)
+                result.quirk("blank_cell", f"{where}: blank {aspect} cell, aspect left undescribed", rec)
                 attrs[aspect] = []
             continue
         bad = [c for c in codes if c not in mapping] if codes else [cell]
         if bad:
-            result._quirk("out_of_range_code", f"{where}: {aspect} code {cell!r} outside {sorted(mapping)}, "
+            result.quirk("out_of_range_code", f"{where}: {aspect} code {cell!r} outside {sorted(mapping)}, "
                           "aspect left undescribed", rec)
             attrs[aspect] = []
             continue
@@ -339,39 +302,8 @@ def _check_codes(cells, spec: SheetSpec, where: str, result: WorkbookImport, rec
                 ids = [_BOTH_SIDES[spec.organ]]
             else:
                 ids = [mapping[c] for c in codes]
-            result._quirk("multi_valued", f"{where}: {aspect} cell {cell!r} has several codes -> {ids}", rec)
+            result.quirk("multi_valued", f"{where}: {aspect} cell {cell!r} has several codes -> {ids}", rec)
             attrs[aspect] = ids
             continue
         attrs[aspect] = [mapping[codes[0]]]
     return attrs
-
-
-# -- `malenia import annotations` -------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workbook", type=Path, help="the authors' English attribute workbook (.xlsx)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder: <case_id>.json + summary.json")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--quiet", action="store_true", help="do not print each warning")
-
-
-def run(args: argparse.Namespace) -> int:
-    from malenia.atomic import atomic_dir, write_json
-
-    vocab = Vocabulary.load()
-    imported = read_workbook(args.workbook, vocab)
-    reports = imported.reports(vocab)
-    if args.out.exists() and not args.overwrite:
-        raise OutputError(f"{args.out} exists (use --overwrite to replace it)")
-    try:
-        with atomic_dir(args.out, overwrite=args.overwrite) as staging:
-            for case_id, report in sorted(reports.items()):
-                write_json(staging / f"{case_id}.json", report.to_json())
-            write_json(staging / "summary.json", imported.summary(len(reports)))
-    except OSError as err:
-        raise OutputError(f"cannot write {args.out}: {err}") from None
-    if not args.quiet:
-        for w in imported.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-    counts = ", ".join(f"{r}={n}" for r, n in imported.quirks.items() if n)
-    print(f"{len(reports)} case reports ({len(imported.records)} lesions) written to {args.out}; rules applied: {counts or 'none'}")
-    return 0

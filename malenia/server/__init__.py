@@ -10,8 +10,12 @@ API version differs, and the server refuses a client that sends an incompatible 
 
 from __future__ import annotations
 
+from malenia.data.dataset import IMAGE_FILE, LESIONS_FILE, REPORT_FILE
+
 API_VERSION = "1.0"
 API_HEADER = "X-Malenia-Api"
+# A case upload: multipart part name -> the dataset file it becomes (client and server both use this).
+CASE_PARTS = {"image": IMAGE_FILE, "lesions": LESIONS_FILE, "report": REPORT_FILE}
 
 
 def api_major(version: str) -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from malenia.data.dataset import CASE_FILES, IMAGE_FILE, LESIONS_FILE, REPORT_FILE
+
 
 def make_large_case(folder: Path, size_xyz: tuple[int, int, int], seed: int = 0) -> Path:
     import SimpleITK as sitk
@@ -40,11 +42,11 @@ def make_large_case(folder: Path, size_xyz: tuple[int, int, int], seed: int = 0)
     labels[lesion] = 1
     image[lesion] = -5
     folder.mkdir(parents=True, exist_ok=True)
-    for arr, name in ((image, "image.nii.gz"), (labels, "lesions.nii.gz")):
+    for arr, name in ((image, IMAGE_FILE), (labels, LESIONS_FILE)):
         img = sitk.GetImageFromArray(arr)
         img.SetSpacing((0.78, 0.78, 1.5))
         sitk.WriteImage(img, str(folder / name), useCompression=True)
-    write_json(folder / "report.json", report_json("bench", [1]))
+    write_json(folder / REPORT_FILE, report_json("bench", [1]))
     return folder
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         case = make_large_case(root / "case", tuple(args.size))
         make_s = time.perf_counter() - t0
-        sizes = {f: (case / f).stat().st_size for f in ("image.nii.gz", "lesions.nii.gz", "report.json")}
+        sizes = {f: (case / f).stat().st_size for f in CASE_FILES}
         srv = ServerProcess(root / "data").start()
         try:
             new, dup = [], []

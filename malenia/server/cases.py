@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from malenia.atomic import write_json
+from malenia.data.dataset import CASE_FILES
 from malenia.errors import InputError
 from malenia.server.config import GeometryTolerance, UploadLimits
 from malenia.server.layout import Layout, check_id, clean_name
 from malenia.server.store import Store, dumps, now
 from malenia.server.uploads import StagedUpload
-from malenia.server.validation import CASE_FILES, check_case
+from malenia.server.validation import check_case
 
 
 class NotFound(InputError):

@@ -21,10 +21,9 @@ from typing import Any, Callable, Iterator
 from malenia import __version__
 from malenia.atomic import atomic_dir
 from malenia.errors import MaleniaError
-from malenia.server import API_HEADER, API_VERSION, api_compatible, api_major
+from malenia.server import API_HEADER, API_VERSION, CASE_PARTS, api_compatible, api_major
 from malenia.model.folder import safe_relpath
 
-CASE_FILES = (("image", "image.nii.gz"), ("lesions", "lesions.nii.gz"), ("report", "report.json"))
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
@@ -148,7 +147,7 @@ class MaleniaClient:
     def upload_case(self, folder: str | Path, name: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
         """Uploads a case folder; returns {"case": {...}, "duplicate": bool}."""
         folder = Path(folder)
-        files = [(field, fname, folder / fname) for field, fname in CASE_FILES]
+        files = [(field, fname, folder / fname) for field, fname in CASE_PARTS.items()]
         for _, fname, path in files:
             if not path.is_file():
                 raise ClientError(f"{folder}: missing {fname}")

@@ -12,14 +12,14 @@ from typing import Any
 
 from malenia import __version__
 from malenia.errors import InputError
-from malenia.server import API_VERSION
+from malenia.server import API_VERSION, CASE_PARTS
 from malenia.server.cases import CaseStore, IngestResult
 from malenia.server.config import ServerConfig
 from malenia.server.jobs import JobManager
 from malenia.server.layout import Layout
 from malenia.server.store import Store
 from malenia.server.tokens import TokenStore
-from malenia.server.uploads import FILE_PARTS, StagedUpload
+from malenia.server.uploads import StagedUpload
 from malenia.model.folder import sha256_file
 from malenia.server.versions import Registry
 
@@ -75,7 +75,7 @@ class TrainingService:
         staging = self.layout.new_staging_dir("local")
         staged = StagedUpload(staging, fields={"name": name or Path(folder).name})
         try:
-            for part, fname in FILE_PARTS.items():
+            for part, fname in CASE_PARTS.items():
                 src = Path(folder) / fname
                 if not src.is_file():
                     raise InputError(f"{folder}: missing {fname}")

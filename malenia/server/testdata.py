@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from malenia.atomic import atomic_dir, write_json
+from malenia.data.dataset import IMAGE_FILE, LESIONS_FILE, REPORT_FILE
 
 def report_json(case_id: str, labels: list[int], free_text: str | None = None) -> dict[str, Any]:
     from malenia.data.dataset import CASE_FORMAT
@@ -61,13 +62,13 @@ def make_case(folder: str | Path, shape_zyx: tuple[int, int, int] = (16, 32, 32)
         ball = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r
         labels[ball & (labels == 0)] = k
         image[ball] = -10  # a hypodense lesion
-    for arr, name in ((image, "image.nii.gz"), (labels, "lesions.nii.gz")):
+    for arr, name in ((image, IMAGE_FILE), (labels, LESIONS_FILE)):
         img = sitk.GetImageFromArray(arr)
         img.SetSpacing(spacing)
         img.SetOrigin(origin)
         sitk.WriteImage(img, str(folder / name), useCompression=compress)
     present = sorted(int(v) for v in np.unique(labels) if v > 0)
-    write_json(folder / "report.json", report_json(folder.name, present, free_text))
+    write_json(folder / REPORT_FILE, report_json(folder.name, present, free_text))
     return folder
 
 

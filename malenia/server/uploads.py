@@ -19,9 +19,9 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from malenia.errors import InputError
+from malenia.server import CASE_PARTS
 from malenia.server.config import UploadLimits
 
-FILE_PARTS = {"image": "image.nii.gz", "lesions": "lesions.nii.gz", "report": "report.json"}
 TEXT_PARTS = {"name": 200}
 
 
@@ -87,13 +87,13 @@ class MultipartToFolder:
         name = options.get(b"name", b"").decode("utf-8", "replace")
         if disposition != b"form-data" or not name:
             raise InputError("multipart part without a form-data name")
-        if name not in FILE_PARTS and name not in TEXT_PARTS:
+        if name not in CASE_PARTS and name not in TEXT_PARTS:
             raise InputError(f"unexpected form field {name[:40]!r}; expected image, lesions, report (and optional name)")
         if name in self._seen:
             raise InputError(f"form field {name!r} sent twice")
         self._seen.add(name)
         self._name, self._size = name, 0
-        if name in FILE_PARTS:
+        if name in CASE_PARTS:
             self._file = open(self.staged.folder / f"{name}.part", "wb")
             self._hash = hashlib.sha256()
         else:
@@ -141,10 +141,10 @@ class MultipartToFolder:
         if self._file is not None:
             self._file.close()
             raise InputError("upload ended in the middle of a part")
-        missing = [p for p in FILE_PARTS if p not in self.staged.part_sha256]
+        missing = [p for p in CASE_PARTS if p not in self.staged.part_sha256]
         if missing:
             raise InputError(f"upload is missing part(s) {missing}; expected image, lesions, report")
-        for part, target in FILE_PARTS.items():
+        for part, target in CASE_PARTS.items():
             src = self.staged.folder / f"{part}.part"
             if target.endswith(".gz") and not _is_gzip(src):
                 _gzip_file(src, self.staged.folder / target)  # dataset files are .nii.gz

@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 
 from malenia.data.ct_io import check_header_spacing, check_hu_range, scan_data
-from malenia.data.dataset import CaseReport
+from malenia.data.dataset import IMAGE_FILE, LESIONS_FILE, REPORT_FILE, CaseReport
 from malenia.errors import InputError
 from malenia.paths import knowledge_dir
 from malenia.server.config import GeometryTolerance, UploadLimits
 
-CASE_FILES = ("image.nii.gz", "lesions.nii.gz", "report.json")
 
 
 @dataclass
@@ -202,14 +201,14 @@ def _scan(path: Path, what: str, limits: UploadLimits, consume=None):
 
 def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> CheckedCase:
     """Validates folder/{image.nii.gz, lesions.nii.gz, report.json}; InputError on the first problem."""
-    report_path = folder / "report.json"
+    report_path = folder / REPORT_FILE
     if report_path.stat().st_size > limits.max_report_bytes:
         raise InputError(f"report: larger than {limits.max_report_bytes} bytes")
     report, report_sha = check_report(report_path.read_bytes())
-    image_grid = read_grid(folder / "image.nii.gz", "image", limits)
-    lesion_grid = read_grid(folder / "lesions.nii.gz", "lesions", limits)
+    image_grid = read_grid(folder / IMAGE_FILE, "image", limits)
+    lesion_grid = read_grid(folder / LESIONS_FILE, "lesions", limits)
     check_same_grid(image_grid, lesion_grid, tol)
-    labels = read_labels(folder / "lesions.nii.gz", limits)
+    labels = read_labels(folder / LESIONS_FILE, limits)
     described = {lesion.label for lesion in report.lesions}
     if set(labels) != described:
         missing = sorted(described - set(labels))
@@ -217,7 +216,7 @@ def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> Ch
         parts = ([f"report describes labels {missing} absent from the mask"] if missing else []) + \
                 ([f"mask has labels {extra} the report does not describe"] if extra else [])
         raise InputError("lesions: " + "; ".join(parts))
-    check_image_data(folder / "image.nii.gz", limits)
+    check_image_data(folder / IMAGE_FILE, limits)
     free = [(aspect, d.text.strip()) for lesion in report.lesions for aspect, ds in lesion.attributes.items()
             for d in ds if d.id is None]
     return CheckedCase(report, report_sha, image_grid, dict(sorted(labels.items())), sorted(set(free)))

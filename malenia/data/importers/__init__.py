@@ -1,1 +1,1 @@
-"""Importers for public dataset layouts (MSD, KiTS23)."""
+"""Importers into the dataset format: MSD, KiTS23, LIDC-IDRI nodules, and the authors' annotation workbook."""

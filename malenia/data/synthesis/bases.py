@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from malenia.data.dataset import IMAGE_FILE, ORGANS_FILE, REPORT_FILE
 from malenia.data.synthesis.anatomy import TOTALSEG_IDS, Anatomy
 from malenia.errors import InputError
 
@@ -53,9 +54,9 @@ def load_base(folder: str | Path) -> Anatomy:
     images = sorted(p for p in folder.iterdir() if _is_image(p))
     seg_dir = folder / "segmentations"
     names: dict[int, str]
-    if (folder / "organs.nii.gz").exists() and (folder / "report.json").exists():
-        ct_path, seg_path = folder / "image.nii.gz", folder / "organs.nii.gz"
-        extra = json.loads((folder / "report.json").read_text(encoding="utf-8")).get("extra", {})
+    if (folder / ORGANS_FILE).exists() and (folder / REPORT_FILE).exists():
+        ct_path, seg_path = folder / IMAGE_FILE, folder / ORGANS_FILE
+        extra = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8")).get("extra", {})
         names = {int(k): str(v) for k, v in (extra.get("organ_labels") or {}).items()} or _totalseg_names()
         image = read_ct(ct_path)
         organs = sitk.GetArrayFromImage(read_label(seg_path, image)).astype(np.int16)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from malenia.data.dataset import is_dataset, read_case, read_dataset
 from malenia.data.synthesis.lung_base import LungBase, load_lung_base
 from malenia.data.synthesis.nodules import find_centre, nodule_patch, part_depth, paste, patch_radius_mm
 from malenia.errors import InputError, OutputError
@@ -60,9 +61,7 @@ def load_nodules(path: str | Path, split: str = "all", allow_truncated: bool = F
                 cases.append(nodule_case(pair))
             except InputError as err:
                 notes.append(str(err))
-    elif (path / "dataset.json").is_file():
-        from malenia.data.dataset import read_case, read_dataset
-
+    elif is_dataset(path):
         index = read_dataset(path)
         if index.extra.get("source") != "lidc":
             raise InputError(f"{path}: not a dataset written by `malenia import lidc`")
