@@ -7,6 +7,9 @@ Cancel reaches the whole tree, not only the direct child:
     ...
     stop_tree(proc, grace_s=3.0)                       # polite first, then forced; waits for the child
 
+A tree can also outlive the process that started it (a server killed while a job ran): record the
+leader's `start_id(pid)` with its pid, and a later process calls `stop_leftover(pid, recorded)`.
+
 POSIX: SIGTERM to the group, then SIGKILL to the group after `grace_s` (members that outlive the
 leader are reached too: a group lives while any member does). Windows: `taskkill /T /F` at once,
 which walks the child tree from the leader; a polite request first (CTRL_BREAK_EVENT) could let
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 WINDOWS = os.name == "nt"
 
@@ -76,6 +80,54 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 3.0) -> int | None:
         proc.kill()
         proc.wait()
     return proc.returncode
+
+
+def start_id(pid: int) -> str | None:
+    """What tells this process apart from a later one given the same pid (its start time, as text);
+    None when no such process runs. Compare it only with values from the same platform."""
+    if WINDOWS:
+        return _windows_start_id(pid)
+    try:  # Linux: field 22 of /proc/PID/stat, clock ticks since boot (cheap, no subprocess)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        if Path("/proc/self/stat").exists():
+            return None  # Linux, and no such process
+    out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None  # macOS and other POSIX systems
+
+
+def stop_leftover(pid: int, recorded_start: str | None) -> bool:
+    """Force-stops a tree an earlier process started with `new_group` (leader `pid`, its `start_id` then
+    `recorded_start`). Returns whether anything of it was still running. POSIX: the group is reached even
+    after its leader exited (a reused pid does not lead that group). Windows: only while the leader is
+    the recorded process (`taskkill /T` walks the tree from it; a reused pid is never touched)."""
+    leader = recorded_start is not None and start_id(pid) == recorded_start
+    if WINDOWS and not leader:
+        return False
+    if not leader and not group_alive(pid):
+        return False
+    signal_tree(pid, force=True)
+    return True
+
+
+def _windows_start_id(pid: int) -> str | None:
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return None
+    try:
+        times = [wintypes.FILETIME() for _ in range(4)]  # creation, exit, kernel, user
+        code = wintypes.DWORD()
+        if not kernel32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+            return None
+        if kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) and code.value != 259:  # not STILL_ACTIVE
+            return None
+        return str((times[0].dwHighDateTime << 32) | times[0].dwLowDateTime)
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def _windows_alive(pid: int) -> bool:

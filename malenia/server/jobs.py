@@ -1,7 +1,7 @@
 """Fine-tuning jobs: a queue in SQLite and one worker thread that runs them one at a time.
 
-A job's steps, each a subprocess in its own session (so cancel ends the whole tree, torchrun's
-workers included):
+A job's steps, each a subprocess in its own process group (malenia.process_tree: cancel ends the whole
+tree, torchrun's workers included):
 1. train: `torchrun --nproc_per_node=<GPUs> -m malenia.cli train ...` on a dataset view of the chosen
    cases (symlinks, split train/val) and a replay view of earlier data; `python -m malenia.cli train`
    when there is no GPU (or `train_command` from the settings, which replaces that prefix);
@@ -22,7 +22,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from malenia.errors import InputError, MaleniaError, ModelError
+from malenia.process_tree import new_group, signal_tree, start_id, stop_leftover, stop_tree
 from malenia.model.folder import verify_model_folder
 from malenia.server.bank_update import add_free_text
 from malenia.server.cases import CaseStore, Conflict, NotFound
@@ -42,41 +42,6 @@ from malenia.server.versions import Registry, decide_promotion
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
 MAX_CURVE = 2000  # loss points kept per job (thinned beyond)
-
-
-# -- processes ------------------------------------------------------------------------------------
-
-def proc_start_time(pid: int) -> str | None:
-    """Kernel start time of a process (identifies it even if its pid is reused later)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def session_members(sid: int) -> list[int]:
-    """Pids whose session id is `sid` (a job's tree, also after its leader has exited)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:  # fields: state ppid pgrp session ...
-                out.append(int(entry.name))
-    return out
-
-
-def kill_session(sid: int, sig: int = signal.SIGKILL) -> int:
-    members = session_members(sid)
-    for pid in members:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    return len(members)
 
 
 def gpu_count() -> int:
@@ -258,12 +223,8 @@ class JobManager:
         notes = []
         for row in self.store.query("SELECT * FROM jobs WHERE state='running'"):
             job_id = row["id"]
-            if row["pid"]:
-                leader_alive = proc_start_time(row["pid"]) == row["pid_start"]
-                members = session_members(row["pid"])
-                if leader_alive or members:
-                    kill_session(row["pid"], signal.SIGKILL)
-                    notes.append(f"job {job_id}: ended {len(members)} leftover process(es) of the previous server")
+            if row["pid"] and stop_leftover(row["pid"], row["pid_start"]):
+                notes.append(f"job {job_id}: ended the processes the previous server had left running")
             run = self.layout.job_dir(job_id) / "run"
             finished = _model_ok(run / "model")
             resumable = self.cfg.resume_interrupted and (finished or _has_checkpoint(run))
@@ -417,10 +378,10 @@ class JobManager:
         log.flush()
         env = dict(os.environ, **(self.cfg.subprocess_env or {}), PYTHONUNBUFFERED="1", MALENIA_JOB_ID=job_id)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=self.layout.job_dir(job_id), env=env, start_new_session=True,
-                                text=True, encoding="utf-8", errors="replace", bufsize=1)
+                                cwd=self.layout.job_dir(job_id), env=env, text=True, encoding="utf-8",
+                                errors="replace", bufsize=1, **new_group())
         self._proc = proc
-        self.store.execute("UPDATE jobs SET pid=?, pid_start=? WHERE id=?", (proc.pid, proc_start_time(proc.pid), job_id))
+        self.store.execute("UPDATE jobs SET pid=?, pid_start=? WHERE id=?", (proc.pid, start_id(proc.pid), job_id))
         last_write = 0.0
         try:
             for line in proc.stdout:
@@ -431,7 +392,7 @@ class JobManager:
                     last_write = time.time()
             rc = proc.wait()
         finally:
-            kill_session(proc.pid)  # whatever the leader left behind (torchrun workers)
+            signal_tree(proc.pid, force=True)  # whatever the leader left behind (torchrun workers)
             self._proc = None
             self.store.execute("UPDATE jobs SET pid=NULL, pid_start=NULL WHERE id=?", (job_id,))
         self._update(job_id, progress=tracker.state)
@@ -459,18 +420,9 @@ class JobManager:
         proc = self._proc
         if proc is None or self._running_id != job_id:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-
-        def escalate(pid: int = proc.pid) -> None:
-            if proc.poll() is None or session_members(pid):
-                kill_session(pid, signal.SIGKILL)
-
-        timer = threading.Timer(self.cfg.cancel_grace_s, escalate)
-        timer.daemon = True
-        timer.start()
+        # polite, then forced after the grace period (Windows: forced at once); _spawn's wait sees the end
+        threading.Thread(target=stop_tree, args=(proc, self.cfg.cancel_grace_s), daemon=True,
+                         name=f"stop-{job_id}").start()
 
     def _validation(self, job_id, run: Path, data: Path, val_ids: list[str], log, tracker):
         """(new DSC, current model's DSC on the same cases, current version, notes); new DSC False if cancelled."""
