@@ -122,6 +122,16 @@ def test_cli_refuses_missing_base_and_existing_output(tmp_path, capsys):
     assert rc == 5 and "exists" in capsys.readouterr().err
 
 
+
+def test_commands_refuse_a_folder_that_is_not_a_dataset(dataset, tmp_path, capsys):
+    """One check (malenia.data.dataset.require_dataset) names the argument and the missing file."""
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")]) == 3
+    assert f"{tmp_path / 'none'} is not a Malenia dataset (no dataset.json)" in capsys.readouterr().err
+    assert main(["train", "--data", str(dataset), "--replay", str(tmp_path), "--out", str(tmp_path / "run")]) == 3
+    assert f"--replay {tmp_path} is not a Malenia dataset" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_files():
     zs = load_split("zero_shot")
     assert zs["diseases"]["train"] == list(SEEN_DISEASES) and zs["diseases"]["test"] == list(UNSEEN_DISEASES)

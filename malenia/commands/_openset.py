@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from malenia.data.dataset import DATASET_FILE, is_dataset
+    from malenia.data.dataset import require_dataset
     from malenia.errors import InputError
     from malenia.evaluate.openset import scored_lesions
     from malenia.evaluate.evaluate import make_segmenter
@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not is_dataset(args.data):
-        raise InputError(f"{args.data} is not a Malenia dataset (no {DATASET_FILE})")
+    require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device)
     segmenter = make_segmenter(model, args.device, knowledge=args.knowledge)
     table = segmenter.table

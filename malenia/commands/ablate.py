@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from malenia.atomic import write_json, write_text
-    from malenia.data.dataset import is_dataset
+    from malenia.data.dataset import require_dataset
     from malenia.errors import InputError
     from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter
     from malenia.commands.train import build_config
@@ -70,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
     evals = []
     for item in args.eval:
         path, _, split = item.partition(":")
-        if not is_dataset(path):
-            raise InputError(f"--eval {path} is not a Malenia dataset")
-        evals.append((Path(path), split or "test"))
+        evals.append((require_dataset(path, "--eval"), split or "test"))
     out = Path(args.out)
     rows = []
     for name in names:

@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from malenia.data.dataset import is_dataset
-    from malenia.errors import InputError
+    from malenia.data.dataset import require_dataset
     from malenia.evaluate.calibrate import calibrate
     from malenia.evaluate.evaluate import make_segmenter
     from malenia.model.folder import INFERENCE, load_model_folder, update_model_folder
@@ -51,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not is_dataset(args.data):
-        raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
+    require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device)
     progress = Progress(1, args.progress, "calibrate")
 

@@ -95,7 +95,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from malenia.atomic import write_json, write_text
-    from malenia.data.dataset import is_dataset
+    from malenia.data.dataset import require_dataset
     from malenia.errors import InputError
     from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter, markdown_tables
     from malenia.evaluate.metrics import DEFAULT_IOU_THRESHOLD, DEFAULT_NSD_TOLERANCE_MM
@@ -105,8 +105,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise InputError("--data or --image is required (or --card to write a model card)")
-    if not is_dataset(args.data):
-        raise InputError(f"{args.data} is not a Malenia dataset (no dataset.json)")
+    require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device)
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)

@@ -108,17 +108,15 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from malenia.data.dataset import DATASET_FILE, is_dataset
+    from malenia.data.dataset import require_dataset
     from malenia.errors import InputError
     from malenia.train.loop import TrainOptions, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = Path(args.data)
-    if not is_dataset(data):
-        raise InputError(f"{data} is not a Malenia dataset (no {DATASET_FILE})")
-    if args.replay and not is_dataset(args.replay):
-        raise InputError(f"{args.replay} is not a Malenia dataset (no {DATASET_FILE})")
+    data = require_dataset(args.data)
+    if args.replay:
+        require_dataset(args.replay, "--replay")
     if args.workers is not None and args.workers < 0:
         raise InputError("--workers must be 0 or more")
     cfg = build_config(args.config, args.set)

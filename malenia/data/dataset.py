@@ -146,6 +146,14 @@ def is_dataset(path: str | Path) -> bool:
     return (Path(path) / DATASET_FILE).is_file()
 
 
+def require_dataset(path: str | Path, option: str = "") -> Path:
+    """`path` as a Path when it is a dataset folder; otherwise the commands' one-line InputError
+    (`option`, e.g. "--eval", says which argument named it)."""
+    if not is_dataset(path):
+        raise InputError(f"{option + ' ' if option else ''}{path} is not a Malenia dataset (no {DATASET_FILE})")
+    return Path(path)
+
+
 def read_report(path: str | Path) -> CaseReport:
     return CaseReport.from_json(read_json(Path(path)))
 
