@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from segment_helpers import REPO, sphere_ct, tiny_trained_model
-from slicer_standin import install, load_module, module_widget, unload_module
+from slicer_standin import install, load_module, module_widget, pump, python_slicer, unload_module
 
 # The panel screenshots in docs/images are refreshed only on request (MALENIA_DOCS_SCREENSHOTS=1): a test
 # run must not change tracked files. Otherwise they are still rendered, into a temporary folder.
@@ -51,30 +49,14 @@ def ct(tmp_path_factory) -> Path:
 @pytest.fixture()
 def slicer_app(tmp_path, monkeypatch):
     """The stand-in, with a PythonSlicer launcher on PATH that logs each call and runs this Python."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    launcher = bin_dir / "PythonSlicer"
-    launcher.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/pythonslicer.log"\n'
-                        f'if [ "$2" = malenia.cli ] && [ "$3" = train ]; then shift 3; '
-                        f'exec "{sys.executable}" -m malenia.server.testdata train "$@"; fi\n'
-                        f'exec "{sys.executable}" "$@"\n')
-    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    launcher = python_slicer(tmp_path, f'if [ "$2" = malenia.cli ] && [ "$3" = train ]; then shift 3; '
+                                       f'exec "{sys.executable}" -m malenia.server.testdata train "$@"; fi\n')
+    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("MALENIA_SLICER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MALENIA_FAKE_STEP_SECONDS", "0.01")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with install(tmp_path / "settings") as slicer:
         yield slicer, tmp_path
-
-
-def _pump(slicer, until, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        slicer.app.processEvents()
-        if until():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def _nodes(scene) -> dict[str, int]:
@@ -121,7 +103,7 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     w.ui.modelPathLineEdit.currentPath = str(model)
     w.ui.deviceComboBox.currentIndex = 1  # CPU
     w.ui.segmentButton.click()
-    _pump(slicer, lambda: w.run is None)
+    pump(lambda: w.run is None)
     assert w.logic.session is not None, util.DIALOGS
     assert "PythonSlicer" not in str(util.DIALOGS) and (tmp / "pythonslicer.log").read_text().startswith("-m malenia.cli segment")
     session = w.logic.session
@@ -161,18 +143,18 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     assert panel.corrections.table.rowCount == 5
     panel.connection.mode.setCurrentIndex(1)
     panel.connection.connect_button.click()
-    _pump(slicer, lambda: "Connected" in panel.connection.status.text)
+    pump(lambda: "Connected" in panel.connection.status.text)
     for r in range(5):
         panel.corrections.set_checked(r, True)
     panel.corrections.upload_button.click()
-    _pump(slicer, lambda: "uploaded" in panel.corrections.status.text)
+    pump(lambda: "uploaded" in panel.corrections.status.text)
     panel.training.steps.value = 10
     panel.training.start_button.click()
-    _pump(slicer, lambda: panel.job_id is not None)
-    _pump(slicer, lambda: panel.job_id is None and "succeeded" in panel.training.status.text)
+    pump(lambda: panel.job_id is not None)
+    pump(lambda: panel.job_id is None and "succeeded" in panel.training.status.text)
     log = (tmp / "pythonslicer.log").read_text()
     assert "-m malenia.cli train" in log and "--steps 10" in log and "-m malenia.server.validate_job" in log
-    _pump(slicer, lambda: len(panel.versions.names) == 2)
+    pump(lambda: len(panel.versions.names) == 2)
     _grab(tqwidget, "slicer-trainer-panel.png")
     unload_module("MaleniaTrainer")
 

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import stat
-import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from segment_helpers import REPO, tiny_trained_model
-from slicer_standin import install, load_module, module_widget, site, unload_module, util
+from slicer_standin import install, load_module, module_widget, pump, python_slicer, site, unload_module, util
 from test_trainer_logic import FAKE_TRAINER, save_review
 
 HTTPX = [r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
@@ -28,12 +24,8 @@ HTTPX = [r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["projec
 @pytest.fixture()
 def slicer_app(tmp_path, monkeypatch):
     """The stand-in; PythonSlicer on PATH logs each call and runs this Python (Slicer's Python launcher)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    launcher = bin_dir / "PythonSlicer"
-    launcher.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/pythonslicer.log"\nexec "{sys.executable}" "$@"\n')
-    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    launcher = python_slicer(tmp_path)
+    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("MALENIA_SLICER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     for recorded in (util.DIALOGS, util.ANSWERS, util.PIP):
@@ -51,16 +43,6 @@ def server(tmp_path_factory):
     srv = ServerProcess(root / "data", settings={"base_model": str(root / "base"), "train_command": FAKE_TRAINER}).start()
     yield srv
     assert srv.stop() in (0, -signal.SIGTERM)
-
-
-def _pump(slicer, until, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        slicer.app.processEvents()
-        if until():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def _asked_for(text: str) -> list[str]:
@@ -86,7 +68,7 @@ def test_server_mode_connects_with_only_the_consented_packages(slicer_app, serve
         assert len(asked) == 1 and _asked_for(asked[0]) == HTTPX  # httpx only: no torch, no server packages
         if consent:
             assert util.PIP == [" ".join(HTTPX)]  # installed: exactly what was consented to, once
-            _pump(slicer, lambda: "Connected" in connection.status.text)
+            pump(lambda: "Connected" in connection.status.text)
             assert server.url in connection.status.text and not site.MISSING
         else:
             assert util.PIP == []
@@ -121,21 +103,21 @@ def test_local_mode_fine_tunes_a_real_tiny_model_through_pythonslicer(slicer_app
                                          "extra_train_args": ["--threads", "1", "--workers", "0"]}
     panel.connection.mode.setCurrentIndex(1)
     panel.connection.connect_button.click()
-    _pump(slicer, lambda: "Connected" in panel.connection.status.text)
+    pump(lambda: "Connected" in panel.connection.status.text)
     assert panel.corrections.table.rowCount == 3
     for row in range(3):
         panel.corrections.set_checked(row, True)
     panel.corrections.upload_button.click()
-    _pump(slicer, lambda: "3 uploaded" in panel.corrections.status.text)
+    pump(lambda: "3 uploaded" in panel.corrections.status.text)
     panel.training.steps.value = 10
     panel.training.start_button.click()
-    _pump(slicer, lambda: panel.job_id is not None)
-    _pump(slicer, lambda: panel.job_id is None, timeout=900)
+    pump(lambda: panel.job_id is not None)
+    pump(lambda: panel.job_id is None, timeout=900)
     log = (tmp / "pythonslicer.log").read_text()
     assert "succeeded" in panel.training.status.text, (panel.training.status.text, log)
     assert f"-m malenia.cli train --config {config}" in log and "--steps 10" in log and f"--init " in log
     assert "malenia.server.testdata" not in log  # the real trainer, not the double
-    _pump(slicer, lambda: len(panel.versions.names) == 2)
+    pump(lambda: len(panel.versions.names) == 2)
     backend = trainer.logic.core.backend()
     new = backend.versions()["current"]
     assert new != "v1" and new in panel.versions.names

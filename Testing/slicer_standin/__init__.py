@@ -7,7 +7,8 @@ on PySide6, see pythonqt.py), `ctk`, and `slicer` = slicer-core's real MRML plus
 imports a module file under its own name with its folder on sys.path and instantiates the module
 class with a parent (title, path ...); `module_widget(name)` builds its panel the way
 qSlicerScriptedLoadableModuleWidget does (widget class with a parent, then setup(), then enter()).
-Everything is undone on exit, so other tests keep PySide6's `qt`.
+Everything is undone on exit, so other tests keep PySide6's `qt`. `python_slicer(folder)` writes the
+PythonSlicer launcher that runs `malenia` subprocesses; `pump(until)` runs the event loop as Slicer's does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import stat
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -211,3 +214,26 @@ def reload_module(name: str) -> None:
 
     unload_module(name)
     load_module(getattr(slicer.modules, name.lower()).path)
+
+
+def python_slicer(folder: Path, before: str = "") -> Path:
+    """`folder/bin/PythonSlicer`, Slicer's Python launcher: logs each call's arguments into
+    `folder/pythonslicer.log` and runs this Python (`before`: shell lines that may run something else)."""
+    launcher = folder / "bin" / "PythonSlicer"
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    launcher.write_text(f'#!/bin/sh\necho "$@" >> "{folder}/pythonslicer.log"\n{before}exec "{sys.executable}" "$@"\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
+    return launcher
+
+
+def pump(until, timeout: float = 120.0) -> None:
+    """Processes application events (timers, the panels' polling) until `until()` is true."""
+    import slicer
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        slicer.app.processEvents()
+        if until():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
