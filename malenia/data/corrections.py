@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,6 +43,7 @@ from malenia.data.dataset import (CASE_FILES, DATASET_FILE, IMAGE_FILE, LESIONS_
                                   DatasetIndex, Description, LesionReport, read_json, read_report,
                                   write_dataset_index)
 from malenia.errors import InputError, MaleniaError
+from malenia.links import link_or_copy
 
 VERSION_RE = re.compile(r"^v(\d{3,})$")
 SOURCE = "malenia-slicer-review"
@@ -187,14 +187,6 @@ class CorrectionStore:
         finally:
             tmp.unlink(missing_ok=True)
         return blob
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link (no extra disk), or a copy on file systems without them (FAT, some network shares)."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _check_labels(image: sitk.Image, labels: sitk.Image, count: int) -> None:

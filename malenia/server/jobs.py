@@ -3,7 +3,7 @@
 A job's steps, each a subprocess in its own process group (malenia.process_tree: cancel ends the whole
 tree, torchrun's workers included):
 1. train: `torchrun --nproc_per_node=<GPUs> -m malenia.cli train ...` on a dataset view of the chosen
-   cases (symlinks, split train/val) and a replay view of earlier data; `python -m malenia.cli train`
+   cases (links, split train/val) and a replay view of earlier data; `python -m malenia.cli train`
    when there is no GPU (or `train_command` from the settings, which replaces that prefix);
 2. validate (when the job has validation cases and the promotion policy needs it): the new model and
    the current one evaluated on the same cases (`malenia.server.validate_job`);
@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from malenia.data.dataset import CASES_DIR, DatasetIndex, case_dir, read_dataset, write_dataset_index
 from malenia.errors import InputError, MaleniaError, ModelError
+from malenia.links import link_folder
 from malenia.process_tree import new_group, signal_tree, start_id, stop_leftover, stop_tree
 from malenia.model.folder import verify_model_folder
 from malenia.server.bank_update import add_free_text
@@ -309,8 +311,7 @@ class JobManager:
                 "replay_fraction": float(frac)}
 
     def _prepare(self, job_id: str, params: dict[str, Any]) -> tuple[Path, list[str], Path | None, dict[str, Any]]:
-        """Dataset views (symlinks to stored cases) for training and replay; the split is fixed per job."""
-        from malenia.data.dataset import DatasetIndex, read_dataset, write_dataset_index
+        """Dataset views of stored cases (malenia.links) for training and replay; the split is fixed per job."""
 
         jdir = self.layout.job_dir(job_id)
         rng = random.Random(job_id)
@@ -339,8 +340,8 @@ class JobManager:
         if self.cfg.replay_dataset:
             ext = Path(self.cfg.replay_dataset)
             for cid in read_dataset(ext).cases:
-                if "/" not in cid and cid not in ("..", ".") and (ext / "cases" / cid).is_dir():
-                    earlier.setdefault(cid, ext / "cases" / cid)
+                if "/" not in cid and cid not in ("..", ".") and case_dir(ext, cid).is_dir():
+                    earlier.setdefault(cid, case_dir(ext, cid))
         replay_dir = None
         if earlier and params["replay_fraction"] > 0:
             replay_dir = jdir / "replay"
@@ -494,12 +495,12 @@ class _JobFailed(Exception):
 
 
 def _link_cases(folder: Path, cases: dict[str, Path]) -> None:
-    (folder / "cases").mkdir(parents=True, exist_ok=True)
+    (folder / CASES_DIR).mkdir(parents=True, exist_ok=True)
     for cid, target in cases.items():
-        link = folder / "cases" / cid
+        link = folder / CASES_DIR / cid
         if link.is_symlink() or link.exists():
             continue
-        os.symlink(target, link, target_is_directory=True)
+        link_folder(target, link)
 
 
 def _model_ok(folder: Path) -> bool:
