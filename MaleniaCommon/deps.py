@@ -13,6 +13,7 @@ Nothing is installed without the user's consent.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import re
 import subprocess
@@ -160,6 +161,14 @@ def pip_install_subprocess(args: list[str]) -> None:
         raise DependencyError(f"pip install {' '.join(args)} failed: {last}")
 
 
+def slicer_pip_install(args: list[str]) -> None:
+    """pip inside Slicer: slicer.util.pip_install, which takes one string in older Slicer versions
+    (requirements have no spaces)."""
+    import slicer  # the application's module: only called inside Slicer
+
+    slicer.util.pip_install(" ".join(args))
+
+
 def install_torch_with_extension(requirement: str) -> None:
     import PyTorchUtils  # type: ignore[import-not-found]
 
@@ -203,3 +212,17 @@ def ensure_dependencies(confirm: Callable[[str], bool],
     importlib.invalidate_caches()
     log("Python packages installed.")
     return True
+
+
+def install_with_consent(plan: InstallPlan, confirm: Callable[[str], bool], pip_install: Callable[[list[str]], None],
+                         log: Callable[[str], None] = print, purpose: str = "Malenia needs",
+                         busy: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> bool:
+    """Both modules' first-use flow: True at once when nothing is missing; otherwise asks once
+    (`confirm(plan.describe(purpose))`), installs exactly that plan on consent (inside `busy()`, Slicer's
+    wait cursor, which must not cover the question) and raises DependencyError (one line) on refusal."""
+    if plan.empty:
+        return True
+    if not confirm(plan.describe(purpose)):
+        raise DependencyError(f"{purpose} Python packages that are not installed (installation was declined)")
+    with busy():
+        return ensure_dependencies(lambda text: True, pip_install, log, plan=plan)

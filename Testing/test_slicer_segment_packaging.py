@@ -163,7 +163,11 @@ def test_module_glue_imports_exist():
     import ast
     import importlib
     import importlib.util
+    import sys
 
+    for name in GLUE:  # as inside Slicer: each module's folder on sys.path
+        if str(REPO / name) not in sys.path:
+            sys.path.append(str(REPO / name))
     count = 0
     for path in GLUE["MaleniaSegment"] + GLUE["MaleniaTrainer"]:
         package = path.parent.name if path.parent.name.endswith("Lib") else None

@@ -228,3 +228,32 @@ def test_segment_inputs_live_in_the_parameter_node(slicer_app, ct, tmp_path):
     assert again.ui.modelComboBox.currentIndex == 1 and again.ui.modelPathLineEdit.currentPath == str(tmp_path / "my-model")
     assert again.ui.deviceComboBox.currentData == "cpu"
     unload_module("MaleniaSegment")
+
+
+@pytest.mark.parametrize("consent", [False, True], ids=["refused", "consented"])
+def test_segment_asks_once_and_installs_only_what_is_missing(slicer_app, consent):
+    """First use on a Slicer Python that lacks two of Malenia's packages (slicer_standin.site): one question
+    listing exactly those; consent installs them and nothing else, refusal installs nothing (one line)."""
+    import tomllib
+
+    from slicer_standin import site, util
+
+    slicer, _ = slicer_app
+    wanted = [r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+              if r.startswith(("openpyxl", "slicerio"))]
+    with site.lacking("openpyxl", "slicerio"):
+        load_module(REPO / "MaleniaSegment" / "MaleniaSegment.py")
+        w, _ = module_widget("MaleniaSegment")
+        util.DIALOGS.clear(), util.PIP.clear()
+        util.ANSWERS[:] = [consent]
+        w.ui.checkDependenciesButton.click()
+        asked = [text for kind, text in util.DIALOGS if kind == "confirm"]
+        assert len(asked) == 1 and util.asked_packages(asked[0]) == wanted and len(wanted) == 2
+        if consent:
+            assert util.PIP == [" ".join(wanted)] and not site.MISSING
+            assert w.ui.statusLabel.text == "All Python packages Malenia needs are installed."
+        else:
+            errors = [text for kind, text in util.DIALOGS if kind == "error"]
+            assert util.PIP == [] and len(errors) == 1 and "declined" in errors[0] and "\n" not in errors[0]
+            assert site.MISSING == {"openpyxl", "slicerio"}
+        unload_module("MaleniaSegment")

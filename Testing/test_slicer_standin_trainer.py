@@ -45,11 +45,6 @@ def server(tmp_path_factory):
     assert srv.stop() in (0, -signal.SIGTERM)
 
 
-def _asked_for(text: str) -> list[str]:
-    """The packages a consent text lists (one '  - requirement' line each)."""
-    return [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
-
-
 @pytest.mark.parametrize("consent", [False, True], ids=["refused", "consented"])
 def test_server_mode_connects_with_only_the_consented_packages(slicer_app, server, consent):
     slicer, _ = slicer_app
@@ -65,7 +60,7 @@ def test_server_mode_connects_with_only_the_consented_packages(slicer_app, serve
         util.ANSWERS.append(consent)
         connection.connect_button.click()
         asked = [text for kind, text in util.DIALOGS if kind == "confirm"]
-        assert len(asked) == 1 and _asked_for(asked[0]) == HTTPX  # httpx only: no torch, no server packages
+        assert len(asked) == 1 and util.asked_packages(asked[0]) == HTTPX  # httpx only: no torch, no server packages
         if consent:
             assert util.PIP == [" ".join(HTTPX)]  # installed: exactly what was consented to, once
             pump(lambda: "Connected" in connection.status.text)

@@ -25,7 +25,6 @@ class MaleniaSegmentParameterNode:
     roi: slicer.vtkMRMLMarkupsROINode
 
 
-
 class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):
     """MaleniaSegmentLib.logic.MaleniaLogic on slicer.mrmlScene, plus Slicer services (pip, DICOM database)."""
 
@@ -40,15 +39,8 @@ class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):
         """Asks (confirm(text) -> bool) and installs missing packages; raises deps.DependencyError."""
         from MaleniaCommon import deps
 
-        plan = deps.plan_installation()
-        if plan.empty:
-            return True
-        if not confirm(plan.describe()):
-            raise deps.DependencyError("Malenia's Python packages are not installed (installation was declined)")
-        with slicer.util.WaitCursor():
-            # slicer.util.pip_install takes one string in older Slicer versions; requirements have no spaces
-            return deps.ensure_dependencies(lambda text: True, lambda args: slicer.util.pip_install(" ".join(args)),
-                                            log, plan=plan)
+        return deps.install_with_consent(deps.plan_installation(), confirm, deps.slicer_pip_install, log,
+                                         busy=slicer.util.WaitCursor)
 
     @staticmethod
     def dicomFiles(volume):

@@ -24,11 +24,5 @@ class MaleniaTrainerLogic(ScriptedLoadableModuleLogic):
         from MaleniaCommon import deps
 
         requirements = deps.read_requirements(extra="server", only=("httpx",)) if mode == "server" else None
-        plan = deps.plan_installation(requirements)
-        if plan.empty:
-            return True
-        if not confirm(plan.describe("The Malenia Trainer needs")):
-            raise deps.DependencyError("the Python packages the Trainer needs are not installed (installation was declined)")
-        with slicer.util.WaitCursor():
-            return deps.ensure_dependencies(lambda text: True, lambda args: slicer.util.pip_install(" ".join(args)),
-                                            log, plan=plan)
+        return deps.install_with_consent(deps.plan_installation(requirements), confirm, deps.slicer_pip_install, log,
+                                         purpose="The Malenia Trainer needs", busy=slicer.util.WaitCursor)

@@ -80,6 +80,11 @@ def confirmYesNoDisplay(text, windowTitle=None, parent=None, **kwargs):
     return confirmOkCancelDisplay(text, windowTitle, parent, **kwargs)
 
 
+def asked_packages(text):
+    """The requirements a consent question lists (the dependency plan's '  - requirement' lines)."""
+    return [line.strip()[2:] for line in str(text).splitlines() if line.strip().startswith("- ")]
+
+
 def delayDisplay(message, autoCloseMsec=1000, parent=None, **kwargs):
     _dialog("delay", message)
     slicer.app.processEvents()
