@@ -113,7 +113,7 @@ def test_profile_added_by_cli_names_the_segmented_lesion_and_removal_reverts_it(
     disease, and re-ranking the saved report gives the same call as segmenting again."""
     from malenia.infer.rerank import rerank
     from malenia.infer.results import SegmentationResult, validate_report
-    from malenia.knowledge.site import table_in_force
+    from malenia.infer.site_table import table_for_model
 
     img, _ = sphere_ct()
     ct, site = tmp_path / "ct.nii.gz", tmp_path / "site"
@@ -147,7 +147,7 @@ def test_profile_added_by_cli_names_the_segmented_lesion_and_removal_reverts_it(
     assert again["unclassified"] == (again["organ"] is None)
     # the saved report re-ranked without re-segmenting: the same call
     saved = SegmentationResult.from_json(named)
-    changes = rerank(saved, table_in_force(tiny, [site]))
+    changes = rerank(saved, table_for_model(tiny, [site]))
     assert [c.changed for c in changes] == [True]
     redone = saved.lesions[0].disease
     assert (redone.name, redone.unclassified, redone.organ) == (again["name"], again["unclassified"], again["organ"])
@@ -159,10 +159,10 @@ def test_openset_rule_fitted_on_model_scores_is_stored_and_used(tiny, tmp_path):
     from malenia.commands._openset import store_rule
     from malenia.knowledge.inference import infer_disease
     from malenia.knowledge.openset import ScoredLesion, decisions, fit_rule, rates
-    from malenia.knowledge.site import table_in_force
+    from malenia.infer.site_table import table_for_model
     from malenia.model.folder import load_model_folder
 
-    table = table_in_force(tiny)
+    table = table_for_model(tiny)
     rng = np.random.default_rng(0)
     lesions = []
     for d in ("liver_tumor", "liver_cyst", "kidney_cyst", "lung_tumor"):
@@ -186,7 +186,7 @@ def test_openset_rule_fitted_on_model_scores_is_stored_and_used(tiny, tmp_path):
     shutil.copytree(tiny.path, copy)
     store_rule(load_model_folder(copy, build_network=False), rule)
     model = load_model_folder(copy, build_network=False)  # still verifies: the manifest was re-hashed
-    in_force = table_in_force(model)
+    in_force = table_for_model(model)
     assert in_force.inference["min_typicality"] == rule["min_typicality"]
     assert in_force.origin["unclassified"]["source"] == "model"
     assert model.inference_defaults().threshold == tiny.inference_defaults().threshold

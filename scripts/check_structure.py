@@ -40,10 +40,20 @@ ROOTS = {"malenia": "malenia", "MaleniaSegmentLib": "MaleniaSegment/MaleniaSegme
 SCRIPTS = {"MaleniaSegment": "MaleniaSegment/MaleniaSegment.py", "MaleniaTrainer": "MaleniaTrainer/MaleniaTrainer.py"}
 # One owner per file name: code (not docstrings or comments) elsewhere in the core names these files
 # through the owner's constants (malenia.data.dataset.IMAGE_FILE, ...), so a rename happens in one place.
-OWNED_NAMES = {name: "malenia.data.dataset" for name in
-               ("dataset.json", "image.nii.gz", "lesions.nii.gz", "report.json", "organs.nii.gz")}
+OWNED_NAMES = {
+    **{name: "malenia.data.dataset" for name in
+       ("dataset.json", "image.nii.gz", "lesions.nii.gz", "report.json", "organs.nii.gz")},
+    **{name: "malenia.model.folder" for name in
+       ("manifest.json", "weights.safetensors", "attribute_bank.safetensors", "knowledge_table.json", "inference.json")},
+    **{name: "malenia.infer.outputs" for name in ("lesions.seg.nrrd", "lesions.dcm", "report.html")},
+}
 # Where the same spelling means another format than the owner's (not checked there).
-OTHER_FORMATS = {("malenia.data.importers.msd", "dataset.json")}  # the Medical Segmentation Decathlon's task index
+OTHER_FORMATS = {
+    ("malenia.data.importers.msd", "dataset.json"),  # the Medical Segmentation Decathlon's task index
+    ("malenia.knowledge.table", "knowledge_table.json"),  # the built-in table in Resources/knowledge (its owner)
+    ("malenia.train.checkpoint", "weights.safetensors"),  # a training checkpoint's own weights file
+    ("malenia.evaluate.model_card", "weights.safetensors"),  # text of the card (the lead's evaluate layer)
+}
 NAMES_CHECKED_IN = ("malenia",)  # the core; the Slicer modules' Libs are checked by their own tests
 
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from malenia.evaluate.evaluate import make_segmenter
     from malenia.knowledge.inference import inference_params
     from malenia.knowledge.openset import decisions, fit_rule, rates
-    from malenia.model.folder import load_model_folder
+    from malenia.model.folder import INFERENCE, load_model_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {d:<22} n={v['lesions']:<4} removed: unclassified {v['unseen_unclassified']:.2f}, "
                       f"named wrongly {v['unseen_named_wrongly']:.2f}{known}")
     if args.fit:
-        print(f"stored in {model.path / 'inference.json'} (\"disease\")")
+        print(f"stored in {model.path / INFERENCE} (\"disease\")")
     return 0

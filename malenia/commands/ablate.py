@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from malenia.errors import InputError
     from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter
     from malenia.commands.train import build_config
-    from malenia.model.folder import load_model_folder
+    from malenia.model.folder import MANIFEST, load_model_folder
     from malenia.train.loop import TrainOptions, train
 
     if args.threads:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                             val_split=None, batch_size=args.batch_size, seed=args.seed, progress=args.progress,
                             report_style=report_style, model_name=f"ablation-{name}",
                             training_data=f"{args.data} split {args.split}")
-        manifest = run_dir / "model" / "manifest.json"
+        manifest = run_dir / "model" / MANIFEST
         done = manifest.is_file() and json.loads(manifest.read_text())["training"]["steps"] >= args.steps
         if not done:
             train(opts)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     print(markdown(result), end="")
     if not args.dry_run:
-        from malenia.knowledge.site import model_disease_rule
+        from malenia.infer.site_table import model_disease_rule
 
         rule = model_disease_rule(model)  # the unclassified rule (`malenia knowledge openset --fit`) is kept
         result = {**result, **({"disease": rule} if rule is not None else {})}

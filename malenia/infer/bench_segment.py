@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
 
+    from malenia.model.folder import MANIFEST
     from malenia.paths import builtin_model_dir
 
     device = os.environ.get("MALENIA_BENCH_DEVICE", "auto")
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         sitk.WriteImage(ct, str(tmp / "ct.nii.gz"), useCompression=True)
         if args.model:
             model, which = Path(args.model), f"model folder {args.model}"
-        elif (builtin_model_dir() / "manifest.json").is_file():
+        elif (builtin_model_dir() / MANIFEST).is_file():
             model, which = None, f"built-in model ({builtin_model_dir()})"
         else:
             model = fresh_model(args.config, tmp / "fresh")

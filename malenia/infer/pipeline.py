@@ -86,10 +86,10 @@ def resolve_device(name: str = "auto"):
 
 def load_model(model_dir: str | os.PathLike | None, device="cpu"):
     """A verified model folder (default: the built-in model); ModelError when missing or damaged."""
-    from malenia.model.folder import load_model_folder
+    from malenia.model.folder import MANIFEST, load_model_folder
     from malenia.paths import builtin_model_dir
 
-    if model_dir is None and not (builtin_model_dir() / "manifest.json").is_file():
+    if model_dir is None and not (builtin_model_dir() / MANIFEST).is_file():
         raise ModelError(f"the built-in model is not installed ({builtin_model_dir()}); pass --model MODEL_DIR")
     model = load_model_folder(model_dir, device=str(device))
     if not model.config.multi_positive:
@@ -139,7 +139,7 @@ class Segmenter:
 
         from malenia.data.preprocess import preprocessor_for
         from malenia.infer.matching import BankMatcher
-        from malenia.knowledge.site import table_in_force
+        from malenia.infer.site_table import table_for_model
 
         self.options = (options or SegmentOptions()).with_model_defaults(model.inference_defaults())
         self.progress = progress
@@ -149,7 +149,7 @@ class Segmenter:
         self.net = model.network.to(self.device).eval()
         self.bank_emb, self.bank_aspects = bank_tensors(model.bank, model.report_rows(), self.device)
         self.preprocessor = preprocessor_for(self.cfg)
-        self.table = table_in_force(model, knowledge)
+        self.table = table_for_model(model, knowledge)
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
         self._torch = torch
 

@@ -11,13 +11,12 @@ fields) in a profile folder. Folders apply in this order, a later one overriding
 The model's `inference.json` may hold a "disease" block (malenia.knowledge.openset: the
 "unclassified" rule fitted on the model's own attribute scores); it replaces the table's values.
 `table.origin` then says which table, profiles and rule were used (report.json's "knowledge").
-The caller hands in the model (a LoadedModel, or malenia.infer.site_table for a folder on disk): the
-model folder is a layer above this one.
+The model folder is a layer above this one: malenia.infer.site_table reads the model's table path and
+rule and hands them in.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -56,24 +55,13 @@ def writable_dir(explicit: Iterable[str | os.PathLike] | str | os.PathLike | Non
     return (env_dirs() or [builtin_profile_dir()])[0]
 
 
-def model_disease_rule(model) -> dict[str, Any] | None:
-    """The "disease" block of a model folder's inference.json (None when it has none)."""
-    files = getattr(model, "manifest", {}).get("files", {})
-    path = Path(model.path) / "inference.json"
-    if "inference.json" not in files or not path.is_file():
-        return None
-    try:
-        block = json.loads(path.read_text(encoding="utf-8")).get("disease")
-    except (OSError, ValueError, AttributeError):
-        return None  # the model loader reports an unreadable inference.json
-    return block if isinstance(block, dict) and all(k in block for k in RULE_KEYS) else None
-
-
-def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> KnowledgeTable:
-    """`model`'s knowledge table (a LoadedModel) with its disease calibration and the site profiles."""
+def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
+                   rule: dict[str, Any] | None = None) -> KnowledgeTable:
+    """`model`'s knowledge table (`knowledge_table_path`, `name`, `version`) with the site profiles and
+    `rule`, the model's disease calibration (malenia.infer.site_table.model_disease_rule; None: the
+    table's own rule)."""
     table = KnowledgeTable.load(model.knowledge_table_path, user_dir=None, site_dirs=profile_dirs(knowledge),
                                 name=f"{model.name} knowledge table", version=model.version)
-    rule = model_disease_rule(model)
     own = {k: float(table.inference.get(k, 0.0)) for k in RULE_KEYS}  # the table's rule (annotation codes)
     if rule is not None:
         table.inference = {**table.inference, **{k: float(rule[k]) for k in RULE_KEYS}}

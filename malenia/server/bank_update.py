@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from malenia.errors import MaleniaError
-
-BANK_FILE = "attribute_bank.safetensors"
+from malenia.model.folder import BANK
 
 
 def add_free_text(model_folder: Path, free_text: Iterable[tuple[str, str]], encoder_name: str | None) -> list[str]:
@@ -29,7 +28,7 @@ def add_free_text(model_folder: Path, free_text: Iterable[tuple[str, str]], enco
         from malenia.knowledge.bank import AttributeBank
         from malenia.knowledge.encoder import load_text_encoder
 
-        path = model_folder / BANK_FILE
+        path = model_folder / BANK
         bank = AttributeBank.load(path)
         before = len(bank)
         encoder = load_text_encoder(encoder_name)

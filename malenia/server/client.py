@@ -22,7 +22,7 @@ from malenia import __version__
 from malenia.atomic import atomic_dir
 from malenia.errors import MaleniaError
 from malenia.server import API_HEADER, API_VERSION, CASE_PARTS, api_compatible, api_major
-from malenia.model.folder import safe_relpath
+from malenia.model.folder import MANIFEST, safe_relpath
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -213,7 +213,7 @@ class MaleniaClient:
         total = [0, 0]
         dest = Path(dest)
         with atomic_dir(dest, overwrite=overwrite) as staging:
-            for rel, digest in [*files.items(), ("manifest.json", info["manifest_sha256"])]:
+            for rel, digest in [*files.items(), (MANIFEST, info["manifest_sha256"])]:
                 target = staging / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 got = self._download(f"/models/{name}/files/{rel}", target, progress, total)

@@ -20,7 +20,7 @@ from malenia.server.layout import Layout
 from malenia.server.store import Store
 from malenia.server.tokens import TokenStore
 from malenia.server.uploads import StagedUpload
-from malenia.model.folder import sha256_file
+from malenia.model.folder import MANIFEST, sha256_file
 from malenia.server.versions import Registry
 
 
@@ -58,7 +58,7 @@ class TrainingService:
         from malenia.paths import builtin_model_dir
 
         source = Path(self.cfg.base_model) if self.cfg.base_model else builtin_model_dir()
-        if not (source / "manifest.json").exists():
+        if not (source / MANIFEST).exists():
             return [f"no model version yet (no model folder at {source}); import one with `malenia serve model import`"]
         return [self.import_model(source, reason="initial model")["notes"][-1]]
 

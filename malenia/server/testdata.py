@@ -78,20 +78,20 @@ def make_model_folder(folder: str | Path, name: str = "test-model", version: str
     embedded by the default text encoder (malenia.knowledge); otherwise a small placeholder tensor file."""
     from safetensors.numpy import save_file
 
-    from malenia.model.folder import MODEL_FORMAT, sha256_file
+    from malenia.model.folder import BANK, CARD, CONFIG, KNOWLEDGE, MANIFEST, MODEL_FORMAT, WEIGHTS, sha256_file
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     with atomic_dir(folder, overwrite=True) as staging:
-        (staging / "config.json").write_text(json.dumps({"name": "compact", "note": "test double"}) + "\n")
-        save_file({"w": rng.normal(size=(8, 8)).astype(np.float32)}, str(staging / "weights.safetensors"))
-        _bank(staging / "attribute_bank.safetensors", rng, real_bank)
-        (staging / "knowledge_table.json").write_text("{}\n")
-        (staging / "MODEL_CARD.md").write_text(f"# {name}\n\nA test model folder.\n")
+        (staging / CONFIG).write_text(json.dumps({"name": "compact", "note": "test double"}) + "\n")
+        save_file({"w": rng.normal(size=(8, 8)).astype(np.float32)}, str(staging / WEIGHTS))
+        _bank(staging / BANK, rng, real_bank)
+        (staging / KNOWLEDGE).write_text("{}\n")
+        (staging / CARD).write_text(f"# {name}\n\nA test model folder.\n")
         for rel, data in (extra_files or {}).items():
             (staging / rel).write_bytes(data)
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        write_json(staging / "manifest.json", {
+        write_json(staging / MANIFEST, {
             "format": MODEL_FORMAT, "name": name, "version": version, "created": "2025-01-01T00:00:00Z",
             "malenia_version": "0.1.0", "config": "compact", "training_data": "none (test double)", "files": files})
     return folder
@@ -119,7 +119,7 @@ def _progress(obj: dict[str, Any]) -> None:
 
 def fake_train(argv: list[str]) -> int:
     from malenia.data.dataset import read_dataset
-    from malenia.model.folder import sha256_file, verify_model_folder
+    from malenia.model.folder import MANIFEST, WEIGHTS, sha256_file, verify_model_folder
 
     p = argparse.ArgumentParser(prog="malenia.server.testdata train")
     p.add_argument("--config", required=True)
@@ -164,11 +164,11 @@ def fake_train(argv: list[str]) -> int:
         from safetensors.numpy import save_file
 
         save_file({"w": np.full((8, 8), float(args.steps), np.float32),
-                   "resumed_from": np.array([start], np.int64)}, str(staging / "weights.safetensors"))
-        manifest = json.loads((staging / "manifest.json").read_text())
+                   "resumed_from": np.array([start], np.int64)}, str(staging / WEIGHTS))
+        manifest = json.loads((staging / MANIFEST).read_text())
         manifest["files"] = {rel: sha256_file(staging / rel) for rel in manifest["files"]}
         manifest["training"] = {"steps": args.steps, "resumed_from": start, "train_cases": len(train_ids)}
-        write_json(staging / "manifest.json", manifest)
+        write_json(staging / MANIFEST, manifest)
     _progress({"stage": "done", "step": args.steps, "total": args.steps, "fraction": 1.0, "message": "model folder written"})
     return 0
 

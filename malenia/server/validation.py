@@ -27,7 +27,8 @@ import numpy as np
 from malenia.data.ct_io import check_header_spacing, check_hu_range, scan_data
 from malenia.data.dataset import IMAGE_FILE, LESIONS_FILE, REPORT_FILE, CaseReport
 from malenia.errors import InputError
-from malenia.paths import knowledge_dir
+from malenia.knowledge.table import KnowledgeTable
+from malenia.knowledge.vocabulary import Vocabulary
 from malenia.server.config import GeometryTolerance, UploadLimits
 
 
@@ -91,7 +92,7 @@ def check_report(data: bytes) -> tuple[CaseReport, str]:
 def vocabulary_ids() -> frozenset[tuple[str, str]]:
     """(aspect, id) pairs of Resources/knowledge/vocabulary.json; empty if it cannot be read."""
     try:
-        vocab = json.loads((knowledge_dir() / "vocabulary.json").read_text(encoding="utf-8"))
+        vocab = json.loads(Vocabulary.default_path().read_text(encoding="utf-8"))
         return frozenset((aspect, entry["id"]) for aspect, entries in vocab["aspects"].items() for entry in entries)
     except (OSError, KeyError, TypeError, ValueError):
         return frozenset()
@@ -112,7 +113,7 @@ def known_diseases() -> frozenset[str]:
 @lru_cache(maxsize=1)
 def _builtin_diseases() -> frozenset[str]:
     try:
-        table = json.loads((knowledge_dir() / "knowledge_table.json").read_text(encoding="utf-8"))
+        table = json.loads(KnowledgeTable.default_path().read_text(encoding="utf-8"))
         return frozenset(table["diseases"])
     except (OSError, KeyError, TypeError, ValueError):
         return frozenset()

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from malenia import __version__
 from malenia.atomic import clean_stale, rename_no_replace, write_json
 from malenia.errors import InputError, ModelError
-from malenia.model.folder import (copy_model_files, copy_model_folder, read_manifest, rewrite_manifest,  # noqa: F401
+from malenia.model.folder import (MANIFEST, copy_model_files, copy_model_folder, read_manifest, rewrite_manifest,  # noqa: F401
                                   safe_relpath, sha256_file, verify_model_folder)
 from malenia.server.cases import Conflict, NotFound
 from malenia.server.layout import Layout, check_id
@@ -98,7 +98,7 @@ class Registry:
             rewrite_manifest(staging, {**manifest, "version": name})
             verify_model_folder(staging)
             record = {"name": name, "seq": seq, "created": now(), "parent": parent, "job_id": job_id,
-                      "manifest_sha256": sha256_file(staging / "manifest.json"), "metrics": metrics, "notes": notes}
+                      "manifest_sha256": sha256_file(staging / MANIFEST), "metrics": metrics, "notes": notes}
             write_json(staging / "server_version.json", record)  # re-registration after a crash
             try:
                 rename_no_replace(staging, self.layout.model_dir(name))
@@ -150,7 +150,7 @@ class Registry:
         """A file of a version, only if the manifest lists it (or is the manifest); with its sha256."""
         version = self.get(name)
         folder = self.layout.model_dir(name)
-        if rel == "manifest.json":
+        if rel == MANIFEST:
             return folder / rel, version["manifest_sha256"]
         files = read_manifest(folder)["files"]
         if rel not in files:
