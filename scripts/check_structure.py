@@ -52,7 +52,6 @@ OTHER_FORMATS = {
     ("malenia.data.importers.msd", "dataset.json"),  # the Medical Segmentation Decathlon's task index
     ("malenia.knowledge.table", "knowledge_table.json"),  # the built-in table in Resources/knowledge (its owner)
     ("malenia.train.checkpoint", "weights.safetensors"),  # a training checkpoint's own weights file
-    ("malenia.evaluate.model_card", "weights.safetensors"),  # text of the card (the lead's evaluate layer)
 }
 NAMES_CHECKED_IN = ("malenia",)  # the core; the Slicer modules' Libs are checked by their own tests
 

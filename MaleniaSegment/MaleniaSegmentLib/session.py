@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from malenia.aspects import ASPECTS
 from malenia.infer.measurements import measure_lesions
+from malenia.infer.outputs import FILE_NAMES
 from malenia.infer.results import (AspectMatch, AttributeMatch, DiseaseCall, LesionResult, SegmentationResult)
 from malenia.infer.seg_nrrd import TAG_PREFIX, segment_tags
 from malenia.infer.terminology import SegmentSpec, Terminology, segment_specs
@@ -28,8 +29,9 @@ from .review import AspectReview, DiseaseChoice, LesionReview, lesion_from_resul
 
 LABEL_TAG = TAG_PREFIX + "label"
 CORRECTED_TAG = TAG_PREFIX + "corrected"
+# the output folder's file names, owned by malenia.infer.outputs (the writer)
 REPORT_FILE, LABELS_FILE, SEG_FILE, DICOM_SEG_FILE, HTML_FILE = (
-    "report.json", "lesions.nii.gz", "lesions.seg.nrrd", "lesions.dcm", "report.html")
+    FILE_NAMES[k] for k in ("json", "nifti", "seg", "dicom", "html"))
 
 
 class ResultsError(ValueError):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from malenia.evaluate.evaluate import markdown_tables
+from malenia.model.folder import WEIGHTS
 
 TARGETS = (
     ("zero-shot mean DSC on unseen types", ">= 0.60"),
@@ -65,7 +66,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         f"embedding {config.get('embed_dim')}, patch {list(config.get('patch_size', []))} voxels at "
         f"{list(config.get('target_spacing', []))} mm (z, y, x), HU window {list(config.get('hu_window', []))}.",
         f"- Parameters: {parameters:,}" if parameters else "- Parameters: –",
-        f"- Weights: `weights.safetensors` sha256 `{manifest.get('files', {}).get('weights.safetensors', '?')}`"
+        f"- Weights: `{WEIGHTS}` sha256 `{manifest.get('files', {}).get(WEIGHTS, '?')}`"
         + (f", {weights_bytes / 1e6:.1f} MB" if weights_bytes else ""),
         f"- Text side: attribute bank of the vocabulary embedded by the text encoder (stored; inference needs no encoder).",
         f"- Created {manifest.get('created', '?')} with malenia {manifest.get('malenia_version', '?')}.",
