@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from segment_helpers import REPO, sphere_ct, tiny_trained_model
-from slicer_standin import install, load_module, module_widget, pump, python_slicer, unload_module
+from slicer_standin import install, load_module, module_widget, pump, python_slicer, train_locally, unload_module
 
 # The panel screenshots in docs/images are refreshed only on request (MALENIA_DOCS_SCREENSHOTS=1): a test
 # run must not change tracked files. Otherwise they are still rendered, into a temporary folder.
@@ -141,17 +141,8 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     panel = t.panel
     t.logic.core.local_settings = {"base_model": str(tmp / "base"), "promotion": "not_worse"}
     assert panel.corrections.table.rowCount == 5
-    panel.connection.mode.setCurrentIndex(1)
-    panel.connection.connect_button.click()
-    pump(lambda: "Connected" in panel.connection.status.text)
-    for r in range(5):
-        panel.corrections.set_checked(r, True)
-    panel.corrections.upload_button.click()
-    pump(lambda: "uploaded" in panel.corrections.status.text)
-    panel.training.steps.value = 10
-    panel.training.start_button.click()
-    pump(lambda: panel.job_id is not None)
-    pump(lambda: panel.job_id is None and "succeeded" in panel.training.status.text)
+    train_locally(panel, rows=5, steps=10)
+    assert "succeeded" in panel.training.status.text, panel.training.status.text
     log = (tmp / "pythonslicer.log").read_text()
     assert "-m malenia.cli train" in log and "--steps 10" in log and "-m malenia.server.validate_job" in log
     pump(lambda: len(panel.versions.names) == 2)

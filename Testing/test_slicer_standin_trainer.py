@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from segment_helpers import REPO, tiny_trained_model
-from slicer_standin import install, load_module, module_widget, pump, python_slicer, site, unload_module, util
+from slicer_standin import (install, load_module, module_widget, pump, python_slicer, site, train_locally, unload_module,
+                            util)
 from test_trainer_logic import FAKE_TRAINER, save_review
 
 HTTPX = [r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
@@ -96,18 +97,8 @@ def test_local_mode_fine_tunes_a_real_tiny_model_through_pythonslicer(slicer_app
     panel = trainer.panel
     trainer.logic.core.local_settings = {"base_model": str(base), "train_config": str(config), "promotion": "always",
                                          "extra_train_args": ["--threads", "1", "--workers", "0"]}
-    panel.connection.mode.setCurrentIndex(1)
-    panel.connection.connect_button.click()
-    pump(lambda: "Connected" in panel.connection.status.text)
     assert panel.corrections.table.rowCount == 3
-    for row in range(3):
-        panel.corrections.set_checked(row, True)
-    panel.corrections.upload_button.click()
-    pump(lambda: "3 uploaded" in panel.corrections.status.text)
-    panel.training.steps.value = 10
-    panel.training.start_button.click()
-    pump(lambda: panel.job_id is not None)
-    pump(lambda: panel.job_id is None, timeout=900)
+    train_locally(panel, rows=3, steps=10, timeout=900)
     log = (tmp / "pythonslicer.log").read_text()
     assert "succeeded" in panel.training.status.text, (panel.training.status.text, log)
     assert f"-m malenia.cli train --config {config}" in log and "--steps 10" in log and f"--init " in log

@@ -237,3 +237,20 @@ def pump(until, timeout: float = 120.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+def train_locally(panel, rows: int, steps: int = 10, timeout: float = 120.0) -> None:
+    """Drives a built MaleniaTrainer panel as a user would: local mode, Connect, tick the first `rows`
+    corrections, upload, `steps` steps, Start; returns when the job has ended (its status says how)."""
+    panel.connection.mode.setCurrentIndex(1)
+    panel.connection.connect_button.click()
+    pump(lambda: "Connected" in panel.connection.status.text)
+    assert panel.corrections.table.rowCount >= rows
+    for row in range(rows):
+        panel.corrections.set_checked(row, True)
+    panel.corrections.upload_button.click()
+    pump(lambda: f"{rows} uploaded" in panel.corrections.status.text)
+    panel.training.steps.value = steps
+    panel.training.start_button.click()
+    pump(lambda: panel.job_id is not None)
+    pump(lambda: panel.job_id is None, timeout=timeout)
