@@ -194,20 +194,21 @@ def test_dense_stage_trains_backbone_and_head_only_and_a_full_stage_continues_it
 
     torch.set_num_threads(1)
     common = dict(data=tiny / "ds", checkpoint_every=3, val_every=3, log_every=1, progress="none", seed=0)
-    train(TrainOptions(out=tiny / "dense", config=tiny_config().replace(train_stage="dense"), steps=6, **common))
-    rows = [json.loads(line) for line in (tiny / "dense" / "metrics.jsonl").read_text().splitlines()]
+    stage1, stage2 = tiny / "dense_stage", tiny / "full_after_dense_stage"
+    train(TrainOptions(out=stage1, config=tiny_config().replace(train_stage="dense"), steps=6, **common))
+    rows = [json.loads(line) for line in (stage1 / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "loss" in r]
     assert len(losses) == 6 and all(set(r) >= {"dense"} and "sim" not in r for r in losses)
     assert any("val_dsc" in r for r in rows)
-    early = load_file(str(tiny / "dense" / "checkpoints" / "step_00000003" / "weights.safetensors"))
-    final = load_file(str(tiny / "dense" / "model" / "weights.safetensors"))
+    early = load_file(str(stage1 / "checkpoints" / "step_00000003" / "weights.safetensors"))
+    final = load_file(str(stage1 / "model" / "weights.safetensors"))
     changed = {k for k in final if not torch.equal(early[k], final[k])}
     assert any(k.startswith("backbone.") for k in changed) and any(k.startswith("dense.") for k in changed)
     assert not any(k.startswith(("decoder.", "heads.", "cmki.", "text.")) for k in changed)
 
-    train(TrainOptions(out=tiny / "full", config=tiny_config().replace(foreground_source="mean"),
-                       init=tiny / "dense" / "model", steps=2, **common))
-    rows = [json.loads(line) for line in (tiny / "full" / "metrics.jsonl").read_text().splitlines()]
+    train(TrainOptions(out=stage2, config=tiny_config().replace(foreground_source="mean"),
+                       init=stage1 / "model", steps=2, **common))
+    rows = [json.loads(line) for line in (stage2 / "metrics.jsonl").read_text().splitlines()]
     assert all("sim" in r and "dense" in r for r in rows if "loss" in r)
-    config = json.loads((tiny / "full" / "model" / "config.json").read_text())
+    config = json.loads((stage2 / "model" / "config.json").read_text())
     assert config["foreground_source"] == "mean" and config["train_stage"] == "full"
