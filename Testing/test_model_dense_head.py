@@ -209,3 +209,20 @@ def test_dense_stage_needs_a_dense_foreground_and_weights_load_across_foreground
     stage1 = dense_cfg(train_stage="dense")
     assert dense_cfg(foreground_source="mean").loads_weights_of(stage1)  # the map read at inference is free
     assert not dense_cfg(dense_head_levels=2).loads_weights_of(stage1)  # a different head is not
+
+
+def test_validation_reads_the_same_dense_map_without_the_token_path():
+    from malenia.train.loop import validate
+
+    torch.manual_seed(0)
+    net = MaleniaNet(dense_cfg())
+    with torch.no_grad():
+        for conv in net.dense.convs:
+            conv.bias.fill_(0.0)  # a map that crosses 0.5 somewhere, so the Dice is not trivially 0 or 1
+    gt = torch.zeros(32, 32, 32, dtype=torch.bool)
+    gt[8:20, 8:20, 8:20] = True
+    patches = [(torch.rand(1, 32, 32, 32), gt), (torch.rand(1, 32, 32, 32), gt)]
+    bank, aspects = torch.randn(16, 8), torch.arange(16) % 8
+    full = validate(net, patches, bank, aspects, "cpu")
+    assert 0.0 < full < 1.0
+    assert validate(net, patches, bank, aspects, "cpu", dense_only=True) == pytest.approx(full)

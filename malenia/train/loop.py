@@ -321,7 +321,8 @@ class Trainer:
 
     # ---- validation, checkpoints, the model folder ----------------------------------------------------------
     def validate(self, done: int) -> None:
-        self.val_dsc = validate(unwrap(self.ddp), self.val_set, self.bank_t, self.aspects_t, self.info.device)
+        self.val_dsc = validate(unwrap(self.ddp), self.val_set, self.bank_t, self.aspects_t, self.info.device,
+                                dense_only=self.cfg.train_stage == "dense")
         self.log.write({"step": done, "val_dsc": self.val_dsc})
         self.progress.emit(done, "", val_dsc=self.val_dsc, fraction=self._fraction())
 
@@ -382,13 +383,17 @@ def _knowledge_table_json() -> dict[str, Any]:
 
 
 @torch.no_grad()
-def validate(model, patches, bank_t, aspects_t, device) -> float:
-    """Mean Dice of the predicted foreground on fixed validation patches (a cheap, deterministic signal)."""
+def validate(model, patches, bank_t, aspects_t, device, dense_only: bool = False) -> float:
+    """Mean Dice of the predicted foreground on fixed validation patches (a cheap, deterministic signal).
+    `dense_only` (the dense stage, whose tokens are untrained): the dense head's map, without the token path."""
     model.eval()
     scores = []
     for image, gt in patches:
-        out = model(image.to(device)[None], bank_t, aspects_t)
-        fg = out.foreground()[0, 0] > 0.5  # the map inference thresholds (tokens or the dense head)
+        if dense_only:
+            prob = model(image.to(device)[None], bank_t, aspects_t, dense_only=True)[0].float().sigmoid()
+        else:
+            prob = model(image.to(device)[None], bank_t, aspects_t).foreground()
+        fg = prob[0, 0] > 0.5  # the map inference thresholds (tokens, the dense head or their mean)
         g = gt.to(device)
         inter = (fg & g).sum().item()
         denom = fg.sum().item() + g.sum().item()
