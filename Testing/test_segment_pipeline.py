@@ -185,6 +185,35 @@ def test_air_windows_are_skipped_and_mirroring_runs_every_flip(fresh):
     assert not np.allclose(wm.probability[:32, :32, :32], wp.probability[:32, :32, :32])
 
 
+@pytest.mark.parametrize("depth", [19, 20])
+def test_a_volume_shorter_than_a_window_is_centred_as_the_training_sampler_centres_it(fresh, depth):
+    """Training centres a volume that is smaller than the patch (start room // 2); inference must show the
+    network the same layout, or the volume's edges sit next to padding the network never saw there."""
+    from malenia.data.sampler import _crop
+
+    runner = _segmenter(fresh, overlap=0.0, threshold=0.5).runner()
+    rng = np.random.default_rng(1)
+    vol = rng.uniform(0.2, 0.6, (depth, 32, 64)).astype(np.float32)  # windows do not overlap in y, x
+    seen = []
+    network = runner._network
+    runner._network = lambda batch: (seen.append(batch.clone()), network(batch))[1]
+    wp = runner.run(vol)
+    patch = np.array(runner.roi)
+    room = np.array(vol.shape) - patch
+    first = _crop(vol, np.where(room >= 0, 0, room // 2), patch, runner.background)  # the sampler's patch
+    assert np.array_equal(seen[0][0, 0].numpy(), first)
+    assert wp.probability.shape == vol.shape
+    assert wp.candidates and all(s >= 0 and s + n <= v for c in wp.candidates for s, n, v in zip(c.start, c.shape, vol.shape))
+    for c in wp.candidates:  # each candidate's voxels are where the blended probability says so
+        assert wp.probability[c.slices][c.mask()].min() >= 0.5 - 1e-5
+    component = np.zeros(vol.shape, bool)
+    component[2:6, 10:14, 20:25] = True
+    c = runner.describe_at(vol, component)
+    out = np.zeros(vol.shape, bool)
+    out[c.slices] = c.mask()
+    assert np.array_equal(out, component)
+
+
 def test_instances_merge_tokens_and_windows_and_ignore_strays():
     from malenia.infer.instances import assign, components
     from malenia.infer.windows import TokenCandidate

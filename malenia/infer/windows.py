@@ -118,10 +118,12 @@ class WindowRunner:
         from monai.inferers import sliding_window_inference
 
         shape = tuple(int(s) for s in volume.shape)
-        # Pad at the far end ourselves (MONAI would pad symmetrically) so window coordinates are volume indices.
         padded = tuple(max(s, r) for s, r in zip(shape, self.roi))
+        offset = self.placement(shape)
+        inside = tuple(slice(o, o + n) for o, n in zip(offset, shape))
         x = torch.full((1, 1, *padded), self.background, dtype=torch.float32)
-        x[0, 0, : shape[0], : shape[1], : shape[2]] = torch.as_tensor(np.ascontiguousarray(volume))
+        x[(0, 0, *inside)] = torch.as_tensor(np.ascontiguousarray(volume))
+        self._offset = offset
         result = WindowPass(probability=np.zeros(shape, np.float32), windows_total=self.count_windows(shape))
         state = {"seen": 0}
 
@@ -139,8 +141,18 @@ class WindowRunner:
         prob = sliding_window_inference(x, self.roi, self.sw_batch_size, predictor, overlap=self.overlap,
                                         mode="gaussian", sigma_scale=0.125, padding_mode="constant",
                                         cval=self.background, sw_device=self.device, device="cpu", with_coord=True)
-        result.probability = np.ascontiguousarray(prob[0, 0, : shape[0], : shape[1], : shape[2]].numpy(), dtype=np.float32)
+        result.probability = np.ascontiguousarray(prob[(0, 0, *inside)].numpy(), dtype=np.float32)
         return result
+
+    def placement(self, shape) -> tuple[int, ...]:
+        """Where the volume starts in the padded input, per axis: centred where it is shorter than a window.
+
+        The training sampler centres a volume that is smaller than the patch (its start is room // 2),
+        so the network has only ever seen padding on both sides of such an axis. Padding at the far
+        end only put the volume's first slice at the window's border and its last slice next to
+        twice the padding it was trained with: a lung base at the superior edge of 36-slice
+        volumes became a confident false positive in fine-tuned models."""
+        return tuple((r - n + 1) // 2 if n < r else 0 for n, r in zip(shape, self.roi))
 
     def _network(self, batch: torch.Tensor):
         return self.net(batch, self.bank_emb, self.bank_aspects)
@@ -174,9 +186,10 @@ class WindowRunner:
     def _collect(self, b: int, coord, best: torch.Tensor, owner: torch.Tensor, scores: np.ndarray, dist: np.ndarray,
                  result: WindowPass, window: int, shape) -> None:
         """Candidates of one window: voxels each confident token owns (claim above threshold)."""
-        start = [int(s.start) for s in coord[2:]]
-        # only the part of the window inside the (unpadded) volume
-        valid = tuple(slice(0, max(0, min(r, n - s))) for r, n, s in zip(self.roi, shape, start))
+        # the window's first voxel in volume indices (negative where the volume is centred in padding),
+        # and the part of the window inside the (unpadded) volume
+        start = [int(s.start) - o for s, o in zip(coord[2:], self._offset)]
+        valid = tuple(slice(max(0, -s), max(0, min(r, n - s))) for r, n, s in zip(self.roi, shape, start))
         claimed = (best >= self.threshold)[valid]
         if not bool(claimed.any()):
             return
@@ -193,7 +206,7 @@ class WindowRunner:
             crop = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
             result.candidates.append(TokenCandidate(
                 window=window, token=int(n),
-                start=tuple(s + a for s, a in zip(start, lo)),  # type: ignore[arg-type]
+                start=tuple(s + v.start + a for s, v, a in zip(start, valid, lo)),  # type: ignore[arg-type]
                 shape=tuple(int(v) for v in crop.shape),  # type: ignore[arg-type]
                 bits=np.packbits(crop.ravel()),
                 voxels=int(crop.sum()),
@@ -215,19 +228,21 @@ class WindowRunner:
         roi = np.array(self.roi)
         centre = np.array([(a.min() + a.max()) / 2 for a in nz])
         start = np.clip(np.round(centre - roi / 2).astype(int), 0, np.maximum(np.array(volume.shape) - roi, 0))
+        offset = np.array(self.placement(volume.shape))  # short axes: the volume centred, as in `run`
         win = tuple(slice(int(a), int(a + r)) for a, r in zip(start, roi))
-        patch = np.full(tuple(roi), self.background, np.float32)
         crop = volume[win]
-        patch[tuple(slice(0, s) for s in crop.shape)] = crop
+        at = tuple(slice(int(o), int(o) + s) for o, s in zip(offset, crop.shape))
+        patch = np.full(tuple(roi), self.background, np.float32)
+        patch[at] = crop
         comp = np.zeros(tuple(roi), bool)
-        comp[tuple(slice(0, s) for s in crop.shape)] = component[win]
+        comp[at] = component[win]
         out = self._network(torch.as_tensor(patch, device=self.device)[None, None])
         masks = out.mask_logits[0].float().sigmoid().flatten(1)  # [N, P]
         g = torch.as_tensor(comp, device=masks.device).flatten().float()
         dice = (2 * masks @ g + 1) / (masks.sum(1) + g.sum() + 1)
         tok = int(torch.argmax(dice * out.lesion_score[0].float()))
         dist = aspect_distribution(out.sim_logits[-1][0, tok], self.columns).cpu().numpy()
-        inside = comp[tuple(slice(0, s) for s in crop.shape)]
+        inside = comp[at]
         return TokenCandidate(window=-1, token=tok, start=tuple(int(s) for s in start),  # type: ignore[arg-type]
                               shape=tuple(int(s) for s in inside.shape),  # type: ignore[arg-type]
                               bits=np.packbits(inside.ravel()), voxels=int(inside.sum()),
