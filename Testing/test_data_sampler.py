@@ -208,3 +208,43 @@ def test_lesions_are_seen_off_centre(dataset: Path):
     spread = lesion_offsets(make(dataset, samples_per_epoch=120, augment=None))
     pinned = lesion_offsets(make(dataset, samples_per_epoch=120, augment=None, lesion_offset=0.0))
     assert np.median(spread) > np.median(pinned) + 2
+
+
+# --- hard negatives (malenia mine) ------------------------------------------------------------------------
+
+def _negatives(centres: dict[str, list], shape=(40, 48, 56), spacing=(2.0, 2.0, 2.0)):
+    from malenia.data.hard_negatives import CaseNegatives, HardNegatives
+
+    return HardNegatives(spacing, {cid: CaseNegatives(shape, np.array(c, np.int64).reshape(-1, 3), [9] * len(c), [0.9] * len(c))
+                                   for cid, c in centres.items()})
+
+
+def test_background_patches_sit_on_mined_false_positives(dataset: Path):
+    mined = _negatives({"c1": [(20, 10, 45)], "c2": [(5, 40, 8), (35, 24, 28)]})
+    data = make(dataset, lesion_fraction=0.0, hard_negatives=mined, hard_negative_fraction=1.0, samples_per_epoch=40)
+    half = np.array(PATCH) // 2
+    offsets = set()
+    for i in range(len(data)):
+        item = data[i]
+        assert item["case_id"] in ("c1", "c2") and not item["lesion_centred"]
+        start = np.array(item["centre"]) - half
+        inside = [c for c in mined.cases[item["case_id"]].centres if np.all((c >= start) & (c < start + np.array(PATCH)))]
+        assert inside, f"patch {i} of {item['case_id']} holds none of its mined false positives"
+        offsets.add(tuple(inside[0] - start))
+    assert len(offsets) > 10  # placed off-centre, like lesions, not always in the same spot
+
+
+def test_a_zero_share_of_hard_negatives_samples_as_without_them(dataset: Path):
+    mined = _negatives({"c1": [(20, 10, 45)]})
+    plain, with_zero = make(dataset), make(dataset, hard_negatives=mined, hard_negative_fraction=0.0)
+    with_half = make(dataset, hard_negatives=mined, hard_negative_fraction=0.5)
+    keys = lambda d: [(d[i]["case_id"], d[i]["centre"]) for i in range(len(d))]  # noqa: E731
+    assert keys(plain) == keys(with_zero) != keys(with_half)
+
+
+@pytest.mark.parametrize("shape,spacing,message", [((40, 48, 50), (2.0, 2.0, 2.0), "grid"), ((40, 48, 56), (2.5, 2.5, 2.5), "mm grid")])
+def test_hard_negatives_of_another_grid_are_refused(dataset: Path, shape, spacing, message):
+    from malenia.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        make(dataset, hard_negatives=_negatives({"c1": [(20, 10, 45)]}, shape, spacing))

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", help="training split of the dataset (default: train; 'all' for all cases)")
     p.add_argument("--val-split", default="val", help="validation split (skipped when the dataset has none)")
     p.add_argument("--replay", default=None, help="a second dataset mixed into training (keeps earlier lesion types)")
+    p.add_argument("--hard-negatives", default=None,
+                   help="false positives of a model on --data (`malenia mine`): background patches are centred there")
+    p.add_argument("--hard-negative-fraction", type=float, default=0.5,
+                   help="share of the background patches placed on a hard negative (default 0.5)")
     p.add_argument("--replay-fraction", type=float, default=0.5, help="share of replay samples (default 0.5)")
     p.add_argument("--batch-size", type=int, default=None, help="patches per process and step (default: config)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: config)")
@@ -117,13 +121,16 @@ def run(args: argparse.Namespace) -> int:
     data = require_dataset(args.data)
     if args.replay:
         require_dataset(args.replay, "--replay")
+    if not 0.0 <= args.hard_negative_fraction <= 1.0:
+        raise InputError("--hard-negative-fraction must be between 0 and 1")
     if args.workers is not None and args.workers < 0:
         raise InputError("--workers must be 0 or more")
     cfg = build_config(args.config, args.set)
     opts = TrainOptions(
         data=data, out=Path(args.out), config=cfg, steps=args.steps, split=args.split, val_split=args.val_split,
         replay=Path(args.replay) if args.replay else None, replay_fraction=args.replay_fraction,
-        init=Path(args.init) if args.init else None, batch_size=args.batch_size, lr=args.lr,
+        hard_negatives=Path(args.hard_negatives) if args.hard_negatives else None,
+        hard_negative_fraction=args.hard_negative_fraction, init=Path(args.init) if args.init else None, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
         log_every=args.log_every,
         progress=args.progress, seed=args.seed, device=args.device, model_name=args.name,

@@ -13,7 +13,10 @@ small lesions are drawn as often as large ones), then one of its voxels. Otherwi
 centred on a random body voxel (denser than -300 HU: soft tissue, fat, bowel, bone; `background_in_body`) of
 a uniformly drawn case, or, with `background_in_body=False`, uniformly anywhere in it. A patch of air
 outside the patient teaches nothing, while fat, bowel and bone outside the organs are where the false
-positives of earlier models sat: these hard negatives are what the background patches are for. nnU-Net forces foreground in a third of its patches
+positives of earlier models sat: these hard negatives are what the background patches are for.
+With `hard_negatives` (a model's mined false positives, malenia.data.hard_negatives), a
+`hard_negative_fraction` share of the background patches is placed on one of them instead, off-centre
+like a lesion. nnU-Net forces foreground in a third of its patches
 (oversample_foreground_percent 0.33) because random crops of its organ-sized targets already hold
 foreground; lesions are small and every matched lesion gives the contrastive loss eight positive
 pairs, so here two thirds of the patches are lesion-centred. The patch stays inside the volume
@@ -101,6 +104,7 @@ class _CachedCase:
     lesions: dict[int, _Lesion] = field(default_factory=dict)
     enhancement: str | None = None
     body: np.ndarray | None = None  # flat indices of (a random subset of) body voxels: background patch centres
+    negatives: np.ndarray | None = None  # [K, 3] mined false positives (z, y, x): hard-negative patch centres
 
 
 class LesionPatchDataset(Dataset):
@@ -122,6 +126,8 @@ class LesionPatchDataset(Dataset):
         cases: Sequence[str] | None = None,
         progress: bool = False,
         background_in_body: bool = True,
+        hard_negatives=None,
+        hard_negative_fraction: float = 0.5,
     ):
         from malenia.data.dataset import read_dataset
 
@@ -144,6 +150,9 @@ class LesionPatchDataset(Dataset):
         self.seed = int(seed)
         self.min_visible_voxels = int(min_visible_voxels)
         self.background_in_body = bool(background_in_body)
+        if not 0.0 <= hard_negative_fraction <= 1.0:
+            raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction}")
+        self.hard_negative_fraction = float(hard_negative_fraction)
         # body = denser than -300 HU, in the preprocessor's normalised units (air, lung and padding are not)
         self._body_level = float(preprocessor.normalize(np.array([-300.0]))[0])
         self.epoch = 0
@@ -153,6 +162,7 @@ class LesionPatchDataset(Dataset):
             raise InputError(f"{self.dataset_dir}: split {split!r} has no cases")
         self.cases = self._load(case_ids, progress)
         self._with_lesions = [i for i, c in enumerate(self.cases) if c.lesions]
+        self._with_negatives = self._attach_negatives(hard_negatives) if hard_negatives is not None else []
         self._intensity = _intensity_transforms(augment) if augment else None
 
     # -- cache -------------------------------------------------------------------------------
@@ -206,6 +216,23 @@ class LesionPatchDataset(Dataset):
             out.append(cached)
         return out
 
+    def _attach_negatives(self, negatives) -> list[int]:
+        """Mined false-positive centres (malenia.data.hard_negatives) onto the cached cases; the cases that have some."""
+        spacing = tuple(self.preprocessor.target_spacing)
+        if not np.allclose(negatives.spacing, spacing):
+            raise InputError(f"hard negatives were mined on a {negatives.spacing} mm grid, this model's is {spacing} mm")
+        with_negatives = []
+        for i, case in enumerate(self.cases):
+            found = negatives.cases.get(case.case_id)
+            if found is None or not len(found.centres):
+                continue
+            if tuple(found.shape) != case.image.shape:
+                raise InputError(f"hard negatives of {case.case_id} were mined on a {found.shape} grid, "
+                                 f"the sampler's is {case.image.shape}: mined from another dataset?")
+            case.negatives = found.centres
+            with_negatives.append(i)
+        return with_negatives
+
     # -- sampling ----------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
@@ -224,14 +251,15 @@ class LesionPatchDataset(Dataset):
             target = labels[rng.integers(len(labels))]
             lesion = case.lesions[target]
             voxel = np.array(np.unravel_index(int(lesion.locations[rng.integers(len(lesion.locations))]), case.image.shape))
-            room = np.array(case.image.shape) - np.array(self.patch_size)
             # The voxel lands anywhere in the central `lesion_offset` share of the patch, not always at its
             # centre: a model that only ever sees lesions in the patch centre misses them elsewhere in a
-            # sliding window. Then moved inside the volume where it fits (the voxel stays in the patch).
-            half = np.array(self.patch_size) // 2
-            reach = np.floor(half * self.lesion_offset).astype(int)
-            shift = np.array([rng.integers(-r, r + 1) for r in reach])
-            start = np.where(room >= 0, np.clip(voxel - half + shift, 0, np.maximum(room, 0)), room // 2)
+            # sliding window.
+            start = self._start_near(voxel, case.image.shape, rng)
+        elif self._with_negatives and self.hard_negative_fraction > 0 and rng.random() < self.hard_negative_fraction:
+            # a mined false positive, placed off-centre like a lesion (the model must learn it anywhere)
+            case = self.cases[self._with_negatives[rng.integers(len(self._with_negatives))]]
+            voxel = case.negatives[rng.integers(len(case.negatives))]
+            start = self._start_near(voxel, case.image.shape, rng)
         else:
             case = self.cases[rng.integers(len(self.cases))]
             room = np.array(case.image.shape) - np.array(self.patch_size)
@@ -269,6 +297,15 @@ class LesionPatchDataset(Dataset):
             "target_label": int(target),  # the lesion the patch was centred on (0: a random patch)
             "enhancement": case.enhancement,
         }
+
+    def _start_near(self, voxel: np.ndarray, shape, rng: np.random.Generator) -> np.ndarray:
+        """A patch start that puts `voxel` anywhere in the central `lesion_offset` share of the patch, then moved
+        inside the volume where it fits (the voxel stays in the patch); a volume smaller than the patch is centred."""
+        room = np.array(shape) - np.array(self.patch_size)
+        half = np.array(self.patch_size) // 2
+        reach = np.floor(half * self.lesion_offset).astype(int)
+        shift = np.array([rng.integers(-r, r + 1) for r in reach])
+        return np.where(room >= 0, np.clip(voxel - half + shift, 0, np.maximum(room, 0)), room // 2)
 
     def _extract(self, case: _CachedCase, centre: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         aug = self.augment

@@ -151,7 +151,8 @@ class PatchStream:
 
     def __init__(self, data: Path, split: str | None, cfg, bank: TrainingBank, seed: int = 0, augment: bool = True,
                  samples_per_epoch: int | None = None, replay: Path | None = None, replay_fraction: float = 0.5,
-                 lesion_fraction: float | None = None, case_ids: list[str] | None = None):
+                 lesion_fraction: float | None = None, case_ids: list[str] | None = None,
+                 hard_negatives: Path | None = None, hard_negative_fraction: float = 0.5):
         from malenia.data.sampler import AugmentConfig, LesionPatchDataset
         from malenia.data.preprocess import preprocessor_for
 
@@ -161,7 +162,13 @@ class PatchStream:
         kw = dict(patch_size=cfg.patch_size, preprocessor=pre, augment=AugmentConfig() if augment else None, seed=seed)
         if lesion_fraction is not None:
             kw["lesion_fraction"] = lesion_fraction
-        main = LesionPatchDataset(data, split, samples_per_epoch=n, cases=case_ids, **kw)
+        mined = None
+        if hard_negatives is not None:  # the main dataset's only: mined on it
+            from malenia.data.hard_negatives import read_hard_negatives
+
+            mined = read_hard_negatives(hard_negatives)
+        main = LesionPatchDataset(data, split, samples_per_epoch=n, cases=case_ids, hard_negatives=mined,
+                                  hard_negative_fraction=hard_negative_fraction, **kw)
         rep, k = None, 0
         if replay is not None:
             from malenia.data.dataset import read_dataset

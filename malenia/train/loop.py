@@ -44,6 +44,8 @@ class TrainOptions:
     val_split: str | None = "val"
     replay: Path | None = None  # a second dataset mixed in (retraining: keeps old lesion types)
     replay_fraction: float = 0.5
+    hard_negatives: Path | None = None  # `malenia mine`'s false positives of the main dataset (hard negatives)
+    hard_negative_fraction: float = 0.5  # share of the background patches placed on them
     init: Path | None = None  # a model folder to start from
     batch_size: int | None = None  # per process; default config.optim.batch_size
     lr: float | None = None
@@ -171,7 +173,8 @@ class Trainer:
                                         opts.report_style, splits={opts.data: train_ids}, init=opts.init)
         self.stream = PatchStream(opts.data, opts.split, cfg, self.bank, seed=opts.seed, augment=True,
                                   samples_per_epoch=cfg.optim.iterations_per_epoch * self.batch * info.world_size,
-                                  replay=opts.replay, replay_fraction=opts.replay_fraction)
+                                  replay=opts.replay, replay_fraction=opts.replay_fraction,
+                                  hard_negatives=opts.hard_negatives, hard_negative_fraction=opts.hard_negative_fraction)
         self.val_set = (fixed_patches(opts.data, val_ids, cfg, self.bank, opts.val_patches, seed=opts.seed + 1)
                         if val_ids and info.is_main else [])
 

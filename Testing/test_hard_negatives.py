@@ -1,0 +1,92 @@
+"""Hard-negative mining: false positives found by the shipped post-processing, their file, `malenia mine`
+and `malenia train --hard-negatives` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from malenia.data.hard_negatives import FORMAT, read_hard_negatives, write_hard_negatives
+from malenia.errors import InputError
+from malenia.evaluate.mining import case_false_positives
+from segment_helpers import malenia, tiny_trained_model
+from train_helpers import make_tiny_dataset, tiny_config
+
+
+def _map(prob: np.ndarray, spacing: float = 2.0):
+    """A ProbabilityMap whose model grid is the input grid (2 mm voxels: 8 mm³)."""
+    import SimpleITK as sitk
+
+    from malenia.data.preprocess import Preprocessor
+    from malenia.infer.postprocess import ProbabilityMap
+
+    image = sitk.GetImageFromArray(np.zeros(prob.shape, np.float32))
+    image.SetSpacing((spacing,) * 3)
+    prepared = Preprocessor((spacing,) * 3, normalization="window").prepare(image)
+    return ProbabilityMap(prob.astype(np.float32), prepared, image)
+
+
+def _case():
+    truth = np.zeros((12, 12, 12), bool)
+    truth[2:5, 2:5, 2:5] = True
+    prob = np.zeros(truth.shape, np.float32)
+    prob[1:6, 1:6, 1:6] = 0.6  # a lesion, over-segmented: touches the truth, not a false positive
+    prob[9, 9, 9:11] = (0.7, 0.8)  # a 2-voxel speck (16 mm³), peak at x = 10
+    prob[7:10, 0:3, 0:3] = 0.5  # a 27-voxel false positive (216 mm³) ...
+    prob[8, 2, 1] = 0.9  # ... peaking here
+    return _map(prob), truth
+
+
+def test_false_positives_are_the_kept_components_outside_the_truth_at_their_peak():
+    pm, truth = _case()
+    found = case_false_positives(pm, truth, threshold=0.45, min_volume_mm3=0.0)
+    assert found.shape == (12, 12, 12)
+    assert sorted(map(tuple, found.centres.tolist())) == [(8, 2, 1), (9, 9, 10)]
+    assert sorted(found.voxels) == [2, 27] and sorted(found.peaks) == pytest.approx([0.8, 0.9])
+    # the shipped minimum volume drops the speck; a higher threshold keeps only the peak of the block
+    assert case_false_positives(pm, truth, 0.45, 20.0).centres.tolist() == [[8, 2, 1]]
+    assert case_false_positives(pm, truth, 0.85, 0.0).voxels == [1]
+
+
+def test_the_file_round_trips_and_bad_files_are_refused(tmp_path):
+    from malenia.data.hard_negatives import HardNegatives
+
+    pm, truth = _case()
+    mined = HardNegatives((2.0, 2.0, 2.0), {"a": case_false_positives(pm, truth, 0.45, 0.0)}, {"threshold": 0.45})
+    path = tmp_path / "hn.json"
+    write_hard_negatives(path, mined)
+    back = read_hard_negatives(path)
+    assert back.spacing == (2.0, 2.0, 2.0) and back.meta["threshold"] == 0.45 and back.count == 2
+    assert np.array_equal(back.cases["a"].centres, mined.cases["a"].centres)
+    doc = json.loads(path.read_text())
+    doc["cases"]["a"]["centres"][0] = [12, 0, 0]  # outside the 12³ grid
+    (tmp_path / "out.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="outside"):
+        read_hard_negatives(tmp_path / "out.json")
+    (tmp_path / "other.json").write_text(json.dumps({**doc, "format": "something/1"}))
+    with pytest.raises(InputError, match=FORMAT):
+        read_hard_negatives(tmp_path / "other.json")
+    with pytest.raises(InputError, match="malenia mine"):
+        read_hard_negatives(tmp_path / "missing.json")
+
+
+def test_mine_then_train_on_the_mined_false_positives(tmp_path_factory, tmp_path):
+    model = tiny_trained_model(tmp_path_factory)
+    data = make_tiny_dataset(tmp_path / "ds", n_cases=3, shape=(36, 40, 40))
+    out = tmp_path / "hn.json"
+    res = malenia("mine", "--model", model, "--data", data, "--split", "all", "--out", out, "--threshold", "0.05",
+                  "--min-volume", "0", "--threads", "1", "--progress", "none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    mined = read_hard_negatives(out)
+    assert len(mined.cases) == 3 and mined.meta["model"]["name"] and mined.meta["threshold"] == 0.05
+    assert mined.count > 0, "at threshold 0.05 the tiny model claims voxels outside the spheres"
+    assert f"{mined.count} false positives" in res.stdout
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config().to_dict()))  # the mining model's grid
+    train = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "2",
+                    "--hard-negatives", out, "--hard-negative-fraction", "1", "--out", tmp_path / "run",
+                    "--threads", "1", "--progress", "none", "--workers", "0")
+    assert train.returncode == 0, train.stderr[-2000:]
+    bad = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "1",
+                  "--hard-negatives", tmp_path / "none.json", "--out", tmp_path / "run2", "--progress", "none")
+    assert bad.returncode != 0 and "malenia mine" in bad.stderr and not (tmp_path / "run2" / "model").exists()

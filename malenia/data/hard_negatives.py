@@ -1,0 +1,78 @@
+"""Hard negatives: where a model's false positives sit in a training dataset (one file format, owned here).
+
+`malenia mine` runs a model over a dataset split exactly as `malenia segment` does and records every
+predicted component that touches no reference lesion: its peak voxel on the model grid (the grid the
+training sampler caches, so the file only fits models with the same spacing), its size and peak
+probability. `malenia train --hard-negatives FILE` then centres a share of the background patches on
+these places (malenia.data.sampler). This is the case-level hard-negative mining of detection
+practice (nnDetection, LUNA's false-positive reduction): a model's own confident mistakes, such as a
+partial-volume lung base at a volume edge, are rare among random body voxels, so random background
+patches hardly ever show them.
+
+File: JSON {"format": "malenia-hard-negatives/1", "model": {...}, "dataset": name, "split": name,
+"spacing": [z, y, x] mm of the model grid, "threshold": t, "min_volume_mm3": v,
+"cases": {case_id: {"shape": [z, y, x], "centres": [[z, y, x], ...], "voxels": [...], "peaks": [...]}}}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malenia.errors import InputError
+
+FORMAT = "malenia-hard-negatives/1"
+
+
+@dataclass
+class CaseNegatives:
+    shape: tuple[int, int, int]  # the case's model-grid shape when mined
+    centres: np.ndarray  # int64 [K, 3] model-grid (z, y, x): each false positive's peak voxel
+    voxels: list[int] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+
+
+@dataclass
+class HardNegatives:
+    spacing: tuple[float, float, float]  # model grid (z, y, x) in mm
+    cases: dict[str, CaseNegatives]
+    meta: dict[str, Any] = field(default_factory=dict)  # model, dataset, split, threshold, min volume
+
+    @property
+    def count(self) -> int:
+        return sum(len(c.centres) for c in self.cases.values())
+
+    def to_json(self) -> dict[str, Any]:
+        cases = {cid: {"shape": list(c.shape), "centres": c.centres.astype(int).tolist(), "voxels": list(c.voxels),
+                       "peaks": [round(float(p), 4) for p in c.peaks]} for cid, c in self.cases.items()}
+        return {"format": FORMAT, **self.meta, "spacing": list(self.spacing), "cases": cases}
+
+
+def write_hard_negatives(path: str | Path, negatives: HardNegatives) -> None:
+    from malenia.atomic import write_json
+
+    write_json(path, negatives.to_json())
+
+
+def read_hard_negatives(path: str | Path) -> HardNegatives:
+    from malenia.json_files import read_json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no hard-negatives file (make one with `malenia mine`)")
+    doc = read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{path}: not a {FORMAT} file")
+    cases = {}
+    for cid, c in doc.get("cases", {}).items():
+        centres = np.asarray(c.get("centres", []), dtype=np.int64).reshape(-1, 3)
+        shape = tuple(int(v) for v in c["shape"])
+        if len(shape) != 3 or (len(centres) and ((centres < 0).any() or (centres >= np.array(shape)).any())):
+            raise InputError(f"{path}: case {cid}: centres outside its shape {shape}")
+        cases[cid] = CaseNegatives(shape, centres, [int(v) for v in c.get("voxels", [])],
+                                   [float(v) for v in c.get("peaks", [])])
+    meta = {k: v for k, v in doc.items() if k not in ("format", "spacing", "cases")}
+    return HardNegatives(tuple(float(v) for v in doc["spacing"]), cases, meta)  # type: ignore[arg-type]
