@@ -203,12 +203,16 @@ def test_a_fine_tune_inherits_its_parents_calibration_and_records_its_lineage(mo
 def test_model_card_lists_earlier_stages_and_totals():
     from malenia.evaluate.model_card import render_model_card
 
-    manifest = {"name": "m", "version": "3", "training": {"steps": 1000, "seconds_total": 1200.0},
+    manifest = {"name": "m", "version": "3", "training": {"steps": 1000, "seconds_total": 1200.0, "note": "hard negatives"},
                 "lineage": [{"name": "m", "version": "1", "steps": 1500, "seconds": 1800.0},
                             {"name": "m", "version": "2", "steps": 500, "seconds": 600.0, "note": "off-centre"}]}
     card = render_model_card(manifest, {"name": "compact"}, [])
     assert "  - m 1: 1500 steps, 30.0 min" in card and "  - m 2: 500 steps, 10.0 min (off-centre)" in card
     assert "All 3 stages: 3000 steps in 60.0 min of training." in card
+    assert "validation patch Dice – (this stage: hard negatives)." in card
+    assert "- Training: 1000 optimiser steps, global batch" in card  # no step target: none made up
+    manifest["training"].update(of_steps=1200, minutes=45.0)
+    assert "- Training: 1000 of 1200 optimiser steps (schedule laid over 45 minutes)," in render_model_card(manifest, {}, [])
     manifest["lineage"][0]["seconds"] = None  # unknown duration: no made-up total
     assert "All 3 stages" not in render_model_card(manifest, {"name": "compact"}, [])
 

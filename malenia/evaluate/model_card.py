@@ -81,9 +81,13 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         "",
         "## Training data",
         f"- {manifest.get('training_data') or 'not recorded'}",
-        f"- Training: {train.get('steps', '?')} of {train.get('of_steps', '?')} optimiser steps, global batch "
+        f"- Training: {train.get('steps', '?')}"
+        + (f" of {train['of_steps']}" if train.get("of_steps") else "")
+        + (f" optimiser steps (schedule laid over {train['minutes']:g} minutes)" if train.get("minutes") else " optimiser steps")
+        + f", global batch "
         f"{train.get('batch_size', '?')}, {train.get('seconds_total', train.get('seconds_this_launch', '?'))} s wall clock; "
-        f"validation patch Dice {_fmt(train.get('val_patch_dsc'))}.",
+        f"validation patch Dice {_fmt(train.get('val_patch_dsc'))}"
+        + (f" (this stage: {train['note']})." if train.get("note") else "."),
         *_lineage(manifest),
         "",
         "## Targets",
