@@ -211,6 +211,10 @@ def test_model_card_lists_earlier_stages_and_totals():
     assert "All 3 stages: 3000 steps in 60.0 min of training." in card
     assert "validation patch Dice – (this stage: hard negatives)." in card
     assert "- Training: 1000 optimiser steps, global batch" in card  # no step target: none made up
+    manifest["training_data"] = "malenia synth, seed 1"
+    assert "**Trained on synthetic lesions only**" in render_model_card(manifest, {}, [])
+    manifest["training_data"] += "; LIDC nodules planted by malenia synth --nodules"
+    assert "**Trained on synthetic lesions and real LIDC nodules planted into other CTs**" in render_model_card(manifest, {}, [])
     manifest["training"].update(of_steps=1200, minutes=45.0)
     assert "- Training: 1000 of 1200 optimiser steps (schedule laid over 45 minutes)," in render_model_card(manifest, {}, [])
     manifest["lineage"][0]["seconds"] = None  # unknown duration: no made-up total

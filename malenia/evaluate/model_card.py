@@ -53,6 +53,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
                       commands: str | None = None, weights_bytes: int | None = None, parameters: int | None = None) -> str:
     train = manifest.get("training", {}) or {}
     synthetic = "synth" in str(manifest.get("training_data", "")).lower()
+    planted = synthetic and "lidc" in str(manifest.get("training_data", "")).lower()  # real nodules, synthetic setting
     lines = [
         f"# Model card: {manifest.get('name', 'malenia')} {manifest.get('version', '')}".rstrip(),
         "",
@@ -74,7 +75,8 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         "## Intended use and limits",
         "- Research and demonstration of open-set lesion segmentation with attribute matching in 3D Slicer. "
         "Not a medical device; not for diagnosis.",
-        ("- **Trained on synthetic lesions only** (see below). Numbers on synthetic data say how well the method "
+        (f"- **Trained on synthetic lesions {'and real LIDC nodules planted into other CTs' if planted else 'only'}** "
+         "(see below). Numbers on synthetic data say how well the method "
          "learns attribute-controlled lesions, not how it performs on patients; a single real scan is a "
          "sanity check, not a clinical validation." if synthetic else
          "- Results hold for data like the evaluation sets below; validate on your own scans before relying on it."),
