@@ -191,3 +191,14 @@ def planted_dicom_copy(src: Path, dst: Path) -> tuple[np.ndarray, list[Path]]:
         ds.save_as(out)
         written.append(out)
     return ball, written
+
+
+def constructed_map(prob: np.ndarray, spacing: float = 2.0):
+    """A ProbabilityMap of `prob` whose model grid is the input grid (2 mm voxels: 8 mm³)."""
+    from malenia.data.preprocess import Preprocessor
+    from malenia.infer.postprocess import ProbabilityMap
+
+    image = sitk.GetImageFromArray(np.zeros(prob.shape, np.float32))
+    image.SetSpacing((spacing,) * 3)
+    prepared = Preprocessor((spacing,) * 3, normalization="window").prepare(image)
+    return ProbabilityMap(prob.astype(np.float32), prepared, image)

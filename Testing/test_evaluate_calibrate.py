@@ -10,21 +10,8 @@ import pytest
 from malenia.errors import ModelError
 from malenia.evaluate.calibrate import choose, sweep_case
 from malenia.model.folder import INFERENCE, InferenceDefaults, load_model_folder, update_model_folder
-from segment_helpers import malenia, tiny_trained_model
+from segment_helpers import constructed_map as _map, malenia, tiny_trained_model
 from train_helpers import make_tiny_dataset
-
-
-def _map(prob: np.ndarray, spacing: float = 2.0):
-    """A ProbabilityMap whose model grid is the input grid (2 mm voxels: 8 mm³)."""
-    import SimpleITK as sitk
-
-    from malenia.data.preprocess import Preprocessor
-    from malenia.infer.postprocess import ProbabilityMap
-
-    image = sitk.GetImageFromArray(np.zeros(prob.shape, np.float32))
-    image.SetSpacing((spacing,) * 3)
-    prepared = Preprocessor((spacing,) * 3, normalization="window").prepare(image)
-    return ProbabilityMap(prob.astype(np.float32), prepared, image)
 
 
 def _maps():

@@ -9,21 +9,8 @@ import pytest
 from malenia.data.hard_negatives import FORMAT, read_hard_negatives, write_hard_negatives
 from malenia.errors import InputError
 from malenia.evaluate.mining import case_false_positives
-from segment_helpers import malenia, tiny_trained_model
+from segment_helpers import constructed_map as _map, malenia, tiny_trained_model
 from train_helpers import make_tiny_dataset, tiny_config
-
-
-def _map(prob: np.ndarray, spacing: float = 2.0):
-    """A ProbabilityMap whose model grid is the input grid (2 mm voxels: 8 mm³)."""
-    import SimpleITK as sitk
-
-    from malenia.data.preprocess import Preprocessor
-    from malenia.infer.postprocess import ProbabilityMap
-
-    image = sitk.GetImageFromArray(np.zeros(prob.shape, np.float32))
-    image.SetSpacing((spacing,) * 3)
-    prepared = Preprocessor((spacing,) * 3, normalization="window").prepare(image)
-    return ProbabilityMap(prob.astype(np.float32), prepared, image)
 
 
 def _case():

@@ -54,12 +54,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_folder(args.model, device=args.device)
     progress = Progress(1, args.progress, "calibrate")
 
-    def on_case(i: int, n: int, case_id: str) -> None:
-        progress.total = n
-        progress.emit(i, case_id)
-
     result = calibrate(make_segmenter(model, args.device), args.data, None if args.split == "all" else args.split,
-                       max_cases=args.max_cases, on_case=on_case)
+                       max_cases=args.max_cases, on_case=progress.case)
     progress.emit(progress.total, "done", stage="done")
     progress.close()
     print(markdown(result), end="")

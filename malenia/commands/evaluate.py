@@ -110,15 +110,11 @@ def evaluate(args: argparse.Namespace) -> int:
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
 
-    def on_case(i: int, n: int, case_id: str) -> None:
-        progress.total = n
-        progress.emit(i, case_id)
-
     result = evaluate_dataset(
         args.model, args.data, None if args.split == "all" else args.split,
         nsd_tolerance=args.nsd_tolerance or DEFAULT_NSD_TOLERANCE_MM,
         iou_threshold=args.iou or DEFAULT_IOU_THRESHOLD, device=args.device, max_cases=args.max_cases,
-        on_case=on_case, segmenter=segmenter, predictions=args.predictions,
+        on_case=progress.case, segmenter=segmenter, predictions=args.predictions,
     )
     progress.emit(progress.total, "done", stage="done")
     progress.close()

@@ -45,12 +45,8 @@ def run(args: argparse.Namespace) -> int:
     min_volume = defaults.min_volume_mm3 if args.min_volume is None else args.min_volume
     progress = Progress(1, args.progress, "mine")
 
-    def on_case(i: int, n: int, case_id: str) -> None:
-        progress.total = n
-        progress.emit(i, case_id)
-
     found = mine(make_segmenter(model, args.device), args.data, None if args.split == "all" else args.split,
-                 threshold, min_volume, max_cases=args.max_cases, on_case=on_case)
+                 threshold, min_volume, max_cases=args.max_cases, on_case=progress.case)
     found.meta["model"] = {"name": model.manifest.get("name"), "version": model.manifest.get("version")}
     progress.emit(progress.total, "done", stage="done")
     progress.close()

@@ -48,6 +48,11 @@ class Progress:
                 self._bar.set_description_str(f"{stage}: {message}", refresh=False)
             self._bar.refresh()
 
+    def case(self, i: int, n: int, case_id: str) -> None:
+        """The `on_case(i, n, case_id)` callback of the per-case loops (evaluate, calibrate, mine)."""
+        self.total = n
+        self.emit(i, case_id)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
