@@ -53,6 +53,10 @@ def test_the_file_round_trips_and_bad_files_are_refused(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({**doc, "format": "something/1"}))
     with pytest.raises(InputError, match=FORMAT):
         read_hard_negatives(tmp_path / "other.json")
+    del doc["spacing"]
+    (tmp_path / "damaged.json").write_text(json.dumps({**doc, "format": FORMAT}))
+    with pytest.raises(InputError, match="damaged"):
+        read_hard_negatives(tmp_path / "damaged.json")
     with pytest.raises(InputError, match="malenia mine"):
         read_hard_negatives(tmp_path / "missing.json")
 

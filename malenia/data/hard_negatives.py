@@ -66,13 +66,22 @@ def read_hard_negatives(path: str | Path) -> HardNegatives:
     doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InputError(f"{path}: not a {FORMAT} file")
-    cases = {}
-    for cid, c in doc.get("cases", {}).items():
-        centres = np.asarray(c.get("centres", []), dtype=np.int64).reshape(-1, 3)
-        shape = tuple(int(v) for v in c["shape"])
-        if len(shape) != 3 or (len(centres) and ((centres < 0).any() or (centres >= np.array(shape)).any())):
-            raise InputError(f"{path}: case {cid}: centres outside its shape {shape}")
-        cases[cid] = CaseNegatives(shape, centres, [int(v) for v in c.get("voxels", [])],
-                                   [float(v) for v in c.get("peaks", [])])
+    try:
+        cases = {cid: _case(c) for cid, c in doc["cases"].items()}
+        spacing = tuple(float(v) for v in doc["spacing"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{path}: damaged hard-negatives file ({err.__class__.__name__}: {err})") from None
+    for cid, c in cases.items():
+        if len(c.centres) and ((c.centres < 0).any() or (c.centres >= np.array(c.shape)).any()):
+            raise InputError(f"{path}: case {cid}: centres outside its shape {c.shape}")
     meta = {k: v for k, v in doc.items() if k not in ("format", "spacing", "cases")}
-    return HardNegatives(tuple(float(v) for v in doc["spacing"]), cases, meta)  # type: ignore[arg-type]
+    return HardNegatives(spacing, cases, meta)  # type: ignore[arg-type]
+
+
+def _case(c: dict[str, Any]) -> CaseNegatives:
+    shape = tuple(int(v) for v in c["shape"])
+    if len(shape) != 3:
+        raise ValueError(f"shape {shape} is not (z, y, x)")
+    centres = np.asarray(c.get("centres", []), dtype=np.int64).reshape(-1, 3)
+    return CaseNegatives(shape, centres, [int(v) for v in c.get("voxels", [])],  # type: ignore[arg-type]
+                         [float(v) for v in c.get("peaks", [])])
