@@ -266,9 +266,10 @@ class LesionPatchDataset(Dataset):
             if case.body is not None:  # hard negatives: centred on a body voxel, moved inside the volume
                 voxel = np.array(np.unravel_index(int(case.body[rng.integers(len(case.body))]), case.image.shape))
                 half = np.array(self.patch_size) // 2
-                start = np.where(room >= 0, np.clip(voxel - half, 0, np.maximum(room, 0)), room // 2)
+                start = np.where(room >= 0, np.clip(voxel - half, 0, np.maximum(room, 0)), 0)
             else:
-                start = np.array([rng.integers(r + 1) if r >= 0 else r // 2 for r in room])
+                start = np.array([rng.integers(r + 1) if r >= 0 else 0 for r in room])
+            start = start - np.array(centred_offset(case.image.shape, self.patch_size))
         centre = start + np.array(self.patch_size) // 2
         image, instances = self._extract(case, centre, rng)
         image, instances, swap_lr = self._flip(image, instances, case, rng)
@@ -305,7 +306,8 @@ class LesionPatchDataset(Dataset):
         half = np.array(self.patch_size) // 2
         reach = np.floor(half * self.lesion_offset).astype(int)
         shift = np.array([rng.integers(-r, r + 1) for r in reach])
-        return np.where(room >= 0, np.clip(voxel - half + shift, 0, np.maximum(room, 0)), room // 2)
+        start = np.where(room >= 0, np.clip(voxel - half + shift, 0, np.maximum(room, 0)), 0)
+        return start - np.array(centred_offset(shape, self.patch_size))
 
     def _extract(self, case: _CachedCase, centre: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         aug = self.augment
@@ -345,6 +347,13 @@ class LesionPatchDataset(Dataset):
                 swap_lr = not swap_lr
             image, instances = np.flip(image, axis), np.flip(instances, axis)
         return image, instances, swap_lr
+
+
+def centred_offset(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
+    """Per axis, where a volume starts inside a patch: centred (air on both sides) where the volume is
+    shorter than the patch, else 0. Training patches and inference windows (malenia.infer.windows) both
+    place short volumes by this one rule, so the network sees the same layout in both."""
+    return tuple((int(p) - int(n) + 1) // 2 if n < p else 0 for n, p in zip(shape, patch))
 
 
 def _numpy(t) -> np.ndarray:

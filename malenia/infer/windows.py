@@ -100,6 +100,7 @@ class WindowRunner:
         self.threshold, self.token_threshold = float(threshold), float(token_threshold)
         self.background, self.skip_air = float(background), bool(skip_air)
         self.on_window = on_window
+        self._offset: tuple[int, ...] = (0, 0, 0)  # the volume's start in the padded input of the current `run`
         self.collect = bool(collect)  # keep token candidates (False: the probability only, e.g. for calibration)
         from monai.data.utils import compute_importance_map
 
@@ -145,14 +146,13 @@ class WindowRunner:
         return result
 
     def placement(self, shape) -> tuple[int, ...]:
-        """Where the volume starts in the padded input, per axis: centred where it is shorter than a window.
+        """Where the volume starts in the padded input, per axis: centred where it is shorter than a window,
+        by the training sampler's own rule (malenia.data.sampler.centred_offset). Until 2026-11-30 it sat at
+        the window's start with all the air after it, a layout the network never saw in training; centring
+        raised validation DSC slightly (docs/training.md, "Third round")."""
+        from malenia.data.sampler import centred_offset
 
-        The training sampler centres a volume that is smaller than the patch (its start is room // 2),
-        so the network has only ever seen padding on both sides of such an axis. Padding at the far
-        end only put the volume's first slice at the window's border and its last slice next to
-        twice the padding it was trained with: a lung base at the superior edge of 36-slice
-        volumes became a confident false positive in fine-tuned models."""
-        return tuple((r - n + 1) // 2 if n < r else 0 for n, r in zip(shape, self.roi))
+        return centred_offset(shape, self.roi)
 
     def _network(self, batch: torch.Tensor):
         return self.net(batch, self.bank_emb, self.bank_aspects)
