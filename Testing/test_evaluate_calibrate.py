@@ -206,6 +206,14 @@ def test_model_card_lists_earlier_stages_and_totals():
     assert "- Training: 1000 of 1200 optimiser steps (schedule laid over 45 minutes)," in render_model_card(manifest, {}, [])
     manifest["lineage"][0]["seconds"] = None  # unknown duration: no made-up total
     assert "All 3 stages" not in render_model_card(manifest, {"name": "compact"}, [])
+    assert "- Attributes:" not in card  # no measured attributes: the tokens alone, nothing claimed
+    measured = {"weight": 0.75, "aspects": {"shape": {}, "location": {}},
+                "fitted_on": {"dataset": "/data/seen_train", "split": "train", "lesions": 288},
+                "leave_one_disease_out": {"location": 0.0, "shape": 0.924}}
+    line = [x for x in render_model_card(manifest, {}, [], measured=measured).splitlines() if x.startswith("- Attributes:")]
+    assert line == ["- Attributes: the tokens' matches blended with classifiers on lesion measurements for location, "
+                    "shape (weight 0.75; `malenia fit-attributes` on 288 reference lesions of seen_train (train); "
+                    "leave-one-disease-out accuracy shape 0.92)."]
 
 
 def test_model_card_does_not_call_a_gap_between_two_poor_results_met():

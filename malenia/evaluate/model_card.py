@@ -50,7 +50,8 @@ def _targets(results: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results: Sequence[dict[str, Any]],
-                      commands: str | None = None, weights_bytes: int | None = None, parameters: int | None = None) -> str:
+                      commands: str | None = None, weights_bytes: int | None = None, parameters: int | None = None,
+                      measured: dict[str, Any] | None = None) -> str:
     train = manifest.get("training", {}) or {}
     synthetic = "synth" in str(manifest.get("training_data", "")).lower()
     planted = synthetic and "lidc" in str(manifest.get("training_data", "")).lower()  # real nodules, synthetic setting
@@ -70,6 +71,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         f"- Weights: `{WEIGHTS}` sha256 `{manifest.get('files', {}).get(WEIGHTS, '?')}`"
         + (f", {weights_bytes / 1e6:.1f} MB" if weights_bytes else ""),
         f"- Text side: attribute bank of the vocabulary embedded by the text encoder (stored; inference needs no encoder).",
+        *_measured(measured),
         f"- Created {manifest.get('created', '?')} with malenia {manifest.get('malenia_version', '?')}.",
         "",
         "## Intended use and limits",
@@ -123,6 +125,18 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
     return "\n".join(lines) + "\n"
 
 
+def _measured(measured: dict[str, Any] | None) -> list[str]:
+    """The card line on measured attributes (malenia.knowledge.measured_attributes), when the model has them."""
+    if not measured:
+        return []
+    fitted = measured.get("fitted_on", {})
+    lodo = ", ".join(f"{a} {v:.2f}" for a, v in (measured.get("leave_one_disease_out") or {}).items() if v)
+    return [f"- Attributes: the tokens' matches blended with classifiers on lesion measurements for "
+            f"{', '.join(sorted(measured.get('aspects', {})))} (weight {measured.get('weight')}; `malenia fit-attributes` "
+            f"on {fitted.get('lesions', '?')} reference lesions of {Path(str(fitted.get('dataset', '?'))).name} "
+            f"({fitted.get('split', '?')})" + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + ")."]
+
+
 def _lineage(manifest: dict[str, Any]) -> list[str]:
     """Card lines for the earlier stages a fine-tuned model continues, and the totals over all stages."""
     stages = manifest.get("lineage") or []
@@ -168,7 +182,11 @@ def write_model_card(model_dir: str | Path | None, results: Sequence[dict[str, A
 
     with safe_open(str(folder / WEIGHTS), framework="pt") as f:
         parameters = sum(int(_numel(f.get_slice(k).get_shape())) for k in f.keys())
-    card = render_model_card(manifest, config, results, commands, (folder / WEIGHTS).stat().st_size, parameters)
+    from malenia.knowledge.measured_attributes import FILE as MEASURED
+
+    measured = json.loads((folder / MEASURED).read_text(encoding="utf-8")) if MEASURED in manifest["files"] else None
+    card = render_model_card(manifest, config, results, commands, (folder / WEIGHTS).stat().st_size, parameters,
+                             measured)
     update_model_folder(folder, {CARD: card})
     return folder / CARD
 

@@ -47,6 +47,7 @@ class SegmentOptions:
     roi: RasBox | None = None
     skip_air: bool = True  # windows that hold only air are not run
     force: bool = False  # read_ct: skip the CT Hounsfield-range and DICOM modality checks
+    measured: bool = True  # fold the model's measured attributes (if it has them) into the tokens' attributes
 
     def __post_init__(self) -> None:
         problems = []
@@ -151,6 +152,7 @@ class Segmenter:
         self.preprocessor = preprocessor_for(self.cfg)
         self.table = table_for_model(model, knowledge)
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
+        self.measured = model.measured_attributes() if self.options.measured else None
         self._torch = torch
 
     def runner(self, on_window=None, collect: bool = True):
@@ -215,20 +217,35 @@ class Segmenter:
         label_image = sitk.GetImageFromArray(relabel(lm, order))
         label_image.CopyInformation(pm.image)
         lesions, details, enh_votes = [], [], []
+        measured = self._measurements(pm.image, label_image, len(order))
         for label, inst in enumerate(self._instances(pm, wp, lm, order), start=1):
-            attributes = self.matcher.attributes(inst.distribution, phase)
-            scores = self.matcher.full_matches(inst.distribution, attributes)
+            distribution = inst.distribution
+            if label in measured:
+                distribution = self.measured.blend(distribution, self.matcher.rows, self.model.bank.ids, measured[label])
+            attributes = self.matcher.attributes(distribution, phase)
+            scores = self.matcher.full_matches(distribution, attributes)
             lesions.append(LesionResult(label, self.matcher.disease(scores), attributes, scores=scores))
             enh_votes.append((attributes["enhancement"], float(inst.voxels)))
             details.append({"label": label, "lesion_score": round(inst.lesion_score, 4),
                             "mean_probability": round(inst.mean_probability, 4), "tokens": len(inst.candidates),
-                            "windows": inst.windows, "model_voxels": inst.voxels})
+                            "windows": inst.windows, "model_voxels": inst.voxels}
+                           | ({"measurements": {k: round(v, 4) for k, v in measured[label].items()}}
+                              if label in measured else {}))
         scan = ScanInfo.from_image(pm.image, source, scan_enhancement(phase, enh_votes, self.table.vocab), dicom_files)
         model = ModelInfo(self.model.name, self.model.version, self.model.sha256)
         from malenia.knowledge.site import origin_json
 
         return SegmentationResult(label_image, pm.image, scan, model, lesions, self._extra(pm, wp, phase, details),
                                   origin_json(self.table))
+
+    def _measurements(self, image: sitk.Image, label_image: sitk.Image, count: int) -> dict[int, dict[str, float]]:
+        """Per output label its image measurements (malenia.infer.lesion_features), when the model
+        combines them into its attributes; else nothing."""
+        if self.measured is None or count == 0:
+            return {}
+        from malenia.infer.lesion_features import FeatureImage, features_of_labels, oriented_labels
+
+        return features_of_labels(FeatureImage.of(image), oriented_labels(label_image))
 
     def _instances(self, pm, wp, lm, order: list[int]):
         """Per kept lesion (output order) its Instance: candidates and aggregated distribution."""
@@ -262,6 +279,8 @@ class Segmenter:
                       "blood_hu": None if phase.blood_hu is None else round(phase.blood_hu, 1),
                       "used_for_enhancement": phase.confident},
             "lesions": details,
+            "measured_attributes": None if self.measured is None else {
+                "aspects": sorted(self.measured.aspects), "weight": self.measured.weight, "floor": self.measured.floor},
         }
 
 

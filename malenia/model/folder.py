@@ -10,6 +10,8 @@
     MODEL/report_rows.safetensors      optional: whole-report embeddings of a single-positive (ablation) model
     MODEL/inference.json               optional: post-processing chosen on a validation split (`malenia calibrate`):
                                         {"threshold", "min_volume_mm3", "calibration": {...}}
+    MODEL/measured_attributes.json     optional: attribute classifiers on lesion measurements
+                                        (`malenia fit-attributes`; format owned by malenia.knowledge.measured_attributes)
 
 Used by training (RUN/model), `malenia segment`, `malenia evaluate`, the Slicer module and the retraining
 server. The folder is written whole (malenia.atomic.atomic_dir); loading refuses any missing file, any
@@ -128,16 +130,27 @@ class LoadedModel:
 
         return load_file(str(p))["embeddings"]
 
-    def inference_defaults(self) -> InferenceDefaults:
-        """The calibrated post-processing (inference.json) or, for an uncalibrated model, the project defaults."""
-        if INFERENCE not in self.manifest.get("files", {}):
-            return InferenceDefaults()
-        path = self.path / INFERENCE
+    def optional_json(self, name: str) -> Any:
+        """The parsed content of an optional file the manifest lists, or None when it lists none."""
+        if name not in self.manifest.get("files", {}):
+            return None
+        path = self.path / name
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ModelError(f"{path}: unreadable ({err})") from None
-        return InferenceDefaults.from_dict(data, str(path))
+
+    def inference_defaults(self) -> InferenceDefaults:
+        """The calibrated post-processing (inference.json) or, for an uncalibrated model, the project defaults."""
+        data = self.optional_json(INFERENCE)
+        return InferenceDefaults() if data is None else InferenceDefaults.from_dict(data, str(self.path / INFERENCE))
+
+    def measured_attributes(self):
+        """The fitted MeasuredAttributes (measured_attributes.json), or None when the model has none."""
+        from malenia.knowledge.measured_attributes import FILE, MeasuredAttributes
+
+        data = self.optional_json(FILE)
+        return None if data is None else MeasuredAttributes.from_json(data, str(self.path / FILE))
 
     def card(self) -> str | None:
         p = self.path / CARD
@@ -154,13 +167,15 @@ def save_model_folder(target: str | Path, *, config, network, bank,
                       knowledge_table: str | Path | Mapping[str, Any], name: str, version: str,
                       training_data: str, model_card: str | None = None,
                       extra: Mapping[str, Any] | None = None, report_rows=None,
-                      inference: InferenceDefaults | None = None, overwrite: bool = False) -> Path:
+                      inference: InferenceDefaults | None = None, files: Mapping[str, bytes] | None = None,
+                      overwrite: bool = False) -> Path:
     """Writes a complete model folder at `target` atomically and returns its path.
 
     `knowledge_table` is the path of a knowledge-table JSON (copied as is) or its parsed content.
     `extra` adds keys to the manifest (e.g. training steps, evaluation summary). `knowledge_table` may also
     be a KnowledgeTable (its `to_json()` is stored). `report_rows` (float32 [Q, Dt]) are stored only for
     single-positive ablation models. `inference` is stored as inference.json (calibrated post-processing).
+    `files` are further files stored as given (relative path -> content), e.g. what a fine-tune inherits.
     """
     from safetensors.torch import save_model
 
@@ -187,6 +202,8 @@ def save_model_folder(target: str | Path, *, config, network, bank,
             (staging / CARD).write_text(model_card, encoding="utf-8")
         if inference is not None:
             (staging / INFERENCE).write_text(json.dumps(inference.to_dict(), indent=2) + "\n", encoding="utf-8")
+        for rel, content in (files or {}).items():
+            (staging / safe_relpath(rel)).write_bytes(content)
         meta = {
             "name": name,
             "version": version,

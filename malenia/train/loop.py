@@ -185,6 +185,7 @@ class Trainer:
         opts, cfg, dev = self.opts, self.cfg, self.info.device
         self.model = MaleniaNet(cfg)
         self.inherited = None  # a fine-tune keeps its parent's calibrated post-processing until calibrated itself
+        self.inherited_files: dict[str, bytes] = {}  # ... and its measured-attribute classifiers
         self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
         if opts.init:
             self._load_init()
@@ -214,6 +215,7 @@ class Trainer:
         load_weights(self.model, init.path / WEIGHTS, new_parts)
         self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
         self.lineage = training_lineage(init.manifest)
+        self.inherited_files = inherited_files(init)
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
@@ -355,13 +357,23 @@ class Trainer:
                 knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
                 training_data=opts.training_data or f"{self.index.name} ({opts.data}), split {opts.split}",
                 overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
-                inference=self.inherited,
-                extra={"training": training} | ({"lineage": self.lineage} if self.lineage else {}),
+                inference=self.inherited, files=self.inherited_files,
+                extra={"training": training} | ({"lineage": self.lineage} if self.lineage else {})
+                | ({"measured_attributes": {"inherited_from": f"{self.lineage[-1]['name']} {self.lineage[-1]['version']}"}}
+                   if self.inherited_files else {}),
             )
             self.progress.emit(final_step, "model folder written", stage="done", val_dsc=self.val_dsc, fraction=1.0)
         barrier(info)
         return TrainResult(final_step, seconds, self.losses[-1] if self.losses else None, self.losses, model_dir,
                            self.start, self.val_dsc)
+
+
+def inherited_files(init) -> dict[str, bytes]:
+    """What a fine-tune keeps of its --init model folder as is: the measured-attribute classifiers, which
+    read lesion measurements, not the network (malenia.knowledge.measured_attributes)."""
+    from malenia.knowledge.measured_attributes import FILE
+
+    return {FILE: (init.path / FILE).read_bytes()} if FILE in init.manifest.get("files", {}) else {}
 
 
 def _processes_per_node(info: DistInfo) -> int:

@@ -1,0 +1,202 @@
+"""Measured attributes: lesion measurements, the per-aspect classifiers and their file, the blend with the
+tokens, and `malenia fit-attributes` -> `malenia segment` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from malenia.errors import InputError, ModelError
+from malenia.infer.lesion_features import FEATURES, FeatureImage, features_of_labels, oriented_labels
+from malenia.knowledge.measured_attributes import (FILE, WEIGHT, Example, MeasuredAttributes, fit, fit_aspect,
+                                               leave_one_disease_out)
+from segment_helpers import malenia, tiny_trained_model
+from train_helpers import make_tiny_dataset, tiny_config
+
+SPACING = 1.5
+
+
+def _ball(shape, centre, radius):
+    zz, yy, xx = np.indices(shape)
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+
+
+def _body_with_two_lesions(seed=0):
+    """A 40 HU body in air with a sharp, round, homogeneous -10 HU lesion on the patient's left and an
+    irregular, blurred, heterogeneous 120 HU one on the right (LPS: x grows toward the left)."""
+    rng = np.random.default_rng(seed)
+    shape = (48, 64, 80)
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[4:44, 6:58, 6:74] = 40.0
+    round_ = _ball(shape, (24, 32, 56), 7)
+    irregular = _ball(shape, (24, 32, 22), 5) | _ball(shape, (20, 28, 28), 4) | _ball(shape, (28, 37, 16), 4)
+    irregular |= _ball(shape, (24, 24, 16), 3)
+    hu[round_] = -10.0
+    bright = np.where(irregular, 120.0 + rng.normal(0, 35, shape), 0.0)
+    hu = np.where(irregular, 0.0, hu) + ndimage.gaussian_filter(bright, 1.5)  # a blurred margin
+    hu = np.where(irregular & (hu < 40), 40.0, hu).astype(np.float32)
+    hu += rng.normal(0, 4, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[round_], labels[irregular] = 1, 2
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((SPACING,) * 3)
+    lab = sitk.GetImageFromArray(labels)
+    lab.CopyInformation(image)
+    return image, lab
+
+
+def _features(image, labels):
+    return features_of_labels(FeatureImage.of(image), oriented_labels(labels))
+
+
+def test_measurements_tell_a_round_sharp_homogeneous_lesion_from_an_irregular_blurred_one():
+    feats = _features(*_body_with_two_lesions())
+    round_, irregular = feats[1], feats[2]
+    assert set(round_) == set(FEATURES)
+    assert round_["sphericity"] > irregular["sphericity"] + 0.1
+    assert round_["solidity"] > 0.85 > irregular["solidity"]
+    assert round_["edge_mm"] < irregular["edge_mm"]
+    assert round_["hu_std"] < irregular["hu_std"]
+    assert round_["contrast"] < -30 < 30 < irregular["contrast"]  # hypodense vs hyperdense to the 40 HU host
+    assert round_["ring_air"] == 0.0 and round_["ring_mean"] == pytest.approx(40, abs=5)
+    assert round_["pos_x"] > 0.6 > 0.4 > irregular["pos_x"]  # the patient's left vs right within the body
+    assert round_["log_volume"] == pytest.approx(np.log(_ball((48, 64, 80), (24, 32, 56), 7).sum() * SPACING**3))
+
+
+def test_measurements_do_not_depend_on_the_scan_orientation():
+    image, labels = _body_with_two_lesions()
+    flipped = {}
+    for name, img in (("image", image), ("labels", labels)):
+        arr = sitk.GetArrayFromImage(img)[:, ::-1, ::-1]  # the same patient stored RAS: x and y reversed
+        out = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+        out.SetSpacing(img.GetSpacing())
+        out.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        flipped[name] = out
+    a, b = _features(image, labels), _features(flipped["image"], flipped["labels"])
+    for label in (1, 2):
+        for key in FEATURES:
+            assert b[label][key] == pytest.approx(a[label][key], rel=1e-4, abs=1e-4), (label, key)
+
+
+def _examples(n=60, seed=1):
+    """Lesions whose shape follows sphericity, whose location follows the side of the body."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        f = {k: float(rng.normal()) for k in FEATURES}
+        f["sphericity"] = float(rng.uniform(0.4, 1.0))
+        f["pos_x"] = float(rng.uniform(0, 1))
+        attrs = {"shape": ["shape.round" if f["sphericity"] > 0.7 else "shape.irregular"],
+                 "location": ["location.kidney.left" if f["pos_x"] > 0.5 else "location.kidney.right"]}
+        out.append(Example(f, attrs, ("kidney_cyst", "kidney_tumor", "kidney_stone")[i % 3]))
+    return out
+
+
+SPECS = {"shape": {"kind": "logistic", "features": ["sphericity", "hu_mean"]},
+         "location": {"kind": "knn", "k": 3, "features": ["pos_x", "pos_z"], "scale": [1.0, 0.0]}}
+
+
+def test_classifiers_learn_a_measured_rule_and_survive_their_file():
+    train, test = _examples(), _examples(seed=2)
+    fitted = fit(train, SPECS, {"dataset": "constructed"})
+    for aspect, key in (("shape", "sphericity"), ("location", "pos_x")):
+        clf = fitted.aspects[aspect]
+        pred = [clf.classes[i] for i in clf.predict([e.features for e in test]).argmax(1)]
+        truth = [e.attributes[aspect][0] for e in test]
+        assert np.mean([p == t for p, t in zip(pred, truth)]) >= 0.85, aspect
+    assert fitted.meta["leave_one_disease_out"]["shape"] >= 0.85  # the rule holds for every "disease"
+    assert fitted.meta["fitted_on"] == {"dataset": "constructed", "lesions": 60, "created": fitted.meta["fitted_on"]["created"]}
+    back = MeasuredAttributes.from_json(json.loads(json.dumps(fitted.to_json())))
+    for aspect, dist in fitted.distributions(test[0].features).items():
+        assert back.distributions(test[0].features)[aspect] == pytest.approx(dist, abs=1e-6)
+    with pytest.raises(ModelError, match="damaged"):
+        MeasuredAttributes.from_json({**fitted.to_json(), "aspects": {"shape": {"kind": "logistic"}}})
+    with pytest.raises(ModelError, match="not a"):
+        MeasuredAttributes.from_json({"format": "other/1"})
+    with pytest.raises(InputError, match="too few"):
+        fit(train[:5], SPECS)
+    assert fit_aspect(SPECS["shape"], [e for e in train if e.attributes["shape"] == ["shape.round"]], "shape") is None
+
+
+def test_a_description_no_training_lesion_showed_stays_reachable_in_the_blend():
+    fitted = fit(_examples(), SPECS)
+    ids = ["shape.round", "shape.irregular", "shape.oval", "location.kidney.left", "location.kidney.right",
+           "density.fluid"]
+    rows = {"shape": np.array([0, 1, 2]), "location": np.array([3, 4]), "density": np.array([5])}
+    token = np.array([0.2, 0.5, 0.3, 0.5, 0.5, 1.0], np.float32)
+    features = {**_examples(1)[0].features, "sphericity": 0.98, "pos_x": 0.9}
+    fitted.weight = 0.0
+    assert fitted.blend(token, rows, ids, features) == pytest.approx(token, abs=1e-6)
+    fitted.weight = 0.5
+    mixed = fitted.blend(token, rows, ids, features)
+    assert mixed[[0, 1, 2]].sum() == pytest.approx(1.0) and mixed[[3, 4]].sum() == pytest.approx(1.0)
+    assert mixed[0] > token[0] and mixed[3] > token[3]  # round, on the left: the measurement moved both
+    assert mixed[2] > 0.05  # "oval" was in no training lesion: only the floor speaks for it, but it stays
+    assert mixed[5] == token[5]  # an aspect without a classifier keeps the token's distribution
+
+
+def test_leave_one_disease_out_cannot_name_a_description_only_the_left_out_disease_has():
+    examples = _examples()
+    for e in examples:
+        if e.disease == "kidney_stone":
+            e.attributes["shape"] = ["shape.oval"]
+    assert leave_one_disease_out(examples, SPECS)["shape"] < 0.7
+
+
+def test_fit_attributes_then_segment_reports_the_measured_attributes(tmp_path_factory, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_trained_model(tmp_path_factory), model)
+    data = make_tiny_dataset(tmp_path / "ds", n_cases=8, shape=(36, 40, 40), max_lesions=3)
+    res = malenia("fit-attributes", "--model", model, "--data", data, "--split", "all", "--progress", "none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert FILE in manifest["files"] and manifest["measured_attributes"]["lesions"] >= 10
+    assert "leave-one-disease-out accuracy" in res.stdout
+    image, _ = _body_with_two_lesions()
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "out"
+    seg = malenia("segment", tmp_path / "ct.nii.gz", "--out", out, "--model", model, "--threshold", "0.05",
+                  "--min-volume", "0", "--threads", "1")
+    assert seg.returncode == 0, seg.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    used = report["extra"]["measured_attributes"]
+    assert used["weight"] == WEIGHT and "shape" in used["aspects"]
+    details = report["extra"]["lesions"]
+    assert details and all(set(d["measurements"]) == set(FEATURES) for d in details)
+    bad = malenia("fit-attributes", "--model", model, "--data", data, "--weight", "2", "--progress", "none")
+    assert bad.returncode != 0 and "--weight" in bad.stderr
+    # a fine-tune keeps the classifiers: they read lesion measurements, not the network
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config().to_dict()))
+    train = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "1", "--init", model,
+                    "--out", tmp_path / "run", "--threads", "1", "--progress", "none", "--workers", "0")
+    assert train.returncode == 0, train.stderr[-2000:]
+    child = tmp_path / "run" / "model"
+    assert (child / FILE).read_bytes() == (model / FILE).read_bytes()
+    assert json.loads((child / "manifest.json").read_text())["measured_attributes"]["inherited_from"].endswith(
+        json.loads((model / "manifest.json").read_text())["version"])
+
+
+def test_examples_from_predictions_measure_the_predicted_mask_of_each_detected_lesion(tmp_path_factory, tmp_path):
+    from malenia.data.dataset import read_case
+    from malenia.evaluate.attribute_examples import examples_from_predictions
+    from malenia.infer.pipeline import Segmenter, SegmentOptions, load_model
+
+    data = make_tiny_dataset(tmp_path / "ds", n_cases=3, shape=(36, 40, 40))
+    segmenter = Segmenter(load_model(tiny_trained_model(tmp_path_factory)),
+                          SegmentOptions(device="cpu", threshold=0.05, min_volume_mm3=0.0))
+    examples = list(examples_from_predictions(segmenter, data, None))
+    assert examples, "at threshold 0.05 the tiny model overlaps the spheres"
+    case = read_case(data, "case00")
+    result = segmenter.segment(case.image)
+    predicted = _features(case.image, result.labels)
+    reference = _features(case.image, case.lesions)
+    first = examples[0]  # case00 has one lesion, so the first example is its predicted mask, measured
+    assert first.disease == case.report.lesions[0].disease
+    assert first.attributes["shape"] == [d.id for d in case.report.lesions[0].attributes["shape"]]
+    assert any(first.features == f for f in predicted.values())
+    assert first.features != reference[1]  # not the reference mask's measurements

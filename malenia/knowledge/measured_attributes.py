@@ -1,0 +1,230 @@
+"""Measured attributes: per-aspect description probabilities from a lesion's image measurements.
+
+Not in the paper. There every attribute comes from the lesion's mask token, matched against the
+description embeddings. Trained here on six lesion types, the tokens learned those types'
+attribute combinations rather than the attributes: on the unseen types they call 14 % of the
+locations right (liver lesions "in the gallbladder lumen") and the disease of none (docs/knowledge.md).
+Several aspects are plain measurements a radiologist makes without knowing the disease (shape,
+margin, density against the host, heterogeneity, position in the body), so a small classifier on
+disease-agnostic measurements (malenia.infer.lesion_features), fitted on the training lesions'
+reference masks and descriptions, transfers to new lesion types by construction. The contrast phase
+is handled the same way already (malenia.infer.matching: enhancement from the blood pool).
+
+At inference the token's distribution and the measured one are combined per aspect as a weighted
+geometric mean (a product of experts), each aspect renormalised over its bank rows:
+
+    p(id) ∝ token(id)^(1 - w) * measured'(id)^w,   measured' = (1 - floor) * measured + floor / n
+
+The floor keeps every description reachable that no training lesion showed (e.g. a gallbladder
+wall location): the measurement is evidence, not a veto. Aspects the file does not cover keep the
+token's distribution. Classifiers (configs as data, `ASPECT_SPECS`):
+  - "knn": the k nearest training lesions vote (location: body position and host density, a
+    region no linear boundary describes);
+  - "logistic": multinomial logistic regression (L2, standardised features).
+
+File (owned here): MODEL/measured_attributes.json
+    {"format": "malenia-measured-attributes/1", "weight": w, "floor": f, "fitted_on": {...},
+     "aspects": {aspect: {"kind", "features", ...}}, "leave_one_disease_out": {aspect: accuracy}}
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from malenia.errors import ModelError
+
+FORMAT = "malenia-measured-attributes/1"
+FILE = "measured_attributes.json"
+# The measured share, chosen on the validation split (disease named right on detected lesions; weights
+# 0, 0.25, 0.5, 0.75, 1; ties go to the lower weight, which keeps more of the tokens' evidence).
+WEIGHT = 0.75
+FLOOR = 0.1
+L2 = 1.0
+
+# Feature sets chosen by the leave-one-disease-out accuracy on the training lesions (docs/knowledge.md,
+# "Measured attributes"); location and density name the organ, so they use the body position too.
+ASPECT_SPECS: dict[str, dict[str, Any]] = {
+    "location": {"kind": "knn", "k": 5, "features": ["pos_z", "pos_y", "pos_x", "ring_mean"],
+                 "scale": [1.0, 1.0, 1.0, 1 / 300.0]},
+    "shape": {"kind": "logistic", "features": ["sphericity", "elongation", "flatness", "solidity", "log_volume"]},
+    "density": {"kind": "knn", "k": 5, "features": ["pos_z", "pos_y", "pos_x", "contrast", "hu_mean"],
+                "scale": [1.0, 1.0, 1.0, 1 / 100.0, 1 / 300.0]},
+    "density_variation": {"kind": "logistic", "features": ["hu_std"]},
+    "surface": {"kind": "logistic", "features": ["edge_mm", "sphericity", "solidity"]},
+}
+
+
+@dataclass
+class Example:
+    """One training lesion: its measurements and reference descriptions (first per aspect is its label)."""
+
+    features: dict[str, float]
+    attributes: dict[str, list[str]]
+    disease: str | None = None
+
+
+@dataclass
+class AspectClassifier:
+    kind: str
+    features: list[str]
+    classes: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, rows: list[Mapping[str, float]]) -> np.ndarray:
+        """[n, len(classes)] probabilities."""
+        x = np.array([[float(r[f]) for f in self.features] for r in rows], float).reshape(len(rows), -1)
+        if self.kind == "knn":
+            return self._knn(x)
+        z = ((x - np.array(self.params["mean"])) / np.array(self.params["std"])) @ np.array(self.params["weights"])
+        z = z + np.array(self.params["bias"])
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(1, keepdims=True)
+
+    def _knn(self, x: np.ndarray) -> np.ndarray:
+        scale = np.array(self.params["scale"])
+        points, labels, k = np.array(self.params["points"]), np.array(self.params["labels"]), int(self.params["k"])
+        d = (((x * scale)[:, None, :] - points[None]) ** 2).sum(-1)
+        nearest = np.argsort(d, axis=1, kind="stable")[:, :k]
+        votes = np.zeros((len(x), len(self.classes)))
+        for i, row in enumerate(nearest):
+            np.add.at(votes[i], labels[row], 1.0)
+        votes += 1.0 / len(self.classes)  # Laplace-like smoothing: k votes never make a certainty
+        return votes / votes.sum(1, keepdims=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "features": self.features, "classes": self.classes, **self.params}
+
+    @staticmethod
+    def from_json(obj: Mapping[str, Any]) -> "AspectClassifier":
+        params = {k: v for k, v in obj.items() if k not in ("kind", "features", "classes")}
+        clf = AspectClassifier(str(obj["kind"]), list(obj["features"]), list(obj["classes"]), params)
+        need = {"knn": ("points", "labels", "k", "scale"), "logistic": ("mean", "std", "weights", "bias")}.get(clf.kind)
+        if need is None or any(k not in params for k in need):
+            raise ValueError(f"classifier of kind {clf.kind!r} lacks {need}")
+        return clf
+
+
+def fit_aspect(spec: Mapping[str, Any], examples: list[Example], aspect: str) -> AspectClassifier | None:
+    labelled = [e for e in examples if e.attributes.get(aspect)]
+    classes = sorted({e.attributes[aspect][0] for e in labelled})
+    if len(classes) < 2:
+        return None  # nothing to tell apart
+    feats = list(spec["features"])
+    x = np.array([[e.features[f] for f in feats] for e in labelled], float)
+    y = np.array([classes.index(e.attributes[aspect][0]) for e in labelled])
+    if spec["kind"] == "knn":
+        scale = list(spec["scale"])
+        params = {"k": int(spec["k"]), "scale": scale, "points": (x * np.array(scale)).round(5).tolist(),
+                  "labels": y.tolist()}
+        return AspectClassifier("knn", feats, classes, params)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    weights, bias = _logistic((x - mean) / std, y, len(classes), L2)
+    params = {"mean": mean.tolist(), "std": std.tolist(), "weights": weights.tolist(), "bias": bias.tolist()}
+    return AspectClassifier("logistic", feats, classes, params)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression by L-BFGS; the L2 penalty spares the bias."""
+    from scipy.optimize import minimize
+
+    n, d = x.shape
+    onehot = np.eye(k)[y]
+    xb = np.hstack([x, np.ones((n, 1))])
+
+    def loss(w):
+        wm = w.reshape(d + 1, k)
+        z = xb @ wm
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        value = -(onehot * np.log(p + 1e-12)).sum() / n + l2 * (wm[:-1] ** 2).sum() / n
+        grad = xb.T @ (p - onehot) / n
+        grad[:-1] += 2 * l2 * wm[:-1] / n
+        return value, grad.ravel()
+
+    w = minimize(loss, np.zeros((d + 1) * k), jac=True, method="L-BFGS-B").x.reshape(d + 1, k)
+    return w[:-1], w[-1]
+
+
+@dataclass
+class MeasuredAttributes:
+    aspects: dict[str, AspectClassifier]
+    weight: float = WEIGHT
+    floor: float = FLOOR
+    meta: dict[str, Any] = field(default_factory=dict)  # fitted_on, leave_one_disease_out
+
+    def distributions(self, features: Mapping[str, float]) -> dict[str, dict[str, float]]:
+        """aspect -> {description id: probability} for one lesion."""
+        return {a: dict(zip(c.classes, c.predict([features])[0].tolist())) for a, c in self.aspects.items()}
+
+    def blend(self, distribution: np.ndarray, rows: Mapping[str, np.ndarray], ids: list[str],
+              features: Mapping[str, float]) -> np.ndarray:
+        """The token `distribution` over the bank rows with the measured evidence folded in, per aspect."""
+        out = np.array(distribution, np.float64, copy=True)
+        for aspect, measured in self.distributions(features).items():
+            r = rows.get(aspect)
+            if r is None or not len(r):
+                continue
+            token = out[r] / out[r].sum() if out[r].sum() > 0 else np.full(len(r), 1.0 / len(r))
+            m = np.array([measured.get(ids[i], 0.0) for i in r])
+            m = (1 - self.floor) * (m / m.sum() if m.sum() > 0 else m) + self.floor / len(r)
+            mixed = np.exp((1 - self.weight) * np.log(np.maximum(token, 1e-12)) + self.weight * np.log(m))
+            out[r] = mixed / mixed.sum()
+        return out.astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "weight": self.weight, "floor": self.floor, **self.meta,
+                "aspects": {a: c.to_json() for a, c in self.aspects.items()}}
+
+    @staticmethod
+    def from_json(obj: Any, where: str = FILE) -> "MeasuredAttributes":
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ModelError(f"{where}: not a {FORMAT} file")
+        try:
+            aspects = {str(a): AspectClassifier.from_json(c) for a, c in obj["aspects"].items()}
+            weight, floor = float(obj["weight"]), float(obj["floor"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ModelError(f"{where}: damaged measured-attributes file ({err})") from None
+        if not (0.0 <= weight <= 1.0 and 0.0 < floor <= 1.0):
+            raise ModelError(f"{where}: weight must be in [0, 1] and floor in (0, 1]")
+        meta = {k: v for k, v in obj.items() if k not in ("format", "weight", "floor", "aspects")}
+        return MeasuredAttributes(aspects, weight, floor, meta)
+
+
+def fit(examples: list[Example], specs: Mapping[str, Mapping[str, Any]] = ASPECT_SPECS,
+        fitted_on: Mapping[str, Any] | None = None) -> MeasuredAttributes:
+    """Classifiers for every aspect of `specs`, and their leave-one-disease-out accuracy."""
+    from malenia.errors import InputError
+
+    if len(examples) < 10:
+        raise InputError(f"{len(examples)} lesions are too few to fit measured attributes (need at least 10)")
+    aspects = {a: c for a, spec in specs.items() if (c := fit_aspect(spec, examples, a)) is not None}
+    meta = {"fitted_on": {**(fitted_on or {}), "lesions": len(examples),
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            "leave_one_disease_out": leave_one_disease_out(examples, specs)}
+    return MeasuredAttributes(aspects, meta=meta)
+
+
+def leave_one_disease_out(examples: list[Example], specs: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """Per aspect, the share of each disease's lesions whose first description is the top class of a
+    classifier fitted without that disease: how well the measurement transfers to a lesion type it never
+    saw. Aspects whose descriptions name the organ (location, density) cannot transfer to a new organ
+    this way; their numbers say so."""
+    diseases = sorted({e.disease for e in examples if e.disease})
+    out: dict[str, float | None] = {}
+    for aspect, spec in specs.items():
+        hits = []
+        for d in diseases:
+            clf = fit_aspect(spec, [e for e in examples if e.disease != d], aspect)
+            held = [e for e in examples if e.disease == d and e.attributes.get(aspect)]
+            if clf is None or not held:
+                continue
+            p = clf.predict([e.features for e in held])
+            hits += [clf.classes[int(i)] in e.attributes[aspect] for i, e in zip(p.argmax(1), held)]
+        out[aspect] = round(float(np.mean(hits)), 4) if hits else None
+    return out
