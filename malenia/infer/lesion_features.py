@@ -139,21 +139,22 @@ def _principal_variances(points: np.ndarray) -> np.ndarray:
 def _solidity(mask: np.ndarray) -> float:
     """Voxels of the lesion / voxels whose centre lies in the convex hull of its voxel centres
     (skimage's solidity, in 3D): 1 for any convex lesion whatever its size, less for lobulated or
-    spiculated ones. Large lesions are measured on every n-th voxel, which keeps the ratio."""
-    from scipy.spatial import Delaunay, QhullError
+    spiculated ones. Large lesions are measured on every n-th voxel, which keeps the ratio. Only the
+    hull's vertices are triangulated and only voxels outside the lesion tested (the lesion's own voxels
+    lie in its hull): a triangulation of every surface voxel made this 100 times slower on a 60 ml lesion."""
+    from scipy.spatial import ConvexHull, Delaunay, QhullError
 
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     sub = mask[box]
     step = max(1, int(np.ceil((sub.size / SOLIDITY_MAX_VOXELS) ** (1 / 3))))
     sub = sub[::step, ::step, ::step]
-    inside = np.argwhere(sub)
-    if len(inside) < 5:
+    inside = int(sub.sum())
+    if inside < 5:
         return 1.0
     surface = np.argwhere(sub & ~ndimage.binary_erosion(sub))
     try:
-        hull = Delaunay(surface)
+        hull = Delaunay(surface[ConvexHull(surface).vertices])
     except QhullError:  # flat: all voxels in one plane
         return 1.0
-    grid = np.argwhere(np.ones(sub.shape, bool))
-    in_hull = int((hull.find_simplex(grid) >= 0).sum())
-    return float(min(1.0, len(inside) / in_hull)) if in_hull else 1.0
+    in_hull = inside + int((hull.find_simplex(np.argwhere(~sub)) >= 0).sum())
+    return float(min(1.0, inside / in_hull))
