@@ -212,8 +212,10 @@ def test_model_card_lists_earlier_stages_and_totals():
                 "leave_one_disease_out": {"location": 0.0, "shape": 0.924}}
     line = [x for x in render_model_card(manifest, {}, [], measured=measured).splitlines() if x.startswith("- Attributes:")]
     assert line == ["- Attributes: the tokens' matches blended with classifiers on lesion measurements for location, "
-                    "shape (weight 0.75; `malenia fit-attributes` on 288 reference lesions of seen_train (train); "
-                    "leave-one-disease-out accuracy shape 0.92)."]
+                    "shape (weight 0.75; `malenia fit-attributes` on 288 lesions of seen_train (train), measured on "
+                    "their reference masks; leave-one-disease-out accuracy shape 0.92)."]
+    measured["fitted_on"]["masks"] = "predicted"
+    assert "measured on the model's own masks of them;" in render_model_card(manifest, {}, [], measured=measured)
 
 
 def test_model_card_does_not_call_a_gap_between_two_poor_results_met():

@@ -133,8 +133,12 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
     lodo = ", ".join(f"{a} {v:.2f}" for a, v in (measured.get("leave_one_disease_out") or {}).items() if v)
     return [f"- Attributes: the tokens' matches blended with classifiers on lesion measurements for "
             f"{', '.join(sorted(measured.get('aspects', {})))} (weight {measured.get('weight')}; `malenia fit-attributes` "
-            f"on {fitted.get('lesions', '?')} reference lesions of {Path(str(fitted.get('dataset', '?'))).name} "
-            f"({fitted.get('split', '?')})" + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + ")."]
+            f"on {fitted.get('lesions', '?')} lesions of {Path(str(fitted.get('dataset', '?'))).name} "
+            f"({fitted.get('split', '?')}), measured on {_MASKS.get(fitted.get('masks', 'reference'), '?')}"
+            + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + ")."]
+
+
+_MASKS = {"reference": "their reference masks", "predicted": "the model's own masks of them"}
 
 
 def _lineage(manifest: dict[str, Any]) -> list[str]:
@@ -172,21 +176,19 @@ def write_model_card(model_dir: str | Path | None, results: Sequence[dict[str, A
     """Renders the card and stores it in the model folder (manifest re-hashed, folder swapped whole)."""
     import json
 
-    from malenia.model.folder import CARD, CONFIG, WEIGHTS, update_model_folder, verify_model_folder
+    from malenia.knowledge.measured_attributes import FILE as MEASURED
+    from malenia.model.folder import CARD, CONFIG, WEIGHTS, load_model_folder, update_model_folder
     from malenia.paths import builtin_model_dir
 
-    folder = Path(model_dir) if model_dir else builtin_model_dir()
-    manifest = verify_model_folder(folder)
+    model = load_model_folder(Path(model_dir) if model_dir else builtin_model_dir(), build_network=False)  # verified
+    folder = model.path
     config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     from safetensors import safe_open
 
     with safe_open(str(folder / WEIGHTS), framework="pt") as f:
         parameters = sum(int(_numel(f.get_slice(k).get_shape())) for k in f.keys())
-    from malenia.knowledge.measured_attributes import FILE as MEASURED
-
-    measured = json.loads((folder / MEASURED).read_text(encoding="utf-8")) if MEASURED in manifest["files"] else None
-    card = render_model_card(manifest, config, results, commands, (folder / WEIGHTS).stat().st_size, parameters,
-                             measured)
+    card = render_model_card(model.manifest, config, results, commands, (folder / WEIGHTS).stat().st_size, parameters,
+                             model.optional_json(MEASURED))
     update_model_folder(folder, {CARD: card})
     return folder / CARD
 
