@@ -202,3 +202,34 @@ def constructed_map(prob: np.ndarray, spacing: float = 2.0):
     image.SetSpacing((spacing,) * 3)
     prepared = Preprocessor((spacing,) * 3, normalization="window").prepare(image)
     return ProbabilityMap(prob.astype(np.float32), prepared, image)
+
+
+def assert_fine_tune_inherits(model: Path, data: Path, tmp_path: Path, file: str, manifest_key: str) -> None:
+    """A one-step fine-tune of `model` (`train --init`) carries `file` over unchanged, marked in its manifest
+    as inherited from the parent."""
+    import json
+
+    from train_helpers import tiny_config
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config().to_dict()))
+    train = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "1", "--init", model,
+                    "--out", tmp_path / "run", "--threads", "1", "--progress", "none", "--workers", "0")
+    assert train.returncode == 0, train.stderr[-2000:]
+    child = tmp_path / "run" / "model"
+    assert (child / file).read_bytes() == (model / file).read_bytes()
+    assert json.loads((child / "manifest.json").read_text())[manifest_key]["inherited_from"].endswith(
+        json.loads((model / "manifest.json").read_text())["version"])
+
+
+def segment_report(image: sitk.Image, model: Path, out: Path, *args: str) -> dict:
+    """`malenia segment` of `image` with `model` at threshold 0.05 and no minimum volume (the tiny test
+    model's lesions are faint), one thread; its report.json."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(out / "ct.nii.gz"))
+    seg = malenia("segment", out / "ct.nii.gz", "--out", out / "result", "--model", model, "--threshold", "0.05",
+                  "--min-volume", "0", "--threads", "1", *args)
+    assert seg.returncode == 0, seg.stderr[-2000:]
+    return json.loads((out / "result" / "report.json").read_text())

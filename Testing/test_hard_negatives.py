@@ -61,6 +61,26 @@ def test_the_file_round_trips_and_bad_files_are_refused(tmp_path):
         read_hard_negatives(tmp_path / "missing.json")
 
 
+def test_files_of_successive_models_merge_case_by_case_and_other_grids_are_refused():
+    from malenia.data.hard_negatives import CaseNegatives, HardNegatives, merge_hard_negatives
+
+    def mined(spacing, cases):
+        return HardNegatives(spacing, {cid: CaseNegatives(shape, np.array(c, np.int64).reshape(-1, 3), [1] * len(c),
+                                                          [0.9] * len(c)) for cid, (shape, c) in cases.items()})
+
+    first = mined((2.0,) * 3, {"a": ((8, 8, 8), [[1, 2, 3]]), "b": ((9, 9, 9), [[4, 4, 4], [5, 5, 5]])})
+    second = mined((2.0,) * 3, {"a": ((8, 8, 8), [[7, 7, 7]]), "c": ((6, 6, 6), [[0, 0, 0]])})
+    merged = merge_hard_negatives([first, second])
+    assert merged.count == 5 and sorted(merged.cases) == ["a", "b", "c"]
+    assert merged.cases["a"].centres.tolist() == [[1, 2, 3], [7, 7, 7]] and len(merged.cases["a"].peaks) == 2
+    assert first.cases["a"].centres.tolist() == [[1, 2, 3]]  # the parts are not changed
+    assert merge_hard_negatives([first]) is first
+    with pytest.raises(InputError, match="different grids"):
+        merge_hard_negatives([first, mined((3.0,) * 3, {})])
+    with pytest.raises(InputError, match="mined on grids"):
+        merge_hard_negatives([first, mined((2.0,) * 3, {"a": ((9, 8, 8), [[0, 0, 0]])})])
+
+
 def test_mine_then_train_on_the_mined_false_positives(tmp_path_factory, tmp_path):
     model = tiny_trained_model(tmp_path_factory)
     data = make_tiny_dataset(tmp_path / "ds", n_cases=3, shape=(36, 40, 40))

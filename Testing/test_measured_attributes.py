@@ -12,8 +12,8 @@ from malenia.errors import InputError, ModelError
 from malenia.infer.lesion_features import FEATURES, FeatureImage, features_of_labels, oriented_labels
 from malenia.knowledge.measured_attributes import (FILE, WEIGHT, Example, MeasuredAttributes, fit, fit_aspect,
                                                leave_one_disease_out)
-from segment_helpers import malenia, tiny_trained_model
-from train_helpers import make_tiny_dataset, tiny_config
+from segment_helpers import assert_fine_tune_inherits, malenia, segment_report, tiny_trained_model
+from train_helpers import make_tiny_dataset
 
 SPACING = 1.5
 
@@ -156,13 +156,7 @@ def test_fit_attributes_then_segment_reports_the_measured_attributes(tmp_path_fa
     manifest = json.loads((model / "manifest.json").read_text())
     assert FILE in manifest["files"] and manifest["measured_attributes"]["lesions"] >= 10
     assert "leave-one-disease-out accuracy" in res.stdout
-    image, _ = _body_with_two_lesions()
-    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
-    out = tmp_path / "out"
-    seg = malenia("segment", tmp_path / "ct.nii.gz", "--out", out, "--model", model, "--threshold", "0.05",
-                  "--min-volume", "0", "--threads", "1")
-    assert seg.returncode == 0, seg.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
+    report = segment_report(_body_with_two_lesions()[0], model, tmp_path / "segment")
     used = report["extra"]["measured_attributes"]
     assert used["weight"] == WEIGHT and "shape" in used["aspects"]
     details = report["extra"]["lesions"]
@@ -170,15 +164,7 @@ def test_fit_attributes_then_segment_reports_the_measured_attributes(tmp_path_fa
     bad = malenia("fit-attributes", "--model", model, "--data", data, "--weight", "2", "--progress", "none")
     assert bad.returncode != 0 and "--weight" in bad.stderr
     # a fine-tune keeps the classifiers: they read lesion measurements, not the network
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_config().to_dict()))
-    train = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "1", "--init", model,
-                    "--out", tmp_path / "run", "--threads", "1", "--progress", "none", "--workers", "0")
-    assert train.returncode == 0, train.stderr[-2000:]
-    child = tmp_path / "run" / "model"
-    assert (child / FILE).read_bytes() == (model / FILE).read_bytes()
-    assert json.loads((child / "manifest.json").read_text())["measured_attributes"]["inherited_from"].endswith(
-        json.loads((model / "manifest.json").read_text())["version"])
+    assert_fine_tune_inherits(model, data, tmp_path, FILE, "measured_attributes")
 
 
 def test_examples_from_predictions_measure_the_predicted_mask_of_each_detected_lesion(tmp_path_factory, tmp_path):

@@ -46,6 +46,8 @@ OWNED_NAMES = {
     **{name: "malenia.model.folder" for name in
        ("manifest.json", "weights.safetensors", "attribute_bank.safetensors", "knowledge_table.json", "inference.json")},
     **{name: "malenia.infer.outputs" for name in ("lesions.seg.nrrd", "lesions.dcm", "report.html")},
+    "lesion_verifier.json": "malenia.model.lesion_verifier",
+    "measured_attributes.json": "malenia.knowledge.measured_attributes",
 }
 # Where the same spelling means another format than the owner's (not checked there).
 OTHER_FORMATS = {

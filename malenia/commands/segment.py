@@ -24,6 +24,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for PyTorch (default: all cores)")
     p.add_argument("--min-volume", type=float, default=None, metavar="MM3",
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
+    p.add_argument("--no-verifier", action="store_true",
+                   help="keep every lesion the model's lesion verifier would remove as a likely false positive")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +51,8 @@ def options_from_args(args: argparse.Namespace, roi: str | None = None):
 
     return SegmentOptions(device=args.device, overlap=args.overlap, sw_batch_size=args.window_batch, mirror=args.mirror,
                           threshold=args.threshold, min_volume_mm3=args.min_volume,
-                          roi=RasBox.parse(roi) if roi else None, force=getattr(args, "force", False))
+                          roi=RasBox.parse(roi) if roi else None, force=getattr(args, "force", False),
+                          verify=not args.no_verifier)
 
 
 class InterruptedAfterOutputs(MaleniaError):

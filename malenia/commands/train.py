@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", help="training split of the dataset (default: train; 'all' for all cases)")
     p.add_argument("--val-split", default="val", help="validation split (skipped when the dataset has none)")
     p.add_argument("--replay", default=None, help="a second dataset mixed into training (keeps earlier lesion types)")
-    p.add_argument("--hard-negatives", default=None,
-                   help="false positives of a model on --data (`malenia mine`): background patches are centred there")
+    p.add_argument("--hard-negatives", action="append", default=None,
+                   help="false positives of a model on --data (`malenia mine`): background patches are centred there "
+                        "(repeatable: the files are merged case by case)")
     p.add_argument("--hard-negative-fraction", type=float, default=0.5,
                    help="share of the background patches placed on a hard negative (default 0.5)")
     p.add_argument("--replay-fraction", type=float, default=0.5, help="share of replay samples (default 0.5)")
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     opts = TrainOptions(
         data=data, out=Path(args.out), config=cfg, steps=args.steps, split=args.split, val_split=args.val_split,
         replay=Path(args.replay) if args.replay else None, replay_fraction=args.replay_fraction,
-        hard_negatives=Path(args.hard_negatives) if args.hard_negatives else None,
+        hard_negatives=[Path(f) for f in args.hard_negatives] if args.hard_negatives else None,
         hard_negative_fraction=args.hard_negative_fraction,
         init=Path(args.init) if args.init else None, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, val_every=args.val_every,

@@ -78,6 +78,30 @@ def read_hard_negatives(path: str | Path) -> HardNegatives:
     return HardNegatives(spacing, cases, meta)  # type: ignore[arg-type]
 
 
+def merge_hard_negatives(parts: list[HardNegatives]) -> HardNegatives:
+    """Several mined files of one dataset as one (e.g. the false positives of successive models): each
+    case's centres in the order of `parts`. Refuses files of different grids."""
+    if not parts:
+        raise InputError("no hard-negatives file to merge")
+    if len(parts) == 1:
+        return parts[0]
+    cases: dict[str, CaseNegatives] = {}
+    for part in parts:
+        if not np.allclose(part.spacing, parts[0].spacing):
+            raise InputError(f"hard-negatives files mined on different grids: {parts[0].spacing} and {part.spacing} mm")
+        for cid, c in part.cases.items():
+            have = cases.get(cid)
+            if have is None:
+                cases[cid] = CaseNegatives(c.shape, c.centres.copy(), list(c.voxels), list(c.peaks))
+            elif tuple(have.shape) != tuple(c.shape):
+                raise InputError(f"hard negatives of {cid} were mined on grids {have.shape} and {c.shape}")
+            else:
+                have.centres = np.concatenate([have.centres, c.centres])
+                have.voxels += c.voxels
+                have.peaks += c.peaks
+    return HardNegatives(parts[0].spacing, cases, {"merged": [p.meta for p in parts]})
+
+
 def _case(c: dict[str, Any]) -> CaseNegatives:
     shape = tuple(int(v) for v in c["shape"])
     if len(shape) != 3:

@@ -51,7 +51,7 @@ def _targets(results: Sequence[dict[str, Any]]) -> list[str]:
 
 def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results: Sequence[dict[str, Any]],
                       commands: str | None = None, weights_bytes: int | None = None, parameters: int | None = None,
-                      measured: dict[str, Any] | None = None) -> str:
+                      measured: dict[str, Any] | None = None, verifier: dict[str, Any] | None = None) -> str:
     train = manifest.get("training", {}) or {}
     synthetic = "synth" in str(manifest.get("training_data", "")).lower()
     planted = synthetic and "lidc" in str(manifest.get("training_data", "")).lower()  # real nodules, synthetic setting
@@ -72,6 +72,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         + (f", {weights_bytes / 1e6:.1f} MB" if weights_bytes else ""),
         f"- Text side: attribute bank of the vocabulary embedded by the text encoder (stored; inference needs no encoder).",
         *_measured(measured),
+        *_verifier(verifier, manifest),
         f"- Created {manifest.get('created', '?')} with malenia {manifest.get('malenia_version', '?')}.",
         "",
         "## Intended use and limits",
@@ -138,6 +139,21 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
             + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + ")."]
 
 
+def _verifier(verifier: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str]:
+    """The card line on the lesion verifier (malenia.model.lesion_verifier), when the model has one."""
+    if not verifier:
+        return []
+    fitted, val = verifier.get("fitted_on", {}), verifier.get("validation", {})
+    inherited = (manifest.get("lesion_verifier") or {}).get("inherited_from")
+    return [f"- False positives: each predicted lesion is re-scored by a lesion verifier (`malenia fit-verifier`: "
+            f"logistic regression on its probability and image measurements, fitted on {fitted.get('lesions', '?')} "
+            f"lesions the model predicted in {Path(str(fitted.get('dataset', '?'))).name}, {fitted.get('real', '?')} "
+            f"of them real) and kept when it scores at least {verifier.get('cut')} (chosen on "
+            f"{val.get('cases', '?')} cases of {Path(str(val.get('dataset', '?'))).name} ({val.get('split', '?')}): "
+            f"mean DSC {val.get('mean_dsc_without')} without, {val.get('mean_dsc')} with)"
+            + (f"; inherited from {inherited}, not refitted" if inherited else "") + "."]
+
+
 _MASKS = {"reference": "their reference masks", "predicted": "the model's own masks of them"}
 
 
@@ -176,6 +192,7 @@ def write_model_card(model_dir: str | Path | None, results: Sequence[dict[str, A
     """Renders the card and stores it in the model folder (manifest re-hashed, folder swapped whole)."""
     import json
 
+    from malenia.model.lesion_verifier import FILE as VERIFIER
     from malenia.knowledge.measured_attributes import FILE as MEASURED
     from malenia.model.folder import CARD, CONFIG, WEIGHTS, load_model_folder, update_model_folder
     from malenia.paths import builtin_model_dir
@@ -188,7 +205,7 @@ def write_model_card(model_dir: str | Path | None, results: Sequence[dict[str, A
     with safe_open(str(folder / WEIGHTS), framework="pt") as f:
         parameters = sum(int(_numel(f.get_slice(k).get_shape())) for k in f.keys())
     card = render_model_card(model.manifest, config, results, commands, (folder / WEIGHTS).stat().st_size, parameters,
-                             model.optional_json(MEASURED))
+                             model.optional_json(MEASURED), model.optional_json(VERIFIER))
     update_model_folder(folder, {CARD: card})
     return folder / CARD
 

@@ -1,7 +1,8 @@
 """Disease-agnostic image measurements of a lesion: what a reader sees without knowing the disease.
 
 Used by the measured attributes (malenia.knowledge.measured_attributes): fitted on the reference masks
-of training lesions, applied to the masks `malenia segment` predicts. Every measurement is taken
+of training lesions, applied to the masks `malenia segment` predicts; and, with the lesion's
+probability (`lesion_rows`), by the lesion verifier (malenia.model.lesion_verifier). Every measurement is taken
 in the canonical LPS orientation (sitk.DICOMOrient, as the preprocessing), in millimetres and HU,
 on the image's own grid, so it means the same on a 3 mm synthetic case and a 0.7 mm clinical scan.
 
@@ -90,6 +91,27 @@ def features_of_labels(fimg: FeatureImage, labels: np.ndarray, ids: list[int] | 
             continue
         out[k] = lesion_features(fimg, labels, k, box)
     return out
+
+
+def lesion_rows(pm, lm, order: list[int]) -> dict[int, dict[str, float]]:
+    """{lesion id of `lm`: features} for the predicted lesions `order` (malenia.infer.postprocess): the
+    measurements of each lesion's mask on the input grid and its probability on the model grid (what the
+    lesion verifier, malenia.model.lesion_verifier, reads)."""
+    from malenia.infer.postprocess import relabel
+
+    if not order:
+        return {}
+    label_image = sitk.GetImageFromArray(relabel(lm, order))
+    label_image.CopyInformation(pm.image)
+    measured = features_of_labels(FeatureImage.of(pm.image), oriented_labels(label_image))
+    index = np.asarray(order)
+    peak = ndimage.maximum(pm.probability, lm.model_labels, index=index)
+    mean = ndimage.mean(pm.probability, lm.model_labels, index=index)
+    rows = {}
+    for k, lesion_id in enumerate(order):
+        if k + 1 in measured:  # a lesion too thin to survive on the input grid has no measurement
+            rows[lesion_id] = measured[k + 1] | {"peak_probability": float(peak[k]), "mean_probability": float(mean[k])}
+    return rows
 
 
 def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tuple[slice, ...]) -> dict[str, float]:

@@ -48,6 +48,7 @@ class SegmentOptions:
     skip_air: bool = True  # windows that hold only air are not run
     force: bool = False  # read_ct: skip the CT Hounsfield-range and DICOM modality checks
     measured: bool = True  # fold the model's measured attributes (if it has them) into the tokens' attributes
+    verify: bool = True  # drop the lesions the model's lesion verifier (if it has one) calls false positives
 
     def __post_init__(self) -> None:
         problems = []
@@ -153,6 +154,7 @@ class Segmenter:
         self.table = table_for_model(model, knowledge)
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
         self.measured = model.measured_attributes() if self.options.measured else None
+        self.verifier = model.lesion_verifier() if self.options.verify else None
         self._torch = torch
 
     def runner(self, on_window=None, collect: bool = True):
@@ -203,13 +205,38 @@ class Segmenter:
         t = time.perf_counter()
         self.progress("lesions", 0.0, "instances, attributes, diseases")
         lm = lesion_map(pm, o.threshold)
-        result = self.describe(pm, wp, lm, kept(lm, o.min_volume_mm3), phase, source, dicom_files)
+        order = kept(lm, o.min_volume_mm3)
+        rows = self._rows(pm, lm, order)
+        order, verdict = self.verify(order, rows, lm)
+        result = self.describe(pm, wp, lm, order, phase, source, dicom_files, rows, verdict)
         timings["lesions"] = time.perf_counter() - t
         result.extra["seconds"] = {k: round(v, 3) for k, v in timings.items()}
         return result
 
-    def describe(self, pm, wp, lm, order: list[int], phase, source: str = "", dicom_files: list[str] | None = None):
-        """The SegmentationResult of the lesions `order` (ids of `lm`, malenia.infer.postprocess.kept)."""
+    def _rows(self, pm, lm, order: list[int]) -> dict[int, dict[str, float]] | None:
+        """Per kept lesion (id of `lm`) its features (malenia.model.lesion_verifier.component_rows), when the
+        verifier or the measured attributes need them; else None."""
+        if self.verifier is None and self.measured is None:
+            return None
+        from malenia.infer.lesion_features import lesion_rows
+
+        return lesion_rows(pm, lm, order)
+
+    def verify(self, order: list[int], rows, lm) -> tuple[list[int], dict[str, Any] | None]:
+        """The lesions of `order` the verifier keeps (all without a verifier), and its verdict for the report."""
+        if self.verifier is None:
+            return order, None
+        measured = [k for k in order if k in rows]
+        p = dict(zip(measured, self.verifier.probability([rows[k] for k in measured]).tolist()))
+        keep = [k for k in order if p.get(k, 1.0) >= self.verifier.cut]  # unmeasurable: kept, no evidence
+        removed = [{"voxels": int(lm.voxels[k]), "probability": round(p[k], 4)} for k in order if k not in keep]
+        return keep, {"cut": self.verifier.cut, "probability": p, "removed": removed}
+
+    def describe(self, pm, wp, lm, order: list[int], phase, source: str = "", dicom_files: list[str] | None = None,
+                 rows: dict[int, dict[str, float]] | None = None, verdict: dict[str, Any] | None = None):
+        """The SegmentationResult of the lesions `order` (ids of `lm`, malenia.infer.postprocess.kept);
+        `rows`: their features when already measured (Segmenter._rows), `verdict`: the verifier's."""
+        from malenia.infer.lesion_features import FEATURES
         from malenia.infer.matching import scan_enhancement
         from malenia.infer.postprocess import relabel
         from malenia.infer.results import LesionResult, ModelInfo, ScanInfo, SegmentationResult
@@ -217,10 +244,12 @@ class Segmenter:
         label_image = sitk.GetImageFromArray(relabel(lm, order))
         label_image.CopyInformation(pm.image)
         lesions, details, enh_votes = [], [], []
-        measured = self._measurements(pm.image, label_image, len(order))
+        measured = self._measurements(pm.image, label_image, len(order)) if rows is None else {
+            label: {f: v for f, v in rows[k].items() if f in FEATURES} for label, k in enumerate(order, start=1) if k in rows}
+        verified = {} if verdict is None else verdict["probability"]
         for label, inst in enumerate(self._instances(pm, wp, lm, order), start=1):
             distribution = inst.distribution
-            if label in measured:
+            if label in measured and self.measured is not None:
                 distribution = self.measured.blend(distribution, self.matcher.rows, self.model.bank.ids, measured[label])
             attributes = self.matcher.attributes(distribution, phase)
             scores = self.matcher.full_matches(distribution, attributes)
@@ -230,13 +259,16 @@ class Segmenter:
                             "mean_probability": round(inst.mean_probability, 4), "tokens": len(inst.candidates),
                             "windows": inst.windows, "model_voxels": inst.voxels}
                            | ({"measurements": {k: round(v, 4) for k, v in measured[label].items()}}
-                              if label in measured else {}))
+                              if label in measured else {})
+                           | ({"verifier_probability": round(verified[order[label - 1]], 4)}
+                              if order[label - 1] in verified else {}))
         scan = ScanInfo.from_image(pm.image, source, scan_enhancement(phase, enh_votes, self.table.vocab), dicom_files)
         model = ModelInfo(self.model.name, self.model.version, self.model.sha256)
         from malenia.knowledge.site import origin_json
 
-        return SegmentationResult(label_image, pm.image, scan, model, lesions, self._extra(pm, wp, phase, details),
-                                  origin_json(self.table))
+        extra = self._extra(pm, wp, phase, details) | {"verifier": None if verdict is None else {
+            "cut": verdict["cut"], "removed": verdict["removed"]}}
+        return SegmentationResult(label_image, pm.image, scan, model, lesions, extra, origin_json(self.table))
 
     def _measurements(self, image: sitk.Image, label_image: sitk.Image, count: int) -> dict[int, dict[str, float]]:
         """Per output label its image measurements (malenia.infer.lesion_features), when the model

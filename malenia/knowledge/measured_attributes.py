@@ -123,12 +123,12 @@ def fit_aspect(spec: Mapping[str, Any], examples: list[Example], aspect: str) ->
                   "labels": y.tolist()}
         return AspectClassifier("knn", feats, classes, params)
     mean, std = x.mean(0), x.std(0) + 1e-6
-    weights, bias = _logistic((x - mean) / std, y, len(classes), L2)
+    weights, bias = logistic_regression((x - mean) / std, y, len(classes), L2)
     params = {"mean": mean.tolist(), "std": std.tolist(), "weights": weights.tolist(), "bias": bias.tolist()}
     return AspectClassifier("logistic", feats, classes, params)
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+def logistic_regression(x: np.ndarray, y: np.ndarray, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression by L-BFGS; the L2 penalty spares the bias."""
     from scipy.optimize import minimize
 

@@ -12,6 +12,8 @@
                                         {"threshold", "min_volume_mm3", "calibration": {...}}
     MODEL/measured_attributes.json     optional: attribute classifiers on lesion measurements
                                         (`malenia fit-attributes`; format owned by malenia.knowledge.measured_attributes)
+    MODEL/lesion_verifier.json         optional: false-positive reduction on each predicted lesion
+                                        (`malenia fit-verifier`; format owned by malenia.model.lesion_verifier)
 
 Used by training (RUN/model), `malenia segment`, `malenia evaluate`, the Slicer module and the retraining
 server. The folder is written whole (malenia.atomic.atomic_dir); loading refuses any missing file, any
@@ -151,6 +153,13 @@ class LoadedModel:
 
         data = self.optional_json(FILE)
         return None if data is None else MeasuredAttributes.from_json(data, str(self.path / FILE))
+
+    def lesion_verifier(self):
+        """The fitted LesionVerifier (lesion_verifier.json), or None when the model has none."""
+        from malenia.model.lesion_verifier import FILE, LesionVerifier
+
+        data = self.optional_json(FILE)
+        return None if data is None else LesionVerifier.from_json(data, str(self.path / FILE))
 
     def card(self) -> str | None:
         p = self.path / CARD

@@ -152,7 +152,7 @@ class PatchStream:
     def __init__(self, data: Path, split: str | None, cfg, bank: TrainingBank, seed: int = 0, augment: bool = True,
                  samples_per_epoch: int | None = None, replay: Path | None = None, replay_fraction: float = 0.5,
                  lesion_fraction: float | None = None, case_ids: list[str] | None = None,
-                 hard_negatives: Path | None = None, hard_negative_fraction: float = 0.5):
+                 hard_negatives: Path | list[Path] | None = None, hard_negative_fraction: float = 0.5):
         from malenia.data.sampler import AugmentConfig, LesionPatchDataset
         from malenia.data.preprocess import preprocessor_for
 
@@ -163,10 +163,11 @@ class PatchStream:
         if lesion_fraction is not None:
             kw["lesion_fraction"] = lesion_fraction
         mined = None
-        if hard_negatives is not None:  # the main dataset's only: mined on it
-            from malenia.data.hard_negatives import read_hard_negatives
+        if hard_negatives:  # the main dataset's only: mined on it (one file, or several merged)
+            from malenia.data.hard_negatives import merge_hard_negatives, read_hard_negatives
 
-            mined = read_hard_negatives(hard_negatives)
+            files = [hard_negatives] if isinstance(hard_negatives, (str, Path)) else list(hard_negatives)
+            mined = merge_hard_negatives([read_hard_negatives(f) for f in files])
         main = LesionPatchDataset(data, split, samples_per_epoch=n, cases=case_ids, hard_negatives=mined,
                                   hard_negative_fraction=hard_negative_fraction, **kw)
         rep, k = None, 0

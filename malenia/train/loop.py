@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class TrainOptions:
     val_split: str | None = "val"
     replay: Path | None = None  # a second dataset mixed in (retraining: keeps old lesion types)
     replay_fraction: float = 0.5
-    hard_negatives: Path | None = None  # `malenia mine`'s false positives of the main dataset (hard negatives)
+    hard_negatives: Path | list[Path] | None = None  # `malenia mine`'s false positives of the main dataset (files merged)
     hard_negative_fraction: float = 0.5  # share of the background patches placed on them
     init: Path | None = None  # a model folder to start from
     batch_size: int | None = None  # per process; default config.optim.batch_size
@@ -185,7 +185,7 @@ class Trainer:
         opts, cfg, dev = self.opts, self.cfg, self.info.device
         self.model = MaleniaNet(cfg)
         self.inherited = None  # a fine-tune keeps its parent's calibrated post-processing until calibrated itself
-        self.inherited_files: dict[str, bytes] = {}  # ... and its measured-attribute classifiers
+        self.inherited_files: dict[str, bytes] = {}  # ... its measured-attribute classifiers and lesion verifier
         self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
         if opts.init:
             self._load_init()
@@ -359,8 +359,7 @@ class Trainer:
                 overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
                 inference=self.inherited, files=self.inherited_files,
                 extra={"training": training} | ({"lineage": self.lineage} if self.lineage else {})
-                | ({"measured_attributes": {"inherited_from": f"{self.lineage[-1]['name']} {self.lineage[-1]['version']}"}}
-                   if self.inherited_files else {}),
+                | inherited_markers(self.inherited_files, self.lineage),
             )
             self.progress.emit(final_step, "model folder written", stage="done", val_dsc=self.val_dsc, fraction=1.0)
         barrier(info)
@@ -370,10 +369,23 @@ class Trainer:
 
 def inherited_files(init) -> dict[str, bytes]:
     """What a fine-tune keeps of its --init model folder as is: the measured-attribute classifiers, which
-    read lesion measurements, not the network (malenia.knowledge.measured_attributes)."""
-    from malenia.knowledge.measured_attributes import FILE
+    read lesion measurements, not the network (malenia.knowledge.measured_attributes), and the lesion
+    verifier (malenia.model.lesion_verifier), which also reads the network's probability: like the calibrated
+    post-processing it is the parent's until `malenia fit-verifier` runs on the new model."""
+    from malenia.model.lesion_verifier import FILE as VERIFIER
+    from malenia.knowledge.measured_attributes import FILE as MEASURED
 
-    return {FILE: (init.path / FILE).read_bytes()} if FILE in init.manifest.get("files", {}) else {}
+    return {f: (init.path / f).read_bytes() for f in (MEASURED, VERIFIER) if f in init.manifest.get("files", {})}
+
+
+def inherited_markers(files: Mapping[str, bytes], lineage: list[dict[str, Any]]) -> dict[str, Any]:
+    """Manifest entries saying which inherited files came from which parent."""
+    from malenia.model.lesion_verifier import FILE as VERIFIER
+    from malenia.knowledge.measured_attributes import FILE as MEASURED
+
+    parent = {"inherited_from": f"{lineage[-1]['name']} {lineage[-1]['version']}"} if lineage else {}
+    keys = {MEASURED: "measured_attributes", VERIFIER: "lesion_verifier"}
+    return {keys[f]: dict(parent) for f in files if f in keys} if parent else {}
 
 
 def _processes_per_node(info: DistInfo) -> int:

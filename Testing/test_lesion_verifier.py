@@ -1,0 +1,128 @@
+"""The lesion verifier: its fit, its file, the cut chosen on validation cases, the features of predicted
+lesions, and `malenia fit-verifier` -> `malenia segment` -> a fine-tune, end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from malenia.errors import InputError, ModelError
+from malenia.infer.lesion_features import FEATURES as IMAGE_FEATURES
+from malenia.infer.lesion_features import lesion_rows
+from malenia.model.lesion_verifier import FEATURES, FILE, CaseLesions, LesionVerifier, choose_cut, fit
+from segment_helpers import (assert_fine_tune_inherits, constructed_map, malenia, segment_report, sphere_ct,
+                             tiny_trained_model)
+from train_helpers import make_tiny_dataset
+
+
+def _rows(n=80, seed=0):
+    """Lesions that are real when their probability peaks high and their host is not bone."""
+    rng = np.random.default_rng(seed)
+    rows, real = [], []
+    for _ in range(n):
+        r = {f: float(rng.normal()) for f in FEATURES}
+        r["peak_probability"] = float(rng.uniform(0.4, 1.0))
+        r["ring_bone"] = float(rng.uniform(0, 1))
+        rows.append(r)
+        real.append(r["peak_probability"] - 0.5 * r["ring_bone"] > 0.45)
+    return rows, real
+
+
+def test_the_verifier_learns_which_lesions_are_real_and_survives_its_file():
+    rows, real = _rows()
+    verifier = fit(rows, real, fitted_on={"dataset": "constructed"})
+    test_rows, test_real = _rows(seed=1)
+    p = verifier.probability(test_rows)
+    assert np.mean((p >= 0.5) == np.array(test_real)) >= 0.85
+    assert verifier.weights[FEATURES.index("peak_probability")] > 0 > verifier.weights[FEATURES.index("ring_bone")]
+    assert verifier.meta["fitted_on"] == {"dataset": "constructed", "lesions": 80, "real": int(sum(real))}
+    verifier.cut = 0.3
+    back = LesionVerifier.from_json(json.loads(json.dumps(verifier.to_json())))
+    assert back.cut == 0.3 and back.probability(test_rows) == pytest.approx(p)
+    with pytest.raises(ModelError, match="damaged"):
+        LesionVerifier.from_json({**verifier.to_json(), "weights": [1.0]})
+    with pytest.raises(ModelError, match="unknown verifier features"):
+        LesionVerifier.from_json({**verifier.to_json(), "features": ["colour"] + verifier.features[1:]})
+    with pytest.raises(ModelError, match="not a"):
+        LesionVerifier.from_json({"format": "other/1"})
+    with pytest.raises(InputError, match="too few"):
+        fit(rows[:10], real[:10])
+    with pytest.raises(InputError, match="real and false"):
+        fit(rows, [True] * len(rows))
+
+
+def test_the_cut_is_chosen_by_the_mean_case_dsc_and_keeps_every_lesion_when_nothing_is_gained():
+    # case 1: a real lesion (p 0.9) and a large false one (p 0.1); case 2: a real lesion scored 0.35
+    cases = [CaseLesions(np.array([0.9, 0.1]), np.array([100, 300]), np.array([80, 0]), 100),
+             CaseLesions(np.array([0.35]), np.array([50]), np.array([40]), 60)]
+    cut, table = choose_cut(cases)
+    assert 0.1 < cut <= 0.35  # removes the false lesion, keeps the weakly scored real one
+    by_cut = {r["cut"]: r for r in table}
+    assert by_cut[cut]["mean_dsc"] > by_cut[0.0]["mean_dsc"]
+    assert by_cut[cut]["lesions_per_case"] == 1.0
+    only_real = [CaseLesions(np.array([0.2, 0.9]), np.array([100, 50]), np.array([90, 45]), 150)]
+    assert choose_cut(only_real)[0] == 0.0  # nothing to gain: the lowest cut, every lesion kept
+
+
+def test_lesion_rows_measure_each_kept_lesion_and_read_its_probability():
+    from malenia.infer.postprocess import kept, lesion_map
+
+    prob = np.zeros((24, 24, 24), np.float32)
+    prob[4:9, 4:9, 4:9] = 0.6
+    prob[6, 6, 6] = 0.95
+    prob[14:20, 14:20, 14:20] = 0.8
+    pm = constructed_map(prob)
+    lm = lesion_map(pm, 0.5)
+    order = kept(lm, 0.0)
+    rows = lesion_rows(pm, lm, order)
+    assert sorted(rows) == sorted(order) and len(order) == 2
+    peaks = sorted(round(r["peak_probability"], 2) for r in rows.values())
+    assert peaks == [0.8, 0.95]
+    for r in rows.values():
+        assert set(r) == set(IMAGE_FEATURES) | {"peak_probability", "mean_probability"}
+        assert 0.5 < r["mean_probability"] <= r["peak_probability"]
+    big = max(rows.values(), key=lambda r: r["log_volume"])
+    assert big["log_volume"] == pytest.approx(np.log(6**3 * 8.0), abs=0.3)  # 6³ voxels of 8 mm³ (grown by the map)
+    assert lesion_rows(pm, lm, []) == {}
+
+
+def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inherits_it(tmp_path_factory, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_trained_model(tmp_path_factory), model)
+    data = make_tiny_dataset(tmp_path / "ds", n_cases=8, shape=(36, 40, 40), max_lesions=3)
+    res = malenia("fit-verifier", "--model", model, "--data", data, "--val-data", data, "--val-split", "all",
+                  "--threshold", "0.05", "--min-volume", "0", "--threads", "1", "--progress", "none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "chosen cut" in res.stdout
+    manifest = json.loads((model / "manifest.json").read_text())
+    saved = json.loads((model / FILE).read_text())
+    assert FILE in manifest["files"] and manifest["lesion_verifier"]["cut"] == saved["cut"]
+    assert saved["fitted_on"]["threshold"] == 0.05 and saved["validation"]["cases"] == 8
+    table = {r["cut"]: r["mean_dsc"] for r in saved["validation"]["table"]}
+    assert table[saved["cut"]] == max(table.values())
+
+    # a verifier that calls everything false (cut just under 1): segment keeps nothing and says what it removed
+    from malenia.model.folder import update_model_folder
+
+    update_model_folder(model, {FILE: json.dumps({**saved, "cut": 0.999999, "bias": -60.0})})
+    image, _ = sphere_ct()
+    report = segment_report(image, model, tmp_path / "strict")
+    verdict = report["extra"]["verifier"]
+    assert verdict["cut"] == pytest.approx(0.999999)
+    assert report["lesions"] == [] and verdict["removed"], "every lesion was called false"
+    assert all(r["probability"] < 0.999999 and r["voxels"] > 0 for r in verdict["removed"])
+    report = segment_report(image, model, tmp_path / "all", "--no-verifier")
+    assert report["extra"]["verifier"] is None and len(report["lesions"]) == len(verdict["removed"])
+
+    assert_fine_tune_inherits(model, data, tmp_path, FILE, "lesion_verifier")
+
+
+def test_segment_without_a_verifier_keeps_every_lesion_and_reports_none(tmp_path_factory):
+    from malenia.infer.pipeline import Segmenter, SegmentOptions, load_model
+
+    image, _ = sphere_ct()
+    model = load_model(tiny_trained_model(tmp_path_factory))
+    result = Segmenter(model, SegmentOptions(device="cpu", threshold=0.05, min_volume_mm3=0.0)).segment(image)
+    assert result.extra["verifier"] is None
+    assert all("verifier_probability" not in d for d in result.extra["lesions"])

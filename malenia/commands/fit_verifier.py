@@ -1,0 +1,77 @@
+"""`malenia fit-verifier --model M --data D [--split all] --val-data V [--val-split val]`: false-positive reduction.
+
+Runs the model over `--data` (cases the network did not train on) as `malenia segment` does, with its
+calibrated threshold and minimum volume, labels each lesion it keeps real (it touches a reference
+lesion) or false, and fits the lesion verifier on their features (malenia.model.lesion_verifier). Then runs
+it over `--val-data`'s validation split and chooses the cut, offline, by the mean case DSC (cut 0 keeps
+every lesion: the verifier is only used where it helps). Stores M/lesion_verifier.json (the manifest
+is re-hashed); `segment`, `evaluate` and the Slicer module then drop the lesions under the cut.
+Run it after `malenia calibrate`: the verifier sees the lesions the calibrated post-processing keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-verifier", help="fit a false-positive filter on the model's own lesions into a model folder")
+    p.add_argument("--model", required=True, help="model folder (lesion_verifier.json is written into it)")
+    p.add_argument("--data", required=True,
+                   help="dataset folder (malenia-dataset/1) of cases the network did not train on")
+    p.add_argument("--split", default="all", help="split of --data to fit on (default all)")
+    p.add_argument("--val-data", required=True, help="dataset folder whose validation split chooses the cut")
+    p.add_argument("--val-split", default="val", help="split of --val-data (default val; never a test split you report)")
+    p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's calibrated one)")
+    p.add_argument("--min-volume", type=float, default=None, help="minimum lesion volume in mm³ (default: the model's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the fit, leave the model folder unchanged")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from malenia.commands._runtime import configure_cpu
+
+    configure_cpu(args.threads)  # before torch is imported: the model runs over both splits
+    from malenia.data.dataset import require_dataset
+    from malenia.evaluate.evaluate import make_segmenter
+    from malenia.evaluate.verifier_fit import collect, fit_and_choose
+    from malenia.model.lesion_verifier import FILE
+    from malenia.model.folder import load_model_folder, update_model_folder
+    from malenia.train.progress import Progress
+
+    require_dataset(args.data)
+    require_dataset(args.val_data)
+    model = load_model_folder(args.model, device=args.device)
+    # segment's probability and post-processing (any verifier the model has is not used here)
+    segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume)
+    split, val_split = (None if s == "all" else s for s in (args.split, args.val_split))
+    progress = Progress(1, args.progress, "fit-verifier")
+    fit_cases = collect(segmenter, args.data, split, on_case=progress.case)
+    val_cases = collect(segmenter, args.val_data, val_split, on_case=progress.case)
+    progress.emit(progress.total, "done", stage="done")
+    progress.close()
+    o = segmenter.options
+    verifier = fit_and_choose(
+        fit_cases, val_cases,
+        fitted_on={"dataset": str(args.data), "split": args.split, "threshold": o.threshold,
+                   "min_volume_mm3": o.min_volume_mm3},
+        validated_on={"dataset": str(args.val_data), "split": args.val_split})
+    fitted, val = verifier.meta["fitted_on"], verifier.meta["validation"]
+    print(f"fitted on {fitted['lesions']} lesions of {len(fit_cases)} cases ({fitted['real']} real)")
+    print("| cut | mean DSC | lesions per case |\n|---|---|---|")
+    for row in val["table"]:
+        mark = "**" if row["cut"] == verifier.cut else ""
+        print(f"| {mark}{row['cut']:g}{mark} | {row['mean_dsc']:.4f} | {row['lesions_per_case']:.2f} |")
+    print(f"chosen cut {verifier.cut:g} on {val['cases']} validation cases: mean DSC {val['mean_dsc']:.4f} "
+          f"(without the verifier {val['mean_dsc_without']:.4f})")
+    if not args.dry_run:
+        update_model_folder(model.path, {FILE: json.dumps(verifier.to_json(), indent=1) + "\n"},
+                            {"lesion_verifier": {"cut": verifier.cut, "lesions": fitted["lesions"],
+                                                 "validation_mean_dsc": val["mean_dsc"]}})
+        print(f"written: {model.path / FILE}")
+    return 0
