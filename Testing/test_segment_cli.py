@@ -149,7 +149,10 @@ def lung_input(shared_data, tmp_path_factory):
 
 def _interrupt(cmd, sig, when) -> tuple[int, str, list[dict]]:
     """Starts `cmd`, sends `sig` once a progress line satisfies `when`, returns (exit code, stderr, lines seen)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background (`nohup make test &`) passes SIGINT on as ignored, and Python then
+    # never raises KeyboardInterrupt: the child gets the default disposition back, as from a terminal.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in proc.stdout:
