@@ -214,7 +214,7 @@ class Segmenter:
         return result
 
     def _rows(self, pm, lm, order: list[int]) -> dict[int, dict[str, float]] | None:
-        """Per kept lesion (id of `lm`) its features (malenia.model.lesion_verifier.component_rows), when the
+        """Per kept lesion (id of `lm`) its features (malenia.infer.lesion_features.lesion_rows), when the
         verifier or the measured attributes need them; else None."""
         if self.verifier is None and self.measured is None:
             return None
@@ -235,7 +235,7 @@ class Segmenter:
     def describe(self, pm, wp, lm, order: list[int], phase, source: str = "", dicom_files: list[str] | None = None,
                  rows: dict[int, dict[str, float]] | None = None, verdict: dict[str, Any] | None = None):
         """The SegmentationResult of the lesions `order` (ids of `lm`, malenia.infer.postprocess.kept);
-        `rows`: their features when already measured (Segmenter._rows), `verdict`: the verifier's."""
+        `rows`: their features (Segmenter._rows; None when nothing reads them), `verdict`: the verifier's."""
         from malenia.infer.lesion_features import FEATURES
         from malenia.infer.matching import scan_enhancement
         from malenia.infer.postprocess import relabel
@@ -244,8 +244,9 @@ class Segmenter:
         label_image = sitk.GetImageFromArray(relabel(lm, order))
         label_image.CopyInformation(pm.image)
         lesions, details, enh_votes = [], [], []
-        measured = self._measurements(pm.image, label_image, len(order)) if rows is None else {
-            label: {f: v for f, v in rows[k].items() if f in FEATURES} for label, k in enumerate(order, start=1) if k in rows}
+        rows = rows or {}  # measured once, before the verifier: its kept lesions are not measured again
+        measured = {label: {f: v for f, v in rows[k].items() if f in FEATURES}
+                    for label, k in enumerate(order, start=1) if k in rows}
         verified = {} if verdict is None else verdict["probability"]
         for label, inst in enumerate(self._instances(pm, wp, lm, order), start=1):
             distribution = inst.distribution
@@ -269,15 +270,6 @@ class Segmenter:
         extra = self._extra(pm, wp, phase, details) | {"verifier": None if verdict is None else {
             "cut": verdict["cut"], "removed": verdict["removed"]}}
         return SegmentationResult(label_image, pm.image, scan, model, lesions, extra, origin_json(self.table))
-
-    def _measurements(self, image: sitk.Image, label_image: sitk.Image, count: int) -> dict[int, dict[str, float]]:
-        """Per output label its image measurements (malenia.infer.lesion_features), when the model
-        combines them into its attributes; else nothing."""
-        if self.measured is None or count == 0:
-            return {}
-        from malenia.infer.lesion_features import FeatureImage, features_of_labels, oriented_labels
-
-        return features_of_labels(FeatureImage.of(image), oriented_labels(label_image))
 
     def _instances(self, pm, wp, lm, order: list[int]):
         """Per kept lesion (output order) its Instance: candidates and aggregated distribution."""
