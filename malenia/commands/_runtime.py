@@ -1,4 +1,4 @@
-"""Process set-up for the long-running commands (segment, demo).
+"""Process set-up for the long-running commands (segment, demo), and the options the model-running commands share.
 
 - SIGTERM ends a command like Ctrl-C: KeyboardInterrupt unwinds it, so staging folders are removed
   and nothing half-written stays (malenia.cli turns it into exit code 130).
@@ -39,3 +39,13 @@ def configure_cpu(threads: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+def add_model_run_options(p, dry_run: str | None = None) -> None:
+    """The options every command that runs a model over a dataset shares: --device, --threads, --progress;
+    `dry_run`: the help of a --dry-run flag, for commands that write into a model folder."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    if dry_run:
+        p.add_argument("--dry-run", action="store_true", help=dry_run)
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")

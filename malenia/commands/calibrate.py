@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._runtime import add_model_run_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="choose the threshold and minimum lesion volume on a validation split")
@@ -16,10 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
     p.add_argument("--split", default="val", help="dataset split (default val; never the test split you report)")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases of the split")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--dry-run", action="store_true", help="print the sweep, leave the model folder unchanged")
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    add_model_run_options(p, dry_run="print the sweep, leave the model folder unchanged")
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._runtime import add_model_run_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="DSC/NSD, detection, attribute matching and disease accuracy on a dataset")
@@ -31,13 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of the split")
     p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
                    help="site disease profiles merged into the model's knowledge table (repeatable; also $MALENIA_KNOWLEDGE)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown tables")
     p.add_argument("--card", nargs="+", default=None, metavar="RESULT.json",
                    help="write MODEL_CARD.md into --model from these evaluation.json files (no evaluation run)")
     p.add_argument("--commands", default=None, help="with --card: a text file of the commands that made the model")
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    add_model_run_options(p)
     p.set_defaults(func=run)
 
 

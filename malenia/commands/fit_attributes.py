@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._runtime import add_model_run_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-attributes", help="fit attribute classifiers on lesion measurements into a model folder")
@@ -21,12 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", choices=("reference", "predicted"), default="reference",
                    help="measure the reference masks, or the model's own predicted masks of the reference lesions it "
                         "detects (runs the model over the split, as `malenia segment`; default reference)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--weight", type=float, default=None,
                    help="share of the measured evidence in the combined attributes, 0..1 (default 0.75, chosen on validation lesions)")
-    p.add_argument("--dry-run", action="store_true", help="print the fit, leave the model folder unchanged")
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    add_model_run_options(p, dry_run="print the fit, leave the model folder unchanged")
     p.set_defaults(func=run)
 
 

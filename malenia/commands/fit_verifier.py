@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._runtime import add_model_run_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-verifier", help="fit a false-positive filter on the model's own lesions into a model folder")
@@ -24,10 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", default="val", help="split of --val-data (default val; never a test split you report)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's calibrated one)")
     p.add_argument("--min-volume", type=float, default=None, help="minimum lesion volume in mm³ (default: the model's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--dry-run", action="store_true", help="print the fit, leave the model folder unchanged")
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    add_model_run_options(p, dry_run="print the fit, leave the model folder unchanged")
     p.set_defaults(func=run)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._runtime import add_model_run_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mine", help="record a model's false positives on a dataset (hard negatives for training)")
@@ -20,9 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-volume", type=float, default=None,
                    help="smallest false positive kept, mm³ (default: the model's minimum lesion volume)")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases of the split")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    add_model_run_options(p)
     p.set_defaults(func=run)
 
 
