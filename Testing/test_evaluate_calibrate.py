@@ -216,6 +216,8 @@ def test_model_card_lists_earlier_stages_and_totals():
                     "their reference masks; leave-one-disease-out accuracy shape 0.92)."]
     measured["fitted_on"]["masks"] = "predicted"
     assert "measured on the model's own masks of them;" in render_model_card(manifest, {}, [], measured=measured)
+    measured["leave_one_disease_out_balanced"] = {"location": 0.0, "shape": 0.61}
+    assert "leave-one-disease-out accuracy shape 0.92 (balanced 0.61))." in render_model_card(manifest, {}, [], measured=measured)
 
 
 def test_model_card_does_not_call_a_gap_between_two_poor_results_met():

@@ -62,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     fitted = fit(examples, fitted_on={"dataset": str(args.data), "split": args.split, "masks": args.masks})
     fitted.weight = weight
-    lodo = fitted.meta["leave_one_disease_out"]
     print(f"{len(examples)} lesions; classifiers for {', '.join(sorted(fitted.aspects))}")
-    print("leave-one-disease-out accuracy: " + ", ".join(f"{a} {v:.3f}" if v is not None else f"{a} -"
-                                                        for a, v in lodo.items()))
+    for label, key in (("accuracy", "leave_one_disease_out"), ("balanced accuracy", "leave_one_disease_out_balanced")):
+        print(f"leave-one-disease-out {label}: " + ", ".join(f"{a} {v:.3f}" if v is not None else f"{a} -"
+                                                             for a, v in fitted.meta[key].items()))
     if not args.dry_run:
         update_model_folder(model.path, {FILE: json.dumps(fitted.to_json(), indent=1) + "\n"},
                             {"measured_attributes": {"aspects": sorted(fitted.aspects), "weight": weight,

@@ -131,7 +131,9 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
     if not measured:
         return []
     fitted = measured.get("fitted_on", {})
-    lodo = ", ".join(f"{a} {v:.2f}" for a, v in (measured.get("leave_one_disease_out") or {}).items() if v)
+    balanced = measured.get("leave_one_disease_out_balanced") or {}
+    lodo = ", ".join(f"{a} {v:.2f}" + (f" (balanced {balanced[a]:.2f})" if balanced.get(a) else "")
+                     for a, v in (measured.get("leave_one_disease_out") or {}).items() if v)
     return [f"- Attributes: the tokens' matches blended with classifiers on lesion measurements for "
             f"{', '.join(sorted(measured.get('aspects', {})))} (weight {measured.get('weight')}; `malenia fit-attributes` "
             f"on {fitted.get('lesions', '?')} lesions of {Path(str(fitted.get('dataset', '?'))).name} "

@@ -8,6 +8,9 @@ on the image's own grid, so it means the same on a 3 mm synthetic case and a 0.7
 
     hu_mean, hu_std, hu_p10, hu_p90   CT values of the lesion's core (voxels deeper than 1.5
                                       voxels; the whole lesion when it is too small for a core)
+    log_hu_std                        natural log of hu_std (at least 0.5 HU): spreads differ by
+                                      factors (a water cyst 14 HU, a calcified stone 150), so a
+                                      boundary on the log scale is not set by the widest ones
     ring_mean, ring_std               CT values of the shell 1-6 mm outside the lesion (the host)
     ring_air, ring_bone               share of that shell under -500 HU (lung, bowel gas) / over 200 HU
     contrast                          hu_mean minus the shell's median: hypo-, iso-, hyperdense
@@ -34,7 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-FEATURES = ("hu_mean", "hu_std", "hu_p10", "hu_p90", "ring_mean", "ring_std", "ring_air", "ring_bone", "contrast",
+FEATURES = ("hu_mean", "hu_std", "log_hu_std", "hu_p10", "hu_p90", "ring_mean", "ring_std", "ring_air", "ring_bone", "contrast",
             "sphericity", "elongation", "flatness", "solidity", "edge_mm", "log_volume", "pos_z", "pos_y", "pos_x")
 BODY_HU = -300.0  # denser than this is the body (fat is about -100 HU, lung about -850)
 RING_MM = (1.0, 6.0)
@@ -137,7 +140,7 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
     centre = voxels.mean(0) + np.array([s.start for s in crop])
     pos = (centre - fimg.body_lo) / np.maximum(fimg.body_hi - fimg.body_lo, 1)
     return {
-        "hu_mean": float(inner.mean()), "hu_std": float(inner.std()),
+        "hu_mean": float(inner.mean()), "hu_std": float(inner.std()), "log_hu_std": float(np.log(max(inner.std(), 0.5))),
         "hu_p10": float(np.percentile(inner, 10)), "hu_p90": float(np.percentile(inner, 90)),
         "ring_mean": float(host.mean()), "ring_std": float(host.std()),
         "ring_air": float((host < -500).mean()), "ring_bone": float((host > 200).mean()),
