@@ -26,6 +26,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
     p.add_argument("--no-verifier", action="store_true",
                    help="keep every lesion the model's lesion verifier would remove as a likely false positive")
+    p.add_argument("--refine", action="store_true",
+                   help="re-draw the borders of lesions that stand clearly apart from their surroundings from the CT")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +54,7 @@ def options_from_args(args: argparse.Namespace, roi: str | None = None):
     return SegmentOptions(device=args.device, overlap=args.overlap, sw_batch_size=args.window_batch, mirror=args.mirror,
                           threshold=args.threshold, min_volume_mm3=args.min_volume,
                           roi=RasBox.parse(roi) if roi else None, force=getattr(args, "force", False),
-                          verify=not args.no_verifier)
+                          verify=not args.no_verifier, refine=getattr(args, "refine", False))
 
 
 class InterruptedAfterOutputs(MaleniaError):

@@ -120,12 +120,12 @@ def _disease_named(lesion) -> str | None:
 
 
 def make_segmenter(model, device: str = "cpu", threshold: float | None = None, min_volume_mm3: float | None = None,
-                   knowledge=None):
+                   knowledge=None, refine: bool = False):
     """The Segmenter `malenia segment` would build for `model` (a LoadedModel) with these options
-    (`knowledge`: site profile folders, as `segment --knowledge`)."""
+    (`knowledge`: site profile folders, as `segment --knowledge`; `refine`: as `segment --refine`)."""
     from malenia.infer.pipeline import Segmenter, SegmentOptions
 
-    options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3)
+    options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3, refine=refine)
     return Segmenter(model, options, knowledge=knowledge)
 
 

@@ -49,6 +49,7 @@ class SegmentOptions:
     force: bool = False  # read_ct: skip the CT Hounsfield-range and DICOM modality checks
     measured: bool = True  # fold the model's measured attributes (if it has them) into the tokens' attributes
     verify: bool = True  # drop the lesions the model's lesion verifier (if it has one) calls false positives
+    refine: bool = False  # re-draw well-contrasted lesions' borders from the CT (malenia.infer.refine)
 
     def __post_init__(self) -> None:
         problems = []
@@ -208,7 +209,9 @@ class Segmenter:
         order = kept(lm, o.min_volume_mm3)
         rows = self._rows(pm, lm, order)
         order, verdict = self.verify(order, rows, lm)
+        lm, refined = self.refine(pm, lm, order)
         result = self.describe(pm, wp, lm, order, phase, source, dicom_files, rows, verdict)
+        result.extra["refine"] = refined
         timings["lesions"] = time.perf_counter() - t
         result.extra["seconds"] = {k: round(v, 3) for k, v in timings.items()}
         return result
@@ -231,6 +234,25 @@ class Segmenter:
         keep = [k for k in order if p.get(k, 1.0) >= self.verifier.cut]  # unmeasurable: kept, no evidence
         removed = [{"voxels": int(lm.voxels[k]), "probability": round(p[k], 4)} for k in order if k not in keep]
         return keep, {"cut": self.verifier.cut, "probability": p, "removed": removed}
+
+    def refine(self, pm, lm, order: list[int]):
+        """(the lesion map with the kept lesions' borders re-drawn from the CT, what was done for the report)
+        when `--refine` is on; else (lm, None). Runs after the verifier, whose features describe the
+        network's own masks (as it was fitted)."""
+        if not self.options.refine or not order:
+            return lm, None
+        from dataclasses import replace
+
+        from malenia.infer.refine import RefineParams, refine_labels
+
+        hu = sitk.GetArrayViewFromImage(pm.image)
+        labels, changed = refine_labels(hu, lm.labels, pm.image.GetSpacing()[::-1], order, RefineParams())
+        if pm.roi is not None:
+            from malenia.infer.roi import clear_outside
+
+            clear_outside(labels, pm.image, pm.roi)
+        voxels = np.bincount(labels.ravel(), minlength=lm.n + 1)[: lm.n + 1].astype(np.int64)
+        return replace(lm, labels=labels, voxels=voxels), {"lesions": len(order), "redrawn": len(changed)}
 
     def describe(self, pm, wp, lm, order: list[int], phase, source: str = "", dicom_files: list[str] | None = None,
                  rows: dict[int, dict[str, float]] | None = None, verdict: dict[str, Any] | None = None):
