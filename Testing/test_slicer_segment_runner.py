@@ -172,6 +172,9 @@ def test_segment_command_and_roi(scene):
 
     assert build_parser().parse_args([*cmd[3:], "--out", "/tmp/o"]).roi == arg  # the real parser takes it ("-" first)
     assert "--model" not in segment_command("py", "in.nrrd")
+    refined = segment_command("py", "in.nrrd", refine=True)
+    assert refined[-1] == "--refine" and "--refine" not in segment_command("py", "in.nrrd")
+    assert build_parser().parse_args([*refined[3:], "--out", "/tmp/o"]).refine is True
     with pytest.raises(ValueError, match="device"):
         segment_command("py", "in.nrrd", device="gpu")
     empty = slicer.vtkMRMLMarkupsROINode()

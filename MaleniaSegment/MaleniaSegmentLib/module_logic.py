@@ -23,6 +23,7 @@ class MaleniaSegmentParameterNode:
     modelFolder: str = ""
     device: str = "auto"
     roi: slicer.vtkMRMLMarkupsROINode
+    refine: bool = False  # segment --refine
 
 
 class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):

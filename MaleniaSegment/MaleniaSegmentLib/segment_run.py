@@ -35,6 +35,7 @@ class SegmentRequest:
     roi_node: object | None = None  # a vtkMRMLMarkupsROINode: segment only inside it
     dicom_files: list[str] = field(default_factory=list)  # the volume's DICOM series, when it came from DICOM
     knowledge_dirs: list[str] = field(default_factory=list)  # site disease profile folders (--knowledge)
+    refine: bool = False  # re-draw well-contrasted lesions' borders from the CT (--refine)
 
 
 def roi_argument(roi_node) -> str:
@@ -47,7 +48,7 @@ def roi_argument(roi_node) -> str:
 
 
 def segment_command(python: str, input_path: str | Path, model_dir: str | None = None, device: str = "auto",
-                    roi: str | None = None, knowledge_dirs: Sequence[str] = ()) -> list[str]:
+                    roi: str | None = None, knowledge_dirs: Sequence[str] = (), refine: bool = False) -> list[str]:
     """`malenia segment` through Slicer's Python; the job appends `--out`."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -58,6 +59,8 @@ def segment_command(python: str, input_path: str | Path, model_dir: str | None =
         cmd.append(f"--roi={roi}")  # one token: a box starting with a negative coordinate is not an option
     for folder in knowledge_dirs:
         cmd += ["--knowledge", str(folder)]
+    if refine:
+        cmd.append("--refine")
     return cmd
 
 
@@ -109,7 +112,7 @@ class LesionRun:
                 command = [*command_prefix, str(input_path)]
             else:
                 command = segment_command(python or python_executable(), input_path, request.model_dir, request.device, roi,
-                                          request.knowledge_dirs)
+                                          request.knowledge_dirs, request.refine)
             self.job = SegmentationJob(command, self.out_dir, env=env if env is not None else subprocess_env())
         except BaseException:
             shutil.rmtree(self.input_dir, ignore_errors=True)
