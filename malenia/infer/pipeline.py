@@ -241,18 +241,12 @@ class Segmenter:
         network's own masks (as it was fitted)."""
         if not self.options.refine or not order:
             return lm, None
-        from dataclasses import replace
-
+        from malenia.infer.postprocess import with_labels
         from malenia.infer.refine import RefineParams, refine_labels
 
         hu = sitk.GetArrayViewFromImage(pm.image)
         labels, changed = refine_labels(hu, lm.labels, pm.image.GetSpacing()[::-1], order, RefineParams())
-        if pm.roi is not None:
-            from malenia.infer.roi import clear_outside
-
-            clear_outside(labels, pm.image, pm.roi)
-        voxels = np.bincount(labels.ravel(), minlength=lm.n + 1)[: lm.n + 1].astype(np.int64)
-        return replace(lm, labels=labels, voxels=voxels), {"lesions": len(order), "redrawn": len(changed)}
+        return with_labels(lm, pm, labels), {"lesions": len(order), "redrawn": len(changed)}
 
     def describe(self, pm, wp, lm, order: list[int], phase, source: str = "", dicom_files: list[str] | None = None,
                  rows: dict[int, dict[str, float]] | None = None, verdict: dict[str, Any] | None = None):

@@ -93,12 +93,26 @@ def lesion_map(pm: ProbabilityMap, threshold: float) -> LesionMap:
         else:
             (i0, i1), (j0, j1), (k0, k1) = pm.region
             labels[k0:k1, j0:j1, i0:i1] = fine
-        if pm.roi is not None:
-            from malenia.infer.roi import clear_outside
-
-            clear_outside(labels, pm.image, pm.roi)
-    voxels = np.bincount(labels.ravel(), minlength=n + 1)[: n + 1].astype(np.int64)
+    labels, voxels = _inside_roi(pm, labels, n)
     return LesionMap(float(threshold), model_labels, labels, n, voxels, pm.voxel_mm3)
+
+
+def with_labels(lm: LesionMap, pm: ProbabilityMap, labels: np.ndarray) -> LesionMap:
+    """`lm` with new input-grid labels (the same ids; e.g. malenia.infer.refine's borders), cut to the ROI
+    and recounted as lesion_map does."""
+    from dataclasses import replace
+
+    labels, voxels = _inside_roi(pm, labels, lm.n)
+    return replace(lm, labels=labels, voxels=voxels)
+
+
+def _inside_roi(pm: ProbabilityMap, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels with the voxels outside --roi cleared, input-grid voxel count per id 0..n)."""
+    if pm.roi is not None:
+        from malenia.infer.roi import clear_outside
+
+        clear_outside(labels, pm.image, pm.roi)
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)[: n + 1].astype(np.int64)
 
 
 def _grow(model_labels: np.ndarray, dtype) -> np.ndarray:

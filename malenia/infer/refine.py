@@ -47,22 +47,26 @@ def refine_labels(hu: np.ndarray, labels: np.ndarray, spacing_zyx, ids: list[int
     """(labels with each lesion of `ids` re-drawn where the gate allows, the ids that changed).
     `hu`: the CT (z, y, x) on the labels' grid; `spacing_zyx`: its voxel size in mm. Pure: `labels`
     is not modified."""
+    from scipy import ndimage
+
     out = labels.copy()
     changed = []
     sp = np.asarray(spacing_zyx, float)
+    # every box in one pass over the volume; a re-drawn lesion stays inside its box + margin, and no
+    # lesion takes another's voxels, so the boxes of the lesions still to come stay valid
+    boxes = ndimage.find_objects(labels)
     for k in ids:
-        if _refine_one(hu, out, int(k), sp, params):
+        box = boxes[k - 1] if 0 < k <= len(boxes) else None
+        if box is not None and _refine_one(hu, out, int(k), _widen(box, labels.shape, sp, params), sp, params):
             changed.append(int(k))
     return out, changed
 
 
-def _refine_one(hu: np.ndarray, labels: np.ndarray, k: int, sp: np.ndarray, p: RefineParams) -> bool:
-    """Re-draws lesion `k` of `labels` in place; False when the gate or a guard keeps the prediction."""
+def _refine_one(hu: np.ndarray, labels: np.ndarray, k: int, crop: tuple[slice, ...], sp: np.ndarray,
+                p: RefineParams) -> bool:
+    """Re-draws lesion `k` of `labels` (inside `crop`) in place; False when the gate or a guard keeps the prediction."""
     from scipy import ndimage
 
-    crop = _crop(labels == k, sp, max(p.grow_mm, p.host_mm[1]))
-    if crop is None:
-        return False
     sub = labels[crop]
     mask = sub == k
     img = ndimage.gaussian_filter(hu[crop].astype(np.float32), p.smooth_voxels)
@@ -94,12 +98,8 @@ def _refine_one(hu: np.ndarray, labels: np.ndarray, k: int, sp: np.ndarray, p: R
     return True
 
 
-def _crop(mask: np.ndarray, sp: np.ndarray, margin_mm: float) -> tuple[slice, ...] | None:
-    """The mask's bounding box widened by `margin_mm` (+2 voxels for the smoothing), clipped to the volume."""
-    from scipy import ndimage
-
-    boxes = ndimage.find_objects(mask.astype(np.uint8))
-    if not boxes or boxes[0] is None:
-        return None
+def _widen(box: tuple[slice, ...], shape, sp: np.ndarray, p: RefineParams) -> tuple[slice, ...]:
+    """A lesion's bounding box widened by how far refinement reads and moves (+2 voxels for the smoothing)."""
+    margin_mm = max(p.grow_mm, p.host_mm[1])
     margin = [int(math.ceil(margin_mm / s)) + 2 for s in sp]
-    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(boxes[0], margin, mask.shape))
+    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, shape))
