@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from malenia.errors import ModelError
-from malenia.model.dense import PRIOR, deep_supervision_weights, dense_loss
+from malenia.model.dense import PRIOR, deep_supervision_weights, dense_loss, lesion_dice_loss
 from malenia.model.losses import MaleniaCriterion
 from malenia.model.network import MaleniaNet
 from malenia.model.targets import LesionTargets
@@ -80,6 +80,43 @@ def test_criterion_adds_the_weighted_dense_term_and_it_trains_the_backbone():
     first = next(net.backbone.encoder.parameters())
     assert first.grad is not None and first.grad.abs().sum() > 0
     assert "dense_head" in net.parameter_groups()
+
+
+def test_lesion_dice_loss_masks_the_other_lesions_and_weighs_every_lesion_alike():
+    torch.manual_seed(0)
+    masks = torch.zeros(2, 6, 6, 6, dtype=torch.bool)
+    masks[0, :3] = True  # 108 voxels
+    masks[1, 5, 5, 5] = True  # one voxel
+    logits = torch.randn(1, 1, 6, 6, 6)
+    p = logits[0, 0].sigmoid()
+    by_hand = []
+    for k in range(2):
+        pk, t = p * ~masks[1 - k], masks[k].float()
+        by_hand.append(1 - (2 * (pk * t).sum() + 1) / (pk.sum() + t.sum() + 1))
+    torch.testing.assert_close(lesion_dice_loss(logits, [masks]), torch.stack(by_hand).mean())
+    # finding the one-voxel lesion lowers the lesion-wise loss far more than the batch BCE + Dice
+    big = torch.where(masks[0], 6.0, -6.0)[None, None]
+    both = torch.where(masks.any(0), 6.0, -6.0)[None, None]
+    union = masks.any(0)[None]
+    lesion_wise = lesion_dice_loss(big, [masks]) - lesion_dice_loss(both, [masks])
+    assert lesion_wise > 0.2 and lesion_wise > 5 * (dense_loss([big], union) - dense_loss([both], union))
+    # images without lesions add nothing; a batch without any gives a zero that keeps the graph
+    none = torch.zeros(0, 6, 6, 6, dtype=torch.bool)
+    torch.testing.assert_close(lesion_dice_loss(torch.cat([logits, logits]), [masks, none]), lesion_dice_loss(logits, [masks]))
+    assert lesion_dice_loss(logits.requires_grad_(), [none]).requires_grad
+
+
+def test_criterion_adds_the_lesion_wise_term_when_weighted():
+    torch.manual_seed(0)
+    net = MaleniaNet(dense_cfg())
+    targets = cube_targets()
+    out = net(torch.rand(1, 1, 32, 32, 32), torch.randn(16, 8), torch.arange(16) % 8, targets)
+    plain = MaleniaCriterion(dense_cfg())(out, targets)["dense"]
+    weighted = MaleniaCriterion(dense_cfg(dense_lesion_weight=0.5))(out, targets)["dense"]
+    expected = plain + 0.5 * lesion_dice_loss(out.dense_logits[0], [t.masks for t in targets])
+    torch.testing.assert_close(weighted, expected)
+    with pytest.raises(ModelError, match="dense_lesion_weight"):
+        dense_cfg(dense_lesion_weight=-1)
 
 
 def test_foreground_source_switch():

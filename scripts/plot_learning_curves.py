@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     # below the axes: with more than ten runs a legend inside covers the curves
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(argv[0])
+    fig.savefig(argv[0], bbox_inches="tight")  # the legend below the axes stays inside the image
     print(f"wrote {argv[0]}")
     return 0
 

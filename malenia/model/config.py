@@ -20,7 +20,7 @@ BRANCHES = ("both", "mask", "text")
 TRAINING_ONLY_FIELDS = frozenset({
     "name", "optim", "match_cost_bce", "match_cost_dice", "num_points",
     "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce", "alpha_dice", "lambda_fg", "background_token_weight",
-    "lambda_dense", "dense_backbone_grad", "train_stage",
+    "lambda_dense", "dense_lesion_weight", "dense_backbone_grad", "train_stage",
 })
 TRAIN_STAGES = ("full", "dense")
 FOREGROUND_SOURCES = ("tokens", "dense", "mean")
@@ -106,6 +106,11 @@ class MaleniaConfig:
     # union (weight `lambda_dense`); see malenia/model/dense.py and docs/model.md for why.
     dense_head_levels: int = 0
     lambda_dense: float = 0.0
+    # Not in the paper (0 = off): weight of a lesion-wise Dice term in the dense loss (blob loss, Kofler et
+    # al. 2023): each lesion's own Dice, the other lesions masked out, averaged over lesions. The batch Dice
+    # weighs a lesion by its voxels, so a 40-voxel gallstone beside a 5 000-voxel liver tumour teaches the
+    # head almost nothing, and half of the small lesions stayed silent (docs/training.md).
+    dense_lesion_weight: float = 0.0
     # Share of the dense loss's gradient that reaches the shared backbone (1: all; 0: the head learns on
     # features shaped by the token objective alone). A fast head fine-tuned onto a trained model at full
     # share degraded its tokens (docs/training.md); a small share keeps them.
@@ -148,6 +153,8 @@ class MaleniaConfig:
             problems.append(f"train_stage must be one of {TRAIN_STAGES}, got {self.train_stage!r}")
         if self.train_stage == "dense" and (self.foreground_source != "dense" or not self.lambda_dense):
             problems.append("train_stage 'dense' needs foreground_source 'dense' and lambda_dense > 0")
+        if self.dense_lesion_weight < 0:
+            problems.append("dense_lesion_weight must be >= 0")
         if not 0.0 <= self.dense_backbone_grad <= 1.0:
             problems.append("dense_backbone_grad must be in [0, 1]")
         if not 0 <= self.dense_head_levels <= n - 1:
@@ -230,6 +237,7 @@ def compact() -> MaleniaConfig:
         background_token_weight=0.1,
         dense_head_levels=3,
         lambda_dense=1.0,
+        dense_lesion_weight=1.0,
         foreground_source="dense",
         optim=OptimConfig(lr=3e-4, batch_size=2, epochs=200, warmup_epochs=5, iterations_per_epoch=50,
                           dense_head_lr_scale=100.0),

@@ -94,6 +94,27 @@ def dense_loss(logits: list[torch.Tensor], union: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def lesion_dice_loss(logits: torch.Tensor, lesions: list[torch.Tensor]) -> torch.Tensor:
+    """Blob loss's lesion-wise term (Kofler et al. 2023): 1 - Dice per lesion, averaged over all lesions.
+
+    logits: [B, 1, D, H, W] at full resolution; lesions: per image a bool [K, D, H, W] (K may be 0).
+    Lesion k's Dice is taken with the other lesions of its image masked out of the prediction, so a
+    found neighbour neither helps nor hurts it, while false positives elsewhere still count. With
+    t_k inside the union U: sum(p * (1 - other_k)) = sum(p) - sum(p * U) + sum(p * t_k).
+    """
+    terms = []
+    for lg, t in zip(logits[:, 0].float(), lesions):
+        if not len(t):
+            continue
+        p = lg.sigmoid()
+        t = t.to(p.device).flatten(1).float()  # [K, V]
+        flat = p.flatten()
+        inter = t @ flat
+        masked_sum = flat.sum() - (t.amax(0) * flat).sum() + inter
+        terms.append(1 - (2 * inter + 1) / (masked_sum + t.sum(1) + 1))
+    return torch.cat(terms).mean() if terms else logits.float().sum() * 0.0
+
+
 def _bce_batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = logits.sigmoid()
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)

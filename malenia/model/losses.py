@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from malenia.model.config import MaleniaConfig
-from malenia.model.dense import dense_loss
+from malenia.model.dense import dense_loss, lesion_dice_loss
 from malenia.model.matcher import BlockSupervision, HungarianMatcher, Match, padded_masks
 from malenia.model.targets import LesionTargets
 
@@ -90,9 +90,16 @@ class MaleniaCriterion(nn.Module):
     def dense_stage(self, dense_logits: list[torch.Tensor], targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
         """The loss of the dense stage (config train_stage "dense"): the dense head's term alone."""
         with torch.autocast(dense_logits[0].device.type, enabled=False):
-            union = torch.stack([t.masks.to(dense_logits[0].device).any(0) for t in targets])
-            l_dense = dense_loss(dense_logits, union)
+            l_dense = self._dense(dense_logits, targets)
         return {"dense": l_dense, "total": self.cfg.lambda_dense * l_dense}
+
+    def _dense(self, dense_logits: list[torch.Tensor], targets: list[LesionTargets]) -> torch.Tensor:
+        """The dense head's loss: deep-supervised BCE + batch Dice on the union, plus the lesion-wise term."""
+        union = torch.stack([t.masks.to(dense_logits[0].device).any(0) for t in targets])
+        loss = dense_loss(dense_logits, union)
+        if self.cfg.dense_lesion_weight:
+            loss = loss + self.cfg.dense_lesion_weight * lesion_dice_loss(dense_logits[0], [t.masks for t in targets])
+        return loss
 
     def _losses(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -141,8 +148,7 @@ class MaleniaCriterion(nn.Module):
             l_fg = zero
         l_dense = zero
         if cfg.lambda_dense and output.dense_logits is not None:
-            union = torch.stack([t.masks.to(final.device).any(0) for t in targets])
-            l_dense = dense_loss(output.dense_logits, union)
+            l_dense = self._dense(output.dense_logits, targets)
             total = total + cfg.lambda_dense * l_dense
         return {"deep": l_deep, "sim": l_sim, "seg_bce": l_bce, "seg_dice": l_dice, "seg": l_seg, "fg": l_fg,
                 "dense": l_dense, "total": total}
