@@ -90,7 +90,7 @@ def test_lesion_rows_measure_each_kept_lesion_and_read_its_probability():
 def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inherits_it(tmp_path_factory, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_trained_model(tmp_path_factory), model)
-    data = make_tiny_dataset(tmp_path / "ds", n_cases=8, shape=(36, 40, 40), max_lesions=3)
+    data = make_tiny_dataset(tmp_path / "ds", n_cases=16, shape=(36, 40, 40), max_lesions=3)
     res = malenia("fit-verifier", "--model", model, "--data", data, "--val-data", data, "--val-split", "all",
                   "--threshold", "0.05", "--min-volume", "0", "--threads", "1", "--progress", "none")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -98,7 +98,7 @@ def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inh
     manifest = json.loads((model / "manifest.json").read_text())
     saved = json.loads((model / FILE).read_text())
     assert FILE in manifest["files"] and manifest["lesion_verifier"]["cut"] == saved["cut"]
-    assert saved["fitted_on"]["threshold"] == 0.05 and saved["validation"]["cases"] == 8
+    assert saved["fitted_on"]["threshold"] == 0.05 and saved["validation"]["cases"] == 16
     table = {r["cut"]: r["mean_dsc"] for r in saved["validation"]["table"]}
     assert table[saved["cut"]] == max(table.values())
 
