@@ -95,10 +95,10 @@ class MaleniaCriterion(nn.Module):
 
     def _dense(self, dense_logits: list[torch.Tensor], targets: list[LesionTargets]) -> torch.Tensor:
         """The dense head's loss: deep-supervised BCE + batch Dice on the union, plus the lesion-wise term."""
-        union = torch.stack([t.masks.to(dense_logits[0].device).any(0) for t in targets])
-        loss = dense_loss(dense_logits, union)
+        masks = [t.masks.to(dense_logits[0].device) for t in targets]  # one copy to the device for both terms
+        loss = dense_loss(dense_logits, torch.stack([m.any(0) for m in masks]))
         if self.cfg.dense_lesion_weight:
-            loss = loss + self.cfg.dense_lesion_weight * lesion_dice_loss(dense_logits[0], [t.masks for t in targets])
+            loss = loss + self.cfg.dense_lesion_weight * lesion_dice_loss(dense_logits[0], masks)
         return loss
 
     def _losses(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
