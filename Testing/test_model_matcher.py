@@ -51,6 +51,19 @@ def test_costs_prefer_the_overlapping_proposal():
     assert dict(zip(les.tolist(), tok.tolist())) == {0: 2, 1: 0}
 
 
+def test_bce_cost_is_the_mean_binary_cross_entropy_of_every_pair():
+    """The one-softplus form equals torch's BCE with logits for every (proposal, lesion) pair, batched too."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 5, 300, generator=g) * 6
+    gt = (torch.rand(2, 3, 300, generator=g) < 0.2).float()
+    expected = torch.stack([torch.stack([torch.stack([
+        F.binary_cross_entropy_with_logits(logits[b, n], gt[b, k]) for k in range(3)]) for n in range(5)])
+        for b in range(2)])
+    torch.testing.assert_close(bce_cost(logits, gt), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_empty_cost_matrix():
     tok, les = hungarian(torch.zeros(16, 0))
     assert tok.numel() == les.numel() == 0 and tok.dtype == torch.int64

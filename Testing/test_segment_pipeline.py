@@ -327,3 +327,20 @@ def test_window_batches_give_the_same_result_as_single_windows(fresh):
     np.testing.assert_allclose(three.probability, one.probability, atol=1e-5)
     key = lambda w: sorted((c.window, c.token, c.start, c.voxels) for c in w.candidates)  # noqa: E731
     assert key(three) == key(one) and len(one.candidates) > 0
+
+
+def test_the_precision_option_is_checked_resolved_and_recorded(model):
+    """`--precision`: an unknown value is an input error; the report names what it resolved to on this device,
+    and float32 and the device's default find the same lesion."""
+    from malenia.infer.pipeline import SegmentOptions
+    from malenia.model.precision import resolve_precision
+
+    with pytest.raises(InputError, match="precision must be auto, bf16 or fp32"):
+        SegmentOptions(precision="fp16")
+    img, truth = sphere_ct((40, 44, 48), (2.5, 2.5, 2.5), (20, 14, 30), 4.5)
+    results = {p: _segmenter(model, precision=p).segment(img, "sphere") for p in ("fp32", "auto")}
+    assert results["fp32"].extra["precision"] == "fp32 channels-last"
+    assert results["auto"].extra["precision"] == resolve_precision("auto", "cpu").name
+    assert results["auto"].extra["options"]["precision"] == "auto"
+    for res in results.values():
+        assert len(res.lesions) == 1 and dice(sitk.GetArrayFromImage(res.labels) == 1, truth) > 0.6

@@ -15,9 +15,10 @@ def test_bench_train_times_every_phase_of_real_steps(tmp_path, capsys):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(tiny_config().to_dict()))
     assert main(["bench", "train", "--config", str(cfg), "--data", str(tmp_path / "ds"), "--batch-size", "3",
-                 "--steps", "2", "--device", "cpu", "--workers", "1", "--json"]) == 0
+                 "--steps", "2", "--device", "cpu", "--workers", "1", "--precision", "fp32", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["batch_size"] == 3 and r["steps"] == 2 and r["workers"] == 1 and r["device"] == "cpu"
+    assert r["precision"] == "fp32 channels-last" and r["amp_bfloat16"] is False
     share = r["share"]
     assert set(share) == {"data_wait", "forward", "matching", "losses", "backward", "optimizer"}
     assert all(v > 0 for k, v in share.items() if k != "data_wait"), share

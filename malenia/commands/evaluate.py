@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
     p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of the split")
     p.add_argument("--refine", action="store_true", help="as segment --refine: re-draw well-contrasted lesions from the CT")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="as segment --precision: the network's arithmetic (default auto)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="as segment --overlap: sliding-window overlap (default: segment's)")
     p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
                    help="site disease profiles merged into the model's knowledge table (repeatable; also $MALENIA_KNOWLEDGE)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown tables")
@@ -108,7 +112,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise InputError("--data or --image is required (or --card to write a model card)")
     require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device)
-    segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge, refine=args.refine)
+    segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge, refine=args.refine,
+                               precision=args.precision, overlap=args.overlap)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
 
     result = evaluate_dataset(
@@ -124,6 +129,8 @@ def evaluate(args: argparse.Namespace) -> int:
     result["model"]["path"] = str(model.path)
     result["knowledge"] = origin_json(segmenter.table)  # the table and site profiles the diseases were named with
     result["refine"] = bool(args.refine)
+    result["precision"] = segmenter.precision.name
+    result["overlap"] = segmenter.options.overlap
     # where the post-processing came from: the model's calibration only when neither value was overridden
     calibration = model.inference_defaults().calibration if args.threshold is None and args.min_volume is None else None
     result["calibration"] = {k: v for k, v in calibration.items() if k != "table"} if calibration else None

@@ -19,6 +19,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, 0 to <1 (default 0.25)")
     p.add_argument("--window-batch", type=int, default=1, metavar="N", help="windows per network call (default 1)")
     p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the network's arithmetic: auto = bfloat16 where the device computes it natively (CUDA, CPUs "
+                        "with AVX512-BF16 or AMX), else float32 (default auto)")
     p.add_argument("--threshold", type=float, default=None,
                    help="lesion probability threshold (default: the model's calibrated value, else 0.5)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for PyTorch (default: all cores)")
@@ -54,7 +57,7 @@ def options_from_args(args: argparse.Namespace, roi: str | None = None):
     return SegmentOptions(device=args.device, overlap=args.overlap, sw_batch_size=args.window_batch, mirror=args.mirror,
                           threshold=args.threshold, min_volume_mm3=args.min_volume,
                           roi=RasBox.parse(roi) if roi else None, force=getattr(args, "force", False),
-                          verify=not args.no_verifier, refine=getattr(args, "refine", False))
+                          verify=not args.no_verifier, refine=getattr(args, "refine", False), precision=args.precision)
 
 
 class InterruptedAfterOutputs(MaleniaError):

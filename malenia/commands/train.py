@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="arithmetic: auto = bfloat16 autocast where the device computes it natively (CUDA, CPUs with "
+                        "AVX512-BF16 or AMX), else float32; channels-last on CPU either way")
     p.add_argument("--minutes", type=float, default=None,
                    help="train for this wall time: warm-up then a cosine that ends when the time is up, so the run "
                         "ends annealed (with --steps: whichever comes first; counted over resumed launches)")
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress, seed=args.seed, device=args.device, model_name=args.name,
         model_version=args.version, training_data=args.training_data, text_encoder=args.text_encoder,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, report_style=args.report_style,
-        minutes=args.minutes, num_workers=args.workers,
+        minutes=args.minutes, num_workers=args.workers, precision=args.precision,
     )
     result = train(opts)
     if result.model_dir is not None and args.progress != "json":

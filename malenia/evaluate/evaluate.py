@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,12 +120,16 @@ def _disease_named(lesion) -> str | None:
 
 
 def make_segmenter(model, device: str = "cpu", threshold: float | None = None, min_volume_mm3: float | None = None,
-                   knowledge=None, refine: bool = False):
+                   knowledge=None, refine: bool = False, precision: str = "auto", overlap: float | None = None):
     """The Segmenter `malenia segment` would build for `model` (a LoadedModel) with these options
-    (`knowledge`: site profile folders, as `segment --knowledge`; `refine`: as `segment --refine`)."""
+    (`knowledge`: site profile folders, as `segment --knowledge`; `refine`, `precision`, `overlap`: as in
+    `segment`; None: segment's default)."""
     from malenia.infer.pipeline import Segmenter, SegmentOptions
 
-    options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3, refine=refine)
+    options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3, refine=refine,
+                             precision=precision)
+    if overlap is not None:
+        options = replace(options, overlap=overlap)
     return Segmenter(model, options, knowledge=knowledge)
 
 

@@ -105,6 +105,7 @@ def measure(input_path: Path, model: Path | None, out: Path, device: str = "auto
         "stage_s": extra.get("seconds", {}),
         "lesions": len(report["lesions"]),
         "device": extra.get("device"),
+        "precision": extra.get("precision"),
         "model": report["model"]["name"],
         "input_size": report["scan"]["size"],
         "model_grid": extra.get("model_grid", {}).get("size_zyx"),
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from malenia.paths import builtin_model_dir
 
     device = os.environ.get("MALENIA_BENCH_DEVICE", "auto")
+    precision = ["--precision", getattr(args, "precision", "auto")]
     results: dict[str, Any] = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
     with tempfile.TemporaryDirectory(prefix="malenia-bench-segment-") as tmp:
         tmp = Path(tmp)
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             model = fresh_model(args.config, tmp / "fresh")
             which = f"freshly initialised {args.config} model (no built-in model installed)"
-        results["ct"] = {"model": which, **measure(tmp / "ct.nii.gz", model, tmp / "out-ct", device)}
+        results["ct"] = {"model": which, **measure(tmp / "ct.nii.gz", model, tmp / "out-ct", device, precision)}
 
         # paper configuration, one window: a 96^3 crop at 1.5 mm around the centre of the CT
         from malenia.model.config import get_config
@@ -146,14 +148,15 @@ def run(args: argparse.Namespace) -> int:
         sitk.WriteImage(window, str(tmp / "window.nii.gz"), useCompression=True)
         paper_model = fresh_model("paper", tmp / "paper")
         results["paper_one_window"] = {"model": "freshly initialised paper model",
-                                       **measure(tmp / "window.nii.gz", paper_model, tmp / "out-paper", device)}
+                                       **measure(tmp / "window.nii.gz", paper_model, tmp / "out-paper", device,
+                                                  precision)}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"malenia bench segment ({results['machine']['cpu_count']} CPUs, {results['machine']['platform']})")
     for key, title in (("ct", "512x512x200 CT"), ("paper_one_window", "paper config, one 96^3 window")):
         r = results[key]
-        print(f"  {title}: {r['model']} on {r['device']}")
+        print(f"  {title}: {r['model']} on {r['device']} ({r['precision']})")
         print(f"    wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb'] / 1024:.2f} GB, windows {r['windows_run']} run "
               f"of {r['windows_total']} (model grid {r['model_grid']}), lesions {r['lesions']}")
         print("    stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_s"].items()))

@@ -50,6 +50,7 @@ class SegmentOptions:
     measured: bool = True  # fold the model's measured attributes (if it has them) into the tokens' attributes
     verify: bool = True  # drop the lesions the model's lesion verifier (if it has one) calls false positives
     refine: bool = False  # re-draw well-contrasted lesions' borders from the CT (malenia.infer.refine)
+    precision: str = "auto"  # the network's arithmetic (malenia.model.precision): auto, bf16 or fp32
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,6 +64,8 @@ class SegmentOptions:
             problems.append(f"token threshold must be in [0, 1), got {self.token_threshold}")
         if self.min_volume_mm3 is not None and self.min_volume_mm3 < 0:
             problems.append("minimum lesion volume must not be negative")
+        if self.precision not in ("auto", "bf16", "fp32"):  # malenia.model.precision.PRECISIONS (imports torch)
+            problems.append(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -143,13 +146,15 @@ class Segmenter:
         from malenia.data.preprocess import preprocessor_for
         from malenia.infer.matching import BankMatcher
         from malenia.infer.site_table import table_for_model
+        from malenia.model.precision import resolve_precision
 
         self.options = (options or SegmentOptions()).with_model_defaults(model.inference_defaults())
         self.progress = progress
         self.model = model
         self.cfg = model.config
         self.device = resolve_device(self.options.device)
-        self.net = model.network.to(self.device).eval()
+        self.precision = resolve_precision(self.options.precision, self.device)
+        self.net = self.precision.prepare_model(model.network.to(self.device).eval())
         self.bank_emb, self.bank_aspects = bank_tensors(model.bank, model.report_rows(), self.device)
         self.preprocessor = preprocessor_for(self.cfg)
         self.table = table_for_model(model, knowledge)
@@ -166,7 +171,7 @@ class Segmenter:
                             overlap=o.overlap, sw_batch_size=o.sw_batch_size, mirror_axes=(0, 1, 2) if o.mirror else (),
                             threshold=o.threshold, token_threshold=o.token_threshold,
                             background=self.preprocessor.background_value, skip_air=o.skip_air, on_window=on_window,
-                            collect=collect)
+                            collect=collect, precision=self.precision)
 
     def probability_map(self, image: sitk.Image, timings: dict[str, float] | None = None, collect: bool = True):
         """(ProbabilityMap, WindowPass) of `image` (cropped to the ROI when one is set): the network's part."""
@@ -310,6 +315,7 @@ class Segmenter:
         return {
             "config": self.cfg.name,
             "device": str(self.device),
+            "precision": self.precision.name,  # what options.precision resolved to on this device
             "options": {k: (str(v) if isinstance(v, RasBox) else v) for k, v in asdict(o).items() if k != "roi"}
             | {"roi_ras_mm": str(o.roi) if o.roi else None},
             "model_grid": {"size_zyx": list(pm.probability.shape), "spacing_zyx": list(pm.prepared.grid.spacing_zyx)},

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from malenia.aspects import ASPECTS
+from malenia.model.precision import Precision, resolve_precision
 
 
 @dataclass
@@ -90,8 +91,10 @@ class WindowRunner:
     def __init__(self, net, bank_emb: torch.Tensor, bank_aspects: torch.Tensor, patch_size, device: torch.device,
                  overlap: float = 0.25, sw_batch_size: int = 1, mirror_axes: tuple[int, ...] = (),
                  threshold: float = 0.5, token_threshold: float = 0.5, background: float = 0.0,
-                 skip_air: bool = True, on_window: Callable[[int, int], None] | None = None, collect: bool = True):
+                 skip_air: bool = True, on_window: Callable[[int, int], None] | None = None, collect: bool = True,
+                 precision: Precision | None = None):
         self.net, self.device = net, device
+        self.precision = precision or resolve_precision("fp32", device)
         self.bank_emb, self.bank_aspects = bank_emb, bank_aspects
         self.columns = aspect_columns(bank_aspects)
         self.roi = tuple(int(s) for s in patch_size)
@@ -155,12 +158,13 @@ class WindowRunner:
         return centred_offset(shape, self.roi)
 
     def _network(self, batch: torch.Tensor):
-        return self.net(batch, self.bank_emb, self.bank_aspects)
+        with self.precision.autocast():
+            return self.net(self.precision.prepare_input(batch), self.bank_emb, self.bank_aspects)
 
     def _forward(self, batch: torch.Tensor, coords, result: WindowPass, first_index: int, shape) -> torch.Tensor:
         out = self._network(batch)
         result.forward_passes += batch.shape[0]
-        prob = out.foreground()  # [B, 1, d, h, w]: token claims, or the dense head (config foreground_source)
+        prob = out.foreground().float()  # [B, 1, d, h, w]: token claims, or the dense head (config foreground_source)
         best = prob[:, 0]
         if self.mirror_axes:
             total = prob.clone()
@@ -168,7 +172,7 @@ class WindowRunner:
             for axes in flips:
                 dims = [2 + a for a in axes]
                 o = self._network(torch.flip(batch, dims))
-                p = o.foreground()
+                p = o.foreground().float()
                 total += torch.flip(p, dims)
                 result.forward_passes += batch.shape[0]
             prob = total / (len(flips) + 1)

@@ -188,13 +188,16 @@ def save_model_folder(target: str | Path, *, config, network, bank,
     """
     from safetensors.torch import save_model
 
+    from malenia.model.precision import standard_layout
+
     target = Path(target)
     if target.exists() and not overwrite:
         raise ModelError(f"model folder {target} exists (use overwrite)")
     with atomic_dir(target, overwrite=overwrite) as staging:
         (staging / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         # save_model drops the aliases nnU-Net's modules register for shared weights (safetensors refuses them).
-        save_model(network, str(staging / WEIGHTS), metadata={"format": MODEL_FORMAT, "config": config.name})
+        with standard_layout(network) as plain:
+            save_model(plain, str(staging / WEIGHTS), metadata={"format": MODEL_FORMAT, "config": config.name})
         bank.save(staging / BANK)
         if report_rows is not None:
             from safetensors.numpy import save_file as save_np
@@ -368,8 +371,11 @@ def load_weights(network, weights_path: str | Path, new_parts: tuple[str, ...] =
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    from malenia.model.precision import standard_layout
+
     try:
-        missing, unexpected = load_model(network, str(weights_path), strict=not new_parts)
+        with standard_layout(network) as plain:  # safetensors' alias check needs the standard layout
+            missing, unexpected = load_model(plain, str(weights_path), strict=not new_parts)
     except (RuntimeError, SafetensorError, OSError) as err:
         msg = " ".join(str(err).split())[:300]
         raise ModelError(f"{weights_path}: weights do not fit the model configuration ({msg})") from None

@@ -48,7 +48,7 @@ def _config(name: str):
 
 
 def measure(config: str, batch: int | None = None, device: str = "auto", steps: int = 5, data: Path | None = None,
-            workers: int | None = None, warmup: int = 1) -> dict[str, Any]:
+            workers: int | None = None, warmup: int = 1, precision: str = "auto") -> dict[str, Any]:
     import torch
 
     from malenia.train.data import batch_loader, default_workers, to_device
@@ -61,7 +61,7 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
         data = Path(data) if data else _bench_dataset(Path(tmp) / "data", tuple(cfg.patch_size))
         info = init_distributed(device)
         opts = TrainOptions(data=data, out=Path(tmp) / "run", config=cfg, steps=steps + warmup, split="all", val_split=None,
-                            batch_size=batch, progress="none", num_workers=workers)
+                            batch_size=batch, progress="none", num_workers=workers, precision=precision)
         trainer = Trainer(opts, info)
         trainer.setup()
         workers = workers if workers is not None else default_workers()
@@ -84,7 +84,8 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
         total = time.perf_counter() - start
     share = {k: timer.seconds.get(k, 0.0) / total for k in PHASES}
     return {"config": cfg.name, "batch_size": trainer.batch, "device": str(info.device), "steps": steps, "warmup": warmup,
-            "workers": workers, "amp_bfloat16": trainer.use_amp, "steps_per_s": steps / total,
+            "workers": workers, "amp_bfloat16": trainer.use_amp, "precision": trainer.precision.name,
+            "steps_per_s": steps / total,
             "step_s": total / steps, "share": share, "host_overhead_share": share["data_wait"] + share["matching"]
             + share["losses"], "load_average": list(load), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -94,7 +95,7 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
 def _table(r: dict[str, Any]) -> str:
     where = r["gpu"] or f"CPU, {r['torch_threads']} threads of {r['cpus']} cores"
     lines = [f"malenia bench train --config {r['config']} --batch-size {r['batch_size']}  ({where}, torch {r['torch']}, "
-             f"{r['workers']} loader workers, bfloat16 autocast {'on' if r['amp_bfloat16'] else 'off'})",
+             f"{r['workers']} loader workers, {r['precision']})",
              f"  {r['steps_per_s']:.3f} steps/s ({r['step_s']:.3f} s a step, {r['steps']} timed steps after {r['warmup']} warm-up)"]
     for k in PHASES:
         lines.append(f"  {k:<10} {100 * r['share'][k]:5.1f} %")
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--batch-size must be at least 1")
     if args.warmup < 0:
         raise InputError("--warmup must be 0 or more")
-    result = measure(args.config, args.batch_size, args.device, args.steps, args.data, args.workers, args.warmup)
+    result = measure(args.config, args.batch_size, args.device, args.steps, args.data, args.workers, args.warmup,
+                     getattr(args, "precision", "auto"))
     print(json.dumps(result) if args.json else _table(result))
     return 0

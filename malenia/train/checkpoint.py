@@ -25,6 +25,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from malenia.atomic import atomic_dir, write_json
 from malenia.errors import InputError
+from malenia.model.precision import standard_layout
 
 LATEST = "latest.json"
 
@@ -105,7 +106,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
         "extra": extra or {},
     }
     with atomic_dir(ckpt_root / name, overwrite=True) as staging:
-        save_model(unwrap(model), str(staging / "weights.safetensors"))  # drops aliased (shared) tensors
+        with standard_layout(unwrap(model)) as plain:
+            save_model(plain, str(staging / "weights.safetensors"))  # drops aliased (shared) tensors
         save_file({**opt_tensors, **rng_tensors}, str(staging / "state.safetensors"))
         (staging / "state.json").write_text(json.dumps(meta), encoding="utf-8")
     write_json(ckpt_root / LATEST, {"step": int(step), "path": name})
@@ -138,7 +140,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     if meta.get("format") != "malenia-checkpoint/1":
         raise InputError(f"checkpoint {path}: unknown format {meta.get('format')!r}")
     try:
-        load_model(unwrap(model), str(path / "weights.safetensors"), strict=True)
+        with standard_layout(unwrap(model)) as plain:  # safetensors' alias check needs the standard layout
+            load_model(plain, str(path / "weights.safetensors"), strict=True)
     except RuntimeError as err:
         raise InputError(f"checkpoint {path} does not fit this model configuration: {str(err).splitlines()[0]}") from None
     if optimizer is not None:

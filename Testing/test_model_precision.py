@@ -1,0 +1,105 @@
+"""The network's arithmetic (malenia.model.precision): what "auto" picks, the channels-last layout, and that
+the fast arithmetic computes what float32 does, in training and in the sliding window `segment` runs."""
+
+import numpy as np
+import pytest
+import torch
+
+from malenia.errors import InputError
+from malenia.model.network import MaleniaNet
+from malenia.model.precision import native_bfloat16, resolve_precision
+from model_helpers import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_auto_follows_native_support_and_forced_choices_hold():
+    cpu = torch.device("cpu")
+    auto = resolve_precision("auto", cpu)
+    assert auto.bfloat16 == native_bfloat16(cpu)
+    assert auto.channels_last  # on CPU the layout oneDNN's convolutions use
+    assert resolve_precision("bf16", "cpu").bfloat16 and not resolve_precision("fp32", "cpu").bfloat16
+    assert resolve_precision("fp32", "cpu").name == "fp32 channels-last"
+    with pytest.raises(InputError, match="precision must be one of"):
+        resolve_precision("fp16", cpu)
+
+
+def test_channels_last_keeps_values_and_float32_outputs_match_bit_for_bit_closely():
+    torch.manual_seed(0)
+    cfg = tiny_config(stages=5)
+    net = MaleniaNet(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 1, 32, 32, 32, generator=g)
+    bank, aspects = torch.randn(16, cfg.text_dim, generator=g), torch.arange(16) % 8
+    with torch.no_grad():
+        reference = net(image, bank, aspects).foreground()
+    fp32 = resolve_precision("fp32", "cpu")
+    x = fp32.prepare_input(image)
+    assert x.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(x, image)
+    fp32.prepare_model(net)
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), fp32.autocast():
+        out = net(x, bank, aspects).foreground()
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)  # a layout, not new arithmetic
+    bf16 = resolve_precision("bf16", "cpu")
+    with torch.no_grad(), bf16.autocast():
+        low = net(bf16.prepare_input(image), bank, aspects)
+    assert low.mask_logits.dtype == torch.bfloat16  # bfloat16 really ran
+    assert (low.foreground().float() - reference).abs().max() < 0.05
+
+
+def test_window_runner_under_bfloat16_gives_the_float32_probability_and_candidates():
+    """The sliding window `segment` runs: same blended probability within bfloat16's precision, float32 out."""
+    from malenia.infer.windows import WindowRunner
+
+    torch.manual_seed(0)
+    cfg = tiny_config(stages=5)
+    net = MaleniaNet(cfg).eval()
+    g = torch.Generator().manual_seed(2)
+    bank, aspects = torch.randn(16, cfg.text_dim, generator=g), torch.arange(16) % 8
+    volume = np.random.default_rng(3).random((40, 36, 44)).astype(np.float32)
+    passes = {}
+    for name in ("fp32", "bf16"):
+        precision = resolve_precision(name, "cpu")
+        runner = WindowRunner(precision.prepare_model(net), bank, aspects, (32, 32, 32), torch.device("cpu"),
+                              threshold=0.3, token_threshold=0.0, precision=precision)
+        passes[name] = runner.run(volume)
+    a, b = passes["fp32"].probability, passes["bf16"].probability
+    assert b.dtype == np.float32 and b.shape == volume.shape
+    assert np.abs(a - b).max() < 0.05
+    assert passes["bf16"].windows_run == passes["fp32"].windows_run > 1
+    assert all(c.distribution.dtype == np.float32 and np.isfinite(c.distribution).all()
+               for c in passes["bf16"].candidates)
+
+
+def test_channels_last_weights_save_and_load_through_safetensors(tmp_path):
+    """safetensors finds the aliased weights nnU-Net's modules register through `view(-1)`, which channels-last
+    weights refuse: checkpoints and weight files go through the standard layout, and the model keeps its own."""
+    from safetensors.torch import save_model
+
+    from malenia.model.folder import load_weights
+    from malenia.model.precision import standard_layout
+    from malenia.train.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = tiny_config(stages=5)
+    precision = resolve_precision("fp32", "cpu")
+    net = precision.prepare_model(MaleniaNet(cfg))
+    with pytest.raises(RuntimeError):  # what the trainer hit before the standard layout (an alias is a view)
+        save_model(net, str(tmp_path / "raw.safetensors"))
+    optimizer = torch.optim.AdamW(net.parameters())
+    save_checkpoint(tmp_path, 1, net, optimizer, None)
+    with standard_layout(net) as plain:
+        save_model(plain, str(tmp_path / "weights.safetensors"))
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)  # back as it was
+    assert optimizer.param_groups[0]["params"][0] is next(net.parameters())  # the same parameter objects
+    for load in (lambda m: load_weights(m, tmp_path / "weights.safetensors"),
+                 lambda m: load_checkpoint(tmp_path / "checkpoints" / "step_00000001", m)):
+        other = precision.prepare_model(MaleniaNet(cfg))
+        load(other)
+        for (k, a), b in zip(net.state_dict().items(), other.state_dict().values()):
+            assert torch.equal(a, b), k
+        assert next(m for m in other.modules() if isinstance(m, torch.nn.Conv3d)).weight.is_contiguous(
+            memory_format=torch.channels_last_3d)
