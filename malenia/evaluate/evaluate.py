@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -126,10 +126,9 @@ def make_segmenter(model, device: str = "cpu", threshold: float | None = None, m
     `segment`; None: segment's default)."""
     from malenia.infer.pipeline import Segmenter, SegmentOptions
 
+    window = {} if overlap is None else {"overlap": overlap}
     options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3, refine=refine,
-                             precision=precision)
-    if overlap is not None:
-        options = replace(options, overlap=overlap)
+                             precision=precision, **window)
     return Segmenter(model, options, knowledge=knowledge)
 
 

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from malenia.paths import builtin_model_dir
 
     device = os.environ.get("MALENIA_BENCH_DEVICE", "auto")
-    precision = ["--precision", getattr(args, "precision", "auto")]
+    precision = ["--precision", args.precision]
     results: dict[str, Any] = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
     with tempfile.TemporaryDirectory(prefix="malenia-bench-segment-") as tmp:
         tmp = Path(tmp)

@@ -84,7 +84,7 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
         total = time.perf_counter() - start
     share = {k: timer.seconds.get(k, 0.0) / total for k in PHASES}
     return {"config": cfg.name, "batch_size": trainer.batch, "device": str(info.device), "steps": steps, "warmup": warmup,
-            "workers": workers, "amp_bfloat16": trainer.use_amp, "precision": trainer.precision.name,
+            "workers": workers, "amp_bfloat16": trainer.precision.bfloat16, "precision": trainer.precision.name,
             "steps_per_s": steps / total,
             "step_s": total / steps, "share": share, "host_overhead_share": share["data_wait"] + share["matching"]
             + share["losses"], "load_average": list(load), "cpus": os.cpu_count(),
@@ -114,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise InputError("--warmup must be 0 or more")
     result = measure(args.config, args.batch_size, args.device, args.steps, args.data, args.workers, args.warmup,
-                     getattr(args, "precision", "auto"))
+                     args.precision)
     print(json.dumps(result) if args.json else _table(result))
     return 0
