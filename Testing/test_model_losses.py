@@ -215,3 +215,20 @@ def test_batched_matching_equals_matching_each_image_and_losses_gather_on_the_de
         assert len(pred) == 3 + 0 + 1
         expected = torch.cat([block.logits[i, tok] for i, (tok, _) in enumerate(block.matches)])
         assert torch.equal(pred, expected) and torch.equal(gt[-1], masks[1].flatten().float())
+
+
+def test_sparse_target_bce_is_the_mean_bce_against_the_matched_lesions_and_empty_masks():
+    from malenia.model.losses import sparse_target_bce
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 50, generator=g) * 8  # beyond softplus' linear threshold too
+    gt = (torch.rand(2, 50, generator=g) < 0.3).float()
+    img, tok = torch.tensor([0, 2]), torch.tensor([3, 1])
+    target = torch.zeros_like(logits)
+    target[img, tok] = gt
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    torch.testing.assert_close(sparse_target_bce(logits, logits[img, tok], gt), expected, rtol=1e-6, atol=1e-6)
+    # and nothing matched: every mask learns to be empty
+    none = torch.zeros(0, 50)
+    torch.testing.assert_close(sparse_target_bce(logits, none, none),
+                               torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)))

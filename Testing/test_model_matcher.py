@@ -77,3 +77,58 @@ def test_point_sampling_equals_dense_upsampling():
     index = torch.randperm(30 * 41 * 64, generator=g)[:500]
     sampled = proposals_on_image_grid(logits, (32, 48, 64), image_shape, index)
     torch.testing.assert_close(sampled, dense[..., index], atol=1e-5, rtol=1e-5)
+
+
+def test_coarse_masks_keep_every_lesion_voxel_as_a_share_of_its_cell():
+    from malenia.model.matcher import coarse_masks
+
+    image_shape = (5, 6, 7)  # odd sizes: the last cells are partly outside the image
+    masks = torch.zeros(1, 2, *image_shape)
+    masks[0, 0, 4, 5, 6] = 1  # one voxel in the corner cell
+    masks[0, 1, 0:2, 2:4, 2:6] = 1  # two whole cells
+    coarse = coarse_masks(masks.flatten(2), image_shape, 2)
+    assert coarse.shape == (1, 2, 3 * 3 * 4)
+    assert coarse[0, 0].max() == 0.125 and coarse[0, 0].sum() * 8 == 1
+    assert sorted(coarse[0, 1][coarse[0, 1] > 0].tolist()) == [1.0, 1.0] and coarse[0, 1].sum() * 8 == 16
+
+
+def _separated_case(image_shape=(16, 16, 16)):
+    """Two lesions and four smooth proposals on a 1/4 grid: tokens 1 and 3 each cover one lesion."""
+    from malenia.model.targets import LesionTargets
+
+    masks = torch.zeros(2, *image_shape, dtype=torch.bool)
+    masks[0, 1:7, 1:7, 1:7] = True
+    masks[1, 9:15, 9:15, 8:14] = True
+    logits = torch.full((1, 4, 4, 4, 4), -6.0)
+    logits[0, 1, :2, :2, :2] = 6.0
+    logits[0, 3, 2:, 2:, 2:] = 6.0
+    logits[0, 2] = torch.linspace(-3, 3, 64).view(4, 4, 4)  # a diffuse one
+    return logits.requires_grad_(), [LesionTargets(masks, [[0], [1]])], image_shape
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_coarse_grid_matching_agrees_and_only_matched_tokens_get_gradient(stride):
+    logits, targets, shape = _separated_case()
+    exact = HungarianMatcher().supervise([logits], targets, shape, shape)[0]
+    coarse = HungarianMatcher(stride=stride).supervise([logits], targets, shape, shape)[0]
+    assert [t.tolist() for t in exact.matches[0]] == [[1, 3], [0, 1]]
+    assert [t.tolist() for t in coarse.matches[0]] == [t.tolist() for t in exact.matches[0]]
+    assert coarse.logits.shape == (1, 4, (16 // stride) ** 3)  # the costs' points
+    pred, gt = coarse.matched()  # the losses' voxels: the image grid, as without a stride
+    full = proposals_on_image_grid(logits.detach(), shape, shape, None)
+    torch.testing.assert_close(pred, full[0, [1, 3]])
+    assert torch.equal(gt, targets[0].masks.flatten(1).float())
+    pred.sum().backward()
+    touched = logits.grad.abs().flatten(2).sum(-1)[0]
+    assert touched[1] > 0 and touched[3] > 0 and touched[0] == 0 and touched[2] == 0
+
+
+def test_coarse_costs_are_close_to_the_image_grid_costs():
+    logits, targets, shape = _separated_case()
+    masks = targets[0].masks.flatten(1).float()[None]
+    matcher = HungarianMatcher(stride=2)
+    s, gt, coarse = matcher._block_costs(logits, masks, shape, shape, None)
+    exact = HungarianMatcher().cost(proposals_on_image_grid(logits.detach(), shape, shape, None)[0], masks[0])
+    # sigmoid of a cell's mean logit is not the mean sigmoid of its voxels: close, and the same order per lesion
+    torch.testing.assert_close(coarse[0], exact, atol=0.06, rtol=0)
+    assert torch.equal(coarse[0].argsort(0), exact.argsort(0))

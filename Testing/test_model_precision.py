@@ -7,7 +7,7 @@ import torch
 
 from malenia.errors import InputError
 from malenia.model.network import MaleniaNet
-from malenia.model.precision import native_bfloat16, resolve_precision
+from malenia.model.precision import cpu_bfloat16_instructions, cpu_capabilities, native_bfloat16, resolve_precision
 from model_helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,6 +22,16 @@ def test_auto_follows_native_support_and_forced_choices_hold():
     assert resolve_precision("fp32", "cpu").name == "fp32 channels-last"
     with pytest.raises(InputError, match="precision must be one of"):
         resolve_precision("fp16", cpu)
+
+
+def test_auto_takes_bfloat16_only_from_cpu_instructions_not_from_onednn_emulation():
+    # plain AVX512 (oneDNN emulates bfloat16 there, slower than float32) keeps float32
+    plain = {"avx512_f": True, "avx512_bw": True, "avx512_vl": True, "avx512_bf16": False, "amx_bf16": False}
+    assert not cpu_bfloat16_instructions(plain) and not cpu_bfloat16_instructions({})
+    assert cpu_bfloat16_instructions({**plain, "avx512_bf16": True})
+    assert cpu_bfloat16_instructions({**plain, "amx_bf16": True})
+    # this machine: "auto" follows its own flags
+    assert native_bfloat16(torch.device("cpu")) == cpu_bfloat16_instructions(cpu_capabilities())
 
 
 def test_channels_last_keeps_values_and_float32_outputs_match_bit_for_bit_closely():

@@ -30,6 +30,17 @@ def dice_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (p * gt).sum(-1) + 1) / (p.sum(-1) + gt.sum(-1) + 1)
 
 
+def sparse_target_bce(logits: torch.Tensor, matched: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of every proposal `logits` [B, N, P] against its matched lesion (`matched` [M, P], the matched
+    rows of `logits`, and their lesions `gt` [M, P]) and against an empty mask elsewhere.
+
+    softplus(x) - x·y is the BCE of a logit x against y, so the mean is (Σ softplus(logits) - Σ matched·gt) / size:
+    no dense target tensor (16 tokens × 64³ per patch) is built or filled, and one softplus replaces
+    binary_cross_entropy_with_logits' log-sigmoid, which at batch 16 was most of the losses' time (docs/training.md,
+    ninth round)."""
+    return (F.softplus(logits).sum() - (matched * gt).sum()) / logits.numel()
+
+
 def foreground_map(mask_logits: torch.Tensor, lesion_score: torch.Tensor) -> torch.Tensor:
     """[B, D, H, W]: max over tokens of lesion_score [B, N] * sigmoid(mask_logits [B, N, D, H, W])."""
     p = mask_logits.float().sigmoid() * lesion_score.float()[..., None, None, None]
@@ -79,7 +90,7 @@ class MaleniaCriterion(nn.Module):
     def __init__(self, cfg: MaleniaConfig):
         super().__init__()
         self.cfg = cfg
-        self.matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice, cfg.num_points)
+        self.matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice, cfg.num_points, cfg.match_stride)
 
     def forward(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
         # The losses run in float32 whatever the network's autocast dtype: bfloat16 sums over a 64³ patch lose
@@ -131,10 +142,8 @@ class MaleniaCriterion(nn.Module):
         final = final.reshape(b, n, -1)
         gt_full = padded_masks(targets, final.device)  # [B, Kmax, P]
         img, tok, les = sup[-1].pairs.unbind(-1)  # the last block's matching, on the device
-        target = torch.zeros_like(final)
-        target[img, tok] = gt_full[img, les]
-        l_bce = F.binary_cross_entropy_with_logits(final, target)
         pred, gt = final[img, tok], gt_full[img, les]
+        l_bce = sparse_target_bce(final, pred, gt)
         l_dice = dice_loss(pred, gt).mean() if len(pred) else zero
         l_seg = cfg.alpha_bce * l_bce + cfg.alpha_dice * l_dice
 

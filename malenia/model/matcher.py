@@ -5,7 +5,11 @@ on the image grid: the proposal logits are trilinearly up-sampled (paper: "upsam
 mask proposals"), not the masks down-sampled, because a small lesion vanishes on a 1/32 grid
 (3³ voxels for a 96³ patch) and could then never be matched. With `num_points` set, the
 comparison uses that many random voxels instead of all (Mask2Former's point sampling): the
-up-sampled logits are evaluated only there, which is exactly the dense up-sampling's value.
+up-sampled logits are evaluated only there, which is exactly the dense up-sampling's value. With
+`stride` s > 1 (config `match_stride`) the costs are computed on a grid s times coarser than the image,
+each lesion as the share of every cell it covers (an average, so a one-voxel lesion is still there):
+s³ times fewer points for the assignment, while the losses still compare the matched proposals with
+the lesions voxel by voxel.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from malenia.model.targets import LesionTargets
 Match = tuple[torch.Tensor, torch.Tensor]  # (token indices, lesion indices), int64, same length
 
 
-def dice_cost(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice between every proposal [..., N, P] (logits) and every lesion [..., K, P] (0/1) → [..., N, K]
-    (leading dimensions: a batch)."""
+def dice_cost(logits: torch.Tensor, gt: torch.Tensor, voxels: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice between every proposal [..., N, P] (logits) and every lesion [..., K, P] (0/1, or the share of
+    a coarse cell) → [..., N, K] (leading dimensions: a batch). `voxels`: image voxels per point."""
     p = logits.sigmoid()
     inter = p @ gt.mT
-    return 1 - (2 * inter + 1) / (p.sum(-1)[..., :, None] + gt.sum(-1)[..., None, :] + 1)
+    return 1 - (2 * voxels * inter + 1) / (voxels * (p.sum(-1)[..., :, None] + gt.sum(-1)[..., None, :]) + 1)
 
 
 def bce_cost(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -55,16 +59,18 @@ def hungarian(cost: torch.Tensor) -> Match:
 class BlockSupervision:
     """What one transformer block is matched and supervised with (training only)."""
 
-    logits: torch.Tensor  # [B, N, P] proposal logits at the supervised voxels of the image grid
-    gt: list[torch.Tensor]  # per image, float [K, P] lesion masks at the same voxels
+    logits: torch.Tensor  # [B, N, P'] proposal logits at the points the costs compared (no gradient): the
+    #                       supervised voxels, or the coarse grid's cells when the matcher has a stride
+    gt: list[torch.Tensor]  # per image, float [K, P'] lesion masks (or cell shares) at the same points
     matches: list[Match]  # per image (on the host)
     pairs: torch.Tensor | None = None  # [M, 3] (image, token, lesion) of every match, on the logits' device
-    masks: torch.Tensor | None = None  # float [B, Kmax, P]: `gt` padded with empty masks
+    masks: torch.Tensor | None = None  # float [B, Kmax, P]: lesion masks at the supervised voxels, padded with empty ones
+    matched_logits: torch.Tensor | None = None  # [M, P]: the matched tokens' proposals at the supervised voxels, with gradient
 
     def matched(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The matched (proposal, lesion) rows of the batch: [M, P] each, in match order, gathered on the device."""
         b, tok, les = self.pairs.unbind(-1)
-        return self.logits[b, tok], self.masks[b, les]
+        return self.matched_logits, self.masks[b, les]
 
 
 def padded_masks(targets: list[LesionTargets], device) -> torch.Tensor:
@@ -102,19 +108,34 @@ def proposals_on_image_grid(
 
 
 class HungarianMatcher:
-    def __init__(self, cost_bce: float = 1.0, cost_dice: float = 1.0, num_points: int | None = None):
+    def __init__(self, cost_bce: float = 1.0, cost_dice: float = 1.0, num_points: int | None = None, stride: int = 1):
         self.cost_bce = cost_bce
         self.cost_dice = cost_dice
         self.num_points = num_points
+        self.stride = int(stride)
 
-    def cost(self, logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """[N, P] proposal logits × [K, P] lesion masks → [N, K] matching cost."""
+    def cost(self, logits: torch.Tensor, gt: torch.Tensor, voxels: float = 1.0) -> torch.Tensor:
+        """[N, P] proposal logits × [K, P] lesion masks → [N, K] matching cost. `voxels`: image voxels per compared
+        point (a coarse grid's cell), so that Dice's smoothing term weighs as on the image grid."""
         logits, gt = logits.float(), gt.float()
-        return self.cost_bce * bce_cost(logits, gt) + self.cost_dice * dice_cost(logits, gt)
+        return self.cost_bce * bce_cost(logits, gt) + self.cost_dice * dice_cost(logits, gt, voxels)
 
     @torch.no_grad()
     def match(self, logits: torch.Tensor, gt: torch.Tensor) -> Match:
         return hungarian(self.cost(logits, gt))
+
+    def _block_costs(self, logits: torch.Tensor, masks: torch.Tensor, padded_shape, image_shape,
+                     index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(compared logits [B, N, P'], compared masks [B, Kmax, P'], costs [B, N, Kmax]) of one block, without
+        gradient: at the sampled voxels (`index`), on the image grid, or on the grid `stride` times coarser."""
+        with torch.no_grad():
+            if index is None and self.stride > 1:
+                s = proposals_on_coarse_grid(logits, padded_shape, image_shape, self.stride)
+                gt = coarse_masks(masks, image_shape, self.stride)
+                return s, gt, self.cost(s, gt, float(self.stride ** 3))
+            s = proposals_on_image_grid(logits, padded_shape, image_shape, index)
+            gt = masks if index is None else masks[:, :, index]
+            return s, gt, self.cost(s, gt)
 
     def supervise(
         self,
@@ -126,28 +147,62 @@ class HungarianMatcher:
         """Match every block's proposals to the lesions; keeps the compared voxels for the losses.
 
         The costs of all blocks and images are computed on the device in one batch and copied to the host once;
-        the matches go back to the device once (pinned, non-blocking): one synchronisation per step."""
+        the matches go back to the device once (pinned, non-blocking): one synchronisation per step. Every
+        token is up-sampled for the costs, without gradient (on the coarse grid when `stride` > 1); only the
+        matched tokens, which are all the deep supervision reads, are up-sampled again with it, on the image
+        grid (or at the sampled voxels). Up-sampling all 16 tokens of three blocks with gradient made the
+        matching and its backward a third of a bfloat16 CPU step (docs/training.md, ninth round); the values
+        are the same, the interpolation being per channel."""
         n_vox = int(np.prod(image_shape))
         device = proposals[0].device
         masks = padded_masks(targets, device)  # [B, Kmax, P]
         counts = [t.num_lesions for t in targets]
-        sampled, gts, costs = [], [], []
+        compared, indices = [], []
         for logits in proposals:
             index = None
             if self.num_points is not None and self.num_points < n_vox:
                 index = torch.randperm(n_vox, device=device)[: self.num_points]
-            s = proposals_on_image_grid(logits, padded_shape, image_shape, index)
-            gt = masks if index is None else masks[:, :, index]
-            with torch.no_grad():
-                costs.append(self.cost(s, gt))  # [B, N, Kmax]
-            sampled.append(s)
-            gts.append(gt)
-        host = torch.stack(costs).cpu()
+            compared.append(self._block_costs(logits, masks, padded_shape, image_shape, index))
+            indices.append(index)
+        host = torch.stack([c for _, _, c in compared]).cpu()
         matches = [[hungarian(c[:, :k]) for c, k in zip(block, counts)] for block in host]
         pairs = [match_pairs(m) for m in matches]
         on_device = torch.cat(pairs)
         if device.type == "cuda":
             on_device = on_device.pin_memory().to(device, non_blocking=True)
         pairs = on_device.split([len(p) for p in pairs])
-        return [BlockSupervision(s, [g[:k] for g, k in zip(gt, counts)], m, p, gt)
-                for s, gt, m, p in zip(sampled, gts, matches, pairs)]
+        out = []
+        for logits, (s, gt, _), m, p, index in zip(proposals, compared, matches, pairs, indices):
+            supervised = masks if index is None else masks[:, :, index]
+            out.append(BlockSupervision(s, [g[:k] for g, k in zip(gt, counts)], m, p, supervised,
+                                        matched_proposals(logits, p, padded_shape, image_shape, index)))
+        return out
+
+
+def proposals_on_coarse_grid(logits: torch.Tensor, padded_shape: tuple[int, ...], image_shape: tuple[int, ...],
+                             stride: int) -> torch.Tensor:
+    """Proposals [B, N, d, h, w] up-sampled to the grid `stride` times coarser than the padded one, cropped to
+    the image's cells → [B, N, P']. Cell centres are the centres of the image voxels they average."""
+    coarse = tuple(-(-p // stride) for p in padded_shape)
+    cells = tuple(-(-d // stride) for d in image_shape)
+    up = F.interpolate(logits, size=coarse, mode="trilinear", align_corners=False)
+    return up[..., : cells[0], : cells[1], : cells[2]].flatten(2)
+
+
+def coarse_masks(masks: torch.Tensor, image_shape: tuple[int, ...], stride: int) -> torch.Tensor:
+    """Lesion masks [B, K, P] on the image grid → the share of each coarse cell they cover, [B, K, P']."""
+    b, k = masks.shape[:2]
+    grid = masks.view(b, k, *image_shape)
+    pad = [x for d in reversed(image_shape) for x in (0, -(-d // stride) * stride - d)]
+    return F.avg_pool3d(F.pad(grid, pad), stride).flatten(2)
+
+
+def matched_proposals(logits: torch.Tensor, pairs: torch.Tensor, padded_shape: tuple[int, ...],
+                      image_shape: tuple[int, ...], index: torch.Tensor | None) -> torch.Tensor:
+    """[M, P]: the matched tokens' proposals [B, N, d, h, w] (rows `pairs` [M, 3]) on the image grid, with gradient."""
+    b, tok, _ = pairs.unbind(-1)
+    rows = logits[b, tok][None]  # [1, M, d, h, w]
+    if not len(pairs):
+        n = int(np.prod(image_shape)) if index is None else len(index)
+        return rows.new_zeros(0, n)
+    return proposals_on_image_grid(rows, padded_shape, image_shape, index)[0]

@@ -73,7 +73,7 @@ class MaleniaNet(nn.Module):
         self.cmki = KnowledgeInjection(cfg)
         self.heads = MaskHeads(cfg, channels[-1])
         self.dense = DenseLesionHead(channels, cfg.dense_head_levels) if cfg.dense_head_levels else None
-        self.matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice, cfg.num_points)
+        self.matcher = HungarianMatcher(cfg.match_cost_bce, cfg.match_cost_dice, cfg.num_points, cfg.match_stride)
 
     # ------------------------------------------------------------------ checks
     def _check(self, image, bank, bank_aspects, targets) -> None:
