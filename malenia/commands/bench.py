@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from malenia.model.precision import PRECISIONS
+
 # target -> "module:function"; each function takes the parsed args and prints its figures.
 TARGETS = {
     "model": "malenia.evaluate.bench_model:run",
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model folder (default: built-in)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="train and segment: the network's arithmetic, as their --precision (default auto)")
     train = p.add_argument_group("train", "malenia bench train: steps/s and the share of a step in each phase")
     train.add_argument("--batch-size", type=int, default=None, help="patches per step (default: the config's)")

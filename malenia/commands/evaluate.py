@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.commands._runtime import add_model_run_options
+from malenia.model.precision import PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
     p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of the split")
     p.add_argument("--refine", action="store_true", help="as segment --refine: re-draw well-contrasted lesions from the CT")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="as segment --precision: the network's arithmetic (default auto)")
     p.add_argument("--overlap", type=float, default=None,
                    help="as segment --overlap: sliding-window overlap (default: segment's)")

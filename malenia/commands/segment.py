@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from malenia.errors import EXIT_INTERRUPTED, MaleniaError
+from malenia.model.precision import PRECISIONS
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, 0 to <1 (default 0.25)")
     p.add_argument("--window-batch", type=int, default=1, metavar="N", help="windows per network call (default 1)")
     p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the network's arithmetic: auto = bfloat16 where the device computes it natively (CUDA, CPUs "
                         "with AVX512-BF16 or AMX), else float32 (default auto)")
     p.add_argument("--threshold", type=float, default=None,

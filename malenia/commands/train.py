@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from malenia.model.precision import PRECISIONS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (CPU, one GPU, or several through torchrun)")
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic: auto = bfloat16 autocast where the device computes it natively (CUDA, CPUs with "
                         "AVX512-BF16 or AMX), else float32; channels-last on CPU either way")
     p.add_argument("--minutes", type=float, default=None,

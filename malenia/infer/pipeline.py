@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 from malenia.errors import InputError, ModelError
 from malenia.infer.progress import ProgressFn, silent
+from malenia.model.precision import PRECISIONS
 from malenia.infer.roi import RasBox
 
 
@@ -64,8 +65,8 @@ class SegmentOptions:
             problems.append(f"token threshold must be in [0, 1), got {self.token_threshold}")
         if self.min_volume_mm3 is not None and self.min_volume_mm3 < 0:
             problems.append("minimum lesion volume must not be negative")
-        if self.precision not in ("auto", "bf16", "fp32"):  # malenia.model.precision.PRECISIONS (imports torch)
-            problems.append(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {self.precision!r}")
         if problems:
             raise InputError("; ".join(problems))
 

@@ -124,18 +124,18 @@ class HungarianMatcher:
     def match(self, logits: torch.Tensor, gt: torch.Tensor) -> Match:
         return hungarian(self.cost(logits, gt))
 
-    def _block_costs(self, logits: torch.Tensor, masks: torch.Tensor, padded_shape, image_shape,
+    def _block_costs(self, logits: torch.Tensor, supervised: torch.Tensor, padded_shape, image_shape,
                      index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(compared logits [B, N, P'], compared masks [B, Kmax, P'], costs [B, N, Kmax]) of one block, without
-        gradient: at the sampled voxels (`index`), on the image grid, or on the grid `stride` times coarser."""
+        gradient: at the supervised voxels (the sampled ones, `index`, or the image grid; `supervised`: the lesion
+        masks there), or on the grid `stride` times coarser than the image."""
         with torch.no_grad():
             if index is None and self.stride > 1:
                 s = proposals_on_coarse_grid(logits, padded_shape, image_shape, self.stride)
-                gt = coarse_masks(masks, image_shape, self.stride)
+                gt = coarse_masks(supervised, image_shape, self.stride)
                 return s, gt, self.cost(s, gt, float(self.stride ** 3))
             s = proposals_on_image_grid(logits, padded_shape, image_shape, index)
-            gt = masks if index is None else masks[:, :, index]
-            return s, gt, self.cost(s, gt)
+            return s, supervised, self.cost(s, supervised)
 
     def supervise(
         self,
@@ -157,12 +157,13 @@ class HungarianMatcher:
         device = proposals[0].device
         masks = padded_masks(targets, device)  # [B, Kmax, P]
         counts = [t.num_lesions for t in targets]
-        compared, indices = [], []
+        compared, indices, supervised = [], [], []
         for logits in proposals:
             index = None
             if self.num_points is not None and self.num_points < n_vox:
                 index = torch.randperm(n_vox, device=device)[: self.num_points]
-            compared.append(self._block_costs(logits, masks, padded_shape, image_shape, index))
+            supervised.append(masks if index is None else masks[:, :, index])
+            compared.append(self._block_costs(logits, supervised[-1], padded_shape, image_shape, index))
             indices.append(index)
         host = torch.stack([c for _, _, c in compared]).cpu()
         matches = [[hungarian(c[:, :k]) for c, k in zip(block, counts)] for block in host]
@@ -172,9 +173,8 @@ class HungarianMatcher:
             on_device = on_device.pin_memory().to(device, non_blocking=True)
         pairs = on_device.split([len(p) for p in pairs])
         out = []
-        for logits, (s, gt, _), m, p, index in zip(proposals, compared, matches, pairs, indices):
-            supervised = masks if index is None else masks[:, :, index]
-            out.append(BlockSupervision(s, [g[:k] for g, k in zip(gt, counts)], m, p, supervised,
+        for logits, (s, gt, _), m, p, index, sup in zip(proposals, compared, matches, pairs, indices, supervised):
+            out.append(BlockSupervision(s, [g[:k] for g, k in zip(gt, counts)], m, p, sup,
                                         matched_proposals(logits, p, padded_shape, image_shape, index)))
         return out
 

@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from malenia.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
+# The choices of every --precision option and of SegmentOptions.precision. torch is imported where it is used, so
+# that the command-line parsers and SegmentOptions can read this without loading it.
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether `device` computes bfloat16 convolutions natively (not emulated)."""
+    import torch
+
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
@@ -38,6 +44,8 @@ def native_bfloat16(device: torch.device) -> bool:
 
 def cpu_capabilities() -> dict:
     """The CPU's instruction-set flags as torch reports them ({} where this torch cannot say)."""
+    import torch
+
     try:
         return dict(torch.cpu.get_capabilities())
     except (AttributeError, RuntimeError):
@@ -62,16 +70,22 @@ class Precision:
         return ("bf16" if self.bfloat16 else "fp32") + (" channels-last" if self.channels_last else "")
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
         return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16, enabled=self.bfloat16)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Puts the convolution weights in the layout the inputs will have (in place; returns the model)."""
+        import torch
+
         if self.channels_last:
             model.to(memory_format=torch.channels_last_3d)
         return model
 
     def prepare_input(self, image: torch.Tensor) -> torch.Tensor:
         """[B, C, D, H, W] in the chosen layout (the same values)."""
+        import torch
+
         if self.channels_last and image.ndim == 5:
             return image.contiguous(memory_format=torch.channels_last_3d)
         return image
@@ -83,6 +97,8 @@ def standard_layout(model: torch.nn.Module):
 
     safetensors' `save_model` finds aliased weights through `tensor.view(-1)`, which a channels-last weight
     refuses; the parameters stay the same objects (an optimizer keeps its references)."""
+    import torch
+
     channels_last = any(p.ndim == 5 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last_3d)
                         for p in model.parameters())
     if not channels_last:
@@ -97,6 +113,8 @@ def standard_layout(model: torch.nn.Module):
 
 def resolve_precision(precision: str, device: torch.device | str) -> Precision:
     """"auto": bfloat16 where native, channels-last on CPU; "bf16" / "fp32": forced (channels-last on CPU still)."""
+    import torch
+
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
