@@ -232,3 +232,33 @@ def test_model_card_does_not_call_a_gap_between_two_poor_results_met():
     assert card(0.112, 0.107).endswith("n/a (seen and unseen DSC both below the 0.60 target) |")
     assert card(0.65, 0.70).endswith("| yes |")
     assert card(0.45, 0.70).endswith("| no |")
+
+
+def test_model_card_says_what_the_verifier_reads_what_it_does_to_a_left_out_disease_and_what_it_removes():
+    from malenia.evaluate.model_card import render_model_card
+
+    verifier = {"features": ["peak_probability", "mean_probability"], "cut": 0.4,
+                "fitted_on": {"dataset": "/data/seen_verify", "lesions": 416, "real": 99},
+                "validation": {"dataset": "/data/seen_train", "split": "val", "cases": 16, "mean_dsc_without": 0.39,
+                               "mean_dsc": 0.41},
+                "left_out": {"set": "network", "table": [
+                    {"features": "all", "left_out_kept": 0.62, "false_kept": 0.06, "kept": {"a": 0.3, "b": 0.94}},
+                    {"features": "network", "left_out_kept": 0.81, "false_kept": 0.13, "kept": {"a": 0.7, "b": 0.92}}]}}
+    line = [x for x in render_model_card({"name": "m"}, {}, [], verifier=verifier).splitlines()
+            if x.startswith("- False positives:")]
+    assert len(line) == 1
+    assert "logistic regression on peak probability, mean probability; with one of 2 training diseases left out of " \
+           "its fit and cut in turn it keeps 0.81 of that disease's lesions (as few as 0.70) and 0.13 of the false " \
+           "ones;" in line[0]
+    assert "kept when it scores at least 0.4 (chosen on 16 cases of seen_train (val): mean DSC 0.39 without, 0.41 with)." \
+           in line[0]
+    verifier.update(cut=0.0, validation={**verifier["validation"], "mean_dsc": 0.39})
+    card = render_model_card({"name": "m"}, {}, [], verifier=verifier)
+    assert "kept whatever it scores (cut 0: no cut helped on 16 cases" in card and "at least 0" not in card
+    del verifier["left_out"]  # a verifier fitted before the trials existed: nothing claimed about them
+    assert "left out" not in render_model_card({"name": "m"}, {}, [], verifier=verifier)
+    from malenia.model.lesion_verifier import FEATURES
+
+    verifier["features"] = list(FEATURES)
+    assert "logistic regression on its probability and image measurements;" in render_model_card({"name": "m"}, {}, [],
+                                                                                                  verifier=verifier)

@@ -10,7 +10,7 @@ import pytest
 from malenia.errors import InputError, ModelError
 from malenia.infer.lesion_features import FEATURES as IMAGE_FEATURES
 from malenia.infer.lesion_features import lesion_rows
-from malenia.model.lesion_verifier import FEATURES, FILE, CaseLesions, LesionVerifier, choose_cut, fit
+from malenia.model.lesion_verifier import FEATURE_SETS, FEATURES, FILE, CaseLesions, LesionVerifier, choose_cut, fit
 from segment_helpers import (assert_fine_tune_inherits, constructed_map, malenia, segment_report, sphere_ct,
                              tiny_trained_model)
 from train_helpers import make_tiny_dataset
@@ -99,6 +99,8 @@ def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inh
     saved = json.loads((model / FILE).read_text())
     assert FILE in manifest["files"] and manifest["lesion_verifier"]["cut"] == saved["cut"]
     assert saved["fitted_on"]["threshold"] == 0.05 and saved["validation"]["cases"] == 16
+    assert manifest["lesion_verifier"]["features"] == "all" == saved["left_out"]["set"]
+    assert saved["features"] == list(FEATURES)
     table = {r["cut"]: r["mean_dsc"] for r in saved["validation"]["table"]}
     assert table[saved["cut"]] == max(table.values())
 
@@ -126,3 +128,60 @@ def test_segment_without_a_verifier_keeps_every_lesion_and_reports_none(tmp_path
     result = Segmenter(model, SegmentOptions(device="cpu", threshold=0.05, min_volume_mm3=0.0)).segment(image)
     assert result.extra["verifier"] is None
     assert all("verifier_probability" not in d for d in result.extra["lesions"])
+
+
+def _open_set_cases(seed=0):
+    """Real lesions of four diseases and false ones, as collected cases. Size tells every real lesion from the
+    false ones; density tells three diseases from them perfectly (denser than the false lesions), but the
+    fourth is less dense than they are, as a cyst would be: a verifier that leans on density rejects a type it
+    never saw."""
+    from malenia.evaluate.verifier_fit import CaseComponents
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(48):
+        rows, inside, diseases = [], [], []
+        for kind in (["A", "B", "C", "D"][i % 4], None, None, None):
+            r = {f: float(rng.normal()) for f in FEATURES}
+            r["log_volume"] = float(rng.normal(1.2 if kind else -1.2, 1.0))
+            r["hu_mean"] = float(rng.normal({None: 0.0, "D": -2.0}.get(kind, 2.0), 0.4))
+            rows.append(r)
+            inside.append(50 if kind else 0)
+            diseases.append(kind)
+        cases.append(CaseComponents(rows, np.full(4, 100), np.array(inside), 50, diseases, {diseases[0]: 50}))
+    return cases
+
+
+def test_fit_verifier_measures_what_each_feature_set_does_to_a_disease_left_out():
+    from malenia.commands.fit_verifier import FEATURE_SET_NAMES
+    from malenia.evaluate.verifier_fit import Labelled, fit_and_choose, left_out_table
+
+    assert FEATURE_SET_NAMES == tuple(FEATURE_SETS)  # the parser's copy of the names
+    cases, val = _open_set_cases(), _open_set_cases(seed=1)
+    data = Labelled.of(cases)
+    assert sorted(set(data.disease[data.real])) == ["A", "B", "C", "D"] and (data.disease[~data.real] == None).all()  # noqa: E711
+    assert set(data.half) == {0, 1} and abs(int((data.half == 0).sum()) - len(data.half) // 2) < len(data.half) // 4
+    without = val[3].without("D")  # case 3 holds a lesion of D: gone from the reference and the predictions
+    assert without.truth_voxels == 0 and len(without.rows) == 3 and not without.inside.any()
+    assert val[3].without("A").truth_voxels == 50 and len(val[3].without("A").rows) == 4
+
+    table = left_out_table(data, val)
+    rows = {r["features"]: r for r in table}
+    assert set(rows) == set(FEATURE_SETS) and set(rows["all"]["kept"]) == {"A", "B", "C", "D"}
+    # reading density, the fit removes the disease that is less dense than the false lesions when it is the unseen
+    # one; reading size it keeps it, and both still remove false lesions
+    assert rows["all"]["kept"]["D"] < 0.5 < rows["network_size"]["kept"]["D"]
+    assert rows["all"]["false_kept"] < 0.5 and rows["network_size"]["false_kept"] < 0.5
+    assert rows["all"]["left_out_kept"] == pytest.approx(np.mean(list(rows["all"]["kept"].values())), abs=1e-3)
+
+    verifier = fit_and_choose(cases, val, {"dataset": "constructed"}, {"dataset": "constructed"})
+    assert verifier.features == list(FEATURES) and verifier.meta["left_out"]["set"] == "all"
+    assert verifier.meta["left_out"]["table"] == table
+    chosen = fit_and_choose(cases, val, {"dataset": "constructed"}, {"dataset": "constructed"}, features="network_size")
+    assert chosen.features == list(FEATURE_SETS["network_size"])
+
+    one_disease = [c for c in cases if "A" in c.diseases or not any(c.diseases)]
+    for c in one_disease:
+        c.diseases = [d if d == "A" else None for d in c.diseases]
+        c.inside = np.array([50 if d == "A" else 0 for d in c.diseases])
+    assert left_out_table(Labelled.of(one_disease), val) == []

@@ -47,7 +47,9 @@ def test_a_run_laid_over_minutes_stops_in_time_annealed(ds, tmp_path):
     assert result.steps >= 3 and [r["step"] for r in rows] == list(range(1, result.steps + 1))
     peak = max(r["lr"] for r in rows)
     assert peak > 0.5 * tiny_config().optim.lr and rows[-1]["lr"] < 0.01 * peak  # annealed at the end
-    assert 3.0 <= result.seconds < 3.6 + 5 * rows[-1]["seconds"] / result.steps  # stops once the time is up
+    # stops at the first step that ends after the 3.6 s are up (each line's seconds are read right after its step;
+    # not a bound on the final checkpoint's disk time, which made an earlier form of this check flaky)
+    assert rows[-2]["seconds"] - 0.25 < 3.6 <= rows[-1]["seconds"] <= result.seconds
     manifest = json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())
     assert manifest["training"]["minutes"] == 0.06 and manifest["training"]["steps"] == result.steps
 

@@ -2,7 +2,9 @@
 
 Runs the model over `--data` (cases the network did not train on) as `malenia segment` does, with its
 calibrated threshold and minimum volume, labels each lesion it keeps real (it touches a reference
-lesion) or false, and fits the lesion verifier on their features (malenia.model.lesion_verifier). Then runs
+lesion) or false, and fits the lesion verifier on their features (malenia.model.lesion_verifier; `--features`
+names the set). It also reports, for every candidate set, what the fit and cut do to a training disease left
+out of them in turn: the share of its lesions kept and of false lesions kept. Then runs
 it over `--val-data`'s validation split and chooses the cut, offline, by the mean case DSC (cut 0 keeps
 every lesion: the verifier is only used where it helps). Stores M/lesion_verifier.json (the manifest
 is re-hashed); `segment`, `evaluate` and the Slicer module then drop the lesions under the cut.
@@ -15,6 +17,11 @@ import argparse
 
 from malenia.commands._runtime import add_model_run_options
 
+# the names of malenia.model.lesion_verifier.FEATURE_SETS, kept here so that the parser needs no numpy
+# (a test checks the two agree)
+FEATURE_SET_NAMES = ("all", "no_position", "network", "network_size", "network_size_shape", "network_size_context",
+                     "network_size_contrast")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-verifier", help="fit a false-positive filter on the model's own lesions into a model folder")
@@ -26,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", default="val", help="split of --val-data (default val; never a test split you report)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's calibrated one)")
     p.add_argument("--min-volume", type=float, default=None, help="minimum lesion volume in mm³ (default: the model's)")
+    p.add_argument("--features", choices=sorted(FEATURE_SET_NAMES), default="all",
+                   help="the measurements the verifier reads (malenia.model.lesion_verifier.FEATURE_SETS; default all)")
     add_model_run_options(p, dry_run="print the fit, leave the model folder unchanged")
     p.set_defaults(func=run)
 
@@ -59,9 +68,20 @@ def run(args: argparse.Namespace) -> int:
         fit_cases, val_cases,
         fitted_on={"dataset": str(args.data), "split": args.split, "threshold": o.threshold,
                    "min_volume_mm3": o.min_volume_mm3},
-        validated_on={"dataset": str(args.val_data), "split": args.val_split})
+        validated_on={"dataset": str(args.val_data), "split": args.val_split}, features=args.features)
     fitted, val = verifier.meta["fitted_on"], verifier.meta["validation"]
-    print(f"fitted on {fitted['lesions']} lesions of {len(fit_cases)} cases ({fitted['real']} real)")
+    left_out = verifier.meta["left_out"]
+    if left_out["table"]:
+        print("a training disease left out of the fit and the cut in turn: its real lesions kept, false lesions kept "
+              "(means over the diseases)\n| features | left-out lesions kept | false lesions kept |\n|---|---|---|")
+        for row in left_out["table"]:
+            mark = "**" if row["features"] == left_out["set"] else ""
+            print(f"| {mark}{row['features']}{mark} | {row['left_out_kept']:.2f} (min {min(row['kept'].values()):.2f}) "
+                  f"| {row['false_kept']:.2f} |")
+    else:
+        print("fewer than two diseases with real lesions: no disease left out")
+    print(f"fitted on {fitted['lesions']} lesions of {len(fit_cases)} cases ({fitted['real']} real), "
+          f"features {left_out['set']}: {', '.join(verifier.features)}")
     print("| cut | mean DSC | lesions per case |\n|---|---|---|")
     for row in val["table"]:
         mark = "**" if row["cut"] == verifier.cut else ""
@@ -70,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
           f"(without the verifier {val['mean_dsc_without']:.4f})")
     if not args.dry_run:
         update_model_folder(model.path, {FILE: json.dumps(verifier.to_json(), indent=1) + "\n"},
-                            {"lesion_verifier": {"cut": verifier.cut, "lesions": fitted["lesions"],
+                            {"lesion_verifier": {"cut": verifier.cut, "lesions": fitted["lesions"], "features": left_out["set"],
                                                  "validation_mean_dsc": val["mean_dsc"]}})
         print(f"written: {model.path / FILE}")
     return 0

@@ -147,12 +147,25 @@ def _verifier(verifier: dict[str, Any] | None, manifest: dict[str, Any]) -> list
         return []
     fitted, val = verifier.get("fitted_on", {}), verifier.get("validation", {})
     inherited = (manifest.get("lesion_verifier") or {}).get("inherited_from")
+    from malenia.model.lesion_verifier import FEATURES
+
+    features = list(verifier.get("features", []))
+    reads = ("its probability and image measurements" if features == list(FEATURES)
+             else ", ".join(f.replace("_", " ") for f in features))
+    left_out = verifier.get("left_out") or {}
+    used = next((r for r in left_out.get("table", []) if r.get("features") == left_out.get("set")), None)
+    why = (f"; with one of {len(used['kept'])} training diseases left out of its fit and cut in turn it keeps "
+           f"{used['left_out_kept']:.2f} of that disease's lesions (as few as {min(used['kept'].values()):.2f}) and "
+           f"{used['false_kept']:.2f} of the false ones" if used else "")
+    cut = verifier.get("cut")
+    keeps = f"kept when it scores at least {cut} (chosen" if cut else "kept whatever it scores (cut 0: no cut helped"
     return [f"- False positives: each predicted lesion is re-scored by a lesion verifier (`malenia fit-verifier`: "
-            f"logistic regression on its probability and image measurements, fitted on {fitted.get('lesions', '?')} "
+            f"logistic regression on {reads}{why}; fitted on {fitted.get('lesions', '?')} "
             f"lesions the model predicted in {Path(str(fitted.get('dataset', '?'))).name}, {fitted.get('real', '?')} "
-            f"of them real) and kept when it scores at least {verifier.get('cut')} (chosen on "
+            f"of them real) and {keeps} on "
             f"{val.get('cases', '?')} cases of {Path(str(val.get('dataset', '?'))).name} ({val.get('split', '?')}): "
-            f"mean DSC {val.get('mean_dsc_without')} without, {val.get('mean_dsc')} with)"
+            f"mean DSC {val.get('mean_dsc_without')} without, {val.get('mean_dsc')} with"
+            + ("" if cut else "; the report still gives each lesion's score") + ")"
             + (f"; inherited from {inherited}, not refitted" if inherited else "") + "."]
 
 

@@ -6,6 +6,15 @@ its features, its voxels and how many of them lie inside the reference lesions. 
 a reference lesion is real, any other a false positive. `fit_and_choose` fits the verifier on one
 such collection (cases the network did not train on: its false positives there are the ones it makes
 on new scans) and chooses the cut on another (the validation split), offline: one network pass each.
+
+A verifier must judge lesion types it never saw, so `left_out_table` also measures what it would do to one:
+for each candidate set of malenia.model.lesion_verifier.FEATURE_SETS and each disease with real lesions in
+the fitting collection, the whole procedure runs without that disease (a verifier fitted without its lesions
+and without the false lesions of a random half of the cases, its cut chosen on the validation cases without
+its lesions), and the table gives the share of the left-out disease's lesions it keeps and the share of the
+held-back false lesions it keeps (both halves in turn, mean over the diseases). The table is reported, not
+obeyed: the set it favours did worse than every measurement on validation and on both test sets
+(docs/training.md, tenth round), so the set is the user's choice (default: all).
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +33,17 @@ class CaseComponents:
     voxels: np.ndarray  # [n] input-grid voxels
     inside: np.ndarray  # [n] of them inside the reference lesions
     truth_voxels: int
+    diseases: list[str | None] | None = None  # [n] the disease of the reference lesion each one overlaps most
+    truth_by_disease: dict[str, int] | None = None  # reference voxels per disease
+
+    def without(self, disease: str) -> "CaseComponents":
+        """The case as if `disease`'s lesions were not in it: their reference voxels and the predicted lesions
+        that found them removed."""
+        names = self.diseases or [None] * len(self.rows)
+        keep = [i for i, (d, inside) in enumerate(zip(names, self.inside)) if not (inside > 0 and d == disease)]
+        by = dict(self.truth_by_disease or {})
+        return CaseComponents([self.rows[i] for i in keep], self.voxels[keep], self.inside[keep],
+                              self.truth_voxels - by.pop(disease, 0), [names[i] for i in keep], by)
 
     def as_case(self, verifier):
         from malenia.model.lesion_verifier import CaseLesions
@@ -34,8 +54,9 @@ class CaseComponents:
         return CaseLesions(prob, self.voxels, self.inside, self.truth_voxels)
 
 
-def case_components(segmenter, image, lesions) -> CaseComponents:
-    """The kept lesions of one case (`image`, reference instance labels `lesions`), as `segment` keeps them."""
+def case_components(segmenter, image, lesions, diseases: Mapping[int, str] | None = None) -> CaseComponents:
+    """The kept lesions of one case (`image`, reference instance labels `lesions` whose diseases are
+    `diseases` by label), as `segment` keeps them."""
     import SimpleITK as sitk
 
     from malenia.infer.postprocess import kept, lesion_map
@@ -46,10 +67,24 @@ def case_components(segmenter, image, lesions) -> CaseComponents:
     lm = lesion_map(pm, o.threshold)
     order = kept(lm, o.min_volume_mm3)
     rows = lesion_rows(pm, lm, order)
-    truth = sitk.GetArrayViewFromImage(lesions) > 0
+    reference = sitk.GetArrayViewFromImage(lesions)
+    truth = reference > 0
     inside = np.bincount(lm.labels[truth], minlength=lm.n + 1)[: lm.n + 1]
+    by_disease: dict[str, int] = {}
+    for label, n in zip(*np.unique(reference[truth], return_counts=True)):
+        name = (diseases or {}).get(int(label))
+        if name is not None:
+            by_disease[name] = by_disease.get(name, 0) + int(n)
     return CaseComponents([rows.get(k) for k in order], lm.voxels[order].astype(np.int64),
-                          inside[order].astype(np.int64), int(truth.sum()))
+                          inside[order].astype(np.int64), int(truth.sum()),
+                          [_disease_of(reference, lm.labels == k, diseases or {}) for k in order], by_disease)
+
+
+def _disease_of(reference: np.ndarray, mask: np.ndarray, diseases: Mapping[int, str]) -> str | None:
+    """The disease of the reference lesion that most of `mask`'s overlap falls in (None: a false lesion)."""
+    hit = reference[mask]
+    hit = hit[hit > 0]
+    return diseases.get(int(np.bincount(hit).argmax())) if hit.size else None
 
 
 def collect(segmenter, data_dir: str | Path, split: str | None,
@@ -65,22 +100,101 @@ def collect(segmenter, data_dir: str | Path, split: str | None,
         if on_case:
             on_case(k, len(case_ids), case_id)
         case = read_case(data_dir, case_id)
-        out.append(case_components(segmenter, case.image, case.lesions))
+        diseases = {les.label: les.disease for les in case.report.lesions}
+        out.append(case_components(segmenter, case.image, case.lesions, diseases))
     return out
 
 
-def fit_and_choose(fit_cases: list[CaseComponents], val_cases: list[CaseComponents],
-                   fitted_on: dict[str, Any], validated_on: dict[str, Any]):
-    """The verifier fitted on `fit_cases`, its cut chosen on `val_cases` (mean case DSC)."""
+@dataclass
+class Labelled:
+    """The measured lesions of a collection: features, real or false, the disease of the real ones, the half of
+    the collection their case is in (a fixed random halving: synthetic cases alternate between their bases)."""
+
+    rows: list[dict[str, float]]
+    real: np.ndarray  # bool [n]
+    disease: np.ndarray  # object [n]: None for false lesions
+    half: np.ndarray  # int [n]: 0 or 1
+
+    @staticmethod
+    def of(cases: Sequence[CaseComponents]) -> "Labelled":
+        rows, real, disease, where = [], [], [], []
+        for i, case in enumerate(cases):
+            names = case.diseases or [None] * len(case.rows)
+            for r, inside, name in zip(case.rows, case.inside, names):
+                if r is not None:
+                    rows.append(r)
+                    real.append(bool(inside > 0))
+                    disease.append(name if inside > 0 else None)
+                    where.append(i)
+        halves = np.random.default_rng(0).permutation(len(cases)) % 2
+        return Labelled(rows, np.array(real, bool), np.array(disease, object), halves[np.array(where, int)])
+
+    def take(self, keep: np.ndarray) -> tuple[list[dict[str, float]], np.ndarray]:
+        return [self.rows[i] for i in np.flatnonzero(keep)], self.real[keep]
+
+
+MIN_HELD_OUT = 3  # real lesions a disease needs to be left out
+
+
+def left_out_trial(data: Labelled, val_cases: Sequence[CaseComponents], features: Sequence[str], disease: str,
+                   half: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole procedure in a world where `disease` is unseen: a verifier fitted without its lesions and
+    without the false lesions of the cases of `half`, its cut chosen on `val_cases` without its lesions.
+    Returns (kept?, per real lesion of `disease`), (kept?, per false lesion of `half`)."""
     from malenia.model.lesion_verifier import choose_cut, fit
 
-    rows, real = [], []
-    for case in fit_cases:
-        for r, inside in zip(case.rows, case.inside):
-            if r is not None:
-                rows.append(r)
-                real.append(bool(inside > 0))
-    verifier = fit(rows, real, fitted_on=fitted_on)
+    held = data.real & (data.disease == disease)
+    scored_false = ~data.real & (data.half == half)
+    verifier = fit(*data.take((data.real & ~held) | (~data.real & ~scored_false)), features)
+    cut, _ = choose_cut([c.without(disease).as_case(verifier) for c in val_cases])
+    return (verifier.probability(data.take(held)[0]) >= cut,
+            verifier.probability(data.take(scored_false)[0]) >= cut)
+
+
+def _fits_without(data: Labelled, disease: str) -> bool:
+    """Whether a verifier can be fitted with `disease` and half of the false lesions left out (malenia.model.
+    lesion_verifier.fit's minimum: 20 lesions, real and false ones)."""
+    others = int((data.real & (data.disease != disease)).sum())
+    false = [int((~data.real & (data.half == h)).sum()) for h in (0, 1)]
+    return others > 0 and min(false) > 0 and others + min(false) >= 20
+
+
+def left_out_table(data: Labelled, val_cases: Sequence[CaseComponents],
+                   sets: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """Per feature set: the share of a left-out disease's real lesions its left-out trials keep (per disease and
+    the mean) and the share of false lesions they keep. Empty with fewer than two diseases to leave out."""
+    from malenia.model.lesion_verifier import FEATURE_SETS
+
+    sets = FEATURE_SETS if sets is None else sets
+    names, counts = np.unique([d for d in data.disease[data.real] if d is not None], return_counts=True)
+    diseases = [str(d) for d, n in zip(names, counts) if n >= MIN_HELD_OUT and _fits_without(data, str(d))]
+    if len(diseases) < 2:
+        return []
+    table = []
+    for name, features in sets.items():
+        kept, false = {}, []
+        for d in diseases:
+            trials = [left_out_trial(data, val_cases, features, d, half) for half in (0, 1)]
+            kept[d] = round(float(np.mean([t[0].mean() for t in trials])), 4)
+            false.append(np.concatenate([t[1] for t in trials]).mean())
+        left_out, false_kept = float(np.mean(list(kept.values()))), float(np.mean(false))
+        table.append({"features": name, "left_out_kept": round(left_out, 4), "false_kept": round(false_kept, 4),
+                      "kept": kept})
+    return table
+
+
+def fit_and_choose(fit_cases: list[CaseComponents], val_cases: list[CaseComponents],
+                   fitted_on: dict[str, Any], validated_on: dict[str, Any], features: str = "all"):
+    """The verifier on the feature set `features` fitted on `fit_cases`, its cut chosen on `val_cases` (mean case
+    DSC), with the left-out trials of every candidate set (`left_out_table`) in its file."""
+    from malenia.model.lesion_verifier import FEATURE_SETS, choose_cut, fit
+
+    data = Labelled.of(fit_cases)
+    verifier = fit(data.rows, data.real, FEATURE_SETS[features], fitted_on=fitted_on)
+    verifier.meta["left_out"] = {
+        "set": features, "trial": "one training disease left out of the fit and of the validation cases in turn: the "
+        "share of its real lesions kept at the cut chosen without it, and of the held-back false lesions (means)",
+        "table": left_out_table(data, val_cases)}
     cut, table = choose_cut([c.as_case(verifier) for c in val_cases])
     verifier.cut = cut
     chosen = next(r for r in table if r["cut"] == cut)

@@ -10,8 +10,9 @@ density against the host, heterogeneity, shape, margin, size, position in the bo
 on the model's own lesions in cases it never trained on, each labelled real when it touches a
 reference lesion, and a lesion is kept when its probability of being real reaches `cut`; the cut is
 chosen on a validation split by the mean case DSC, as `malenia calibrate` chooses the threshold.
-Disease-agnostic measurements only: a lesion type the model never saw is judged by how it looks
-against its host, not by what it is.
+Disease-agnostic measurements only; even so, a measurement that separates the training types from false
+positives (where a liver tumour sits, how round a cyst is) can reject a lesion type the model never saw, so
+`malenia fit-verifier` also measures what it does to a training disease left out of its fit and cut.
 
 File (owned here): MODEL/lesion_verifier.json
     {"format": "malenia-lesion-verifier/1", "features": [...], "mean": [...], "std": [...],
@@ -32,6 +33,21 @@ FILE = "lesion_verifier.json"
 FEATURES = ("peak_probability", "mean_probability", "log_volume", "hu_mean", "hu_std", "contrast", "ring_mean",
             "ring_std", "ring_air", "ring_bone", "sphericity", "elongation", "solidity", "edge_mm",
             "pos_z", "pos_y", "pos_x")
+# Candidate feature sets (configs as data; `malenia fit-verifier --features`, default all). For each,
+# fit-verifier measures what the fit and cut would do to a lesion type they never saw, by leaving one training
+# disease out in turn (malenia.evaluate.verifier_fit.left_out_table): measurements that tell the training
+# types from false positives may not tell a new type from them (docs/training.md, tenth round).
+NETWORK = ("peak_probability", "mean_probability")
+NETWORK_SIZE = NETWORK + ("log_volume",)
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "all": FEATURES,
+    "no_position": tuple(f for f in FEATURES if not f.startswith("pos_")),
+    "network": NETWORK,
+    "network_size": NETWORK_SIZE,
+    "network_size_shape": NETWORK_SIZE + ("sphericity", "elongation", "solidity"),
+    "network_size_context": NETWORK_SIZE + ("ring_air", "ring_bone"),
+    "network_size_contrast": NETWORK_SIZE + ("contrast", "hu_std"),
+}
 CUTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 L2 = 1.0
 
