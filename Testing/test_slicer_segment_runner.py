@@ -175,6 +175,9 @@ def test_segment_command_and_roi(scene):
     refined = segment_command("py", "in.nrrd", refine=True)
     assert refined[-1] == "--refine" and "--refine" not in segment_command("py", "in.nrrd")
     assert build_parser().parse_args([*refined[3:], "--out", "/tmp/o"]).refine is True
+    every = segment_command("py", "in.nrrd", keep_all=True)
+    assert every[-1] == "--no-verifier" and "--no-verifier" not in segment_command("py", "in.nrrd")
+    assert build_parser().parse_args([*every[3:], "--out", "/tmp/o"]).no_verifier is True
     with pytest.raises(ValueError, match="device"):
         segment_command("py", "in.nrrd", device="gpu")
     empty = slicer.vtkMRMLMarkupsROINode()

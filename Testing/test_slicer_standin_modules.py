@@ -103,6 +103,7 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     w.ui.modelPathLineEdit.currentPath = str(model)
     w.ui.deviceComboBox.currentIndex = 1  # CPU
     w.ui.refineCheckBox.checked = True
+    w.ui.keepAllCheckBox.checked = True
     w.ui.segmentButton.click()
     pump(lambda: w.run is None)
     assert w.logic.session is not None, util.DIALOGS
@@ -115,6 +116,7 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     w.onLesionSelected(session.lesions[0].label)
     assert w.profileEditor.scores == session.result.lesions[0].scores is not None
     assert "--knowledge" in (tmp / "pythonslicer.log").read_text() and "--refine" in (tmp / "pythonslicer.log").read_text()
+    assert "--no-verifier" in (tmp / "pythonslicer.log").read_text()  # every candidate kept, as ticked
     assert session.result.extra["refine"] is not None  # the run segmented with it
 
     seg = session.segmentation_node.GetSegmentation()
@@ -213,16 +215,18 @@ def test_segment_inputs_live_in_the_parameter_node(slicer_app, ct, tmp_path):
     w.ui.modelComboBox.currentIndex = 1
     w.ui.modelPathLineEdit.currentPath = str(tmp_path / "my-model")
     w.ui.deviceComboBox.currentIndex = 1
-    assert w.ui.refineCheckBox.checked is False  # off unless asked for
+    assert w.ui.refineCheckBox.checked is False and w.ui.keepAllCheckBox.checked is False  # off unless asked for
     w.ui.refineCheckBox.checked = True
+    w.ui.keepAllCheckBox.checked = True
     node = slicer.mrmlScene.GetSingletonNode("MaleniaSegment", "vtkMRMLScriptedModuleNode")
     assert node.GetParameter("device") == "cpu" and node.GetNodeReference("inputVolume") is volume
-    assert node.GetParameter("refine") == "True"
+    assert node.GetParameter("refine") == "True" and node.GetParameter("keepAll") == "True"
     unload_module("MaleniaSegment")
     again, _ = module_widget("MaleniaSegment")
     assert again.ui.inputVolumeSelector.currentNode() is volume and again.ui.roiSelector.currentNode() is roi
     assert again.ui.modelComboBox.currentIndex == 1 and again.ui.modelPathLineEdit.currentPath == str(tmp_path / "my-model")
     assert again.ui.deviceComboBox.currentData == "cpu" and again.ui.refineCheckBox.checked is True
+    assert again.ui.keepAllCheckBox.checked is True
     unload_module("MaleniaSegment")
 
 

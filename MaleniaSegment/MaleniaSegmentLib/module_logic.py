@@ -24,6 +24,7 @@ class MaleniaSegmentParameterNode:
     device: str = "auto"
     roi: slicer.vtkMRMLMarkupsROINode
     refine: bool = False  # segment --refine
+    keepAll: bool = False  # segment --no-verifier
 
 
 class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):

@@ -36,6 +36,7 @@ class SegmentRequest:
     dicom_files: list[str] = field(default_factory=list)  # the volume's DICOM series, when it came from DICOM
     knowledge_dirs: list[str] = field(default_factory=list)  # site disease profile folders (--knowledge)
     refine: bool = False  # re-draw well-contrasted lesions' borders from the CT (--refine)
+    keep_all: bool = False  # keep the lesions the model's lesion verifier would remove (--no-verifier)
 
 
 def roi_argument(roi_node) -> str:
@@ -48,7 +49,8 @@ def roi_argument(roi_node) -> str:
 
 
 def segment_command(python: str, input_path: str | Path, model_dir: str | None = None, device: str = "auto",
-                    roi: str | None = None, knowledge_dirs: Sequence[str] = (), refine: bool = False) -> list[str]:
+                    roi: str | None = None, knowledge_dirs: Sequence[str] = (), refine: bool = False,
+                    keep_all: bool = False) -> list[str]:
     """`malenia segment` through Slicer's Python; the job appends `--out`."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -61,6 +63,8 @@ def segment_command(python: str, input_path: str | Path, model_dir: str | None =
         cmd += ["--knowledge", str(folder)]
     if refine:
         cmd.append("--refine")
+    if keep_all:
+        cmd.append("--no-verifier")
     return cmd
 
 
@@ -112,7 +116,7 @@ class LesionRun:
                 command = [*command_prefix, str(input_path)]
             else:
                 command = segment_command(python or python_executable(), input_path, request.model_dir, request.device, roi,
-                                          request.knowledge_dirs, request.refine)
+                                          request.knowledge_dirs, request.refine, request.keep_all)
             self.job = SegmentationJob(command, self.out_dir, env=env if env is not None else subprocess_env())
         except BaseException:
             shutil.rmtree(self.input_dir, ignore_errors=True)

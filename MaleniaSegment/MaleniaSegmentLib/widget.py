@@ -61,7 +61,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.currentNodeChanged.connect(self._updateButtons)
         for signal in (self.ui.inputVolumeSelector.currentNodeChanged, self.ui.roiSelector.currentNodeChanged,
                        self.ui.modelComboBox.currentIndexChanged, self.ui.modelPathLineEdit.currentPathChanged,
-                       self.ui.deviceComboBox.currentIndexChanged, self.ui.refineCheckBox.toggled):
+                       self.ui.deviceComboBox.currentIndexChanged, self.ui.refineCheckBox.toggled,
+                       self.ui.keepAllCheckBox.toggled):
             signal.connect(self._updateParameterNodeFromGUI)
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.cancelButton.clicked.connect(self.onCancel)
@@ -106,6 +107,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.deviceComboBox.findData(p.device)
             self.ui.deviceComboBox.currentIndex = max(index, 0)
             self.ui.refineCheckBox.checked = bool(p.refine)
+            self.ui.keepAllCheckBox.checked = bool(p.keepAll)
         finally:
             self._updatingGUI = False
 
@@ -119,6 +121,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.modelFolder = self.ui.modelPathLineEdit.currentPath
         p.device = self.ui.deviceComboBox.currentData or "auto"
         p.refine = bool(self.ui.refineCheckBox.checked)
+        p.keepAll = bool(self.ui.keepAllCheckBox.checked)
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isVisible():
@@ -207,7 +210,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         request = SegmentRequest(volume, model_dir=model, device=self.ui.deviceComboBox.currentData,
                                  roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume),
-                                 knowledge_dirs=[str(self._knowledgeFolder())], refine=bool(self.ui.refineCheckBox.checked))
+                                 knowledge_dirs=[str(self._knowledgeFolder())], refine=bool(self.ui.refineCheckBox.checked),
+                                 keep_all=bool(self.ui.keepAllCheckBox.checked))
         try:
             self.run = self.logic.startSegmentation(request)
         except (ValueError, RuntimeError, OSError) as err:
