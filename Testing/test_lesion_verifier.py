@@ -153,10 +153,14 @@ def _open_set_cases(seed=0):
 
 
 def test_fit_verifier_measures_what_each_feature_set_does_to_a_disease_left_out():
-    from malenia.commands.fit_verifier import FEATURE_SET_NAMES
+    from malenia.cli import build_parser
     from malenia.evaluate.verifier_fit import Labelled, fit_and_choose, left_out_table
 
-    assert FEATURE_SET_NAMES == tuple(FEATURE_SETS)  # the parser's copy of the names
+    args = ["fit-verifier", "--model", "m", "--data", "d", "--val-data", "v"]
+    assert build_parser().parse_args(args).features == "all"
+    assert build_parser().parse_args([*args, "--features", "network_size"]).features == "network_size"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*args, "--features", "colour"])
     cases, val = _open_set_cases(), _open_set_cases(seed=1)
     data = Labelled.of(cases)
     assert sorted(set(data.disease[data.real])) == ["A", "B", "C", "D"] and (data.disease[~data.real] == None).all()  # noqa: E711
@@ -185,3 +189,14 @@ def test_fit_verifier_measures_what_each_feature_set_does_to_a_disease_left_out(
         c.diseases = [d if d == "A" else None for d in c.diseases]
         c.inside = np.array([50 if d == "A" else 0 for d in c.diseases])
     assert left_out_table(Labelled.of(one_disease), val) == []
+
+
+def test_each_kept_lesion_is_named_by_the_reference_lesion_holding_most_of_its_overlap():
+    from malenia.evaluate.verifier_fit import _diseases_found
+
+    # the reference voxels: which predicted lesion (0: none) and which reference lesion each lies in
+    predicted = np.array([1, 1, 1, 1, 0, 2, 2, 0])
+    labels = np.array([2, 2, 2, 1, 1, 1, 1, 3])
+    names = {1: "liver_cyst", 2: "liver_tumor", 3: "gallstone"}
+    assert _diseases_found(predicted, labels, [2, 1, 5], names) == ["liver_cyst", "liver_tumor", None]
+    assert _diseases_found(np.zeros(0, int), np.zeros(0, int), [1], names) == [None]

@@ -16,11 +16,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.commands._runtime import add_model_run_options
-
-# the names of malenia.model.lesion_verifier.FEATURE_SETS, kept here so that the parser needs no numpy
-# (a test checks the two agree)
-FEATURE_SET_NAMES = ("all", "no_position", "network", "network_size", "network_size_shape", "network_size_context",
-                     "network_size_contrast")
+from malenia.model.verifier_features import FEATURE_SETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", default="val", help="split of --val-data (default val; never a test split you report)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's calibrated one)")
     p.add_argument("--min-volume", type=float, default=None, help="minimum lesion volume in mm³ (default: the model's)")
-    p.add_argument("--features", choices=sorted(FEATURE_SET_NAMES), default="all",
+    p.add_argument("--features", choices=sorted(FEATURE_SETS), default="all",
                    help="the measurements the verifier reads (malenia.model.lesion_verifier.FEATURE_SETS; default all)")
     add_model_run_options(p, dry_run="print the fit, leave the model folder unchanged")
     p.set_defaults(func=run)

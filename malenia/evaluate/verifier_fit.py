@@ -69,22 +69,27 @@ def case_components(segmenter, image, lesions, diseases: Mapping[int, str] | Non
     rows = lesion_rows(pm, lm, order)
     reference = sitk.GetArrayViewFromImage(lesions)
     truth = reference > 0
-    inside = np.bincount(lm.labels[truth], minlength=lm.n + 1)[: lm.n + 1]
+    predicted, labels = lm.labels[truth].astype(np.int64), reference[truth].astype(np.int64)  # the overlap, once
+    inside = np.bincount(predicted, minlength=lm.n + 1)[: lm.n + 1]
+    diseases = diseases or {}
     by_disease: dict[str, int] = {}
-    for label, n in zip(*np.unique(reference[truth], return_counts=True)):
-        name = (diseases or {}).get(int(label))
-        if name is not None:
-            by_disease[name] = by_disease.get(name, 0) + int(n)
+    for label, n in zip(*np.unique(labels, return_counts=True)):
+        if int(label) in diseases:
+            by_disease[diseases[int(label)]] = by_disease.get(diseases[int(label)], 0) + int(n)
     return CaseComponents([rows.get(k) for k in order], lm.voxels[order].astype(np.int64),
                           inside[order].astype(np.int64), int(truth.sum()),
-                          [_disease_of(reference, lm.labels == k, diseases or {}) for k in order], by_disease)
+                          _diseases_found(predicted, labels, order, diseases), by_disease)
 
 
-def _disease_of(reference: np.ndarray, mask: np.ndarray, diseases: Mapping[int, str]) -> str | None:
-    """The disease of the reference lesion that most of `mask`'s overlap falls in (None: a false lesion)."""
-    hit = reference[mask]
-    hit = hit[hit > 0]
-    return diseases.get(int(np.bincount(hit).argmax())) if hit.size else None
+def _diseases_found(predicted: np.ndarray, labels: np.ndarray, order: list[int], diseases: Mapping[int, str]):
+    """Per lesion of `order`, the disease of the reference lesion holding most of its overlap with the reference
+    (None: a false lesion); `predicted`, `labels`: the predicted and reference ids of every reference voxel."""
+    pairs, counts = np.unique(np.stack([predicted, labels]), axis=1, return_counts=True)
+    best: dict[int, tuple[int, int]] = {}
+    for (k, label), n in zip(pairs.T.tolist(), counts.tolist()):
+        if k and n > best.get(k, (0, 0))[0]:
+            best[k] = (n, label)
+    return [diseases.get(best[k][1]) if k in best else None for k in order]
 
 
 def collect(segmenter, data_dir: str | Path, split: str | None,
