@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="zero_shot", help="split protocol: a name in Resources/splits/ or a json path (default zero_shot)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--mix-attributes", type=float, default=0.0, metavar="P",
+                   help="share of lesions whose shape, density variation and margin are drawn apart from their "
+                        "disease, among the descriptions the chosen diseases show (default 0: every lesion as its profile)")
     p.add_argument("--name", default=None, help="dataset name and case id prefix (default: the folder name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.add_argument("--quiet", action="store_true")
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         size=_triple(args.size, int, "size"), spacing=_triple(args.spacing, float, "spacing"),
         split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         name=args.name, overwrite=args.overwrite, progress=None if args.quiet else print_progress,
+        mix_attributes=args.mix_attributes,
     )
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.split.items())
     print(f"wrote {len(index.cases)} cases to {args.out} ({sizes})")

@@ -27,6 +27,7 @@ from malenia.data.synthesis.anatomy import Anatomy, organ_of_region, region_of_l
 from malenia.data.synthesis.enhancement import apply_contrast
 from malenia.data.synthesis.features import Canvas
 from malenia.data.synthesis.lesion import render_lesion
+from malenia.data.synthesis.mixing import AttributeMix
 from malenia.data.synthesis.phantom import make_phantom
 from malenia.data.synthesis.placement import PlacementError
 from malenia.data.synthesis.profiles import PROFILES
@@ -134,11 +135,13 @@ def _sample_for_anatomy(table, disease: str, anat: Anatomy, rng: np.random.Gener
 
 
 def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSpec | str], rng: np.random.Generator,
-                    table=None, vocab=None, phase: str | None = None, disease_pool: Sequence[str] | None = None) -> Case:
+                    table=None, vocab=None, phase: str | None = None, disease_pool: Sequence[str] | None = None,
+                    mix: AttributeMix | None = None) -> Case:
     """One synthetic case. `lesions` are diseases (attributes sampled from `table`) or LesionSpecs.
 
     phase: "contrast"/"non_contrast"; default: the first lesion's enhancement (explicit or drawn).
     A lesion that cannot be placed is replaced by another disease of `disease_pool` (when given).
+    mix: re-draws sampled lesions' organ-agnostic attributes (malenia.data.synthesis.mixing).
     """
     vocab = vocab or _vocab()
     specs = [s if isinstance(s, LesionSpec) else LesionSpec(s) for s in lesions]
@@ -174,6 +177,7 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
                     if table is None:
                         table = _table()
                     attrs = _sample_for_anatomy(table, disease, anat, rng, notes)
+                mixed = mix.apply(attrs, rng) if mix is not None and spec.attributes is None else []
                 attrs["enhancement"] = [enh_id]
                 region = region_of_location(attrs["location"][0])
                 regions = ["kidney.left", "kidney.right"] if region == "kidney.bilateral" else [region]
@@ -185,6 +189,8 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
                                                      radius_mm=spec.radius_mm if disease == spec.disease else None)
                         if notes:
                             extra["notes"] = notes
+                        if mixed:
+                            extra["mixed"] = mixed
                         if len(regions) > 1:
                             extra["bilateral_twin"] = len(twins)
                         twins.append(_lesion_report(label + 1 + len(twins), disease, used, extra, vocab))
@@ -313,8 +319,11 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        lesions_per_case: tuple[int, int] = (1, 3), size: tuple[int, int, int] | None = None,
                        spacing: tuple[float, float, float] | None = None, split: str = "zero_shot",
                        val_fraction: float = 0.1, test_fraction: float = 0.2, name: str | None = None,
-                       overwrite: bool = False, progress: Callable[[str], None] | None = None) -> DatasetIndex:
-    """Writes a whole synthetic dataset to `out` (it appears complete or not at all)."""
+                       overwrite: bool = False, progress: Callable[[str], None] | None = None,
+                       mix_attributes: float = 0.0) -> DatasetIndex:
+    """Writes a whole synthetic dataset to `out` (it appears complete or not at all). `mix_attributes`: the
+    share of lesions whose shape, density variation and margin are drawn apart from their disease
+    (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw)."""
     from malenia.atomic import atomic_dir
 
     if n_cases < 1:
@@ -328,6 +337,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
     table, vocab = _table(), _vocab()
     for d in diseases:
         table.disease(d)  # clear error for a disease the table lacks
+    mix = AttributeMix.of(table, diseases, mix_attributes)
     sources = [BaseSource(PHANTOM, size, spacing) if b == PHANTOM else BaseSource(str(b), size, spacing) for b in _expand_bases(bases)]
     split_of, pools = assign_splits(n_cases, diseases, protocol, val_fraction, test_fraction, np.random.default_rng([seed, 1 << 30]))
     width = max(4, len(str(n_cases - 1)))
@@ -344,7 +354,8 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                 k = int(rng.integers(lesions_per_case[0], lesions_per_case[1] + 1))
                 picks = [str(d) for d in rng.choice(pool, size=k)]
                 case_id = f"{prefix}_{i:0{width}d}"
-                case = synthesize_case(case_id, sources[i % len(sources)], picks, rng, table, vocab, disease_pool=pool)
+                case = synthesize_case(case_id, sources[i % len(sources)], picks, rng, table, vocab, disease_pool=pool,
+                                       mix=mix)
                 write_case(staging, case)
                 cases.append(case_id)
                 split_cases[split_of[i]].append(case_id)
@@ -358,7 +369,8 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                 extra={"generator": "malenia synth", "seed": seed, "bases": [s.name for s in sources], "diseases": list(diseases),
                        "protocol": protocol.get("name", split), "split_diseases": pools, "lesions_per_case": list(lesions_per_case),
                        "size": list(size) if size else None, "spacing": list(spacing) if spacing else None,
-                       "vocabulary_hash": vocab.hash, "case_diseases": case_diseases})
+                       "vocabulary_hash": vocab.hash, "case_diseases": case_diseases}
+                      | ({"mix_attributes": mix.to_json()} if mix.active else {}))
             write_dataset_index(staging, index)
     except FileExistsError:
         raise OutputError(f"{out} exists (use --overwrite to replace it)") from None
