@@ -170,6 +170,7 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
             try:
                 if spec.attributes is not None:  # explicit: only the placement is re-drawn
                     attrs = {a: list(v) for a, v in spec.attributes.items()}
+                    mixed: list[str] = []
                     if not _location_ok(anat, attrs["location"][0]):
                         raise InputError(f"case {case_id}: the base has no {region_of_location(attrs['location'][0])} "
                                          f"for the {disease}")
@@ -177,7 +178,7 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
                     if table is None:
                         table = _table()
                     attrs = _sample_for_anatomy(table, disease, anat, rng, notes)
-                mixed = mix.apply(attrs, rng) if mix is not None and spec.attributes is None else []
+                    mixed = mix.apply(attrs, rng) if mix is not None else []
                 attrs["enhancement"] = [enh_id]
                 region = region_of_location(attrs["location"][0])
                 regions = ["kidney.left", "kidney.right"] if region == "kidney.bilateral" else [region]

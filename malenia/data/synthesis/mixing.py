@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from malenia.errors import InputError
+
 MIXED_ASPECTS = ("shape", "density_variation", "surface")
 MIN_SHARE = 0.05  # a description below this share of every disease's profile is too rare to count as shown
 
@@ -36,8 +38,6 @@ class AttributeMix:
     def of(table, diseases: Sequence[str], probability: float) -> "AttributeMix":
         """The mix over the descriptions `diseases` show (share ≥ MIN_SHARE) for each mixed aspect."""
         if not 0.0 <= probability <= 1.0:
-            from malenia.errors import InputError
-
             raise InputError(f"--mix-attributes must be in [0, 1], got {probability}")
         choices = {}
         for aspect in MIXED_ASPECTS:
