@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from malenia.errors import ModelError
-from malenia.evaluate.calibrate import choose, sweep_case
+from malenia.evaluate.calibrate import choose, scores, sweep_case
 from malenia.model.folder import INFERENCE, InferenceDefaults, load_model_folder, update_model_folder
 from segment_helpers import constructed_map as _map, malenia, tiny_trained_model
 from train_helpers import make_tiny_dataset
@@ -26,7 +26,8 @@ def _maps():
 
 def test_sweep_scores_every_threshold_and_volume_as_computed_by_hand():
     # voxels of 8 mm³: the speck is 16 mm³, the cube and the faint block 216 mm³
-    dsc, count = sweep_case(*_maps(), thresholds=(0.3, 0.6, 0.9), min_volumes_mm3=(0.0, 20.0, 300.0))
+    sweep = sweep_case(*_maps(), thresholds=(0.3, 0.6, 0.9), min_volumes_mm3=(0.0, 20.0, 300.0))
+    dsc, count = sweep.dsc, sweep.count
     expected = np.array([
         [2 * 27 / (56 + 27), 2 * 27 / (54 + 27), 0.0],  # 0.3: all three; speck removed; everything removed
         [2 * 27 / (29 + 27), 1.0, 0.0],  # 0.6: lesion + speck; the lesion alone; nothing
@@ -34,12 +35,15 @@ def test_sweep_scores_every_threshold_and_volume_as_computed_by_hand():
     ])
     np.testing.assert_allclose(dsc, expected)
     np.testing.assert_array_equal(count, [[3, 2, 0], [2, 1, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(sweep.hits, [[1, 1, 0], [1, 1, 0], [1, 1, 0]])  # the cube, until 300 mm³
+    assert sweep.lesions == 1
 
 
 def test_a_case_without_lesions_scores_one_only_when_nothing_is_predicted():
     pm, truth = _maps()
-    dsc, _ = sweep_case(pm, np.zeros_like(truth), thresholds=(0.3, 0.99), min_volumes_mm3=(0.0,))
-    np.testing.assert_array_equal(dsc[:, 0], [0.0, 1.0])
+    sweep = sweep_case(pm, np.zeros_like(truth), thresholds=(0.3, 0.99), min_volumes_mm3=(0.0,))
+    np.testing.assert_array_equal(sweep.dsc[:, 0], [0.0, 1.0])
+    assert sweep.lesions == 0 and not sweep.hits.any()
 
 
 def test_the_sweep_is_the_shipped_step_on_a_finer_input_grid():
@@ -58,7 +62,8 @@ def test_the_sweep_is_the_shipped_step_on_a_finer_input_grid():
     truth = np.zeros((24, 24, 24), bool)
     truth[4:12, 4:12, 4:12] = True
     thresholds, volumes = (0.4, 0.8), (0.0, 30.0, 200.0)
-    dsc, count = sweep_case(pm, truth, thresholds, volumes)
+    sweep = sweep_case(pm, truth, thresholds, volumes)
+    dsc, count = sweep.dsc, sweep.count
     for i, t in enumerate(thresholds):
         lm = lesion_map(pm, t)
         for j, v in enumerate(volumes):
@@ -69,6 +74,60 @@ def test_the_sweep_is_the_shipped_step_on_a_finer_input_grid():
             both = int(labels.astype(bool).sum()) + int(truth.sum())
             assert dsc[i, j] == pytest.approx(2 * np.logical_and(labels > 0, truth).sum() / both)
     assert count[0, 0] == 2 and count[0, 2] == 1  # the 2 mm cube (8 model voxels ~ 64 mm³) goes at 200 mm³
+
+
+def _small_and_large():
+    """A large lesion, a small one (3 voxels of 8 mm³ = 24 mm³) the model finds, a bright 4-voxel false positive and a
+    faint 3-voxel one."""
+    truth = np.zeros((16, 16, 16), np.int32)
+    truth[2:8, 2:8, 2:8] = 1  # 216 voxels
+    truth[12, 12, 10:13] = 2
+    prob = np.zeros(truth.shape, np.float32)
+    prob[truth > 0] = 0.95
+    prob[12, 2, 2:6] = 0.95
+    prob[2, 12, 12:15] = 0.7
+    return _map(prob), truth
+
+
+def test_sweep_counts_each_reference_lesion_found_once_by_the_detection_rule():
+    sweep = sweep_case(*_small_and_large(), thresholds=(0.5, 0.8), min_volumes_mm3=(0.0, 20.0, 100.0))
+    assert sweep.lesions == 2
+    np.testing.assert_array_equal(sweep.count, [[4, 4, 1], [3, 3, 1]])
+    np.testing.assert_array_equal(sweep.hits, [[2, 2, 1], [2, 2, 1]])
+
+
+def test_the_detection_objective_keeps_a_small_lesion_the_dsc_objective_deletes():
+    """DSC alone hardly notices a 3-voxel lesion beside a 216-voxel one: it removes it with the minimum volume to
+    be rid of a 4-voxel false positive; half DSC + half detection F1 keeps both (and drops the faint false
+    positive by the threshold)."""
+    thresholds, volumes = (0.5, 0.8), (0.0, 20.0, 100.0)
+    sweeps = [sweep_case(*_small_and_large(), thresholds, volumes)]
+    by_dsc = choose(scores(sweeps, "dsc")["score"], thresholds, volumes)
+    grid = scores(sweeps, "dsc_f1")
+    by_both = choose(grid["score"], thresholds, volumes)
+    assert by_dsc == (1, 2) and by_both == (1, 1)
+    assert grid["recall"][by_both] == 1.0 and grid["precision"][by_both] == pytest.approx(2 / 3)
+    assert grid["recall"][by_dsc] == 0.5 and grid["f1"][by_dsc] == pytest.approx(2 / 3)
+
+
+def test_a_gate_removes_lesions_before_they_are_scored_as_segment_would():
+    """With the model's verifier as the gate, the bright false positive it rejects is gone at every threshold and
+    volume; the gate sees the lesions of the smallest minimum volume once per threshold."""
+    pm, truth = _small_and_large()
+    seen = []
+
+    def gate(pm_, lm, order):
+        seen.append(list(order))
+        false = {k for k in order if not (lm.labels == k)[truth > 0].any()}
+        return [k for k in order if k not in false]
+
+    thresholds, volumes = (0.5, 0.8), (0.0, 20.0, 100.0)
+    sweep = sweep_case(pm, truth, thresholds, volumes, gate)
+    np.testing.assert_array_equal(sweep.count, [[2, 2, 1], [2, 2, 1]])  # both false positives rejected
+    np.testing.assert_array_equal(sweep.hits, [[2, 2, 1], [2, 2, 1]])
+    assert len(seen) == 2 and [len(o) for o in seen] == [4, 3]
+    ungated = sweep_case(pm, truth, thresholds, volumes)
+    assert (sweep.dsc >= ungated.dsc).all() and (sweep.dsc > ungated.dsc).any()
 
 
 def test_choice_takes_the_best_dsc_and_breaks_ties_towards_fewer_false_positives():
@@ -135,11 +194,13 @@ def test_calibrate_cli_writes_the_best_pair_into_the_model_folder(model_copy, tm
     model = load_model_folder(model_copy)  # manifest re-hashed: still verifies
     stored = json.loads((model_copy / INFERENCE).read_text())
     table = stored["calibration"]["table"]
-    best = max(row["mean_dsc"] for row in table)
-    assert stored["calibration"]["mean_dsc"] == best and stored["calibration"]["cases"] == 3
+    best = max(row["score"] for row in table)
+    assert stored["calibration"]["score"] == best and stored["calibration"]["cases"] == 3
+    assert stored["calibration"]["objective_id"] == "dsc_f1"
     chosen = [r for r in table if (r["threshold"], r["min_volume_mm3"]) == (stored["threshold"], stored["min_volume_mm3"])]
-    assert chosen and chosen[0]["mean_dsc"] == best
-    assert best > 0.3  # the test model finds the bright spheres of these cases
+    assert chosen and chosen[0]["score"] == best
+    assert chosen[0]["score"] == pytest.approx((chosen[0]["mean_dsc"] + chosen[0]["f1"]) / 2, abs=1e-3)
+    assert chosen[0]["mean_dsc"] > 0.3 and chosen[0]["recall"] > 0  # the test model finds the bright spheres
     assert model.inference_defaults().threshold == stored["threshold"]
     assert model.manifest["inference"] == {"threshold": stored["threshold"], "min_volume_mm3": stored["min_volume_mm3"]}
 
@@ -252,6 +313,10 @@ def test_model_card_says_what_the_verifier_reads_what_it_does_to_a_left_out_dise
            "ones;" in line[0]
     assert "kept when it scores at least 0.4 (chosen on 16 cases of seen_train (val): mean DSC 0.39 without, 0.41 with)." \
            in line[0]
+    detection = {**verifier["validation"], "recall": 0.53, "precision": 0.9, "objective": "half DSC, half F1"}
+    line = render_model_card({"name": "m"}, {}, [], verifier={**verifier, "validation": detection})
+    assert "mean DSC 0.39 without, 0.41 with, lesion detection recall 0.53 and precision 0.9; objective: half DSC, " \
+           "half F1)." in line
     verifier.update(cut=0.0, validation={**verifier["validation"], "mean_dsc": 0.39})
     card = render_model_card({"name": "m"}, {}, [], verifier=verifier)
     assert "kept whatever it scores (cut 0: no cut helped on 16 cases" in card and "at least 0" not in card
@@ -262,3 +327,16 @@ def test_model_card_says_what_the_verifier_reads_what_it_does_to_a_left_out_dise
     verifier["features"] = list(FEATURES)
     assert "logistic regression on its probability and image measurements;" in render_model_card({"name": "m"}, {}, [],
                                                                                                   verifier=verifier)
+
+
+def test_model_card_says_how_the_post_processing_was_chosen_and_what_it_gave_on_validation():
+    from malenia.evaluate.model_card import _post_processing
+
+    cal = {"cases": 16, "dataset": "seen_train", "split": "val", "objective": "half DSC, half F1",
+           "verifier_cut": 0.3, "mean_dsc": 0.4655, "recall": 0.559, "precision": 0.95}
+    text = _post_processing({"threshold": 0.2, "min_volume_mm3": 524.0, "calibration": cal})
+    assert text == ("foreground threshold 0.2, lesions under 524 mm³ removed; both chosen by `malenia calibrate` on 16 "
+                    "cases of seen_train (val) by half DSC, half F1, with the lesion verifier in place (cut 0.3): mean "
+                    "DSC 0.4655, lesion detection recall 0.559 and precision 0.95 there")
+    old = {k: cal[k] for k in ("cases", "dataset", "split")}  # a calibration from before the objective was recorded
+    assert _post_processing({"threshold": 0.4, "calibration": old}).endswith("on 16 cases of seen_train (val)")

@@ -10,7 +10,8 @@ import pytest
 from malenia.errors import InputError, ModelError
 from malenia.infer.lesion_features import FEATURES as IMAGE_FEATURES
 from malenia.infer.lesion_features import lesion_rows
-from malenia.model.lesion_verifier import FEATURE_SETS, FEATURES, FILE, CaseLesions, LesionVerifier, choose_cut, fit
+from malenia.evaluate.verifier_fit import CaseLesions, choose_cut
+from malenia.model.lesion_verifier import FEATURE_SETS, FEATURES, FILE, LesionVerifier, fit
 from segment_helpers import (assert_fine_tune_inherits, constructed_map, malenia, segment_report, sphere_ct,
                              tiny_trained_model)
 from train_helpers import make_tiny_dataset
@@ -56,13 +57,29 @@ def test_the_cut_is_chosen_by_the_mean_case_dsc_and_keeps_every_lesion_when_noth
     # case 1: a real lesion (p 0.9) and a large false one (p 0.1); case 2: a real lesion scored 0.35
     cases = [CaseLesions(np.array([0.9, 0.1]), np.array([100, 300]), np.array([80, 0]), 100),
              CaseLesions(np.array([0.35]), np.array([50]), np.array([40]), 60)]
-    cut, table = choose_cut(cases)
+    with pytest.raises(ValueError, match="detection"):
+        choose_cut(cases)  # the default objective counts lesions found, which these cases do not say
+    cut, table = choose_cut(cases, objective="dsc")
     assert 0.1 < cut <= 0.35  # removes the false lesion, keeps the weakly scored real one
     by_cut = {r["cut"]: r for r in table}
     assert by_cut[cut]["mean_dsc"] > by_cut[0.0]["mean_dsc"]
     assert by_cut[cut]["lesions_per_case"] == 1.0
     only_real = [CaseLesions(np.array([0.2, 0.9]), np.array([100, 50]), np.array([90, 45]), 150)]
-    assert choose_cut(only_real)[0] == 0.0  # nothing to gain: the lowest cut, every lesion kept
+    assert choose_cut(only_real, objective="dsc")[0] == 0.0  # nothing to gain: the lowest cut, every lesion kept
+
+
+def test_the_detection_objective_keeps_a_small_real_lesion_the_dsc_objective_cuts():
+    """Case DSC barely notices a 5-voxel lesion beside a 500-voxel one: DSC alone takes the cut that removes it
+    with a 10-voxel false lesion scored above it; half DSC + half detection F1 keeps both."""
+    case = CaseLesions(np.array([0.9, 0.12, 0.2]), np.array([500, 5, 10]), np.array([480, 5, 0]), 500,
+                       np.array([True, True, False]), 2)
+    by_dsc, _ = choose_cut([case], objective="dsc")
+    by_both, table = choose_cut([case])
+    rows = {r["cut"]: r for r in table}
+    assert by_dsc == 0.25 and by_both == 0.0
+    assert rows[0.0]["recall"] == 1.0 and rows[0.0]["precision"] == pytest.approx(2 / 3)
+    assert rows[0.25]["recall"] == 0.5 and rows[0.25]["f1"] == pytest.approx(2 / 3)
+    assert rows[0.0]["score"] == pytest.approx((2 * 485 / 1015 + 0.8) / 2)
 
 
 def test_lesion_rows_measure_each_kept_lesion_and_read_its_probability():
@@ -101,7 +118,7 @@ def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inh
     assert saved["fitted_on"]["threshold"] == 0.05 and saved["validation"]["cases"] == 16
     assert manifest["lesion_verifier"]["features"] == "all" == saved["left_out"]["set"]
     assert saved["features"] == list(FEATURES)
-    table = {r["cut"]: r["mean_dsc"] for r in saved["validation"]["table"]}
+    table = {r["cut"]: r["score"] for r in saved["validation"]["table"]}
     assert table[saved["cut"]] == max(table.values())
 
     # a verifier that calls everything false (cut just under 1): segment keeps nothing and says what it removed
@@ -148,7 +165,8 @@ def _open_set_cases(seed=0):
             rows.append(r)
             inside.append(50 if kind else 0)
             diseases.append(kind)
-        cases.append(CaseComponents(rows, np.full(4, 100), np.array(inside), 50, diseases, {diseases[0]: 50}))
+        cases.append(CaseComponents(rows, np.full(4, 100), np.array(inside), 50, diseases, {diseases[0]: 50},
+                                    np.array(inside) > 0, {diseases[0]: 1}))
     return cases
 
 
@@ -200,3 +218,29 @@ def test_each_kept_lesion_is_named_by_the_reference_lesion_holding_most_of_its_o
     names = {1: "liver_cyst", 2: "liver_tumor", 3: "gallstone"}
     assert _diseases_found(predicted, labels, [2, 1, 5], names) == ["liver_cyst", "liver_tumor", None]
     assert _diseases_found(np.zeros(0, int), np.zeros(0, int), [1], names) == [None]
+
+
+def test_each_kept_lesion_detects_what_evaluate_matches_on_the_label_maps():
+    """The verifier's per-lesion detection flags, counted from the reference voxels alone, are evaluate's
+    one-to-one matching (malenia.evaluate.metrics.match_instances) of the kept lesions."""
+    from malenia.evaluate.metrics import match_instances
+    from malenia.evaluate.verifier_fit import _hits
+
+    rng = np.random.default_rng(3)
+    shape = (24, 24, 24)
+    pred, ref = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    corners = rng.integers(0, 18, (8, 3))
+    for k, (z, y, x) in enumerate(corners, start=1):  # boxes that may overlap one another
+        pred[z:z + rng.integers(3, 6), y:y + rng.integers(3, 6), x:x + rng.integers(3, 6)] = k
+    for g, k in ((3, 1), (7, 2), (9, 5), (12, 6)):  # references shifted from lesions 1, 2, 5 (not kept) and 6
+        z, y, x = corners[k - 1] + rng.integers(0, 2, 3)
+        ref[z:z + 4, y:y + 4, x:x + 4] = g
+    ref[0:3, 21:24, 21:24] = 15  # a reference no lesion finds
+    voxels = np.bincount(pred.ravel(), minlength=9)
+    order = [k for k in range(1, 9) if voxels[k] and k != 5]  # lesion 5 not kept
+    truth = ref > 0
+    ids, ref_voxels = np.unique(ref[truth], return_counts=True)
+    hit = _hits(pred[truth], ref[truth], ids, ref_voxels, voxels, order)
+    kept_map = np.where(np.isin(pred, order), pred, 0)
+    expected = {p for _, p, _ in match_instances(kept_map, ref).pairs}
+    assert len(expected) >= 2 and [k in expected for k in order] == hit.tolist()

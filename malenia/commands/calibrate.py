@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.commands._runtime import add_model_run_options
+from malenia.evaluate.metrics import OBJECTIVES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
     p.add_argument("--split", default="val", help="dataset split (default val; never the test split you report)")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases of the split")
+    p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
+                   help="what the choice maximises: dsc_f1 (default) = 1/2 mean case DSC + 1/2 lesion-detection F1; "
+                        "dsc = mean case DSC alone (the rule up to model 2.6.0; blind to small lesions)")
     add_model_run_options(p, dry_run="print the sweep, leave the model folder unchanged")
     p.set_defaults(func=run)
 
@@ -25,14 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def markdown(result: dict) -> str:
     cal = result["calibration"]
     lines = [f"Calibrated on {cal['cases']} cases of {cal['dataset']} ({cal['split']}): {cal['objective']}.", "",
-             "| threshold | min volume (mm³) | mean DSC | lesions per case |", "|---|---|---|---|"]
+             "| threshold | min volume (mm³) | mean DSC | recall | precision | F1 | score | lesions per case |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in cal["table"]:
         chosen = row["threshold"] == result["threshold"] and row["min_volume_mm3"] == result["min_volume_mm3"]
         mark = "**" if chosen else ""
-        lines.append(f"| {mark}{row['threshold']}{mark} | {mark}{row['min_volume_mm3']:g}{mark} | "
-                     f"{row['mean_dsc']:.4f} | {row['lesions_per_case']:.1f} |")
+        lines.append(f"| {mark}{row['threshold']}{mark} | {mark}{row['min_volume_mm3']:g}{mark} | {row['mean_dsc']:.4f} | "
+                     f"{row['recall']:.3f} | {row['precision']:.3f} | {row['f1']:.3f} | {row['score']:.4f} | "
+                     f"{row['lesions_per_case']:.1f} |")
     lines += ["", f"Chosen: threshold {result['threshold']}, minimum volume {result['min_volume_mm3']:g} mm³ "
-                  f"(mean DSC {cal['mean_dsc']:.4f}, {cal['lesions_per_case']:.1f} lesions per case)."]
+                  f"(mean DSC {cal['mean_dsc']:.4f}, detection recall {cal['recall']:.3f}, precision "
+                  f"{cal['precision']:.3f}, {cal['lesions_per_case']:.1f} lesions per case)."]
     return "\n".join(lines) + "\n"
 
 
@@ -54,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(1, args.progress, "calibrate")
 
     result = calibrate(make_segmenter(model, args.device), args.data, None if args.split == "all" else args.split,
-                       max_cases=args.max_cases, on_case=progress.case)
+                       max_cases=args.max_cases, on_case=progress.case, objective=args.objective)
     progress.emit(progress.total, "done", stage="done")
     progress.close()
     print(markdown(result), end="")

@@ -5,8 +5,9 @@ calibrated threshold and minimum volume, labels each lesion it keeps real (it to
 lesion) or false, and fits the lesion verifier on their features (malenia.model.lesion_verifier; `--features`
 names the set). It also reports, for every candidate set, what the fit and cut do to a training disease left
 out of them in turn: the share of its lesions kept and of false lesions kept. Then runs
-it over `--val-data`'s validation split and chooses the cut, offline, by the mean case DSC (cut 0 keeps
-every lesion: the verifier is only used where it helps). Stores M/lesion_verifier.json (the manifest
+it over `--val-data`'s validation split and chooses the cut, offline (cut 0 keeps every lesion: the
+verifier is only used where it helps), by `--objective`: by default half the mean case
+DSC and half the lesion-detection F1, as `malenia calibrate`. Stores M/lesion_verifier.json (the manifest
 is re-hashed); `segment`, `evaluate` and the Slicer module then drop the lesions under the cut.
 Run it after `malenia calibrate`: the verifier sees the lesions the calibrated post-processing keeps.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.commands._runtime import add_model_run_options
+from malenia.evaluate.metrics import OBJECTIVES
 from malenia.model.verifier_features import FEATURE_SETS
 
 
@@ -31,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-volume", type=float, default=None, help="minimum lesion volume in mm³ (default: the model's)")
     p.add_argument("--features", choices=sorted(FEATURE_SETS), default="all",
                    help="the measurements the verifier reads (malenia.model.lesion_verifier.FEATURE_SETS; default all)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
+                   help="what the cut maximises on the validation cases (as malenia calibrate): dsc_f1 (default) = "
+                        "1/2 mean case DSC + 1/2 lesion-detection F1; dsc = mean case DSC alone (up to model 2.6.0)")
     add_model_run_options(p, dry_run="print the fit, leave the model folder unchanged")
     p.set_defaults(func=run)
 
@@ -64,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         fit_cases, val_cases,
         fitted_on={"dataset": str(args.data), "split": args.split, "threshold": o.threshold,
                    "min_volume_mm3": o.min_volume_mm3},
-        validated_on={"dataset": str(args.val_data), "split": args.val_split}, features=args.features)
+        validated_on={"dataset": str(args.val_data), "split": args.val_split}, features=args.features,
+        objective=args.objective)
     fitted, val = verifier.meta["fitted_on"], verifier.meta["validation"]
     left_out = verifier.meta["left_out"]
     if left_out["table"]:
@@ -78,12 +84,15 @@ def run(args: argparse.Namespace) -> int:
         print("fewer than two diseases with real lesions: no disease left out")
     print(f"fitted on {fitted['lesions']} lesions of {len(fit_cases)} cases ({fitted['real']} real), "
           f"features {left_out['set']}: {', '.join(verifier.features)}")
-    print("| cut | mean DSC | lesions per case |\n|---|---|---|")
+    print(f"objective: {val['objective']}")
+    print("| cut | mean DSC | recall | precision | F1 | score | lesions per case |\n|---|---|---|---|---|---|---|")
     for row in val["table"]:
         mark = "**" if row["cut"] == verifier.cut else ""
-        print(f"| {mark}{row['cut']:g}{mark} | {row['mean_dsc']:.4f} | {row['lesions_per_case']:.2f} |")
+        print(f"| {mark}{row['cut']:g}{mark} | {row['mean_dsc']:.4f} | {row['recall']:.3f} | {row['precision']:.3f} | "
+              f"{row['f1']:.3f} | {row['score']:.4f} | {row['lesions_per_case']:.2f} |")
     print(f"chosen cut {verifier.cut:g} on {val['cases']} validation cases: mean DSC {val['mean_dsc']:.4f} "
-          f"(without the verifier {val['mean_dsc_without']:.4f})")
+          f"(without the verifier {val['mean_dsc_without']:.4f}), detection recall {val['recall']:.3f}, "
+          f"precision {val['precision']:.3f}")
     if not args.dry_run:
         update_model_folder(model.path, {FILE: json.dumps(verifier.to_json(), indent=1) + "\n"},
                             {"lesion_verifier": {"cut": verifier.cut, "lesions": fitted["lesions"], "features": left_out["set"],

@@ -5,10 +5,16 @@ never on test data; this does the same for the two numbers that turn Malenia's f
 probability into lesions. Each validation case goes through the network once
 (`Segmenter.probability_map`, exactly as `malenia segment` runs it); then every pair of
 `THRESHOLDS` x `MIN_VOLUMES_MM3` is applied offline by the same post-processing step that
-`segment` ships (malenia.infer.postprocess: lesion_map, kept) and scored by the mean case DSC on
-each case's own grid (the paper's main metric, as `malenia evaluate` computes it; a case without
-lesions scores 1 when nothing is predicted). The best pair wins; ties go to the higher threshold and
-then the larger minimum volume, i.e. to fewer false positives.
+`segment` ships (malenia.infer.postprocess: lesion_map, kept) and scored by an objective
+(malenia.evaluate.metrics.OBJECTIVES). The default, "dsc_f1", is the mean of two numbers: the mean case DSC
+on each case's own grid (the paper's main metric, as `malenia evaluate` computes it; a case without lesions
+scores 1 when nothing is predicted) and the lesion-detection F1 over the split (`evaluate`'s matching rule).
+DSC alone ("dsc", the rule up to built-in model 2.6.0) counts voxels: a small lesion found or missed
+barely moves it, so it cannot tell a post-processing that keeps small lesions from one that deletes them.
+The best pair wins; ties go to the higher threshold and then the larger minimum volume, i.e. to fewer false
+positives. A model with a lesion verifier (malenia.model.lesion_verifier) is calibrated with it in place, as
+`segment` runs it: its false positives do not count against a threshold the verifier cleans up after (run
+`malenia calibrate` again after `malenia fit-verifier`).
 
 The result is stored in the model folder as `inference.json` (malenia.model.folder.InferenceDefaults),
 which `segment`, `demo`, `evaluate` and the Slicer module use unless the user sets the values.
@@ -17,6 +23,7 @@ which `segment`, `demo`, `evaluate` and the Slicer module use unless the user se
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,51 +34,102 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # notices small lesions, so a larger minimum would be chosen for a few voxels of false positives while
 # deleting every lesion a radiologist would measure.
 MIN_VOLUMES_MM3 = (0.0, 25.0, 50.0, 100.0, 200.0, 350.0, 524.0)
-OBJECTIVE = "mean case DSC on each case's own grid (malenia segment's post-processing)"
+COLUMNS = ("mean_dsc", "lesions_per_case", "recall", "precision", "f1", "score")
+
+
+Gate = Callable[[Any, Any, list], list]
+
+
+@dataclass
+class CaseSweep:
+    """One case over the grid, each array [len(thresholds), len(min_volumes)]."""
+
+    dsc: np.ndarray  # case DSC
+    count: np.ndarray  # predicted lesions
+    hits: np.ndarray  # reference lesions detected (malenia.evaluate.metrics' rule)
+    lesions: int  # reference lesions
 
 
 def sweep_case(pm, truth: np.ndarray, thresholds: Sequence[float] = THRESHOLDS,
-               min_volumes_mm3: Sequence[float] = MIN_VOLUMES_MM3) -> tuple[np.ndarray, np.ndarray]:
-    """(DSC, number of lesions), each [len(thresholds), len(min_volumes)], of one case: `pm` its
-    malenia.infer.postprocess.ProbabilityMap, `truth` its reference lesion mask (z, y, x) on its own grid."""
+               min_volumes_mm3: Sequence[float] = MIN_VOLUMES_MM3, gate: Gate | None = None) -> CaseSweep:
+    """One case over the grid: `pm` its malenia.infer.postprocess.ProbabilityMap, `truth` its reference lesion
+    instance labels (z, y, x; 0 = background) on its own grid. `gate(pm, lm, order)`: the lesions of `order` that
+    `segment` keeps after the post-processing (its lesion verifier; None: all)."""
+    from malenia.evaluate.metrics import matched_pairs
     from malenia.infer.postprocess import kept, lesion_map
 
-    dsc = np.zeros((len(thresholds), len(min_volumes_mm3)))
-    count = np.zeros_like(dsc)
-    truth = np.asarray(truth, bool)
-    truth_n = int(truth.sum())
+    shape = (len(thresholds), len(min_volumes_mm3))
+    dsc, count, hits = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    truth = np.asarray(truth)
+    inside_truth = truth > 0
+    ids, ref_index = np.unique(truth[inside_truth], return_inverse=True)  # reference lesion of each truth voxel
+    ref_voxels = np.bincount(ref_index, minlength=len(ids))
+    truth_n = int(inside_truth.sum())
     for i, t in enumerate(thresholds):
         lm = lesion_map(pm, t)
-        inside = np.bincount(lm.labels[truth], minlength=lm.n + 1)[: lm.n + 1]  # voxels of each lesion in the truth
+        # inter[g, k]: voxels of reference lesion g inside predicted lesion k (k = 0: background)
+        inter = np.bincount(ref_index * (lm.n + 1) + lm.labels[inside_truth].astype(np.int64),
+                            minlength=len(ids) * (lm.n + 1)).reshape(len(ids), lm.n + 1)
+        inside = inter.sum(0)
+        passed = None if gate is None else set(gate(pm, lm, kept(lm, min(min_volumes_mm3))))
         for j, v in enumerate(min_volumes_mm3):
-            order = kept(lm, v)
-            pred_n, inter = int(lm.voxels[order].sum()), int(inside[order].sum())
+            order = [k for k in kept(lm, v) if passed is None or k in passed]
+            pred_n, overlap = int(lm.voxels[order].sum()), int(inside[order].sum())
             denom = pred_n + truth_n
-            dsc[i, j] = 1.0 if denom == 0 else 2.0 * inter / denom
+            dsc[i, j] = 1.0 if denom == 0 else 2.0 * overlap / denom
             count[i, j] = len(order)
-    return dsc, count
+            hits[i, j] = len(matched_pairs(inter[:, order], ref_voxels, lm.voxels[order])) if order and len(ids) else 0
+    return CaseSweep(dsc, count, hits, len(ids))
 
 
-def choose(mean_dsc: np.ndarray, thresholds: Sequence[float], min_volumes_mm3: Sequence[float]) -> tuple[int, int]:
-    """Index pair of the best mean DSC; ties: higher threshold, then larger minimum volume."""
+def choose(score: np.ndarray, thresholds: Sequence[float], min_volumes_mm3: Sequence[float]) -> tuple[int, int]:
+    """Index pair of the best score; ties: higher threshold, then larger minimum volume."""
     best = None
     for i in range(len(thresholds)):
         for j in range(len(min_volumes_mm3)):
-            key = (round(float(mean_dsc[i, j]), 6), thresholds[i], min_volumes_mm3[j])
+            key = (round(float(score[i, j]), 6), thresholds[i], min_volumes_mm3[j])
             if best is None or key > best[0]:
                 best = (key, (i, j))
     assert best is not None
     return best[1]
 
 
+def scores(sweeps: Sequence[CaseSweep], objective: str) -> dict[str, np.ndarray]:
+    """Per grid cell over the cases: mean DSC, lesions per case, detection recall, precision and F1, the score."""
+    from malenia.evaluate.metrics import lesion_f1, selection_score
+
+    mean_dsc = np.mean([s.dsc for s in sweeps], axis=0)
+    hits, pred = np.sum([s.hits for s in sweeps], axis=0), np.sum([s.count for s in sweeps], axis=0)
+    ref = sum(s.lesions for s in sweeps)
+    out = {"mean_dsc": mean_dsc, "lesions_per_case": pred / len(sweeps),
+           "recall": hits / max(ref, 1), "precision": np.where(pred > 0, hits / np.maximum(pred, 1), 1.0),
+           "f1": np.zeros_like(mean_dsc), "score": np.zeros_like(mean_dsc)}
+    for c in np.ndindex(mean_dsc.shape):
+        out["f1"][c] = lesion_f1(int(hits[c]), int(pred[c]), ref)
+        out["score"][c] = selection_score(objective, float(mean_dsc[c]), int(hits[c]), int(pred[c]), ref)
+    return out
+
+
+def verifier_gate(segmenter) -> Gate | None:
+    """The lesions `segment` keeps after its post-processing: the model's lesion verifier (None without one). The
+    threshold and minimum volume are chosen as they ship, with the false positives the verifier removes gone."""
+    if segmenter.verifier is None:
+        return None
+    from malenia.infer.lesion_features import lesion_rows
+
+    return lambda pm, lm, order: segmenter.verify(order, lesion_rows(pm, lm, order), lm)[0]
+
+
 def calibrate(segmenter, data_dir: str | Path, split: str | None = "val",
               thresholds: Sequence[float] = THRESHOLDS, min_volumes_mm3: Sequence[float] = MIN_VOLUMES_MM3,
-              max_cases: int | None = None, on_case: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+              max_cases: int | None = None, on_case: Callable[[int, int, str], None] | None = None,
+              objective: str = "dsc_f1") -> dict[str, Any]:
     """Runs the sweep on `split` of a dataset; returns the chosen values and the whole table (JSON-ready)."""
     import SimpleITK as sitk
 
     from malenia.data.dataset import read_case, read_dataset
     from malenia.errors import InputError
+    from malenia.evaluate.metrics import OBJECTIVE_TEXT
 
     case_ids = read_dataset(data_dir).split_cases(split)
     if max_cases:
@@ -79,30 +137,30 @@ def calibrate(segmenter, data_dir: str | Path, split: str | None = "val",
     if not case_ids:
         raise InputError(f"{data_dir}: split {split!r} has no cases to calibrate on")
     t0 = time.perf_counter()
-    dscs, counts = [], []
+    gate = verifier_gate(segmenter)
+    sweeps = []
     for k, case_id in enumerate(case_ids):
         if on_case:
             on_case(k, len(case_ids), case_id)
         case = read_case(data_dir, case_id)
         pm, _ = segmenter.probability_map(case.image, collect=False)
-        d, c = sweep_case(pm, sitk.GetArrayViewFromImage(case.lesions) > 0, thresholds, min_volumes_mm3)
-        dscs.append(d)
-        counts.append(c)
-    mean_dsc, mean_count = np.mean(dscs, axis=0), np.mean(counts, axis=0)
-    i, j = choose(mean_dsc, thresholds, min_volumes_mm3)
-    table = [{"threshold": t, "min_volume_mm3": v, "mean_dsc": round(float(mean_dsc[a, b]), 4),
-              "lesions_per_case": round(float(mean_count[a, b]), 2)}
+        sweeps.append(sweep_case(pm, sitk.GetArrayViewFromImage(case.lesions), thresholds, min_volumes_mm3, gate))
+    grid = scores(sweeps, objective)
+    i, j = choose(grid["score"], thresholds, min_volumes_mm3)
+    table = [{"threshold": t, "min_volume_mm3": v, **{k: round(float(grid[k][a, b]), 4) for k in COLUMNS}}
              for a, t in enumerate(thresholds) for b, v in enumerate(min_volumes_mm3)]
     return {
         "threshold": float(thresholds[i]),
         "min_volume_mm3": float(min_volumes_mm3[j]),
         "calibration": {
-            "objective": OBJECTIVE,
+            "objective": OBJECTIVE_TEXT[objective] + " (malenia segment's post-processing)",
+            "objective_id": objective,
             "dataset": str(Path(data_dir).resolve().name),
             "split": split or "all",
             "cases": len(case_ids),
-            "mean_dsc": round(float(mean_dsc[i, j]), 4),
-            "lesions_per_case": round(float(mean_count[i, j]), 2),
+            "reference_lesions": sum(s.lesions for s in sweeps),
+            "verifier_cut": None if gate is None else segmenter.verifier.cut,
+            **{k: round(float(grid[k][i, j]), 4) for k in COLUMNS},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.perf_counter() - t0, 1),
             "table": table,

@@ -161,10 +161,13 @@ def _verifier(verifier: dict[str, Any] | None, manifest: dict[str, Any]) -> list
     keeps = f"kept when it scores at least {cut} (chosen" if cut else "kept whatever it scores (cut 0: no cut helped"
     return [f"- False positives: each predicted lesion is re-scored by a lesion verifier (`malenia fit-verifier`: "
             f"logistic regression on {reads}{why}; fitted on {fitted.get('lesions', '?')} "
-            f"lesions the model predicted in {Path(str(fitted.get('dataset', '?'))).name}, {fitted.get('real', '?')} "
-            f"of them real) and {keeps} on "
+            f"lesions the model predicted in {Path(str(fitted.get('dataset', '?'))).name}"
+            + (f" at foreground threshold {fitted['threshold']}" if fitted.get("threshold") is not None else "")
+            + f", {fitted.get('real', '?')} of them real) and {keeps} on "
             f"{val.get('cases', '?')} cases of {Path(str(val.get('dataset', '?'))).name} ({val.get('split', '?')}): "
             f"mean DSC {val.get('mean_dsc_without')} without, {val.get('mean_dsc')} with"
+            + (f", lesion detection recall {val['recall']} and precision {val['precision']}; objective: "
+               f"{val.get('objective')}" if "recall" in val else "")
             + ("" if cut else "; the report still gives each lesion's score") + ")"
             + (f"; inherited from {inherited}, not refitted" if inherited else "") + "."]
 
@@ -200,6 +203,12 @@ def _post_processing(result: dict[str, Any]) -> str:
     cal = result.get("calibration")
     if cal:
         text += f"; both chosen by `malenia calibrate` on {cal.get('cases')} cases of {cal.get('dataset')} ({cal.get('split')})"
+        text += f" by {cal['objective']}" if cal.get("objective") else ""
+        if cal.get("verifier_cut") is not None:
+            text += f", with the lesion verifier in place (cut {cal['verifier_cut']})"
+        if cal.get("recall") is not None:
+            text += (f": mean DSC {cal.get('mean_dsc')}, lesion detection recall {cal['recall']} and precision "
+                     f"{cal.get('precision')} there")
     return text
 
 

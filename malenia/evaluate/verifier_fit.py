@@ -26,6 +26,50 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+CUTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+@dataclass
+class CaseLesions:
+    """One validation case's kept lesions, for choosing the cut offline (no second network pass)."""
+
+    probability: np.ndarray  # [n] P(real) per kept lesion
+    voxels: np.ndarray  # [n] input-grid voxels per lesion
+    inside: np.ndarray  # [n] of them inside the reference lesions
+    truth_voxels: int
+    hit: np.ndarray | None = None  # [n] bool: the lesion detects a reference lesion (evaluate's one-to-one rule)
+    truth_lesions: int = 0  # reference lesions in the case
+
+
+def case_dsc(case: CaseLesions, cut: float) -> float:
+    keep = case.probability >= cut
+    pred, inter = int(case.voxels[keep].sum()), int(case.inside[keep].sum())
+    return 1.0 if pred + case.truth_voxels == 0 else 2.0 * inter / (pred + case.truth_voxels)
+
+
+def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
+               objective: str = "dsc_f1") -> tuple[float, list[dict[str, float]]]:
+    """The cut with the best score (malenia.evaluate.metrics.selection_score; ties: the lower cut, which removes
+    fewer lesions) and the table. The detection counts keep each lesion's match from the full set: a verifier only
+    removes lesions, and a removed one rarely held a match another would take over."""
+    from malenia.evaluate.metrics import lesion_f1, selection_score
+
+    if objective != "dsc" and any(k.hit is None for k in cases):
+        raise ValueError(f"objective {objective!r} needs each lesion's detection (CaseLesions.hit)")
+    reference = sum(k.truth_lesions for k in cases)
+    table = []
+    for c in cuts:
+        keep = [k.probability >= c for k in cases]
+        hits = sum(int((k.hit & m).sum()) for k, m in zip(cases, keep) if k.hit is not None)
+        pred = sum(int(m.sum()) for m in keep)
+        mean_dsc = float(np.mean([case_dsc(k, c) for k in cases]))
+        table.append({"cut": float(c), "mean_dsc": mean_dsc, "lesions_per_case": pred / max(len(cases), 1),
+                      "recall": hits / max(reference, 1), "precision": hits / pred if pred else 1.0,
+                      "f1": lesion_f1(hits, pred, reference),
+                      "score": selection_score(objective, mean_dsc, hits, pred, reference)})
+    best = max(table, key=lambda r: (round(r["score"], 6), -r["cut"]))
+    return best["cut"], table
+
 
 @dataclass
 class CaseComponents:
@@ -35,23 +79,26 @@ class CaseComponents:
     truth_voxels: int
     diseases: list[str | None] | None = None  # [n] the disease of the reference lesion each one overlaps most
     truth_by_disease: dict[str, int] | None = None  # reference voxels per disease
+    hit: np.ndarray | None = None  # [n] bool: detects a reference lesion (evaluate's one-to-one rule)
+    lesions_by_disease: dict[str | None, int] | None = None  # reference lesions per disease (None: no disease)
 
     def without(self, disease: str) -> "CaseComponents":
         """The case as if `disease`'s lesions were not in it: their reference voxels and the predicted lesions
         that found them removed."""
         names = self.diseases or [None] * len(self.rows)
         keep = [i for i, (d, inside) in enumerate(zip(names, self.inside)) if not (inside > 0 and d == disease)]
-        by = dict(self.truth_by_disease or {})
+        by, lesions = dict(self.truth_by_disease or {}), dict(self.lesions_by_disease or {})
+        lesions.pop(disease, None)
         return CaseComponents([self.rows[i] for i in keep], self.voxels[keep], self.inside[keep],
-                              self.truth_voxels - by.pop(disease, 0), [names[i] for i in keep], by)
+                              self.truth_voxels - by.pop(disease, 0), [names[i] for i in keep], by,
+                              None if self.hit is None else self.hit[keep], lesions)
 
     def as_case(self, verifier):
-        from malenia.model.lesion_verifier import CaseLesions
-
         measured = [r for r in self.rows if r is not None]
         p = iter(verifier.probability(measured).tolist())
         prob = np.array([next(p) if r is not None else 1.0 for r in self.rows])
-        return CaseLesions(prob, self.voxels, self.inside, self.truth_voxels)
+        return CaseLesions(prob, self.voxels, self.inside, self.truth_voxels, self.hit,
+                           sum((self.lesions_by_disease or {}).values()))
 
 
 def case_components(segmenter, image, lesions, diseases: Mapping[int, str] | None = None) -> CaseComponents:
@@ -73,12 +120,39 @@ def case_components(segmenter, image, lesions, diseases: Mapping[int, str] | Non
     inside = np.bincount(predicted, minlength=lm.n + 1)[: lm.n + 1]
     diseases = diseases or {}
     by_disease: dict[str, int] = {}
-    for label, n in zip(*np.unique(labels, return_counts=True)):
-        if int(label) in diseases:
-            by_disease[diseases[int(label)]] = by_disease.get(diseases[int(label)], 0) + int(n)
+    lesions_by_disease: dict[str | None, int] = {}
+    ids, ref_voxels = np.unique(labels, return_counts=True)
+    for label, n in zip(ids.tolist(), ref_voxels.tolist()):
+        name = diseases.get(int(label))
+        lesions_by_disease[name] = lesions_by_disease.get(name, 0) + 1
+        if name is not None:
+            by_disease[name] = by_disease.get(name, 0) + int(n)
     return CaseComponents([rows.get(k) for k in order], lm.voxels[order].astype(np.int64),
                           inside[order].astype(np.int64), int(truth.sum()),
-                          _diseases_found(predicted, labels, order, diseases), by_disease)
+                          _diseases_found(predicted, labels, order, diseases), by_disease,
+                          _hits(predicted, labels, ids, ref_voxels, lm.voxels, order), lesions_by_disease)
+
+
+def _hits(predicted: np.ndarray, labels: np.ndarray, ids: np.ndarray, ref_voxels: np.ndarray, voxels: np.ndarray,
+          order: list[int]) -> np.ndarray:
+    """Per lesion of `order`, whether it detects a reference lesion (malenia.evaluate.metrics.matched_pairs);
+    `predicted`, `labels`: the predicted and reference ids of every reference voxel, `ids` the reference ids."""
+    from malenia.evaluate.metrics import matched_pairs
+
+    hit = np.zeros(len(order), bool)
+    if not order or not len(ids):
+        return hit
+    keep = np.array(order, np.int64)
+    position = np.full(len(voxels), -1, np.int64)  # lesion id -> its column in `order` (-1: not kept, background)
+    position[keep] = np.arange(len(keep))
+    column = position[predicted]
+    inside = column >= 0
+    rows = np.searchsorted(ids, labels[inside])
+    inter = np.zeros((len(ids), len(order)), np.int64)
+    np.add.at(inter, (rows, column[inside]), 1)
+    for _, c, _ in matched_pairs(inter, ref_voxels, voxels[keep]):
+        hit[c] = True
+    return hit
 
 
 def _diseases_found(predicted: np.ndarray, labels: np.ndarray, order: list[int], diseases: Mapping[int, str]):
@@ -142,16 +216,16 @@ MIN_HELD_OUT = 3  # real lesions a disease needs to be left out
 
 
 def left_out_trial(data: Labelled, val_cases: Sequence[CaseComponents], features: Sequence[str], disease: str,
-                   half: int) -> tuple[np.ndarray, np.ndarray]:
+                   half: int, objective: str = "dsc_f1") -> tuple[np.ndarray, np.ndarray]:
     """The whole procedure in a world where `disease` is unseen: a verifier fitted without its lesions and
     without the false lesions of the cases of `half`, its cut chosen on `val_cases` without its lesions.
     Returns (kept?, per real lesion of `disease`), (kept?, per false lesion of `half`)."""
-    from malenia.model.lesion_verifier import choose_cut, fit
+    from malenia.model.lesion_verifier import fit
 
     held = data.real & (data.disease == disease)
     scored_false = ~data.real & (data.half == half)
     verifier = fit(*data.take((data.real & ~held) | (~data.real & ~scored_false)), features)
-    cut, _ = choose_cut([c.without(disease).as_case(verifier) for c in val_cases])
+    cut, _ = choose_cut([c.without(disease).as_case(verifier) for c in val_cases], objective=objective)
     return (verifier.probability(data.take(held)[0]) >= cut,
             verifier.probability(data.take(scored_false)[0]) >= cut)
 
@@ -165,7 +239,7 @@ def _fits_without(data: Labelled, disease: str) -> bool:
 
 
 def left_out_table(data: Labelled, val_cases: Sequence[CaseComponents],
-                   sets: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+                   sets: Mapping[str, Sequence[str]] | None = None, objective: str = "dsc_f1") -> list[dict[str, Any]]:
     """Per feature set: the share of a left-out disease's real lesions its left-out trials keep (per disease and
     the mean) and the share of false lesions they keep. Empty with fewer than two diseases to leave out."""
     from malenia.model.lesion_verifier import FEATURE_SETS
@@ -179,7 +253,7 @@ def left_out_table(data: Labelled, val_cases: Sequence[CaseComponents],
     for name, features in sets.items():
         kept, false = {}, []
         for d in diseases:
-            trials = [left_out_trial(data, val_cases, features, d, half) for half in (0, 1)]
+            trials = [left_out_trial(data, val_cases, features, d, half, objective) for half in (0, 1)]
             kept[d] = round(float(np.mean([t[0].mean() for t in trials])), 4)
             false.append(np.concatenate([t[1] for t in trials]).mean())
         left_out, false_kept = float(np.mean(list(kept.values()))), float(np.mean(false))
@@ -189,25 +263,29 @@ def left_out_table(data: Labelled, val_cases: Sequence[CaseComponents],
 
 
 def fit_and_choose(fit_cases: list[CaseComponents], val_cases: list[CaseComponents],
-                   fitted_on: dict[str, Any], validated_on: dict[str, Any], features: str = "all"):
-    """The verifier on the feature set `features` fitted on `fit_cases`, its cut chosen on `val_cases` (mean case
-    DSC), with the left-out trials of every candidate set (`left_out_table`) in its file."""
-    from malenia.model.lesion_verifier import FEATURE_SETS, choose_cut, fit
+                   fitted_on: dict[str, Any], validated_on: dict[str, Any], features: str = "all",
+                   objective: str = "dsc_f1"):
+    """The verifier on the feature set `features` fitted on `fit_cases`, its cut chosen on `val_cases` (`objective`:
+    malenia.evaluate.metrics.OBJECTIVES), with the left-out trials of every candidate set (`left_out_table`) in
+    its file."""
+    from malenia.evaluate.metrics import OBJECTIVE_TEXT
+    from malenia.model.lesion_verifier import FEATURE_SETS, fit
 
     data = Labelled.of(fit_cases)
     verifier = fit(data.rows, data.real, FEATURE_SETS[features], fitted_on=fitted_on)
     verifier.meta["left_out"] = {
         "set": features, "trial": "one training disease left out of the fit and of the validation cases in turn: the "
         "share of its real lesions kept at the cut chosen without it, and of the held-back false lesions (means)",
-        "table": left_out_table(data, val_cases)}
-    cut, table = choose_cut([c.as_case(verifier) for c in val_cases])
+        "table": left_out_table(data, val_cases, objective=objective)}
+    cut, table = choose_cut([c.as_case(verifier) for c in val_cases], objective=objective)
     verifier.cut = cut
     chosen = next(r for r in table if r["cut"] == cut)
     verifier.meta["validation"] = {**validated_on, "cases": len(val_cases),
-                                   "objective": "mean case DSC on each case's own grid",
+                                   "objective": OBJECTIVE_TEXT[objective], "objective_id": objective,
                                    "mean_dsc_without": round(table[0]["mean_dsc"], 4) if table[0]["cut"] == 0 else None,
                                    "mean_dsc": round(chosen["mean_dsc"], 4),
                                    "lesions_per_case": round(chosen["lesions_per_case"], 2),
+                                   **{k: round(chosen[k], 4) for k in ("recall", "precision", "f1", "score")},
                                    "table": [{k: round(v, 4) for k, v in r.items()} for r in table],
                                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return verifier

@@ -9,7 +9,8 @@ probability on the model grid (peak, mean) and its image measurements (malenia.i
 density against the host, heterogeneity, shape, margin, size, position in the body). It is fitted
 on the model's own lesions in cases it never trained on, each labelled real when it touches a
 reference lesion, and a lesion is kept when its probability of being real reaches `cut`; the cut is
-chosen on a validation split by the mean case DSC, as `malenia calibrate` chooses the threshold.
+chosen on a validation split by the objective `malenia calibrate` chooses the threshold with (mean case DSC
+and lesion-detection F1; malenia.evaluate.verifier_fit.choose_cut).
 Disease-agnostic measurements only; even so, a measurement that separates the training types from false
 positives (where a liver tumour sits, how round a cyst is) can reject a lesion type the model never saw, so
 `malenia fit-verifier` also measures what it does to a training disease left out of its fit and cut.
@@ -31,7 +32,6 @@ from malenia.model.verifier_features import FEATURE_SETS, FEATURES  # noqa: F401
 
 FORMAT = "malenia-lesion-verifier/1"
 FILE = "lesion_verifier.json"
-CUTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 L2 = 1.0
 
 
@@ -93,27 +93,3 @@ def fit(rows: Sequence[Mapping[str, float]], real: Sequence[bool], features: Seq
     meta = {"fitted_on": {**(fitted_on or {}), "lesions": int(len(y)), "real": int(y.sum())}}
     # two-class softmax = sigmoid of the difference of the class scores
     return LesionVerifier(list(features), mean, std, w[:, 1] - w[:, 0], float(b[1] - b[0]), meta=meta)
-
-
-@dataclass
-class CaseLesions:
-    """One validation case's kept lesions, for choosing the cut offline (no second network pass)."""
-
-    probability: np.ndarray  # [n] P(real) per kept lesion
-    voxels: np.ndarray  # [n] input-grid voxels per lesion
-    inside: np.ndarray  # [n] of them inside the reference lesions
-    truth_voxels: int
-
-
-def case_dsc(case: CaseLesions, cut: float) -> float:
-    keep = case.probability >= cut
-    pred, inter = int(case.voxels[keep].sum()), int(case.inside[keep].sum())
-    return 1.0 if pred + case.truth_voxels == 0 else 2.0 * inter / (pred + case.truth_voxels)
-
-
-def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS) -> tuple[float, list[dict[str, float]]]:
-    """The cut with the best mean case DSC (ties: the lower cut, which removes fewer lesions) and the table."""
-    table = [{"cut": float(c), "mean_dsc": float(np.mean([case_dsc(k, c) for k in cases])),
-              "lesions_per_case": float(np.mean([(k.probability >= c).sum() for k in cases]))} for c in cuts]
-    best = max(table, key=lambda r: (round(r["mean_dsc"], 6), -r["cut"]))
-    return best["cut"], table
