@@ -55,21 +55,17 @@ def sweep_case(pm, truth: np.ndarray, thresholds: Sequence[float] = THRESHOLDS,
     """One case over the grid: `pm` its malenia.infer.postprocess.ProbabilityMap, `truth` its reference lesion
     instance labels (z, y, x; 0 = background) on its own grid. `gate(pm, lm, order)`: the lesions of `order` that
     `segment` keeps after the post-processing (its lesion verifier; None: all)."""
-    from malenia.evaluate.metrics import matched_pairs
+    from malenia.evaluate.metrics import matched_pairs, overlap_counts
     from malenia.infer.postprocess import kept, lesion_map
 
     shape = (len(thresholds), len(min_volumes_mm3))
     dsc, count, hits = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    truth = np.asarray(truth)
-    inside_truth = truth > 0
-    ids, ref_index = np.unique(truth[inside_truth], return_inverse=True)  # reference lesion of each truth voxel
-    ref_voxels = np.bincount(ref_index, minlength=len(ids))
+    inside_truth = np.asarray(truth) > 0
+    reference = np.asarray(truth)[inside_truth]
     truth_n = int(inside_truth.sum())
     for i, t in enumerate(thresholds):
         lm = lesion_map(pm, t)
-        # inter[g, k]: voxels of reference lesion g inside predicted lesion k (k = 0: background)
-        inter = np.bincount(ref_index * (lm.n + 1) + lm.labels[inside_truth].astype(np.int64),
-                            minlength=len(ids) * (lm.n + 1)).reshape(len(ids), lm.n + 1)
+        _, ref_voxels, inter = overlap_counts(reference, lm.labels[inside_truth], lm.n)
         inside = inter.sum(0)
         passed = None if gate is None else set(gate(pm, lm, kept(lm, min(min_volumes_mm3))))
         for j, v in enumerate(min_volumes_mm3):
@@ -78,8 +74,8 @@ def sweep_case(pm, truth: np.ndarray, thresholds: Sequence[float] = THRESHOLDS,
             denom = pred_n + truth_n
             dsc[i, j] = 1.0 if denom == 0 else 2.0 * overlap / denom
             count[i, j] = len(order)
-            hits[i, j] = len(matched_pairs(inter[:, order], ref_voxels, lm.voxels[order])) if order and len(ids) else 0
-    return CaseSweep(dsc, count, hits, len(ids))
+            hits[i, j] = len(matched_pairs(inter[:, order], ref_voxels, lm.voxels[order]))
+    return CaseSweep(dsc, count, hits, len(np.unique(reference)))
 
 
 def choose(score: np.ndarray, thresholds: Sequence[float], min_volumes_mm3: Sequence[float]) -> tuple[int, int]:
@@ -96,17 +92,17 @@ def choose(score: np.ndarray, thresholds: Sequence[float], min_volumes_mm3: Sequ
 
 def scores(sweeps: Sequence[CaseSweep], objective: str) -> dict[str, np.ndarray]:
     """Per grid cell over the cases: mean DSC, lesions per case, detection recall, precision and F1, the score."""
-    from malenia.evaluate.metrics import lesion_f1, selection_score
+    from malenia.evaluate.metrics import selection_row
 
     mean_dsc = np.mean([s.dsc for s in sweeps], axis=0)
     hits, pred = np.sum([s.hits for s in sweeps], axis=0), np.sum([s.count for s in sweeps], axis=0)
     ref = sum(s.lesions for s in sweeps)
-    out = {"mean_dsc": mean_dsc, "lesions_per_case": pred / len(sweeps),
-           "recall": hits / max(ref, 1), "precision": np.where(pred > 0, hits / np.maximum(pred, 1), 1.0),
-           "f1": np.zeros_like(mean_dsc), "score": np.zeros_like(mean_dsc)}
+    out = {k: np.zeros_like(mean_dsc) for k in COLUMNS}
     for c in np.ndindex(mean_dsc.shape):
-        out["f1"][c] = lesion_f1(int(hits[c]), int(pred[c]), ref)
-        out["score"][c] = selection_score(objective, float(mean_dsc[c]), int(hits[c]), int(pred[c]), ref)
+        row = selection_row(objective, float(mean_dsc[c]), int(hits[c]), int(pred[c]), ref)
+        for k, v in row.items():
+            out[k][c] = v
+    out["lesions_per_case"] = pred / len(sweeps)
     return out
 
 

@@ -145,12 +145,25 @@ OBJECTIVE_TEXT = {"dsc": "mean case DSC on each case's own grid",
                             f"(IoU >= {DEFAULT_IOU_THRESHOLD}, one-to-one)"}
 
 
-def selection_score(objective: str, mean_dsc: float, hits: int, predicted: int, reference: int) -> float:
-    if objective == "dsc":
-        return float(mean_dsc)
-    if objective == "dsc_f1":
-        return 0.5 * float(mean_dsc) + 0.5 * lesion_f1(hits, predicted, reference)
-    raise ValueError(f"unknown selection objective {objective!r} (one of {', '.join(OBJECTIVES)})")
+def selection_row(objective: str, mean_dsc: float, hits: int, predicted: int, reference: int) -> dict[str, float]:
+    """One post-processing setting on a validation split: its mean case DSC, lesion-detection recall, precision and
+    F1 (pooled over the split's lesions) and the score `objective` maximises."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown selection objective {objective!r} (one of {', '.join(OBJECTIVES)})")
+    f1 = lesion_f1(hits, predicted, reference)
+    return {"mean_dsc": float(mean_dsc), "recall": hits / reference if reference else 0.0,
+            "precision": hits / predicted if predicted else 1.0, "f1": f1,
+            "score": float(mean_dsc) if objective == "dsc" else 0.5 * float(mean_dsc) + 0.5 * f1}
+
+
+def overlap_counts(reference: np.ndarray, predicted: np.ndarray, n_predicted: int):
+    """From the reference and predicted lesion ids of every reference voxel (predicted 0 = none, ids up to
+    `n_predicted`): the reference ids, their sizes in voxels and `inter` [G, n_predicted + 1], the voxels of
+    reference lesion g inside predicted lesion k (column 0: outside every predicted lesion)."""
+    ids, index = np.unique(np.asarray(reference), return_inverse=True)
+    flat = index.reshape(-1) * (n_predicted + 1) + np.asarray(predicted, np.int64).reshape(-1)
+    inter = np.bincount(flat, minlength=len(ids) * (n_predicted + 1)).reshape(len(ids), n_predicted + 1)
+    return ids, inter.sum(1), inter
 
 
 @dataclass

@@ -49,10 +49,10 @@ def case_dsc(case: CaseLesions, cut: float) -> float:
 
 def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
                objective: str = "dsc_f1") -> tuple[float, list[dict[str, float]]]:
-    """The cut with the best score (malenia.evaluate.metrics.selection_score; ties: the lower cut, which removes
+    """The cut with the best score (malenia.evaluate.metrics.selection_row; ties: the lower cut, which removes
     fewer lesions) and the table. The detection counts keep each lesion's match from the full set: a verifier only
     removes lesions, and a removed one rarely held a match another would take over."""
-    from malenia.evaluate.metrics import lesion_f1, selection_score
+    from malenia.evaluate.metrics import selection_row
 
     if objective != "dsc" and any(k.hit is None for k in cases):
         raise ValueError(f"objective {objective!r} needs each lesion's detection (CaseLesions.hit)")
@@ -63,10 +63,8 @@ def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
         hits = sum(int((k.hit & m).sum()) for k, m in zip(cases, keep) if k.hit is not None)
         pred = sum(int(m.sum()) for m in keep)
         mean_dsc = float(np.mean([case_dsc(k, c) for k in cases]))
-        table.append({"cut": float(c), "mean_dsc": mean_dsc, "lesions_per_case": pred / max(len(cases), 1),
-                      "recall": hits / max(reference, 1), "precision": hits / pred if pred else 1.0,
-                      "f1": lesion_f1(hits, pred, reference),
-                      "score": selection_score(objective, mean_dsc, hits, pred, reference)})
+        table.append({"cut": float(c), "lesions_per_case": pred / max(len(cases), 1),
+                      **selection_row(objective, mean_dsc, hits, pred, reference)})
     best = max(table, key=lambda r: (round(r["score"], 6), -r["cut"]))
     return best["cut"], table
 
@@ -130,27 +128,18 @@ def case_components(segmenter, image, lesions, diseases: Mapping[int, str] | Non
     return CaseComponents([rows.get(k) for k in order], lm.voxels[order].astype(np.int64),
                           inside[order].astype(np.int64), int(truth.sum()),
                           _diseases_found(predicted, labels, order, diseases), by_disease,
-                          _hits(predicted, labels, ids, ref_voxels, lm.voxels, order), lesions_by_disease)
+                          _hits(predicted, labels, lm.voxels, order), lesions_by_disease)
 
 
-def _hits(predicted: np.ndarray, labels: np.ndarray, ids: np.ndarray, ref_voxels: np.ndarray, voxels: np.ndarray,
-          order: list[int]) -> np.ndarray:
+def _hits(predicted: np.ndarray, labels: np.ndarray, voxels: np.ndarray, order: list[int]) -> np.ndarray:
     """Per lesion of `order`, whether it detects a reference lesion (malenia.evaluate.metrics.matched_pairs);
-    `predicted`, `labels`: the predicted and reference ids of every reference voxel, `ids` the reference ids."""
-    from malenia.evaluate.metrics import matched_pairs
+    `predicted`, `labels`: the predicted and reference ids of every reference voxel, `voxels` the size of every
+    predicted id."""
+    from malenia.evaluate.metrics import matched_pairs, overlap_counts
 
     hit = np.zeros(len(order), bool)
-    if not order or not len(ids):
-        return hit
-    keep = np.array(order, np.int64)
-    position = np.full(len(voxels), -1, np.int64)  # lesion id -> its column in `order` (-1: not kept, background)
-    position[keep] = np.arange(len(keep))
-    column = position[predicted]
-    inside = column >= 0
-    rows = np.searchsorted(ids, labels[inside])
-    inter = np.zeros((len(ids), len(order)), np.int64)
-    np.add.at(inter, (rows, column[inside]), 1)
-    for _, c, _ in matched_pairs(inter, ref_voxels, voxels[keep]):
+    _, ref_voxels, inter = overlap_counts(labels, predicted, len(voxels) - 1)
+    for _, c, _ in matched_pairs(inter[:, order], ref_voxels, voxels[order]):
         hit[c] = True
     return hit
 
