@@ -212,11 +212,12 @@ def test_lesions_are_seen_off_centre(dataset: Path):
 
 # --- hard negatives (malenia mine) ------------------------------------------------------------------------
 
-def _negatives(centres: dict[str, list], shape=(40, 48, 56), spacing=(2.0, 2.0, 2.0)):
+def _negatives(centres: dict[str, list], shape=(40, 48, 56), spacing=(2.0, 2.0, 2.0), missed=None):
     from malenia.data.hard_negatives import CaseNegatives, HardNegatives
 
-    return HardNegatives(spacing, {cid: CaseNegatives(shape, np.array(c, np.int64).reshape(-1, 3), [9] * len(c), [0.9] * len(c))
-                                   for cid, c in centres.items()})
+    missed = missed or {}
+    return HardNegatives(spacing, {cid: CaseNegatives(shape, np.array(c, np.int64).reshape(-1, 3), [9] * len(c), [0.9] * len(c),
+                                                      missed.get(cid, [])) for cid, c in centres.items()})
 
 
 def test_background_patches_sit_on_mined_false_positives(dataset: Path):
@@ -248,3 +249,27 @@ def test_hard_negatives_of_another_grid_are_refused(dataset: Path, shape, spacin
 
     with pytest.raises(InputError, match=message):
         make(dataset, hard_negatives=_negatives({"c1": [(20, 10, 45)]}, shape, spacing))
+
+
+def test_lesion_patches_are_drawn_among_the_missed_lesions_by_their_share(dataset: Path):
+    mined = _negatives({"c0": [], "c1": []}, missed={"c0": [2]})  # c0's small kidney tumour was missed
+    targets = lambda d: [(d[i]["case_id"], d[i]["target_label"]) for i in range(len(d)) if d[i]["lesion_centred"]]  # noqa: E731
+    only = targets(make(dataset, lesion_fraction=1.0, hard_negatives=mined, missed_fraction=1.0, samples_per_epoch=30))
+    assert only and set(only) == {("c0", 2)}
+    half = targets(make(dataset, lesion_fraction=1.0, hard_negatives=mined, missed_fraction=0.5, samples_per_epoch=200))
+    share = sum(t == ("c0", 2) for t in half) / len(half)
+    assert 0.5 < share < 0.75  # half drawn among the missed, and 1 in 6 of the rest (2 cases, c0: 1 of 3 lesions)
+    plain = targets(make(dataset, lesion_fraction=1.0, samples_per_epoch=200))
+    assert sum(t == ("c0", 2) for t in plain) / len(plain) < 0.3
+    # a share without any missed lesion on file samples exactly as before
+    assert targets(make(dataset, lesion_fraction=1.0, hard_negatives=_negatives({"c1": []}), missed_fraction=0.5,
+                         samples_per_epoch=40)) == targets(make(dataset, lesion_fraction=1.0, samples_per_epoch=40))
+
+
+def test_missed_lesions_of_diseases_left_out_of_training_are_not_drawn(dataset: Path):
+    mined = _negatives({"c0": []}, missed={"c0": [2]})
+    data = make(dataset, lesion_fraction=1.0, hard_negatives=mined, missed_fraction=1.0, samples_per_epoch=20,
+                diseases={"kidney_cyst", "lung_tumor", "liver_tumor"})  # the kidney tumour is erased
+    assert {data[i]["target_label"] for i in range(len(data))} <= {1, 3}  # c0's cyst and lung tumour, c1's liver tumour
+    with pytest.raises(ValueError, match="missed_fraction"):
+        make(dataset, missed_fraction=1.2)

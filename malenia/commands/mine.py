@@ -52,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     write_hard_negatives(args.out, found)
     with_fp = sum(1 for c in found.cases.values() if len(c.centres))
-    print(f"{found.count} false positives in {with_fp} of {len(found.cases)} cases "
+    print(f"{found.count} false positives in {with_fp} of {len(found.cases)} cases, {found.missed_count} lesions missed "
           f"(threshold {threshold}, >= {min_volume:g} mm³): {args.out}")
     return 0

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(repeatable: the files are merged case by case)")
     p.add_argument("--hard-negative-fraction", type=float, default=0.5,
                    help="share of the background patches placed on a hard negative (default 0.5)")
+    p.add_argument("--missed-fraction", type=float, default=0.0,
+                   help="share of the lesion patches drawn among the lesions the --hard-negatives files record as "
+                        "missed by the mining model (default 0: every lesion alike)")
     p.add_argument("--replay-fraction", type=float, default=0.5, help="share of replay samples (default 0.5)")
     p.add_argument("--batch-size", type=int, default=None, help="patches per process and step (default: config)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: config)")
@@ -129,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         require_dataset(args.replay, "--replay")
     if not 0.0 <= args.hard_negative_fraction <= 1.0:
         raise InputError("--hard-negative-fraction must be between 0 and 1")
+    if not 0.0 <= args.missed_fraction <= 1.0:
+        raise InputError("--missed-fraction must be between 0 and 1")
     if args.workers is not None and args.workers < 0:
         raise InputError("--workers must be 0 or more")
     cfg = build_config(args.config, args.set)
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         data=data, out=Path(args.out), config=cfg, steps=args.steps, split=args.split, val_split=args.val_split,
         replay=Path(args.replay) if args.replay else None, replay_fraction=args.replay_fraction,
         hard_negatives=[Path(f) for f in args.hard_negatives] if args.hard_negatives else None,
-        hard_negative_fraction=args.hard_negative_fraction,
+        hard_negative_fraction=args.hard_negative_fraction, missed_fraction=args.missed_fraction,
         init=Path(args.init) if args.init else None, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
         log_every=args.log_every,

@@ -1,4 +1,5 @@
-"""Hard negatives: where a model's false positives sit in a training dataset (one file format, owned here).
+"""Hard negatives: where a model's false positives sit in a training dataset, and which of its lesions the
+model misses (one file format, owned here).
 
 `malenia mine` runs a model over a dataset split exactly as `malenia segment` does and records every
 predicted component that touches no reference lesion: its peak voxel on the model grid (the grid the
@@ -9,9 +10,16 @@ practice (nnDetection, LUNA's false-positive reduction): a model's own confident
 partial-volume lung base at a volume edge, are rare among random body voxels, so random background
 patches hardly ever show them.
 
+The same pass records the other side of the model's errors: the labels of the reference lesions no kept
+component touches ("missed"). The sampler draws a share of its lesion patches among them
+(`missed_fraction`): lesions are otherwise drawn uniformly, so the few a model keeps missing (small,
+low-contrast, or of one rare look) get as many patches as the many it already finds — online hard-example
+mining (Shrivastava et al. 2016) at the level of lesions, refreshed by mining again with the next model.
+
 File: JSON {"format": "malenia-hard-negatives/1", "model": {...}, "dataset": name, "split": name,
 "spacing": [z, y, x] mm of the model grid, "threshold": t, "min_volume_mm3": v,
-"cases": {case_id: {"shape": [z, y, x], "centres": [[z, y, x], ...], "voxels": [...], "peaks": [...]}}}.
+"cases": {case_id: {"shape": [z, y, x], "centres": [[z, y, x], ...], "voxels": [...], "peaks": [...],
+"missed": [label, ...]}}}. Files written before "missed" existed read as missing nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ class CaseNegatives:
     centres: np.ndarray  # int64 [K, 3] model-grid (z, y, x): each false positive's peak voxel
     voxels: list[int] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)
+    missed: list[int] = field(default_factory=list)  # reference lesion labels no kept component touches
 
 
 @dataclass
@@ -45,9 +54,14 @@ class HardNegatives:
     def count(self) -> int:
         return sum(len(c.centres) for c in self.cases.values())
 
+    @property
+    def missed_count(self) -> int:
+        return sum(len(c.missed) for c in self.cases.values())
+
     def to_json(self) -> dict[str, Any]:
         cases = {cid: {"shape": list(c.shape), "centres": c.centres.astype(int).tolist(), "voxels": list(c.voxels),
-                       "peaks": [round(float(p), 4) for p in c.peaks]} for cid, c in self.cases.items()}
+                       "peaks": [round(float(p), 4) for p in c.peaks], "missed": [int(v) for v in c.missed]}
+                 for cid, c in self.cases.items()}
         return {"format": FORMAT, **self.meta, "spacing": list(self.spacing), "cases": cases}
 
 
@@ -80,7 +94,8 @@ def read_hard_negatives(path: str | Path) -> HardNegatives:
 
 def merge_hard_negatives(parts: list[HardNegatives]) -> HardNegatives:
     """Several mined files of one dataset as one (e.g. the false positives of successive models): each
-    case's centres in the order of `parts`. Refuses files of different grids."""
+    case's centres in the order of `parts`, its missed lesions those any part missed. Refuses files of
+    different grids."""
     if not parts:
         raise InputError("no hard-negatives file to merge")
     if len(parts) == 1:
@@ -92,13 +107,14 @@ def merge_hard_negatives(parts: list[HardNegatives]) -> HardNegatives:
         for cid, c in part.cases.items():
             have = cases.get(cid)
             if have is None:
-                cases[cid] = CaseNegatives(c.shape, c.centres.copy(), list(c.voxels), list(c.peaks))
+                cases[cid] = CaseNegatives(c.shape, c.centres.copy(), list(c.voxels), list(c.peaks), list(c.missed))
             elif tuple(have.shape) != tuple(c.shape):
                 raise InputError(f"hard negatives of {cid} were mined on grids {have.shape} and {c.shape}")
             else:
                 have.centres = np.concatenate([have.centres, c.centres])
                 have.voxels += c.voxels
                 have.peaks += c.peaks
+                have.missed = sorted(set(have.missed) | set(c.missed))
     return HardNegatives(parts[0].spacing, cases, {"merged": [p.meta for p in parts]})
 
 
@@ -107,5 +123,8 @@ def _case(c: dict[str, Any]) -> CaseNegatives:
     if len(shape) != 3:
         raise ValueError(f"shape {shape} is not (z, y, x)")
     centres = np.asarray(c.get("centres", []), dtype=np.int64).reshape(-1, 3)
+    missed = [int(v) for v in c.get("missed", [])]
+    if any(v < 1 for v in missed):
+        raise ValueError(f"missed lesion labels must be positive, got {missed}")
     return CaseNegatives(shape, centres, [int(v) for v in c.get("voxels", [])],  # type: ignore[arg-type]
-                         [float(v) for v in c.get("peaks", [])])
+                         [float(v) for v in c.get("peaks", [])], missed)

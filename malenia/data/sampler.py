@@ -16,7 +16,9 @@ outside the patient teaches nothing, while fat, bowel and bone outside the organ
 positives of earlier models sat: these hard negatives are what the background patches are for.
 With `hard_negatives` (a model's mined false positives, malenia.data.hard_negatives), a
 `hard_negative_fraction` share of the background patches is placed on one of them instead, off-centre
-like a lesion. nnU-Net forces foreground in a third of its patches
+like a lesion, and a `missed_fraction` share of the lesion patches is drawn among the lesions the mining
+model missed (the file's "missed" labels: a lesion a model keeps missing would otherwise get no more
+patches than one it always finds). nnU-Net forces foreground in a third of its patches
 (oversample_foreground_percent 0.33) because random crops of its organ-sized targets already hold
 foreground; lesions are small and every matched lesion gives the contrastive loss eight positive
 pairs, so here two thirds of the patches are lesion-centred. The patch stays inside the volume
@@ -105,6 +107,7 @@ class _CachedCase:
     enhancement: str | None = None
     body: np.ndarray | None = None  # flat indices of (a random subset of) body voxels: background patch centres
     negatives: np.ndarray | None = None  # [K, 3] mined false positives (z, y, x): hard-negative patch centres
+    missed: list[int] = field(default_factory=list)  # labels of its lesions the mining model missed
 
 
 class LesionPatchDataset(Dataset):
@@ -128,6 +131,7 @@ class LesionPatchDataset(Dataset):
         background_in_body: bool = True,
         hard_negatives=None,
         hard_negative_fraction: float = 0.5,
+        missed_fraction: float = 0.0,
     ):
         from malenia.data.dataset import read_dataset
 
@@ -153,6 +157,9 @@ class LesionPatchDataset(Dataset):
         if not 0.0 <= hard_negative_fraction <= 1.0:
             raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction}")
         self.hard_negative_fraction = float(hard_negative_fraction)
+        if not 0.0 <= missed_fraction <= 1.0:
+            raise ValueError(f"missed_fraction must be in [0, 1], got {missed_fraction}")
+        self.missed_fraction = float(missed_fraction)
         # body = denser than -300 HU, in the preprocessor's normalised units (air, lung and padding are not)
         self._body_level = float(preprocessor.normalize(np.array([-300.0]))[0])
         self.epoch = 0
@@ -163,6 +170,7 @@ class LesionPatchDataset(Dataset):
         self.cases = self._load(case_ids, progress)
         self._with_lesions = [i for i, c in enumerate(self.cases) if c.lesions]
         self._with_negatives = self._attach_negatives(hard_negatives) if hard_negatives is not None else []
+        self._with_missed = [i for i, c in enumerate(self.cases) if c.missed]
         self._intensity = _intensity_transforms(augment) if augment else None
 
     # -- cache -------------------------------------------------------------------------------
@@ -217,18 +225,22 @@ class LesionPatchDataset(Dataset):
         return out
 
     def _attach_negatives(self, negatives) -> list[int]:
-        """Mined false-positive centres (malenia.data.hard_negatives) onto the cached cases; the cases that have some."""
+        """Mined false-positive centres and missed lesions (malenia.data.hard_negatives) onto the cached cases;
+        the cases that have false positives."""
         spacing = tuple(self.preprocessor.target_spacing)
         if not np.allclose(negatives.spacing, spacing):
             raise InputError(f"hard negatives were mined on a {negatives.spacing} mm grid, this model's is {spacing} mm")
         with_negatives = []
         for i, case in enumerate(self.cases):
             found = negatives.cases.get(case.case_id)
-            if found is None or not len(found.centres):
+            if found is None:
                 continue
             if tuple(found.shape) != case.image.shape:
                 raise InputError(f"hard negatives of {case.case_id} were mined on a {found.shape} grid, "
                                  f"the sampler's is {case.image.shape}: mined from another dataset?")
+            case.missed = [label for label in found.missed if label in case.lesions]  # not those filtered out
+            if not len(found.centres):
+                continue
             case.negatives = found.centres
             with_negatives.append(i)
         return with_negatives
@@ -246,9 +258,7 @@ class LesionPatchDataset(Dataset):
         lesion_centred = bool(self._with_lesions) and rng.random() < self.lesion_fraction
         target = 0
         if lesion_centred:
-            case = self.cases[self._with_lesions[rng.integers(len(self._with_lesions))]]
-            labels = sorted(case.lesions)
-            target = labels[rng.integers(len(labels))]
+            case, target = self._draw_lesion(rng)
             lesion = case.lesions[target]
             voxel = np.array(np.unravel_index(int(lesion.locations[rng.integers(len(lesion.locations))]), case.image.shape))
             # The voxel lands anywhere in the central `lesion_offset` share of the patch, not always at its
@@ -298,6 +308,17 @@ class LesionPatchDataset(Dataset):
             "target_label": int(target),  # the lesion the patch was centred on (0: a random patch)
             "enhancement": case.enhancement,
         }
+
+    def _draw_lesion(self, rng: np.random.Generator) -> tuple[_CachedCase, int]:
+        """A case, then one of its lesions, uniformly; or, with `missed_fraction`, among the missed ones (no extra
+        draw without any: runs without mined misses sample as before)."""
+        if self._with_missed and self.missed_fraction > 0 and rng.random() < self.missed_fraction:
+            case = self.cases[self._with_missed[rng.integers(len(self._with_missed))]]
+            labels = case.missed
+        else:
+            case = self.cases[self._with_lesions[rng.integers(len(self._with_lesions))]]
+            labels = sorted(case.lesions)
+        return case, labels[rng.integers(len(labels))]
 
     def _start_near(self, voxel: np.ndarray, shape, rng: np.random.Generator) -> np.ndarray:
         """A patch start that puts `voxel` anywhere in the central `lesion_offset` share of the patch, then moved

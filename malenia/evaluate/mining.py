@@ -1,9 +1,10 @@
-"""Mine a model's false positives on a dataset split, through the predictor `malenia segment` runs.
+"""Mine a model's false positives and missed lesions on a dataset split, through the predictor `malenia segment` runs.
 
 Each case goes through `Segmenter.probability_map` once; the probability is thresholded and small
 components dropped by the same post-processing `segment` ships (malenia.infer.postprocess). A kept
 component that shares no voxel with the reference lesions is a false positive: its peak voxel on the
-model grid becomes a hard-negative centre (malenia.data.hard_negatives).
+model grid becomes a hard-negative centre (malenia.data.hard_negatives). A reference lesion that no kept
+component touches is missed: its label is recorded for the sampler to draw more often.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import numpy as np
 from malenia.data.hard_negatives import CaseNegatives, HardNegatives
 
 
-def case_false_positives(pm, truth: np.ndarray, threshold: float, min_volume_mm3: float) -> CaseNegatives:
-    """The false-positive components of one case: `pm` its ProbabilityMap, `truth` its lesion mask (input grid)."""
+def case_mistakes(pm, truth: np.ndarray, threshold: float, min_volume_mm3: float) -> CaseNegatives:
+    """One case's false-positive components and missed lesions: `pm` its ProbabilityMap, `truth` its lesion
+    labels (input grid, 0 background)."""
     from malenia.infer.postprocess import kept, lesion_map
 
+    truth = np.asarray(truth)
     lm = lesion_map(pm, threshold)
-    inside = np.bincount(lm.labels[np.asarray(truth, bool)], minlength=lm.n + 1)[: lm.n + 1]
+    order = kept(lm, min_volume_mm3)
+    inside = np.bincount(lm.labels[truth > 0], minlength=lm.n + 1)[: lm.n + 1]
     centres, voxels, peaks = [], [], []
-    for k in kept(lm, min_volume_mm3):
+    for k in order:
         if inside[k]:
             continue
         where = np.flatnonzero(lm.model_labels.reshape(-1) == k)
@@ -35,7 +39,15 @@ def case_false_positives(pm, truth: np.ndarray, threshold: float, min_volume_mm3
         voxels.append(int(lm.voxels[k]))
         peaks.append(float(values.max()))
     return CaseNegatives(tuple(int(s) for s in pm.probability.shape),  # type: ignore[arg-type]
-                         np.asarray(centres, np.int64).reshape(-1, 3), voxels, peaks)
+                         np.asarray(centres, np.int64).reshape(-1, 3), voxels, peaks, _missed(lm, order, truth))
+
+
+def _missed(lm, order: list[int], truth: np.ndarray) -> list[int]:
+    """The truth labels that share no voxel with a kept component."""
+    is_kept = np.zeros(lm.n + 1, bool)
+    is_kept[order] = True
+    touched = np.unique(truth[is_kept[lm.labels] & (truth > 0)])
+    return sorted(set(np.unique(truth[truth > 0]).tolist()) - set(touched.tolist()))
 
 
 def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, min_volume_mm3: float,
@@ -55,8 +67,7 @@ def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, m
             on_case(i, len(case_ids), case_id)
         case = read_case(data_dir, case_id)
         pm, _ = segmenter.probability_map(case.image, collect=False)
-        cases[case_id] = case_false_positives(pm, sitk.GetArrayViewFromImage(case.lesions) > 0, threshold,
-                                              min_volume_mm3)
+        cases[case_id] = case_mistakes(pm, sitk.GetArrayFromImage(case.lesions), threshold, min_volume_mm3)
     meta = {"dataset": Path(data_dir).resolve().name, "split": split or "all", "threshold": float(threshold),
             "min_volume_mm3": float(min_volume_mm3), "seconds": round(time.perf_counter() - t0, 1)}
     return HardNegatives(tuple(segmenter.preprocessor.target_spacing), cases, meta)  # type: ignore[arg-type]

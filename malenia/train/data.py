@@ -152,7 +152,8 @@ class PatchStream:
     def __init__(self, data: Path, split: str | None, cfg, bank: TrainingBank, seed: int = 0, augment: bool = True,
                  samples_per_epoch: int | None = None, replay: Path | None = None, replay_fraction: float = 0.5,
                  lesion_fraction: float | None = None, case_ids: list[str] | None = None,
-                 hard_negatives: Path | list[Path] | None = None, hard_negative_fraction: float = 0.5):
+                 hard_negatives: Path | list[Path] | None = None, hard_negative_fraction: float = 0.5,
+                 missed_fraction: float = 0.0):
         from malenia.data.sampler import AugmentConfig, LesionPatchDataset
         from malenia.data.preprocess import preprocessor_for
 
@@ -169,7 +170,7 @@ class PatchStream:
             files = [hard_negatives] if isinstance(hard_negatives, (str, Path)) else list(hard_negatives)
             mined = merge_hard_negatives([read_hard_negatives(f) for f in files])
         main = LesionPatchDataset(data, split, samples_per_epoch=n, cases=case_ids, hard_negatives=mined,
-                                  hard_negative_fraction=hard_negative_fraction, **kw)
+                                  hard_negative_fraction=hard_negative_fraction, missed_fraction=missed_fraction, **kw)
         rep, k = None, 0
         if replay is not None:
             from malenia.data.dataset import read_dataset
