@@ -21,12 +21,16 @@ from malenia.data.hard_negatives import CaseNegatives, HardNegatives
 def case_mistakes(pm, truth: np.ndarray, threshold: float, min_volume_mm3: float) -> CaseNegatives:
     """One case's false-positive components and missed lesions: `pm` its ProbabilityMap, `truth` its lesion
     labels (input grid, 0 background)."""
+    from malenia.evaluate.metrics import overlap_counts
     from malenia.infer.postprocess import kept, lesion_map
 
     truth = np.asarray(truth)
     lm = lesion_map(pm, threshold)
     order = kept(lm, min_volume_mm3)
-    inside = np.bincount(lm.labels[truth > 0], minlength=lm.n + 1)[: lm.n + 1]
+    in_truth = truth > 0
+    ids, _, inter = overlap_counts(truth[in_truth], lm.labels[in_truth], lm.n)  # one count for both sides
+    inside = inter.sum(0)  # per component: its voxels inside some reference lesion
+    missed = [int(v) for v in ids[inter[:, order].sum(1) == 0]]
     centres, voxels, peaks = [], [], []
     for k in order:
         if inside[k]:
@@ -39,15 +43,7 @@ def case_mistakes(pm, truth: np.ndarray, threshold: float, min_volume_mm3: float
         voxels.append(int(lm.voxels[k]))
         peaks.append(float(values.max()))
     return CaseNegatives(tuple(int(s) for s in pm.probability.shape),  # type: ignore[arg-type]
-                         np.asarray(centres, np.int64).reshape(-1, 3), voxels, peaks, _missed(lm, order, truth))
-
-
-def _missed(lm, order: list[int], truth: np.ndarray) -> list[int]:
-    """The truth labels that share no voxel with a kept component."""
-    is_kept = np.zeros(lm.n + 1, bool)
-    is_kept[order] = True
-    touched = np.unique(truth[is_kept[lm.labels] & (truth > 0)])
-    return sorted(set(np.unique(truth[truth > 0]).tolist()) - set(touched.tolist()))
+                         np.asarray(centres, np.int64).reshape(-1, 3), voxels, peaks, missed)
 
 
 def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, min_volume_mm3: float,
