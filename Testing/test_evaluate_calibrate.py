@@ -335,7 +335,7 @@ def test_model_card_says_how_the_post_processing_was_chosen_and_what_it_gave_on_
     cal = {"cases": 16, "dataset": "seen_train", "split": "val", "objective": "half DSC, half F1",
            "verifier_cut": 0.3, "mean_dsc": 0.4655, "recall": 0.559, "precision": 0.95}
     text = _post_processing({"threshold": 0.2, "min_volume_mm3": 524.0, "calibration": cal})
-    assert text == ("foreground threshold 0.2, lesions under 524 mm³ removed; both chosen by `malenia calibrate` on 16 "
+    assert text == ("foreground threshold 0.2, lesions under 524 mm³ (a ball 10.0 mm across) removed; both chosen by `malenia calibrate` on 16 "
                     "cases of seen_train (val) by half DSC, half F1, with the lesion verifier in place (cut 0.3): mean "
                     "DSC 0.4655, lesion detection recall 0.559 and precision 0.95 there")
     old = {k: cal[k] for k in ("cases", "dataset", "split")}  # a calibration from before the objective was recorded

@@ -49,6 +49,19 @@ def test_per_type_scores_and_attributes_on_a_two_type_case():
     assert by_label[2]["detected"] and by_label[2]["pred_attributes"]["location"] == ["location.kidney.right"]
 
 
+def test_lesion_records_carry_their_size_on_the_case_spacing():
+    gt = np.zeros((12, 12, 12), np.int32)
+    gt[0:2, 0:2, 0:2] = 1  # 8 voxels of 2 x 1 x 1 mm = 16 mm³
+    gt[4:10, 4:10, 4:10] = 2  # 216 voxels = 432 mm³
+    pred = np.where(gt == 2, 7, 0).astype(np.int32)  # finds the large one only
+    report = CaseReport("c", [LesionReport(1, "gallstone", {}), LesionReport(2, "kidney_cyst", {})])
+    res = evaluate_case(pred, [_lesion(7, None, "kidney_cyst")], gt, report, (2.0, 1.0, 1.0))
+    by_label = {les["label"]: les for les in res["lesions"]}
+    assert by_label[1]["volume_ml"] == pytest.approx(0.016) and not by_label[1]["detected"]
+    assert by_label[2]["volume_ml"] == pytest.approx(0.432) and by_label[2]["detected"]
+    assert by_label[2]["diameter_mm"] == pytest.approx((6 * 432 / np.pi) ** (1 / 3), abs=0.05)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     import torch
@@ -75,6 +88,10 @@ def test_evaluate_cli_writes_tables_and_card(model):
     assert result["protocol"]["nsd_tolerance_mm"] == 2.0
     md = (out / "evaluation.md").read_text()
     assert "| liver_tumor | seen |" in md and "Enhancement status" in md and md in res.stdout
+    lesions = [les for c in result["cases"] for les in c["lesions"]]
+    assert sum(b["lesions"] for b in result["by_size"]) == len(lesions)
+    assert sum(b["detected"] for b in result["by_size"]) == sum(les["detected"] for les in lesions)
+    assert "Lesion detection by size" in md
     card = subprocess.run([sys.executable, "-m", "malenia.cli", "evaluate", "--model", str(model / "run" / "model"),
                            "--card", str(out / "evaluation.json")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)

@@ -9,6 +9,9 @@ from malenia.evaluate.metrics import (
     DetectionCounts,
     dice_score,
     match_instances,
+    recall_by_size,
+    size_band,
+    sphere_diameter_mm,
     surface_dice,
 )
 
@@ -106,3 +109,13 @@ def test_free_text_descriptions_compare_by_text():
     counts.add(predicted={"surface": ["text:lobulated margin"]},
                reported={"surface": [Description("Lobulated margin ", None)]})
     assert counts.summary()["surface"]["accuracy"] == 1.0
+
+
+def test_size_bands_by_equivalent_sphere_diameter():
+    assert sphere_diameter_mm(4 / 3 * np.pi * 5.0**3) == pytest.approx(10.0)
+    assert [size_band(d) for d in (0.0, 9.99, 10.0, 19.9, 20.0, 80.0)] == \
+        ["<10 mm", "<10 mm", "10-20 mm", "10-20 mm", ">=20 mm", ">=20 mm"]
+    bands = recall_by_size([(6.0, False), (8.0, True), (9.0, False), (25.0, True)])
+    assert [b["band"] for b in bands] == ["<10 mm", "10-20 mm", ">=20 mm"]
+    assert [(b["lesions"], b["detected"]) for b in bands] == [(3, 1), (0, 0), (1, 1)]
+    assert bands[0]["recall"] == pytest.approx(1 / 3) and bands[1]["recall"] is None and bands[2]["recall"] == 1.0

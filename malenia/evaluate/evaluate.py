@@ -32,6 +32,8 @@ from malenia.evaluate.metrics import (
     dice_score,
     match_instances,
     mean_or_none,
+    recall_by_size,
+    sphere_diameter_mm,
     surface_dice,
 )
 
@@ -98,12 +100,17 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "pred": len(pred_ids),
             "hits": sum(1 for g, _, _ in match.pairs if type_of_gt.get(g) == disease),
         }
+    voxels = np.bincount(np.asarray(gt_labels, np.int64).reshape(-1))
+    voxel_mm3 = float(np.prod(spacing_zyx))
     for les in report.lesions:
         p = match.pred_for(les.label)
         pl = pred_by_label.get(p) if p is not None else None
+        volume = float(voxels[les.label]) * voxel_mm3 if les.label < len(voxels) else 0.0
         out["lesions"].append({
             "label": les.label,
             "disease": les.disease,
+            "volume_ml": round(volume / 1000.0, 4),
+            "diameter_mm": round(sphere_diameter_mm(volume), 1),
             "detected": p is not None,
             "pred_label": p,
             "iou": next((iou for g, q, iou in match.pairs if g == les.label), None),
@@ -178,6 +185,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "overall": groups["all_cases"].summary() if case_ids else None,
         "groups": summary,
         "per_type": per_type,
+        "by_size": recall_by_size((les["diameter_mm"], les["detected"]) for c in cases_out for les in c["lesions"]),
         "cases": cases_out,
     }
 
@@ -292,6 +300,12 @@ def markdown_tables(result: dict[str, Any]) -> str:
             cells = " | ".join(f"{_f(g['attributes'][a]['precision'], True)} | {_f(g['attributes'][a]['recall'], True)}"
                                for _, g in groups)
             lines.append(f"| {ASPECT_NAMES[a]} | {cells} |")
+    bands = result.get("by_size")  # absent from evaluations written before it existed
+    if bands:
+        lines += ["", "Lesion detection by size (reference lesion's equivalent-sphere diameter):", "",
+                  "| size | " + " | ".join(b["band"] for b in bands) + " |", "|---|" + "---|" * len(bands),
+                  "| lesions (detected) | " + " | ".join(f"{b['lesions']} ({b['detected']})" for b in bands) + " |",
+                  "| detection recall | " + " | ".join(_f(b["recall"]) for b in bands) + " |"]
     return "\n".join(lines) + "\n"
 
 

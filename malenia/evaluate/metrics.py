@@ -13,6 +13,9 @@
   predicted, recall over the classes present in the reports); `accuracy` is the micro figure (share of
   matched lesions whose predicted description is among the reported ones).
 - Disease accuracy: over detected lesions, share whose inferred disease equals the reported disease.
+- Detection by size: recall per band of the reference lesion's equivalent-sphere diameter (the diameter of a
+  ball of the lesion's volume): under 10 mm, 10-20 mm, 20 mm and over. A test set's mean hides that most
+  missed lesions are small; this says for which lesion sizes the recall holds.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from malenia.aspects import ASPECTS
 
 DEFAULT_NSD_TOLERANCE_MM = 2.0
 DEFAULT_IOU_THRESHOLD = 0.1
+SIZE_BAND_EDGES_MM = (10.0, 20.0)  # equivalent-sphere diameter, mm: radiology's small / medium / large lesion
 
 
 def _as_bool(a) -> np.ndarray:
@@ -164,6 +168,32 @@ def overlap_counts(reference: np.ndarray, predicted: np.ndarray, n_predicted: in
     flat = index.reshape(-1) * (n_predicted + 1) + np.asarray(predicted, np.int64).reshape(-1)
     inter = np.bincount(flat, minlength=len(ids) * (n_predicted + 1)).reshape(len(ids), n_predicted + 1)
     return ids, inter.sum(1), inter
+
+
+def sphere_diameter_mm(volume_mm3: float) -> float:
+    """The diameter of a ball of `volume_mm3`."""
+    return float((6.0 * max(float(volume_mm3), 0.0) / np.pi) ** (1.0 / 3.0))
+
+
+def size_band(diameter_mm: float, edges: Sequence[float] = SIZE_BAND_EDGES_MM) -> str:
+    """The band name of a diameter: "<10 mm", "10-20 mm", ">=20 mm" for the default edges."""
+    for i, edge in enumerate(edges):
+        if diameter_mm < edge:
+            return f"<{edge:g} mm" if i == 0 else f"{edges[i - 1]:g}-{edge:g} mm"
+    return f">={edges[-1]:g} mm"
+
+
+def recall_by_size(lesions: Iterable[tuple[float, bool]], edges: Sequence[float] = SIZE_BAND_EDGES_MM) -> list[dict]:
+    """Per size band (smallest first): reference lesions, detected ones and recall, from (diameter mm, detected)
+    pairs; bands without lesions are listed with recall None so that tables line up across test sets."""
+    names = [size_band(d, edges) for d in (0.0, *edges)]
+    counts = {n: [0, 0] for n in names}
+    for diameter, detected in lesions:
+        c = counts[size_band(diameter, edges)]
+        c[0] += 1
+        c[1] += int(bool(detected))
+    return [{"band": n, "lesions": c[0], "detected": c[1], "recall": c[1] / c[0] if c[0] else None}
+            for n, c in counts.items()]
 
 
 @dataclass

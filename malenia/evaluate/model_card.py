@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from malenia.evaluate.evaluate import markdown_tables
+from malenia.evaluate.metrics import sphere_diameter_mm
 from malenia.model.folder import WEIGHTS
 
 TARGETS = (
@@ -199,7 +200,8 @@ def _post_processing(result: dict[str, Any]) -> str:
     """The threshold and minimum volume an evaluation used, and where they came from."""
     text = f"foreground threshold {result.get('threshold', 0.5)}"
     if result.get("min_volume_mm3") is not None:
-        text += f", lesions under {result['min_volume_mm3']:g} mm³ removed"
+        volume = float(result["min_volume_mm3"])
+        text += f", lesions under {volume:g} mm³ (a ball {sphere_diameter_mm(volume):.1f} mm across) removed"
     cal = result.get("calibration")
     if cal:
         text += f"; both chosen by `malenia calibrate` on {cal.get('cases')} cases of {cal.get('dataset')} ({cal.get('split')})"
