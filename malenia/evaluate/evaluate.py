@@ -100,12 +100,11 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "pred": len(pred_ids),
             "hits": sum(1 for g, _, _ in match.pairs if type_of_gt.get(g) == disease),
         }
-    voxels = np.bincount(np.asarray(gt_labels, np.int64).reshape(-1))
     voxel_mm3 = float(np.prod(spacing_zyx))
     for les in report.lesions:
         p = match.pred_for(les.label)
         pl = pred_by_label.get(p) if p is not None else None
-        volume = float(voxels[les.label]) * voxel_mm3 if les.label < len(voxels) else 0.0
+        volume = match.gt_voxels.get(les.label, 0) * voxel_mm3
         out["lesions"].append({
             "label": les.label,
             "disease": les.disease,

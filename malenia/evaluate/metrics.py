@@ -81,6 +81,7 @@ class InstanceMatch:
     gt_labels: list[int]
     pred_labels: list[int]
     pairs: list[tuple[int, int, float]]  # (gt label, predicted label, IoU), IoU >= threshold
+    gt_voxels: dict[int, int] = field(default_factory=dict)  # voxels of each ground-truth lesion
 
     @property
     def hits(self) -> int:
@@ -98,10 +99,12 @@ def match_instances(pred_labels, gt_labels, iou_threshold: float = DEFAULT_IOU_T
     pl, gl = np.asarray(pred_labels), np.asarray(gt_labels)
     if pl.shape != gl.shape:
         raise ValueError(f"label map shapes differ: {pl.shape} vs {gl.shape}")
-    g_ids = [int(v) for v in np.unique(gl) if v != 0]
+    g_values, g_counts = np.unique(gl, return_counts=True)  # the sizes come with the ids, for lesion records
+    g_voxels = {int(v): int(n) for v, n in zip(g_values, g_counts) if v != 0}
+    g_ids = list(g_voxels)
     p_ids = [int(v) for v in np.unique(pl) if v != 0]
     if not g_ids or not p_ids:
-        return InstanceMatch(g_ids, p_ids, [])
+        return InstanceMatch(g_ids, p_ids, [], g_voxels)
     # Joint histogram of (gt, pred) labels gives every intersection in one pass.
     g_index = {v: i + 1 for i, v in enumerate(g_ids)}
     p_index = {v: i + 1 for i, v in enumerate(p_ids)}
@@ -115,7 +118,7 @@ def match_instances(pred_labels, gt_labels, iou_threshold: float = DEFAULT_IOU_T
     joint = np.bincount(gi * (len(p_ids) + 1) + pi, minlength=(len(g_ids) + 1) * (len(p_ids) + 1))
     joint = joint.reshape(len(g_ids) + 1, len(p_ids) + 1)
     pairs = matched_pairs(joint[1:, 1:], joint[1:, :].sum(1), joint[:, 1:].sum(0), iou_threshold)
-    return InstanceMatch(g_ids, p_ids, sorted((g_ids[r], p_ids[c], iou) for r, c, iou in pairs))
+    return InstanceMatch(g_ids, p_ids, sorted((g_ids[r], p_ids[c], iou) for r, c, iou in pairs), g_voxels)
 
 
 def matched_pairs(inter: np.ndarray, gt_voxels: np.ndarray, pred_voxels: np.ndarray,
