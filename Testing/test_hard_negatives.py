@@ -127,3 +127,39 @@ def test_mine_then_train_on_the_mined_false_positives(tmp_path_factory, tmp_path
     bad = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "1",
                   "--hard-negatives", tmp_path / "none.json", "--out", tmp_path / "run2", "--progress", "none")
     assert bad.returncode != 0 and "malenia mine" in bad.stderr and not (tmp_path / "run2" / "model").exists()
+
+
+def test_hard_negatives_mined_on_the_replay_dataset_place_its_patches(tmp_path):
+    """`--replay-hard-negatives`: a model's mistakes on the replay dataset (e.g. fresh cases) centre that dataset's
+    background patches, routed by option (both datasets here have the same case ids), and a file naming no
+    training case of its dataset is refused instead of doing nothing."""
+    from malenia.data.hard_negatives import CaseNegatives, HardNegatives
+    from malenia.train.data import PatchStream, build_training_bank
+
+    cfg = tiny_config()
+    main = make_tiny_dataset(tmp_path / "main", n_cases=3)
+    rep = make_tiny_dataset(tmp_path / "rep", n_cases=3, shape=(40, 44, 44), seed=1)
+    bank = build_training_bank(cfg, [main, rep])
+    plain = PatchStream(main, "train", cfg, bank, samples_per_epoch=4, replay=rep, replay_fraction=0.5,
+                        hard_negative_fraction=1.0, lesion_fraction=0.0)
+    case = plain.dataset.replay.cases[1]
+    spot = np.array(case.image.shape) // 2 + np.array([3, -4, 5])
+    spacing = tuple(plain.dataset.replay.preprocessor.target_spacing)
+    mined = HardNegatives(spacing, {case.case_id: CaseNegatives(tuple(case.image.shape), spot[None].astype(np.int64),
+                                                                [20], [0.9], missed=[])})
+    write_hard_negatives(tmp_path / "rep_hn.json", mined)
+    stream = PatchStream(main, "train", cfg, bank, samples_per_epoch=4, replay=rep, replay_fraction=0.5,
+                         replay_hard_negatives=tmp_path / "rep_hn.json", hard_negative_fraction=1.0, lesion_fraction=0.0)
+    assert stream.dataset.replay._with_negatives == [1] and stream.dataset.main._with_negatives == []
+    half = np.array(cfg.patch_size) // 2
+    for i in range(4):
+        item = stream.dataset.replay[i]
+        assert item["case_id"] == case.case_id and not item["lesion_centred"]
+        assert np.all(np.abs(np.array(item["centre"]) - spot) <= half)
+    # the main dataset's background patches stay where they were, the replay's moved
+    assert [stream.dataset.main[i]["centre"] for i in range(4)] == [plain.dataset.main[i]["centre"] for i in range(4)]
+    assert [stream.dataset.replay[i]["centre"] for i in range(4)] != [plain.dataset.replay[i]["centre"] for i in range(4)]
+    with pytest.raises(InputError, match="--data: hard negatives mined on another dataset"):
+        PatchStream(main, "val", cfg, bank, samples_per_epoch=4, hard_negatives=tmp_path / "rep_hn.json")
+    with pytest.raises(InputError, match="without --replay"):
+        PatchStream(main, "train", cfg, bank, samples_per_epoch=4, replay_hard_negatives=tmp_path / "rep_hn.json")

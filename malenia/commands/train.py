@@ -29,10 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hard-negatives", action="append", default=None,
                    help="false positives of a model on --data (`malenia mine`): background patches are centred there "
                         "(repeatable: the files are merged case by case)")
+    p.add_argument("--replay-hard-negatives", action="append", default=None,
+                   help="the same for --replay: a model's mistakes mined on the replay dataset (repeatable)")
     p.add_argument("--hard-negative-fraction", type=float, default=0.5,
-                   help="share of the background patches placed on a hard negative (default 0.5)")
+                   help="share of the background patches placed on a hard negative, in each dataset (default 0.5)")
     p.add_argument("--missed-fraction", type=float, default=0.0,
-                   help="share of the lesion patches drawn among the lesions the --hard-negatives files record as "
+                   help="share of the lesion patches drawn among the lesions the hard-negatives files record as "
                         "missed by the mining model (default 0: every lesion alike)")
     p.add_argument("--replay-fraction", type=float, default=0.5, help="share of replay samples (default 0.5)")
     p.add_argument("--batch-size", type=int, default=None, help="patches per process and step (default: config)")
@@ -142,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         replay=Path(args.replay) if args.replay else None, replay_fraction=args.replay_fraction,
         hard_negatives=[Path(f) for f in args.hard_negatives] if args.hard_negatives else None,
         hard_negative_fraction=args.hard_negative_fraction, missed_fraction=args.missed_fraction,
+        replay_hard_negatives=[Path(f) for f in args.replay_hard_negatives] if args.replay_hard_negatives else None,
         init=Path(args.init) if args.init else None, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
         log_every=args.log_every,

@@ -128,6 +128,28 @@ def _dataset_texts(cfg, datasets, splits, report_style, table) -> tuple[dict[str
     return free, reports
 
 
+def _read_mined(files: Path | list[Path] | None):
+    """The hard-negatives files (malenia.data.hard_negatives) merged case by case; None without any."""
+    if not files:
+        return None
+    from malenia.data.hard_negatives import merge_hard_negatives, read_hard_negatives
+
+    files = [files] if isinstance(files, (str, Path)) else list(files)
+    return merge_hard_negatives([read_hard_negatives(f) for f in files])
+
+
+def _require_matched(mined, dataset, option: str) -> None:
+    """InputError when no mined case is a training case of `dataset`: a file mined on other data would do nothing."""
+    from malenia.errors import InputError
+
+    if mined is None or not mined.cases:
+        return
+    if not {case.case_id for case in dataset.cases} & set(mined.cases):
+        some = ", ".join(sorted(mined.cases)[:3])
+        raise InputError(f"none of the {len(mined.cases)} mined cases ({some}, ...) is a training case of {option}: "
+                         "hard negatives mined on another dataset or split?")
+
+
 class _Mix(torch.utils.data.Dataset):
     """Main dataset followed by replay items; the epoch's shuffle interleaves them."""
 
@@ -153,9 +175,10 @@ class PatchStream:
                  samples_per_epoch: int | None = None, replay: Path | None = None, replay_fraction: float = 0.5,
                  lesion_fraction: float | None = None, case_ids: list[str] | None = None,
                  hard_negatives: Path | list[Path] | None = None, hard_negative_fraction: float = 0.5,
-                 missed_fraction: float = 0.0):
-        from malenia.data.sampler import AugmentConfig, LesionPatchDataset
+                 missed_fraction: float = 0.0, replay_hard_negatives: Path | list[Path] | None = None):
         from malenia.data.preprocess import preprocessor_for
+        from malenia.data.sampler import AugmentConfig, LesionPatchDataset
+        from malenia.errors import InputError
 
         self.cfg, self.bank, self.seed = cfg, bank, int(seed)
         pre = preprocessor_for(cfg)
@@ -163,21 +186,23 @@ class PatchStream:
         kw = dict(patch_size=cfg.patch_size, preprocessor=pre, augment=AugmentConfig() if augment else None, seed=seed)
         if lesion_fraction is not None:
             kw["lesion_fraction"] = lesion_fraction
-        mined = None
-        if hard_negatives:  # the main dataset's only: mined on it (one file, or several merged)
-            from malenia.data.hard_negatives import merge_hard_negatives, read_hard_negatives
-
-            files = [hard_negatives] if isinstance(hard_negatives, (str, Path)) else list(hard_negatives)
-            mined = merge_hard_negatives([read_hard_negatives(f) for f in files])
-        main = LesionPatchDataset(data, split, samples_per_epoch=n, cases=case_ids, hard_negatives=mined,
-                                  hard_negative_fraction=hard_negative_fraction, missed_fraction=missed_fraction, **kw)
+        # a model's mined mistakes (one file, or several merged) on each dataset: the main one's and the replay's
+        shares = dict(hard_negative_fraction=hard_negative_fraction, missed_fraction=missed_fraction)
+        mined = _read_mined(hard_negatives)
+        main = LesionPatchDataset(data, split, samples_per_epoch=n, cases=case_ids, hard_negatives=mined, **shares, **kw)
+        _require_matched(mined, main, "--data")
         rep, k = None, 0
         if replay is not None:
             from malenia.data.dataset import read_dataset
 
             rsplit = "train" if "train" in read_dataset(replay).split else None
             k = int(round(n * replay_fraction / max(1e-6, 1 - replay_fraction)))
-            rep = LesionPatchDataset(replay, rsplit, samples_per_epoch=max(k, 1), **{**kw, "seed": seed + 7919})
+            rep_mined = _read_mined(replay_hard_negatives)
+            rep = LesionPatchDataset(replay, rsplit, samples_per_epoch=max(k, 1), hard_negatives=rep_mined, **shares,
+                                     **{**kw, "seed": seed + 7919})
+            _require_matched(rep_mined, rep, "--replay")
+        elif replay_hard_negatives:
+            raise InputError("hard negatives for a replay dataset were given without --replay")
         self.dataset = _Mix(main, rep, k)
 
     @property

@@ -51,6 +51,7 @@ class TrainOptions:
     hard_negatives: Path | list[Path] | None = None  # `malenia mine`'s false positives of the main dataset (files merged)
     hard_negative_fraction: float = 0.5  # share of the background patches placed on them
     missed_fraction: float = 0.0  # share of the lesion patches drawn among the lesions those files record as missed
+    replay_hard_negatives: Path | list[Path] | None = None  # the same, mined on the replay dataset
     init: Path | None = None  # a model folder to start from
     batch_size: int | None = None  # per process; default config.optim.batch_size
     lr: float | None = None
@@ -181,7 +182,7 @@ class Trainer:
                                   samples_per_epoch=cfg.optim.iterations_per_epoch * self.batch * info.world_size,
                                   replay=opts.replay, replay_fraction=opts.replay_fraction,
                                   hard_negatives=opts.hard_negatives, hard_negative_fraction=opts.hard_negative_fraction,
-                                  missed_fraction=opts.missed_fraction)
+                                  missed_fraction=opts.missed_fraction, replay_hard_negatives=opts.replay_hard_negatives)
         self.val_set = (fixed_patches(opts.data, val_ids, cfg, self.bank, opts.val_patches, seed=opts.seed + 1)
                         if val_ids and info.is_main else [])
 
