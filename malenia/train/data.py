@@ -138,13 +138,14 @@ def _read_mined(files: Path | list[Path] | None):
     return merge_hard_negatives([read_hard_negatives(f) for f in files])
 
 
-def _require_matched(mined, dataset, option: str) -> None:
-    """InputError when no mined case is a training case of `dataset`: a file mined on other data would do nothing."""
+def _require_matched(mined, case_ids: list[str], option: str) -> None:
+    """InputError when no mined case is among `case_ids` (a dataset's training cases): a file mined on other data
+    would do nothing. Checked on the dataset index, before the cases are loaded."""
     from malenia.errors import InputError
 
     if mined is None or not mined.cases:
         return
-    if not {case.case_id for case in dataset.cases} & set(mined.cases):
+    if not set(case_ids) & set(mined.cases):
         some = ", ".join(sorted(mined.cases)[:3])
         raise InputError(f"none of the {len(mined.cases)} mined cases ({some}, ...) is a training case of {option}: "
                          "hard negatives mined on another dataset or split?")
@@ -186,23 +187,25 @@ class PatchStream:
         kw = dict(patch_size=cfg.patch_size, preprocessor=pre, augment=AugmentConfig() if augment else None, seed=seed)
         if lesion_fraction is not None:
             kw["lesion_fraction"] = lesion_fraction
-        # a model's mined mistakes (one file, or several merged) on each dataset: the main one's and the replay's
+        # a model's mined mistakes (one file, or several merged) on each dataset: the main one's and the replay's,
+        # checked against each dataset's index before its cases are loaded
+        from malenia.data.dataset import read_dataset
+
+        if replay_hard_negatives and replay is None:
+            raise InputError("hard negatives for a replay dataset were given without --replay")
         shares = dict(hard_negative_fraction=hard_negative_fraction, missed_fraction=missed_fraction)
         mined = _read_mined(hard_negatives)
+        _require_matched(mined, case_ids if case_ids is not None else read_dataset(data).split_cases(split), "--data")
         main = LesionPatchDataset(data, split, samples_per_epoch=n, cases=case_ids, hard_negatives=mined, **shares, **kw)
-        _require_matched(mined, main, "--data")
         rep, k = None, 0
         if replay is not None:
-            from malenia.data.dataset import read_dataset
-
-            rsplit = "train" if "train" in read_dataset(replay).split else None
+            index = read_dataset(replay)
+            rsplit = "train" if "train" in index.split else None
             k = int(round(n * replay_fraction / max(1e-6, 1 - replay_fraction)))
             rep_mined = _read_mined(replay_hard_negatives)
+            _require_matched(rep_mined, index.split_cases(rsplit), "--replay")
             rep = LesionPatchDataset(replay, rsplit, samples_per_epoch=max(k, 1), hard_negatives=rep_mined, **shares,
                                      **{**kw, "seed": seed + 7919})
-            _require_matched(rep_mined, rep, "--replay")
-        elif replay_hard_negatives:
-            raise InputError("hard negatives for a replay dataset were given without --replay")
         self.dataset = _Mix(main, rep, k)
 
     @property
