@@ -279,6 +279,9 @@ def test_model_card_lists_earlier_stages_and_totals():
     assert "measured on the model's own masks of them;" in render_model_card(manifest, {}, [], measured=measured)
     measured["leave_one_disease_out_balanced"] = {"location": 0.0, "shape": 0.61}
     assert "leave-one-disease-out accuracy shape 0.92 (balanced 0.61))." in render_model_card(manifest, {}, [], measured=measured)
+    measured["aspects"]["density"] = {"kind": "organ_level"}  # its descriptions name the organ: the level transfers
+    measured["leave_one_disease_out"]["density"] = 0.594
+    assert "shape 0.92 (balanced 0.61), density level 0.59)." in render_model_card(manifest, {}, [], measured=measured)
 
 
 def test_model_card_does_not_call_a_gap_between_two_poor_results_met():

@@ -120,6 +120,57 @@ def test_classifiers_learn_a_measured_rule_and_survive_their_file():
     assert fit_aspect(SPECS["shape"], [e for e in train if e.attributes["shape"] == ["shape.round"]], "shape") is None
 
 
+DENSITY = {"kind": "organ_level",
+           "organ": {"kind": "knn", "k": 3, "features": ["pos_z"], "scale": [1.0]},
+           "level": {"kind": "logistic", "features": ["contrast"], "balanced": True},
+           "lung": {"kind": "logistic", "features": ["hu_mean"], "balanced": True}}
+
+
+def _density_examples(n=90, seed=4):
+    """Kidney lesions (low in the body) hypodense or isodense, liver lesions (higher) of all three levels,
+    lung lesions (top) ground-glass or solid: no training lesion is a hyperdense kidney lesion."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        organ = ("kidney", "liver", "lung")[i % 3]
+        level = {"kidney": ("hypodense", "isodense")[(i // 3) % 2], "liver": ("hyperdense", "isodense", "hypodense")[(i // 3) % 3],
+                 "lung": ("lung.ground_glass", "lung.soft_tissue")[i % 2]}[organ]
+        f = {k: 0.0 for k in FEATURES} | {"pos_z": {"kidney": 0.2, "liver": 0.5, "lung": 0.85}[organ] + rng.normal(0, 0.03),
+                                           "contrast": {"hypodense": -40.0, "hyperdense": 45.0}.get(level, 0.0) + rng.normal(0, 4),
+                                           "hu_mean": -600.0 if level == "lung.ground_glass" else 40.0 + rng.normal(0, 5)}
+        density = f"density.{level}" if organ == "lung" else f"density.{level}.{organ}"
+        out.append(Example(f, {"location": [f"location.{organ}.x"], "density": [density]},
+                           {"kidney": "kidney_cyst", "liver": "liver_tumor", "lung": "lung_tumor"}[organ]))
+    return out
+
+
+def test_density_is_fitted_as_organ_times_level_so_an_unseen_pair_can_be_named():
+    """A hyperdense kidney lesion: every training kidney lesion was hypodense, so a classifier over whole
+    descriptions has no such class; the level (from the contrast to the host) and the organ (from the
+    position) fitted apart name it, and the level transfers to a left-out disease."""
+    examples = _density_examples()
+    plain = {"density": {"kind": "knn", "k": 3, "features": ["pos_z", "contrast"], "scale": [1.0, 0.01]}}
+    fitted = fit(examples, {"density": DENSITY})
+    clf = fitted.aspects["density"]
+    assert "density.hyperdense.kidney" in clf.classes and "density.lung.ground_glass" in clf.classes
+    assert "density.hyperdense.kidney" not in fit(examples, plain).aspects["density"].classes
+    hyper_kidney = {k: 0.0 for k in FEATURES} | {"pos_z": 0.2, "contrast": 50.0, "hu_mean": 90.0}
+    dist = fitted.distributions(hyper_kidney)["density"]
+    assert max(dist, key=dist.get) == "density.hyperdense.kidney"
+    assert sum(dist.values()) == pytest.approx(1.0)
+    ground_glass = fitted.distributions({**hyper_kidney, "pos_z": 0.85, "hu_mean": -620.0})["density"]
+    assert max(ground_glass, key=ground_glass.get) == "density.lung.ground_glass"
+    # left out, the kidney's levels are read from the liver's; whole descriptions of an organ no other
+    # disease has cannot be named at all
+    assert fitted.meta["leave_one_disease_out"]["density"] > fit(examples, plain).meta["leave_one_disease_out"]["density"] + 0.3
+    back = MeasuredAttributes.from_json(json.loads(json.dumps(fitted.to_json())))
+    assert back.distributions(hyper_kidney)["density"] == pytest.approx(dist, abs=1e-6)
+    damaged = fitted.to_json()
+    del damaged["aspects"]["density"]["level"]["weights"]
+    with pytest.raises(ModelError, match="damaged"):
+        MeasuredAttributes.from_json(damaged)
+
+
 def test_a_description_no_training_lesion_showed_stays_reachable_in_the_blend():
     fitted = fit(_examples(), SPECS)
     ids = ["shape.round", "shape.irregular", "shape.oval", "location.kidney.left", "location.kidney.right",

@@ -133,7 +133,9 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
         return []
     fitted = measured.get("fitted_on", {})
     balanced = measured.get("leave_one_disease_out_balanced") or {}
-    lodo = ", ".join(f"{a} {v:.2f}" + (f" (balanced {balanced[a]:.2f})" if balanced.get(a) else "")
+    kinds = {a: (c or {}).get("kind") for a, c in (measured.get("aspects") or {}).items()}
+    lodo = ", ".join(f"{a}{' level' if kinds.get(a) == 'organ_level' else ''} {v:.2f}"
+                     + (f" (balanced {balanced[a]:.2f})" if balanced.get(a) else "")
                      for a, v in (measured.get("leave_one_disease_out") or {}).items() if v)
     return [f"- Attributes: the tokens' matches blended with classifiers on lesion measurements for "
             f"{', '.join(sorted(measured.get('aspects', {})))} (weight {measured.get('weight')}; `malenia fit-attributes` "
