@@ -46,3 +46,11 @@ UNSEEN_DISEASES: tuple[str, ...] = (
     "kidney_stone",
 )
 ALL_DISEASES: tuple[str, ...] = SEEN_DISEASES + UNSEEN_DISEASES
+
+
+def organ_of(location_id: str | None) -> str | None:
+    """The organ part of a location id (`location.<organ>.<where>`), else None."""
+    if not location_id:
+        return None
+    parts = location_id.split(".")
+    return parts[1] if len(parts) >= 3 and parts[0] == "location" else None

@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from malenia.aspects import organ_of
 from malenia.paths import resources_dir
 
 if TYPE_CHECKING:
@@ -118,14 +119,6 @@ def laterality_of(location_id: str | None) -> str | None:
         if word in _LATERALITY_WORDS:
             return _LATERALITY_WORDS[word]
     return None
-
-
-def organ_of(location_id: str | None) -> str | None:
-    """The organ part of a location id (`location.<organ>.<where>`), else None."""
-    if not location_id:
-        return None
-    parts = location_id.split(".")
-    return parts[1] if len(parts) >= 3 and parts[0] == "location" else None
 
 
 class Terminology:

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from malenia.aspects import organ_of
 from malenia.errors import ModelError
 
 FORMAT = "malenia-measured-attributes/1"
@@ -165,8 +166,8 @@ def density_parts(description: str) -> tuple[str, str | None]:
 
 
 def _organ_of(example: Example) -> str | None:
-    loc = example.attributes.get("location") or []
-    return loc[0].split(".")[1] if loc and loc[0].count(".") >= 2 else None
+    loc = example.attributes.get("location") or [None]
+    return organ_of(loc[0])
 
 
 def _relabelled(examples: list[Example], labels: list[str]) -> list[Example]:
