@@ -69,13 +69,14 @@ def _attribute_matches(disease: str, side: str | None, table, vocab) -> dict[str
     return matches
 
 
-def _lesion_result(label: int, disease: str, side: str | None, table, vocab, terminology):
+def _lesion_result(label: int, disease: str, side: str | None, table, vocab, terminology, ruled_out=()):
+    """`ruled_out`: trained diseases its appearance check excludes (report field `appearance`)."""
     from malenia.aspects import ASPECTS
     from malenia.infer.results import AspectMatch, AttributeMatch, DiseaseCall, LesionResult
     from malenia.knowledge.inference import infer_disease
 
     matches = _attribute_matches(disease, side, table, vocab)
-    posterior = infer_disease(matches, table)
+    posterior = infer_disease(matches, table, ruled_out)
     attributes = {}
     for aspect in ASPECTS:
         ranked = sorted(matches[aspect].items(), key=lambda kv: -kv[1])
@@ -86,7 +87,8 @@ def _lesion_result(label: int, disease: str, side: str | None, table, vocab, ter
     call = DiseaseCall(name=name, display_name=terminology.display_name(name), probability=posterior.probability,
                        alternatives=list(posterior.alternatives), unclassified=posterior.unclassified,
                        organ=table.organ(name) if name else None)
-    return LesionResult(label=label, disease=call, attributes=attributes)
+    look = {"scores": {d: 0.01 for d in ruled_out}, "cut": 0.2, "ruled_out": list(ruled_out)} if ruled_out else None
+    return LesionResult(label=label, disease=call, attributes=attributes, appearance=look)
 
 
 def make_output(out_dir: Path, dicom: bool = False) -> Path:
@@ -116,7 +118,8 @@ def make_output(out_dir: Path, dicom: bool = False) -> Path:
         for k, plan in enumerate(PLANNED, start=1):
             lab[_sphere_in(organs == classes[plan.organ_label], image, plan.radius_mm) & (lab == 0)] = k
             side = plan.organ_label.split("_")[1] if "_" in plan.organ_label else None
-            lesions.append(_lesion_result(k, plan.disease, side, table, vocab, terminology))
+            ruled_out = ("kidney_cyst",) if plan.disease == "kidney_tumor" else ()  # solid: no cyst, by its CT values
+            lesions.append(_lesion_result(k, plan.disease, side, table, vocab, terminology, ruled_out))
         scan = ScanInfo.from_image(image, str(TOTALSEG / "example_ct_sm.nii.gz"), enhancement)
     labels = sitk.GetImageFromArray(lab)
     labels.CopyInformation(image)

@@ -282,6 +282,14 @@ def test_model_card_lists_earlier_stages_and_totals():
     measured["aspects"]["density"] = {"kind": "organ_level"}  # its descriptions name the organ: the level transfers
     measured["leave_one_disease_out"]["density"] = 0.594
     assert "shape 0.92 (balanced 0.61), density level 0.59)." in render_model_card(manifest, {}, [], measured=measured)
+    assert "ruled out" not in card  # no appearance check: nothing claimed
+    look = {"features": ["hu_mean", "contrast"], "cut": 0.0, "alpha": 0.1,
+            "fitted_on": {"dataset": "/data/seen_train", "split": "train"}, "diseases": {"kidney_cyst": {"lesions": 46}}}
+    line = lambda: next(x for x in render_model_card(manifest, {}, [], appearance=look).splitlines()  # noqa: E731
+                        if x.startswith("- Disease naming:"))
+    assert "seen_train (train, reference masks) for kidney cyst (46); not calibrated: nothing is ruled out)." in line()
+    look |= {"cut": 0.2243, "calibrated_on": {"dataset": "seen_verify", "split": "all", "lesions": 79}}
+    assert line().endswith("cut 0.2243: the 0.1-quantile of 79 detected lesions of seen_verify (all) under their own disease).")
 
 
 def test_model_card_does_not_call_a_gap_between_two_poor_results_met():

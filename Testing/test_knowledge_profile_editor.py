@@ -16,7 +16,8 @@ from malenia.knowledge.vocabulary import Vocabulary
 
 from MaleniaSegmentLib import mrml_io
 from MaleniaSegmentLib.logic import MaleniaLogic, Settings
-from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic, get, lesion_scores, qt_compat
+from MaleniaSegmentLib.profile_editor import (ProfileEditor, ProfileEditorLogic, get, lesion_ruled_out, lesion_scores,
+                                              qt_compat)
 
 # the liver lesion of slicer_segment_support.PLANNED as a new disease would describe it
 MASS = {"location.liver.right_lobe": 1, "location.liver.left_lobe": 1, "shape.round": 1, "density.fluid": 2,
@@ -63,6 +64,10 @@ def test_draft_is_tested_on_the_lesion_then_saved_renaming_the_open_result(outpu
     rows = [get(editor.ranking.item(r, 1), "text") for r in range(editor.ranking.rowCount())]
     assert rows[0] == "liver_mass_x" and set(rows) == set(KnowledgeTable.load().diseases) | {"liver_mass_x"}
     assert "would be named Liver mass X" in get(editor.status, "text")
+    editor.set_lesion_scores(lesion_scores(session, 2), ["liver_mass_x"])  # as if its look ruled the draft out
+    editor.test_button.click()
+    assert get(editor.ranking.item(0, 1), "text") != "liver_mass_x"
+    editor.set_lesion_scores(lesion_scores(session, 2), lesion_ruled_out(session, 2))  # what the report says
     assert not site.exists() or not list(site.glob("*.json"))  # testing writes nothing
     assert session.lesion(2).disease.key == "liver_cyst"
 

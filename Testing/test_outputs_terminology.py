@@ -103,7 +103,7 @@ def test_report_version_is_checked():
     with pytest.raises(ValueError, match="not readable"):
         SegmentationResult.from_json({"format": "malenia-segment-report", "schema_version": "2.0.0"})
     schema = json.loads((resources_dir() / "report.schema.json").read_text(encoding="utf-8"))
-    assert schema["$id"].endswith(":1.1.0") and schema["properties"]["schema_version"]["enum"] == ["1.0.0", "1.1.0"]
+    assert schema["$id"].endswith(":1.2.0") and schema["properties"]["schema_version"]["enum"] == ["1.0.0", "1.1.0", "1.2.0"]
 
 
 def test_slicer_terminology_logic_reads_the_files():

@@ -114,7 +114,7 @@ def test_lung_report_json(lung_out, lung_result):
     out, files = lung_out
     report = json.loads(files["json"].read_text(encoding="utf-8"))
     validate_report(report)  # also validated before writing; a reader checks the file on disk
-    assert report["schema_version"] == SCHEMA_VERSION == "1.1.0"
+    assert report["schema_version"] == SCHEMA_VERSION == "1.2.0"
     assert report["model"] == MODEL.to_json()
     assert report["scan"]["enhancement"]["id"] == "enhancement.non_contrast"
     assert report["scan"]["size"] == [512, 512, 48] and report["scan"]["was_dicom"] is False

@@ -105,6 +105,10 @@ def test_selecting_a_lesion_shows_its_attributes(app, loaded):
             assert best_alt in get(row_widgets.alternatives, "text")
     assert get(attrs.disease_combo, "currentText") == lesion.disease.name
     assert get(attrs.disease_bar, "value") == round(100 * lesion.disease.probability)
+    assert "Ruled out" not in get(attrs.disease_alternatives, "text")
+    _click_row(app, table, panel.table.row_of(1))  # the kidney tumour, whose report rules kidney cyst out
+    assert session.lesion(1).ruled_out == [session.terminology.display_name("kidney_cyst")]
+    assert "Ruled out by its CT values: Kidney cyst" in get(attrs.disease_alternatives, "text")
 
 
 def test_editing_aspects_and_disease_then_saving(app, loaded, tmp_path):

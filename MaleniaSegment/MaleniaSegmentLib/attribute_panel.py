@@ -270,6 +270,8 @@ class AttributePanel:
         alts = [a for a in lesion.disease_alternatives if a.name != current.name and a.probability is not None][:3]
         if alts:
             parts.append("Also: " + "  ·  ".join(f"{html.escape(a.name)} {a.probability:.2f}" for a in alts))
+        if lesion.ruled_out:  # why a trained disease is not offered first: its lesions look different
+            parts.append("Ruled out by its CT values: " + ", ".join(html.escape(n) for n in lesion.ruled_out))
         self.disease_alternatives.setText("  —  ".join(parts))
         self.disease_alternatives.setVisible(bool(parts))
         self.disease_combo.lineEdit().setCursorPosition(0)

@@ -89,15 +89,16 @@ class ProfileEditorLogic:
         except InputError as err:
             raise ValueError(str(err)) from None
 
-    def rank(self, scores: dict[str, dict[str, float]], draft: ProfileDraft | None = None) -> Ranking:
-        """The lesion's posterior over every disease, with the draft in the table (not saved)."""
+    def rank(self, scores: dict[str, dict[str, float]], draft: ProfileDraft | None = None, ruled_out=()) -> Ranking:
+        """The lesion's posterior over every disease, with the draft in the table (not saved); `ruled_out`:
+        the diseases the lesion's appearance excludes, as segmenting excluded them."""
         from malenia.knowledge.inference import infer_disease
 
         table = self.table
         if draft is not None:
             table = copy.copy(self.table)
             table._diseases = {**self.table._diseases, draft.key: self.profile(draft)}
-        post = infer_disease(scores, table)
+        post = infer_disease(scores, table, ruled_out)
         ranked = ([] if post.unclassified else [(post.name, post.probability)]) + list(post.alternatives)
         return Ranking(post.name, post.reason, [(k, table.name(k), float(p)) for k, p in ranked])
 
@@ -123,6 +124,12 @@ def lesion_scores(session, label: int) -> dict[str, dict[str, float]] | None:
     """The stored per-aspect scores of a lesion of the open result (None: an older report, or added by hand)."""
     original = next((x for x in session.result.lesions if x.label == label), None)
     return original.scores if original is not None else None
+
+
+def lesion_ruled_out(session, label: int) -> list[str]:
+    """The diseases the appearance check ruled out for a lesion of the open result (malenia.knowledge.appearance)."""
+    original = next((x for x in session.result.lesions if x.label == label), None)
+    return list(original.appearance["ruled_out"]) if original is not None and original.appearance else []
 
 
 def rerank_session(session, table) -> list:
@@ -152,6 +159,7 @@ class ProfileEditor:
         self.logic = logic
         self.session = None  # the open ReviewSession, re-ranked on save
         self.scores: dict[str, dict[str, float]] | None = None
+        self.ruled_out: tuple[str, ...] = ()
         self.saved = Callbacks()  # list of Reranked
         self._weights: dict[str, dict[str, object]] = {}  # aspect -> {id: spin box}
         self.widget = qt.QWidget(parent)
@@ -210,8 +218,8 @@ class ProfileEditor:
     def set_session(self, session) -> None:
         self.session = session
 
-    def set_lesion_scores(self, scores: dict[str, dict[str, float]] | None) -> None:
-        self.scores = scores
+    def set_lesion_scores(self, scores: dict[str, dict[str, float]] | None, ruled_out=()) -> None:
+        self.scores, self.ruled_out = scores, tuple(ruled_out)
         self.test_button.setEnabled(scores is not None)
         if scores is None:
             self.test_button.setToolTip("The selected lesion has no stored scores (an older report, or drawn by hand)")
@@ -288,7 +296,7 @@ class ProfileEditor:
             self.status.setText("Select a lesion with model scores to test the profile on.")
             return None
         try:
-            ranking = self.logic.rank(self.scores, self.current_draft())
+            ranking = self.logic.rank(self.scores, self.current_draft(), self.ruled_out)
         except ValueError as err:
             self.status.setText(f"Not valid: {err}")
             return None

@@ -98,6 +98,8 @@ class LesionReview:
     segment_id: str | None = None
     color: tuple[int, int, int] = (255, 255, 0)  # 0-255 RGB, the segment's colour
     from_model: bool = True  # False for a lesion the radiologist added in the Segment Editor
+    # display names of the diseases the model's appearance check ruled out (malenia.knowledge.appearance)
+    ruled_out: list[str] = field(default_factory=list)
 
     @property
     def current_disease(self) -> DiseaseChoice:
@@ -154,4 +156,5 @@ def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | Non
         centroid_ras=m.centroid_ras_mm if m else None,
         longest_mm=m.long_axis_mm if m else None,
         short_axis_mm=m.short_axis_mm if m else None,
+        ruled_out=[display_name(key) for key in (lesion.appearance or {}).get("ruled_out", [])],
     )

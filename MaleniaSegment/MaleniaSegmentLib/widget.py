@@ -371,9 +371,9 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if session is None:
             return
         if getattr(self, "profileEditor", None) is not None:
-            from MaleniaSegmentLib.profile_editor import lesion_scores
+            from MaleniaSegmentLib.profile_editor import lesion_ruled_out, lesion_scores
 
-            self.profileEditor.set_lesion_scores(lesion_scores(session, label))
+            self.profileEditor.set_lesion_scores(lesion_scores(session, label), lesion_ruled_out(session, label))
         r, a, s = session.center_ras(label)
         slicer.modules.markups.logic().JumpSlicesToLocation(r, a, s, True)
         # When the Segment Editor works on these results, the lesion becomes its current segment.

@@ -7,7 +7,10 @@ disease d present: with d's profile removed from the table in force, the share o
 called "unclassified" vs given another name; with it present, the share named correctly.
 `--fit` fits the unclassified rule on these lesions (malenia.knowledge.openset) and stores it in
 M/inference.json under "disease" (beside the post-processing calibration; the manifest is re-hashed);
-`segment`, `evaluate` and Slicer then use it. Fit on a validation split, never on the test split.
+`segment`, `evaluate` and Slicer then use it. A model with an appearance check (M/appearance.json,
+`malenia fit-appearance`) first has its cut calibrated on the same lesions (the alpha-quantile of their
+scores under their own disease, malenia.knowledge.appearance), and the rule is fitted with it in place.
+Fit on a validation split, never on the test split.
 """
 
 from __future__ import annotations
@@ -29,17 +32,30 @@ def register(actions) -> None:
     p.set_defaults(func=run)
 
 
-def store_rule(model, rule: dict) -> None:
-    """Merges the rule into MODEL/inference.json under "disease", keeping the post-processing values."""
+def store_rule(model, rule: dict, appearance=None) -> None:
+    """Merges the rule into MODEL/inference.json under "disease", keeping the post-processing values, and
+    writes the calibrated `appearance` (if any) with it, in one update of the folder."""
     import json
 
+    from malenia.knowledge.appearance import FILE
     from malenia.model.folder import INFERENCE, update_model_folder
 
     path = model.path / INFERENCE
     data = json.loads(path.read_text(encoding="utf-8")) if INFERENCE in model.manifest.get("files", {}) else \
         {k: v for k, v in model.inference_defaults().to_dict().items() if v is not None}
     data["disease"] = rule
-    update_model_folder(model.path, {INFERENCE: json.dumps(data, indent=2) + "\n"})
+    files = {INFERENCE: json.dumps(data, indent=2) + "\n"}
+    if appearance is not None:
+        files[FILE] = json.dumps(appearance.to_json(), indent=1) + "\n"
+    update_model_folder(model.path, files)
+
+
+def calibrate_appearance(appearance, lesions, where: dict) -> dict:
+    """Sets the appearance cut on the detected lesions' scores under their own disease; what it did."""
+    own = [les.appearance[les.disease] for les in lesions if les.appearance and les.disease in les.appearance]
+    appearance.calibrate(own, where)
+    return {"cut": appearance.cut, "alpha": appearance.alpha, "lesions": len(own),
+            "own_ruled_out": sum(s < appearance.cut for s in own) / len(own)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"the model detected none of the {counts['reference_lesions']} lesions of {args.data} "
                          f"({args.split}): nothing to measure")
     params = inference_params(table)
-    diseases, dec = decisions(lesions, table)
+    appearance = model.appearance()
+    cut = appearance.cut if appearance is not None else 0.0
+    diseases, dec = decisions(lesions, table, cut)
     out = {"data": str(args.data), "split": args.split, **counts,
            "rule_in_force": {"contradiction_fit": params["contradiction_fit"], "min_typicality": params["min_typicality"],
                              "source": table.origin["unclassified"]["source"],
@@ -75,16 +93,27 @@ def run(args: argparse.Namespace) -> int:
     own = table.origin["unclassified"]["table_rule"]
     if table.origin["unclassified"]["source"] == "model":  # also the table's own rule, for comparison
         out["table_rule"] = {**own, "source": "table", **rates(diseases, dec, own["contradiction_fit"], own["min_typicality"])}
+    if appearance is not None:
+        out["appearance"] = {"cut": cut, "alpha": appearance.alpha}
     if args.fit:
-        rule = fit_rule(lesions, table)
-        rule["dataset"], rule["split"] = Path(args.data).resolve().name, args.split
+        where = {"dataset": Path(args.data).resolve().name, "split": args.split}
+        if appearance is not None:
+            out["appearance"] = calibrate_appearance(appearance, lesions, where)
+            diseases, dec = decisions(lesions, table, appearance.cut)
+        rule = fit_rule(lesions, table, appearance.cut if appearance is not None else 0.0)
+        rule["dataset"], rule["split"] = where["dataset"], args.split
         out["fitted_rule"] = {**rule, **rates(diseases, dec, rule["contradiction_fit"], rule["min_typicality"])}
-        store_rule(model, rule)
+        store_rule(model, rule, appearance)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"{counts['detected']} of {counts['reference_lesions']} lesions detected in {counts['cases']} cases "
           f"({args.data}, {args.split})")
+    if "appearance" in out:
+        a = out["appearance"]
+        print(f"appearance check: cut {a['cut']:.4g} (alpha {a['alpha']})"
+              + (f", calibrated on {a['lesions']} lesions ({a['own_ruled_out']:.2f} of them lose their own disease)"
+                 if "lesions" in a else ""))
     for key in ("rule_in_force", "table_rule", "fitted_rule"):
         if key in out:
             r = out[key]

@@ -52,7 +52,8 @@ def _targets(results: Sequence[dict[str, Any]]) -> list[str]:
 
 def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results: Sequence[dict[str, Any]],
                       commands: str | None = None, weights_bytes: int | None = None, parameters: int | None = None,
-                      measured: dict[str, Any] | None = None, verifier: dict[str, Any] | None = None) -> str:
+                      measured: dict[str, Any] | None = None, verifier: dict[str, Any] | None = None,
+                      appearance: dict[str, Any] | None = None) -> str:
     train = manifest.get("training", {}) or {}
     synthetic = "synth" in str(manifest.get("training_data", "")).lower()
     planted = synthetic and "lidc" in str(manifest.get("training_data", "")).lower()  # real nodules, synthetic setting
@@ -74,6 +75,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         f"- Text side: attribute bank of the vocabulary embedded by the text encoder (stored; inference needs no encoder).",
         *_measured(measured),
         *_verifier(verifier, manifest),
+        *_appearance(appearance),
         f"- Created {manifest.get('created', '?')} with malenia {manifest.get('malenia_version', '?')}.",
         "",
         "## Intended use and limits",
@@ -175,6 +177,21 @@ def _verifier(verifier: dict[str, Any] | None, manifest: dict[str, Any]) -> list
             + (f"; inherited from {inherited}, not refitted" if inherited else "") + "."]
 
 
+def _appearance(appearance: dict[str, Any] | None) -> list[str]:
+    """The card line on the appearance check (malenia.knowledge.appearance), when the model has one."""
+    if not appearance:
+        return []
+    fitted, cal = appearance.get("fitted_on", {}), appearance.get("calibrated_on")
+    diseases = ", ".join(f"{d.replace('_', ' ')} ({v.get('lesions', '?')})" for d, v in (appearance.get("diseases") or {}).items())
+    how = (f"cut {appearance.get('cut')}: the {appearance.get('alpha')}-quantile of {cal.get('lesions', '?')} detected "
+           f"lesions of {cal.get('dataset', '?')} ({cal.get('split', '?')}) under their own disease" if cal
+           else "not calibrated: nothing is ruled out")
+    return [f"- Disease naming: a trained disease is ruled out for a lesion whose core CT value, spread and contrast "
+            f"to its host are unlike that disease's training lesions ({', '.join(appearance.get('features', []))}; "
+            f"`malenia fit-appearance` on {Path(str(fitted.get('dataset', '?'))).name} ({fitted.get('split', '?')}, "
+            f"reference masks) for {diseases}; {how})."]
+
+
 _MASKS = {"reference": "their reference masks", "predicted": "the model's own masks of them"}
 
 
@@ -220,6 +237,7 @@ def write_model_card(model_dir: str | Path | None, results: Sequence[dict[str, A
     """Renders the card and stores it in the model folder (manifest re-hashed, folder swapped whole)."""
     import json
 
+    from malenia.knowledge.appearance import FILE as APPEARANCE
     from malenia.model.lesion_verifier import FILE as VERIFIER
     from malenia.knowledge.measured_attributes import FILE as MEASURED
     from malenia.model.folder import CARD, CONFIG, WEIGHTS, load_model_folder, update_model_folder
@@ -233,7 +251,7 @@ def write_model_card(model_dir: str | Path | None, results: Sequence[dict[str, A
     with safe_open(str(folder / WEIGHTS), framework="pt") as f:
         parameters = sum(int(_numel(f.get_slice(k).get_shape())) for k in f.keys())
     card = render_model_card(model.manifest, config, results, commands, (folder / WEIGHTS).stat().st_size, parameters,
-                             model.optional_json(MEASURED), model.optional_json(VERIFIER))
+                             model.optional_json(MEASURED), model.optional_json(VERIFIER), model.optional_json(APPEARANCE))
     update_model_folder(folder, {CARD: card})
     return folder / CARD
 

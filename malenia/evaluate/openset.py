@@ -39,5 +39,6 @@ def scored_lesions(segmenter, data_dir: str | Path, split: str | None = "val", m
             reference += 1
             p = match.pred_for(les.label)
             if p is not None and p in by_label and les.disease and by_label[p].scores:
-                out.append(ScoredLesion(les.disease, by_label[p].scores))
+                look = by_label[p].appearance
+                out.append(ScoredLesion(les.disease, by_label[p].scores, look["scores"] if look else None))
     return out, {"cases": len(case_ids), "reference_lesions": reference, "detected": len(out)}

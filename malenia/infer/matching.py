@@ -102,19 +102,20 @@ class BankMatcher:
         out["enhancement"] = {e.id: float(e.score) for e in (enh, *enh.alternatives) if e.id is not None}
         return out
 
-    def disease(self, matches: dict[str, dict[str, float]], top: int = 3) -> DiseaseCall:
-        return disease_call(matches, self.table, self.terminology, top)
+    def disease(self, matches: dict[str, dict[str, float]], top: int = 3, ruled_out=()) -> DiseaseCall:
+        return disease_call(matches, self.table, self.terminology, top, ruled_out)
 
 
-def disease_call(matches: dict[str, dict[str, float]], table, terminology, top: int = 3) -> DiseaseCall:
-    """The report's disease entry from per-aspect scores (segmenting, and re-ranking a saved report)."""
+def disease_call(matches: dict[str, dict[str, float]], table, terminology, top: int = 3, ruled_out=()) -> DiseaseCall:
+    """The report's disease entry from per-aspect scores (segmenting, and re-ranking a saved report);
+    `ruled_out`: diseases the lesion's appearance excludes (malenia.knowledge.appearance)."""
     from malenia.knowledge.inference import infer_disease
 
     def display(key: str | None) -> str:  # a site profile's own name where the terminology has none
         known = key is None or key in terminology.diseases or key not in table.diseases
         return terminology.display_name(key) if known else table.name(key)
 
-    post = infer_disease(matches, table)
+    post = infer_disease(matches, table, ruled_out)
     if not post.alternatives and post.unclassified:  # no usable matches at all
         return DiseaseCall(None, display(None), 0.0, [], True, None)
     if post.unclassified:

@@ -162,6 +162,7 @@ class Segmenter:
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
         self.measured = model.measured_attributes() if self.options.measured else None
         self.verifier = model.lesion_verifier() if self.options.verify else None
+        self.appearance = model.appearance() if self.options.measured else None  # measured, as the attributes
         self._torch = torch
 
     def runner(self, on_window=None, collect: bool = True):
@@ -224,8 +225,8 @@ class Segmenter:
 
     def _rows(self, pm, lm, order: list[int]) -> dict[int, dict[str, float]] | None:
         """Per kept lesion (id of `lm`) its features (malenia.infer.lesion_features.lesion_rows), when the
-        verifier or the measured attributes need them; else None."""
-        if self.verifier is None and self.measured is None:
+        verifier, the measured attributes or the appearance check need them; else None."""
+        if self.verifier is None and self.measured is None and self.appearance is None:
             return None
         from malenia.infer.lesion_features import lesion_rows
 
@@ -276,7 +277,9 @@ class Segmenter:
                 distribution = self.measured.blend(distribution, self.matcher.rows, self.model.bank.ids, measured[label])
             attributes = self.matcher.attributes(distribution, phase)
             scores = self.matcher.full_matches(distribution, attributes)
-            lesions.append(LesionResult(label, self.matcher.disease(scores), attributes, scores=scores))
+            look = self.appearance.verdict(measured[label]) if self.appearance and label in measured else None
+            call = self.matcher.disease(scores, ruled_out=look["ruled_out"] if look else ())
+            lesions.append(LesionResult(label, call, attributes, scores=scores, appearance=look))
             enh_votes.append((attributes["enhancement"], float(inst.voxels)))
             details.append({"label": label, "lesion_score": round(inst.lesion_score, 4),
                             "mean_probability": round(inst.mean_probability, 4), "tokens": len(inst.candidates),

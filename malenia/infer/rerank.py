@@ -2,8 +2,9 @@
 
 A report (schema 1.1) keeps each lesion's per-aspect scores, the input of disease inference; the
 same call `malenia segment` makes (malenia.infer.matching.disease_call) names the lesion again
-with the table in force now (a site profile added, edited or removed). Lesions of older reports
-(no scores) are left as they are.
+with the table in force now (a site profile added, edited or removed), keeping the diseases its
+appearance ruled out (an image fact, not the table's). Lesions of older reports (no scores) are left
+as they are.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def rerank(result: SegmentationResult, table, terminology=None, top: int = 3) ->
     for lesion in result.lesions:
         if lesion.scores is None:
             continue
-        call = disease_call(lesion.scores, table, terminology, top)
+        call = disease_call(lesion.scores, table, terminology, top,
+                            lesion.appearance["ruled_out"] if lesion.appearance else ())
         out.append(Reranked(lesion.label, lesion.disease, call))
         lesion.disease = call
     result.knowledge = origin_json(table)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from malenia.aspects import ASPECTS
 from malenia.paths import resources_dir
 
-SCHEMA_VERSION = "1.1.0"  # 1.1: optional "knowledge" (table origin) and per-lesion "scores"
+SCHEMA_VERSION = "1.2.0"  # 1.1: optional "knowledge" (table origin) and per-lesion "scores"; 1.2: per-lesion "appearance"
 REPORT_FORMAT = "malenia-segment-report"
 SCHEMA_FILE = "report.schema.json"
 
@@ -162,6 +162,9 @@ class LesionResult:
     # aspect -> {description id: score}: what disease inference consumed, so that a changed knowledge
     # table re-ranks the lesion without re-segmenting (malenia.infer.rerank)
     scores: dict[str, dict[str, float]] | None = None
+    # the appearance check (malenia.knowledge.appearance.Appearance.verdict): {"scores": {disease: score},
+    # "cut", "ruled_out": [disease, ...]}; re-ranking keeps the diseases it ruled out
+    appearance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         missing = [a for a in ASPECTS if a not in self.attributes]
@@ -179,6 +182,7 @@ class LesionResult:
             "measurements": self.measurements.to_json() if self.measurements else None,
             **({"scores": {a: {i: round(float(v), 5) for i, v in m.items()} for a, m in self.scores.items()}}
                if self.scores is not None else {}),
+            **({"appearance": self.appearance} if self.appearance is not None else {}),
         }
 
     @staticmethod
@@ -190,7 +194,17 @@ class LesionResult:
             attributes={a: AspectMatch.from_json(v) for a, v in obj["attributes"].items()},
             measurements=Measurements.from_json(m) if m else None,
             scores={a: {i: float(v) for i, v in d.items()} for a, d in obj["scores"].items()} if obj.get("scores") else None,
+            appearance=_appearance(obj.get("appearance")),
         )
+
+
+def _appearance(obj: Any) -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("ruled_out"), list) or not isinstance(obj.get("scores"), dict):
+        raise ValueError("a lesion's appearance entry needs 'scores' and a 'ruled_out' list")
+    return {"scores": {str(d): float(v) for d, v in obj["scores"].items()}, "cut": float(obj.get("cut", 0.0)),
+            "ruled_out": [str(d) for d in obj["ruled_out"]]}
 
 
 @dataclass

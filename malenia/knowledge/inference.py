@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -97,13 +97,19 @@ def aspect_likelihoods(matches: Mapping[str, Mapping[str, float]], table: Knowle
     return diseases, [a for a, _ in used], lik, peak
 
 
-def infer_disease(matches: Mapping[str, Mapping[str, float]], table: KnowledgeTable) -> DiseasePosterior:
+def infer_disease(matches: Mapping[str, Mapping[str, float]], table: KnowledgeTable,
+                  ruled_out: Collection[str] = ()) -> DiseasePosterior:
+    """`ruled_out`: diseases the lesion's appearance excludes (malenia.knowledge.appearance); they get
+    posterior 0 and are listed last, unless every disease is ruled out (then the rule is ignored)."""
     params = inference_params(table)
     diseases, aspects, lik, peak = aspect_likelihoods(matches, table)
     if not aspects:
         return DiseasePosterior(UNCLASSIFIED, 0.0, [], True, 0.0, "no attribute matches")
     w = np.array([params["aspect_weights"].get(a, 1.0) for a in aspects])
     score = (np.log(lik) * w).sum(axis=1) / float(params["temperature"])
+    excluded = np.array([d in ruled_out for d in diseases])
+    if excluded.any() and not excluded.all():
+        score = np.where(excluded, -np.inf, score)
     post = np.exp(score - score.max())
     post /= post.sum()
     order = np.argsort(-post, kind="stable")

@@ -11,7 +11,8 @@ validation lesions the model detected, each with its per-aspect scores and true 
 The grid of (contradiction_fit, min_typicality) maximises the mean over diseases of
 ½·(unclassified rate with d removed) + ½·(correct rate with d present); ties go to the lower
 thresholds (name more). Decisions are exactly infer_disease's (same likelihoods, same argmax,
-same fits), computed once per lesion and re-thresholded in numpy.
+same fits, the diseases the lesion's appearance rules out excluded: malenia.knowledge.appearance),
+computed once per lesion and re-thresholded in numpy.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ TYPICALITY_QUANTILES = tuple(np.linspace(0.0, 0.95, 20))
 class ScoredLesion:
     disease: str  # true disease key
     matches: Mapping[str, Mapping[str, float]]  # aspect -> {description id: score}: what infer_disease consumes
+    appearance: Mapping[str, float] | None = None  # disease -> appearance score (malenia.knowledge.appearance)
+
+    def ruled_out(self, cut: float) -> set[str]:
+        return {d for d, s in (self.appearance or {}).items() if s < cut}
 
 
 @dataclass
@@ -54,19 +59,29 @@ def _decide(lik: np.ndarray, peak: np.ndarray, w: np.ndarray, allowed: np.ndarra
     return _Decision(best, float(fit[weighted].min()), typicality)
 
 
-def decisions(lesions: Sequence[ScoredLesion], table: KnowledgeTable) -> tuple[list[str], dict[str, list]]:
-    """Per lesion its decision with the whole table ("all") and with its own disease removed ("held_out")."""
+def decisions(lesions: Sequence[ScoredLesion], table: KnowledgeTable,
+              appearance_cut: float = 0.0) -> tuple[list[str], dict[str, list]]:
+    """Per lesion its decision with the whole table ("all") and with its own disease removed ("held_out"),
+    the diseases its appearance rules out at `appearance_cut` excluded (as infer_disease excludes them)."""
     params = inference_params(table)
     diseases = table.diseases
     out: dict[str, list] = {"all": [], "held_out": [], "truth": []}
     for les in lesions:
         _, aspects, lik, peak = aspect_likelihoods(les.matches, table, diseases)
         w = np.array([params["aspect_weights"].get(a, 1.0) for a in aspects])
-        everyone = np.ones(len(diseases), bool)
-        out["all"].append(_decide(lik, peak, w, everyone))
-        out["held_out"].append(_decide(lik, peak, w, np.array([d != les.disease for d in diseases])))
+        ruled = les.ruled_out(appearance_cut)
+        out["all"].append(_decide(lik, peak, w, _allowed(diseases, ruled)))
+        out["held_out"].append(_decide(lik, peak, w, _allowed(diseases, ruled, removed=les.disease)))
         out["truth"].append(les.disease)
     return diseases, out
+
+
+def _allowed(diseases: list[str], ruled_out: set[str], removed: str | None = None) -> np.ndarray:
+    """The diseases infer_disease may name: those in the table (all but `removed`) that the appearance does
+    not rule out, or all of the table's when it rules out every one."""
+    in_table = np.array([d != removed for d in diseases])
+    allowed = in_table & np.array([d not in ruled_out for d in diseases])
+    return allowed if allowed.any() else in_table
 
 
 def rates(diseases: list[str], dec: dict[str, list], contradiction_fit: float, min_typicality: float) -> dict:
@@ -93,9 +108,10 @@ def rates(diseases: list[str], dec: dict[str, list], contradiction_fit: float, m
     return {"per_disease": per, "mean": mean}
 
 
-def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable) -> dict:
-    """The rule maximising ½(unseen unclassified) + ½(known correct), averaged over diseases."""
-    diseases, dec = decisions(lesions, table)
+def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable, appearance_cut: float = 0.0) -> dict:
+    """The rule maximising ½(unseen unclassified) + ½(known correct), averaged over diseases (with the
+    appearance check at `appearance_cut` in place)."""
+    diseases, dec = decisions(lesions, table, appearance_cut)
     if not dec["truth"]:
         raise ValueError("no detected validation lesions to fit the unclassified rule on")
     before = inference_params(table)

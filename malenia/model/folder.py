@@ -14,6 +14,9 @@
                                         (`malenia fit-attributes`; format owned by malenia.knowledge.measured_attributes)
     MODEL/lesion_verifier.json         optional: false-positive reduction on each predicted lesion
                                         (`malenia fit-verifier`; format owned by malenia.model.lesion_verifier)
+    MODEL/appearance.json              optional: per trained disease, the look of its lesions, which rules a
+                                        disease out for a lesion unlike them (`malenia fit-appearance`, its cut
+                                        calibrated by `malenia knowledge openset --fit`; malenia.knowledge.appearance)
 
 Used by training (RUN/model), `malenia segment`, `malenia evaluate`, the Slicer module and the retraining
 server. The folder is written whole (malenia.atomic.atomic_dir); loading refuses any missing file, any
@@ -160,6 +163,13 @@ class LoadedModel:
 
         data = self.optional_json(FILE)
         return None if data is None else LesionVerifier.from_json(data, str(self.path / FILE))
+
+    def appearance(self):
+        """The fitted Appearance (appearance.json), or None when the model has none."""
+        from malenia.knowledge.appearance import FILE, Appearance
+
+        data = self.optional_json(FILE)
+        return None if data is None else Appearance.from_json(data, str(self.path / FILE))
 
     def card(self) -> str | None:
         p = self.path / CARD

@@ -400,20 +400,24 @@ def inherited_files(init) -> dict[str, bytes]:
     """What a fine-tune keeps of its --init model folder as is: the measured-attribute classifiers, which
     read lesion measurements, not the network (malenia.knowledge.measured_attributes), and the lesion
     verifier (malenia.model.lesion_verifier), which also reads the network's probability: like the calibrated
-    post-processing it is the parent's until `malenia fit-verifier` runs on the new model."""
+    post-processing it is the parent's until `malenia fit-verifier` runs on the new model; and the appearance
+    check (malenia.knowledge.appearance), whose cut was calibrated on the parent's masks until `malenia
+    knowledge openset --fit` runs on the new model."""
+    from malenia.knowledge.appearance import FILE as APPEARANCE
     from malenia.model.lesion_verifier import FILE as VERIFIER
     from malenia.knowledge.measured_attributes import FILE as MEASURED
 
-    return {f: (init.path / f).read_bytes() for f in (MEASURED, VERIFIER) if f in init.manifest.get("files", {})}
+    return {f: (init.path / f).read_bytes() for f in (MEASURED, VERIFIER, APPEARANCE) if f in init.manifest.get("files", {})}
 
 
 def inherited_markers(files: Mapping[str, bytes], lineage: list[dict[str, Any]]) -> dict[str, Any]:
     """Manifest entries saying which inherited files came from which parent."""
+    from malenia.knowledge.appearance import FILE as APPEARANCE
     from malenia.model.lesion_verifier import FILE as VERIFIER
     from malenia.knowledge.measured_attributes import FILE as MEASURED
 
     parent = {"inherited_from": f"{lineage[-1]['name']} {lineage[-1]['version']}"} if lineage else {}
-    keys = {MEASURED: "measured_attributes", VERIFIER: "lesion_verifier"}
+    keys = {MEASURED: "measured_attributes", VERIFIER: "lesion_verifier", APPEARANCE: "appearance"}
     return {keys[f]: dict(parent) for f in files if f in keys} if parent else {}
 
 
