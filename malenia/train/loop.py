@@ -16,6 +16,7 @@ the last checkpoint.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -122,6 +123,7 @@ class _MetricsLog:
 
 def train(opts: TrainOptions) -> TrainResult:
     info = init_distributed(opts.device)
+    trainer = None
     try:
         trainer = Trainer(opts, info)
         trainer.setup()
@@ -131,6 +133,11 @@ def train(opts: TrainOptions) -> TrainResult:
         barrier(info)
         return result
     finally:
+        # The DDP wrapper holds the process group and its gloo worker threads: released here, while the
+        # interpreter is whole, not at exit, where tearing them down can abort a rank (seen once in CI:
+        # "terminate called without an active exception", SIGABRT after a finished 2-process run).
+        del trainer
+        gc.collect()
         shutdown(info)
 
 
