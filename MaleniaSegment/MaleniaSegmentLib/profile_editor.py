@@ -120,15 +120,20 @@ class ProfileEditorLogic:
         return path
 
 
+def _model_lesion(session, label: int):
+    """The open result's LesionResult with this label (None: added by hand)."""
+    return next((x for x in session.result.lesions if x.label == label), None)
+
+
 def lesion_scores(session, label: int) -> dict[str, dict[str, float]] | None:
     """The stored per-aspect scores of a lesion of the open result (None: an older report, or added by hand)."""
-    original = next((x for x in session.result.lesions if x.label == label), None)
+    original = _model_lesion(session, label)
     return original.scores if original is not None else None
 
 
 def lesion_ruled_out(session, label: int) -> list[str]:
     """The diseases the appearance check ruled out for a lesion of the open result (malenia.knowledge.appearance)."""
-    original = next((x for x in session.result.lesions if x.label == label), None)
+    original = _model_lesion(session, label)
     return list(original.appearance["ruled_out"]) if original is not None and original.appearance else []
 
 

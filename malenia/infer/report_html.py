@@ -266,11 +266,14 @@ def _lesion_html(lesion: LesionResult, spec: SegmentSpec, key: KeySlice | None, 
     region = term.anatomic_region.meaning if term.anatomic_region else "n/a"
     if term.anatomic_region_modifier:
         region += f" ({term.anatomic_region_modifier.meaning.lower()})"
-    alts = "".join(f"<tr><td>{_e(names.get(n, n.replace('_', ' ')))}</td><td>{_bar(p)}</td></tr>" for n, p in d.alternatives)
+    def shown(key: str) -> str:
+        return _e(names.get(key, key.replace("_", " ")))
+
+    alts = "".join(f"<tr><td>{shown(n)}</td><td>{_bar(p)}</td></tr>" for n, p in d.alternatives)
     ruled = (lesion.appearance or {}).get("ruled_out") or []
     if ruled:  # the appearance check (malenia.knowledge.appearance): say why a known disease was not named
         alts += (f"<tr><td class='muted' colspan='2'>Ruled out by its CT values (unlike the training lesions): "
-                 f"{_e(', '.join(names.get(n, n.replace('_', ' ')) for n in ruled))}</td></tr>")
+                 f"{', '.join(shown(n) for n in ruled)}</td></tr>")
     out.append(
         "<table><tr><th colspan='2'>Disease</th></tr>"
         f"<tr><td><b>{_e(d.display_name)}</b>{' (unclassified)' if d.unclassified else ''}</td><td>{_bar(d.probability)}</td></tr>"

@@ -85,7 +85,7 @@ class Appearance:
         return {d: round(look.score(x), 6) for d, look in self.looks.items()}
 
     def ruled_out(self, scores: Mapping[str, float]) -> set[str]:
-        return {d for d, s in scores.items() if s < self.cut}
+        return ruled_out_at(scores, self.cut)
 
     def verdict(self, measurements: Mapping[str, float]) -> dict[str, Any] | None:
         """The report's per-lesion entry: {"scores", "cut", "ruled_out"}; None when unmeasurable."""
@@ -126,6 +126,11 @@ class Appearance:
             raise ModelError(f"{where}: cut must be in [0, 1], got {cut}")
         meta = {m: obj[m] for m in ("fitted_on", "calibrated_on") if m in obj}
         return Appearance(looks, features, cut, alpha, shrinkage, meta)
+
+
+def ruled_out_at(scores: Mapping[str, float], cut: float) -> set[str]:
+    """The diseases whose appearance score is below `cut` (segmenting, and the open-set fit's re-cuts)."""
+    return {d for d, s in scores.items() if s < cut}
 
 
 def fit_appearance(rows: Iterable[tuple[str, Mapping[str, float]]], features: tuple[str, ...] = FEATURES,

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from malenia.knowledge.appearance import ruled_out_at
 from malenia.knowledge.inference import aspect_likelihoods, inference_params
 from malenia.knowledge.table import KnowledgeTable
 
@@ -37,7 +38,7 @@ class ScoredLesion:
     appearance: Mapping[str, float] | None = None  # disease -> appearance score (malenia.knowledge.appearance)
 
     def ruled_out(self, cut: float) -> set[str]:
-        return {d for d, s in (self.appearance or {}).items() if s < cut}
+        return ruled_out_at(self.appearance or {}, cut)
 
 
 @dataclass
