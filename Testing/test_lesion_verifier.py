@@ -121,10 +121,12 @@ def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inh
     table = {r["cut"]: r["score"] for r in saved["validation"]["table"]}
     assert table[saved["cut"]] == max(table.values())
 
-    # a verifier that calls everything false (cut just under 1): segment keeps nothing and says what it removed
+    # a verifier that calls everything false (no feature moves its -60 log-odds; cut just under 1): segment keeps
+    # nothing and says what it removed
     from malenia.model.folder import update_model_folder
 
-    update_model_folder(model, {FILE: json.dumps({**saved, "cut": 0.999999, "bias": -60.0})})
+    strict = {**saved, "cut": 0.999999, "bias": -60.0, "weights": [0.0] * len(saved["weights"])}
+    update_model_folder(model, {FILE: json.dumps(strict)})
     image, _ = sphere_ct()
     report = segment_report(image, model, tmp_path / "strict")
     verdict = report["extra"]["verifier"]
