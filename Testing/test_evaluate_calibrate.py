@@ -282,6 +282,10 @@ def test_model_card_lists_earlier_stages_and_totals():
     measured["aspects"]["density"] = {"kind": "organ_level"}  # its descriptions name the organ: the level transfers
     measured["leave_one_disease_out"]["density"] = 0.594
     assert "shape 0.92 (balanced 0.61), density level 0.59)." in render_model_card(manifest, {}, [], measured=measured)
+    measured["aspects"]["relationship"] = {"kind": "one_sided", "classes": ["relationship.vascular"], "feature": "ring_vessel",
+                                           "organ": "liver", "quantile": 0.9, "cut": 0.0205, "lesions": 61}
+    assert ("density level 0.59; relationship: relationship.vascular only where ring_vessel exceeds 0.021, the 0.9 quantile "
+            "of 61 training liver lesions without it)." in render_model_card(manifest, {}, [], measured=measured))
     assert "ruled out" not in card  # no appearance check: nothing claimed
     look = {"features": ["hu_mean", "contrast"], "cut": 0.0, "alpha": 0.1,
             "fitted_on": {"dataset": "/data/seen_train", "split": "train"}, "diseases": {"kidney_cyst": {"lesions": 46}}}

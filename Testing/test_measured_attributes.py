@@ -80,6 +80,65 @@ def test_measurements_do_not_depend_on_the_scan_orientation():
             assert b[label][key] == pytest.approx(a[label][key], rel=1e-4, abs=1e-4), (label, key)
 
 
+def test_the_host_shell_counts_enhanced_vessels_along_a_lesion_and_not_its_noise():
+    image, labels = _body_with_two_lesions()
+    hu = sitk.GetArrayFromImage(image)
+    alone = _features(image, labels)[1]["ring_vessel"]
+    vessel = np.zeros(hu.shape, bool)
+    vessel[:, 30:35, 63:68] = True  # a 7 mm tube along z, passing 0-6 mm beside the round lesion (x 49-63)
+    hu[vessel & (sitk.GetArrayFromImage(labels) == 0)] = 140.0  # enhanced blood, 100 HU above the 40 HU host
+    hu[vessel & (hu > 300)] = 140.0
+    with_vessel = sitk.GetImageFromArray(hu)
+    with_vessel.CopyInformation(image)
+    beside = _features(with_vessel, labels)[1]["ring_vessel"]
+    assert alone == 0.0  # 4 HU noise never stands 40 HU above the host
+    assert 0.02 < beside < 0.5
+    hu[vessel & (sitk.GetArrayFromImage(labels) == 0)] = 900.0  # bone, not blood
+    as_bone = sitk.GetImageFromArray(hu)
+    as_bone.CopyInformation(image)
+    assert _features(as_bone, labels)[1]["ring_vessel"] == 0.0
+
+
+ONE_SIDED = {"kind": "one_sided", "feature": "ring_vessel", "description": "relationship.vascular",
+             "organ": "liver", "quantile": 0.9}
+
+
+def _relationship_examples(n=80, seed=5):
+    """Liver and kidney lesions, none along the vessels; the kidney's shells are brighter (enhancing cortex)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        organ = ("liver", "kidney")[i % 2]
+        f = {k: 0.0 for k in FEATURES} | {"pos_z": 0.5 if organ == "liver" else 0.2,
+                                         "ring_vessel": float(rng.uniform(0, 0.02 if organ == "liver" else 0.2))}
+        attrs = {"location": [f"location.{organ}.{'right_lobe' if organ == 'liver' else 'left'}"],
+                 "relationship": ["relationship.separate"]}
+        out.append(Example(f, attrs, f"{organ}_tumor"))
+    return out
+
+
+def test_a_one_sided_description_is_evidence_only_above_the_cut_and_only_in_its_organ():
+    examples = _relationship_examples()
+    specs = {"relationship": ONE_SIDED, "location": {"kind": "knn", "k": 3, "features": ["pos_z"], "scale": [1.0]}}
+    fitted = fit(examples, specs)
+    clf = fitted.aspects["relationship"]
+    liver = sorted(e.features["ring_vessel"] for e in examples if e.disease == "liver_tumor")
+    assert clf.params["cut"] == pytest.approx(np.quantile(liver, 0.9)) and clf.params["lesions"] == 40  # kidneys ignored
+    assert "relationship" not in fitted.meta["leave_one_disease_out"]
+    along = {k: 0.0 for k in FEATURES} | {"pos_z": 0.5, "ring_vessel": 0.1}
+    assert fitted.distributions(along)["relationship"] == {"relationship.vascular": 1.0}
+    assert "relationship" not in fitted.distributions(along | {"ring_vessel": 0.001})  # below the cut: no evidence
+    assert "relationship" not in fitted.distributions(along | {"pos_z": 0.2})  # a kidney lesion: the description is the liver's
+    ids = ["relationship.separate", "relationship.vascular", "location.liver.right_lobe", "location.kidney.left"]
+    rows = {"relationship": np.array([0, 1]), "location": np.array([2, 3])}
+    token = np.array([0.8, 0.2, 0.5, 0.5], np.float32)
+    assert fitted.blend(token, rows, ids, along)[1] > 0.5 > token[1]
+    assert fitted.blend(token, rows, ids, along | {"ring_vessel": 0.0})[[0, 1]] == pytest.approx(token[[0, 1]])
+    back = MeasuredAttributes.from_json(json.loads(json.dumps(fitted.to_json())))
+    assert back.distributions(along) == fitted.distributions(along)
+    assert fit_aspect(ONE_SIDED, [e for e in examples if e.disease == "kidney_tumor"], "relationship") is None
+
+
 def _examples(n=60, seed=1):
     """Lesions whose shape follows sphericity, whose location follows the side of the body."""
     rng = np.random.default_rng(seed)

@@ -139,11 +139,14 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
     lodo = ", ".join(f"{a}{' level' if kinds.get(a) == 'organ_level' else ''} {v:.2f}"
                      + (f" (balanced {balanced[a]:.2f})" if balanced.get(a) else "")
                      for a, v in (measured.get("leave_one_disease_out") or {}).items() if v)
+    one_sided = "".join(f"; {a}: {c['classes'][0]} only where {c['feature']} exceeds {c['cut']:.3f}, the {c['quantile']:g} "
+                        f"quantile of {c['lesions']} training {c['organ']} lesions without it"
+                        for a, c in sorted((measured.get("aspects") or {}).items()) if kinds.get(a) == "one_sided")
     return [f"- Attributes: the tokens' matches blended with classifiers on lesion measurements for "
             f"{', '.join(sorted(measured.get('aspects', {})))} (weight {measured.get('weight')}; `malenia fit-attributes` "
             f"on {fitted.get('lesions', '?')} lesions of {Path(str(fitted.get('dataset', '?'))).name} "
             f"({fitted.get('split', '?')}), measured on {_MASKS.get(fitted.get('masks', 'reference'), '?')}"
-            + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + ")."]
+            + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + one_sided + ")."]
 
 
 def _verifier(verifier: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str]:

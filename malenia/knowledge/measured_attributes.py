@@ -24,7 +24,10 @@ token's distribution. Classifiers (configs as data, `ASPECT_SPECS`):
     each class equally, so a description most training lesions share does not win by its frequency
     (the training set's mix of diseases sets that frequency, not the new lesion);
   - "organ_level": density, whose descriptions name the organ, as a k-NN organ times a level
-    classifier (`fit_organ_level`), so a level no training lesion of that organ showed is reachable.
+    classifier (`fit_organ_level`), so a level no training lesion of that organ showed is reachable;
+  - "one_sided": one description that no training lesion shows (a liver lesion along the vessels),
+    read from one measurement (`fit_one_sided`): evidence for it where the measurement exceeds what
+    all but a share of the organ's other training lesions show, no evidence (the token alone) elsewhere.
 
 File (owned here): MODEL/measured_attributes.json
     {"format": "malenia-measured-attributes/1", "weight": w, "floor": f, "fitted_on": {...},
@@ -72,6 +75,11 @@ ASPECT_SPECS: dict[str, dict[str, Any]] = {
     # called every lesion heterogeneous (balanced leave-one-disease-out accuracy 0.50, chance)
     "density_variation": {"kind": "logistic", "features": ["log_hu_std"], "balanced": True},
     "surface": {"kind": "logistic", "features": ["edge_mm", "sphericity", "solidity"]},
+    # No training lesion lies along the intrahepatic vessels, so nothing can be fitted for it; enhanced
+    # vessels in the host shell are what a reader sees. The cut lets one in ten of the training liver
+    # lesions through, fixed beforehand as the appearance check's alpha is (docs/knowledge.md).
+    "relationship": {"kind": "one_sided", "feature": "ring_vessel", "description": "relationship.vascular",
+                     "organ": "liver", "quantile": 0.9},
 }
 
 
@@ -95,6 +103,8 @@ class AspectClassifier:
         """[n, len(classes)] probabilities."""
         if self.kind == "organ_level":
             return _compose_organ_level(self, rows)
+        if self.kind == "one_sided":  # 1 where the measurement passes the cut; the organ gate is the caller's
+            return np.array([[float(r[self.params["feature"]]) > float(self.params["cut"])] for r in rows], float)
         x = np.array([[float(r[f]) for f in self.features] for r in rows], float).reshape(len(rows), -1)
         if self.kind == "knn":
             return self._knn(x)
@@ -124,7 +134,7 @@ class AspectClassifier:
         params = {k: v for k, v in obj.items() if k not in ("kind", "features", "classes")}
         clf = AspectClassifier(str(obj["kind"]), list(obj["features"]), list(obj["classes"]), params)
         need = {"knn": ("points", "labels", "k", "scale"), "logistic": ("mean", "std", "weights", "bias"),
-                "organ_level": ("organ", "level", "lung")}.get(clf.kind)
+                "organ_level": ("organ", "level", "lung"), "one_sided": ("feature", "organ", "cut")}.get(clf.kind)
         if need is None or any(k not in params for k in need):
             raise ValueError(f"classifier of kind {clf.kind!r} lacks {need}")
         if clf.kind == "organ_level":  # parts parsed once, so a damaged part fails here, not at inference
@@ -136,6 +146,8 @@ class AspectClassifier:
 def fit_aspect(spec: Mapping[str, Any], examples: list[Example], aspect: str) -> AspectClassifier | None:
     if spec["kind"] == "organ_level":
         return fit_organ_level(spec, examples, aspect)
+    if spec["kind"] == "one_sided":
+        return fit_one_sided(spec, examples, aspect)
     labelled = [e for e in examples if e.attributes.get(aspect)]
     classes = sorted({e.attributes[aspect][0] for e in labelled})
     if len(classes) < 2:
@@ -154,6 +166,21 @@ def fit_aspect(spec: Mapping[str, Any], examples: list[Example], aspect: str) ->
     weights, bias = logistic_regression((x - mean) / std, y, len(classes), L2, sample_weight)
     params = {"mean": mean.tolist(), "std": std.tolist(), "weights": weights.tolist(), "bias": bias.tolist()}
     return AspectClassifier("logistic", feats, classes, params)
+
+
+def fit_one_sided(spec: Mapping[str, Any], examples: list[Example], aspect: str) -> AspectClassifier | None:
+    """The cut for one description on one measurement: the `quantile` of that measurement over the organ's
+    training lesions that do not show the description (so 1 - quantile of them would pass it). None
+    without such lesions."""
+    others = [e for e in examples if _organ_of(e) == spec["organ"] and e.attributes.get(aspect)
+              and spec["description"] not in e.attributes[aspect]]
+    if not others:
+        return None
+    feature = str(spec["feature"])
+    cut = float(np.quantile([e.features[feature] for e in others], float(spec["quantile"])))
+    params = {"feature": feature, "organ": str(spec["organ"]), "quantile": float(spec["quantile"]),
+              "cut": cut, "lesions": len(others)}
+    return AspectClassifier("one_sided", [feature], [str(spec["description"])], params)
 
 
 def density_parts(description: str) -> tuple[str, str | None]:
@@ -255,8 +282,20 @@ class MeasuredAttributes:
     meta: dict[str, Any] = field(default_factory=dict)  # fitted_on, leave_one_disease_out
 
     def distributions(self, features: Mapping[str, float]) -> dict[str, dict[str, float]]:
-        """aspect -> {description id: probability} for one lesion."""
-        return {a: dict(zip(c.classes, c.predict([features])[0].tolist())) for a, c in self.aspects.items()}
+        """aspect -> {description id: probability} for one lesion; a one-sided aspect only where it fires
+        (elsewhere the measurement is no evidence, and the aspect is left out)."""
+        out = {a: dict(zip(c.classes, c.predict([features])[0].tolist()))
+               for a, c in self.aspects.items() if c.kind != "one_sided"}
+        for a, c in self.aspects.items():
+            if c.kind == "one_sided" and c.predict([features])[0, 0] > 0 and self._in_organ(out, c.params["organ"]):
+                out[a] = {c.classes[0]: 1.0}
+        return out
+
+    @staticmethod
+    def _in_organ(measured: Mapping[str, Mapping[str, float]], organ: str) -> bool:
+        """The measured location puts the lesion in `organ` more likely than not (no location: assumed)."""
+        location = measured.get("location")
+        return location is None or sum(p for i, p in location.items() if organ_of(i) == organ) > 0.5
 
     def blend(self, distribution: np.ndarray, rows: Mapping[str, np.ndarray], ids: list[str],
               features: Mapping[str, float]) -> np.ndarray:
@@ -325,6 +364,8 @@ def leave_one_disease_out(examples: list[Example], specs: Mapping[str, Mapping[s
     diseases = sorted({e.disease for e in examples if e.disease})
     out: dict[str, float | None] = {}
     for aspect, spec in specs.items():
+        if spec["kind"] == "one_sided":  # its description is absent from the training lesions by design
+            continue
         hits: dict[str, list[bool]] = {}
         for d in diseases:
             clf = fit_aspect(spec, [e for e in examples if e.disease != d], aspect)
