@@ -136,6 +136,7 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
     core = core if core.sum() >= 5 else mask
     ring = ~mask & (outside > RING_MM[0]) & (outside <= RING_MM[1])
     inner, host = hu[core], hu[ring] if ring.any() else hu[core]
+    host_median = float(np.median(host))  # the host's level: contrast and the vessel share both read it
     voxels = np.argwhere(mask)
     volume = float(mask.sum() * np.prod(sp))
     ev = _principal_variances(voxels * sp)
@@ -149,8 +150,8 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
         "hu_p10": float(np.percentile(inner, 10)), "hu_p90": float(np.percentile(inner, 90)),
         "ring_mean": float(host.mean()), "ring_std": float(host.std()),
         "ring_air": float((host < -500).mean()), "ring_bone": float((host > 200).mean()),
-        "ring_vessel": _vessel_share(host),
-        "contrast": float(inner.mean() - np.median(host)),
+        "ring_vessel": _vessel_share(host, host_median),
+        "contrast": float(inner.mean() - host_median),
         "sphericity": float(sphericity(mask, sp)),
         "elongation": float(np.sqrt(ev[1] / ev[0])), "flatness": float(np.sqrt(ev[2] / ev[0])),
         "solidity": _solidity(mask),
@@ -160,9 +161,9 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
     }
 
 
-def _vessel_share(host: np.ndarray) -> float:
+def _vessel_share(host: np.ndarray, host_median: float) -> float:
     """Share of the host shell's voxels that stand VESSEL_ABOVE_HOST_HU above its median, below VESSEL_MAX_HU."""
-    bright = (host >= np.median(host) + VESSEL_ABOVE_HOST_HU) & (host < VESSEL_MAX_HU)
+    bright = (host >= host_median + VESSEL_ABOVE_HOST_HU) & (host < VESSEL_MAX_HU)
     return float(bright.mean())
 
 
