@@ -131,3 +131,30 @@ def test_synth_nodules_keeps_patient_splits_apart(lidc_dir: Path, shared_data: P
     assert main(["synth", "--nodules", str(lidc_dir), "--diseases", "lung_tumor", "--base", base, "--out", str(tmp_path / "x")]) == 3
     assert main(["synth", "--base", base, "--out", str(tmp_path / "y")]) == 3
     assert "--diseases and --cases are required" in capsys.readouterr().err
+
+
+def test_phantom_lung_bases_take_nodules_in_their_lobes(lidc_dir: Path, nodules, tmp_path: Path, monkeypatch):
+    """`--base phantom` with --nodules: freshly drawn bodies whose lobe labels name the nodule's location."""
+    import malenia.data.synthesis.plant as plant
+    from malenia.data.synthesis.lung_base import phantom_lung_base
+
+    a, b = (phantom_lung_base(np.random.default_rng(s)) for s in (0, 1))
+    assert a.hu.shape == (128, 128, 128) and np.allclose(a.spacing_zyx, 3.0)
+    assert {p.location_id for p in a.parts.values()} == {f"location.lung.{r}" for r in
+                                                          ("left_upper", "left_lower", "right_upper", "right_middle", "right_lower")}
+    assert not np.array_equal(a.lung > 0, b.lung > 0)  # another body, not one lung reused
+    assert 100 < (a.lung > 0).sum() * 27 / 1000 < 3000  # ml of lung: the bases of both lungs
+    prepared = prepare_base(a)
+    canvas = Canvas(a.hu.copy(), np.zeros(a.hu.shape, np.uint16), [])
+    where = try_plant(canvas, prepared, nodules[0], np.random.default_rng(2))
+    assert where is not None and where["location_id"].startswith("location.lung.") and where["base"] == "phantom"
+    assert a.parts[int(np.unique(a.lung[canvas.lesions == 1])[0])].location_id == where["location_id"]
+
+    monkeypatch.setattr(plant, "PHANTOM_BASES", 1)  # one body keeps the test short
+    out = tmp_path / "ph"
+    assert main(["synth", "--nodules", str(lidc_dir), "--base", "phantom", "--nodule-split", "train", "--out", str(out),
+                 "--quiet"]) == 0
+    index = read_dataset(out)
+    assert set(index.split) == {"train"} and index.extra["bases"] == ["phantom_00"]
+    case = read_case(out, index.cases[0])
+    assert case.report.extra["base"] == "phantom_00" and case.report.lesions[0].extra["lidc"]["split"] == "train"

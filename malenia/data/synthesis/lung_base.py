@@ -1,6 +1,6 @@
 """A real chest CT to plant lung nodules in: its HU, a lung mask in parts, and the lesions it already has.
 
-Two kinds of base folder (docs/data.md, "LIDC nodules"):
+Three kinds of base (docs/data.md, "LIDC nodules"):
   * a synthesis base with TotalSegmentator lung-lobe labels (`bases.load_base`, e.g. the shared
     TotalSegmentator example, whose lung bases are labelled): the parts are the lobes, so a
     planted nodule's location is a vocabulary id (`location.lung.right_lower`, ...);
@@ -8,7 +8,10 @@ Two kinds of base folder (docs/data.md, "LIDC nodules"):
     "mask", e.g. pyradiomics lung1): the lung is found by thresholding (below -400 HU),
     dropping air connected to the in-plane border (outside the body), keeping the two largest
     remaining components (the lungs; when they touch, split at the body's midline), and filling
-    vessels and nodules slice by slice. The parts are the left and right lung: no lobe id.
+    vessels and nodules slice by slice. The parts are the left and right lung: no lobe id;
+  * the procedural phantom (`phantom_lung_base`): its lung bases carry lobe labels like the first
+    kind, and each draw is a new body, so training nodules are not all pasted into one patient's
+    120 ml of lung.
 Existing lesions (the label file) are kept labelled and planted nodules keep away from them.
 """
 
@@ -66,6 +69,24 @@ def load_lung_base(folder: str | Path, spacing_xyz: tuple[float, float, float] |
     base = _from_lobes(anat) if anat is not None else _from_threshold(folder, spacing_xyz)
     if not base.lung.any():
         raise InputError(f"{folder}: no lung found in this base")
+    return base
+
+
+PHANTOM_FOV_MM = 384.0  # the phantom's default field of view (128 voxels of 3 mm)
+
+
+def phantom_lung_base(rng: np.random.Generator, spacing_xyz: tuple[float, float, float] | None = None,
+                      name: str = "phantom") -> LungBase:
+    """A freshly drawn phantom (random phase) as a lung base; `spacing_xyz` keeps the field of view."""
+    from malenia.data.synthesis.phantom import make_phantom
+
+    spacing = tuple(float(v) for v in (spacing_xyz or (3.0, 3.0, 3.0)))
+    size = tuple(int(round(PHANTOM_FOV_MM / s)) for s in spacing)
+    phase = "contrast" if rng.random() < 0.5 else "non_contrast"
+    anat = make_phantom(rng, size, spacing, phase)
+    anat.source = name
+    base = _from_lobes(anat)
+    base.info["lung_from"] = "phantom lobe labels"
     return base
 
 

@@ -13,7 +13,8 @@ nodules; case i uses base i mod len(bases) (a nodule that fits nowhere in it tri
 bases, then is reported as not placed). A case's report gives each planted nodule its mapped
 ratings, the location of the lobe it lies in (when the base has lobe labels), the base's
 enhancement, and in extra the LIDC metadata (patient, ratings, malignancy) and where it went.
-The base's own lesions stay labelled (disease lung_tumor, attributes unknown).
+The base's own lesions stay labelled (disease lung_tumor, attributes unknown). The base "phantom"
+stands for PHANTOM_BASES freshly drawn phantoms (drawn from the seed), cycled like folders.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia.data.dataset import is_dataset, read_case, read_dataset
-from malenia.data.synthesis.lung_base import LungBase, load_lung_base
+from malenia.data.synthesis.lung_base import LungBase, load_lung_base, phantom_lung_base
 from malenia.data.synthesis.nodules import find_centre, nodule_patch, part_depth, paste, patch_radius_mm
 from malenia.errors import InputError, OutputError
 
 SPLITS = ("train", "val", "test")
 MAX_DENSE_CONTACT = 0.2
+PHANTOM = "phantom"
+PHANTOM_BASES = 12  # bodies drawn per "phantom" base: about 1 s each, lung bases of 150-400 ml
 
 
 @dataclass
@@ -91,8 +94,8 @@ class PreparedBase:
     occupied: list[tuple[np.ndarray, float]] = field(default_factory=list)  # the base's own lesions
 
 
-def prepare_base(folder: str, spacing_xyz=None) -> PreparedBase:
-    base = load_lung_base(folder, spacing_xyz)
+def prepare_base(folder: str | LungBase, spacing_xyz=None) -> PreparedBase:
+    base = folder if isinstance(folder, LungBase) else load_lung_base(folder, spacing_xyz)
     depth = part_depth(base.lung, base.spacing_zyx)
     occupied = []
     for k in range(1, int(base.lesions.max()) + 1):
@@ -197,6 +200,19 @@ def _deal(nodules: list[Nodule], split_no: int, seed: int, lesions_per_case: tup
         yield rng, take, queue
 
 
+def _prepared_bases(bases: Sequence[str], spacing, seed: int) -> list[PreparedBase]:
+    from malenia.data.synthesis.bases import find_bases
+
+    prepared = []
+    for b in bases:
+        if str(b) == PHANTOM:
+            rng = np.random.default_rng([seed, 7919])  # bodies independent of the nodules' deal
+            prepared += [prepare_base(phantom_lung_base(rng, spacing, f"phantom_{i:02d}")) for i in range(PHANTOM_BASES)]
+        else:
+            prepared += [prepare_base(str(f), spacing) for f in find_bases(b)]
+    return prepared
+
+
 def plant_dataset(out: str | Path, nodules_from: str | Path, bases: Sequence[str], split: str = "all", seed: int = 0,
                   lesions_per_case: tuple[int, int] = (1, 3), spacing=None, allow_truncated: bool = False,
                   max_cases: int | None = None, name: str | None = None, overwrite: bool = False,
@@ -205,7 +221,6 @@ def plant_dataset(out: str | Path, nodules_from: str | Path, bases: Sequence[str
     from malenia.atomic import atomic_dir
     from malenia.data.dataset import DatasetIndex, write_case, write_dataset_index
     from malenia.data.importers.lidc import SPLIT_RULE
-    from malenia.data.synthesis.bases import find_bases
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -215,7 +230,7 @@ def plant_dataset(out: str | Path, nodules_from: str | Path, bases: Sequence[str
     nodules, notes = load_nodules(nodules_from, split, allow_truncated)
     if not nodules:
         raise InputError(f"{nodules_from}: no nodule to plant for split {split!r}")
-    prepared = [prepare_base(str(f), spacing) for b in bases for f in find_bases(b)]
+    prepared = _prepared_bases(bases, spacing, seed)
     result = PlantResult(None, notes=notes)
     cases, split_cases, patients = [], {s: [] for s in SPLITS}, {s: set() for s in SPLITS}
     prefix = name or out.name
