@@ -72,16 +72,14 @@ def load_lung_base(folder: str | Path, spacing_xyz: tuple[float, float, float] |
     return base
 
 
-PHANTOM_FOV_MM = 384.0  # the phantom's default field of view (128 voxels of 3 mm)
-
-
 def phantom_lung_base(rng: np.random.Generator, spacing_xyz: tuple[float, float, float] | None = None,
                       name: str = "phantom") -> LungBase:
     """A freshly drawn phantom (random phase) as a lung base; `spacing_xyz` keeps the field of view."""
+    from malenia.data.synthesis.generate import DEFAULT_SIZE, DEFAULT_SPACING
     from malenia.data.synthesis.phantom import make_phantom
 
-    spacing = tuple(float(v) for v in (spacing_xyz or (3.0, 3.0, 3.0)))
-    size = tuple(int(round(PHANTOM_FOV_MM / s)) for s in spacing)
+    spacing = tuple(float(v) for v in (spacing_xyz or DEFAULT_SPACING))
+    size = tuple(int(round(n * d / s)) for n, d, s in zip(DEFAULT_SIZE, DEFAULT_SPACING, spacing))
     phase = "contrast" if rng.random() < 0.5 else "non_contrast"
     anat = make_phantom(rng, size, spacing, phase)
     anat.source = name
