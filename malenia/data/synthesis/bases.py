@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia.data.dataset import IMAGE_FILE, ORGANS_FILE, REPORT_FILE
+from malenia.data.geometry import Grid
 from malenia.data.synthesis.anatomy import TOTALSEG_IDS, Anatomy
 from malenia.errors import InputError
 
@@ -128,15 +129,11 @@ def resample(anat: Anatomy, spacing_xyz: tuple[float, float, float]) -> Anatomy:
     img.SetDirection(anat.direction)
     lab = sitk.GetImageFromArray(anat.organs)
     lab.CopyInformation(img)
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(img.GetSize(), anat.spacing, spacing_xyz)]
-    ref = sitk.Image(size, sitk.sitkFloat32)
-    ref.SetSpacing(tuple(float(s) for s in spacing_xyz))
-    ref.SetOrigin(anat.origin)
-    ref.SetDirection(anat.direction)
-    new_img = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, -1024.0)
-    new_lab = sitk.Resample(lab, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    grid = Grid.of(img).with_spacing(spacing_xyz)
+    new_img = grid.resample(img, sitk.sitkLinear, -1024.0)
+    new_lab = grid.resample(lab, sitk.sitkNearestNeighbor, 0)
     out = Anatomy(sitk.GetArrayFromImage(new_img).astype(np.float32), sitk.GetArrayFromImage(new_lab).astype(np.int16),
-                  dict(anat.names), tuple(ref.GetSpacing()), anat.origin, anat.direction, anat.phase, anat.source,
+                  dict(anat.names), grid.spacing, anat.origin, anat.direction, anat.phase, anat.source,
                   info=dict(anat.info))
     return out
 

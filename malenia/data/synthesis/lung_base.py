@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from malenia.data.geometry import Grid
 from malenia.errors import InputError
 
 AIR_HU = -400.0
@@ -133,13 +134,8 @@ def _from_threshold(folder: Path, spacing_xyz) -> LungBase:
 
 
 def _resampled(image: sitk.Image, labels: sitk.Image, spacing_xyz) -> tuple[sitk.Image, sitk.Image]:
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing_xyz)]
-    ref = sitk.Image(size, sitk.sitkFloat32)
-    ref.SetSpacing(tuple(float(s) for s in spacing_xyz))
-    ref.SetOrigin(image.GetOrigin())
-    ref.SetDirection(image.GetDirection())
-    return (sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, -1024.0),
-            sitk.Resample(labels, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    grid = Grid.of(image).with_spacing(spacing_xyz)
+    return grid.resample(image, sitk.sitkLinear, -1024.0), grid.resample(labels, sitk.sitkNearestNeighbor, 0)
 
 
 def threshold_lungs(hu: np.ndarray, image: sitk.Image) -> tuple[np.ndarray, dict[int, LungPart]]:
