@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 
 from malenia.data.dataset import Case, CaseReport, DatasetIndex, Description, LesionReport, write_case, write_dataset_index
 from malenia.data.preprocess import Preprocessor
+from malenia.errors import InputError
 from malenia.knowledge.vocabulary import Vocabulary
-from malenia.data.sampler import AugmentConfig, LesionPatchDataset, collate_patches, instance_masks
+from malenia.data.sampler import AugmentConfig, LesionPatchDataset, augment_config, collate_patches, instance_masks
 
 torch.set_num_threads(1)
 PATCH = (24, 24, 24)
@@ -179,6 +181,49 @@ def test_affine_augmentation_keeps_lesions(dataset: Path):
             compared += 1
         assert not torch.equal(p["image"], a["image"])
     assert compared > 10
+
+
+def _target_balls(dataset: Path, aug: dict, n: int = 40):
+    """(voxels before, voxels after, extent per axis after) of each lesion-centred patch's target ball of
+    250 voxels or more that the augmented patch holds whole, without and with the augmentation `aug` (no
+    rotation, no intensity change)."""
+    plain = make(dataset, samples_per_epoch=n)
+    augmented = make(dataset, samples_per_epoch=n, augment=augment_config(
+        {"affine_prob": 1.0, "intensity_prob": 0.0, "rotate_deg": [0, 0, 0], **aug}))
+    out = []
+    for i in range(n):
+        p, a = plain[i], augmented[i]
+        t = p["target_label"]
+        before = int((p["instances"] == t).sum()) if p["lesion_centred"] else 0
+        idx = np.argwhere(a["instances"].numpy() == t)
+        inside = len(idx) and idx.min() > 0 and (idx.max(0) < np.array(PATCH) - 1).all()  # not cut by the patch
+        if before >= 250 and inside:
+            out.append((before, len(idx), np.ptp(idx, axis=0)))
+    return out
+
+
+def test_isotropic_scaling_shrinks_a_ball_alike_on_every_axis(dataset: Path):
+    """scale > 1 reads a larger region: at 1.5 a ball keeps 1/1.5 of its diameter (1/3.4 of its voxels). With
+    factors drawn from 0.7-1.5, one per patch keeps it a ball (extents within the 2 voxels nearest-neighbour
+    sampling costs), three per patch (the default) stretch it."""
+    fixed = _target_balls(dataset, {"scale": [1.5, 1.5], "scale_isotropic": True})
+    assert len(fixed) >= 3 and all(1.5 ** 3 * 0.7 < b / a < 1.5 ** 3 * 1.4 for b, a, _ in fixed)
+    iso = _target_balls(dataset, {"scale": [0.7, 1.5], "scale_isotropic": True})
+    per_axis = _target_balls(dataset, {"scale": [0.7, 1.5]})
+    assert len(iso) >= 3 and max(int(np.ptp(e)) for _, _, e in iso) <= 2
+    assert max(int(np.ptp(e)) for _, _, e in per_axis) >= 4
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"scael": [1, 2]}, "unknown augmentation field(s) ['scael']"),
+    ({"scale": [1.2]}, "scale needs 2 numbers"),
+    ({"scale": [1.5, 0.7]}, "0 < low <= high"),
+    ({"affine_prob": 2}, "affine_prob must be between 0 and 1"),
+    ({"flip_axes": [3]}, "flip_axes must be among 0, 1, 2"),
+])
+def test_bad_augmentation_changes_are_refused_by_name(changes, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        augment_config(changes)
 
 
 def test_volume_smaller_than_patch_is_padded(dataset: Path):

@@ -170,6 +170,10 @@ def test_commands_refuse_a_folder_that_is_not_a_dataset(dataset, tmp_path, capsy
     assert f"{tmp_path / 'none'} is not a Malenia dataset (no dataset.json)" in capsys.readouterr().err
     assert main(["train", "--data", str(dataset), "--replay", str(tmp_path), "--out", str(tmp_path / "run")]) == 3
     assert f"--replay {tmp_path} is not a Malenia dataset" in capsys.readouterr().err
+    assert main(["train", "--data", str(dataset), "--augment", "scael=[1,2]", "--out", str(tmp_path / "run")]) == 3
+    assert "unknown augmentation field(s) ['scael']" in capsys.readouterr().err
+    assert main(["train", "--data", str(dataset), "--augment", "scale", "--out", str(tmp_path / "run")]) == 3
+    assert "--augment needs KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -42,7 +42,8 @@ def test_a_run_laid_over_minutes_stops_in_time_annealed(ds, tmp_path):
     from malenia.train.loop import TrainOptions, train
 
     result = train(TrainOptions(data=ds, out=tmp_path / "run", config=tiny_config(), minutes=0.06, warmup_steps=2,
-                                val_split=None, log_every=1, checkpoint_every=1000, progress="none", num_workers=0))
+                                val_split=None, log_every=1, checkpoint_every=1000, progress="none", num_workers=0,
+                                augment={"scale": [0.7, 1.4], "scale_isotropic": True}))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result.steps >= 3 and [r["step"] for r in rows] == list(range(1, result.steps + 1))
     peak = max(r["lr"] for r in rows)
@@ -52,6 +53,8 @@ def test_a_run_laid_over_minutes_stops_in_time_annealed(ds, tmp_path):
     assert rows[-2]["seconds"] - 0.25 < 3.6 <= rows[-1]["seconds"] <= result.seconds
     manifest = json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())
     assert manifest["training"]["minutes"] == 0.06 and manifest["training"]["steps"] == result.steps
+    augment = manifest["training"]["augment"]  # what the sampler ran with, defaults included
+    assert augment["scale"] == [0.7, 1.4] and augment["scale_isotropic"] is True and augment["affine_prob"] == 0.3
 
 
 def test_batches_are_the_same_for_any_number_of_workers(ds):

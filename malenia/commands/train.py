@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "0: in the training process); the patches are the same for any number")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set multi_positive=false (ablations); repeatable")
+    p.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the sampler's augmentation (malenia.data.sampler.AugmentConfig), e.g. --augment "
+                        "scale=[0.6,1.5] --augment flip_axes=[0,1]; repeatable, recorded in the manifest")
     p.add_argument("--report-style", choices=("paragraph", "raw"), default="paragraph",
                    help="single-positive ablations: the whole-report text (8 descriptions, or the lesion type only)")
     p.add_argument("--name", default="malenia", help="model name written to the manifest")
@@ -71,14 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str], option: str = "--set") -> dict:
     """`KEY=VALUE` strings -> config changes; VALUE is JSON (true, 0.5, [1,2]) or a bare string."""
     from malenia.errors import InputError
 
     out = {}
     for item in items:
         if "=" not in item:
-            raise InputError(f"--set needs KEY=VALUE, got {item!r}")
+            raise InputError(f"{option} needs KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
             parsed = json.loads(value)
@@ -124,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from malenia.data.dataset import require_dataset
+    from malenia.data.sampler import augment_config
     from malenia.errors import InputError
     from malenia.train.loop import TrainOptions, train
 
@@ -152,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
         model_version=args.version, training_data=args.training_data, text_encoder=args.text_encoder,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, report_style=args.report_style,
         minutes=args.minutes, num_workers=args.workers, precision=args.precision,
+        augment=parse_overrides(args.augment, "--augment") or None,
     )
+    augment_config(opts.augment)  # a bad field is refused before training sets up
     result = train(opts)
     if result.model_dir is not None and args.progress != "json":
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"

@@ -26,7 +26,8 @@ when the volume is larger than the patch; smaller volumes are padded with air (i
 
 Augmentation (`AugmentConfig`, MONAI transforms, all optional):
   * spatial: with `affine_prob`, a rotation (default up to 15 deg in the axial plane and 5 deg
-    about the other axes) and scaling (0.85-1.15) around the patch centre (monai Affine, bilinear
+    about the other axes) and scaling (0.85-1.15, per axis or, with `scale_isotropic`, one factor
+    for all three) around the patch centre (monai Affine, bilinear
     for the image, nearest neighbour for the instance labels), from a region large enough that
     no padding enters the patch;
   * no mirroring by default. A left-right flip shows situs inversus, which real scans never do,
@@ -79,7 +80,8 @@ MAX_LOCATIONS_PER_LESION = 10000  # as nnU-Net's class locations: enough to draw
 class AugmentConfig:
     affine_prob: float = 0.3
     rotate_deg: tuple[float, float, float] = (15.0, 5.0, 5.0)  # about the z, y, x axes (z: in the axial plane)
-    scale: tuple[float, float] = (0.85, 1.15)
+    scale: tuple[float, float] = (0.85, 1.15)  # > 1 reads a larger region: the content shrinks
+    scale_isotropic: bool = False  # one factor for all three axes (nnU-Net's default): a round lesion stays round
     flip_axes: tuple[int, ...] = ()  # array axes 0 (z), 1 (y), 2 (x = left-right, swaps side-named ids)
     flip_prob: float = 0.5
     intensity_prob: float = 0.15
@@ -87,6 +89,35 @@ class AugmentConfig:
     intensity_shift: float = 0.1  # adds +- this (normalised units)
     gamma: tuple[float, float] = (0.8, 1.25)
     noise_std: float = 0.05  # normalised units
+
+
+def augment_config(changes: dict[str, Any] | None) -> AugmentConfig:
+    """AugmentConfig with `changes` (field -> value; lists become tuples) applied; an unknown field or a
+    value of the wrong shape is an InputError naming the fields there are."""
+    import dataclasses
+
+    from malenia.errors import InputError
+
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in (changes or {}).items()}
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise InputError(f"unknown augmentation field(s) {unknown}; known: {sorted(fields)}")
+    aug = dataclasses.replace(AugmentConfig(), **changes)
+    for name, value in changes.items():
+        default = getattr(AugmentConfig(), name)
+        if isinstance(default, tuple) and name != "flip_axes" and (not isinstance(value, tuple) or len(value) != len(default)):
+            raise InputError(f"augmentation {name} needs {len(default)} numbers, got {value!r}")
+        if not isinstance(default, tuple) and not isinstance(value, (int, float)):
+            raise InputError(f"augmentation {name} needs a number, got {value!r}")
+    if not set(aug.flip_axes) <= {0, 1, 2}:
+        raise InputError(f"augmentation flip_axes must be among 0, 1, 2, got {aug.flip_axes!r}")
+    if aug.scale[0] <= 0 or aug.scale[0] > aug.scale[1]:
+        raise InputError(f"augmentation scale must be (low, high) with 0 < low <= high, got {aug.scale!r}")
+    for name in ("affine_prob", "flip_prob", "intensity_prob"):
+        if not 0.0 <= getattr(aug, name) <= 1.0:
+            raise InputError(f"augmentation {name} must be between 0 and 1, got {getattr(aug, name)!r}")
+    return aug
 
 
 @dataclass
@@ -340,7 +371,8 @@ class LesionPatchDataset(Dataset):
         from monai.transforms.utils import create_rotate
 
         angles = [math.radians(float(rng.uniform(-d, d))) if d > 0 else 0.0 for d in aug.rotate_deg]
-        scales = [float(rng.uniform(*aug.scale)) for _ in range(3)]
+        scales = [float(rng.uniform(*aug.scale)) for _ in range(1 if aug.scale_isotropic else 3)]
+        scales = scales * 3 if aug.scale_isotropic else scales
         # the region the rotated, scaled patch reads from: Affine maps output to input coordinates
         matrix = np.asarray(create_rotate(3, angles))[:3, :3] @ np.diag(scales)
         half = np.abs(matrix) @ ((np.array(self.patch_size) - 1) / 2.0)

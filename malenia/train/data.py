@@ -172,7 +172,7 @@ class _Mix(torch.utils.data.Dataset):
 class PatchStream:
     """Batches of sampler items turned into network inputs and LesionTargets."""
 
-    def __init__(self, data: Path, split: str | None, cfg, bank: TrainingBank, seed: int = 0, augment: bool = True,
+    def __init__(self, data: Path, split: str | None, cfg, bank: TrainingBank, seed: int = 0, augment=True,
                  samples_per_epoch: int | None = None, replay: Path | None = None, replay_fraction: float = 0.5,
                  lesion_fraction: float | None = None, case_ids: list[str] | None = None,
                  hard_negatives: Path | list[Path] | None = None, hard_negative_fraction: float = 0.5,
@@ -184,7 +184,8 @@ class PatchStream:
         self.cfg, self.bank, self.seed = cfg, bank, int(seed)
         pre = preprocessor_for(cfg)
         n = int(samples_per_epoch or cfg.optim.iterations_per_epoch * cfg.optim.batch_size)
-        kw = dict(patch_size=cfg.patch_size, preprocessor=pre, augment=AugmentConfig() if augment else None, seed=seed)
+        kw = dict(patch_size=cfg.patch_size, preprocessor=pre, seed=seed,
+                  augment=augment if isinstance(augment, AugmentConfig) else AugmentConfig() if augment else None)
         if lesion_fraction is not None:
             kw["lesion_fraction"] = lesion_fraction
         # a model's mined mistakes (one file, or several merged) on each dataset: the main one's and the replay's,

@@ -16,6 +16,7 @@ the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -28,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from malenia.data.sampler import augment_config
 from malenia.errors import InputError
 from malenia.model.precision import resolve_precision
 from malenia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
@@ -73,6 +75,7 @@ class TrainOptions:
     minutes: float | None = None  # the run's wall time (all launches): the schedule is laid over it, then it stops
     report_style: str = "paragraph"  # single-positive ablations: "paragraph" (8 descriptions) or "raw" (type only)
     precision: str = "auto"  # malenia.model.precision: auto (bfloat16 where native), bf16 or fp32
+    augment: dict[str, Any] | None = None  # AugmentConfig fields changed from the sampler's defaults
 
 
 @dataclass
@@ -185,7 +188,8 @@ class Trainer:
         # Bank: every vocabulary description (+ free-text and whole-report rows of the training data).
         self.bank = build_training_bank(cfg, [opts.data] + ([opts.replay] if opts.replay else []), opts.text_encoder,
                                         opts.report_style, splits={opts.data: train_ids}, init=opts.init)
-        self.stream = PatchStream(opts.data, opts.split, cfg, self.bank, seed=opts.seed, augment=True,
+        self.stream = PatchStream(opts.data, opts.split, cfg, self.bank, seed=opts.seed,
+                                  augment=augment_config(opts.augment),
                                   samples_per_epoch=cfg.optim.iterations_per_epoch * self.batch * info.world_size,
                                   replay=opts.replay, replay_fraction=opts.replay_fraction,
                                   hard_negatives=opts.hard_negatives, hard_negative_fraction=opts.hard_negative_fraction,
@@ -388,6 +392,8 @@ class Trainer:
                         "batch_size": self.batch * info.world_size, "seconds_this_launch": round(seconds, 1),
                         "seconds_total": round(self.seconds_before + seconds, 1), "val_patch_dsc": self.val_dsc,
                         "seed": opts.seed, "precision": self.precision.name, "skipped_steps": self.skipped_steps}
+            if opts.augment:
+                training["augment"] = dataclasses.asdict(augment_config(opts.augment))
             model_dir = save_model_folder(
                 self.run_dir / "model", config=self.cfg, network=unwrap(self.ddp), bank=self.bank.inference_bank(),
                 knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
