@@ -73,9 +73,10 @@ class Grid:
 
     def with_spacing(self, spacing_xyz) -> "Grid":
         """Same origin (first voxel centre) and direction on a grid of `spacing_xyz`, size round(n * s / t)
-        per axis: the synthesis bases' convention. (The model's preprocessing keeps the outer corner
-        instead: Preprocessor.target_grid.) Resample onto it with `resample`, whose nearest-neighbour
-        extrapolation fills the last half voxel a finer grid can reach past the input's last centre."""
+        per axis: the synthesis bases' grid (the model's preprocessing, Preprocessor.target_grid, takes this
+        size and moves the origin to keep the outer corner). Resample onto it with `resample`, whose
+        nearest-neighbour extrapolation fills the last half voxel a finer grid can reach past the input's
+        last centre."""
         spacing = tuple(float(t) for t in spacing_xyz)
         size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(self.size, self.spacing, spacing))
         return Grid(size, spacing, self.origin, self.direction)

@@ -25,7 +25,7 @@ own getters are (x, y, z).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -101,10 +101,9 @@ class Preprocessor:
         old_spacing = np.array(oriented.spacing)
         if np.allclose(new_spacing, old_spacing, rtol=1e-6, atol=0):
             return oriented
-        size = np.maximum(1, np.round(np.array(oriented.size) * old_spacing / new_spacing)).astype(int)
-        direction = np.array(oriented.direction).reshape(3, 3)
-        origin = np.array(oriented.origin) + direction @ ((new_spacing - old_spacing) / 2.0)
-        return Grid(tuple(int(v) for v in size), tuple(float(v) for v in new_spacing), tuple(float(v) for v in origin), oriented.direction)
+        # the synthesis bases' size, round(extent / spacing); the origin moves so that the outer corner stays put
+        origin = np.array(oriented.origin) + oriented.direction_matrix @ ((new_spacing - old_spacing) / 2.0)
+        return replace(oriented.with_spacing(new_spacing), origin=tuple(float(v) for v in origin))
 
     def prepare(self, image: sitk.Image) -> "PreparedVolume":
         """Canonical orientation, model spacing, clipped and normalised float32 array (z, y, x)."""

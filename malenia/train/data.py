@@ -172,7 +172,8 @@ class _Mix(torch.utils.data.Dataset):
 class PatchStream:
     """Batches of sampler items turned into network inputs and LesionTargets."""
 
-    def __init__(self, data: Path, split: str | None, cfg, bank: TrainingBank, seed: int = 0, augment=True,
+    def __init__(self, data: Path, split: str | None, cfg, bank: TrainingBank, seed: int = 0,
+                 augment: "bool | AugmentConfig" = True,
                  samples_per_epoch: int | None = None, replay: Path | None = None, replay_fraction: float = 0.5,
                  lesion_fraction: float | None = None, case_ids: list[str] | None = None,
                  hard_negatives: Path | list[Path] | None = None, hard_negative_fraction: float = 0.5,

@@ -188,8 +188,8 @@ class Trainer:
         # Bank: every vocabulary description (+ free-text and whole-report rows of the training data).
         self.bank = build_training_bank(cfg, [opts.data] + ([opts.replay] if opts.replay else []), opts.text_encoder,
                                         opts.report_style, splits={opts.data: train_ids}, init=opts.init)
-        self.stream = PatchStream(opts.data, opts.split, cfg, self.bank, seed=opts.seed,
-                                  augment=augment_config(opts.augment),
+        self.augment = augment_config(opts.augment)
+        self.stream = PatchStream(opts.data, opts.split, cfg, self.bank, seed=opts.seed, augment=self.augment,
                                   samples_per_epoch=cfg.optim.iterations_per_epoch * self.batch * info.world_size,
                                   replay=opts.replay, replay_fraction=opts.replay_fraction,
                                   hard_negatives=opts.hard_negatives, hard_negative_fraction=opts.hard_negative_fraction,
@@ -393,7 +393,7 @@ class Trainer:
                         "seconds_total": round(self.seconds_before + seconds, 1), "val_patch_dsc": self.val_dsc,
                         "seed": opts.seed, "precision": self.precision.name, "skipped_steps": self.skipped_steps}
             if opts.augment:
-                training["augment"] = dataclasses.asdict(augment_config(opts.augment))
+                training["augment"] = dataclasses.asdict(self.augment)
             model_dir = save_model_folder(
                 self.run_dir / "model", config=self.cfg, network=unwrap(self.ddp), bank=self.bank.inference_bank(),
                 knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
