@@ -6,14 +6,16 @@
 #
 #   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config compact]
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
-#       [--workers W] [--device cuda] [--python PY]
+#       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
 #
+# --set and --augment go to `malenia train` as they are (model config and sampler augmentation, e.g.
+# --augment 'scale=[0.7,1.4]' --augment scale_isotropic=true for nnU-Net's scale range from the first step).
 # Outputs in --out (default ./gpu_run): data/, run/ (checkpoints, metrics.jsonl, model/), eval_unseen/,
 # eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), log.txt.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG=compact BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
-INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=()
+INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,7 +26,8 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift 2 ;;             --base) BASES+=(--base "$2"); shift 2 ;;
     --init) INIT=$2; shift 2 ;;             --workers) WORKERS=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;         --python) PY=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --set|--augment) [ $# -ge 2 ] || die "$1 needs KEY=VALUE"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -65,7 +68,7 @@ rm -rf data/shard*
 
 log "training $CONFIG for $MINUTES min on $DEVICE (batch $BATCH)"
 M train --config "$CONFIG" --data data/train --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
-  ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} --checkpoint-every 500 --val-every 250 --log-every 50 \
+  ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} ${TRAIN_OPTS[@]+"${TRAIN_OPTS[@]}"} --checkpoint-every 500 --val-every 250 --log-every 50 \
   --progress none --name malenia-$CONFIG --version "gpu-$(date -u +%Y%m%d)" \
   --training-data "synthetic seen lesion types, $((SHARDS * PER)) cases ($OUT/data/train)"
 tail -n 2 run/metrics.jsonl
