@@ -217,6 +217,31 @@ def test_dense_stage_trains_backbone_and_head_only_and_a_full_stage_continues_it
     assert config["foreground_source"] == "mean" and config["train_stage"] == "full"
 
 
+def test_a_fine_tune_may_move_to_another_grid_but_not_to_another_network(tiny, trained):
+    """--init loads the parent's weights when only the model grid differs (no weight depends on it) and the
+    fine-tune ships on its own grid; a different network (here a patch that changes no weight's shape, and a
+    wider embedding that does) is still refused."""
+    from safetensors.torch import load_file
+
+    from malenia.errors import InputError
+    from malenia.train.loop import TrainOptions, train
+
+    torch.set_num_threads(1)
+    parent = trained[1].model_dir
+    cfg = tiny_config()
+    finer = tuple(s * 0.8 for s in cfg.target_spacing)
+    common = dict(data=tiny / "ds", init=parent, steps=1, lr=1e-12, val_every=5, log_every=1, progress="none", seed=0)
+    train(TrainOptions(out=tiny / "finer", config=cfg.replace(target_spacing=finer), **common))
+    child, mother = (load_file(str(d / "weights.safetensors")) for d in (tiny / "finer" / "model", parent))
+    assert set(child) == set(mother)
+    assert all(torch.allclose(child[k].float(), mother[k].float(), atol=1e-6) for k in mother)  # loaded, not re-drawn
+    shipped = json.loads((tiny / "finer" / "model" / "config.json").read_text())
+    assert tuple(shipped["target_spacing"]) == pytest.approx(finer)
+    for other in (cfg.replace(patch_size=(64, 64, 64)), cfg.replace(target_spacing=finer, embed_dim=cfg.embed_dim * 2)):
+        with pytest.raises(InputError, match="different architecture"):
+            train(TrainOptions(out=tiny / "refused", config=other, **common))
+
+
 def test_a_bfloat16_step_with_non_finite_gradients_is_skipped_and_many_in_a_row_are_a_divergence(tiny, monkeypatch):
     """A finite loss whose bfloat16 backward gives NaN gradients leaves the weights as they were (no optimiser
     step; the manifest counts it); the next finite step trains; a run of such steps stops with an error."""

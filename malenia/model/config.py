@@ -27,6 +27,10 @@ FOREGROUND_SOURCES = ("tokens", "dense", "mean")
 # A fine-tune (--init) may add a dense head to a model trained without one: the parent's weights load,
 # the head starts from its prior.
 HEAD_FIELDS = frozenset({"dense_head_levels", "foreground_source"})
+# Fields a fine-tune may change over its parent's weights: the inference foreground is a choice of map, and the
+# model grid a choice of resampling (no weight's shape depends on it; nnU-Net's pretrained-weights path, too,
+# loads across plans of another spacing). The fine-tune's own config records the grid it was trained and ships on.
+FREE_OVER_WEIGHTS = frozenset({"foreground_source", "target_spacing"})
 
 
 @dataclass(frozen=True)
@@ -197,15 +201,16 @@ class MaleniaConfig:
 
     def loads_weights_of(self, parent: "MaleniaConfig") -> bool:
         """True when `parent`'s weights initialise this network (--init): the same architecture up to the
-        inference foreground (a choice of map, not of weights), or `parent`'s plus a dense head."""
+        fields in FREE_OVER_WEIGHTS, or `parent`'s plus a dense head."""
         def weights(c: "MaleniaConfig") -> dict[str, Any]:
-            return {k: v for k, v in c.architecture().items() if k != "foreground_source"}
+            return {k: v for k, v in c.architecture().items() if k not in FREE_OVER_WEIGHTS}
         return weights(self) == weights(parent) or self.adds_dense_head_to(parent)
 
     def adds_dense_head_to(self, parent: "MaleniaConfig") -> bool:
         """True when this architecture is `parent`'s plus a dense head (so --init can load the parent)."""
-        mine = {k: v for k, v in self.architecture().items() if k not in HEAD_FIELDS}
-        theirs = {k: v for k, v in parent.architecture().items() if k not in HEAD_FIELDS}
+        free = HEAD_FIELDS | FREE_OVER_WEIGHTS
+        mine = {k: v for k, v in self.architecture().items() if k not in free}
+        theirs = {k: v for k, v in parent.architecture().items() if k not in free}
         return mine == theirs and parent.dense_head_levels == 0 and self.dense_head_levels > 0
 
     @staticmethod

@@ -153,6 +153,10 @@ class Trainer:
             raise InputError("--steps must be at least 1")
         if opts.minutes is not None and opts.minutes <= 0:
             raise InputError("--minutes must be positive")
+        for flag, every in (("--val-every", opts.val_every), ("--log-every", opts.log_every),
+                            ("--checkpoint-every", opts.checkpoint_every)):
+            if every < 1:
+                raise InputError(f"{flag} must be at least 1 (steps), not {every}")
         self.budget_s = opts.minutes * 60 if opts.minutes else None
         self.batch = int(opts.batch_size or self.cfg.optim.batch_size)
         self.precision = resolve_precision(opts.precision, info.device)
