@@ -66,6 +66,8 @@ def test_the_sweep_is_the_shipped_step_on_a_finer_input_grid():
     dsc, count = sweep.dsc, sweep.count
     for i, t in enumerate(thresholds):
         lm = lesion_map(pm, t)
+        # the per-id counts (background included) are those of the labels it returns
+        np.testing.assert_array_equal(lm.voxels, np.bincount(lm.labels.ravel(), minlength=lm.n + 1)[: lm.n + 1])
         for j, v in enumerate(volumes):
             labels = relabel(lm, kept(lm, v))
             sizes = np.bincount(labels.ravel())[1:]

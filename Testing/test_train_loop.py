@@ -220,7 +220,7 @@ def test_dense_stage_trains_backbone_and_head_only_and_a_full_stage_continues_it
 def test_a_fine_tune_may_move_to_another_grid_but_not_to_another_network(tiny, trained):
     """--init loads the parent's weights when only the model grid differs (no weight depends on it) and the
     fine-tune ships on its own grid; a different network (here a patch that changes no weight's shape, and a
-    wider embedding that does) is still refused."""
+    wider embedding that does) is still refused, without leaving a run folder behind."""
     from safetensors.torch import load_file
 
     from malenia.errors import InputError
@@ -240,6 +240,7 @@ def test_a_fine_tune_may_move_to_another_grid_but_not_to_another_network(tiny, t
     for other in (cfg.replace(patch_size=(64, 64, 64)), cfg.replace(target_spacing=finer, embed_dim=cfg.embed_dim * 2)):
         with pytest.raises(InputError, match="different architecture"):
             train(TrainOptions(out=tiny / "refused", config=other, **common))
+        assert not (tiny / "refused").exists()  # refused before the first step: no empty run folder left behind
 
 
 def test_a_bfloat16_step_with_non_finite_gradients_is_skipped_and_many_in_a_row_are_a_divergence(tiny, monkeypatch):

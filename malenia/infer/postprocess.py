@@ -112,7 +112,12 @@ def _inside_roi(pm: ProbabilityMap, labels: np.ndarray, n: int) -> tuple[np.ndar
         from malenia.infer.roi import clear_outside
 
         clear_outside(labels, pm.image, pm.roi)
-    return labels, np.bincount(labels.ravel(), minlength=n + 1)[: n + 1].astype(np.int64)
+    # count the lesion voxels only: bincount over the whole input grid (52 M voxels for a 512 x 512 x 200 CT)
+    # first widens it to int64 and took 1.5 s of `segment`; lesions are a tiny share of it
+    inside = labels[labels != 0]
+    voxels = np.bincount(inside, minlength=n + 1)[: n + 1].astype(np.int64)
+    voxels[0] = labels.size - inside.size
+    return labels, voxels
 
 
 def _grow(model_labels: np.ndarray, dtype) -> np.ndarray:

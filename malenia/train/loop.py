@@ -168,13 +168,21 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        created = self.info.is_main and not self.run_dir.exists()
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         barrier(self.info)
-        _seed_everything(self.opts.seed)
-        self._setup_data()
-        self._setup_model()
-        self._resume()
+        try:
+            _seed_everything(self.opts.seed)
+            self._setup_data()
+            self._setup_model()
+            self._resume()
+        except BaseException:
+            # refused before the first step (an --init of another network, a split without cases, texts the bank
+            # cannot embed, Ctrl+C): leave no empty run folder behind that a later run would take for its own
+            if created and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+            raise
         self.log = _MetricsLog(self.run_dir / "metrics.jsonl", self.info.is_main)
         self.progress = Progress(self.steps or 0, self.opts.progress, "train", initial=self.start,
                                  enabled=self.info.is_main)
