@@ -205,15 +205,11 @@ def constructed_map(prob: np.ndarray, spacing: float = 2.0):
 
 
 def assert_fine_tune_inherits(model: Path, data: Path, tmp_path: Path, file: str, manifest_key: str) -> None:
-    """A one-step fine-tune of `model` (`train --init`) carries `file` over unchanged, marked in its manifest
-    as inherited from the parent."""
+    """A one-step fine-tune of `model` (`train --init`, no --config: the parent's own config.json) carries `file`
+    over unchanged, marked in its manifest as inherited from the parent."""
     import json
 
-    from train_helpers import tiny_config
-
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_config().to_dict()))
-    train = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "1", "--init", model,
+    train = malenia("train", "--data", data, "--split", "all", "--steps", "1", "--init", model,
                     "--out", tmp_path / "run", "--threads", "1", "--progress", "none", "--workers", "0")
     assert train.returncode == 0, train.stderr[-2000:]
     child = tmp_path / "run" / "model"

@@ -185,3 +185,55 @@ def test_bad_inputs_are_refused_with_clear_errors():
         MaleniaNet(tiny(multi_positive=False))(image, b, a, [box_targets((64, 64, 64), [(0, 0, 0, 4)], [[0]])])
     with pytest.raises(InputError, match="positives for"):
         LesionTargets(torch.zeros(2, 4, 4, 4, dtype=torch.bool), [[0]])
+
+
+def test_input_windows_show_what_the_soft_tissue_window_hides_and_widen_a_network_without_changing_it(tmp_path):
+    """The stem cuts each HU window from the one preprocessed channel exactly as preprocessing with that window
+    would; a network widened onto a parent's weights (the new channel's first-convolution weights zero) gives the
+    parent's outputs, and the lung channel then changes them once its weights move."""
+    import numpy as np
+    from safetensors.torch import save_model
+
+    from malenia.data.preprocess import preprocessor_for
+    from malenia.model.folder import FIRST_CONV, load_weights
+    from malenia.model.stem import WindowStem
+
+    torch.manual_seed(0)
+    soft = tiny()
+    lo, hi = soft.hu_window
+    wide = soft.replace(hu_window=(-1000.0, hi), input_windows=[[lo, hi], [-1000, lo]])  # lists, as --set gives
+    assert wide.input_windows == ((lo, hi), (-1000.0, lo)) and MaleniaConfig.from_dict(wide.to_dict()) == wide
+    hu = np.linspace(-1100, 600, 24 * 24 * 24, dtype=np.float32).reshape(24, 24, 24)
+    channels = WindowStem(wide)(torch.from_numpy(preprocessor_for(wide).normalize(hu))[None, None])
+    for c, window in enumerate(wide.input_windows):
+        expected = preprocessor_for(soft.replace(hu_window=window)).normalize(hu)
+        assert np.abs(channels[0, c].numpy() - expected).max() < 1e-5
+    nodule = (hu > -600) & (hu < lo)  # a ground-glass value: flat in the soft-tissue window, graded in the lung one
+    assert channels[0, 0].numpy()[nodule].max() == 0 and np.ptp(channels[0, 1].numpy()[nodule]) > 0.4
+
+    parent, child = MaleniaNet(soft).eval(), MaleniaNet(wide).eval()
+    save_model(parent, str(tmp_path / "w.safetensors"))
+    load_weights(child, tmp_path / "w.safetensors", widen_from=soft)
+    assert child.state_dict()[FIRST_CONV].shape[1] == 2 and not child.state_dict()[FIRST_CONV][:, 1].any()
+    b, a = bank()
+    ct = np.random.default_rng(0).uniform(-1100, 600, (64, 64, 64)).astype(np.float32)
+    x_soft, x_wide = (torch.from_numpy(preprocessor_for(c).normalize(ct))[None, None] for c in (soft, wide))
+    with torch.no_grad():
+        same = (parent(x_soft, b, a).mask_logits - child(x_wide, b, a).mask_logits).abs().max()
+        child.state_dict()[FIRST_CONV][:, 1].normal_(0, 0.1)
+        moved = (parent(x_soft, b, a).mask_logits - child(x_wide, b, a).mask_logits).abs().max()
+    assert same < 1e-3 < moved
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(input_windows=((-1000.0, -200.0),)), "inside hu_window"),  # below the preprocessed range: nothing to cut
+    (dict(hu_window=(-1000.0, 400.0), input_windows=((-200.0, 400.0), (-500.0, -600.0))), "inside hu_window"),
+    (dict(hu_window=(-1000.0, 400.0), input_windows=((-200.0, 400.0),), in_channels=2), "in_channels 1"),
+])
+def test_input_windows_outside_the_preprocessed_range_are_refused(changes, message):
+    from malenia.errors import ModelError
+
+    with pytest.raises(ModelError, match=message):
+        tiny(**changes)
+    wide = tiny(hu_window=(-1000.0, 400.0), input_windows=((-200.0, 400.0), (-1000.0, -200.0)))
+    assert wide.loads_weights_of(tiny()) and not tiny().loads_weights_of(wide)  # channels may be added, not dropped

@@ -1,5 +1,6 @@
 """Training: a short run learns and leaves a loadable model; checkpoints resume exactly; DDP matches one process."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -241,6 +242,45 @@ def test_a_fine_tune_may_move_to_another_grid_but_not_to_another_network(tiny, t
         with pytest.raises(InputError, match="different architecture"):
             train(TrainOptions(out=tiny / "refused", config=other, **common))
         assert not (tiny / "refused").exists()  # refused before the first step: no empty run folder left behind
+
+
+def test_a_fine_tune_may_add_an_input_window_after_its_parents(tiny, trained):
+    """--init onto a network that sees a second, lung window: every parent weight loads, the first convolution
+    gains zero weights for the new channel (so at step 0 it computes what the parent did), the shipped folder
+    records the windows and its network loads; a child whose first window is not the parent's is refused."""
+    from safetensors.torch import load_file
+
+    from malenia.errors import InputError
+    from malenia.model.folder import load_model_folder
+    from malenia.train.loop import TrainOptions, train
+
+    torch.set_num_threads(1)
+    parent = trained[1].model_dir
+    cfg = tiny_config()
+    lo, hi = cfg.hu_window
+    wide = cfg.replace(hu_window=(-1000.0, hi), input_windows=((lo, hi), (-1000.0, lo)))
+    common = dict(data=tiny / "ds", init=parent, steps=1, lr=1e-12, val_every=5, log_every=1, progress="none", seed=0)
+    train(TrainOptions(out=tiny / "wide", config=wide, **common))
+    child, mother = (load_file(str(d / "weights.safetensors")) for d in (tiny / "wide" / "model", parent))
+    assert set(child) == set(mother)
+    (conv,) = [k for k in child if k.endswith("stages.0.0.convs.0.all_modules.0.weight")]  # the file's name for it
+    first = child[conv].float()
+    assert first.shape[1] == 2 and mother[conv].shape[1] == 1
+    assert torch.allclose(first[:, :1], mother[conv].float(), atol=1e-6)
+    assert first[:, 1:].abs().max() < 1e-6  # the lung channel starts silent (lr 1e-12)
+    assert all(torch.allclose(child[k].float(), mother[k].float(), atol=1e-6) for k in mother if k != conv)
+    shipped = load_model_folder(tiny / "wide" / "model")
+    assert shipped.config.network_windows == ((lo, hi), (-1000.0, lo)) and shipped.network.stem is not None
+    # at a real rate the new channel learns (at new_window_lr_scale) while the parent's channel stays fixed
+    fast = wide.replace(optim=dataclasses.replace(wide.optim, new_window_lr_scale=10.0))
+    train(TrainOptions(out=tiny / "wide_fast", config=fast, **{**common, "steps": 2, "lr": 1e-3}))
+    moved = load_file(str(tiny / "wide_fast" / "model" / "weights.safetensors"))
+    assert torch.allclose(moved[conv][:, :1].float(), mother[conv].float(), atol=1e-6)  # (weight decay: ~1e-7)
+    assert moved[conv][:, 1:].abs().max() > 1e-3
+    assert any(not torch.allclose(moved[k].float(), mother[k].float(), atol=1e-6) for k in mother if k != conv)
+    swapped = cfg.replace(hu_window=(-1000.0, hi), input_windows=((-1000.0, lo), (lo, hi)))
+    with pytest.raises(InputError, match="different architecture"):
+        train(TrainOptions(out=tiny / "refused_windows", config=swapped, **common))
 
 
 def test_a_bfloat16_step_with_non_finite_gradients_is_skipped_and_many_in_a_row_are_a_divergence(tiny, monkeypatch):

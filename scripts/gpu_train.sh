@@ -4,7 +4,7 @@
 # cores, train for N minutes (warm-up + cosine over the wall time), evaluate on unseen and seen lesion types,
 # and pack the model folder in pieces of at most 15 MB. What to copy to such a machine: docs/training.md.
 #
-#   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config compact]
+#   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config NAME]
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
 #
@@ -14,7 +14,7 @@
 # eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), log.txt.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG=compact BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
+MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -66,10 +66,10 @@ for p in "${pids[@]}"; do wait "$p" || { tail -n 5 logs/*.log; die "synthesis fa
 "$PY" "$REPO/scripts/merge_datasets.py" data/train data/shard*
 rm -rf data/shard*
 
-log "training $CONFIG for $MINUTES min on $DEVICE (batch $BATCH)"
-M train --config "$CONFIG" --data data/train --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
+log "training ${CONFIG:-the default config, that of --init or compact} for $MINUTES min on $DEVICE (batch $BATCH)"
+M train ${CONFIG:+--config "$CONFIG"} --data data/train --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
   ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} ${TRAIN_OPTS[@]+"${TRAIN_OPTS[@]}"} --checkpoint-every 500 --val-every 250 --log-every 50 \
-  --progress none --name malenia-$CONFIG --version "gpu-$(date -u +%Y%m%d)" \
+  --progress none --name "malenia-${CONFIG:-compact}" --version "gpu-$(date -u +%Y%m%d)" \
   --training-data "synthetic seen lesion types, $((SHARDS * PER)) cases ($OUT/data/train)"
 tail -n 2 run/metrics.jsonl
 

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=int, help="GPUs per job (default: all local CUDA devices)")
     p.add_argument("--nnodes", type=int, help="nodes per job (torchrun rendezvous; see docs/server.md)")
     p.add_argument("--rdzv-endpoint", help="HOST:PORT of the torchrun rendezvous for multi-node jobs")
-    p.add_argument("--train-config", help="model configuration jobs train (default compact)")
+    p.add_argument("--train-config", help="model configuration jobs train (default: the base model's own config.json)")
     p.add_argument("--train-command", help="replaces `python -m malenia.cli train` (a quoted command line)")
     p.add_argument("--promotion", choices=["not_worse", "always", "never"], help="when a new version becomes current")
     p.add_argument("--base-model", help="model folder imported as the first version (default: the built-in model)")

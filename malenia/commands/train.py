@@ -17,8 +17,9 @@ from malenia.model.precision import PRECISIONS
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (CPU, one GPU, or several through torchrun)")
-    p.add_argument("--config", default="compact",
-                   help="model configuration: compact, paper, or a config.json (MaleniaConfig.to_dict)")
+    p.add_argument("--config", default=None,
+                   help="model configuration: compact, paper, or a config.json (MaleniaConfig.to_dict); default: "
+                        "--init's own config.json (a fine-tune keeps its parent's architecture), else compact")
     p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
     p.add_argument("--out", required=True, help="run folder (created; an existing run is resumed)")
     p.add_argument("--init", default=None, help="start from this model folder's weights (fine-tuning)")
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--missed-fraction must be between 0 and 1")
     if args.workers is not None and args.workers < 0:
         raise InputError("--workers must be 0 or more")
-    cfg = build_config(args.config, args.set)
+    cfg = build_config(args.config or (str(Path(args.init) / "config.json") if args.init else "compact"), args.set)
     opts = TrainOptions(
         data=data, out=Path(args.out), config=cfg, steps=args.steps, split=args.split, val_split=args.val_split,
         replay=Path(args.replay) if args.replay else None, replay_fraction=args.replay_fraction,

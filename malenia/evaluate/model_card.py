@@ -68,7 +68,9 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         f"{config.get('num_blocks')}-block transformer decoder, multi-scale mask-attribute alignment, CMKI), "
         f"configuration `{config.get('name')}`: features {list(config.get('features_per_stage', []))}, "
         f"embedding {config.get('embed_dim')}, patch {list(config.get('patch_size', []))} voxels at "
-        f"{list(config.get('target_spacing', []))} mm (z, y, x), HU window {list(config.get('hu_window', []))}.",
+        f"{list(config.get('target_spacing', []))} mm (z, y, x), HU window {list(config.get('hu_window', []))}"
+        + (f", input channels the HU windows {[list(w) for w in config['input_windows']]}"
+           if config.get("input_windows") else "") + ".",
         f"- Parameters: {parameters:,}" if parameters else "- Parameters: –",
         f"- Weights: `{WEIGHTS}` sha256 `{manifest.get('files', {}).get(WEIGHTS, '?')}`"
         + (f", {weights_bytes / 1e6:.1f} MB" if weights_bytes else ""),

@@ -22,7 +22,7 @@ class MultiScaleUNet(PlainConvUNet):
     def __init__(self, cfg: MaleniaConfig):
         n = len(cfg.features_per_stage)
         super().__init__(
-            input_channels=cfg.in_channels,
+            input_channels=cfg.backbone_channels,
             n_stages=n,
             features_per_stage=list(cfg.features_per_stage),
             conv_op=nn.Conv3d,

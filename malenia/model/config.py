@@ -31,6 +31,8 @@ HEAD_FIELDS = frozenset({"dense_head_levels", "foreground_source"})
 # model grid a choice of resampling (no weight's shape depends on it; nnU-Net's pretrained-weights path, too,
 # loads across plans of another spacing). The fine-tune's own config records the grid it was trained and ships on.
 FREE_OVER_WEIGHTS = frozenset({"foreground_source", "target_spacing"})
+# The intensity fields: a fine-tune may add input channels after its parent's (MaleniaConfig.extends_windows_of).
+WINDOW_FIELDS = frozenset({"hu_window", "input_windows"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class OptimConfig:
     iterations_per_epoch: int = 250  # nnU-Net's epoch definition
     grad_clip: float = 12.0  # nnU-Net clips the gradient norm at 12
     dense_head_lr_scale: float = 1.0  # the dense lesion head's learning rate, as a multiple of lr (train/schedule.py)
+    # A fine-tune that adds input windows (--init of a network with fewer): the added channels' first-convolution
+    # weights learn at lr * this, while the parent's channels there stay fixed (train/loop.py, "widening").
+    new_window_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,11 @@ class MaleniaConfig:
     patch_size: tuple[int, int, int] = (96, 96, 96)  # (z, y, x) voxels
     # HU are clipped to this window then mapped linearly to [0, 1] (0 = air, so zero padding is air).
     hu_window: tuple[float, float] = (-200.0, 400.0)
+    # Not in the paper (empty = its single intensity channel, the hu_window itself): the network's input channels
+    # as HU windows inside hu_window, each clipped and mapped to [0, 1] by a fixed stem (malenia/model/stem.py).
+    # A soft-tissue window hides what lies below its low end: most real lung nodules' voxels are under -200 HU
+    # (docs/model.md, "Input windows"); a second, lung window shows them without changing the first channel.
+    input_windows: tuple[tuple[float, float], ...] = ()
 
     # --- backbone: nnU-Net PlainConvUNet ---
     in_channels: int = 1
@@ -176,8 +186,28 @@ class MaleniaConfig:
             problems.append(f"patch_size {self.patch_size} must be a multiple of the network stride {self.stride}")
         if self.hu_window[0] >= self.hu_window[1]:
             problems.append("hu_window must be (low, high) with low < high")
+        problems += self._window_problems()
         if problems:
             raise ModelError(f"invalid model config {self.name!r}: " + "; ".join(problems))
+
+    def _window_problems(self) -> list[str]:
+        windows = tuple(tuple(float(v) for v in w) for w in self.input_windows)
+        object.__setattr__(self, "input_windows", windows)  # JSON and --set give lists
+        lo, hi = self.hu_window
+        bad = [w for w in windows if len(w) != 2 or not lo <= w[0] < w[1] <= hi]
+        problems = [f"input_windows must be (low, high) pairs inside hu_window {self.hu_window}, got {bad}"] if bad else []
+        if windows and self.in_channels != 1:
+            problems.append("input_windows split a single CT channel (in_channels 1)")
+        return problems
+
+    @property
+    def network_windows(self) -> tuple[tuple[float, float], ...]:
+        """The HU window of each channel the backbone sees, in order."""
+        return self.input_windows or (tuple(self.hu_window),)
+
+    @property
+    def backbone_channels(self) -> int:
+        return len(self.input_windows) or self.in_channels
 
     @property
     def stride(self) -> int:
@@ -201,17 +231,25 @@ class MaleniaConfig:
 
     def loads_weights_of(self, parent: "MaleniaConfig") -> bool:
         """True when `parent`'s weights initialise this network (--init): the same architecture up to the
-        fields in FREE_OVER_WEIGHTS, or `parent`'s plus a dense head."""
+        fields in FREE_OVER_WEIGHTS and input windows that extend the parent's, or `parent`'s plus a dense head."""
         def weights(c: "MaleniaConfig") -> dict[str, Any]:
-            return {k: v for k, v in c.architecture().items() if k not in FREE_OVER_WEIGHTS}
-        return weights(self) == weights(parent) or self.adds_dense_head_to(parent)
+            return {k: v for k, v in c.architecture().items() if k not in FREE_OVER_WEIGHTS | WINDOW_FIELDS}
+        return (weights(self) == weights(parent) and self.extends_windows_of(parent)) or self.adds_dense_head_to(parent)
+
+    def extends_windows_of(self, parent: "MaleniaConfig") -> bool:
+        """True when the parent's input channels are this network's first ones: its weights then load, the
+        first convolution's weights of the added channels start at zero, and the network computes what the
+        parent did until training moves them (malenia.model.folder.load_weights)."""
+        mine, theirs = self.network_windows, parent.network_windows
+        return self.in_channels == parent.in_channels and mine[: len(theirs)] == theirs
 
     def adds_dense_head_to(self, parent: "MaleniaConfig") -> bool:
         """True when this architecture is `parent`'s plus a dense head (so --init can load the parent)."""
-        free = HEAD_FIELDS | FREE_OVER_WEIGHTS
+        free = HEAD_FIELDS | FREE_OVER_WEIGHTS | WINDOW_FIELDS
         mine = {k: v for k, v in self.architecture().items() if k not in free}
         theirs = {k: v for k, v in parent.architecture().items() if k not in free}
-        return mine == theirs and parent.dense_head_levels == 0 and self.dense_head_levels > 0
+        return (mine == theirs and self.extends_windows_of(parent) and parent.dense_head_levels == 0
+                and self.dense_head_levels > 0)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "MaleniaConfig":

@@ -373,11 +373,18 @@ def load_model_folder(path: str | Path | None = None, device: str = "cpu", build
     return loaded
 
 
-def load_weights(network, weights_path: str | Path, new_parts: tuple[str, ...] = ()) -> None:
+# The backbone's first convolution: the only weight whose shape depends on the input channels.
+FIRST_CONV = "backbone.encoder.stages.0.0.convs.0.conv.weight"
+
+
+def load_weights(network, weights_path: str | Path, new_parts: tuple[str, ...] = (), widen_from=None) -> None:
     """Loads a weights.safetensors into `network` strictly (ModelError when it does not fit).
 
     `new_parts`: parameter-name prefixes the file may lack (a part the network adds, e.g. "dense.");
-    everything else must match exactly."""
+    everything else must match exactly. `widen_from`: the config of the file's network, whose input channels
+    are this network's first ones (MaleniaConfig.extends_windows_of); the added channels' first-convolution
+    weights start at zero, so the network computes what the file's did until training moves them (as in
+    Net2Net's function-preserving widening)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
@@ -385,7 +392,11 @@ def load_weights(network, weights_path: str | Path, new_parts: tuple[str, ...] =
 
     try:
         with standard_layout(network) as plain:  # safetensors' alias check needs the standard layout
-            missing, unexpected = load_model(plain, str(weights_path), strict=not new_parts)
+            if widen_from is not None:
+                missing, unexpected = plain.load_state_dict(_widened(weights_path, plain, widen_from),
+                                                            strict=not new_parts)
+            else:
+                missing, unexpected = load_model(plain, str(weights_path), strict=not new_parts)
     except (RuntimeError, SafetensorError, OSError) as err:
         msg = " ".join(str(err).split())[:300]
         raise ModelError(f"{weights_path}: weights do not fit the model configuration ({msg})") from None
@@ -398,6 +409,22 @@ def load_weights(network, weights_path: str | Path, new_parts: tuple[str, ...] =
     if bad:  # a diverged training run: every prediction would be NaN, i.e. silently "no lesion"
         raise ModelError(f"{weights_path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
                          f"(first: {bad[0]}); the model is unusable (training diverged?)")
+
+
+def _widened(weights_path: str | Path, network, parent_config) -> dict:
+    """The parent's tensors (loaded into its own network, which resolves safetensors' shared names), its first
+    convolution zero-padded to the network's input channels."""
+    import torch
+
+    from malenia.model.network import MaleniaNet
+
+    parent = MaleniaNet(parent_config)
+    load_weights(parent, weights_path)
+    state = parent.state_dict()
+    old, channels = state[FIRST_CONV], network.state_dict()[FIRST_CONV].shape[1]
+    widened = torch.cat([old, old.new_zeros((old.shape[0], channels - old.shape[1], *old.shape[2:]))], 1)
+    # the library's modules reach the first convolution under several names, all one tensor
+    return {k: widened if v.data_ptr() == old.data_ptr() else v for k, v in state.items()}
 
 
 def _check_config_values(config, where: Path) -> None:

@@ -17,6 +17,7 @@ from malenia.model.decoder import TokenDecoder
 from malenia.model.dense import DenseLesionHead, scale_grad
 from malenia.model.heads import MaskHeads
 from malenia.model.matcher import BlockSupervision, HungarianMatcher
+from malenia.model.stem import WindowStem
 from malenia.model.targets import LesionTargets
 from malenia.model.text import TextProjection
 
@@ -66,6 +67,7 @@ class MaleniaNet(nn.Module):
     def __init__(self, cfg: MaleniaConfig):
         super().__init__()
         self.cfg = cfg
+        self.stem = WindowStem(cfg) if cfg.input_windows else None
         self.backbone = MultiScaleUNet(cfg)
         channels = self.backbone.feature_channels
         self.decoder = TokenDecoder(cfg, channels)
@@ -126,6 +128,8 @@ class MaleniaNet(nn.Module):
         padded_shape = tuple(max(-(-s // cfg.stride), 2) * cfg.stride for s in image_shape)
         pad = [p - s for s, p in zip(image_shape, padded_shape)]
         x = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))  # zero = air in the config's intensity scale
+        if self.stem is not None:
+            x = self.stem(x)
 
         feats = self.backbone(x)
         if dense_only:

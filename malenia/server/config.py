@@ -42,7 +42,9 @@ class ServerConfig:
     limits: UploadLimits = field(default_factory=UploadLimits)
     geometry: GeometryTolerance = field(default_factory=GeometryTolerance)
     # Training jobs
-    train_config: str = "compact"
+    # "" = the base model's own config.json: a fine-tune continues its parent's architecture (input windows, head),
+    # which a preset name may not match (malenia-compact 2.8.0 reads two HU windows, the `compact` preset one)
+    train_config: str = ""
     launcher: str = "auto"  # auto | torchrun | python
     gpus: int | None = None  # None: count the local CUDA devices
     nnodes: int = 1  # > 1: torchrun rendezvous at rdzv_endpoint (docs/server.md)

@@ -359,7 +359,7 @@ class JobManager:
         if self._gpus is None:
             self._gpus = gpu_count()
         argv = launcher_prefix(self.cfg, self._gpus, job_id)
-        argv += ["--config", self.cfg.train_config, "--data", str(data), "--out", str(run), "--init", str(base_dir),
+        argv += ["--config", self.cfg.train_config or str(base_dir / "config.json"), "--data", str(data), "--out", str(run), "--init", str(base_dir),
                  "--steps", str(params["steps"]), "--checkpoint-every", str(checkpoint_every(params["steps"])),
                  "--split", "train", "--progress", "json"]
         if has_val:

@@ -35,7 +35,8 @@ from malenia.model.precision import resolve_precision
 from malenia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from malenia.train.distributed import DistInfo, barrier, init_distributed, max_across, mean_values, shutdown, wrap_model
 from malenia.train.progress import Progress
-from malenia.train.schedule import WallClockSchedule, build_optimizer, build_scheduler, parameter_groups
+from malenia.train.schedule import (WallClockSchedule, build_optimizer, build_scheduler, freeze_input_channels,
+                                    parameter_groups)
 from malenia.train.timing import untimed
 
 MAX_SKIPPED_IN_A_ROW = 20  # bfloat16 steps with non-finite gradients before the run counts as diverged
@@ -210,6 +211,7 @@ class Trainer:
                         if val_ids and info.is_main else [])
 
     def _setup_model(self) -> None:
+        from malenia.model.folder import FIRST_CONV
         from malenia.model.losses import MaleniaCriterion
         from malenia.model.network import MaleniaNet
 
@@ -218,13 +220,16 @@ class Trainer:
         self.inherited = None  # a fine-tune keeps its parent's calibrated post-processing until calibrated itself
         self.inherited_files: dict[str, bytes] = {}  # ... its measured-attribute classifiers and lesion verifier
         self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
-        if opts.init:
-            self._load_init()
+        parent_channels = self._load_init() if opts.init else 0
         self.precision.prepare_model(self.model.to(dev))
         self.criterion = MaleniaCriterion(cfg)
         lr = opts.lr or cfg.optim.lr
-        self.optimizer = build_optimizer(parameter_groups(self.model, lr, cfg.optim.dense_head_lr_scale), lr,
-                                         cfg.optim.weight_decay, tuple(cfg.optim.betas))
+        own_rates = {}
+        if parent_channels:
+            own_rates[FIRST_CONV] = cfg.optim.new_window_lr_scale
+            freeze_input_channels(self.model.get_parameter(FIRST_CONV), parent_channels)
+        self.optimizer = build_optimizer(parameter_groups(self.model, lr, cfg.optim.dense_head_lr_scale, own_rates),
+                                         lr, cfg.optim.weight_decay, tuple(cfg.optim.betas))
         if self.budget_s is not None:
             o = cfg.optim
             self.scheduler = WallClockSchedule(self.optimizer, o.warmup_epochs / o.epochs if o.epochs else 0.0,
@@ -234,7 +239,8 @@ class Trainer:
         self.bank_t = torch.as_tensor(self.bank.embeddings, dtype=torch.float32, device=dev)
         self.aspects_t = torch.as_tensor(self.bank.aspect_index, dtype=torch.int64, device=dev)
 
-    def _load_init(self) -> None:
+    def _load_init(self) -> int:
+        """Loads --init's weights; returns the parent's input channels when this network adds windows, else 0."""
         from malenia.model.folder import WEIGHTS, load_model_folder, load_weights
 
         init = load_model_folder(self.opts.init, build_network=False)
@@ -243,10 +249,12 @@ class Trainer:
             new_parts = ("dense.",)  # the parent's network plus a dense head that starts from its prior
         elif not self.cfg.loads_weights_of(init.config):
             raise InputError(f"--init model {self.opts.init} has a different architecture than config {self.cfg.name!r}")
-        load_weights(self.model, init.path / WEIGHTS, new_parts)
+        widen = len(self.cfg.network_windows) > len(init.config.network_windows)
+        load_weights(self.model, init.path / WEIGHTS, new_parts, widen_from=init.config if widen else None)
         self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
         self.lineage = training_lineage(init.manifest)
         self.inherited_files = inherited_files(init)
+        return len(init.config.network_windows) if widen else 0
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
