@@ -229,6 +229,7 @@ def test_input_windows_show_what_the_soft_tissue_window_hides_and_widen_a_networ
     (dict(input_windows=((-1000.0, -200.0),)), "inside hu_window"),  # below the preprocessed range: nothing to cut
     (dict(hu_window=(-1000.0, 400.0), input_windows=((-200.0, 400.0), (-500.0, -600.0))), "inside hu_window"),
     (dict(hu_window=(-1000.0, 400.0), input_windows=((-200.0, 400.0),), in_channels=2), "in_channels 1"),
+    (dict(hu_window=(-1000.0, 400.0), input_windows=(-200.0, 400.0)), "pairs inside hu_window"),  # one flat pair
 ])
 def test_input_windows_outside_the_preprocessed_range_are_refused(changes, message):
     from malenia.errors import ModelError

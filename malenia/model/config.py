@@ -152,6 +152,10 @@ class MaleniaConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
+        # JSON and --set give input_windows as nested lists; hashable, comparable tuples from here on
+        object.__setattr__(self, "input_windows", tuple(
+            tuple(float(v) if isinstance(v, (int, float)) else v for v in w) if isinstance(w, (list, tuple)) else w
+            for w in self.input_windows))
         n = len(self.features_per_stage)
         problems = []
         if len(self.strides) != n:
@@ -191,10 +195,10 @@ class MaleniaConfig:
             raise ModelError(f"invalid model config {self.name!r}: " + "; ".join(problems))
 
     def _window_problems(self) -> list[str]:
-        windows = tuple(tuple(float(v) for v in w) for w in self.input_windows)
-        object.__setattr__(self, "input_windows", windows)  # JSON and --set give lists
+        windows = self.input_windows
         lo, hi = self.hu_window
-        bad = [w for w in windows if len(w) != 2 or not lo <= w[0] < w[1] <= hi]
+        bad = [w for w in windows if not (isinstance(w, tuple) and len(w) == 2
+                                          and all(isinstance(v, (int, float)) for v in w) and lo <= w[0] < w[1] <= hi)]
         problems = [f"input_windows must be (low, high) pairs inside hu_window {self.hu_window}, got {bad}"] if bad else []
         if windows and self.in_channels != 1:
             problems.append("input_windows split a single CT channel (in_channels 1)")

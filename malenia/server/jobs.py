@@ -359,7 +359,9 @@ class JobManager:
         if self._gpus is None:
             self._gpus = gpu_count()
         argv = launcher_prefix(self.cfg, self._gpus, job_id)
-        argv += ["--config", self.cfg.train_config or str(base_dir / "config.json"), "--data", str(data), "--out", str(run), "--init", str(base_dir),
+        # without --config, `malenia train` keeps --init's own architecture (malenia.commands.train)
+        argv += ["--config", self.cfg.train_config] if self.cfg.train_config else []
+        argv += ["--data", str(data), "--out", str(run), "--init", str(base_dir),
                  "--steps", str(params["steps"]), "--checkpoint-every", str(checkpoint_every(params["steps"])),
                  "--split", "train", "--progress", "json"]
         if has_val:

@@ -122,7 +122,7 @@ def fake_train(argv: list[str]) -> int:
     from malenia.model.folder import MANIFEST, WEIGHTS, sha256_file, verify_model_folder
 
     p = argparse.ArgumentParser(prog="malenia.server.testdata train")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", default=None)  # as `malenia train`: --init's own by default
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--init", type=Path)
