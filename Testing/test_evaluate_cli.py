@@ -92,6 +92,13 @@ def test_evaluate_cli_writes_tables_and_card(model):
     assert sum(b["lesions"] for b in result["by_size"]) == len(lesions)
     assert sum(b["detected"] for b in result["by_size"]) == sum(les["detected"] for les in lesions)
     assert "Lesion detection by size" in md
+    # every missed lesion is lost at one named step, every found one at none; the peak is a probability
+    assert all((les["lost_at"] is None) == les["detected"] for les in lesions)
+    assert all(0.0 <= les["peak"] <= 1.0 and 0.0 <= les["best_iou"] <= 1.0 for les in lesions)
+    misses = result["misses"]["all"]
+    assert misses["lesions"] == len(lesions) and misses["missed"] == sum(not les["detected"] for les in lesions)
+    assert misses["missed"] == sum(misses[s] for s in ("silent", "outline", "min_volume", "verifier", "matching"))
+    assert "Missed lesions by where `segment` lost them" in md
     card = subprocess.run([sys.executable, "-m", "malenia.cli", "evaluate", "--model", str(model / "run" / "model"),
                            "--card", str(out / "evaluation.json")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)

@@ -36,6 +36,8 @@ from malenia.evaluate.metrics import (
     sphere_diameter_mm,
     surface_dice,
 )
+from malenia.evaluate.misses import markdown as misses_markdown
+from malenia.evaluate.misses import summarise
 
 RESULT_FORMAT = "malenia-evaluation/1"
 
@@ -185,6 +187,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "groups": summary,
         "per_type": per_type,
         "by_size": recall_by_size((les["diameter_mm"], les["detected"]) for c in cases_out for les in c["lesions"]),
+        "misses": summarise([les for c in cases_out for les in c["lesions"]]),
         "cases": cases_out,
     }
 
@@ -196,9 +199,11 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
 
     from malenia.data.dataset import read_case
 
+    from malenia.evaluate.misses import where_lost
+
     case = read_case(data_dir, case_id)
     tc = time.perf_counter()
-    result = segmenter.segment(case.image, case_id)
+    result, trace = segmenter.segment_traced(case.image, case_id)
     seconds = time.perf_counter() - tc
     if predictions is not None:
         from malenia.infer.outputs import write_outputs
@@ -208,6 +213,9 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     pred = sitk.GetArrayFromImage(result.labels).astype(np.int32)
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
+    lost = where_lost(gt, trace, {g for g, _, _ in res["match"].pairs}, iou_threshold)
+    for les in res["lesions"]:
+        les.update(lost.get(les["label"], {"peak": 0.0, "best_iou": 0.0, "lost_at": None if les["detected"] else "silent"}))
     res["predicted"] = [{"label": les.label, "disease": les.disease.name, "unclassified": les.disease.unclassified,
                          "voxels": int(np.count_nonzero(pred == les.label))} for les in result.lesions]
     return res, seconds
@@ -305,6 +313,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
                   "| size | " + " | ".join(b["band"] for b in bands) + " |", "|---|" + "---|" * len(bands),
                   "| lesions (detected) | " + " | ".join(f"{b['lesions']} ({b['detected']})" for b in bands) + " |",
                   "| detection recall | " + " | ".join(_f(b["recall"]) for b in bands) + " |"]
+    lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"
 
 

@@ -133,6 +133,28 @@ def bank_tensors(bank, extra_rows: np.ndarray | None = None, device="cpu"):
     return torch.as_tensor(emb, device=device), torch.as_tensor(asp, dtype=torch.int64, device=device)
 
 
+@dataclass
+class StageTrace:
+    """What `Segmenter.segment` passed from step to step: every component at the threshold (`lesions`, before
+    any removal; input grid), the ids that reach the minimum volume (`sized`), and of those the ids the lesion
+    verifier keeps (`verified`: the reported lesions, in output order; before `--refine` re-draws them)."""
+
+    pm: Any  # malenia.infer.postprocess.ProbabilityMap
+    lesions: Any  # malenia.infer.postprocess.LesionMap
+    sized: list[int]
+    verified: list[int] = field(default_factory=list)
+
+    def probability(self) -> np.ndarray:
+        """The network's foreground probability on the whole input grid (0 outside a --roi crop)."""
+        fine = self.pm.fine_probability()
+        if self.pm.region is None:
+            return fine
+        out = np.zeros(self.pm.shape, np.float32)
+        (i0, i1), (j0, j1), (k0, k1) = self.pm.region
+        out[k0:k1, j0:j1, i0:i1] = fine
+        return out
+
+
 class Segmenter:
     """A loaded model ready to segment CT images: `segment(image) -> SegmentationResult`.
 
@@ -198,6 +220,11 @@ class Segmenter:
         return ProbabilityMap(wp.probability, prepared, image, region, o.roi), wp
 
     def segment(self, image: sitk.Image, source: str = "", dicom_files: list[str] | None = None):
+        return self.segment_traced(image, source, dicom_files)[0]
+
+    def segment_traced(self, image: sitk.Image, source: str = "", dicom_files: list[str] | None = None):
+        """(SegmentationResult, StageTrace): `segment`'s result and what each post-processing step kept, so
+        that `malenia evaluate` can say where a reference lesion was lost (malenia.evaluate.misses)."""
         from malenia.data.contrast import detect_phase
         from malenia.infer.matching import phase_call
         from malenia.infer.postprocess import kept, lesion_map
@@ -215,13 +242,15 @@ class Segmenter:
         lm = lesion_map(pm, o.threshold)
         order = kept(lm, o.min_volume_mm3)
         rows = self._rows(pm, lm, order)
+        trace = StageTrace(pm, lm, sized=list(order))
         order, verdict = self.verify(order, rows, lm)
+        trace.verified = list(order)
         lm, refined = self.refine(pm, lm, order)
         result = self.describe(pm, wp, lm, order, phase, source, dicom_files, rows, verdict)
         result.extra["refine"] = refined
         timings["lesions"] = time.perf_counter() - t
         result.extra["seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        return result
+        return result, trace
 
     def _rows(self, pm, lm, order: list[int]) -> dict[int, dict[str, float]] | None:
         """Per kept lesion (id of `lm`) its features (malenia.infer.lesion_features.lesion_rows), when the
