@@ -238,8 +238,10 @@ def test_a_fine_tune_may_move_to_another_grid_but_not_to_another_network(tiny, t
     assert all(torch.allclose(child[k].float(), mother[k].float(), atol=1e-6) for k in mother)  # loaded, not re-drawn
     shipped = json.loads((tiny / "finer" / "model" / "config.json").read_text())
     assert tuple(shipped["target_spacing"]) == pytest.approx(finer)
-    for other in (cfg.replace(patch_size=(64, 64, 64)), cfg.replace(target_spacing=finer, embed_dim=cfg.embed_dim * 2)):
-        with pytest.raises(InputError, match="different architecture"):
+    for other, field in ((cfg.replace(patch_size=(64, 64, 64)), "patch_size"),
+                         (cfg.replace(target_spacing=finer, embed_dim=cfg.embed_dim * 2), "embed_dim")):
+        # the refusal names what differs and the way out (--init's own config is the default)
+        with pytest.raises(InputError, match=rf"different architecture .*\({field}\); leave out --config"):
             train(TrainOptions(out=tiny / "refused", config=other, **common))
         assert not (tiny / "refused").exists()  # refused before the first step: no empty run folder left behind
 
@@ -279,7 +281,7 @@ def test_a_fine_tune_may_add_an_input_window_after_its_parents(tiny, trained):
     assert moved[conv][:, 1:].abs().max() > 1e-3
     assert any(not torch.allclose(moved[k].float(), mother[k].float(), atol=1e-6) for k in mother if k != conv)
     swapped = cfg.replace(hu_window=(-1000.0, hi), input_windows=((-1000.0, lo), (lo, hi)))
-    with pytest.raises(InputError, match="different architecture"):
+    with pytest.raises(InputError, match=r"different architecture .*\(.*input_windows.*\)"):
         train(TrainOptions(out=tiny / "refused_windows", config=swapped, **common))
 
 

@@ -248,7 +248,13 @@ class Trainer:
         if self.cfg.adds_dense_head_to(init.config):
             new_parts = ("dense.",)  # the parent's network plus a dense head that starts from its prior
         elif not self.cfg.loads_weights_of(init.config):
-            raise InputError(f"--init model {self.opts.init} has a different architecture than config {self.cfg.name!r}")
+            from malenia.model.config import FREE_OVER_WEIGHTS
+
+            theirs = init.config.architecture()
+            differ = sorted(k for k, v in self.cfg.architecture().items()
+                            if theirs.get(k) != v and k not in FREE_OVER_WEIGHTS)
+            raise InputError(f"--init model {self.opts.init} has a different architecture than config {self.cfg.name!r} "
+                             f"({', '.join(differ)}); leave out --config to fine-tune with --init's own config.json")
         widen = len(self.cfg.network_windows) > len(init.config.network_windows)
         load_weights(self.model, init.path / WEIGHTS, new_parts, widen_from=init.config if widen else None)
         self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
