@@ -45,6 +45,9 @@ def test_every_step_that_can_lose_a_lesion_is_named(scene):
     assert lost[2]["peak"] == pytest.approx(0.2) and lost[2]["best_iou"] == 0.0
     assert lost[3]["best_iou"] == pytest.approx(1 / 120, abs=1e-4)  # 1 voxel of 120, the component is that voxel
     assert lost[1]["best_iou"] == 1.0 and lost[4]["peak"] == pytest.approx(0.9)
+    # the evaluation passes the lesions' voxel counts it already has: the same answer without counting again
+    counts = {g: int((gt == g).sum()) for g in range(1, 7)}
+    assert where_lost(gt, trace, detected={1}, iou_threshold=0.1, gt_voxels=counts) == lost
 
 
 def test_the_stage_follows_the_post_processing_not_the_lesion(scene):

@@ -37,7 +37,7 @@ from malenia.evaluate.metrics import (
     surface_dice,
 )
 from malenia.evaluate.misses import markdown as misses_markdown
-from malenia.evaluate.misses import summarise
+from malenia.evaluate.misses import summarise, where_lost
 
 RESULT_FORMAT = "malenia-evaluation/1"
 
@@ -199,8 +199,6 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
 
     from malenia.data.dataset import read_case
 
-    from malenia.evaluate.misses import where_lost
-
     case = read_case(data_dir, case_id)
     tc = time.perf_counter()
     result, trace = segmenter.segment_traced(case.image, case_id)
@@ -213,7 +211,8 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     pred = sitk.GetArrayFromImage(result.labels).astype(np.int32)
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
-    lost = where_lost(gt, trace, {g for g, _, _ in res["match"].pairs}, iou_threshold)
+    match = res["match"]
+    lost = where_lost(gt, trace, {g for g, _, _ in match.pairs}, iou_threshold, match.gt_voxels)
     for les in res["lesions"]:
         les.update(lost.get(les["label"], {"peak": 0.0, "best_iou": 0.0, "lost_at": None if les["detected"] else "silent"}))
     res["predicted"] = [{"label": les.label, "disease": les.disease.name, "unclassified": les.disease.unclassified,

@@ -31,11 +31,11 @@ STAGE_TITLES = {
 }
 
 
-def overlaps(gt_labels: np.ndarray, components: np.ndarray) -> dict[int, dict[int, int]]:
-    """Per reference lesion id, {component id: voxels in common} (counted over the lesions' voxels only)."""
+def overlaps(gt_labels: np.ndarray, components: np.ndarray, ids) -> dict[int, dict[int, int]]:
+    """Per reference lesion id of `ids`, {component id: voxels in common} (counted over the lesions' voxels only)."""
     inside = (gt_labels != 0) & (components != 0)
     pairs = np.stack([gt_labels[inside].astype(np.int64), components[inside].astype(np.int64)])
-    out: dict[int, dict[int, int]] = {int(g): {} for g in np.unique(gt_labels) if g != 0}
+    out: dict[int, dict[int, int]] = {int(g): {} for g in ids}
     if pairs.size:
         (g_ids, c_ids), counts = np.unique(pairs, axis=1, return_counts=True)
         for g, c, n in zip(g_ids.tolist(), c_ids.tolist(), counts.tolist()):
@@ -43,22 +43,26 @@ def overlaps(gt_labels: np.ndarray, components: np.ndarray) -> dict[int, dict[in
     return out
 
 
-def peaks(gt_labels: np.ndarray, probability: np.ndarray) -> dict[int, float]:
-    """The highest foreground probability inside each reference lesion."""
+def peaks(gt_labels: np.ndarray, probability: np.ndarray, ids) -> dict[int, float]:
+    """The highest foreground probability inside each reference lesion of `ids`."""
     from scipy import ndimage
 
-    ids = [int(g) for g in np.unique(gt_labels) if g != 0]
+    ids = [int(g) for g in ids]
     values = ndimage.maximum(probability, gt_labels, ids) if ids else []
     return {g: float(v) for g, v in zip(ids, np.atleast_1d(values))}
 
 
-def where_lost(gt_labels: np.ndarray, trace, detected: set[int], iou_threshold: float) -> dict[int, dict[str, Any]]:
+def where_lost(gt_labels: np.ndarray, trace, detected: set[int], iou_threshold: float,
+               gt_voxels: dict[int, int] | None = None) -> dict[int, dict[str, Any]]:
     """Per reference lesion id: {"peak", "best_iou" (of any component before the removals), "lost_at"
-    (None when detected, else one of STAGES)}. `trace`: the StageTrace of the segmentation that was scored."""
-    gt_voxels = {int(g): int(n) for g, n in zip(*np.unique(gt_labels, return_counts=True)) if g != 0}
+    (None when detected, else one of STAGES)}. `trace`: the StageTrace of the segmentation that was scored;
+    `gt_voxels`: each lesion's voxel count when the caller has it (InstanceMatch.gt_voxels), else counted here
+    (a sort of the whole volume: seconds on a 512 x 512 x 200 grid)."""
+    if gt_voxels is None:
+        gt_voxels = {int(g): int(n) for g, n in zip(*np.unique(gt_labels, return_counts=True)) if g != 0}
     lm = trace.lesions
-    common = overlaps(gt_labels, lm.labels)
-    peak = peaks(gt_labels, trace.probability())
+    common = overlaps(gt_labels, lm.labels, gt_voxels)
+    peak = peaks(gt_labels, trace.probability(), gt_voxels)
     sized, verified = set(trace.sized), set(trace.verified)
     out = {}
     for g, n in gt_voxels.items():
