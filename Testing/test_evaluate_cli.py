@@ -62,6 +62,30 @@ def test_lesion_records_carry_their_size_on_the_case_spacing():
     assert by_label[2]["diameter_mm"] == pytest.approx((6 * 432 / np.pi) ** (1 / 3), abs=0.05)
 
 
+
+def test_closest_disease_counts_an_unclassified_lesion_whose_nearest_disease_is_right():
+    from collections import defaultdict
+
+    from malenia.aspects import ASPECTS
+    from malenia.evaluate.evaluate import GroupStats, _add_to_groups
+
+    gt = np.zeros((10, 10, 10), np.int32)
+    gt[0:2, 0:2, 0:2], gt[5:7, 5:7, 5:7] = 1, 2
+    pred = np.where(gt == 1, 3, np.where(gt == 2, 4, 0)).astype(np.int32)
+    report = CaseReport("c", [LesionReport(1, "liver_tumor", {}), LesionReport(2, "kidney_cyst", {})])
+    attributes = {a: AspectMatch(None, "x", 0.9) for a in ASPECTS}
+    preds = [LesionResult(3, DiseaseCall("liver_tumor", "unclassified", 0.4, [], True), attributes),  # closest right
+             LesionResult(4, DiseaseCall("kidney_tumor", "kidney tumor", 0.6, [], False), attributes)]  # named wrongly
+    res = evaluate_case(pred, preds, gt, report, (1.0, 1.0, 1.0))
+    by_label = {les["label"]: les for les in res["lesions"]}
+    assert by_label[1]["pred_disease"] is None and by_label[1]["pred_closest"] == "liver_tumor"
+    groups = defaultdict(GroupStats)
+    _add_to_groups(groups, res)
+    overall = groups["all_cases"].summary()
+    assert overall["disease_accuracy"] == 0.0 and overall["closest_disease_accuracy"] == 0.5
+    assert groups["liver_tumor"].summary()["closest_disease_accuracy"] == 1.0
+    assert groups["kidney_cyst"].summary()["closest_disease_accuracy"] == 0.0
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     import torch

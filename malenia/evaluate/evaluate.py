@@ -50,6 +50,7 @@ class GroupStats:
     attributes: AttributeCounts = field(default_factory=AttributeCounts)
     disease_correct: int = 0
     disease_total: int = 0
+    closest_correct: int = 0  # the most probable disease right, whether or not the lesion was called unclassified
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class GroupStats:
             "detection_recall": self.detection.recall,
             "detection_precision": self.detection.precision,
             "disease_accuracy": self.disease_correct / self.disease_total if self.disease_total else None,
+            "closest_disease_accuracy": self.closest_correct / self.disease_total if self.disease_total else None,
             "attributes": self.attributes.summary(),
         }
 
@@ -116,6 +118,7 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "pred_label": p,
             "iou": next((iou for g, q, iou in match.pairs if g == les.label), None),
             "pred_disease": _disease_named(pl) if pl else None,
+            "pred_closest": pl.disease.name if pl else None,
             "pred_attributes": {a: [pl.attributes[a].id or pl.attributes[a].description] for a in ASPECTS} if pl else None,
             "_report": les,
         })
@@ -237,6 +240,7 @@ def _add_to_groups(groups: dict[str, GroupStats], res: dict[str, Any]) -> None:
                 stats.attributes.add({a: v for a, v in les["pred_attributes"].items()}, les["_report"].attributes)
                 stats.disease_total += 1
                 stats.disease_correct += int(les["pred_disease"] == les["disease"])
+                stats.closest_correct += int(les["pred_closest"] == les["disease"])
 
 
 def _case_entry(case_id: str, res: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -260,8 +264,8 @@ def _group_summary(per_type: dict[str, dict[str, Any]], members) -> dict[str, An
     if not present:
         return None
     out: dict[str, Any] = {"types": present}
-    for key in ("dsc", "nsd", "detection_recall", "detection_precision", "disease_accuracy"):
-        out[key] = mean_or_none(per_type[d][key] for d in present)
+    for key in ("dsc", "nsd", "detection_recall", "detection_precision", "disease_accuracy", "closest_disease_accuracy"):
+        out[key] = mean_or_none(per_type[d].get(key) for d in present)
     out["attributes"] = {
         a: {m: mean_or_none(per_type[d]["attributes"][a][m] for d in present) for m in ("precision", "recall", "accuracy")}
         for a in ASPECTS
@@ -282,21 +286,23 @@ def markdown_tables(result: dict[str, Any]) -> str:
         f"Data: `{result['data']['name']}` split `{result['data']['split']}`, {result['data']['cases']} cases. "
         f"NSD tolerance {p['nsd_tolerance_mm']} mm; a lesion is detected at IoU ≥ {p['detection_iou_threshold']}.",
         "",
-        "| lesion type | seen | cases | DSC | NSD | lesions | det. recall | det. precision | disease acc. |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| lesion type | seen | cases | DSC | NSD | lesions | det. recall | det. precision | disease acc. | closest disease |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d, s in result["per_type"].items():
         seen = "seen" if d in SEEN_DISEASES else ("unseen" if d in UNSEEN_DISEASES else "–")
         lines.append(f"| {d} | {seen} | {s['cases']} | {_f(s['dsc'])} | {_f(s['nsd'])} | {s['lesions']} | "
-                     f"{_f(s['detection_recall'])} | {_f(s['detection_precision'])} | {_f(s['disease_accuracy'])} |")
+                     f"{_f(s['detection_recall'])} | {_f(s['detection_precision'])} | {_f(s['disease_accuracy'])} | "
+                     f"{_f(s.get('closest_disease_accuracy'))} |")
     for name, g in result["groups"].items():
         if g and name != "all_types":
             lines.append(f"| **mean {name}** | | | {_f(g['dsc'])} | {_f(g['nsd'])} | | {_f(g['detection_recall'])} | "
-                         f"{_f(g['detection_precision'])} | {_f(g['disease_accuracy'])} |")
+                         f"{_f(g['detection_precision'])} | {_f(g['disease_accuracy'])} | {_f(g.get('closest_disease_accuracy'))} |")
     o = result.get("overall")
     if o:
         lines.append(f"| **all cases** | | {o['cases']} | {_f(o['dsc'])} | {_f(o['nsd'])} | {o['lesions']} | "
-                     f"{_f(o['detection_recall'])} | {_f(o['detection_precision'])} | {_f(o['disease_accuracy'])} |")
+                     f"{_f(o['detection_recall'])} | {_f(o['detection_precision'])} | {_f(o['disease_accuracy'])} | "
+                     f"{_f(o.get('closest_disease_accuracy'))} |")
     groups = [(n, g) for n, g in result["groups"].items() if g and n in ("unseen", "seen")]
     if groups:
         lines += ["", "Attribute matching on detected lesions, % (precision / recall, macro over descriptions):", ""]

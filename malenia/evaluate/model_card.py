@@ -124,7 +124,9 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
         "- A lesion is detected when a predicted lesion (connected component of foreground probability >= the "
         "threshold) is matched one-to-one to it (Hungarian on IoU) with IoU at or above the stated value.",
         "- Attribute precision/recall (paper App. D): on detected lesions, per aspect, macro-averaged over "
-        "descriptions; disease accuracy: the knowledge-table posterior's top disease equals the reported one.",
+        "descriptions; disease accuracy: the disease the report names equals the true one (a lesion called "
+        "\"unclassified\" counts as wrong); closest disease: the knowledge-table posterior's top disease equals "
+        "the true one, whether or not the lesion was called unclassified.",
     ]
     if commands:
         lines += ["", "## Commands", "", "```", commands.strip(), "```"]
