@@ -190,14 +190,17 @@ def test_calibrate_cli_writes_the_best_pair_into_the_model_folder(model_copy, tm
     assert "| threshold | min volume" in dry.stdout
     assert {p.name: p.read_bytes() for p in model_copy.iterdir()} == before  # nothing written
 
-    res = malenia("calibrate", "--model", model_copy, "--data", data, "--split", "all", "--threads", "1",
+    more = make_tiny_dataset(tmp_path / "more", n_cases=2, seed=5)  # same case ids, other cases: pooled
+    res = malenia("calibrate", "--model", model_copy, "--data", data, "--data", more, "--split", "all", "--threads", "1",
                   "--progress", "none")
     assert res.returncode == 0, res.stderr[-2000:]
     model = load_model_folder(model_copy)  # manifest re-hashed: still verifies
     stored = json.loads((model_copy / INFERENCE).read_text())
     table = stored["calibration"]["table"]
     best = max(row["score"] for row in table)
-    assert stored["calibration"]["score"] == best and stored["calibration"]["cases"] == 3
+    assert stored["calibration"]["score"] == best and stored["calibration"]["cases"] == 5
+    assert stored["calibration"]["dataset"] == "ds + more"
+    assert stored["calibration"]["datasets"] == [{"dataset": "ds", "cases": 3}, {"dataset": "more", "cases": 2}]
     assert stored["calibration"]["objective_id"] == "dsc_f1"
     chosen = [r for r in table if (r["threshold"], r["min_volume_mm3"]) == (stored["threshold"], stored["min_volume_mm3"])]
     assert chosen and chosen[0]["score"] == best
@@ -217,6 +220,31 @@ def test_calibrate_cli_writes_the_best_pair_into_the_model_folder(model_copy, tm
     assert calibrated["calibration"]["split"] == "all" and "table" not in calibrated["calibration"]
     overridden = evaluate("--threshold", "0.35", "--min-volume", "0")
     assert (overridden["threshold"], overridden["min_volume_mm3"], overridden["calibration"]) == (0.35, 0.0, None)
+
+
+def test_pooled_cases_keep_each_dataset_s_split_in_order_and_refuse_a_case_named_twice(tmp_path):
+    import os
+
+    from malenia.errors import InputError
+    from malenia.evaluate.calibrate import pooled_cases
+
+    a = make_tiny_dataset(tmp_path / "a", n_cases=2)
+    b = make_tiny_dataset(tmp_path / "b", n_cases=3, seed=1)
+    assert pooled_cases([a, b], None) == [(a, "case00"), (a, "case01"), (b, "case00"), (b, "case01"), (b, "case02")]
+    linked = tmp_path / "linked"  # a dataset whose case folders link to another's (as lidc_val_ts to lidc_val)
+    (linked / "cases").mkdir(parents=True)
+    os.symlink(a / "cases" / "case01", linked / "cases" / "case01")
+    (linked / "dataset.json").write_text(json.dumps({"format": "malenia-dataset/1", "name": "linked",
+                                                     "cases": ["case01"], "split": {"val": ["case01"]}}))
+    assert pooled_cases([linked, b], None)[0] == (linked, "case01")
+    with pytest.raises(InputError, match="also in another"):
+        pooled_cases([a, linked], None)
+    with pytest.raises(InputError, match="no split 'test'"):
+        pooled_cases([linked], "test")
+    (linked / "dataset.json").write_text(json.dumps({"format": "malenia-dataset/1", "name": "linked",
+                                                     "cases": ["case01"], "split": {"val": ["case01"], "test": []}}))
+    with pytest.raises(InputError, match="split 'test' has no cases"):
+        pooled_cases([b, linked], "test")
 
 
 def test_calibrate_cli_refuses_a_folder_that_is_not_a_dataset(model_copy, tmp_path):

@@ -178,6 +178,7 @@ def test_fit_verifier_measures_what_each_feature_set_does_to_a_disease_left_out(
 
     args = ["fit-verifier", "--model", "m", "--data", "d", "--val-data", "v"]
     assert build_parser().parse_args(args).features == "all"
+    assert build_parser().parse_args([*args, "--val-data", "w"]).val_data == ["v", "w"]  # pooled (as calibrate --data)
     assert build_parser().parse_args([*args, "--features", "network_size"]).features == "network_size"
     with pytest.raises(SystemExit):
         build_parser().parse_args([*args, "--features", "colour"])

@@ -1,8 +1,11 @@
-"""`malenia calibrate --model M --data DATASET [--split val]`: post-processing chosen on validation cases.
+"""`malenia calibrate --model M --data DATASET [--data DATASET ...] [--split val]`: post-processing chosen on
+validation cases.
 
 Sweeps the foreground threshold and the minimum lesion volume (malenia.evaluate.calibrate), prints
 the table and stores the best pair in M/inference.json (the manifest is re-hashed), from where
 `segment`, `demo`, `evaluate` and the Slicer module take their defaults. `--dry-run` only prints.
+A repeated `--data` pools the split of every dataset named (e.g. synthetic validation cases and real
+nodules: a minimum volume chosen on cases without small lesions would delete every small lesion).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from malenia.evaluate.metrics import OBJECTIVES
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="choose the threshold and minimum lesion volume on a validation split")
     p.add_argument("--model", required=True, help="model folder to calibrate (inference.json is written into it)")
-    p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
-    p.add_argument("--split", default="val", help="dataset split (default val; never the test split you report)")
+    p.add_argument("--data", required=True, action="append", metavar="DATASET",
+                   help="dataset folder (malenia-dataset/1); repeat to pool several datasets' split")
+    p.add_argument("--split", default="val", help="dataset split, of every --data (default val; never the test split "
+                                                  "you report)")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases of the split")
     p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
                    help="what the choice maximises: dsc_f1 (default) = 1/2 mean case DSC + 1/2 lesion-detection F1; "
@@ -56,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    require_dataset(args.data)
+    for data in args.data:
+        require_dataset(data)
     model = load_model_folder(args.model, device=args.device)
     progress = Progress(1, args.progress, "calibrate")
 

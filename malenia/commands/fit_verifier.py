@@ -1,11 +1,13 @@
-"""`malenia fit-verifier --model M --data D [--split all] --val-data V [--val-split val]`: false-positive reduction.
+"""`malenia fit-verifier --model M --data D [--split all] --val-data V [--val-data V2 ...] [--val-split val]`:
+false-positive reduction.
 
 Runs the model over `--data` (cases the network did not train on) as `malenia segment` does, with its
 calibrated threshold and minimum volume, labels each lesion it keeps real (it touches a reference
 lesion) or false, and fits the lesion verifier on their features (malenia.model.lesion_verifier; `--features`
 names the set). It also reports, for every candidate set, what the fit and cut do to a training disease left
 out of them in turn: the share of its lesions kept and of false lesions kept. Then runs
-it over `--val-data`'s validation split and chooses the cut, offline (cut 0 keeps every lesion: the
+it over `--val-data`'s validation split (a repeated `--val-data` pools several, as `malenia calibrate --data`)
+and chooses the cut, offline (cut 0 keeps every lesion: the
 verifier is only used where it helps), by `--objective`: by default half the mean case
 DSC and half the lesion-detection F1, as `malenia calibrate`. Stores M/lesion_verifier.json (the manifest
 is re-hashed); `segment`, `evaluate` and the Slicer module then drop the lesions under the cut.
@@ -27,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True,
                    help="dataset folder (malenia-dataset/1) of cases the network did not train on")
     p.add_argument("--split", default="all", help="split of --data to fit on (default all)")
-    p.add_argument("--val-data", required=True, help="dataset folder whose validation split chooses the cut")
-    p.add_argument("--val-split", default="val", help="split of --val-data (default val; never a test split you report)")
+    p.add_argument("--val-data", required=True, action="append", metavar="DATASET",
+                   help="dataset folder whose validation split chooses the cut; repeat to pool several")
+    p.add_argument("--val-split", default="val", help="split of every --val-data (default val; never a test split you "
+                                                      "report)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's calibrated one)")
     p.add_argument("--min-volume", type=float, default=None, help="minimum lesion volume in mm³ (default: the model's)")
     p.add_argument("--features", choices=sorted(FEATURE_SETS), default="all",
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from malenia.train.progress import Progress
 
     require_dataset(args.data)
-    require_dataset(args.val_data)
+    for data in args.val_data:
+        require_dataset(data, "--val-data")
     model = load_model_folder(args.model, device=args.device)
     # segment's probability and post-processing (any verifier the model has is not used here)
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume)
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         fit_cases, val_cases,
         fitted_on={"dataset": str(args.data), "split": args.split, "threshold": o.threshold,
                    "min_volume_mm3": o.min_volume_mm3},
-        validated_on={"dataset": str(args.val_data), "split": args.val_split}, features=args.features,
+        validated_on={"dataset": " + ".join(str(d) for d in args.val_data), "split": args.val_split}, features=args.features,
         objective=args.objective)
     fitted, val = verifier.meta["fitted_on"], verifier.meta["validation"]
     left_out = verifier.meta["left_out"]

@@ -116,29 +116,48 @@ def verifier_gate(segmenter) -> Gate | None:
     return lambda pm, lm, order: segmenter.verify(order, lesion_rows(pm, lm, order), lm)[0]
 
 
-def calibrate(segmenter, data_dir: str | Path, split: str | None = "val",
+def pooled_cases(sources: Sequence[Path], split: str | None) -> list[tuple[Path, str]]:
+    """(dataset folder, case id) of `split` in each source, in order; InputError when a source has none there or
+    two sources hold the same case folder (linked datasets may: it would count its lesions twice)."""
+    from malenia.data.dataset import case_dir, read_dataset
+    from malenia.errors import InputError
+
+    out: list[tuple[Path, str]] = []
+    for src in sources:
+        ids = read_dataset(src).split_cases(split)
+        if not ids:
+            raise InputError(f"{src}: split {split or 'all'!r} has no cases")
+        out += [(src, c) for c in ids]
+    seen: set[Path] = set()
+    for src, c in out:
+        folder = case_dir(src, c).resolve()
+        if folder in seen:
+            raise InputError(f"{src}: case {c!r} ({folder}) is also in another of the datasets named")
+        seen.add(folder)
+    return out
+
+
+def calibrate(segmenter, data_dir: str | Path | Sequence[str | Path], split: str | None = "val",
               thresholds: Sequence[float] = THRESHOLDS, min_volumes_mm3: Sequence[float] = MIN_VOLUMES_MM3,
               max_cases: int | None = None, on_case: Callable[[int, int, str], None] | None = None,
               objective: str = "dsc_f1") -> dict[str, Any]:
-    """Runs the sweep on `split` of a dataset; returns the chosen values and the whole table (JSON-ready)."""
+    """Runs the sweep on `split` of a dataset, or of several datasets pooled (a list: their cases in order, e.g.
+    synthetic validation cases and real nodules, so the choice also sees the small lesions one set lacks);
+    returns the chosen values and the whole table (JSON-ready)."""
     import SimpleITK as sitk
 
-    from malenia.data.dataset import read_case, read_dataset
-    from malenia.errors import InputError
+    from malenia.data.dataset import read_case
     from malenia.evaluate.metrics import OBJECTIVE_TEXT
 
-    case_ids = read_dataset(data_dir).split_cases(split)
-    if max_cases:
-        case_ids = case_ids[:max_cases]
-    if not case_ids:
-        raise InputError(f"{data_dir}: split {split!r} has no cases to calibrate on")
+    sources = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+    cases = pooled_cases(sources, split)[: max_cases or None]
     t0 = time.perf_counter()
     gate = verifier_gate(segmenter)
     sweeps = []
-    for k, case_id in enumerate(case_ids):
+    for k, (source, case_id) in enumerate(cases):
         if on_case:
-            on_case(k, len(case_ids), case_id)
-        case = read_case(data_dir, case_id)
+            on_case(k, len(cases), case_id)
+        case = read_case(source, case_id)
         pm, _ = segmenter.probability_map(case.image, collect=False)
         sweeps.append(sweep_case(pm, sitk.GetArrayViewFromImage(case.lesions), thresholds, min_volumes_mm3, gate))
     grid = scores(sweeps, objective)
@@ -151,9 +170,11 @@ def calibrate(segmenter, data_dir: str | Path, split: str | None = "val",
         "calibration": {
             "objective": OBJECTIVE_TEXT[objective] + " (malenia segment's post-processing)",
             "objective_id": objective,
-            "dataset": str(Path(data_dir).resolve().name),
+            "dataset": " + ".join(src.resolve().name for src in sources),
             "split": split or "all",
-            "cases": len(case_ids),
+            "cases": len(cases),
+            **({"datasets": [{"dataset": src.resolve().name, "cases": sum(1 for c in cases if c[0] == src)}
+                             for src in sources]} if len(sources) > 1 else {}),
             "reference_lesions": sum(s.lesions for s in sweeps),
             "verifier_cut": None if gate is None else segmenter.verifier.cut,
             **{k: round(float(grid[k][i, j]), 4) for k in COLUMNS},

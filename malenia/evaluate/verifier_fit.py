@@ -155,19 +155,19 @@ def _diseases_found(predicted: np.ndarray, labels: np.ndarray, order: list[int],
     return [diseases.get(best[k][1]) if k in best else None for k in order]
 
 
-def collect(segmenter, data_dir: str | Path, split: str | None,
+def collect(segmenter, data_dir: str | Path | Sequence[str | Path], split: str | None,
             on_case: Callable[[int, int, str], None] | None = None) -> list[CaseComponents]:
-    from malenia.data.dataset import read_case, read_dataset
-    from malenia.errors import InputError
+    """The components of every case of `split` in one dataset or several pooled (malenia.evaluate.calibrate)."""
+    from malenia.data.dataset import read_case
+    from malenia.evaluate.calibrate import pooled_cases
 
-    case_ids = read_dataset(data_dir).split_cases(split)
-    if not case_ids:
-        raise InputError(f"{data_dir}: split {split!r} has no cases")
+    sources = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+    cases = pooled_cases(sources, split)
     out = []
-    for k, case_id in enumerate(case_ids):
+    for k, (source, case_id) in enumerate(cases):
         if on_case:
-            on_case(k, len(case_ids), case_id)
-        case = read_case(data_dir, case_id)
+            on_case(k, len(cases), case_id)
+        case = read_case(source, case_id)
         diseases = {les.label: les.disease for les in case.report.lesions}
         out.append(case_components(segmenter, case.image, case.lesions, diseases))
     return out
