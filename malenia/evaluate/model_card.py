@@ -50,6 +50,18 @@ def _targets(results: Sequence[dict[str, Any]]) -> list[str]:
     return rows
 
 
+PROTOCOL = (
+    "- DSC and NSD per case on the case's own grid (MONAI), NSD at the tolerance stated in each table; "
+    "per lesion type the mean over cases, group rows the mean over types.",
+    "- A lesion is detected when a predicted lesion (connected component of foreground probability >= the "
+    "threshold) is matched one-to-one to it (Hungarian on IoU) with IoU at or above the stated value.",
+    "- Attribute precision/recall (paper App. D): on detected lesions, per aspect, macro-averaged over "
+    "descriptions; disease accuracy: the disease the report names equals the true one (a lesion called "
+    "\"unclassified\" counts as wrong); closest disease: the knowledge-table posterior's top disease equals "
+    "the true one, whether or not the lesion was called unclassified.",
+)
+
+
 def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results: Sequence[dict[str, Any]],
                       commands: str | None = None, weights_bytes: int | None = None, parameters: int | None = None,
                       measured: dict[str, Any] | None = None, verifier: dict[str, Any] | None = None,
@@ -116,18 +128,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
             "",
             markdown_tables(r).rstrip(),
         ]
-    lines += [
-        "",
-        "## Protocol",
-        "- DSC and NSD per case on the case's own grid (MONAI), NSD at the tolerance stated in each table; "
-        "per lesion type the mean over cases, group rows the mean over types.",
-        "- A lesion is detected when a predicted lesion (connected component of foreground probability >= the "
-        "threshold) is matched one-to-one to it (Hungarian on IoU) with IoU at or above the stated value.",
-        "- Attribute precision/recall (paper App. D): on detected lesions, per aspect, macro-averaged over "
-        "descriptions; disease accuracy: the disease the report names equals the true one (a lesion called "
-        "\"unclassified\" counts as wrong); closest disease: the knowledge-table posterior's top disease equals "
-        "the true one, whether or not the lesion was called unclassified.",
-    ]
+    lines += ["", "## Protocol", *PROTOCOL]
     if commands:
         lines += ["", "## Commands", "", "```", commands.strip(), "```"]
     return "\n".join(lines) + "\n"
