@@ -116,6 +116,11 @@ def verifier_gate(segmenter) -> Gate | None:
     return lambda pm, lm, order: segmenter.verify(order, lesion_rows(pm, lm, order), lm)[0]
 
 
+def dataset_sources(data_dir: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One dataset folder or several, as a list of paths (the commands' repeatable --data)."""
+    return [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+
+
 def pooled_cases(sources: Sequence[Path], split: str | None) -> list[tuple[Path, str]]:
     """(dataset folder, case id) of `split` in each source, in order; InputError when a source has none there or
     two sources hold the same case folder (linked datasets may: it would count its lesions twice)."""
@@ -149,7 +154,7 @@ def calibrate(segmenter, data_dir: str | Path | Sequence[str | Path], split: str
     from malenia.data.dataset import read_case
     from malenia.evaluate.metrics import OBJECTIVE_TEXT
 
-    sources = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+    sources = dataset_sources(data_dir)
     cases = pooled_cases(sources, split)[: max_cases or None]
     t0 = time.perf_counter()
     gate = verifier_gate(segmenter)

@@ -159,10 +159,9 @@ def collect(segmenter, data_dir: str | Path | Sequence[str | Path], split: str |
             on_case: Callable[[int, int, str], None] | None = None) -> list[CaseComponents]:
     """The components of every case of `split` in one dataset or several pooled (malenia.evaluate.calibrate)."""
     from malenia.data.dataset import read_case
-    from malenia.evaluate.calibrate import pooled_cases
+    from malenia.evaluate.calibrate import dataset_sources, pooled_cases
 
-    sources = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
-    cases = pooled_cases(sources, split)
+    cases = pooled_cases(dataset_sources(data_dir), split)
     out = []
     for k, (source, case_id) in enumerate(cases):
         if on_case:
