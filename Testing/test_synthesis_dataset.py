@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from malenia.data.synthesis.generate import load_split, make_demo_case, synthesi
 from malenia.knowledge.table import KnowledgeTable
 from malenia.knowledge.vocabulary import Vocabulary
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(size=(64, 64, 64), spacing=(5.0, 5.0, 5.0))
 
 
@@ -185,3 +187,37 @@ def test_split_files():
     assert zs["diseases"]["train"] == list(SEEN_DISEASES) and zs["diseases"]["test"] == list(UNSEEN_DISEASES)
     assert not set(zs["diseases"]["train"]) & set(zs["diseases"]["test"])
     assert set(load_split("all_diseases")["diseases"]["train"]) == set(SEEN_DISEASES) | set(UNSEEN_DISEASES)
+
+
+def test_shards_merge_into_the_one_process_dataset(dataset, tmp_path, capsys):
+    """`synth --shard K/N` parts, merged by scripts/merge_datasets.py, are the dataset one process writes:
+    same ids, splits and voxels (what lets a GPU machine rebuild a CPU dataset on all its cores)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from malenia.cli import main
+
+    spec = importlib.util.spec_from_file_location("merge_datasets", ROOT / "scripts" / "merge_datasets.py")
+    merge_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge_mod)
+    common = ["synth", "--base", "phantom", "--diseases", "kidney_cyst,liver_tumor,kidney_tumor,gallstone", "--cases", "5",
+              "--seed", "4", "--lesions-per-case", "1-2", "--test-fraction", "0.4", "--val-fraction", "0.2",
+              "--size", str(SMALL["size"][0]), "--spacing", str(SMALL["spacing"][0]), "--name", "ds", "--quiet"]
+    for k in (1, 2):
+        assert main(common + ["--shard", f"{k}/2", "--out", str(tmp_path / f"part{k}")]) == 0
+    assert len(read_dataset(tmp_path / "part1").cases) == 3 and len(read_dataset(tmp_path / "part2").cases) == 2
+    merged = merge_mod.merge(tmp_path / "ds", [tmp_path / "part2", tmp_path / "part1"])
+    whole = read_dataset(dataset)
+    assert merged.cases == whole.cases and merged.split == whole.split
+    for case in whole.cases:
+        for x, y in zip(arrays(dataset, case), arrays(tmp_path / "ds", case)):
+            assert x.tobytes() == y.tobytes()
+    # one part missing: refused, not merged into a smaller dataset that looks whole
+    assert main(common + ["--shard", "1/2", "--out", str(tmp_path / "lone")]) == 0
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "merge_datasets.py"), str(tmp_path / "short"), str(tmp_path / "lone")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "some are missing" in done.stderr and not (tmp_path / "short").exists()
+    assert len(read_dataset(tmp_path / "lone").cases) == 3  # nothing moved out of the part
+    assert main(common + ["--shard", "3/2", "--out", str(tmp_path / "bad")]) != 0
+    assert "--shard K/N needs" in capsys.readouterr().err

@@ -51,14 +51,15 @@ SEEN=colon_tumor,lung_tumor,liver_tumor,pancreas_tumor,kidney_cyst,gallstone
 UNSEEN=hepatic_vessel_tumor,pancreas_cyst,kidney_tumor,liver_cyst,gallbladder_tumor,kidney_stone
 CPUS=$("$PY" -c "import os; print(os.cpu_count())")
 SHARDS=$(( CASES < CPUS - 2 ? CASES : (CPUS > 3 ? CPUS - 2 : 1) ))
-PER=$(( (CASES + SHARDS - 1) / SHARDS ))
 SYN=(synth "${BASES[@]}" --quiet --overwrite ${SIZE:+--size $SIZE})
 
-log "synthesising $((SHARDS * PER)) training cases in $SHARDS shards, $TEST_CASES unseen-type and $TEST_CASES seen-type test cases"
+# --shard: the shards merge into the dataset `malenia synth --cases $CASES --seed 1 --name train` writes in one
+# process, whatever the core count, so a CPU machine can rebuild (and mine) the GPU run's training data
+log "synthesising $CASES training cases in $SHARDS shards, $TEST_CASES unseen-type and $TEST_CASES seen-type test cases"
 rm -rf data logs; mkdir -p data logs
 pids=()
 for i in $(seq 1 "$SHARDS"); do
-  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$PER" --out data/shard$i --name s$i --seed $((100 + i)) > logs/synth_shard$i.log 2>&1 & pids+=($!)
+  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$CASES" --shard "$i/$SHARDS" --out data/shard$i --name train --seed 1 > logs/synth_shard$i.log 2>&1 & pids+=($!)
 done
 OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $UNSEEN --cases "$TEST_CASES" --out data/unseen_test --seed 2 > logs/synth_unseen.log 2>&1 & pids+=($!)
 OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$TEST_CASES" --out data/seen_test --seed 3 --val-fraction 0 --test-fraction 0 > logs/synth_seen.log 2>&1 & pids+=($!)
@@ -70,7 +71,7 @@ log "training ${CONFIG:-the default config, that of --init or compact} for $MINU
 M train ${CONFIG:+--config "$CONFIG"} --data data/train --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
   ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} ${TRAIN_OPTS[@]+"${TRAIN_OPTS[@]}"} --checkpoint-every 500 --val-every 250 --log-every 50 \
   --progress none --name "malenia-${CONFIG:-compact}" --version "gpu-$(date -u +%Y%m%d)" \
-  --training-data "synthetic seen lesion types, $((SHARDS * PER)) cases ($OUT/data/train)"
+  --training-data "synthetic seen lesion types, $CASES cases, seed 1 ($OUT/data/train)"
 tail -n 2 run/metrics.jsonl
 
 log "packing run/model in pieces of at most 15 MB"

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix-attributes", type=float, default=0.0, metavar="P",
                    help="share of lesions whose shape, density variation and margin are drawn apart from their "
                         "disease, among the descriptions the chosen diseases show (default 0: every lesion as its profile)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="write only every N-th case, from the K-th, of the --cases dataset (same ids, splits and content), "
+                        "for N processes whose parts scripts/merge_datasets.py joins into the one-process dataset; "
+                        "give them the same --name")
     p.add_argument("--name", default=None, help="dataset name and case id prefix (default: the folder name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.add_argument("--quiet", action="store_true")
@@ -54,6 +58,16 @@ def _triple(text: str | None, kind: type, what: str):
     return tuple(vals)
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must be K/N (for example 2/8), got {text!r}") from None
+    return k, n
+
+
 def run(args: argparse.Namespace) -> int:
     from malenia.data.synthesis.generate import parse_diseases, parse_range, print_progress, synthesize_dataset
 
@@ -68,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         size=_triple(args.size, int, "size"), spacing=_triple(args.spacing, float, "spacing"),
         split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         name=args.name, overwrite=args.overwrite, progress=None if args.quiet else print_progress,
-        mix_attributes=args.mix_attributes,
+        mix_attributes=args.mix_attributes, shard=_shard(args.shard),
     )
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.split.items())
     print(f"wrote {len(index.cases)} cases to {args.out} ({sizes})")
@@ -79,6 +93,8 @@ def _run_nodules(args: argparse.Namespace) -> int:
     from malenia.data.synthesis.generate import parse_range, print_progress
     from malenia.data.synthesis.plant import plant_dataset
 
+    if args.shard is not None:
+        raise InputError("--shard does not apply to --nodules (run one process per --seed instead)")
     if args.diseases is not None:
         raise InputError("--diseases does not apply to --nodules (every planted nodule is a lung_tumor)")
     if args.size is not None:

@@ -321,14 +321,19 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        spacing: tuple[float, float, float] | None = None, split: str = "zero_shot",
                        val_fraction: float = 0.1, test_fraction: float = 0.2, name: str | None = None,
                        overwrite: bool = False, progress: Callable[[str], None] | None = None,
-                       mix_attributes: float = 0.0) -> DatasetIndex:
+                       mix_attributes: float = 0.0, shard: tuple[int, int] | None = None) -> DatasetIndex:
     """Writes a whole synthetic dataset to `out` (it appears complete or not at all). `mix_attributes`: the
     share of lesions whose shape, density variation and margin are drawn apart from their disease
-    (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw)."""
+    (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw). `shard` (k, n): only the cases
+    i with i % n == k - 1 of the n_cases dataset, with that dataset's ids and splits, so that n processes write
+    parts that merge (scripts/merge_datasets.py) into exactly the dataset one process writes."""
     from malenia.atomic import atomic_dir
 
     if n_cases < 1:
         raise InputError(f"--cases must be at least 1, got {n_cases}")
+    k, n = shard or (1, 1)
+    if not 1 <= k <= n <= n_cases:
+        raise InputError(f"--shard K/N needs 1 <= K <= N <= --cases ({n_cases}), got {k}/{n}")
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise InputError("validation and test fractions must be in [0, 1) and sum below 1")
     out = Path(out)
@@ -348,7 +353,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
     split_cases: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     try:
         with atomic_dir(out, overwrite=overwrite) as staging:
-            for i in range(n_cases):
+            for i in range(k - 1, n_cases, n):
                 t0 = time.perf_counter()
                 rng = np.random.default_rng([seed, i])
                 pool = pools[split_of[i]]
@@ -371,7 +376,8 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        "protocol": protocol.get("name", split), "split_diseases": pools, "lesions_per_case": list(lesions_per_case),
                        "size": list(size) if size else None, "spacing": list(spacing) if spacing else None,
                        "vocabulary_hash": vocab.hash, "case_diseases": case_diseases}
-                      | ({"mix_attributes": mix.to_json()} if mix.active else {}))
+                      | ({"mix_attributes": mix.to_json()} if mix.active else {})
+                      | ({"shard": [k, n], "cases_in_all_shards": n_cases} if shard else {}))
             write_dataset_index(staging, index)
     except FileExistsError:
         raise OutputError(f"{out} exists (use --overwrite to replace it)") from None
