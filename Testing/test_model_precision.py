@@ -24,6 +24,17 @@ def test_auto_follows_native_support_and_forced_choices_hold():
         resolve_precision("fp16", cpu)
 
 
+def test_cuda_lets_cudnn_time_its_algorithms_and_the_cpu_leaves_that_alone(monkeypatch):
+    from malenia.model.precision import Precision
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    net = torch.nn.Conv3d(1, 2, 3)
+    resolve_precision("auto", "cpu").prepare_model(net)
+    assert torch.backends.cudnn.benchmark is False
+    Precision("cuda", bfloat16=True, channels_last=False).prepare_model(net)  # a CPU module will do: a flag only
+    assert torch.backends.cudnn.benchmark is True and net.weight.is_contiguous()
+
+
 def test_auto_takes_bfloat16_only_from_cpu_instructions_not_from_onednn_emulation():
     # plain AVX512 (oneDNN emulates bfloat16 there, slower than float32) keeps float32
     plain = {"avx512_f": True, "avx512_bw": True, "avx512_vl": True, "avx512_bf16": False, "amx_bf16": False}

@@ -13,6 +13,10 @@ One owner for the choice, so training, validation and `malenia segment` run the 
   channels-first tensor is reordered at every layer. Measured on this project's 2-core AVX512 machine, the
   compact backbone's forward and backward at batch 2, 64^3: 0.72 s float32, 0.51 s channels-last, 0.41 s
   bfloat16, 0.29 s both (docs/training.md, eighth round). On CUDA the layout is left as it is (not measured).
+- cuDNN's autotuner on CUDA (`torch.backends.cudnn.benchmark`, as nnU-Net sets it): training patches and
+  inference windows have one shape, so each convolution's fastest algorithm is timed once and kept. An H200 ran
+  a compact step at batch 16 in 0.17 s without it, latency-bound (docs/training.md); its effect is to be measured
+  on the next GPU.
 """
 
 from __future__ import annotations
@@ -75,9 +79,12 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16, enabled=self.bfloat16)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Puts the convolution weights in the layout the inputs will have (in place; returns the model)."""
+        """Puts the convolution weights in the layout the inputs will have (in place; returns the model); on CUDA,
+        lets cuDNN time its convolution algorithms for the fixed input shape."""
         import torch
 
+        if self.device_type == "cuda":
+            torch.backends.cudnn.benchmark = True
         if self.channels_last:
             model.to(memory_format=torch.channels_last_3d)
         return model
