@@ -75,3 +75,41 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert calls == []
+
+
+def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
+    """The twenty-seventh round's recipe as options: seed-1 seen_train shards, an attribute-mixed and LIDC replay,
+    the CPU's mined file, and the bench after training."""
+    nodules = tmp_path / "lidc_a"
+    nodules.mkdir()
+    mined = tmp_path / "mined.json"
+    mined.write_text("{}")
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "3", "--test-cases", "1", "--device", "cpu",
+                       "--mixed", "5", "--nodules", str(nodules), "--hard-negatives", str(mined), "--lr", "1e-4",
+                       "--replay-fraction", "0.6", "--bench")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
+    seen = [c for c in synth if "seen_train" in c]
+    assert sorted(c[c.index("--shard") + 1] for c in seen) == ["1/2", "2/2"]  # 4 cores - 2: two shards
+    assert all(c[c.index("--seed") + 1] == "1" and c[c.index("--cases") + 1] == "3" for c in seen)
+    mixed = [c for c in synth if "seen_mix" in c]
+    assert len(mixed) == 2 and all(c[c.index("--seed") + 1] == "8" and "--mix-attributes" in c for c in mixed)
+    planted = [c for c in synth if "--nodules" in c]
+    assert len(planted) == 1 and planted[0][planted[0].index("--nodules") + 1] == str(nodules)
+    merges = [c for c in calls if c and c[0].endswith("merge_datasets.py")]
+    assert [m[1] for m in merges] == ["data/seen_train", "data/replay"]
+    assert sorted(merges[1][2:]) == ["data/mixed1", "data/mixed2", "data/nodules1"]
+    train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
+    assert train[train.index("--data") + 1] == "data/seen_train" and train[train.index("--replay") + 1] == "data/replay"
+    assert train[train.index("--replay-fraction") + 1] == "0.6" and train[train.index("--lr") + 1] == "1e-4"
+    assert train[train.index("--hard-negatives") + 1] == str(mined) and "--missed-fraction" in train
+    bench = [c for c in calls if c[:4] == ["-m", "malenia.cli", "bench", "train"]]
+    assert len(bench) == 1 and bench[0][bench[0].index("--config") + 1] == "run/model/config.json"
+
+
+def test_without_replay_options_train_gets_no_replay(tmp_path):
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
+    assert "--replay" not in train and "--hard-negatives" not in train
+    assert not [c for c in calls if c[:4] == ["-m", "malenia.cli", "bench", "train"]]

@@ -7,15 +7,22 @@
 #   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config NAME]
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
+#       [--mixed N] [--nodules LIDC_DATASET]... [--replay-fraction 0.7] [--hard-negatives FILE] [--lr LR] [--bench]
 #
 # --set and --augment go to `malenia train` as they are (model config and sampler augmentation, e.g.
 # --augment 'scale=[0.7,1.4]' --augment scale_isotropic=true for nnU-Net's scale range from the first step).
+# The training set is `malenia synth --cases N --seed 1` of the seen types, named seen_train, as on the CPU, so
+# `--hard-negatives` takes a `malenia mine` file of that dataset (hard-negative and missed fractions 0.5). A replay
+# set, drawn for --replay-fraction of the patches, holds --mixed N attribute-mixed seen-type cases (seed 8) and the
+# training nodules of each --nodules LIDC dataset planted in the bases (seeds 41, 42, ...; 2 mm).
+# --bench: `malenia bench train` of the run's config and batch on the device after the training.
 # Outputs in --out (default ./gpu_run): data/, run/ (checkpoints, metrics.jsonl, model/), eval_unseen/,
-# eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), log.txt.
+# eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), bench.txt, log.txt.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
+MIXED=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +34,12 @@ while [ $# -gt 0 ]; do
     --init) INIT=$2; shift 2 ;;             --workers) WORKERS=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;         --python) PY=$2; shift 2 ;;
     --set|--augment) [ $# -ge 2 ] || die "$1 needs KEY=VALUE"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
+    --mixed) MIXED=$2; shift 2 ;;
+    --nodules) [ -d "$2" ] || die "--nodules $2 is not a folder"; NODULES+=("$(cd "$2" && pwd)"); shift 2 ;;
+    --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
+    --lr) TRAIN_OPTS+=(--lr "$2"); shift 2 ;;
+    --hard-negatives) [ -f "$2" ] || die "--hard-negatives $2 is not a file"
+      TRAIN_OPTS+=(--hard-negatives "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")" --hard-negative-fraction 0.5 --missed-fraction 0.5); shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -53,25 +66,42 @@ CPUS=$("$PY" -c "import os; print(os.cpu_count())")
 SHARDS=$(( CASES < CPUS - 2 ? CASES : (CPUS > 3 ? CPUS - 2 : 1) ))
 SYN=(synth "${BASES[@]}" --quiet --overwrite ${SIZE:+--size $SIZE})
 
-# --shard: the shards merge into the dataset `malenia synth --cases $CASES --seed 1 --name train` writes in one
-# process, whatever the core count, so a CPU machine can rebuild (and mine) the GPU run's training data
+# --shard: the shards merge into the dataset `malenia synth --cases $CASES --seed 1 --name seen_train` writes in
+# one process, whatever the core count, so a CPU machine can rebuild (and mine) the GPU run's training data
 log "synthesising $CASES training cases in $SHARDS shards, $TEST_CASES unseen-type and $TEST_CASES seen-type test cases"
 rm -rf data logs; mkdir -p data logs
 pids=()
 for i in $(seq 1 "$SHARDS"); do
-  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$CASES" --shard "$i/$SHARDS" --out data/shard$i --name train --seed 1 > logs/synth_shard$i.log 2>&1 & pids+=($!)
+  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$CASES" --shard "$i/$SHARDS" --out data/shard$i --name seen_train --seed 1 > logs/synth_shard$i.log 2>&1 & pids+=($!)
+done
+MIXED_SHARDS=$(( MIXED < SHARDS ? MIXED : SHARDS )) PARTS=()
+for i in $(seq 1 "$MIXED_SHARDS"); do  # the replay's attribute-mixed cases: runs/data/seen_mix's recipe
+  PARTS+=(data/mixed$i)
+  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$MIXED" --shard "$i/$MIXED_SHARDS" --out data/mixed$i --name seen_mix --seed 8 \
+    --mix-attributes 1 --val-fraction 0 --test-fraction 0 > logs/synth_mixed$i.log 2>&1 & pids+=($!)
+done
+k=0
+for nod in ${NODULES[@]+"${NODULES[@]}"}; do  # one process per LIDC dataset (planting is not sharded)
+  k=$((k + 1)) PARTS+=(data/nodules$k)
+  OMP_NUM_THREADS=1 M synth --nodules "$nod" --nodule-split train "${BASES[@]}" --spacing 2 --seed $((40 + k)) --name lidc$k \
+    --out data/nodules$k --quiet --overwrite > logs/synth_nodules$k.log 2>&1 & pids+=($!)
 done
 OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $UNSEEN --cases "$TEST_CASES" --out data/unseen_test --seed 2 > logs/synth_unseen.log 2>&1 & pids+=($!)
 OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$TEST_CASES" --out data/seen_test --seed 3 --val-fraction 0 --test-fraction 0 > logs/synth_seen.log 2>&1 & pids+=($!)
 for p in "${pids[@]}"; do wait "$p" || { tail -n 5 logs/*.log; die "synthesis failed"; }; done
-"$PY" "$REPO/scripts/merge_datasets.py" data/train data/shard*
-rm -rf data/shard*
+"$PY" "$REPO/scripts/merge_datasets.py" data/seen_train data/shard*
+REPLAY=()
+if [ ${#PARTS[@]} -gt 0 ]; then
+  "$PY" "$REPO/scripts/merge_datasets.py" data/replay "${PARTS[@]}"
+  REPLAY=(--replay data/replay --replay-fraction "$REPLAY_FRACTION")
+fi
+rm -rf data/shard* data/mixed* data/nodules*
 
 log "training ${CONFIG:-the default config, that of --init or compact} for $MINUTES min on $DEVICE (batch $BATCH)"
-M train ${CONFIG:+--config "$CONFIG"} --data data/train --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
+M train ${CONFIG:+--config "$CONFIG"} --data data/seen_train ${REPLAY[@]+"${REPLAY[@]}"} --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
   ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} ${TRAIN_OPTS[@]+"${TRAIN_OPTS[@]}"} --checkpoint-every 500 --val-every 250 --log-every 50 \
   --progress none --name "malenia-${CONFIG:-compact}" --version "gpu-$(date -u +%Y%m%d)" \
-  --training-data "synthetic seen lesion types, $CASES cases, seed 1 ($OUT/data/train)"
+  --training-data "synthetic seen lesion types, $CASES cases, seed 1 ($OUT/data/seen_train)${REPLAY[@]+; replay $REPLAY_FRACTION: $MIXED attribute-mixed cases (seed 8), ${#NODULES[@]} LIDC nodule set(s)}"
 tail -n 2 run/metrics.jsonl
 
 log "packing run/model in pieces of at most 15 MB"
@@ -79,6 +109,10 @@ rm -f model.tgz.part-*
 tar czf - -C run model | split -b 15m - model.tgz.part-
 ls -l model.tgz.part-*
 
+if [ "$BENCH" = 1 ]; then
+  log "bench train"
+  M bench train --config "${CONFIG:-run/model/config.json}" --batch-size "$BATCH" --device "$DEVICE" --steps 20 --warmup 3 ${WORKERS:+--workers $WORKERS} | tee bench.txt
+fi
 log "evaluating"
 M evaluate --model run/model --data data/unseen_test --split test --device "$DEVICE" --out eval_unseen --progress none | head -n 20
 M evaluate --model run/model --data data/seen_test --split all --device "$DEVICE" --out eval_seen --progress none | head -n 20
