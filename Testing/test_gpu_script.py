@@ -31,14 +31,14 @@ elif args[:3] == ["-m", "malenia.cli", "train"]:
 """
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+def _run(tmp_path: Path, *args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     fake = tmp_path / "python"
     fake.write_text(f"#!{sys.executable}" + FAKE_PYTHON)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     calls = tmp_path / "calls.jsonl"
     env = dict(os.environ, CALLS=str(calls))
     proc = subprocess.run(["bash", str(SCRIPT), "--python", str(fake), "--out", str(tmp_path / "run"), *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120, cwd=cwd)
     lines = calls.read_text().splitlines() if calls.exists() else []
     return proc, [json.loads(line) for line in lines]
 
@@ -69,6 +69,9 @@ def test_without_train_options_train_gets_none(tmp_path):
     (["--minutes", "1", "--augment"], "--augment needs KEY=VALUE"),
     (["--minutes", "1", "--sett", "a=1"], "unknown option --sett"),
     (["--cases", "2"], "--minutes is required"),
+    (["--minutes", "1", "--init", "no-such-model"], "--init no-such-model is not a folder"),
+    (["--minutes", "1", "--base", "no-such-base"], "--base no-such-base is not a folder"),
+    (["--minutes", "1", "--hard-negatives", "no-such.json"], "--hard-negatives no-such.json is not a file"),
 ])
 def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
     proc, calls = _run(tmp_path, *args)
@@ -113,3 +116,22 @@ def test_without_replay_options_train_gets_no_replay(tmp_path):
     train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
     assert "--replay" not in train and "--hard-negatives" not in train
     assert not [c for c in calls if c[:4] == ["-m", "malenia.cli", "bench", "train"]]
+
+
+def test_relative_paths_reach_synth_and_train_absolute(tmp_path):
+    """The script works inside --out: folders and files given relative to where it was started still resolve."""
+    for name in ("model", "base", "lidc"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "mined.json").write_text("{}")
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu",
+                       "--init", "model", "--base", "phantom", "--base", "base", "--nodules", "lidc",
+                       "--hard-negatives", "mined.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
+    assert train[train.index("--init") + 1] == str(tmp_path / "model")
+    assert train[train.index("--hard-negatives") + 1] == str(tmp_path / "mined.json")
+    for synth in (c for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]):
+        bases = [synth[i + 1] for i, a in enumerate(synth) if a == "--base"]
+        assert bases == ["phantom", str(tmp_path / "base")]
+    planted = [c for c in calls if "--nodules" in c][0]
+    assert planted[planted.index("--nodules") + 1] == str(tmp_path / "lidc")

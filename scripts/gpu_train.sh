@@ -24,28 +24,29 @@ MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
 MIXED=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
+# Paths given are made absolute while parsing: the script works inside --out from then on.
+folder() { [ -d "$2" ] || die "$1 $2 is not a folder"; (cd "$2" && pwd); }
+file() { [ -f "$2" ] || die "$1 $2 is not a file"; echo "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) MINUTES=$2; shift 2 ;;       --out) OUT=$2; shift 2 ;;
-    --wheels) WHEELS=$2; shift 2 ;;         --cache) CACHE=$2; shift 2 ;;
+    --wheels) WHEELS=$(folder "$1" "$2"); shift 2 ;;                  --cache) CACHE=$(folder "$1" "$2"); shift 2 ;;
     --config) CONFIG=$2; shift 2 ;;         --batch-size) BATCH=$2; shift 2 ;;
     --cases) CASES=$2; shift 2 ;;           --test-cases) TEST_CASES=$2; shift 2 ;;
-    --size) SIZE=$2; shift 2 ;;             --base) BASES+=(--base "$2"); shift 2 ;;
-    --init) INIT=$2; shift 2 ;;             --workers) WORKERS=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;             --base) BASES+=(--base "$([ "$2" = phantom ] && echo phantom || folder "$1" "$2")"); shift 2 ;;
+    --init) INIT=$(folder "$1" "$2"); shift 2 ;;                      --workers) WORKERS=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;         --python) PY=$2; shift 2 ;;
     --set|--augment) [ $# -ge 2 ] || die "$1 needs KEY=VALUE"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
     --mixed) MIXED=$2; shift 2 ;;
-    --nodules) [ -d "$2" ] || die "--nodules $2 is not a folder"; NODULES+=("$(cd "$2" && pwd)"); shift 2 ;;
+    --nodules) NODULES+=("$(folder "$1" "$2")"); shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
     --lr) TRAIN_OPTS+=(--lr "$2"); shift 2 ;;
-    --hard-negatives) [ -f "$2" ] || die "--hard-negatives $2 is not a file"
-      TRAIN_OPTS+=(--hard-negatives "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")" --hard-negative-fraction 0.5 --missed-fraction 0.5); shift 2 ;;
+    --hard-negatives) TRAIN_OPTS+=(--hard-negatives "$(file "$1" "$2")" --hard-negative-fraction 0.5 --missed-fraction 0.5); shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
 [ -n "$MINUTES" ] || die "--minutes is required"
-[ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die "--wheels $WHEELS is not a folder"
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd); cd "$OUT"
 exec > >(tee -a log.txt) 2>&1
 T0=$SECONDS; log() { echo "[$((SECONDS - T0)) s] $*"; }
@@ -55,7 +56,7 @@ if [ -n "$WHEELS" ]; then  # no network: only the wheels given, next to the Pyth
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$OUT/site" "$WHEELS"/*.whl
   export PYTHONPATH=$OUT/site:$PYTHONPATH
 fi
-[ -z "$CACHE" ] || export MALENIA_CACHE=$(cd "$CACHE" && pwd)  # holds banks/: no text encoder needed
+[ -z "$CACHE" ] || export MALENIA_CACHE=$CACHE  # holds banks/: no text encoder needed
 M() { "$PY" -m malenia.cli "$@"; }
 "$PY" -c "import torch, SimpleITK, monai, malenia, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cpus', os.cpu_count())"
 [ "$DEVICE" != cuda ] || "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device (use --device cpu)')"
