@@ -219,50 +219,52 @@ class LesionPatchDataset(Dataset):
 
         # Reading and resampling run in threads (SimpleITK and zlib work outside the GIL: hundreds of cases
         # on a many-core GPU machine load in a fraction of the time); the bookkeeping below stays in case order.
-        pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 1) - 1)))
-        iterator: Iterable = pool.map(read, case_ids)
-        if progress:
-            from tqdm import tqdm
+        with ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 1) - 1))) as pool:
+            iterator: Iterable = pool.map(read, case_ids)
+            if progress:
+                from tqdm import tqdm
 
-            iterator = tqdm(iterator, total=len(case_ids), desc="prepare cases", unit="case")
-        out = []
-        for case_id, (case, prepared, instances) in zip(case_ids, iterator):
-            instances = instances.astype(np.int16 if instances.max(initial=0) < 32768 else np.int32)
-            cached = _CachedCase(case_id, prepared.array, instances,
-                                 enhancement=case.report.enhancement.id if case.report.enhancement else None)
-            rng = np.random.default_rng([self.seed, len(out)])
-            flat = cached.instances.reshape(-1)  # a view: erasing below edits the cache
-            voxels = np.flatnonzero(flat)
-            voxels = voxels[np.argsort(flat[voxels], kind="stable")]  # lesion voxels grouped by label
-            labels, starts = np.unique(flat[voxels], return_index=True)
-            ends = np.append(starts[1:], len(voxels))
-            spans = {int(lab): voxels[s:e] for lab, s, e in zip(labels, starts, ends)}
-            for report in case.report.lesions:
-                if report.label not in spans:
-                    continue  # no voxel left at the model spacing
-                if self.diseases is not None and report.disease not in self.diseases:
-                    continue  # erased below, like lesions without a report entry
-                locations = spans[report.label]
-                if len(locations) > MAX_LOCATIONS_PER_LESION:
-                    locations = np.sort(rng.choice(locations, MAX_LOCATIONS_PER_LESION, replace=False))
-                cached.lesions[report.label] = _Lesion(
-                    report.label,
-                    report.disease,
-                    {a: [d.id for d in report.attributes.get(a, [])] for a in ASPECTS},
-                    {a: [d.text for d in report.attributes.get(a, [])] for a in ASPECTS},
-                    locations.astype(np.int64),
-                )
-            for label, where in spans.items():
-                if label not in cached.lesions:  # filtered out, or not a described lesion: background
-                    flat[where] = 0
-            if self.background_in_body:
-                body = np.flatnonzero(cached.image.reshape(-1) > self._body_level)
-                if len(body) > MAX_LOCATIONS_PER_LESION:
-                    body = np.sort(rng.choice(body, MAX_LOCATIONS_PER_LESION, replace=False))
-                cached.body = body if len(body) else None
-            out.append(cached)
-        pool.shutdown()
-        return out
+                iterator = tqdm(iterator, total=len(case_ids), desc="prepare cases", unit="case")
+            return [self._cache_case(case_id, case, prepared, instances, k)
+                    for k, (case_id, (case, prepared, instances)) in enumerate(zip(case_ids, iterator))]
+
+    def _cache_case(self, case_id: str, case, prepared, instances: np.ndarray, index: int) -> _CachedCase:
+        """One read case in the cache: its model-grid image and lesion instances, each described lesion's voxel
+        locations (a sample of them, seeded by the case's place), the body voxels for background patches."""
+        instances = instances.astype(np.int16 if instances.max(initial=0) < 32768 else np.int32)
+        cached = _CachedCase(case_id, prepared.array, instances,
+                             enhancement=case.report.enhancement.id if case.report.enhancement else None)
+        rng = np.random.default_rng([self.seed, index])
+        flat = cached.instances.reshape(-1)  # a view: erasing below edits the cache
+        voxels = np.flatnonzero(flat)
+        voxels = voxels[np.argsort(flat[voxels], kind="stable")]  # lesion voxels grouped by label
+        labels, starts = np.unique(flat[voxels], return_index=True)
+        ends = np.append(starts[1:], len(voxels))
+        spans = {int(lab): voxels[s:e] for lab, s, e in zip(labels, starts, ends)}
+        for report in case.report.lesions:
+            if report.label not in spans:
+                continue  # no voxel left at the model spacing
+            if self.diseases is not None and report.disease not in self.diseases:
+                continue  # erased below, like lesions without a report entry
+            locations = spans[report.label]
+            if len(locations) > MAX_LOCATIONS_PER_LESION:
+                locations = np.sort(rng.choice(locations, MAX_LOCATIONS_PER_LESION, replace=False))
+            cached.lesions[report.label] = _Lesion(
+                report.label,
+                report.disease,
+                {a: [d.id for d in report.attributes.get(a, [])] for a in ASPECTS},
+                {a: [d.text for d in report.attributes.get(a, [])] for a in ASPECTS},
+                locations.astype(np.int64),
+            )
+        for label, where in spans.items():
+            if label not in cached.lesions:  # filtered out, or not a described lesion: background
+                flat[where] = 0
+        if self.background_in_body:
+            body = np.flatnonzero(cached.image.reshape(-1) > self._body_level)
+            if len(body) > MAX_LOCATIONS_PER_LESION:
+                body = np.sort(rng.choice(body, MAX_LOCATIONS_PER_LESION, replace=False))
+            cached.body = body if len(body) else None
+        return cached
 
     def _attach_negatives(self, negatives) -> list[int]:
         """Mined false-positive centres and missed lesions (malenia.data.hard_negatives) onto the cached cases;
