@@ -124,3 +124,27 @@ def test_channels_last_weights_save_and_load_through_safetensors(tmp_path):
             assert torch.equal(a, b), k
         assert next(m for m in other.modules() if isinstance(m, torch.nn.Conv3d)).weight.is_contiguous(
             memory_format=torch.channels_last_3d)
+
+
+def test_compiled_parts_compute_the_same_and_keep_their_parameter_names():
+    """--compile: the fixed-shape parts traced by torch.compile (aot_eager traces forward and backward as inductor
+    does, without generating code); outputs, gradients and the state dict's names are the eager network's."""
+    from malenia.model.precision import compile_network
+
+    torch.manual_seed(0)
+    cfg = tiny_config(stages=5)
+    eager, compiled = MaleniaNet(cfg), MaleniaNet(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_network(compiled, "aot_eager") == ["backbone", "decoder", "heads"] + (["dense"] if eager.dense else [])
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(2, 1, 32, 32, 32, generator=g)
+    bank, aspects = torch.randn(16, cfg.text_dim, generator=g), torch.arange(16) % 8
+    outs = [net(image, bank, aspects).foreground() for net in (eager, compiled)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for out in outs:
+        out.square().mean().backward()
+    conv = "backbone." + next(n for n, p in eager.backbone.named_parameters() if p.ndim == 5)
+    torch.testing.assert_close(compiled.get_parameter(conv).grad, eager.get_parameter(conv).grad, rtol=1e-3, atol=1e-6)
+    with pytest.raises(InputError, match="compile backend"):
+        compile_network(eager, "tensorrt")

@@ -26,3 +26,20 @@ def test_bench_train_times_every_phase_of_real_steps(tmp_path, capsys):
     assert r["steps_per_s"] > 0 and abs(r["step_s"] * r["steps_per_s"] - 1) < 1e-6
     assert main(["bench", "train", "--steps", "0"]) != 0
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_train_compiled_runs_the_same_step_and_says_so(tmp_path, capsys):
+    """--compile BACKEND reaches the trainer (eager: dynamo traces the network's parts without generating code)."""
+    from malenia.train.bench import _table
+
+    make_tiny_dataset(tmp_path / "ds")
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config().to_dict()))
+    assert main(["bench", "train", "--config", str(cfg), "--data", str(tmp_path / "ds"), "--batch-size", "2",
+                 "--steps", "1", "--device", "cpu", "--workers", "0", "--precision", "fp32", "--compile", "eager",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["compile"] == "eager" and r["warmup_s"] > 0 and r["steps_per_s"] > 0
+    assert "compiled with eager" in _table(r).splitlines()[0]
+    with pytest.raises(SystemExit):  # argparse: not a backend
+        main(["bench", "train", "--compile", "tensorrt"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from malenia.model.precision import PRECISIONS
+from malenia.model.precision import COMPILE_BACKENDS, PRECISIONS
 
 # target -> "module:function"; each function takes the parsed args and prints its figures.
 TARGETS = {
@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default 5)")
     train.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones (default 1)")
     train.add_argument("--data", default=None, help="dataset (default: 4 phantom cases synthesised for the bench)")
+    train.add_argument("--compile", nargs="?", const="inductor", choices=COMPILE_BACKENDS, default=None,
+                       help="as train --compile: torch.compile the network's fixed-shape parts (compiling happens "
+                            "in the warm-up steps)")
     train.add_argument("--workers", type=int, default=None, help="loader worker processes (default: from the CPU count)")
     p.set_defaults(func=_run)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from malenia.model.precision import PRECISIONS
+from malenia.model.precision import COMPILE_BACKENDS, PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic: auto = bfloat16 autocast where the device computes it natively (CUDA, CPUs with "
                         "AVX512-BF16 or AMX), else float32; channels-last on CPU either way")
+    p.add_argument("--compile", nargs="?", const="inductor", choices=COMPILE_BACKENDS, default=None,
+                   help="torch.compile the network's fixed-shape parts (backend inductor unless named: fused kernels, "
+                        "a minute or more of compiling first; no gain for compact at batch 16 on an H200, "
+                        "docs/training.md)")
     p.add_argument("--minutes", type=float, default=None,
                    help="train for this wall time: warm-up then a cosine that ends when the time is up, so the run "
                         "ends annealed (with --steps: whichever comes first; counted over resumed launches)")
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress, seed=args.seed, device=args.device, model_name=args.name,
         model_version=args.version, training_data=args.training_data, text_encoder=args.text_encoder,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, report_style=args.report_style,
-        minutes=args.minutes, num_workers=args.workers, precision=args.precision,
+        minutes=args.minutes, num_workers=args.workers, precision=args.precision, compile=args.compile,
         augment=parse_overrides(args.augment, "--augment") or None,
     )
     augment_config(opts.augment)  # a bad field is refused before training sets up

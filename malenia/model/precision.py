@@ -15,8 +15,15 @@ One owner for the choice, so training, validation and `malenia segment` run the 
   bfloat16, 0.29 s both (docs/training.md, eighth round). On CUDA the layout is left as it is (not measured).
 - cuDNN's autotuner on CUDA (`torch.backends.cudnn.benchmark`, as nnU-Net sets it): training patches and
   inference windows have one shape, so each convolution's fastest algorithm is timed once and kept. An H200 ran
-  a compact step at batch 16 in 0.17 s without it, latency-bound (docs/training.md); its effect is to be measured
-  on the next GPU.
+  a compact step at batch 16 in 0.170 s without it and 0.127 s with it (5.90 -> 7.87 steps/s, the second under
+  a heavier CPU load; docs/training.md, twenty-eighth round).
+- `torch.compile` over the network's fixed-shape parts (opt-in, `--compile`): an H200 step at batch 16 is bound by
+  the launches of hundreds of small kernels, not by arithmetic (docs/training.md), and TorchInductor fuses the
+  normalisations, activations and element-wise work between convolutions into fewer kernels. The matching and the
+  losses stay eager: their shapes follow the number of lesions in a batch, which would recompile at every step.
+  Off by default, because on an H200 it did not pay for compact at batch 16: 7.62 steps/s compiled against 7.87
+  eager, after 76 s of compiling (docs/training.md, twenty-eighth round); the rest of the step (token head,
+  matching, losses, optimizer) keeps it latency-bound. Kept for larger networks and for measuring it again.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ if TYPE_CHECKING:
 # The choices of every --precision option and of SegmentOptions.precision. torch is imported where it is used, so
 # that the command-line parsers and SegmentOptions can read this without loading it.
 PRECISIONS = ("auto", "bf16", "fp32")
+# torch.compile's backends a --compile may name: inductor generates fused kernels (the point); eager and aot_eager
+# trace the same graphs without generating code (for checking that a network compiles, quickly, on a CPU).
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+# MaleniaNet's parts whose input shapes are fixed by the patch (or inference window) and the token count.
+COMPILED_PARTS = ("stem", "backbone", "decoder", "heads", "dense")
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -96,6 +108,20 @@ class Precision:
         if self.channels_last and image.ndim == 5:
             return image.contiguous(memory_format=torch.channels_last_3d)
         return image
+
+
+def compile_network(model: torch.nn.Module, backend: str = "inductor") -> list[str]:
+    """Compiles MaleniaNet's fixed-shape parts in place (nn.Module.compile: the parameters, their names in the
+    state dict and the optimizer's references stay as they are); returns the parts compiled."""
+    if backend not in COMPILE_BACKENDS:
+        raise InputError(f"compile backend must be one of {', '.join(COMPILE_BACKENDS)}, got {backend!r}")
+    done = []
+    for name in COMPILED_PARTS:
+        part = getattr(model, name, None)
+        if part is not None:
+            part.compile(backend=backend)
+            done.append(name)
+    return done
 
 
 @contextlib.contextmanager

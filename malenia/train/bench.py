@@ -1,7 +1,7 @@
 """`malenia bench train`: training steps per second here, and the share of a step in each phase.
 
     malenia bench train [--config compact] [--batch-size 16] [--device cpu|cuda] [--steps 5] [--data DATASET]
-                        [--workers W] [--warmup 1] [--json]
+                        [--workers W] [--warmup 1] [--compile [BACKEND]] [--json]
 
 The trainer's own setup and step (malenia.train.loop.Trainer) on a dataset (default: 4 phantom cases
 synthesised into a temporary folder), batches drawn as in training (loader workers, pinned memory). Phases:
@@ -48,7 +48,8 @@ def _config(name: str):
 
 
 def measure(config: str, batch: int | None = None, device: str = "auto", steps: int = 5, data: Path | None = None,
-            workers: int | None = None, warmup: int = 1, precision: str = "auto") -> dict[str, Any]:
+            workers: int | None = None, warmup: int = 1, precision: str = "auto",
+            compile: str | None = None) -> dict[str, Any]:
     import torch
 
     from malenia.train.data import batch_loader, default_workers, to_device
@@ -61,15 +62,17 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
         data = Path(data) if data else _bench_dataset(Path(tmp) / "data", tuple(cfg.patch_size))
         info = init_distributed(device)
         opts = TrainOptions(data=data, out=Path(tmp) / "run", config=cfg, steps=steps + warmup, split="all", val_split=None,
-                            batch_size=batch, progress="none", num_workers=workers, precision=precision)
+                            batch_size=batch, progress="none", num_workers=workers, precision=precision, compile=compile)
         trainer = Trainer(opts, info)
         trainer.setup()
         workers = workers if workers is not None else default_workers()
         batches = batch_loader(trainer.stream, 0, steps + warmup, trainer.batch, workers=workers,
                                pin_memory=info.device.type == "cuda")
         trainer.t_start, trainer._now = time.perf_counter(), 0.0
-        for _ in range(warmup):  # allocations, cuDNN's choices, workers starting
+        t0 = time.perf_counter()
+        for _ in range(warmup):  # allocations, cuDNN's choices, compiling, workers starting
             trainer.train_step(*to_device(next(batches), info.device))
+        warmup_s = time.perf_counter() - t0
         timer = PhaseTimer(info.device)
         model = trainer.model
         model.matcher.supervise = timer.wrap("matching", model.matcher.supervise)
@@ -85,7 +88,7 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
     share = {k: timer.seconds.get(k, 0.0) / total for k in PHASES}
     return {"config": cfg.name, "batch_size": trainer.batch, "device": str(info.device), "steps": steps, "warmup": warmup,
             "workers": workers, "amp_bfloat16": trainer.precision.bfloat16, "precision": trainer.precision.name,
-            "steps_per_s": steps / total,
+            "compile": compile, "warmup_s": warmup_s, "steps_per_s": steps / total,
             "step_s": total / steps, "share": share, "host_overhead_share": share["data_wait"] + share["matching"]
             + share["losses"], "load_average": list(load), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -95,8 +98,10 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
 def _table(r: dict[str, Any]) -> str:
     where = r["gpu"] or f"CPU, {r['torch_threads']} threads of {r['cpus']} cores"
     lines = [f"malenia bench train --config {r['config']} --batch-size {r['batch_size']}  ({where}, torch {r['torch']}, "
-             f"{r['workers']} loader workers, {r['precision']})",
-             f"  {r['steps_per_s']:.3f} steps/s ({r['step_s']:.3f} s a step, {r['steps']} timed steps after {r['warmup']} warm-up)"]
+             f"{r['workers']} loader workers, {r['precision']}"
+             + (f", compiled with {r['compile']}" if r['compile'] else "") + ")",
+             f"  {r['steps_per_s']:.3f} steps/s ({r['step_s']:.3f} s a step, {r['steps']} timed steps after {r['warmup']} warm-up "
+             f"in {r['warmup_s']:.1f} s)"]
     for k in PHASES:
         lines.append(f"  {k:<10} {100 * r['share'][k]:5.1f} %")
     lines.append(f"  data wait + matching + losses: {100 * r['host_overhead_share']:.1f} % of a step")
@@ -114,6 +119,6 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise InputError("--warmup must be 0 or more")
     result = measure(args.config, args.batch_size, args.device, args.steps, args.data, args.workers, args.warmup,
-                     args.precision)
+                     args.precision, args.compile)
     print(json.dumps(result) if args.json else _table(result))
     return 0

@@ -31,7 +31,7 @@ import torch
 
 from malenia.data.sampler import augment_config
 from malenia.errors import InputError
-from malenia.model.precision import resolve_precision
+from malenia.model.precision import compile_network, resolve_precision
 from malenia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from malenia.train.distributed import DistInfo, barrier, init_distributed, max_across, mean_values, shutdown, wrap_model
 from malenia.train.progress import Progress
@@ -77,6 +77,7 @@ class TrainOptions:
     report_style: str = "paragraph"  # single-positive ablations: "paragraph" (8 descriptions) or "raw" (type only)
     precision: str = "auto"  # malenia.model.precision: auto (bfloat16 where native), bf16 or fp32
     augment: dict[str, Any] | None = None  # AugmentConfig fields changed from the sampler's defaults
+    compile: str | None = None  # torch.compile backend over the fixed-shape parts (malenia.model.precision); None: eager
 
 
 @dataclass
@@ -222,6 +223,8 @@ class Trainer:
         self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
         parent_channels = self._load_init() if opts.init else 0
         self.precision.prepare_model(self.model.to(dev))
+        if opts.compile:
+            compile_network(self.model, opts.compile)
         self.criterion = MaleniaCriterion(cfg)
         lr = opts.lr or cfg.optim.lr
         own_rates = {}
@@ -417,7 +420,8 @@ class Trainer:
             training = {"steps": final_step, "of_steps": self.steps, "minutes": opts.minutes,
                         "batch_size": self.batch * info.world_size, "seconds_this_launch": round(seconds, 1),
                         "seconds_total": round(self.seconds_before + seconds, 1), "val_patch_dsc": self.val_dsc,
-                        "seed": opts.seed, "precision": self.precision.name, "skipped_steps": self.skipped_steps}
+                        "seed": opts.seed, "precision": self.precision.name,
+                        "compile": opts.compile, "skipped_steps": self.skipped_steps}
             if opts.augment:
                 training["augment"] = dataclasses.asdict(self.augment)
             model_dir = save_model_folder(
