@@ -135,3 +135,23 @@ def test_relative_paths_reach_synth_and_train_absolute(tmp_path):
         assert bases == ["phantom", str(tmp_path / "base")]
     planted = [c for c in calls if "--nodules" in c][0]
     assert planted[planted.index("--nodules") + 1] == str(tmp_path / "lidc")
+
+
+def test_replay_seed_draws_the_replay_afresh_and_keeps_the_training_set(tmp_path):
+    """--replay-seed S (a repeated GPU round): mixed cases on seed S, each LIDC set on S+1, S+2; seen_train stays seed 1."""
+    parts = [tmp_path / "lidc_a", tmp_path / "lidc_b"]
+    for p in parts:
+        p.mkdir()
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu", "--mixed", "3",
+                       "--nodules", str(parts[0]), "--nodules", str(parts[1]), "--replay-seed", "50")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
+    seed = lambda c: c[c.index("--seed") + 1]  # noqa: E731
+    assert {seed(c) for c in synth if "seen_mix" in c} == {"50"}
+    assert sorted((c[c.index("--nodules") + 1], seed(c)) for c in synth if "--nodules" in c) == [
+        (str(parts[0]), "51"), (str(parts[1]), "52")]
+    assert {seed(c) for c in synth if "seen_train" in c} == {"1"}
+    train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
+    assert "(seed 50)" in train[train.index("--training-data") + 1]
+    proc, _ = _run(tmp_path, "--minutes", "1", "--replay-seed", "fifty")
+    assert proc.returncode == 2 and "--replay-seed needs a whole number" in proc.stderr

@@ -7,14 +7,17 @@
 #   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config NAME]
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
-#       [--mixed N] [--nodules LIDC_DATASET]... [--replay-fraction 0.7] [--hard-negatives FILE] [--lr LR] [--bench]
+#       [--mixed N] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
+#       [--lr LR] [--bench]
 #
 # --set and --augment go to `malenia train` as they are (model config and sampler augmentation, e.g.
 # --augment 'scale=[0.7,1.4]' --augment scale_isotropic=true for nnU-Net's scale range from the first step).
 # The training set is `malenia synth --cases N --seed 1` of the seen types, named seen_train, as on the CPU, so
 # `--hard-negatives` takes a `malenia mine` file of that dataset (hard-negative and missed fractions 0.5). A replay
 # set, drawn for --replay-fraction of the patches, holds --mixed N attribute-mixed seen-type cases (seed 8) and the
-# training nodules of each --nodules LIDC dataset planted in the bases (seeds 41, 42, ...; 2 mm).
+# training nodules of each --nodules LIDC dataset planted in the bases (seeds 41, 42, ...; 2 mm). --replay-seed S
+# draws them afresh, for a model that has seen those: the mixed cases on seed S, the nodules on S+1, S+2, ...
+# (the twenty-eighth round: 50); the training set stays seed 1, which --hard-negatives refers to.
 # --bench: `malenia bench train` of the run's config and batch on the device after the training.
 # Outputs in --out (default ./gpu_run): data/, run/ (checkpoints, metrics.jsonl, model/), eval_unseen/,
 # eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), bench.txt, log.txt.
@@ -22,7 +25,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
-MIXED=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0
+MIXED=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0 MIX_SEED=8 NODULE_SEED=40
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 # Paths given are made absolute while parsing: the script works inside --out from then on.
 folder() { [ -d "$2" ] || die "$1 $2 is not a folder"; (cd "$2" && pwd); }
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
     --mixed) MIXED=$2; shift 2 ;;
     --nodules) NODULES+=("$(folder "$1" "$2")"); shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
+    --replay-seed) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--replay-seed needs a whole number, got '${2:-}'"; MIX_SEED=$2 NODULE_SEED=$2; shift 2 ;;
     --lr) TRAIN_OPTS+=(--lr "$2"); shift 2 ;;
     --hard-negatives) TRAIN_OPTS+=(--hard-negatives "$(file "$1" "$2")" --hard-negative-fraction 0.5 --missed-fraction 0.5); shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -78,13 +82,13 @@ done
 MIXED_SHARDS=$(( MIXED < SHARDS ? MIXED : SHARDS )) PARTS=()
 for i in $(seq 1 "$MIXED_SHARDS"); do  # the replay's attribute-mixed cases: runs/data/seen_mix's recipe
   PARTS+=(data/mixed$i)
-  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$MIXED" --shard "$i/$MIXED_SHARDS" --out data/mixed$i --name seen_mix --seed 8 \
+  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$MIXED" --shard "$i/$MIXED_SHARDS" --out data/mixed$i --name seen_mix --seed "$MIX_SEED" \
     --mix-attributes 1 --val-fraction 0 --test-fraction 0 > logs/synth_mixed$i.log 2>&1 & pids+=($!)
 done
 k=0
 for nod in ${NODULES[@]+"${NODULES[@]}"}; do  # one process per LIDC dataset (planting is not sharded)
   k=$((k + 1)) PARTS+=(data/nodules$k)
-  OMP_NUM_THREADS=1 M synth --nodules "$nod" --nodule-split train "${BASES[@]}" --spacing 2 --seed $((40 + k)) --name lidc$k \
+  OMP_NUM_THREADS=1 M synth --nodules "$nod" --nodule-split train "${BASES[@]}" --spacing 2 --seed $((NODULE_SEED + k)) --name lidc$k \
     --out data/nodules$k --quiet --overwrite > logs/synth_nodules$k.log 2>&1 & pids+=($!)
 done
 OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $UNSEEN --cases "$TEST_CASES" --out data/unseen_test --seed 2 > logs/synth_unseen.log 2>&1 & pids+=($!)
@@ -102,7 +106,7 @@ log "training ${CONFIG:-the default config, that of --init or compact} for $MINU
 M train ${CONFIG:+--config "$CONFIG"} --data data/seen_train ${REPLAY[@]+"${REPLAY[@]}"} --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
   ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} ${TRAIN_OPTS[@]+"${TRAIN_OPTS[@]}"} --checkpoint-every 500 --val-every 250 --log-every 50 \
   --progress none --name "malenia-${CONFIG:-compact}" --version "gpu-$(date -u +%Y%m%d)" \
-  --training-data "synthetic seen lesion types, $CASES cases, seed 1 ($OUT/data/seen_train)${REPLAY[@]+; replay $REPLAY_FRACTION: $MIXED attribute-mixed cases (seed 8), ${#NODULES[@]} LIDC nodule set(s)}"
+  --training-data "synthetic seen lesion types, $CASES cases, seed 1 ($OUT/data/seen_train)${REPLAY[@]+; replay $REPLAY_FRACTION: $MIXED attribute-mixed cases (seed $MIX_SEED), ${#NODULES[@]} LIDC nodule set(s) (seeds from $((NODULE_SEED + 1)))}"
 tail -n 2 run/metrics.jsonl
 
 log "packing run/model in pieces of at most 15 MB"
