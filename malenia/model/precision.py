@@ -22,8 +22,8 @@ One owner for the choice, so training, validation and `malenia segment` run the 
   normalisations, activations and element-wise work between convolutions into fewer kernels. The matching and the
   losses stay eager: their shapes follow the number of lesions in a batch, which would recompile at every step.
   Off by default, because on an H200 it did not pay for compact at batch 16: 7.62 steps/s compiled against 7.87
-  eager, after 76 s of compiling (docs/training.md, twenty-eighth round); the rest of the step (token head,
-  matching, losses, optimizer) keeps it latency-bound. Kept for larger networks and for measuring it again.
+  eager, after 76 s of compiling (docs/training.md, twenty-eighth round); what stays eager (the matching, the
+  losses, their backward, the optimizer) keeps it latency-bound. Kept for larger networks and for measuring again.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
         t0 = time.perf_counter()
         for _ in range(warmup):  # allocations, cuDNN's choices, compiling, workers starting
             trainer.train_step(*to_device(next(batches), info.device))
+        if info.device.type == "cuda":
+            torch.cuda.synchronize(info.device)  # the warm-up's queued work belongs to its time
         warmup_s = time.perf_counter() - t0
         timer = PhaseTimer(info.device)
         model = trainer.model
