@@ -9,6 +9,7 @@ import pytest
 
 from malenia.errors import ModelError
 from malenia.evaluate.calibrate import choose, scores, sweep_case
+from malenia.evaluate.metrics import one_lesion_margin
 from malenia.model.folder import INFERENCE, InferenceDefaults, load_model_folder, update_model_folder
 from segment_helpers import constructed_map as _map, malenia, tiny_trained_model
 from train_helpers import make_tiny_dataset
@@ -142,6 +143,25 @@ def test_choice_takes_the_best_dsc_and_breaks_ties_towards_fewer_false_positives
     assert choose(scores, thresholds, volumes) == (0, 0)  # a better DSC wins whatever its threshold
 
 
+def test_within_one_lesion_of_the_best_the_setting_with_fewer_false_positives_wins():
+    """2.10.0's calibration table at threshold 0.3: 25 mm³ scored 0.5449 and 50 mm³ 0.5447 (one lesion of 87 for three
+    more predictions of 51); one lesion is worth 1/(51 + 87) = 0.0072 of the score, so 50 mm³ wins, 100 mm³
+    (0.5351, 0.0098 below) does not."""
+    thresholds, volumes = (0.2, 0.3, 0.4), (0.0, 25.0, 50.0, 100.0)
+    scores = np.array([[0.5305, 0.5305, 0.5264, 0.5264],
+                       [0.5449, 0.5449, 0.5447, 0.5351],
+                       [0.5132, 0.5132, 0.5170, 0.5072]])
+    assert choose(scores, thresholds, volumes) == (1, 1)
+    margin = one_lesion_margin("dsc_f1", 51, 87)
+    assert margin == pytest.approx(1 / 138)
+    assert choose(scores, thresholds, volumes, margin) == (1, 2)
+    scores[2, 3] = 0.5400  # a higher threshold within the margin: fewer false positives still
+    assert choose(scores, thresholds, volumes, margin) == (2, 3)
+    assert one_lesion_margin("dsc", 51, 87) == 0.0 and one_lesion_margin("dsc_f1", 0, 0) == 0.0
+    with pytest.raises(ValueError):
+        one_lesion_margin("f1", 1, 1)
+
+
 def test_inference_defaults_refuse_bad_values():
     assert InferenceDefaults.from_dict({"threshold": 0.7, "min_volume_mm3": 100}).threshold == 0.7
     for bad in ({"threshold": 1.5, "min_volume_mm3": 0}, {"threshold": 0.5, "min_volume_mm3": -1},
@@ -198,12 +218,19 @@ def test_calibrate_cli_writes_the_best_pair_into_the_model_folder(model_copy, tm
     stored = json.loads((model_copy / INFERENCE).read_text())
     table = stored["calibration"]["table"]
     best = max(row["score"] for row in table)
-    assert stored["calibration"]["score"] == best and stored["calibration"]["cases"] == 5
+    cal = stored["calibration"]
+    assert cal["best"]["score"] == best and cal["cases"] == 5
+    top = [r for r in table if (r["threshold"], r["min_volume_mm3"]) == (cal["best"]["threshold"],
+                                                                         cal["best"]["min_volume_mm3"])][0]
+    assert top["score"] == best
+    assert cal["margin"] == pytest.approx(1 / (top["lesions_per_case"] * 5 + cal["reference_lesions"]), rel=1e-3)
+    within = [(r["threshold"], r["min_volume_mm3"]) for r in table if r["score"] >= best - cal["margin"] - 1e-4]
+    assert (stored["threshold"], stored["min_volume_mm3"]) == max(within)  # the fewest false positives within it
     assert stored["calibration"]["dataset"] == "ds + more"
     assert stored["calibration"]["datasets"] == [{"dataset": "ds", "cases": 3}, {"dataset": "more", "cases": 2}]
     assert stored["calibration"]["objective_id"] == "dsc_f1"
     chosen = [r for r in table if (r["threshold"], r["min_volume_mm3"]) == (stored["threshold"], stored["min_volume_mm3"])]
-    assert chosen and chosen[0]["score"] == best
+    assert chosen and chosen[0]["score"] == cal["score"] >= best - cal["margin"] - 1e-4
     assert chosen[0]["score"] == pytest.approx((chosen[0]["mean_dsc"] + chosen[0]["f1"]) / 2, abs=1e-3)
     assert chosen[0]["mean_dsc"] > 0.3 and chosen[0]["recall"] > 0  # the test model finds the bright spheres
     assert model.inference_defaults().threshold == stored["threshold"]
@@ -385,3 +412,9 @@ def test_model_card_says_how_the_post_processing_was_chosen_and_what_it_gave_on_
                     "DSC 0.4655, lesion detection recall 0.559 and precision 0.95 there")
     old = {k: cal[k] for k in ("cases", "dataset", "split")}  # a calibration from before the objective was recorded
     assert _post_processing({"threshold": 0.4, "calibration": old}).endswith("on 16 cases of seen_train (val)")
+    margin = {**cal, "margin": 0.0072, "best": {"threshold": 0.2, "min_volume_mm3": 25.0, "score": 0.5449}}
+    text = _post_processing({"threshold": 0.2, "min_volume_mm3": 524.0, "calibration": margin})
+    assert text.endswith("there (the best score there, 0.5449 at 0.2 / 25 mm³, is within one lesion's worth, 0.0072, "
+                         "of this setting's, which keeps fewer false positives)")
+    same = {**margin, "best": {"threshold": 0.2, "min_volume_mm3": 524.0, "score": 0.5449}}
+    assert _post_processing({"threshold": 0.2, "min_volume_mm3": 524.0, "calibration": same}).endswith("0.95 there")

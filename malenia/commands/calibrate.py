@@ -2,7 +2,7 @@
 validation cases.
 
 Sweeps the foreground threshold and the minimum lesion volume (malenia.evaluate.calibrate), prints
-the table and stores the best pair in M/inference.json (the manifest is re-hashed), from where
+the table and stores the best pair (up to one lesion's worth of score, `--no-margin`: exactly) in M/inference.json (the manifest is re-hashed), from where
 `segment`, `demo`, `evaluate` and the Slicer module take their defaults. `--dry-run` only prints.
 A repeated `--data` pools the split of every dataset named (e.g. synthetic validation cases and real
 nodules: a minimum volume chosen on cases without small lesions would delete every small lesion).
@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
                    help="what the choice maximises: dsc_f1 (default) = 1/2 mean case DSC + 1/2 lesion-detection F1; "
                         "dsc = mean case DSC alone (the rule up to model 2.6.0; blind to small lesions)")
+    p.add_argument("--no-margin", dest="margin", action="store_false",
+                   help="take the best score exactly (the rule up to model 2.10.0); by default the setting with the "
+                        "fewest false positives within one lesion's worth of the best score is chosen")
     add_model_run_options(p, dry_run="print the sweep, leave the model folder unchanged")
     p.set_defaults(func=run)
 
@@ -45,6 +48,11 @@ def markdown(result: dict) -> str:
     lines += ["", f"Chosen: threshold {result['threshold']}, minimum volume {result['min_volume_mm3']:g} mm³ "
                   f"(mean DSC {cal['mean_dsc']:.4f}, detection recall {cal['recall']:.3f}, precision "
                   f"{cal['precision']:.3f}, {cal['lesions_per_case']:.1f} lesions per case)."]
+    best = cal.get("best")
+    if cal.get("margin") and best and (best["threshold"], best["min_volume_mm3"]) != (result["threshold"],
+                                                                                       result["min_volume_mm3"]):
+        lines.append(f"The best score, {best['score']:.4f} at {best['threshold']} / {best['min_volume_mm3']:g} mm³, "
+                     f"is within one lesion ({cal['margin']:.4f}) of the chosen one, which has fewer false positives.")
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(1, args.progress, "calibrate")
 
     result = calibrate(make_segmenter(model, args.device), args.data, None if args.split == "all" else args.split,
-                       max_cases=args.max_cases, on_case=progress.case, objective=args.objective)
+                       max_cases=args.max_cases, on_case=progress.case, objective=args.objective,
+                       margin=args.margin)
     progress.emit(progress.total, "done", stage="done")
     progress.close()
     print(markdown(result), end="")

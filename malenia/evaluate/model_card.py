@@ -238,6 +238,12 @@ def _post_processing(result: dict[str, Any]) -> str:
         if cal.get("recall") is not None:
             text += (f": mean DSC {cal.get('mean_dsc')}, lesion detection recall {cal['recall']} and precision "
                      f"{cal.get('precision')} there")
+        best = cal.get("best")
+        if cal.get("margin") and best and (best["threshold"], best["min_volume_mm3"]) != (
+                result.get("threshold"), result.get("min_volume_mm3")):
+            text += (f" (the best score there, {best['score']} at {best['threshold']} / {best['min_volume_mm3']:g} mm³, "
+                     f"is within one lesion's worth, {cal['margin']:.4f}, of this setting's, which keeps fewer false "
+                     "positives)")
     return text
 
 
