@@ -36,6 +36,7 @@ from malenia.evaluate.metrics import (
     sphere_diameter_mm,
     surface_dice,
 )
+from malenia.evaluate.intervals import RESAMPLES, result_intervals
 from malenia.evaluate.misses import markdown as misses_markdown
 from malenia.evaluate.misses import summarise, where_lost
 
@@ -172,7 +173,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
                (("unseen", UNSEEN_DISEASES), ("seen", SEEN_DISEASES), ("all_types", tuple(per_type)))}
     model_meta = dict(getattr(segmenter.model, "manifest", {}) or {})
     model_meta.pop("files", None)
-    return {
+    result = {
         "format": RESULT_FORMAT,
         "model": {**model_meta, "sha256": getattr(segmenter.model, "sha256", None)},
         "data": {"path": str(data_dir), "name": index.name, "split": split or "all", "cases": len(case_ids)},
@@ -193,6 +194,8 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "misses": summarise([les for c in cases_out for les in c["lesions"]]),
         "cases": cases_out,
     }
+    result["intervals"] = result_intervals(result)  # 95 % over cases, per group (malenia.evaluate.intervals)
+    return result
 
 
 def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, iou_threshold: float,
@@ -303,6 +306,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
         lines.append(f"| **all cases** | | {o['cases']} | {_f(o['dsc'])} | {_f(o['nsd'])} | {o['lesions']} | "
                      f"{_f(o['detection_recall'])} | {_f(o['detection_precision'])} | {_f(o['disease_accuracy'])} | "
                      f"{_f(o.get('closest_disease_accuracy'))} |")
+    lines += _interval_lines(result)
     groups = [(n, g) for n, g in result["groups"].items() if g and n in ("unseen", "seen")]
     if groups:
         lines += ["", "Attribute matching on detected lesions, % (precision / recall, macro over descriptions):", ""]
@@ -320,6 +324,23 @@ def markdown_tables(result: dict[str, Any]) -> str:
                   "| detection recall | " + " | ".join(_f(b["recall"]) for b in bands) + " |"]
     lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"
+
+
+def _interval_lines(result: dict[str, Any]) -> list[str]:
+    """The groups' 95 % intervals over cases, as stored (or, for a result written before they were, computed from its
+    cases)."""
+    intervals = result.get("intervals") or result_intervals(result)
+    lines = []
+    for name, iv in intervals.items():
+        cells = [f"{label} {iv[k][0]:.3f}–{iv[k][1]:.3f}" for k, label in
+                 (("dsc", "DSC"), ("detection_recall", "detection recall"), ("detection_precision", "precision"),
+                  ("disease_accuracy", "disease accuracy")) if iv.get(k)]
+        if cells:
+            lines.append(f"- mean {name}: " + ", ".join(cells))
+    if not lines:
+        return []
+    return ["", f"95 % intervals over cases (percentile bootstrap, {RESAMPLES} resamples of whole cases; "
+                "malenia.evaluate.intervals):", "", *lines]
 
 
 def dataset_from_labelled_scan(image_path: str | Path, label_path: str | Path, disease: str | None, target: str | Path) -> Path:

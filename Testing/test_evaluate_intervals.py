@@ -1,0 +1,79 @@
+"""Bootstrap intervals of an evaluation's group means (malenia.evaluate.intervals), on hand-built case entries."""
+
+import numpy as np
+import pytest
+
+from malenia.aspects import ASPECTS
+from malenia.evaluate.evaluate import markdown_tables
+from malenia.evaluate.intervals import MIN_CASES, case_arrays, group_intervals, group_means, result_intervals
+
+
+def _case(types: dict, lesions=()) -> dict:
+    """An evaluation.json case entry: types {name: (dsc, gt, pred, hits)}, lesions [(disease, detected, named)]."""
+    return {"types": {t: {"dsc": d, "nsd": 0.0, "gt": g, "pred": p, "hits": h} for t, (d, g, p, h) in types.items()},
+            "lesions": [{"disease": t, "detected": det, "pred_disease": named} for t, det, named in lesions]}
+
+
+def _cases() -> list[dict]:
+    """12 cases of two types; the group means by hand: DSC (mean of a's 0.5 and b's 0.3) 0.4, recall mean(6/12,
+    2/8) 0.375, precision mean(6/9, 2/2) 0.8333, disease accuracy mean(3/6, 2/2) 0.75."""
+    out = []
+    for i in range(6):  # type a: two lesions a case, both found (DSC 1) in every other case, 3 of those 6 named right
+        found = i % 2 == 1
+        first, second = ("a", "c") if i in (1, 3) else ("c", "a") if i == 5 else ("c", "c")
+        out.append(_case({"a": (float(found), 2, 1 + int(found), int(found) * 2)},
+                         [("a", found, first), ("a", found, second)]))
+    for i in range(6):  # type b: dsc 0.3 throughout
+        out.append(_case({"b": (0.3, 1 if i < 5 else 3, 1 if i < 2 else 0, 1 if i < 2 else 0)},
+                         [("b", i < 2, "b")]))
+    return out
+
+
+def test_the_whole_sample_gives_the_group_means_evaluate_reports():
+    cases = _cases()
+    arrays = case_arrays(cases, ["a", "b"])
+    means = group_means(arrays, np.arange(len(cases))[None])
+    assert means["dsc"][0] == pytest.approx((0.5 + 0.3) / 2)
+    assert means["detection_recall"][0] == pytest.approx((6 / 12 + 2 / 8) / 2)
+    assert means["detection_precision"][0] == pytest.approx((6 / 9 + 2 / 2) / 2)
+    assert means["disease_accuracy"][0] == pytest.approx((3 / 6 + 2 / 2) / 2)
+
+
+def test_intervals_hold_the_estimate_are_seeded_and_narrow_to_nothing_without_spread():
+    cases = _cases()
+    iv = group_intervals(cases, ["a", "b"])
+    point = {k: float(v[0]) for k, v in group_means(case_arrays(cases, ["a", "b"]), np.arange(12)[None]).items()}
+    for k, (lo, hi) in iv.items():
+        assert lo <= point[k] <= hi and lo < hi, k
+    # a's mean DSC lies in [0, 1] and b's is 0.3: the group's in [0.15, 0.65], and the resampled a-cases spread it
+    assert 0.15 <= iv["dsc"][0] < 0.35 and 0.45 < iv["dsc"][1] <= 0.65
+    assert group_intervals(cases, ["a", "b"]) == iv  # seeded
+    assert group_intervals(cases, ["a", "b"], seed=1) != iv
+    same = [_case({"a": (0.6, 1, 1, 1)}, [("a", True, "a")])] * MIN_CASES
+    flat = group_intervals(same, ["a"])
+    assert flat["dsc"] == pytest.approx([0.6, 0.6]) and flat["detection_recall"] == [1.0, 1.0]
+    assert flat["detection_precision"] == [1.0, 1.0] and flat["disease_accuracy"] == [1.0, 1.0]
+
+
+def test_a_type_without_predictions_or_too_few_cases_gives_no_number_rather_than_a_wrong_one():
+    quiet = [_case({"a": (0.0, 1, 0, 0)}) for _ in range(MIN_CASES)]
+    iv = group_intervals(quiet, ["a"])
+    assert iv["detection_precision"] is None and iv["disease_accuracy"] is None and iv["dsc"] == [0.0, 0.0]
+    assert all(v is None for v in group_intervals(quiet[: MIN_CASES - 1], ["a"]).values())
+
+
+def test_an_evaluation_result_shows_its_intervals_in_markdown():
+    cases = _cases()
+    result = {"protocol": {"nsd_tolerance_mm": 2.0, "detection_iou_threshold": 0.1},
+              "data": {"name": "x", "split": "all", "cases": len(cases)},
+              "per_type": {}, "cases": cases,
+              "groups": {"seen": None, "unseen": {"types": ["a", "b"], "dsc": 0.4, "nsd": 0.0, "detection_recall": 0.375,
+                                                  "detection_precision": 0.833, "disease_accuracy": 0.75,
+                                                  "attributes": {a: {"precision": None, "recall": None} for a in ASPECTS}}}}
+    iv = result_intervals(result)
+    assert set(iv) == {"unseen"} and iv["unseen"] == group_intervals(cases, ["a", "b"])
+    text = markdown_tables(result)
+    lo, hi = iv["unseen"]["dsc"]
+    assert f"- mean unseen: DSC {lo:.3f}–{hi:.3f}, detection recall" in text
+    result["cases"] = cases[:3]
+    assert "95 % intervals" not in markdown_tables(result)

@@ -1,0 +1,98 @@
+"""How far an evaluation's group means could move with other cases: percentile bootstrap over cases.
+
+A test set of a few dozen cases holds a few lesions per type, so a mean over types such as the zero-shot DSC
+moves by several hundredths when one case is swapped; two models 0.005 apart on it are not told apart by it
+(docs/training.md, twenty-eighth and twenty-ninth rounds). The cases are the independent units (a case's
+lesions share its CT, its model run and its post-processing), so they are resampled whole, with replacement,
+and each group statistic is recomputed exactly as `malenia evaluate` computes it (malenia.evaluate.evaluate:
+per type the mean case DSC, detection recall Σ hits / Σ reference lesions, precision Σ hits / Σ predicted
+lesions and disease accuracy over detected lesions; then the unweighted mean over the group's types that have
+a value). The interval is the 2.5th to 97.5th percentile of those resampled means (Efron & Tibshirani, 1993).
+It reads only an evaluation result's per-case entries, so it applies to every `evaluation.json` written since
+those entries exist, without running a model again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+STATISTICS = ("dsc", "detection_recall", "detection_precision", "disease_accuracy")
+RESAMPLES = 2000
+LEVEL = 0.95
+MIN_CASES = 10  # below this a resample mostly repeats the same few cases: no interval is given
+
+
+def case_arrays(cases: Sequence[dict[str, Any]], types: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per case and type [C, T]: the type's case DSC (NaN where the case holds none of it), reference lesions,
+    predicted lesions, hits, and detected lesions with their disease named right."""
+    shape = (len(cases), len(types))
+    out = {k: np.zeros(shape) for k in ("gt", "pred", "hits", "named", "detected")}
+    out["dsc"] = np.full(shape, np.nan)
+    col = {t: j for j, t in enumerate(types)}
+    for i, case in enumerate(cases):
+        for t, vals in case.get("types", {}).items():
+            if t in col:
+                j = col[t]
+                out["dsc"][i, j] = vals["dsc"]
+                out["gt"][i, j], out["pred"][i, j], out["hits"][i, j] = vals["gt"], vals["pred"], vals["hits"]
+        for les in case.get("lesions", []):
+            if les.get("detected") and les.get("disease") in col:
+                j = col[les["disease"]]
+                out["detected"][i, j] += 1
+                out["named"][i, j] += les.get("pred_disease") == les["disease"]
+    return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over `axis` ignoring NaN; NaN where every value is NaN (without numpy's warning)."""
+    n = (~np.isnan(x)).sum(axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.nansum(x, axis) / np.maximum(n, 1), np.nan)
+
+
+def group_means(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    """The group statistics of the case samples `index` [S, C] (rows of case indices) → each [S]."""
+    take = {k: v[index] for k, v in arrays.items()}  # [S, C, T]
+    per_type = {
+        "dsc": _nanmean(take["dsc"], 1),
+        "detection_recall": _ratio(take["hits"].sum(1), take["gt"].sum(1)),
+        "detection_precision": _ratio(take["hits"].sum(1), take["pred"].sum(1)),
+        "disease_accuracy": _ratio(take["named"].sum(1), take["detected"].sum(1)),
+    }
+    return {k: _nanmean(v, 1) for k, v in per_type.items()}  # over types: [S]
+
+
+def group_intervals(cases: Sequence[dict[str, Any]], types: Sequence[str], resamples: int = RESAMPLES,
+                    level: float = LEVEL, seed: int = 0) -> dict[str, list[float] | None]:
+    """Percentile-bootstrap interval of each of `STATISTICS` for the mean over `types`, resampling `cases`
+    (evaluation.json's entries) whole; None for a statistic no resample defines. Seeded: the same result gives the
+    same intervals. None throughout under MIN_CASES cases."""
+    if len(cases) < MIN_CASES or not types:
+        return {k: None for k in STATISTICS}
+    arrays = case_arrays(cases, types)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(cases), size=(resamples, len(cases)))
+    means = group_means(arrays, index)
+    tail = 100 * (1 - level) / 2
+    out: dict[str, list[float] | None] = {}
+    for k in STATISTICS:
+        v = means[k][~np.isnan(means[k])]
+        out[k] = [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
+    return out
+
+
+def result_intervals(result: dict[str, Any], resamples: int = RESAMPLES) -> dict[str, dict[str, list[float] | None]]:
+    """Intervals for each of an evaluation result's type groups ("unseen", "seen"), from its per-case entries."""
+    out = {}
+    for name in ("unseen", "seen"):
+        group = (result.get("groups") or {}).get(name)
+        if group and result.get("cases"):
+            out[name] = group_intervals(result["cases"], group["types"], resamples)
+    return out
