@@ -5,13 +5,22 @@ import pytest
 
 from malenia.aspects import ASPECTS
 from malenia.evaluate.evaluate import markdown_tables
-from malenia.evaluate.intervals import MIN_CASES, case_arrays, group_intervals, group_means, result_intervals
+from malenia.errors import InputError
+from malenia.evaluate.intervals import (MIN_CASES, case_arrays, comparison_markdown, group_intervals, group_means,
+                                        paired_comparison, result_intervals)
+from segment_helpers import malenia
 
 
 def _case(types: dict, lesions=()) -> dict:
     """An evaluation.json case entry: types {name: (dsc, gt, pred, hits)}, lesions [(disease, detected, named)]."""
     return {"types": {t: {"dsc": d, "nsd": 0.0, "gt": g, "pred": p, "hits": h} for t, (d, g, p, h) in types.items()},
             "lesions": [{"disease": t, "detected": det, "pred_disease": named} for t, det, named in lesions]}
+
+
+def _result(cases: list[dict], group: str = "unseen") -> dict:
+    """An evaluation result around `cases` (named case_00, case_01, ...), its group holding types a and b."""
+    named = [{**c, "case": f"case_{i:02d}"} for i, c in enumerate(cases)]
+    return {"model": {"name": "m", "version": "1"}, "cases": named, "groups": {group: {"types": ["a", "b"]}}}
 
 
 def _cases() -> list[dict]:
@@ -77,3 +86,40 @@ def test_an_evaluation_result_shows_its_intervals_in_markdown():
     assert f"- mean unseen: DSC {lo:.3f}–{hi:.3f}, detection recall" in text
     result["cases"] = cases[:3]
     assert "95 % intervals" not in markdown_tables(result)
+
+
+def test_a_paired_comparison_tells_a_real_gain_from_none():
+    a = _result(_cases())
+    same = paired_comparison(a, _result(_cases()))["unseen"]
+    assert all(r["difference"] == 0 and r["interval"] == [0.0, 0.0] for r in same.values())
+    better = _cases()
+    for c in better:  # every lesion found: recall of a 6/12 -> 12/12, of b 2/8 -> 8/8
+        t = next(iter(c["types"].values()))
+        t["hits"] = t["gt"]
+    diff = paired_comparison(a, _result(better))["unseen"]
+    assert diff["detection_recall"]["difference"] == pytest.approx((12 / 12 - 6 / 12 + 8 / 8 - 2 / 8) / 2)
+    assert diff["detection_recall"]["interval"][0] > 0
+    text = comparison_markdown(a, _result(better), ("old", "new"))
+    assert "A = old, B = new" in text and "| unseen | detection_recall | 0.3750 | 1.0000 | +0.6250 |" in text
+    assert text.splitlines()[5].endswith("B higher |") and "| unseen | dsc |" in text
+
+
+def test_a_paired_comparison_refuses_other_cases_or_no_common_group(tmp_path):
+    a = _result(_cases())
+    with pytest.raises(InputError, match="different cases"):
+        paired_comparison(a, _result(_cases()[:-1]))
+    with pytest.raises(InputError, match="no lesion-type group"):
+        paired_comparison(a, _result(_cases(), group="seen"))
+    with pytest.raises(InputError, match="at least"):
+        paired_comparison(_result(_cases()[:5]), _result(_cases()[:5]))
+
+    import json
+
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(_result(_cases()[:-1])))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    ok = malenia("evaluate", "--compare", tmp_path / "a.json", tmp_path / "a.json")
+    assert ok.returncode == 0 and "not told apart" in ok.stdout, ok.stderr[-2000:]
+    for other in ("b.json", "bad.json", "missing.json"):
+        res = malenia("evaluate", "--compare", tmp_path / "a.json", tmp_path / other)
+        assert res.returncode != 0 and "malenia evaluate: error:" in res.stderr and not res.stdout, other

@@ -4,6 +4,8 @@
         -> DIR/evaluation.json and DIR/evaluation.md (printed too)
     malenia evaluate --model M --card RESULT.json [RESULT.json ...] [--commands FILE]
         -> M/MODEL_CARD.md from those results (the manifest is re-hashed)
+    malenia evaluate --compare A.json B.json [--json]
+        -> two evaluations of the same cases side by side, with the paired 95 % interval of each difference
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--card", nargs="+", default=None, metavar="RESULT.json",
                    help="write MODEL_CARD.md into --model from these evaluation.json files (no evaluation run)")
     p.add_argument("--commands", default=None, help="with --card: a text file of the commands that made the model")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
+                   help="compare two evaluation.json files of the same cases (say two models): group means, B - A and "
+                        "its paired bootstrap 95 %% interval (no evaluation run)")
     add_model_run_options(p)
     p.set_defaults(func=run)
 
@@ -56,25 +61,55 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.card:
         return write_card(args)
+    if args.compare:
+        return compare(args)
     with tempfile.TemporaryDirectory(prefix="malenia-eval-") as tmp:
         if args.image:
             _labelled_scan_dataset(args, tmp)
         return evaluate(args)
 
 
-def write_card(args: argparse.Namespace) -> int:
+def _read_results(paths) -> list[dict]:
     import json
     from pathlib import Path
 
     from malenia.errors import InputError
-    from malenia.evaluate.model_card import write_model_card
 
     results = []
-    for f in args.card:
+    for f in paths:
         try:
             results.append(json.loads(Path(f).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(f"cannot read evaluation result {f}: {err}") from None
+    return results
+
+
+def compare(args: argparse.Namespace) -> int:
+    import json
+
+    from malenia.evaluate.intervals import comparison_markdown, paired_comparison
+
+    from malenia.errors import InputError
+
+    a, b = _read_results(args.compare)
+    for r, f in zip((a, b), args.compare):
+        if not isinstance(r, dict) or not isinstance(r.get("groups"), dict) or not isinstance(r.get("cases"), list):
+            raise InputError(f"{f} is not a malenia evaluation result (evaluation.json with groups and cases)")
+    if args.json:
+        print(json.dumps(paired_comparison(a, b), indent=2))
+        return 0
+    names = tuple(" ".join(str(r.get("model", {}).get(k) or "") for k in ("name", "version")).strip() or f
+                  for r, f in zip((a, b), args.compare))
+    print(comparison_markdown(a, b, names), end="")
+    return 0
+
+
+def write_card(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from malenia.evaluate.model_card import write_model_card
+
+    results = _read_results(args.card)
     commands = Path(args.commands).read_text(encoding="utf-8") if args.commands else None
     path = write_model_card(args.model, results, commands)
     print(f"model card written: {path}")

@@ -96,3 +96,76 @@ def result_intervals(result: dict[str, Any], resamples: int = RESAMPLES) -> dict
         if group and result.get("cases"):
             out[name] = group_intervals(result["cases"], group["types"], resamples)
     return out
+
+
+def _by_case(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["case"]: c for c in result.get("cases") or []}
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], group: str, resamples: int = RESAMPLES,
+                      level: float = LEVEL, seed: int = 0) -> dict[str, dict[str, Any]] | None:
+    """Two evaluations of the same cases (say two models): per statistic of `group` ("unseen", "seen") A's value, B's,
+    B - A and the percentile-bootstrap interval of B - A, each resample drawing the same cases for both (paired,
+    so what the cases share cancels). None when either result lacks the group. InputError when the two results do
+    not hold the same cases, or hold fewer than MIN_CASES."""
+    from malenia.errors import InputError
+
+    ga, gb = (r.get("groups", {}).get(group) for r in (a, b))
+    if not ga or not gb:
+        return None
+    ca, cb = _by_case(a), _by_case(b)
+    if set(ca) != set(cb):
+        only = sorted(set(ca) ^ set(cb))
+        raise InputError(f"the two evaluations hold different cases ({len(only)} in one only, e.g. {only[:3]}): "
+                         "a paired comparison needs the same dataset and split")
+    if len(ca) < MIN_CASES:
+        raise InputError(f"{len(ca)} cases: a paired interval needs at least {MIN_CASES}")
+    order = sorted(ca)
+    types = sorted(set(ga["types"]) | set(gb["types"]))
+    arrays = [case_arrays([c[k] for k in order], types) for c in (ca, cb)]
+    index = np.random.default_rng(seed).integers(0, len(order), size=(resamples, len(order)))
+    whole = np.arange(len(order))[None]
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for k in STATISTICS:
+        va, vb = (float(group_means(x, whole)[k][0]) for x in arrays)
+        diff = group_means(arrays[1], index)[k] - group_means(arrays[0], index)[k]
+        diff = diff[~np.isnan(diff)]
+        interval = [float(np.percentile(diff, tail)), float(np.percentile(diff, 100 - tail))] if len(diff) else None
+        out[k] = {"a": None if np.isnan(va) else va, "b": None if np.isnan(vb) else vb,
+                  "difference": None if np.isnan(va) or np.isnan(vb) else vb - va, "interval": interval}
+    return out
+
+
+def paired_comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """`paired_difference` for every lesion-type group both results hold; InputError when they share none."""
+    from malenia.errors import InputError
+
+    out = {g: d for g in ("unseen", "seen") if (d := paired_difference(a, b, g)) is not None}
+    if not out:
+        raise InputError("the two evaluations have no lesion-type group (seen, unseen) in common")
+    return out
+
+
+def _verdict(interval: list[float] | None) -> str:
+    if interval is None:
+        return "–"
+    return "B higher" if interval[0] > 0 else "B lower" if interval[1] < 0 else "not told apart"
+
+
+def comparison_markdown(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
+    """Both evaluations' group means side by side with the paired 95 % interval of the difference."""
+    lines = [f"Paired comparison on {len(_by_case(a))} cases (percentile bootstrap over whole cases, {RESAMPLES} "
+             f"resamples; A = {names[0]}, B = {names[1]}). \"Not told apart\": the interval holds 0.", "",
+             "| group | statistic | A | B | B - A | 95 % interval | verdict |", "|---|---|---|---|---|---|---|"]
+
+    def fmt(v: float | None, sign: str = "") -> str:
+        return "–" if v is None else f"{v:{sign}.4f}"
+
+    for group, rows in paired_comparison(a, b).items():
+        for k, r in rows.items():
+            iv = r["interval"]
+            cell = "–" if iv is None else f"{fmt(iv[0], '+')} to {fmt(iv[1], '+')}"
+            lines.append(f"| {group} | {k} | {fmt(r['a'])} | {fmt(r['b'])} | {fmt(r['difference'], '+')} | {cell} | "
+                         f"{_verdict(iv)} |")
+    return "\n".join(lines) + "\n"
