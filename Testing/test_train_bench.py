@@ -43,3 +43,28 @@ def test_bench_train_compiled_runs_the_same_step_and_says_so(tmp_path, capsys):
     assert "compiled with eager" in _table(r).splitlines()[0]
     with pytest.raises(SystemExit):  # argparse: not a backend
         main(["bench", "train", "--compile", "tensorrt"])
+
+
+def test_bench_train_profile_writes_the_operator_table_and_counts_what_a_step_dispatches(tmp_path, capsys):
+    """--profile FILE: the operator table of --steps more steps, and the host's aten operators per step and phase
+    (each at least one kernel launch on a GPU: what a latency-bound step has to cut)."""
+    from malenia.train.bench import _table
+
+    make_tiny_dataset(tmp_path / "ds")
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config().to_dict()))
+    out = tmp_path / "profile" / "train.txt"
+    out.parent.mkdir()
+    assert main(["bench", "train", "--config", str(cfg), "--data", str(tmp_path / "ds"), "--batch-size", "2",
+                 "--steps", "1", "--device", "cpu", "--workers", "0", "--precision", "fp32", "--profile", str(out),
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["profile"] == str(out) and r["profiled_steps"] == 1 and r["cuda_kernels_per_step"] is None
+    phases = r["aten_ops_per_phase"]
+    assert set(phases) == {"forward", "losses", "backward", "optimizer"} and all(v > 0 for v in phases.values())
+    assert sum(phases.values()) <= r["aten_ops_per_step"]  # the input's copy and the rest sit outside the phases
+    text = out.read_text()
+    assert text.startswith("malenia bench train --profile: 1 training steps on cpu;")
+    assert "aten::convolution_backward" in text and "Self CPU" in text
+    assert [p.name for p in out.parent.iterdir()] == ["train.txt"]  # written atomically: no staging file left
+    assert "aten operators dispatched a step: forward" in _table(r)

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="as train --compile: torch.compile the network's fixed-shape parts (compiling happens "
                             "in the warm-up steps)")
     train.add_argument("--workers", type=int, default=None, help="loader worker processes (default: from the CPU count)")
+    train.add_argument("--profile", default=None, metavar="FILE",
+                       help="then profile --steps more steps (torch.profiler) and write the operator table to FILE")
     p.set_defaults(func=_run)
 
 

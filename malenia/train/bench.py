@@ -1,7 +1,7 @@
 """`malenia bench train`: training steps per second here, and the share of a step in each phase.
 
     malenia bench train [--config compact] [--batch-size 16] [--device cpu|cuda] [--steps 5] [--data DATASET]
-                        [--workers W] [--warmup 1] [--compile [BACKEND]] [--json]
+                        [--workers W] [--warmup 1] [--compile [BACKEND]] [--profile FILE] [--json]
 
 The trainer's own setup and step (malenia.train.loop.Trainer) on a dataset (default: 4 phantom cases
 synthesised into a temporary folder), batches drawn as in training (loader workers, pinned memory). Phases:
@@ -9,7 +9,10 @@ data wait (next batch + copy to the device), forward (without matching), matchin
 block, inside the forward), losses, backward, optimizer (clipping, AdamW, schedule). After --warmup untimed steps
 (default 1), --steps steps are timed; on CUDA every phase boundary synchronises the device (malenia.train.timing), so
 steps/s is slightly below the training loop's. The load average is printed: on a shared machine other work
-slows every phase.
+slows every phase. `--profile FILE` then runs --steps more steps under torch.profiler (CPU, and CUDA where it
+runs) and writes its operator table to FILE: which operators and kernels the step's time goes to, and how many of
+them a step launches. On a GPU whose step is bound by latency rather than arithmetic (docs/training.md, "Training
+on a GPU machine without network") the launch count is what a faster step has to cut.
 """
 
 from __future__ import annotations
@@ -47,9 +50,64 @@ def _config(name: str):
         raise InputError(f"cannot read model config {name}: {err}") from None
 
 
+def _issued(event) -> bool:
+    """An aten operator the host dispatched itself, not one another operator ran inside it."""
+    parent = event.cpu_parent
+    return event.name.startswith("aten::") and not (parent is not None and parent.name.startswith("aten::"))
+
+
+def _per_phase(events, steps: int) -> dict[str, float]:
+    """Host-issued aten operators per step in each phase of the trainer's step (the forward with the matching), by
+    start time within the phase's ranges (the backward's operators may run on the autograd engine's own thread)."""
+    from torch.autograd import DeviceType
+
+    ranges = [(e.name.split(":", 1)[1], e.time_range.start, e.time_range.end) for e in events
+              if e.name.startswith("phase:")]
+    counts = dict.fromkeys(("forward", "losses", "backward", "optimizer"), 0)  # the forward holds the matching
+    for e in events:
+        if e.device_type == DeviceType.CPU and _issued(e):
+            phase = next((n for n, a, b in ranges if a <= e.time_range.start < b), None)
+            if phase in counts:
+                counts[phase] += 1
+    return {k: v / steps for k, v in counts.items()}
+
+
+def profile_steps(trainer, batches, device, steps: int, path: Path) -> dict[str, Any]:
+    """`steps` training steps under torch.profiler; writes the operator table (by self time on the device that
+    ran them) to `path` atomically and returns the counts per step: aten operators the host dispatched (in all and
+    per phase), and CUDA kernels launched (None on the CPU). On a latency-bound GPU step each dispatched operator
+    is at least one kernel launch."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from malenia.atomic import write_text
+    from malenia.train.data import to_device
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            values = trainer.train_step(*to_device(next(batches), device), lambda phase: record_function(f"phase:{phase}"))
+        float(values["total"])
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.events()
+    issued = sum(1 for e in events if e.device_type == DeviceType.CPU and _issued(e)) / steps
+    kernels = sum(1 for e in events if e.device_type == DeviceType.CUDA) / steps if cuda else None
+    phases = _per_phase(events, steps)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=50)
+    head = (f"malenia bench train --profile: {steps} training steps on {device}; per step {issued:.0f} aten operators "
+            f"dispatched by the host (" + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + ")"
+            + (f", {kernels:.0f} CUDA kernels" if cuda else "") + "\n\n")
+    write_text(path, head + table + "\n")
+    return {"profile": str(path), "profiled_steps": steps, "aten_ops_per_step": issued,
+            "aten_ops_per_phase": phases, "cuda_kernels_per_step": kernels}
+
+
 def measure(config: str, batch: int | None = None, device: str = "auto", steps: int = 5, data: Path | None = None,
             workers: int | None = None, warmup: int = 1, precision: str = "auto",
-            compile: str | None = None) -> dict[str, Any]:
+            compile: str | None = None, profile: Path | None = None) -> dict[str, Any]:
     import torch
 
     from malenia.train.data import batch_loader, default_workers, to_device
@@ -66,7 +124,7 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
         trainer = Trainer(opts, info)
         trainer.setup()
         workers = workers if workers is not None else default_workers()
-        batches = batch_loader(trainer.stream, 0, steps + warmup, trainer.batch, workers=workers,
+        batches = batch_loader(trainer.stream, 0, steps * (2 if profile else 1) + warmup, trainer.batch, workers=workers,
                                pin_memory=info.device.type == "cuda")
         trainer.t_start, trainer._now = time.perf_counter(), 0.0
         t0 = time.perf_counter()
@@ -87,6 +145,7 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
             values = trainer.train_step(images, targets, timer)
         float(values["total"])  # the last step's work is done
         total = time.perf_counter() - start
+        profiled = profile_steps(trainer, batches, info.device, steps, Path(profile)) if profile else {}
     share = {k: timer.seconds.get(k, 0.0) / total for k in PHASES}
     return {"config": cfg.name, "batch_size": trainer.batch, "device": str(info.device), "steps": steps, "warmup": warmup,
             "workers": workers, "amp_bfloat16": trainer.precision.bfloat16, "precision": trainer.precision.name,
@@ -94,7 +153,7 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
             "step_s": total / steps, "share": share, "host_overhead_share": share["data_wait"] + share["matching"]
             + share["losses"], "load_average": list(load), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None}
+            "gpu": torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None, **profiled}
 
 
 def _table(r: dict[str, Any]) -> str:
@@ -108,6 +167,12 @@ def _table(r: dict[str, Any]) -> str:
         lines.append(f"  {k:<10} {100 * r['share'][k]:5.1f} %")
     lines.append(f"  data wait + matching + losses: {100 * r['host_overhead_share']:.1f} % of a step")
     lines.append(f"  load average before: {r['load_average'][0]:.1f} on {r['cpus']} cores (other work slows every phase)")
+    if r.get("profile"):
+        kernels = r.get("cuda_kernels_per_step")
+        per = ", ".join(f"{k} {v:.0f}" for k, v in r["aten_ops_per_phase"].items())
+        lines.append(f"  profile of {r['profiled_steps']} more steps: {r['profile']} ({r['aten_ops_per_step']:.0f} aten "
+                     f"operators dispatched a step: {per}" + (f"; {kernels:.0f} CUDA kernels" if kernels is not None
+                                                              else "") + ")")
     return "\n".join(lines)
 
 
@@ -121,6 +186,6 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise InputError("--warmup must be 0 or more")
     result = measure(args.config, args.batch_size, args.device, args.steps, args.data, args.workers, args.warmup,
-                     args.precision, args.compile)
+                     args.precision, args.compile, args.profile)
     print(json.dumps(result) if args.json else _table(result))
     return 0
