@@ -238,3 +238,25 @@ def test_input_windows_outside_the_preprocessed_range_are_refused(changes, messa
         tiny(**changes)
     wide = tiny(hu_window=(-1000.0, 400.0), input_windows=((-200.0, 400.0), (-1000.0, -200.0)))
     assert wide.loads_weights_of(tiny()) and not tiny().loads_weights_of(wide)  # channels may be added, not dropped
+
+
+def test_training_slot_weights_take_each_matched_lesion_s_rows_per_aspect_and_t0_elsewhere():
+    """CMKI's training slots: a matched token's slot of aspect a spreads its weight evenly over its lesion's bank rows
+    of that aspect; a slot without such a row, and every slot of an unmatched token, is t0 (column 0)."""
+    from malenia.model.cmki import training_slot_weights
+    from malenia.model.targets import LesionTargets
+
+    bank_aspects = torch.tensor([0, 0, 1, 2, 2, 2])  # rows 0-1 aspect 0, row 2 aspect 1, rows 3-5 aspect 2
+    masks = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    targets = [LesionTargets(masks, [[0, 3, 5], [2]]), LesionTargets(masks[:1], [[1]])]
+    matches = [(torch.tensor([2, 0]), torch.tensor([0, 1])), (torch.tensor([1]), torch.tensor([0]))]
+    w = training_slot_weights(matches, targets, bank_aspects, num_tokens=3, multi_positive=True)
+    assert w.shape == (2, 3, 8, 7) and w.dtype == torch.float32
+    expected = torch.zeros(2, 3, 8, 7)
+    expected[..., 0] = 1.0
+    expected[0, 2, 0] = torch.tensor([0, 1, 0, 0, 0, 0, 0.0])  # image 0, token 2 <- lesion 0: aspect 0 row 0
+    expected[0, 2, 2] = torch.tensor([0, 0, 0, 0, 0.5, 0, 0.5])  # aspect 2: rows 3 and 5, half each
+    expected[0, 0, 1] = torch.tensor([0, 0, 0, 1, 0, 0, 0.0])  # token 0 <- lesion 1: aspect 1 row 2
+    expected[1, 1, 0] = torch.tensor([0, 0, 1, 0, 0, 0, 0.0])  # image 1, token 1 <- lesion 0: aspect 0 row 1
+    assert torch.equal(w, expected)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 3, 8))  # every slot a distribution over [t0, bank]

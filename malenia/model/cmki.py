@@ -11,6 +11,7 @@ and to themselves.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,10 +74,13 @@ def training_slot_weights(
     num_tokens: int,
     multi_positive: bool,
 ) -> torch.Tensor:
-    """[B, N, 8, R+1] weights over [t0, bank] that build each token's slots from its matched lesion."""
+    """[B, N, 8, R+1] weights over [t0, bank] that build each token's slots from its matched lesion.
+
+    Filled in numpy and copied once: per matched lesion and slot a torch index_put costs an operator dispatch on
+    the host, a numpy assignment a fraction of it (the step is bound by dispatch on a GPU, docs/training.md)."""
     r = bank_aspects.shape[0]
     aspects = bank_aspects.tolist()
-    w = torch.zeros(len(targets), num_tokens, NUM_SLOTS, r + 1)
+    w = np.zeros((len(targets), num_tokens, NUM_SLOTS, r + 1), np.float32)
     w[..., 0] = 1.0  # t0 unless the token is matched and the aspect described
     slot_of = slot_aspects(multi_positive)
     for b, ((tok, les), tgt) in enumerate(zip(matches, targets)):
@@ -87,7 +91,7 @@ def training_slot_weights(
                 if chosen:
                     w[b, j, s, 0] = 0.0
                     w[b, j, s, [row + 1 for row in chosen]] = 1.0 / len(chosen)
-    return w.to(bank_aspects.device)
+    return torch.from_numpy(w).to(bank_aspects.device)
 
 
 def inference_slot_weights(best_rows: torch.Tensor, num_candidates: int) -> torch.Tensor:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,14 +72,16 @@ def mp_nce(sim: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 def positive_sets(
     matches: list[Match], targets: list[LesionTargets], num_tokens: int, num_rows: int, multi_positive: bool, device
 ) -> torch.Tensor:
-    """bool [B, N, R+1] over [t0, bank]: a matched token's positives are its lesion's rows, others t0."""
-    pos = torch.zeros(len(targets), num_tokens, num_rows + 1, dtype=torch.bool)
-    pos[..., 0] = True
+    """bool [B, N, R+1] over [t0, bank]: a matched token's positives are its lesion's rows, others t0. Filled in
+    numpy (a torch index_put per lesion is an operator dispatch on the host; malenia.model.cmki)."""
+    host = np.zeros((len(targets), num_tokens, num_rows + 1), bool)
+    host[..., 0] = True
     for b, ((tok, les), tgt) in enumerate(zip(matches, targets)):
         for j, k in zip(tok.tolist(), les.tolist()):
             rows = tgt.positives[k] if multi_positive else [tgt.report_rows[k]]
-            pos[b, j, 0] = False  # a lesion without descriptions leaves its token out of L_sim
-            pos[b, j, [r + 1 for r in rows]] = True
+            host[b, j, 0] = False  # a lesion without descriptions leaves its token out of L_sim
+            host[b, j, [r + 1 for r in rows]] = True
+    pos = torch.from_numpy(host)
     if torch.device(device).type == "cuda":  # built on the host from the matches; copied without a wait
         return pos.pin_memory().to(device, non_blocking=True)
     return pos.to(device)
