@@ -260,3 +260,23 @@ def test_training_slot_weights_take_each_matched_lesion_s_rows_per_aspect_and_t0
     expected[1, 1, 0] = torch.tensor([0, 0, 1, 0, 0, 0, 0.0])  # image 1, token 1 <- lesion 0: aspect 0 row 1
     assert torch.equal(w, expected)
     assert torch.allclose(w.sum(-1), torch.ones(2, 3, 8))  # every slot a distribution over [t0, bank]
+
+
+def test_token_masks_in_the_channels_last_layout_give_the_einsum_s_values_and_gradients():
+    """The mask product on channels-last keys runs on their [B, P, C] view: same values and gradients as the einsum,
+    and a channels-last result (so the ensemble's convolutions need no conversion); other layouts take the einsum."""
+    from malenia.model.layers import token_masks
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(2, 7, 3, 4, 6, dtype=torch.float64)
+    for layout in (torch.channels_last_3d, torch.contiguous_format):
+        k = base.clone().contiguous(memory_format=layout).requires_grad_(True)
+        ref_k = base.clone().requires_grad_(True)
+        out = token_masks(q, k)
+        ref = torch.einsum("bnc,bczyx->bnzyx", q, ref_k)
+        assert out.shape == (2, 5, 3, 4, 6) and torch.allclose(out, ref)
+        assert out.is_contiguous(memory_format=layout)
+        g = torch.randn_like(ref)
+        (gq, gk), (rq, rk) = (torch.autograd.grad(o, (q, kk), g) for o, kk in ((out, k), (ref, ref_k)))
+        assert torch.allclose(gq, rq) and torch.allclose(gk, rk)

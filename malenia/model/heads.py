@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from malenia.model.config import MaleniaConfig
+from malenia.model.layers import token_masks
 
 
 class MaskHeads(nn.Module):
@@ -33,7 +34,7 @@ class MaskHeads(nn.Module):
             self.ensemble[2].bias.zero_()
 
     def _masks(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bnc,bczyx->bnzyx", q, k) * self.scale
+        return token_masks(q * self.scale, k)
 
     def forward(self, m_hat: torch.Tensor, t_hat: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
         k = self.phi_k(f4)
