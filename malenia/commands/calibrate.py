@@ -2,8 +2,9 @@
 validation cases.
 
 Sweeps the foreground threshold and the minimum lesion volume (malenia.evaluate.calibrate), prints
-the table and stores the best pair (up to one lesion's worth of score, `--no-margin`: exactly) in M/inference.json (the manifest is re-hashed), from where
-`segment`, `demo`, `evaluate` and the Slicer module take their defaults. `--dry-run` only prints.
+the table and stores the best pair (up to one lesion's worth of score; `--no-margin`: exactly) in
+M/inference.json (the manifest is re-hashed), from where `segment`, `demo`, `evaluate` and the Slicer module take
+their defaults. `--dry-run` only prints.
 A repeated `--data` pools the split of every dataset named (e.g. synthetic validation cases and real
 nodules: a minimum volume chosen on cases without small lesions would delete every small lesion).
 """

@@ -87,9 +87,8 @@ def _read_results(paths) -> list[dict]:
 def compare(args: argparse.Namespace) -> int:
     import json
 
-    from malenia.evaluate.intervals import comparison_markdown, paired_comparison
-
     from malenia.errors import InputError
+    from malenia.evaluate.intervals import comparison_markdown, paired_comparison
 
     a, b = _read_results(args.compare)
     for r, f in zip((a, b), args.compare):

@@ -17,8 +17,9 @@ and then the larger minimum volume wins, i.e. the one with fewer false positives
 calibration chose 25 mm³ over 50 mm³ for a score 0.0002 higher, one validation lesion for three more predictions;
 half its false positives on the unseen-type test set were then under 100 mm³ (docs/training.md, twenty-eighth and
 twenty-ninth rounds). `margin=False` takes the best score exactly (the rule up to 2.10.0).
-A model with a lesion verifier (malenia.model.lesion_verifier) is calibrated with it in place, as `segment` runs it: its false positives do not count against a threshold the verifier cleans up after (run
-`malenia calibrate` again after `malenia fit-verifier`).
+A model with a lesion verifier (malenia.model.lesion_verifier) is calibrated with it in place, as `segment`
+runs it: its false positives do not count against a threshold the verifier cleans up after (run `malenia
+calibrate` again after `malenia fit-verifier`).
 
 The result is stored in the model folder as `inference.json` (malenia.model.folder.InferenceDefaults),
 which `segment`, `demo`, `evaluate` and the Slicer module use unless the user sets the values.

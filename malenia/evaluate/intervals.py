@@ -76,16 +76,22 @@ def group_intervals(cases: Sequence[dict[str, Any]], types: Sequence[str], resam
     same intervals. None throughout under MIN_CASES cases."""
     if len(cases) < MIN_CASES or not types:
         return {k: None for k in STATISTICS}
-    arrays = case_arrays(cases, types)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(cases), size=(resamples, len(cases)))
-    means = group_means(arrays, index)
+    means = group_means(case_arrays(cases, types), _resamples(len(cases), resamples, seed))
+    return {k: _percentile_interval(means[k], level) for k in STATISTICS}
+
+
+def _resamples(cases: int, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, cases] case indices drawn with replacement, seeded."""
+    return np.random.default_rng(seed).integers(0, cases, size=(resamples, cases))
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> list[float] | None:
+    """The central `level` percentile interval of the defined (non-NaN) values; None when there are none."""
+    v = values[~np.isnan(values)]
+    if not len(v):
+        return None
     tail = 100 * (1 - level) / 2
-    out: dict[str, list[float] | None] = {}
-    for k in STATISTICS:
-        v = means[k][~np.isnan(means[k])]
-        out[k] = [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
-    return out
+    return [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
 
 
 def result_intervals(result: dict[str, Any], resamples: int = RESAMPLES) -> dict[str, dict[str, list[float] | None]]:
@@ -123,17 +129,15 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any], group: str, resample
     order = sorted(ca)
     types = sorted(set(ga["types"]) | set(gb["types"]))
     arrays = [case_arrays([c[k] for k in order], types) for c in (ca, cb)]
-    index = np.random.default_rng(seed).integers(0, len(order), size=(resamples, len(order)))
-    whole = np.arange(len(order))[None]
-    tail = 100 * (1 - level) / 2
+    index = _resamples(len(order), resamples, seed)
+    point_a, point_b = (group_means(x, np.arange(len(order))[None]) for x in arrays)
+    drawn_a, drawn_b = (group_means(x, index) for x in arrays)  # the same resamples for both
     out = {}
     for k in STATISTICS:
-        va, vb = (float(group_means(x, whole)[k][0]) for x in arrays)
-        diff = group_means(arrays[1], index)[k] - group_means(arrays[0], index)[k]
-        diff = diff[~np.isnan(diff)]
-        interval = [float(np.percentile(diff, tail)), float(np.percentile(diff, 100 - tail))] if len(diff) else None
+        va, vb = float(point_a[k][0]), float(point_b[k][0])
         out[k] = {"a": None if np.isnan(va) else va, "b": None if np.isnan(vb) else vb,
-                  "difference": None if np.isnan(va) or np.isnan(vb) else vb - va, "interval": interval}
+                  "difference": None if np.isnan(va) or np.isnan(vb) else vb - va,
+                  "interval": _percentile_interval(drawn_b[k] - drawn_a[k], level)}
     return out
 
 

@@ -88,7 +88,8 @@ def token_masks(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     on that view, [B, P, C] @ [B, C, N], and comes out channels-last itself, so neither k nor the result is
     converted. An einsum over the channels-first view made autograd turn k's gradient ([B, 96, 64³] at full
     resolution) back into channels-last in every backward, 300 ms of a bfloat16 CPU step at batch 2 in the
-    profile; the step is about 10 % shorter without it (docs/training.md, "What a step dispatches"). The values are the einsum's up to rounding."""
+    profile; the step is about 10 % shorter without it (docs/training.md, "What a step dispatches"). The values
+    are the einsum's up to rounding."""
     b, c, d, h, w = k.shape
     if c > 1 and k.is_contiguous(memory_format=torch.channels_last_3d):
         flat = k.permute(0, 2, 3, 4, 1).reshape(b, d * h * w, c)  # a view, no copy

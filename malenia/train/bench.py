@@ -75,8 +75,8 @@ def _per_phase(events, steps: int) -> dict[str, float]:
 def profile_steps(trainer, batches, device, steps: int, path: Path) -> dict[str, Any]:
     """`steps` training steps under torch.profiler; writes the operator table (by self time on the device that
     ran them) to `path` atomically and returns the counts per step: aten operators the host dispatched (in all and
-    per phase), and CUDA kernels launched (None on the CPU). On a latency-bound GPU step each dispatched operator
-    is at least one kernel launch."""
+    per phase), and CUDA kernels launched (None on the CPU). On a latency-bound GPU step most dispatched operators
+    launch a kernel (views and shape queries do not)."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
