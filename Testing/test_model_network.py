@@ -280,3 +280,105 @@ def test_token_masks_in_the_channels_last_layout_give_the_einsum_s_values_and_gr
         g = torch.randn_like(ref)
         (gq, gk), (rq, rk) = (torch.autograd.grad(o, (q, kk), g) for o, kk in ((out, k), (ref, ref_k)))
         assert torch.allclose(gq, rq) and torch.allclose(gk, rk)
+
+
+def test_attention_layer_gives_multihead_attention_s_values_and_gradients_with_and_without_autocast():
+    """multi_head_attention computes nn.MultiheadAttention's forward with its own parameters: same outputs and
+    parameter gradients in float64 for cross- and self-attention with a mask (True: may attend; a row of all True
+    is unmasked), and close under CPU bfloat16 autocast, where it casts the packed weight once."""
+    from malenia.model.layers import multi_head_attention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).double()
+    q, kv = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 9, 16, dtype=torch.float64)
+    pos = torch.randn(2, 9, 16, dtype=torch.float64)
+    allowed = torch.rand(2, 5, 9) > 0.5
+    allowed[0, 1] = True
+    allowed[:, :, 0] = True  # every query sees a key
+    cases = [(q, kv + pos, kv, allowed), (q, q, q, None)]
+    for qq, k, v, mask in cases:
+        ref = mha(qq, k, v, attn_mask=None if mask is None else ~mask.repeat_interleave(4, 0), need_weights=False)[0]
+        out = multi_head_attention(mha, qq, k, v, mask)
+        assert torch.allclose(out, ref, atol=1e-12)
+        g = torch.randn_like(ref)
+        params = [mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight]
+        for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+            assert torch.allclose(a, b, atol=1e-12)
+    mha32 = mha.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = multi_head_attention(mha32, q.float(), (kv + pos).float(), kv.float(), allowed)
+    ref = mha32(q.float(), (kv + pos).float(), kv.float(), attn_mask=~allowed.repeat_interleave(4, 0), need_weights=False)[0]
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.05
+
+
+def test_rank_slots_ranks_each_slot_among_its_aspect_s_rows_only():
+    """The masked softmax over all slots at once gives, per slot, the top rows of its own aspect and their
+    probabilities among those rows alone; -1 and 0 past the rows an aspect has (here aspect 7 has one row,
+    aspect 6 none) and past a bank smaller than k."""
+    from malenia.model.attributes import rank_slots
+
+    torch.manual_seed(1)
+    aspects = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 7, 0, 5])
+    sim = torch.randn(2, 3, len(aspects) + 1)
+    rows, scores = rank_slots(sim, aspects, 3)
+    assert rows.shape == scores.shape == (2, 3, 8, 3)
+    for slot in range(8):
+        cols = (aspects == slot).nonzero().flatten()
+        p = sim[..., 1:][..., cols].softmax(-1)
+        top = p.topk(min(3, len(cols)), dim=-1)
+        n = len(cols)
+        assert torch.equal(rows[..., slot, :n], cols[top.indices])
+        assert torch.allclose(scores[..., slot, :n], top.values)
+        assert (rows[..., slot, n:] == -1).all() and (scores[..., slot, n:] == 0).all()
+    rows, scores = rank_slots(sim[..., :3], aspects[:2], 3)  # two bank rows, k = 3
+    assert rows.shape == (2, 3, 8, 3) and (rows[..., 2:, :] == -1).all() and (rows[..., :2, 1:] == -1).all()
+    single, _ = rank_slots(sim, torch.full((len(aspects),), -1), 2, multi_positive=False)
+    assert (single == single[..., :1, :]).all() and (single >= 0).all()  # every slot ranks the report rows
+
+
+def test_a_training_forward_and_its_losses_read_nothing_back_from_the_device():
+    """No operator that makes a GPU wait for the host's read-back (nonzero, item, boolean indexing) in a
+    training forward and its losses, after the aspects were checked once; the matching's one copy of its costs to
+    the host is a device transfer, not among these. The same aspects tensor changed in place is checked again."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    syncing = {"nonzero", "_local_scalar_dense", "masked_select", "is_nonzero", "item", "_unique2", "unique_dim"}
+
+    class Record(TorchDispatchMode):
+        seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name.split("::")[-1]
+            if name in syncing:
+                self.seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    cfg = tiny()
+    net = MaleniaNet(cfg)
+    b, a = bank()
+    shape = (32, 32, 32)
+    targets = [box_targets(shape, [(5, 5, 5, 8)], [list(range(8))]), box_targets(shape, [], [])]
+    image = torch.rand(2, 1, *shape)
+    net(image, b, a, targets)  # the first call checks the aspects' values
+    with Record() as rec:
+        MaleniaCriterion(cfg)(net(image, b, a, targets), targets)["total"]
+    assert rec.seen == []
+    a[0] = 99
+    with pytest.raises(InputError, match="must index"):
+        net(image, b, a, targets)
+
+
+def test_the_position_encoding_is_made_once_per_shape_and_is_an_ordinary_tensor():
+    """Cached: the same tensor for the same shape, a different one for another; made first under inference mode
+    (as segment does) it can still enter a training graph."""
+    from malenia.model.layers import sine_position_3d
+
+    with torch.inference_mode():
+        first = sine_position_3d((3, 4, 5), 12, torch.device("cpu"))
+    assert sine_position_3d((3, 4, 5), 12, torch.device("cpu")) is first
+    assert sine_position_3d((3, 4, 6), 12, torch.device("cpu")).shape == (72, 12)
+    assert not first.is_inference() and not first.requires_grad
+    w = torch.ones(12, requires_grad=True)
+    (first * w).sum().backward()
+    assert torch.allclose(w.grad, first.sum(0))

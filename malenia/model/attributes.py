@@ -9,6 +9,7 @@ REPORT_ASPECT (-1) and every slot chooses among them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from malenia.aspects import ASPECTS
 
@@ -30,20 +31,18 @@ def rank_slots(
     Returns rows [B, N, 8, k] (bank row indices, -1 where the aspect has fewer than k rows)
     and scores [B, N, 8, k] (0 there).
     """
-    b, n = sim.shape[:2]
-    rows = torch.full((b, n, NUM_SLOTS, k), -1, dtype=torch.int64, device=sim.device)
-    scores = torch.zeros((b, n, NUM_SLOTS, k), dtype=sim.dtype, device=sim.device)
-    bank_sim = sim[..., 1:]
-    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for s, aspect in enumerate(slot_aspects(multi_positive)):
-        if aspect not in cache:
-            cols = (bank_aspects == aspect).nonzero().flatten()
-            if cols.numel() == 0:
-                continue
-            p = bank_sim[..., cols].softmax(-1)
-            top = p.topk(min(k, cols.numel()), dim=-1)
-            cache[aspect] = (cols[top.indices], top.values)
-        r, v = cache[aspect]
-        rows[:, :, s, : r.shape[-1]] = r
-        scores[:, :, s, : v.shape[-1]] = v
+    slots = (torch.arange(NUM_SLOTS, device=sim.device) if multi_positive  # made on the device: no copy from the host
+             else torch.full((NUM_SLOTS,), REPORT_ASPECT, device=sim.device))
+    member = bank_aspects[None, :] == slots[:, None]  # [8, R]: the bank rows each slot chooses among
+    bank_sim = sim[..., 1:].unsqueeze(-2)  # [B, N, 1, R]
+    # one masked softmax over all slots (a loop over aspects looked up each one's rows with nonzero, a device
+    # synchronisation per aspect); rows outside the slot's aspect get probability 0 and are never chosen
+    p = bank_sim.masked_fill(~member, float("-inf")).softmax(-1)
+    top = p.topk(min(k, p.shape[-1]), dim=-1)
+    chosen = member.expand(p.shape).gather(-1, top.indices)  # False where the aspect has fewer rows (or none: NaN)
+    rows = torch.where(chosen, top.indices, -1)
+    scores = torch.where(chosen, top.values, 0)
+    if rows.shape[-1] < k:  # a bank of fewer than k rows
+        pad = (0, k - rows.shape[-1])
+        rows, scores = F.pad(rows, pad, value=-1), F.pad(scores, pad, value=0)
     return rows, scores

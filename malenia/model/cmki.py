@@ -19,7 +19,7 @@ from malenia.model.attributes import NUM_SLOTS, slot_aspects
 from malenia.model.config import MaleniaConfig
 from malenia.model.layers import MLP, AttentionLayer
 from malenia.model.matcher import Match
-from malenia.model.targets import LesionTargets
+from malenia.model.targets import LesionTargets, from_host
 
 
 class CMKILayer(nn.Module):
@@ -70,16 +70,21 @@ class KnowledgeInjection(nn.Module):
 def training_slot_weights(
     matches: list[Match],
     targets: list[LesionTargets],
-    bank_aspects: torch.Tensor,
+    bank_aspects: torch.Tensor | list[int],
     num_tokens: int,
     multi_positive: bool,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """[B, N, 8, R+1] weights over [t0, bank] that build each token's slots from its matched lesion.
 
     Filled in numpy and copied once: per matched lesion and slot a torch index_put costs an operator dispatch on
-    the host, a numpy assignment a fraction of it (the step is bound by dispatch on a GPU, docs/training.md)."""
-    r = bank_aspects.shape[0]
-    aspects = bank_aspects.tolist()
+    the host, a numpy assignment a fraction of it (the step is bound by dispatch on a GPU, docs/training.md).
+    `bank_aspects` as a host list (the network keeps one) saves reading the device's copy back at every step;
+    `device` defaults to the tensor's."""
+    if isinstance(bank_aspects, torch.Tensor):
+        device = bank_aspects.device if device is None else device
+        bank_aspects = bank_aspects.tolist()
+    aspects, r = bank_aspects, len(bank_aspects)
     w = np.zeros((len(targets), num_tokens, NUM_SLOTS, r + 1), np.float32)
     w[..., 0] = 1.0  # t0 unless the token is matched and the aspect described
     slot_of = slot_aspects(multi_positive)
@@ -91,7 +96,7 @@ def training_slot_weights(
                 if chosen:
                     w[b, j, s, 0] = 0.0
                     w[b, j, s, [row + 1 for row in chosen]] = 1.0 / len(chosen)
-    return torch.from_numpy(w).to(bank_aspects.device)
+    return from_host(w, device if device is not None else "cpu")
 
 
 def inference_slot_weights(best_rows: torch.Tensor, num_candidates: int) -> torch.Tensor:

@@ -23,8 +23,8 @@ class DecoderBlock(nn.Module):
         self.self_attn = AttentionLayer(cfg.embed_dim, cfg.num_heads, cfg.dropout)
         self.ffn = FFNLayer(cfg.embed_dim, cfg.ffn_dim, cfg.dropout)
 
-    def forward(self, tokens, token_pos, memory, memory_pos, attn_mask=None):
-        tokens = self.cross(tokens, memory, token_pos, memory_pos, attn_mask)
+    def forward(self, tokens, token_pos, memory, memory_pos, allowed=None):
+        tokens = self.cross(tokens, memory, token_pos, memory_pos, allowed)
         tokens = self.self_attn(tokens, tokens, token_pos, token_pos)
         return self.ffn(tokens)
 
@@ -35,7 +35,6 @@ class TokenDecoder(nn.Module):
     def __init__(self, cfg: MaleniaConfig, feature_channels: list[int]):
         super().__init__()
         c = cfg.embed_dim
-        self.num_heads = cfg.num_heads
         self.masked_attention = cfg.masked_attention
         # Mask2Former's input projections: scale i features (C^i channels) to C for keys and proposals.
         self.proj = nn.ModuleList(nn.Conv3d(ch, c, 1) for ch in feature_channels[: cfg.num_blocks])
@@ -55,14 +54,14 @@ class TokenDecoder(nn.Module):
         return tokens, logits
 
     def _attention_mask(self, logits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """Masked attention: each token sees only the voxels its previous proposal covers.
+        """Masked attention: each token sees only the voxels its previous proposal covers ([B, N, L], True: seen).
 
-        A token whose proposal is empty sees everything (Mask2Former), so it can still find a lesion.
+        A token whose proposal is empty sees everything (Mask2Former), so it can still find a lesion. Written
+        without boolean indexing, which would read the mask back to the host (a device synchronisation).
         """
         logits = F.interpolate(logits.detach(), size=shape, mode="trilinear", align_corners=False)
-        blocked = (logits.sigmoid() < 0.5).flatten(2)  # [B, N, L]
-        blocked[blocked.all(-1)] = False
-        return blocked.repeat_interleave(self.num_heads, dim=0)
+        allowed = (logits.sigmoid() >= 0.5).flatten(2)
+        return allowed | ~allowed.any(-1, keepdim=True)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         b = features[0].shape[0]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -25,7 +27,11 @@ class MLP(nn.Module):
 
 
 class AttentionLayer(nn.Module):
-    """Post-norm residual attention: norm(x + Attn(x + x_pos, kv + kv_pos, kv))."""
+    """Post-norm residual attention: norm(x + Attn(x + x_pos, kv + kv_pos, kv)).
+
+    `allowed` [B, Nq, Nk] (True: the query may attend to that key) masks the attention; every row needs one True.
+    The parameters are nn.MultiheadAttention's (`attn`, so model folders keep their keys); `multi_head_attention`
+    computes its batch-first forward in fewer operators."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -39,12 +45,48 @@ class AttentionLayer(nn.Module):
         kv: torch.Tensor,
         x_pos: torch.Tensor | None = None,
         kv_pos: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         q = x if x_pos is None else x + x_pos
-        k = kv if kv_pos is None else kv + kv_pos
-        out = self.attn(q, k, kv, attn_mask=attn_mask, need_weights=False)[0]
+        if kv is x and kv_pos is x_pos:  # self-attention: the keys are the queries, projected once
+            k = q
+        else:
+            k = kv if kv_pos is None else kv + kv_pos
+        out = multi_head_attention(self.attn, q, k, kv, allowed)
         return self.norm(x + self.dropout(out))
+
+
+def multi_head_attention(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """`mha(q, k, v, attn_mask=~allowed, need_weights=False)[0]` for batch-first q [B, Nq, C], k and v [B, Nk, C],
+    equal up to rounding, in about a third of the operators.
+
+    Why not nn.MultiheadAttention itself: for distinct q, k and v it projects with slices of its packed weight, and
+    autocast casts a parameter to bfloat16 once per forward but a slice of one at every use: 11 casts a call, 108
+    of the 911 operators a bfloat16 training step's forward dispatched at batch 2 (with its mask handling, 224).
+    Here each projection multiplies by the whole packed weight and keeps its third of the output: three times
+    the arithmetic of products that are small (16 tokens, at most a few hundred key positions per block), and no
+    cast beyond the first; an input given twice (self-attention's queries and keys) is projected once. The mask
+    broadcasts over the heads instead of being repeated for each."""
+    b, nq, c = q.shape
+    h = mha.num_heads
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+
+    if torch.is_autocast_enabled(q.device.type):  # cast once what autocast would cast at every use
+        dtype = torch.get_autocast_dtype(q.device.type)
+        w, bias = w.to(dtype), bias.to(dtype)
+        same = k is q
+        q, v = q.to(dtype), v.to(dtype)
+        k = q if same else k.to(dtype)
+    ws, bs = w.chunk(3), bias.chunk(3)  # views of the packed weight
+
+    def heads(x: torch.Tensor, part: int) -> torch.Tensor:  # [B, L, C] -> [B, h, L, C/h]
+        return F.linear(x, ws[part], bs[part]).unflatten(-1, (h, c // h)).transpose(1, 2)
+
+    mask = None if allowed is None else allowed.unsqueeze(1)
+    out = F.scaled_dot_product_attention(heads(q, 0), heads(k, 1), heads(v, 2), attn_mask=mask,
+                                         dropout_p=mha.dropout if mha.training else 0.0)
+    return F.linear(out.transpose(1, 2).reshape(b, nq, c), mha.out_proj.weight, mha.out_proj.bias)
 
 
 class FFNLayer(nn.Module):
@@ -65,20 +107,28 @@ def sine_position_3d(shape: tuple[int, int, int], dim: int, device: torch.device
 
     Each axis gets an equal even share of the channels; any remainder stays zero. Positions
     are normalised to [0, 2π] so the encoding means "where in the patch", whatever its size.
+    A constant of its arguments, made once per shape and device (about 100 operators each time otherwise);
+    the tensor is shared, so callers must not modify it in place.
     """
-    per_axis = (dim // 6) * 2
-    out = torch.zeros(*shape, dim, device=device)
-    if per_axis == 0:
+    return _sine_position_3d(tuple(int(n) for n in shape), int(dim), torch.device(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _sine_position_3d(shape: tuple[int, int, int], dim: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, whichever mode asked first
+        per_axis = (dim // 6) * 2
+        out = torch.zeros(*shape, dim, device=device)
+        if per_axis == 0:
+            return out.reshape(-1, dim)
+        freqs = 10000 ** (2 * (torch.arange(per_axis, device=device) // 2) / per_axis)
+        for axis, n in enumerate(shape):
+            pos = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n * 2 * math.pi
+            enc = pos[:, None] / freqs
+            enc = torch.stack((enc[:, 0::2].sin(), enc[:, 1::2].cos()), dim=2).flatten(1)
+            view = [1, 1, 1, per_axis]
+            view[axis] = n
+            out[..., axis * per_axis : (axis + 1) * per_axis] = enc.view(view).expand(*shape, per_axis)
         return out.reshape(-1, dim)
-    freqs = 10000 ** (2 * (torch.arange(per_axis, device=device) // 2) / per_axis)
-    for axis, n in enumerate(shape):
-        pos = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n * 2 * math.pi
-        enc = pos[:, None] / freqs
-        enc = torch.stack((enc[:, 0::2].sin(), enc[:, 1::2].cos()), dim=2).flatten(1)
-        view = [1, 1, 1, per_axis]
-        view[axis] = n
-        out[..., axis * per_axis : (axis + 1) * per_axis] = enc.view(view).expand(*shape, per_axis)
-    return out.reshape(-1, dim)
 
 
 def token_masks(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 from malenia.model.config import MaleniaConfig
 from malenia.model.dense import dense_loss, lesion_dice_loss
 from malenia.model.matcher import BlockSupervision, HungarianMatcher, Match, padded_masks
-from malenia.model.targets import LesionTargets
+from malenia.model.targets import LesionTargets, from_host
 
 
 def dice_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -48,9 +48,11 @@ def foreground_map(mask_logits: torch.Tensor, lesion_score: torch.Tensor) -> tor
     return p.max(dim=1).values
 
 
-def foreground_loss(prob: torch.Tensor, targets: list[LesionTargets]) -> torch.Tensor:
-    """BCE + soft Dice (over the batch, so lesion-free patches count) of a probability map vs the lesion union."""
-    gt = torch.stack([(t.masks.to(prob.device).sum(0) > 0) for t in targets]).float()
+def foreground_loss(prob: torch.Tensor, targets: list[LesionTargets], padded: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE + soft Dice (over the batch, so lesion-free patches count) of a probability map vs the lesion union.
+    `padded`: the lesion masks as padded_masks gives them, when the caller has them already."""
+    padded = padded_masks(targets, prob.device) if padded is None else padded
+    gt = padded.amax(1).view(prob.shape)
     p = prob.clamp(1e-6, 1 - 1e-6)
     bce = F.binary_cross_entropy(p, gt)
     dice = 1 - (2 * (p * gt).sum() + 1) / (p.sum() + gt.sum() + 1)
@@ -81,10 +83,7 @@ def positive_sets(
             rows = tgt.positives[k] if multi_positive else [tgt.report_rows[k]]
             host[b, j, 0] = False  # a lesion without descriptions leaves its token out of L_sim
             host[b, j, [r + 1 for r in rows]] = True
-    pos = torch.from_numpy(host)
-    if torch.device(device).type == "cuda":  # built on the host from the matches; copied without a wait
-        return pos.pin_memory().to(device, non_blocking=True)
-    return pos.to(device)
+    return from_host(host, device)
 
 
 class MaleniaCriterion(nn.Module):
@@ -107,12 +106,15 @@ class MaleniaCriterion(nn.Module):
             l_dense = self._dense(dense_logits, targets)
         return {"dense": l_dense, "total": self.cfg.lambda_dense * l_dense}
 
-    def _dense(self, dense_logits: list[torch.Tensor], targets: list[LesionTargets]) -> torch.Tensor:
-        """The dense head's loss: deep-supervised BCE + batch Dice on the union, plus the lesion-wise term."""
-        masks = [t.masks.to(dense_logits[0].device) for t in targets]  # one copy to the device for both terms
-        loss = dense_loss(dense_logits, torch.stack([m.any(0) for m in masks]))
+    def _dense(self, dense_logits: list[torch.Tensor], targets: list[LesionTargets],
+               padded: torch.Tensor | None = None) -> torch.Tensor:
+        """The dense head's loss: deep-supervised BCE + batch Dice on the union, plus the lesion-wise term.
+        `padded`: the batch's lesion masks as padded_masks gives them, when the caller has them already."""
+        padded = padded_masks(targets, dense_logits[0].device) if padded is None else padded  # [B, Kmax, P]
+        union = padded.amax(1).view(len(targets), *dense_logits[0].shape[2:])
+        loss = dense_loss(dense_logits, union)
         if self.cfg.dense_lesion_weight:
-            loss = loss + self.cfg.dense_lesion_weight * lesion_dice_loss(dense_logits[0], masks)
+            loss = loss + self.cfg.dense_lesion_weight * lesion_dice_loss(dense_logits[0], [t.masks for t in targets], padded)
         return loss
 
     def _losses(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:
@@ -154,13 +156,13 @@ class MaleniaCriterion(nn.Module):
         if cfg.lambda_fg:
             # the lesion score with its gradient (MaleniaOutput.lesion_score is detached)
             score = 1 - output.sim_logits[-1].float().softmax(-1)[..., 0]
-            l_fg = foreground_loss(foreground_map(output.mask_logits, score), targets)
+            l_fg = foreground_loss(foreground_map(output.mask_logits, score), targets, gt_full)
             total = total + cfg.lambda_fg * l_fg
         else:
             l_fg = zero
         l_dense = zero
         if cfg.lambda_dense and output.dense_logits is not None:
-            l_dense = self._dense(output.dense_logits, targets)
+            l_dense = self._dense(output.dense_logits, targets, gt_full)
             total = total + cfg.lambda_dense * l_dense
         return {"deep": l_deep, "sim": l_sim, "seg_bce": l_bce, "seg_dice": l_dice, "seg": l_seg, "fg": l_fg,
                 "dense": l_dense, "total": total}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from malenia.model.targets import LesionTargets
+from malenia.model.targets import LesionTargets, from_host, stack_lesion_masks
 
 Match = tuple[torch.Tensor, torch.Tensor]  # (token indices, lesion indices), int64, same length
 
@@ -43,16 +43,16 @@ def bce_cost(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return (F.softplus(logits).sum(-1)[..., :, None] - logits @ gt.mT) / logits.shape[-1]
 
 
-def hungarian(cost: torch.Tensor) -> Match:
+def hungarian(cost: torch.Tensor | np.ndarray) -> Match:
     """Minimum-cost one-to-one assignment of rows (tokens) to columns (lesions).
 
-    With more lesions than tokens, the surplus lesions stay unmatched; with none, nothing matches.
+    With more lesions than tokens, the surplus lesions stay unmatched; with none, nothing matches. A numpy
+    cost (the matcher reads all of a batch's costs back at once) costs no torch operator on the host.
     """
-    if cost.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.int64)
-        return empty, empty.clone()
-    rows, cols = linear_sum_assignment(cost.detach().float().cpu().numpy())
-    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+    if isinstance(cost, torch.Tensor):
+        cost = cost.detach().float().cpu().numpy()
+    rows, cols = linear_sum_assignment(cost) if cost.size else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))
 
 
 @dataclass
@@ -75,15 +75,14 @@ class BlockSupervision:
 
 def padded_masks(targets: list[LesionTargets], device) -> torch.Tensor:
     """float [B, Kmax, P]: every image's lesion masks, flattened, padded with empty masks to the most lesions."""
-    kmax = max(max(t.num_lesions for t in targets), 1)
-    flat = [t.masks.to(device).flatten(1) for t in targets]
-    return torch.stack([F.pad(f, (0, 0, 0, kmax - len(f))) for f in flat]).float()
+    return stack_lesion_masks([t.masks for t in targets], device)
 
 
 def match_pairs(matches: list[Match]) -> torch.Tensor:
-    """int64 [M, 3] (image, token, lesion) of a batch's matches, on the host."""
-    rows = [torch.stack([torch.full_like(tok, b), tok, les], -1) for b, (tok, les) in enumerate(matches)]
-    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
+    """int64 [M, 3] (image, token, lesion) of a batch's matches, on the host (built in numpy: torch operators on
+    host tensors cost a dispatch each, three per image here)."""
+    rows = [np.stack([np.full(len(tok), b), tok.numpy(), les.numpy()], -1) for b, (tok, les) in enumerate(matches)]
+    return torch.from_numpy(np.concatenate(rows).astype(np.int64)) if rows else torch.zeros(0, 3, dtype=torch.int64)
 
 
 def proposals_on_image_grid(
@@ -165,13 +164,10 @@ class HungarianMatcher:
             supervised.append(masks if index is None else masks[:, :, index])
             compared.append(self._block_costs(logits, supervised[-1], padded_shape, image_shape, index))
             indices.append(index)
-        host = torch.stack([c for _, _, c in compared]).cpu()
+        host = torch.stack([c for _, _, c in compared]).float().cpu().numpy()  # [blocks, B, N, Kmax]
         matches = [[hungarian(c[:, :k]) for c, k in zip(block, counts)] for block in host]
         pairs = [match_pairs(m) for m in matches]
-        on_device = torch.cat(pairs)
-        if device.type == "cuda":
-            on_device = on_device.pin_memory().to(device, non_blocking=True)
-        pairs = on_device.split([len(p) for p in pairs])
+        pairs = from_host(torch.cat(pairs), device).split([len(p) for p in pairs])
         out = []
         for logits, (s, gt, _), m, p, index, sup in zip(proposals, compared, matches, pairs, indices, supervised):
             out.append(BlockSupervision(s, [g[:k] for g, k in zip(gt, counts)], m, p, sup,

@@ -89,8 +89,7 @@ class MaleniaNet(nn.Module):
             )
         if bank_aspects.shape != (bank.shape[0],):
             raise InputError(f"bank_aspects must have one entry per bank row ({bank.shape[0]})")
-        if bank.shape[0] and (bank_aspects.min() < REPORT_ASPECT or bank_aspects.max() >= NUM_SLOTS):
-            raise InputError(f"bank_aspects must index the {NUM_SLOTS} aspects (or be {REPORT_ASPECT} for reports)")
+        self._check_aspect_values(bank_aspects)
         if targets is None:
             return
         if len(targets) != image.shape[0]:
@@ -104,6 +103,18 @@ class MaleniaNet(nn.Module):
                 raise InputError("the single-positive model (multi_positive=False) needs report_rows in the targets")
             if any(x < 0 or x >= r for x in rows):
                 raise InputError(f"target description rows must be in 0..{r - 1}")
+
+    def _check_aspect_values(self, bank_aspects: torch.Tensor) -> None:
+        """Checked, and kept on the host for the slot weights, once per aspects tensor, not at every step: reading
+        its values back is a device synchronisation, and training passes the same tensor each time (an in-place
+        change is checked again)."""
+        key = (bank_aspects.device, bank_aspects.data_ptr(), bank_aspects.numel(), bank_aspects._version)
+        if key == getattr(self, "_checked_aspects", None):
+            return
+        host = bank_aspects.tolist()
+        if host and (min(host) < REPORT_ASPECT or max(host) >= NUM_SLOTS):
+            raise InputError(f"bank_aspects must index the {NUM_SLOTS} aspects (or be {REPORT_ASPECT} for reports)")
+        self._checked_aspects, self._aspects_host = key, host
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -147,7 +158,7 @@ class MaleniaNet(nn.Module):
         if targets is not None:
             supervision = self.matcher.supervise(proposals, targets, padded_shape, image_shape)
             weights = training_slot_weights(
-                supervision[-1].matches, targets, bank_aspects, cfg.num_tokens, cfg.multi_positive
+                supervision[-1].matches, targets, self._aspects_host, cfg.num_tokens, cfg.multi_positive, image.device
             )
         else:
             weights = inference_slot_weights(best_rows[..., 0], candidates.shape[0])
