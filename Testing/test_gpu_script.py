@@ -155,3 +155,40 @@ def test_replay_seed_draws_the_replay_afresh_and_keeps_the_training_set(tmp_path
     assert "(seed 50)" in train[train.index("--training-data") + 1]
     proc, _ = _run(tmp_path, "--minutes", "1", "--replay-seed", "fifty")
     assert proc.returncode == 2 and "--replay-seed needs a whole number" in proc.stderr
+
+
+def test_wheels_folder_packages_shipped_unpacked_are_extracted_beside_the_wheels(tmp_path):
+    """--wheels installs the wheels and extracts every *.tar.xz (scripts/gpu_payload.sh --xz: SimpleITK as its
+    unpacked files, half the wheel's size) into the same site folder, which the run's commands then import from."""
+    import tarfile
+
+    wheels = tmp_path / "whl"
+    (tmp_path / "pkg" / "fakepkg").mkdir(parents=True)
+    (tmp_path / "pkg" / "fakepkg" / "__init__.py").write_text("VALUE = 7\n")
+    wheels.mkdir()
+    with tarfile.open(wheels / "fakepkg.tar.xz", "w:xz") as tar:
+        tar.add(tmp_path / "pkg" / "fakepkg", arcname="fakepkg")
+    (wheels / "other-1.0-py3-none-any.whl").write_bytes(b"")
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu",
+                       "--wheels", str(wheels))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    site = tmp_path / "run" / "site"
+    assert (site / "fakepkg" / "__init__.py").read_text() == "VALUE = 7\n"
+    install = [c for c in calls if c[:3] == ["-m", "pip", "install"]]
+    assert len(install) == 1 and install[0][-1].endswith("other-1.0-py3-none-any.whl") and str(site) in install[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "output folder is required"),
+    (["out", "--base", "no-such-folder"], "is not a folder"),
+    (["out", "--nodules", "."], "is not a dataset"),
+    (["out", "--hard-negatives", "missing.json"], "is not a file"),
+    (["out", "--limit-mb", "many"], "whole number"),
+    (["out", "--frobnicate"], "unknown option"),
+    (["a", "b"], "one output folder"),
+])
+def test_gpu_payload_refuses_bad_options_before_downloading_anything(tmp_path, args, message):
+    script = SCRIPT.parent / "gpu_payload.sh"
+    proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written when the options are wrong"

@@ -66,5 +66,10 @@ def test_bench_train_profile_writes_the_operator_table_and_counts_what_a_step_di
     text = out.read_text()
     assert text.startswith("malenia bench train --profile: 1 training steps on cpu;")
     assert "aten::convolution_backward" in text and "Self CPU" in text
+    by_line = text.split("by the source line that issued them")[1].splitlines()[1:]
+    rows = [line.split() for line in by_line if line.strip()]
+    assert {r[1] for r in rows} >= {"forward", "losses", "backward"}
+    assert any(r[1] == "forward" and r[2].startswith("model/") and ":" in r[2] for r in rows)  # a file:line of malenia
+    assert [int(r[0]) for r in rows] == sorted((int(r[0]) for r in rows), reverse=True)
     assert [p.name for p in out.parent.iterdir()] == ["train.txt"]  # written atomically: no staging file left
     assert "aten operators dispatched a step: forward" in _table(r)

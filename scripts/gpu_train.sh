@@ -2,7 +2,8 @@
 # Train Malenia on a CUDA machine that has Python and PyTorch but no network, in one command:
 # install the other dependencies from a wheel folder (when given), synthesise training and test data on all
 # cores, train for N minutes (warm-up + cosine over the wall time), evaluate on unseen and seen lesion types,
-# and pack the model folder in pieces of at most 15 MB. What to copy to such a machine: docs/training.md.
+# and pack the model folder in pieces of at most 15 MB. What to copy to such a machine: docs/training.md;
+# scripts/gpu_payload.sh gathers it.
 #
 #   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config NAME]
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
@@ -58,6 +59,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 if [ -n "$WHEELS" ]; then  # no network: only the wheels given, next to the Python that has torch
   log "installing wheels from $WHEELS into $OUT/site"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$OUT/site" "$WHEELS"/*.whl
+  mkdir -p "$OUT/site"
+  for t in "$WHEELS"/*.tar.xz; do  # packages shipped as their unpacked files (scripts/gpu_payload.sh --xz)
+    if [ -e "$t" ]; then tar -xJf "$t" -C "$OUT/site"; fi
+  done
   export PYTHONPATH=$OUT/site:$PYTHONPATH
 fi
 [ -z "$CACHE" ] || export MALENIA_CACHE=$CACHE  # holds banks/: no text encoder needed

@@ -97,7 +97,8 @@ def dense_loss(logits: list[torch.Tensor], union: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def lesion_dice_loss(logits: torch.Tensor, lesions: list[torch.Tensor], padded: torch.Tensor | None = None) -> torch.Tensor:
+def lesion_dice_loss(logits: torch.Tensor, lesions: list[torch.Tensor],
+                     padded: torch.Tensor | None = None) -> torch.Tensor:
     """Blob loss's lesion-wise term (Kofler et al. 2023): 1 - Dice per lesion, averaged over all lesions.
 
     logits: [B, 1, D, H, W] at full resolution; lesions: per image a bool [K, D, H, W] (K may be 0); `padded`:

@@ -48,7 +48,8 @@ def foreground_map(mask_logits: torch.Tensor, lesion_score: torch.Tensor) -> tor
     return p.max(dim=1).values
 
 
-def foreground_loss(prob: torch.Tensor, targets: list[LesionTargets], padded: torch.Tensor | None = None) -> torch.Tensor:
+def foreground_loss(prob: torch.Tensor, targets: list[LesionTargets],
+                    padded: torch.Tensor | None = None) -> torch.Tensor:
     """BCE + soft Dice (over the batch, so lesion-free patches count) of a probability map vs the lesion union.
     `padded`: the lesion masks as padded_masks gives them, when the caller has them already."""
     padded = padded_masks(targets, prob.device) if padded is None else padded
@@ -114,7 +115,8 @@ class MaleniaCriterion(nn.Module):
         union = padded.amax(1).view(len(targets), *dense_logits[0].shape[2:])
         loss = dense_loss(dense_logits, union)
         if self.cfg.dense_lesion_weight:
-            loss = loss + self.cfg.dense_lesion_weight * lesion_dice_loss(dense_logits[0], [t.masks for t in targets], padded)
+            lesions = [t.masks for t in targets]
+            loss = loss + self.cfg.dense_lesion_weight * lesion_dice_loss(dense_logits[0], lesions, padded)
         return loss
 
     def _losses(self, output, targets: list[LesionTargets]) -> dict[str, torch.Tensor]:

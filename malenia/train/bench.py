@@ -11,7 +11,7 @@ block, inside the forward), losses, backward, optimizer (clipping, AdamW, schedu
 steps/s is slightly below the training loop's. The load average is printed: on a shared machine other work
 slows every phase. `--profile FILE` then runs --steps more steps under torch.profiler (CPU, and CUDA where it
 runs) and writes its operator table to FILE: which operators and kernels the step's time goes to, and how many of
-them a step launches. On a GPU whose step is bound by latency rather than arithmetic (docs/training.md, "Training
+them a step launches; one more step then counts the operators by the source line that issued them. On a GPU whose step is bound by latency rather than arithmetic (docs/training.md, "Training
 on a GPU machine without network") the launch count is what a faster step has to cut.
 """
 
@@ -72,6 +72,49 @@ def _per_phase(events, steps: int) -> dict[str, float]:
     return {k: v / steps for k, v in counts.items()}
 
 
+# Operators that only re-describe a tensor's memory or make an empty one: no kernel on a GPU, and no source line to fix.
+_VIEWS = frozenset({"view", "_unsafe_view", "reshape", "_reshape_alias", "transpose", "t", "permute", "expand",
+                    "expand_as", "unsqueeze", "squeeze", "slice", "select", "split", "split_with_sizes", "unbind",
+                    "chunk", "narrow", "diagonal", "unflatten", "flatten", "as_strided", "alias", "detach",
+                    "view_as", "lift_fresh", "empty", "empty_strided", "new_empty_strided"})
+
+
+def operator_sites(trainer, batch, top: int = 40) -> list[tuple[str, str, float]]:
+    """One training step on `batch` with every operator that does work (views left out) attributed to the
+    innermost line of `malenia` that issued it: [(phase, "file:line", count)], most first. The backward's operators
+    come from autograd, not from a source line, and are counted as one row. Where a per-step count comes from, so
+    that a faster step knows which line to change (docs/training.md, "Fewer operators")."""
+    import collections
+    import contextlib
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    phase, counts = ["other"], collections.Counter()
+
+    class Sites(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name.split("::")[-1] not in _VIEWS:
+                frames = [] if phase[0] == "backward" else reversed(traceback.extract_stack(limit=40))
+                site = next((f"{f.filename.split('/malenia/')[-1]}:{f.lineno}" for f in frames
+                             if "/malenia/" in f.filename and not f.filename.endswith("bench.py")),
+                            "(autograd)" if phase[0] == "backward" else "(elsewhere)")
+                counts[(phase[0], site)] += 1
+            return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def in_phase(name: str):
+        outer, phase[0] = phase[0], name
+        try:
+            yield
+        finally:
+            phase[0] = outer
+
+    with Sites():
+        trainer.train_step(*batch, in_phase)
+    return [(p, site, n) for (p, site), n in counts.most_common(top)]
+
+
 def profile_steps(trainer, batches, device, steps: int, path: Path) -> dict[str, Any]:
     """`steps` training steps under torch.profiler; writes the operator table (by self time on the device that
     ran them) to `path` atomically and returns the counts per step: aten operators the host dispatched (in all and
@@ -100,7 +143,10 @@ def profile_steps(trainer, batches, device, steps: int, path: Path) -> dict[str,
     head = (f"malenia bench train --profile: {steps} training steps on {device}; per step {issued:.0f} aten operators "
             f"dispatched by the host (" + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + ")"
             + (f", {kernels:.0f} CUDA kernels" if cuda else "") + "\n\n")
-    write_text(path, head + table + "\n")
+    sites = operator_sites(trainer, to_device(next(batches), device))
+    by_line = ("\n\nOperators doing work in one more step, by the source line that issued them (views left out):\n"
+               + "\n".join(f"{n:7d}  {p:<9} {site}" for p, site, n in sites) + "\n")
+    write_text(path, head + table + by_line)
     return {"profile": str(path), "profiled_steps": steps, "aten_ops_per_step": issued,
             "aten_ops_per_phase": phases, "cuda_kernels_per_step": kernels}
 
@@ -124,7 +170,8 @@ def measure(config: str, batch: int | None = None, device: str = "auto", steps: 
         trainer = Trainer(opts, info)
         trainer.setup()
         workers = workers if workers is not None else default_workers()
-        batches = batch_loader(trainer.stream, 0, steps * (2 if profile else 1) + warmup, trainer.batch, workers=workers,
+        count = (2 * steps + 1 if profile else steps) + warmup  # profiled: the steps again, and one by source line
+        batches = batch_loader(trainer.stream, 0, count, trainer.batch, workers=workers,
                                pin_memory=info.device.type == "cuda")
         trainer.t_start, trainer._now = time.perf_counter(), 0.0
         t0 = time.perf_counter()
