@@ -146,11 +146,25 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         raise InputError(f"checkpoint {path} does not fit this model configuration: {str(err).splitlines()[0]}") from None
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten_optimizer(state, meta["optimizer"]))
+        _parameter_layouts(optimizer)
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     if restore_rng:
         _set_rng_state(state, meta["rng"])
     return Checkpoint(int(meta["step"]), path, meta.get("extra", {}))
+
+
+def _parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Each per-parameter state tensor (AdamW's moments) back in its parameter's memory layout. They are saved
+    contiguous and come back so, while a bfloat16 CPU run keeps its convolution weights channels-last; torch's fused
+    AdamW walks a parameter and its moments in memory order, so a resumed run would pair the wrong elements
+    (found by the resume test when the trainer took the fused optimizer)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

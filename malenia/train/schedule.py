@@ -18,8 +18,13 @@ def build_optimizer(params, lr: float, weight_decay: float, betas: tuple[float, 
         groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
     else:
         groups = [{"params": [p for p in params if p.requires_grad]}]
+    groups = [g for g in groups if g["params"]]
+    # torch's fused AdamW, one kernel per parameter group and device, where it runs: on the CPU (single-tensor
+    # otherwise, an operator per parameter and update term: 1 900 of a batch-2 step's 5 500) 20.6 -> 11.1 ms a step
+    # here; on CUDA it replaces the multi-tensor path's launches. The same update up to rounding.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
     # The paper's "momentum 0.9" is AdamW's beta1.
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, fused=fused or None)
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, dense_head_lr_scale: float = 1.0,
