@@ -64,10 +64,9 @@ def multi_head_attention(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.T
     Why not nn.MultiheadAttention itself: for distinct q, k and v it projects with slices of its packed weight, and
     autocast casts a parameter to bfloat16 once per forward but a slice of one at every use: 11 casts a call, 108
     of the 911 operators a bfloat16 training step's forward dispatched at batch 2 (with its mask handling, 224).
-    Here each projection multiplies by the whole packed weight and keeps its third of the output: three times
-    the arithmetic of products that are small (16 tokens, at most a few hundred key positions per block), and no
-    cast beyond the first; an input given twice (self-attention's queries and keys) is projected once. The mask
-    broadcasts over the heads instead of being repeated for each."""
+    Here the packed weight, its bias and each distinct input (self-attention's queries and keys are one) are cast
+    once, and the projections use views of the cast weight; the mask broadcasts over the heads instead of being
+    repeated for each."""
     b, nq, c = q.shape
     h = mha.num_heads
     w, bias = mha.in_proj_weight, mha.in_proj_bias

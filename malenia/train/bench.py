@@ -11,8 +11,9 @@ block, inside the forward), losses, backward, optimizer (clipping, AdamW, schedu
 steps/s is slightly below the training loop's. The load average is printed: on a shared machine other work
 slows every phase. `--profile FILE` then runs --steps more steps under torch.profiler (CPU, and CUDA where it
 runs) and writes its operator table to FILE: which operators and kernels the step's time goes to, and how many of
-them a step launches; one more step then counts the operators by the source line that issued them. On a GPU whose step is bound by latency rather than arithmetic (docs/training.md, "Training
-on a GPU machine without network") the launch count is what a faster step has to cut.
+them a step launches; one more step then counts the operators by the source line that issued them. On a GPU whose
+step is bound by latency rather than arithmetic (docs/training.md, "Training on a GPU machine without network")
+the launch count is what a faster step has to cut.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ _VIEWS = frozenset({"view", "_unsafe_view", "reshape", "_reshape_alias", "transp
                     "view_as", "lift_fresh", "empty", "empty_strided", "new_empty_strided"})
 
 
-def operator_sites(trainer, batch, top: int = 40) -> list[tuple[str, str, float]]:
+def operator_sites(trainer, batch, top: int = 40) -> list[tuple[str, str, int]]:
     """One training step on `batch` with every operator that does work (views left out) attributed to the
     innermost line of `malenia` that issued it: [(phase, "file:line", count)], most first. The backward's operators
     come from autograd, not from a source line, and are counted as one row. Where a per-step count comes from, so
