@@ -192,3 +192,19 @@ def test_gpu_payload_refuses_bad_options_before_downloading_anything(tmp_path, a
     proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir()), "nothing may be written when the options are wrong"
+
+
+def test_profile_measures_the_config_to_be_trained_at_the_run_s_batch_before_training(tmp_path):
+    """--profile: `bench train --profile` of --init's config (the network that will be trained) at --batch-size,
+    run before `train` (while the data is synthesised), its file in the output folder."""
+    init = tmp_path / "init_model"
+    init.mkdir()
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu",
+                       "--batch-size", "24", "--init", str(init), "--profile")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    kinds = [c[2:4] for c in calls if c[:2] == ["-m", "malenia.cli"]]
+    profile = [c for c in calls if c[:4] == ["-m", "malenia.cli", "bench", "train"]]
+    assert len(profile) == 1 and kinds.index(["bench", "train"]) < kinds.index(["train", "--data"])
+    args = profile[0]
+    assert args[args.index("--config") + 1] == f"{init}/config.json" and args[args.index("--batch-size") + 1] == "24"
+    assert args[args.index("--profile") + 1] == "profile.txt" and args[args.index("--device") + 1] == "cpu"

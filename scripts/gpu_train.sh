@@ -9,7 +9,7 @@
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
 #       [--mixed N] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
-#       [--lr LR] [--bench]
+#       [--lr LR] [--bench] [--profile]
 #
 # --set and --augment go to `malenia train` as they are (model config and sampler augmentation, e.g.
 # --augment 'scale=[0.7,1.4]' --augment scale_isotropic=true for nnU-Net's scale range from the first step).
@@ -20,13 +20,15 @@
 # draws them afresh, for a model that has seen those: the mixed cases on seed S, the nodules on S+1, S+2, ...
 # (the twenty-eighth round: 50); the training set stays seed 1, which --hard-negatives refers to.
 # --bench: `malenia bench train` of the run's config and batch on the device after the training.
+# --profile: `malenia bench train --profile` of the config to be trained, at --batch-size, while the CPUs synthesise
+# the data (profile.txt: operators and CUDA kernels a step, by phase and by source line; bench_profile.txt).
 # Outputs in --out (default ./gpu_run): data/, run/ (checkpoints, metrics.jsonl, model/), eval_unseen/,
-# eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), bench.txt, log.txt.
+# eval_seen/, model.tgz.part-* (join: cat model.tgz.part-* | tar xzf -), bench.txt, profile.txt, log.txt.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
-MIXED=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0 MIX_SEED=8 NODULE_SEED=40
+MIXED=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0 PROFILE=0 MIX_SEED=8 NODULE_SEED=40
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 # Paths given are made absolute while parsing: the script works inside --out from then on.
 folder() { [ -d "$2" ] || die "$1 $2 is not a folder"; (cd "$2" && pwd); }
@@ -44,6 +46,7 @@ while [ $# -gt 0 ]; do
     --mixed) MIXED=$2; shift 2 ;;
     --nodules) NODULES+=("$(folder "$1" "$2")"); shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
+    --profile) PROFILE=1; shift ;;
     --replay-seed) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--replay-seed needs a whole number, got '${2:-}'"; MIX_SEED=$2 NODULE_SEED=$2; shift 2 ;;
     --lr) TRAIN_OPTS+=(--lr "$2"); shift 2 ;;
     --hard-negatives) TRAIN_OPTS+=(--hard-negatives "$(file "$1" "$2")" --hard-negative-fraction 0.5 --missed-fraction 0.5); shift 2 ;;
@@ -98,6 +101,12 @@ for nod in ${NODULES[@]+"${NODULES[@]}"}; do  # one process per LIDC dataset (pl
 done
 OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $UNSEEN --cases "$TEST_CASES" --out data/unseen_test --seed 2 > logs/synth_unseen.log 2>&1 & pids+=($!)
 OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$TEST_CASES" --out data/seen_test --seed 3 --val-fraction 0 --test-fraction 0 > logs/synth_seen.log 2>&1 & pids+=($!)
+if [ "$PROFILE" = 1 ]; then  # the device is idle while the CPUs synthesise: measure the step to be trained
+  PCONFIG=${CONFIG:-${INIT:+$INIT/config.json}}
+  log "bench train --profile (${PCONFIG:-compact}, batch $BATCH) while the data is synthesised"
+  M bench train --config "${PCONFIG:-compact}" --batch-size "$BATCH" --device "$DEVICE" --steps 10 --warmup 3 --workers 2 \
+    --profile profile.txt > bench_profile.txt 2>&1 || log "bench --profile failed (training goes on): $(tail -n 1 bench_profile.txt)"
+fi
 for p in "${pids[@]}"; do wait "$p" || { tail -n 5 logs/*.log; die "synthesis failed"; }; done
 "$PY" "$REPO/scripts/merge_datasets.py" data/seen_train data/shard*
 REPLAY=()
