@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from malenia.evaluate.evaluate import markdown_tables
+from malenia.evaluate.intervals import MIN_CASES, RESAMPLES
 from malenia.evaluate.metrics import sphere_diameter_mm
 from malenia.model.folder import WEIGHTS
 
@@ -59,8 +60,8 @@ PROTOCOL = (
     "descriptions; disease accuracy: the disease the report names equals the true one (a lesion called "
     "\"unclassified\" counts as wrong); closest disease: the knowledge-table posterior's top disease equals "
     "the true one, whether or not the lesion was called unclassified.",
-    "- 95 % intervals: percentile bootstrap over whole cases (2 000 resamples, seed 0) of each group's mean, "
-    "recomputed as above; given for sets of 10 cases or more.",
+    f"- 95 % intervals: percentile bootstrap over whole cases ({RESAMPLES} resamples, seed 0) of each group's "
+    f"mean, recomputed as above; given for sets of {MIN_CASES} cases or more.",
 )
 
 

@@ -147,7 +147,9 @@ class MaleniaCriterion(nn.Module):
         final = output.mask_logits.float()
         b, n = final.shape[:2]
         final = final.reshape(b, n, -1)
-        gt_full = padded_masks(targets, final.device)  # [B, Kmax, P]
+        gt_full = sup[-1].masks  # [B, Kmax, P]: the matcher's, when it supervised every voxel (no point sampling)
+        if gt_full is None or gt_full.shape[-1] != final.shape[-1]:
+            gt_full = padded_masks(targets, final.device)
         img, tok, les = sup[-1].pairs.unbind(-1)  # the last block's matching, on the device
         pred, gt = final[img, tok], gt_full[img, les]
         l_bce = sparse_target_bce(final, pred, gt)
