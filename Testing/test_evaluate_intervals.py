@@ -123,3 +123,23 @@ def test_a_paired_comparison_refuses_other_cases_or_no_common_group(tmp_path):
     for other in ("b.json", "bad.json", "missing.json"):
         res = malenia("evaluate", "--compare", tmp_path / "a.json", tmp_path / other)
         assert res.returncode != 0 and "malenia evaluate: error:" in res.stderr and not res.stdout, other
+
+
+def test_a_novel_type_is_named_right_when_called_unclassified_and_its_group_is_compared():
+    """A validation-only novel type has no profile: "unclassified" (no name) is its right name, a disease a wrong
+    one, in the intervals as in `malenia evaluate`; its group gets intervals and paired comparisons."""
+    from malenia.aspects import NOVEL_TYPES, right_name
+
+    nv, other = NOVEL_TYPES[0], NOVEL_TYPES[1]
+    assert right_name(nv) is None and right_name("kidney_cyst") == "kidney_cyst"
+    cases = [_case({nv: (0.5, 2, 2, 2)}, [(nv, True, None), (nv, True, "liver_tumor")]) for _ in range(6)]
+    cases += [_case({other: (0.2, 1, 0, 0)}, [(other, False, None)]) for _ in range(6)]
+    arrays = case_arrays(cases, [nv, other])
+    assert arrays["named"][:, 0].tolist() == [1] * 6 + [0] * 6 and arrays["detected"][:, 0].sum() == 12
+    result = _result(cases, group="novel")
+    result["groups"]["novel"]["types"] = [nv, other]
+    assert set(result_intervals(result)) == {"novel"}
+    means = group_means(arrays, np.arange(12)[None])
+    assert means["disease_accuracy"][0] == pytest.approx(0.5)  # the other type detects nothing: no value
+    assert means["detection_recall"][0] == pytest.approx((12 / 12 + 0 / 6) / 2)
+    assert set(paired_comparison(result, result)) == {"novel"}

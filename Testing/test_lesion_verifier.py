@@ -108,7 +108,8 @@ def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inh
     model = tmp_path / "model"
     shutil.copytree(tiny_trained_model(tmp_path_factory), model)
     data = make_tiny_dataset(tmp_path / "ds", n_cases=16, shape=(36, 40, 40), max_lesions=3)
-    res = malenia("fit-verifier", "--model", model, "--data", data, "--val-data", data, "--val-split", "all",
+    more = make_tiny_dataset(tmp_path / "more", n_cases=3, shape=(36, 40, 40), max_lesions=3, seed=5)
+    res = malenia("fit-verifier", "--model", model, "--data", data, "--data", more, "--val-data", data, "--val-split", "all",
                   "--threshold", "0.05", "--min-volume", "0", "--threads", "1", "--progress", "none")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "chosen cut" in res.stdout
@@ -116,6 +117,8 @@ def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inh
     saved = json.loads((model / FILE).read_text())
     assert FILE in manifest["files"] and manifest["lesion_verifier"]["cut"] == saved["cut"]
     assert saved["fitted_on"]["threshold"] == 0.05 and saved["validation"]["cases"] == 16
+    assert saved["fitted_on"]["dataset"] == f"{data} + {more}"  # two --data pooled
+    assert "of 19 cases" in res.stdout
     assert manifest["lesion_verifier"]["features"] == "all" == saved["left_out"]["set"]
     assert saved["features"] == list(FEATURES)
     table = {r["cut"]: r["score"] for r in saved["validation"]["table"]}
@@ -179,6 +182,7 @@ def test_fit_verifier_measures_what_each_feature_set_does_to_a_disease_left_out(
     args = ["fit-verifier", "--model", "m", "--data", "d", "--val-data", "v"]
     assert build_parser().parse_args(args).features == "all"
     assert build_parser().parse_args([*args, "--val-data", "w"]).val_data == ["v", "w"]  # pooled (as calibrate --data)
+    assert build_parser().parse_args([*args, "--data", "e"]).data == ["d", "e"]
     assert build_parser().parse_args([*args, "--features", "network_size"]).features == "network_size"
     with pytest.raises(SystemExit):
         build_parser().parse_args([*args, "--features", "colour"])

@@ -47,6 +47,22 @@ UNSEEN_DISEASES: tuple[str, ...] = (
 )
 ALL_DISEASES: tuple[str, ...] = SEEN_DISEASES + UNSEEN_DISEASES
 
+# Not in the paper: validation-only lesion types, for choosing models by zero-shot detection without
+# touching the unseen test types. Each is a training disease's look drawn in an organ where no training
+# disease shows it (malenia.data.synthesis.novel), as every unseen type is, but in combinations that no
+# unseen type is. Never trained on, never in the knowledge table: the right name for one is "unclassified".
+NOVEL_TYPES: tuple[str, ...] = (
+    "liver_calcification",
+    "pancreas_calcification",
+    "lung_cyst",
+)
+
+
+def right_name(disease: str | None) -> str | None:
+    """The disease name a report should give a lesion of type `disease`: itself, or None ("unclassified") for a
+    novel type, which no knowledge table profiles."""
+    return None if disease in NOVEL_TYPES else disease
+
 
 def organ_of(location_id: str | None) -> str | None:
     """The organ part of a location id (`location.<organ>.<where>`), else None."""

@@ -1,9 +1,9 @@
-"""`malenia fit-verifier --model M --data D [--split all] --val-data V [--val-data V2 ...] [--val-split val]`:
+"""`malenia fit-verifier --model M --data D [--data D2 ...] [--split all] --val-data V [--val-data V2 ...] [--val-split val]`:
 false-positive reduction.
 
-Runs the model over `--data` (cases the network did not train on) as `malenia segment` does, with its
-calibrated threshold and minimum volume, labels each lesion it keeps real (it touches a reference
-lesion) or false, and fits the lesion verifier on their features (malenia.model.lesion_verifier; `--features`
+Runs the model over `--data` (cases the network did not train on; a repeated `--data` pools several) as
+`malenia segment` does, with its calibrated threshold and minimum volume, labels each lesion it keeps real
+(it touches a reference lesion) or false, and fits the lesion verifier on their features (malenia.model.lesion_verifier; `--features`
 names the set). It also reports, for every candidate set, what the fit and cut do to a training disease left
 out of them in turn: the share of its lesions kept and of false lesions kept. Then runs
 it over `--val-data`'s validation split (a repeated `--val-data` pools several, as `malenia calibrate --data`)
@@ -26,8 +26,9 @@ from malenia.model.verifier_features import FEATURE_SETS
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-verifier", help="fit a false-positive filter on the model's own lesions into a model folder")
     p.add_argument("--model", required=True, help="model folder (lesion_verifier.json is written into it)")
-    p.add_argument("--data", required=True,
-                   help="dataset folder (malenia-dataset/1) of cases the network did not train on")
+    p.add_argument("--data", required=True, action="append", metavar="DATASET",
+                   help="dataset folder (malenia-dataset/1) of cases the network did not train on; repeat to pool "
+                        "several (say synthetic cases and planted real nodules)")
     p.add_argument("--split", default="all", help="split of --data to fit on (default all)")
     p.add_argument("--val-data", required=True, action="append", metavar="DATASET",
                    help="dataset folder whose validation split chooses the cut; repeat to pool several")
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from malenia.model.folder import load_model_folder, update_model_folder
     from malenia.train.progress import Progress
 
-    require_dataset(args.data)
+    for data in args.data:
+        require_dataset(data)
     for data in args.val_data:
         require_dataset(data, "--val-data")
     model = load_model_folder(args.model, device=args.device)
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     o = segmenter.options
     verifier = fit_and_choose(
         fit_cases, val_cases,
-        fitted_on={"dataset": str(args.data), "split": args.split, "threshold": o.threshold,
+        fitted_on={"dataset": " + ".join(str(d) for d in args.data), "split": args.split, "threshold": o.threshold,
                    "min_volume_mm3": o.min_volume_mm3},
         validated_on={"dataset": " + ".join(str(d) for d in args.val_data), "split": args.val_split}, features=args.features,
         objective=args.objective)

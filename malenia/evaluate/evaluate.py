@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from malenia.aspects import ASPECT_NAMES, ASPECTS, SEEN_DISEASES, UNSEEN_DISEASES
+from malenia.aspects import ASPECT_NAMES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, UNSEEN_DISEASES, right_name
 from malenia.evaluate.metrics import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_NSD_TOLERANCE_MM,
@@ -49,9 +49,10 @@ class GroupStats:
     nsd: list[float] = field(default_factory=list)
     detection: DetectionCounts = field(default_factory=DetectionCounts)
     attributes: AttributeCounts = field(default_factory=AttributeCounts)
-    disease_correct: int = 0
+    disease_correct: int = 0  # named right; a novel type (no profile in any table) when called unclassified
     disease_total: int = 0
     closest_correct: int = 0  # the most probable disease right, whether or not the lesion was called unclassified
+    closest_total: int = 0  # lesions of a type that has a profile, so that a closest disease can be right
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -65,7 +66,7 @@ class GroupStats:
             "detection_recall": self.detection.recall,
             "detection_precision": self.detection.precision,
             "disease_accuracy": self.disease_correct / self.disease_total if self.disease_total else None,
-            "closest_disease_accuracy": self.closest_correct / self.disease_total if self.disease_total else None,
+            "closest_disease_accuracy": self.closest_correct / self.closest_total if self.closest_total else None,
             "attributes": self.attributes.summary(),
         }
 
@@ -170,7 +171,8 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         cases_out.append(_case_entry(case_id, res, seconds))
     per_type = {d: groups[d].summary() for d in sorted(groups) if d != "all_cases"}
     summary = {name: _group_summary(per_type, members) for name, members in
-               (("unseen", UNSEEN_DISEASES), ("seen", SEEN_DISEASES), ("all_types", tuple(per_type)))}
+               (("unseen", UNSEEN_DISEASES), ("seen", SEEN_DISEASES), ("novel", NOVEL_TYPES),
+                ("all_types", tuple(per_type)))}
     model_meta = dict(getattr(segmenter.model, "manifest", {}) or {})
     model_meta.pop("files", None)
     result = {
@@ -241,9 +243,12 @@ def _add_to_groups(groups: dict[str, GroupStats], res: dict[str, Any]) -> None:
         for stats in (groups[les["disease"] or "unknown"], groups["all_cases"]):
             if les["detected"]:
                 stats.attributes.add({a: v for a, v in les["pred_attributes"].items()}, les["_report"].attributes)
+                novel = les["disease"] in NOVEL_TYPES
                 stats.disease_total += 1
-                stats.disease_correct += int(les["pred_disease"] == les["disease"])
-                stats.closest_correct += int(les["pred_closest"] == les["disease"])
+                stats.disease_correct += int(les["pred_disease"] == right_name(les["disease"]))
+                if not novel:
+                    stats.closest_total += 1
+                    stats.closest_correct += int(les["pred_closest"] == les["disease"])
 
 
 def _case_entry(case_id: str, res: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -293,7 +298,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d, s in result["per_type"].items():
-        seen = "seen" if d in SEEN_DISEASES else ("unseen" if d in UNSEEN_DISEASES else "–")
+        seen = ("seen" if d in SEEN_DISEASES else "unseen" if d in UNSEEN_DISEASES else
+                "novel (validation)" if d in NOVEL_TYPES else "–")
         lines.append(f"| {d} | {seen} | {s['cases']} | {_f(s['dsc'])} | {_f(s['nsd'])} | {s['lesions']} | "
                      f"{_f(s['detection_recall'])} | {_f(s['detection_precision'])} | {_f(s['disease_accuracy'])} | "
                      f"{_f(s.get('closest_disease_accuracy'))} |")
@@ -306,6 +312,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
         lines.append(f"| **all cases** | | {o['cases']} | {_f(o['dsc'])} | {_f(o['nsd'])} | {o['lesions']} | "
                      f"{_f(o['detection_recall'])} | {_f(o['detection_precision'])} | {_f(o['disease_accuracy'])} | "
                      f"{_f(o.get('closest_disease_accuracy'))} |")
+    if any(d in NOVEL_TYPES for d in result["per_type"]):
+        lines += ["", "A novel (validation) type has no profile in any table: its disease accuracy is the share of its "
+                      "detected lesions called \"unclassified\", and it has no closest disease to get right."]
     lines += _interval_lines(result)
     groups = [(n, g) for n, g in result["groups"].items() if g and n in ("unseen", "seen")]
     if groups:

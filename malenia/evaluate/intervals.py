@@ -18,6 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from malenia.aspects import right_name
+
+GROUPS = ("unseen", "seen", "novel")  # evaluation.json's lesion-type groups that get intervals and comparisons
 STATISTICS = ("dsc", "detection_recall", "detection_precision", "disease_accuracy")
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -41,7 +44,7 @@ def case_arrays(cases: Sequence[dict[str, Any]], types: Sequence[str]) -> dict[s
             if les.get("detected") and les.get("disease") in col:
                 j = col[les["disease"]]
                 out["detected"][i, j] += 1
-                out["named"][i, j] += les.get("pred_disease") == les["disease"]
+                out["named"][i, j] += les.get("pred_disease") == right_name(les["disease"])
     return out
 
 
@@ -95,9 +98,9 @@ def _percentile_interval(values: np.ndarray, level: float) -> list[float] | None
 
 
 def result_intervals(result: dict[str, Any], resamples: int = RESAMPLES) -> dict[str, dict[str, list[float] | None]]:
-    """Intervals for each of an evaluation result's type groups ("unseen", "seen"), from its per-case entries."""
+    """Intervals for each of an evaluation result's type groups (GROUPS), from its per-case entries."""
     out = {}
-    for name in ("unseen", "seen"):
+    for name in GROUPS:
         group = (result.get("groups") or {}).get(name)
         if group and result.get("cases"):
             out[name] = group_intervals(result["cases"], group["types"], resamples)
@@ -110,7 +113,7 @@ def _by_case(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def paired_difference(a: dict[str, Any], b: dict[str, Any], group: str, resamples: int = RESAMPLES,
                       level: float = LEVEL, seed: int = 0) -> dict[str, dict[str, Any]] | None:
-    """Two evaluations of the same cases (say two models): per statistic of `group` ("unseen", "seen") A's value, B's,
+    """Two evaluations of the same cases (say two models): per statistic of `group` (one of GROUPS) A's value, B's,
     B - A and the percentile-bootstrap interval of B - A, each resample drawing the same cases for both (paired,
     so what the cases share cancels). None when either result lacks the group. InputError when the two results do
     not hold the same cases, or hold fewer than MIN_CASES."""
@@ -145,9 +148,9 @@ def paired_comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[st
     """`paired_difference` for every lesion-type group both results hold; InputError when they share none."""
     from malenia.errors import InputError
 
-    out = {g: d for g in ("unseen", "seen") if (d := paired_difference(a, b, g)) is not None}
+    out = {g: d for g in GROUPS if (d := paired_difference(a, b, g)) is not None}
     if not out:
-        raise InputError("the two evaluations have no lesion-type group (seen, unseen) in common")
+        raise InputError(f"the two evaluations have no lesion-type group ({', '.join(GROUPS)}) in common")
     return out
 
 

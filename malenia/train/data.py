@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from malenia.aspects import ASPECTS
+from malenia.aspects import ASPECTS, NOVEL_TYPES
 
 
 @dataclass
@@ -108,8 +108,10 @@ def build_training_bank(cfg, datasets: list[Path], encoder_name: str | None = No
 
 def _dataset_texts(cfg, datasets, splits, report_style, table) -> tuple[dict[str, set[str]], set[str]]:
     """The free-text descriptions per aspect (those without a vocabulary id) and, for single-positive
-    configs, the whole-report texts of the datasets' lesions."""
+    configs, the whole-report texts of the datasets' lesions. InputError for a lesion of a validation-only
+    novel type: these are the training cases."""
     from malenia.data.dataset import read_case, read_dataset
+    from malenia.errors import InputError
     from malenia.knowledge.vocabulary import Vocabulary
 
     known = set(Vocabulary.load().ids())
@@ -120,6 +122,9 @@ def _dataset_texts(cfg, datasets, splits, report_style, table) -> tuple[dict[str
         for case_id in ids:
             rep = read_case(ds, case_id, with_images=False).report
             for les in rep.lesions:
+                if les.disease in NOVEL_TYPES:  # trained on, they would no longer measure zero-shot detection
+                    raise InputError(f"{ds}: case {case_id} holds a {les.disease}, a validation-only novel type "
+                                     "(malenia.aspects.NOVEL_TYPES): train on other cases and validate on it")
                 for a in ASPECTS:
                     free[a] |= {d.text for d in les.attributes.get(a, []) if not d.id or d.id not in known}
                 if not cfg.multi_positive:

@@ -21,13 +21,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from malenia.aspects import ALL_DISEASES, ASPECTS, SEEN_DISEASES, UNSEEN_DISEASES
+from malenia.aspects import ALL_DISEASES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, UNSEEN_DISEASES
 from malenia.data.dataset import Case, CaseReport, DatasetIndex, Description, LesionReport, write_case, write_dataset_index
 from malenia.data.synthesis.anatomy import Anatomy, organ_of_region, region_of_location
 from malenia.data.synthesis.enhancement import apply_contrast
 from malenia.data.synthesis.features import Canvas
 from malenia.data.synthesis.lesion import render_lesion
 from malenia.data.synthesis.mixing import AttributeMix
+from malenia.data.synthesis.novel import NOVEL, is_novel, sample_novel_attributes
 from malenia.data.synthesis.phantom import make_phantom
 from malenia.data.synthesis.placement import PlacementError
 from malenia.data.synthesis.profiles import PROFILES
@@ -118,8 +119,16 @@ def _location_ok(anat: Anatomy, location_id: str) -> bool:
     return _region_ok(anat, region)
 
 
+KNOWN_TYPES = ", ".join(ALL_DISEASES + NOVEL_TYPES)
+
+
 def _sample_for_anatomy(table, disease: str, anat: Anatomy, rng: np.random.Generator, notes: list[str]) -> dict[str, list[str]]:
     """Attributes from the disease profile, conditioned on a location this anatomy has."""
+    if is_novel(disease):
+        try:
+            return sample_novel_attributes(table, disease, lambda loc: _location_ok(anat, loc), rng)
+        except LookupError as err:
+            raise PlacementError(str(err)) from None
     for _ in range(ATTRIBUTE_TRIES):
         attrs = table.sample_attributes(disease, rng)
         if _location_ok(anat, attrs["location"][0]):
@@ -147,11 +156,12 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
     specs = [s if isinstance(s, LesionSpec) else LesionSpec(s) for s in lesions]
     for s in specs:
         if s.disease not in PROFILES:
-            raise InputError(f"unknown disease {s.disease!r}; known: {', '.join(ALL_DISEASES)}")
+            raise InputError(f"unknown disease {s.disease!r}; known: {KNOWN_TYPES}")
     if any(s.attributes is None for s in specs) and table is None:
         table = _table()
-    if phase is None:
-        first = specs[0].attributes or table.sample_attributes(specs[0].disease, rng)
+    if phase is None:  # a novel type's scan phase is drawn as its look's
+        look = NOVEL[specs[0].disease].look if is_novel(specs[0].disease) else specs[0].disease
+        first = specs[0].attributes or table.sample_attributes(look, rng)
         phase = _phase_of((first.get("enhancement") or ["enhancement.non_contrast"])[0])
     base_phase = source.base_phase()
     if base_phase == "contrast":
@@ -260,21 +270,22 @@ def load_split(name_or_path: str) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != SPLIT_FORMAT or not isinstance(obj.get("diseases"), dict):
         raise InputError(f"{path}: not a Malenia split file (format {SPLIT_FORMAT!r} with 'diseases')")
     for split, ds in obj["diseases"].items():
-        unknown = sorted(set(ds) - set(ALL_DISEASES))
+        unknown = sorted(set(ds) - set(ALL_DISEASES) - set(NOVEL_TYPES))
         if unknown:
             raise InputError(f"{path}: split {split!r} names unknown diseases {unknown}")
     return obj
 
 
 def parse_diseases(text: str) -> list[str]:
-    groups = {"all": list(ALL_DISEASES), "seen": list(SEEN_DISEASES), "unseen": list(UNSEEN_DISEASES)}
+    groups = {"all": list(ALL_DISEASES), "seen": list(SEEN_DISEASES), "unseen": list(UNSEEN_DISEASES),
+              "novel": list(NOVEL_TYPES)}
     out: list[str] = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
         for d in groups.get(item, [item]):
             if d not in PROFILES:
-                raise InputError(f"unknown disease {d!r}; known: {', '.join(ALL_DISEASES)} (or all, seen, unseen)")
+                raise InputError(f"unknown disease {d!r}; known: {KNOWN_TYPES} (or all, seen, unseen, novel)")
             if d not in out:
                 out.append(d)
     if not out:
@@ -341,9 +352,10 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
         raise OutputError(f"{out} exists (use --overwrite to replace it)")
     protocol = load_split(split)
     table, vocab = _table(), _vocab()
-    for d in diseases:
+    profiled = [d for d in diseases if not is_novel(d)]  # a novel type has no profile, by design
+    for d in profiled:
         table.disease(d)  # clear error for a disease the table lacks
-    mix = AttributeMix.of(table, diseases, mix_attributes)
+    mix = AttributeMix.of(table, profiled, mix_attributes)
     sources = [BaseSource(PHANTOM, size, spacing) if b == PHANTOM else BaseSource(str(b), size, spacing) for b in _expand_bases(bases)]
     split_of, pools = assign_splits(n_cases, diseases, protocol, val_fraction, test_fraction, np.random.default_rng([seed, 1 << 30]))
     width = max(4, len(str(n_cases - 1)))

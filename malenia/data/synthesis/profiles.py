@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from malenia.aspects import ALL_DISEASES
+from malenia.aspects import ALL_DISEASES, NOVEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,12 @@ PROFILES: dict[str, RenderProfile] = {p.disease: p for p in (
     RenderProfile("gallbladder_tumor", "gallbladder", "mass", (10.0, 30.0), False),
     RenderProfile("colon_tumor", "colon", "wall", (20.0, 60.0), False),
     RenderProfile("lung_tumor", "lung", "mass", (8.0, 45.0), False),
+    # Validation-only types (malenia.data.synthesis.novel): a gallstone's calcific body in parenchyma
+    # (calcified granulomas; chronic pancreatitis), drawn as a non-expansile mass since a stone's placement
+    # means a lumen or a renal sinus; a kidney cyst's fluid in a lung (a bronchogenic cyst).
+    RenderProfile("liver_calcification", "liver", "mass", (5.0, 15.0), False),
+    RenderProfile("pancreas_calcification", "pancreas", "mass", (5.0, 12.0), False),
+    RenderProfile("lung_cyst", "lung", "mass", (8.0, 40.0), True, cystic=True),
 )}
 
-assert set(PROFILES) == set(ALL_DISEASES), "every disease of the protocol needs a render profile"
+assert set(PROFILES) == set(ALL_DISEASES) | set(NOVEL_TYPES), "every lesion type needs a render profile"

@@ -1,0 +1,71 @@
+"""Validation-only lesion types: a training disease's look in an organ where no training disease shows it.
+
+Not in the paper. Every unseen test type is a look the training types have, met in an organ where they
+do not have it: a kidney stone is a gallstone's calcific body in a kidney, a liver or pancreatic cyst a
+kidney cyst's fluid in another organ, a kidney or gallbladder tumour a solid mass where training has only
+cysts or stones. Whether a model finds such lesions is the zero-shot question, and no validation set built
+from the training types alone asks it (docs/training.md, twenty-ninth round: a model lost zero-shot recall
+that the validation sets did not see). These types ask it in combinations no unseen type takes, so that
+choosing a model on them does not look at the test types (malenia.aspects.NOVEL_TYPES):
+
+    liver_calcification     a gallstone's calcific body in liver parenchyma (calcified granuloma)
+    pancreas_calcification  the same in the pancreas (chronic pancreatitis)
+    lung_cyst               a kidney cyst's fluid in a lung (bronchogenic cyst)
+
+Shape, density variation and margin are drawn from the look's profile; the location uniformly among the
+organ's parts the anatomy has; the density is the look's organ-free one (calcific, fluid); the lesion
+stands apart from neighbours and has no findings, which are organ-bound. The knowledge table has no
+profile for them, so they are never a training disease, and the right name for one is "unclassified".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from malenia.aspects import NOVEL_TYPES
+from malenia.data.synthesis.anatomy import REGION_KEYS, organ_of_region
+from malenia.data.synthesis.profiles import PROFILES
+
+
+@dataclass(frozen=True)
+class NovelType:
+    key: str
+    look: str  # the training disease whose shape, density variation and margin are drawn
+    density: str  # an organ-free density description
+
+    @property
+    def organ(self) -> str:
+        return PROFILES[self.key].organ
+
+
+NOVEL: dict[str, NovelType] = {t.key: t for t in (
+    NovelType("liver_calcification", "gallstone", "density.calcific"),
+    NovelType("pancreas_calcification", "gallstone", "density.calcific"),
+    NovelType("lung_cyst", "kidney_cyst", "density.fluid"),
+)}
+
+assert tuple(NOVEL) == NOVEL_TYPES, "malenia.aspects.NOVEL_TYPES and the novel looks must agree"
+
+
+def is_novel(key: str) -> bool:
+    return key in NOVEL
+
+
+def sample_novel_attributes(table, key: str, location_ok: Callable[[str], bool],
+                            rng: np.random.Generator) -> dict[str, list[str]]:
+    """One lesion's descriptions for novel type `key`; `location_ok(location_id)`: the anatomy has that part.
+    Raises LookupError when the anatomy has no part of the organ."""
+    novel = NOVEL[key]
+    attrs = table.sample_attributes(novel.look, rng)
+    parts = [f"location.{r}" for r in REGION_KEYS if organ_of_region(r) == novel.organ]
+    parts = [p for p in parts if location_ok(p)]
+    if not parts:
+        raise LookupError(f"the base has no {novel.organ} for a {key}")
+    attrs["location"] = [parts[int(rng.integers(len(parts)))]]
+    attrs["density"] = [novel.density]
+    attrs["relationship"] = ["relationship.separate"]
+    attrs["specific_features"] = ["specific_features.none"]
+    return attrs
