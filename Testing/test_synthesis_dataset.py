@@ -219,5 +219,12 @@ def test_shards_merge_into_the_one_process_dataset(dataset, tmp_path, capsys):
                           capture_output=True, text=True)
     assert done.returncode != 0 and "some are missing" in done.stderr and not (tmp_path / "short").exists()
     assert len(read_dataset(tmp_path / "lone").cases) == 3  # nothing moved out of the part
+    assert all((tmp_path / f"part{k}" / "cases").is_dir() for k in (1, 2))  # a merge leaves its parts as they were
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "merge_datasets.py"), str(tmp_path / "ds"),
+                            str(tmp_path / "part1"), str(tmp_path / "part2")], capture_output=True, text=True)
+    assert again.returncode == 5 and "exists" in again.stderr  # an existing dataset is not merged into
+    usage = subprocess.run([sys.executable, str(ROOT / "scripts" / "merge_datasets.py"), str(tmp_path / "alone")],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "SHARD" in usage.stderr and not (tmp_path / "alone").exists()
     assert main(common + ["--shard", "3/2", "--out", str(tmp_path / "bad")]) != 0
     assert "--shard K/N needs" in capsys.readouterr().err
