@@ -130,3 +130,39 @@ def test_import_cli_writes_cases_and_reports_bad_pairs(lidc_dir: Path, tmp_path:
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "lidc-nodules/mask" / f"{PICKS[2]}.nii.gz"))) > 0
     assert np.array_equal(sitk.GetArrayFromImage(case.lesions) > 0, mask)
     assert main(["import", "lidc", str(lidc_dir), "--out", str(out), "--quiet"]) != 0  # exists, no --overwrite
+
+
+def test_import_keeps_one_split_and_the_nodules_that_plant(tmp_path: Path, shared_data: Path, capsys):
+    """`--split` and `--plantable` select what `malenia synth --nodules` would plant from a split: a compact
+    dataset (say the training nodules for a GPU machine's payload), the selection recorded; none left is an error."""
+    from malenia.data.importers.lidc import unplantable
+
+    picks = {"LIDC-IDRI-0007_R_1": "train", "LIDC-IDRI-0006_R_4": "train (cut by its crop)",
+             "LIDC-IDRI-0043_R_2": "train (attached)", "LIDC-IDRI-0001_R_1": "val"}
+    src, root = shared_data / "lidc-nodules", tmp_path / "lidc"
+    for sub in ("image", "mask"):
+        (root / sub).mkdir(parents=True)
+        for cid in picks:
+            os.symlink(src / sub / f"{cid}.nii.gz", root / sub / f"{cid}.nii.gz")
+    rows = [r for r in csv.DictReader((src / "nodules.csv").open()) if r["patient_id"] + "_R_" + r["nodule_id"] in picks]
+    with (root / "nodules.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    everything = tmp_path / "all"
+    assert main(["import", "lidc", str(root), "--out", str(everything), "--quiet"]) == 0
+    reasons = {cid: unplantable(read_case(everything, cid).report.lesions[0].extra) for cid in picks}
+    assert [cid for cid, why in reasons.items() if why is None] == ["LIDC-IDRI-0007_R_1", "LIDC-IDRI-0001_R_1"]
+    assert "cut by its crop" in reasons["LIDC-IDRI-0006_R_4"] and "attached" in reasons["LIDC-IDRI-0043_R_2"]
+
+    train = tmp_path / "train"
+    assert main(["import", "lidc", str(root), "--out", str(train), "--split", "train", "--plantable", "--quiet"]) == 0
+    index = read_dataset(train)
+    assert index.cases == ["LIDC-IDRI-0007_R_1"] and index.split == {"train": ["LIDC-IDRI-0007_R_1"]}
+    assert index.extra["selection"] == {"split": "train", "plantable": True}
+    assert read_dataset(everything).extra.get("selection") is None
+    assert main(["import", "lidc", str(root), "--out", str(tmp_path / "val"), "--split", "val", "--quiet"]) == 0
+    assert read_dataset(tmp_path / "val").cases == ["LIDC-IDRI-0001_R_1"]
+    capsys.readouterr()
+    assert main(["import", "lidc", str(root), "--out", str(tmp_path / "none"), "--split", "test", "--quiet"]) == 3
+    assert "no usable nodule of the test split" in capsys.readouterr().err and not (tmp_path / "none").exists()

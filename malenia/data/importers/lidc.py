@@ -39,6 +39,7 @@ SPLIT_RULE = ("sha256('malenia-lidc-split/1:' + patient_id), first 8 hex digits 
               "< 0.70 train, < 0.80 val, else test")
 SIDE_MARGIN_MM = 30.0
 DENSE_HU = -300.0
+MAX_DENSE_CONTACT = 0.2  # a larger share of the rim denser than DENSE_HU: attached to dense tissue
 FACES = ("z_low", "z_high", "y_low", "y_high", "x_low", "x_high")
 
 
@@ -210,9 +211,21 @@ class LidcImport:
     problems: list[str] = field(default_factory=list)
 
 
+def unplantable(lesion_extra: dict) -> str | None:
+    """Why `malenia synth --nodules` would not plant this nodule in an open lung (without --all-nodules): cut by
+    its crop or attached to dense tissue, either would show a flat seam; None when it plants."""
+    if lesion_extra.get("truncated"):
+        return f"cut by its crop ({', '.join(lesion_extra['truncated'])})"
+    if lesion_extra.get("dense_contact", 0.0) >= MAX_DENSE_CONTACT:
+        return f"attached to dense tissue ({lesion_extra['dense_contact']:.0%} of its rim)"
+    return None
+
+
 def import_lidc(root: str | Path, out: str | Path, overwrite: bool = False, limit: int | None = None,
-                progress: bool = False) -> LidcImport:
-    """Writes the dataset (it appears whole, or not at all); unusable pairs are listed, not fatal."""
+                progress: bool = False, split: str = "all", plantable: bool = False) -> LidcImport:
+    """Writes the dataset (it appears whole, or not at all); unusable pairs are listed, not fatal. `split`: only
+    the nodules of that patient split; `plantable`: only those `malenia synth --nodules` plants (`unplantable`),
+    say for a payload carried to a GPU machine."""
     from malenia.atomic import atomic_dir
     from malenia.data.dataset import DatasetIndex, write_case, write_dataset_index
 
@@ -234,34 +247,49 @@ def import_lidc(root: str | Path, out: str | Path, overwrite: bool = False, limi
             except InputError as err:
                 result.problems.append(str(err))
                 continue
+            extra = case.report.lesions[0].extra
+            if split != "all" and extra["split"] != split or plantable and unplantable(extra):
+                continue
             write_case(staging, case)
-            split = case.report.lesions[0].extra["split"]
             result.cases.append(case.case_id)
-            result.split[split].append(case.case_id)
-            result.patients[split].add(pair.patient_id)
+            result.split[extra["split"]].append(case.case_id)
+            result.patients[extra["split"]].add(pair.patient_id)
         if not result.cases:
-            raise InputError(f"{root}: no usable nodule (problems: {'; '.join(result.problems[:3])})")
+            raise InputError(f"{root}: no usable nodule{_selection(split, plantable)} "
+                             f"(problems: {'; '.join(result.problems[:3]) or 'none'})")
         write_dataset_index(staging, DatasetIndex(
             name=out.name, cases=result.cases, split={k: v for k, v in result.split.items() if v},
             description="LIDC-IDRI lung nodule crops with masks and majority-vote ratings (CC BY 3.0)",
             extra={"source": "lidc", "split_rule": SPLIT_RULE, "disease": DISEASE,
                    "patients": {k: sorted(v) for k, v in result.patients.items()},
-                   "problems": result.problems}))
+                   "problems": result.problems}
+                  | ({"selection": {"split": split, "plantable": plantable}} if split != "all" or plantable else {})))
     return result
+
+
+def _selection(split: str, plantable: bool) -> str:
+    words = [f"of the {split} split"] if split != "all" else []
+    return (" " + " ".join(words + (["that plants"] if plantable else []))) if words or plantable else ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="folder with image/, mask/ and nodules.csv")
     parser.add_argument("--out", required=True, help="dataset folder to create")
     parser.add_argument("--limit", type=int, default=None, help="import only the first N pairs (by name)")
+    parser.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                        help="import only the nodules of this patient split (default all)")
+    parser.add_argument("--plantable", action="store_true",
+                        help="import only the nodules `malenia synth --nodules` plants (not cut by their crop, not "
+                             "attached to dense tissue): a compact set, say for a GPU machine's payload")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = import_lidc(args.dir, args.out, overwrite=args.overwrite, limit=args.limit, progress=not args.quiet)
+    result = import_lidc(args.dir, args.out, overwrite=args.overwrite, limit=args.limit, progress=not args.quiet,
+                         split=args.split, plantable=args.plantable)
     for problem in result.problems:
         print(f"warning: skipped {problem}", file=sys.stderr)
-    sizes = ", ".join(f"{k} {len(v)} nodules / {len(result.patients[k])} patients" for k, v in result.split.items())
+    sizes = ", ".join(f"{k} {len(v)} nodules / {len(result.patients[k])} patients" for k, v in result.split.items() if v)
     print(f"imported {len(result.cases)} nodules into {args.out} ({sizes}); {len(result.problems)} problem(s) reported")
     return 0

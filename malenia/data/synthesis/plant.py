@@ -4,7 +4,7 @@ Nodules come from a dataset written by `malenia import lidc` or straight from th
 (image/, mask/, nodules.csv). Each nodule keeps its patient's split (`importers.lidc.patient_split`):
 cases are built per split from that split's nodules only, so a training case never holds a nodule
 of a validation or test patient. Nodules cut by their crop (mask touching a crop face) and nodules
-attached to the chest wall, mediastinum or a large vessel (`dense_contact` >= MAX_DENSE_CONTACT of
+attached to the chest wall, mediastinum or a large vessel (`dense_contact` >= importers.lidc.MAX_DENSE_CONTACT of
 the mask's outer shell denser than -300 HU) are left out unless `allow_truncated`: pasted into
 open lung, the cut face or the contact face would show as a flat seam (seen in the previews).
 
@@ -28,12 +28,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia.data.dataset import is_dataset, read_case, read_dataset
+from malenia.data.importers.lidc import unplantable
 from malenia.data.synthesis.lung_base import LungBase, load_lung_base, phantom_lung_base
 from malenia.data.synthesis.nodules import find_centre, nodule_patch, part_depth, paste, patch_radius_mm
 from malenia.errors import InputError, OutputError
 
 SPLITS = ("train", "val", "test")
-MAX_DENSE_CONTACT = 0.2
 PHANTOM_BASES = 12  # bodies drawn per "phantom" base: 3-4 s each at 3 mm on 2 cores, 12-15 s at 2 mm
 
 
@@ -75,11 +75,9 @@ def load_nodules(path: str | Path, split: str = "all", allow_truncated: bool = F
         lesion = case.report.lesions[0]
         if split != "all" and lesion.extra.get("split") != split:
             continue
-        if lesion.extra.get("truncated") and not allow_truncated:
-            notes.append(f"{case.case_id}: cut by its crop ({', '.join(lesion.extra['truncated'])}); not planted")
-            continue
-        if lesion.extra.get("dense_contact", 0.0) >= MAX_DENSE_CONTACT and not allow_truncated:
-            notes.append(f"{case.case_id}: attached to dense tissue ({lesion.extra['dense_contact']:.0%} of its rim); not planted")
+        reason = None if allow_truncated else unplantable(lesion.extra)
+        if reason:
+            notes.append(f"{case.case_id}: {reason}; not planted")
             continue
         ids = {a: [d.id for d in ds if d.id] for a, ds in lesion.attributes.items()}
         out.append(Nodule(case.case_id, case.image, case.lesions, ids, dict(lesion.extra)))
