@@ -35,7 +35,7 @@ def merge(out: Path, shards: list[Path]) -> DatasetIndex:
         if held != whole:
             raise SystemExit(f"merge_datasets.py: the shards of {name} hold {held} of its {whole} cases: some are missing")
     with atomic_dir(out) as staging:
-        merged = _merged_index(out.name, shards, indexes, sorted(ids))
+        merged = _merged_index(out.name, indexes, sorted(ids))
         for shard, index in zip(shards, indexes):
             for case in index.cases:
                 shutil.copytree(shard / "cases" / case, staging / "cases" / case, copy_function=_link_or_copy)
@@ -43,10 +43,10 @@ def merge(out: Path, shards: list[Path]) -> DatasetIndex:
     return merged
 
 
-def _merged_index(name: str, shards: list[Path], indexes: list[DatasetIndex], ids: list[str]) -> DatasetIndex:
+def _merged_index(name: str, indexes: list[DatasetIndex], ids: list[str]) -> DatasetIndex:
     merged = DatasetIndex(name, ids, {}, "")
     for index in indexes:
-        merged.description = f"{index.description} (merged from {len(shards)} shards)"
+        merged.description = f"{index.description} (merged from {len(indexes)} shards)"
         for split, split_ids in index.split.items():
             merged.split.setdefault(split, []).extend(split_ids)
         for key, value in index.extra.items():

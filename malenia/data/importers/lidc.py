@@ -255,8 +255,8 @@ def import_lidc(root: str | Path, out: str | Path, overwrite: bool = False, limi
             result.split[extra["split"]].append(case.case_id)
             result.patients[extra["split"]].add(pair.patient_id)
         if not result.cases:
-            raise InputError(f"{root}: no usable nodule{_selection(split, plantable)} "
-                             f"(problems: {'; '.join(result.problems[:3]) or 'none'})")
+            chosen = (f" of the {split} split" if split != "all" else "") + (" that plants" if plantable else "")
+            raise InputError(f"{root}: no usable nodule{chosen} (problems: {'; '.join(result.problems[:3]) or 'none'})")
         write_dataset_index(staging, DatasetIndex(
             name=out.name, cases=result.cases, split={k: v for k, v in result.split.items() if v},
             description="LIDC-IDRI lung nodule crops with masks and majority-vote ratings (CC BY 3.0)",
@@ -265,11 +265,6 @@ def import_lidc(root: str | Path, out: str | Path, overwrite: bool = False, limi
                    "problems": result.problems}
                   | ({"selection": {"split": split, "plantable": plantable}} if split != "all" or plantable else {})))
     return result
-
-
-def _selection(split: str, plantable: bool) -> str:
-    words = [f"of the {split} split"] if split != "all" else []
-    return (" " + " ".join(words + (["that plants"] if plantable else []))) if words or plantable else ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -125,10 +125,7 @@ KNOWN_TYPES = ", ".join(ALL_DISEASES + NOVEL_TYPES)
 def _sample_for_anatomy(table, disease: str, anat: Anatomy, rng: np.random.Generator, notes: list[str]) -> dict[str, list[str]]:
     """Attributes from the disease profile, conditioned on a location this anatomy has."""
     if is_novel(disease):
-        try:
-            return sample_novel_attributes(table, disease, lambda loc: _location_ok(anat, loc), rng)
-        except LookupError as err:
-            raise PlacementError(str(err)) from None
+        return sample_novel_attributes(table, disease, lambda loc: _location_ok(anat, loc), rng)
     for _ in range(ATTRIBUTE_TRIES):
         attrs = table.sample_attributes(disease, rng)
         if _location_ok(anat, attrs["location"][0]):

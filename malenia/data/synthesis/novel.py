@@ -27,6 +27,7 @@ import numpy as np
 
 from malenia.aspects import NOVEL_TYPES
 from malenia.data.synthesis.anatomy import REGION_KEYS, organ_of_region
+from malenia.data.synthesis.placement import PlacementError
 from malenia.data.synthesis.profiles import PROFILES
 
 
@@ -57,13 +58,13 @@ def is_novel(key: str) -> bool:
 def sample_novel_attributes(table, key: str, location_ok: Callable[[str], bool],
                             rng: np.random.Generator) -> dict[str, list[str]]:
     """One lesion's descriptions for novel type `key`; `location_ok(location_id)`: the anatomy has that part.
-    Raises LookupError when the anatomy has no part of the organ."""
+    PlacementError when the anatomy has no part of the organ (another type is then drawn, as for any lesion)."""
     novel = NOVEL[key]
     attrs = table.sample_attributes(novel.look, rng)
     parts = [f"location.{r}" for r in REGION_KEYS if organ_of_region(r) == novel.organ]
     parts = [p for p in parts if location_ok(p)]
     if not parts:
-        raise LookupError(f"the base has no {novel.organ} for a {key}")
+        raise PlacementError(f"the base has no {novel.organ} for a {key}")
     attrs["location"] = [parts[int(rng.integers(len(parts)))]]
     attrs["density"] = [novel.density]
     attrs["relationship"] = ["relationship.separate"]
