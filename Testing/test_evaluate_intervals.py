@@ -128,10 +128,11 @@ def test_a_paired_comparison_refuses_other_cases_or_no_common_group(tmp_path):
 def test_a_novel_type_is_named_right_when_called_unclassified_and_its_group_is_compared():
     """A validation-only novel type has no profile: "unclassified" (no name) is its right name, a disease a wrong
     one, in the intervals as in `malenia evaluate`; its group gets intervals and paired comparisons."""
-    from malenia.aspects import NOVEL_TYPES, right_name
+    from malenia.aspects import NOVEL_TYPES, TRANSPLANT_TYPES, right_name
 
     nv, other = NOVEL_TYPES[0], NOVEL_TYPES[1]
     assert right_name(nv) is None and right_name("kidney_cyst") == "kidney_cyst"
+    assert all(right_name(t) is None for t in TRANSPLANT_TYPES)  # no profile either
     cases = [_case({nv: (0.5, 2, 2, 2)}, [(nv, True, None), (nv, True, "liver_tumor")]) for _ in range(6)]
     cases += [_case({other: (0.2, 1, 0, 0)}, [(other, False, None)]) for _ in range(6)]
     arrays = case_arrays(cases, [nv, other])

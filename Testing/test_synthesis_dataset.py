@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from malenia.aspects import SEEN_DISEASES, UNSEEN_DISEASES
+from malenia.aspects import SEEN_DISEASES, TRANSPLANT_TYPES, UNSEEN_DISEASES
 from malenia.cli import main
 from malenia.data.dataset import read_case, read_dataset
 from malenia.data.synthesis.generate import load_split, make_demo_case, synthesize_dataset
@@ -184,7 +184,9 @@ def test_commands_refuse_a_folder_that_is_not_a_dataset(dataset, tmp_path, capsy
 
 def test_split_files():
     zs = load_split("zero_shot")
-    assert zs["diseases"]["train"] == list(SEEN_DISEASES) and zs["diseases"]["test"] == list(UNSEEN_DISEASES)
+    # training-only transplanted looks are drawn only when asked for (--diseases transplant)
+    assert zs["diseases"]["train"] == list(SEEN_DISEASES) + list(TRANSPLANT_TYPES)
+    assert zs["diseases"]["test"] == list(UNSEEN_DISEASES)
     assert not set(zs["diseases"]["train"]) & set(zs["diseases"]["test"])
     assert set(load_split("all_diseases")["diseases"]["train"]) == set(SEEN_DISEASES) | set(UNSEEN_DISEASES)
 

@@ -58,10 +58,19 @@ NOVEL_TYPES: tuple[str, ...] = (
 )
 
 
+# Not in the paper: training-only lesion types, an augmentation of look against organ. Each is a training
+# disease's look drawn in an organ that no seen, unseen or novel type uses, so that the network meets that look
+# outside the organ it trained it in without any test or validation question being answered in training
+# (malenia.data.synthesis.novel). The vocabulary has no location there: the report gives it as free text.
+TRANSPLANT_TYPES: tuple[str, ...] = (
+    "spleen_calcification",
+)
+
+
 def right_name(disease: str | None) -> str | None:
     """The disease name a report should give a lesion of type `disease`: itself, or None ("unclassified") for a
-    novel type, which no knowledge table profiles."""
-    return None if disease in NOVEL_TYPES else disease
+    novel or transplanted type, which no knowledge table profiles."""
+    return None if disease in NOVEL_TYPES or disease in TRANSPLANT_TYPES else disease
 
 
 def organ_of(location_id: str | None) -> str | None:

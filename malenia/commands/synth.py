@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="synthesise a lesion dataset on real CT organs or procedural phantoms")
     p.add_argument("--base", action="append", required=True, metavar="DIR|phantom",
                    help="anatomy source: 'phantom' or a folder with a CT and organ labels (repeatable; cases cycle through them)")
-    p.add_argument("--diseases", default=None, help="comma-separated disease keys, or all / seen / unseen / novel (validation-only types, malenia.aspects.NOVEL_TYPES; not with --nodules)")
+    p.add_argument("--diseases", default=None, help="comma-separated disease keys, or all / seen / unseen / novel (validation-only types, malenia.aspects.NOVEL_TYPES) / transplant (training-only types, malenia.aspects.TRANSPLANT_TYPES); not with --nodules")
     p.add_argument("--cases", type=int, default=None, metavar="N", help="number of cases (with --nodules: at most N)")
     p.add_argument("--nodules", default=None, metavar="DATASET|DIR",
                    help="plant real LIDC nodules (a dataset from `malenia import lidc`, or the LIDC folder) instead of drawn lesions")

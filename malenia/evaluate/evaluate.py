@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from malenia.aspects import ASPECT_NAMES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, UNSEEN_DISEASES, right_name
+from malenia.aspects import ASPECT_NAMES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, TRANSPLANT_TYPES, UNSEEN_DISEASES, right_name
 from malenia.evaluate.metrics import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_NSD_TOLERANCE_MM,
@@ -243,10 +243,10 @@ def _add_to_groups(groups: dict[str, GroupStats], res: dict[str, Any]) -> None:
         for stats in (groups[les["disease"] or "unknown"], groups["all_cases"]):
             if les["detected"]:
                 stats.attributes.add({a: v for a, v in les["pred_attributes"].items()}, les["_report"].attributes)
-                novel = les["disease"] in NOVEL_TYPES
+                unprofiled = right_name(les["disease"]) is None  # a novel or transplanted type
                 stats.disease_total += 1
                 stats.disease_correct += int(les["pred_disease"] == right_name(les["disease"]))
-                if not novel:
+                if not unprofiled:
                     stats.closest_total += 1
                     stats.closest_correct += int(les["pred_closest"] == les["disease"])
 
@@ -299,7 +299,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
     ]
     for d, s in result["per_type"].items():
         seen = ("seen" if d in SEEN_DISEASES else "unseen" if d in UNSEEN_DISEASES else
-                "novel (validation)" if d in NOVEL_TYPES else "–")
+                "novel (validation)" if d in NOVEL_TYPES else "training-only" if d in TRANSPLANT_TYPES else "–")
         lines.append(f"| {d} | {seen} | {s['cases']} | {_f(s['dsc'])} | {_f(s['nsd'])} | {s['lesions']} | "
                      f"{_f(s['detection_recall'])} | {_f(s['detection_precision'])} | {_f(s['disease_accuracy'])} | "
                      f"{_f(s.get('closest_disease_accuracy'))} |")

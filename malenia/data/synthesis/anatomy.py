@@ -65,6 +65,7 @@ ORGAN_NAMES: dict[str, tuple[str, ...]] = {
     "colon": ("colon",),
     "lung": tuple(LUNG_LOBES.values()),
     "gallbladder": ("gallbladder",),
+    "spleen": ("spleen",),  # no vocabulary location: only training-only transplanted looks go there
 }
 
 REGION_KEYS: tuple[str, ...] = (
@@ -209,6 +210,8 @@ def _build_region(anat: Anatomy, key: str) -> np.ndarray:
         return _colon_segments(anat).get(key, empty)
     if organ == "gallbladder":
         return _gallbladder_parts(anat).get(key, empty)
+    if key == "spleen.parenchyma":
+        return anat.organ_mask("spleen")
     return empty
 
 

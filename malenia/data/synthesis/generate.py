@@ -21,14 +21,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from malenia.aspects import ALL_DISEASES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, UNSEEN_DISEASES
+from malenia.aspects import ALL_DISEASES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, TRANSPLANT_TYPES, UNSEEN_DISEASES
 from malenia.data.dataset import Case, CaseReport, DatasetIndex, Description, LesionReport, write_case, write_dataset_index
 from malenia.data.synthesis.anatomy import Anatomy, organ_of_region, region_of_location
 from malenia.data.synthesis.enhancement import apply_contrast
 from malenia.data.synthesis.features import Canvas
 from malenia.data.synthesis.lesion import render_lesion
 from malenia.data.synthesis.mixing import AttributeMix
-from malenia.data.synthesis.novel import NOVEL, is_novel, sample_novel_attributes
+from malenia.data.synthesis.novel import FREE_LOCATIONS, is_novel, is_transplant, look_of, sample_novel_attributes
 from malenia.data.synthesis.phantom import make_phantom
 from malenia.data.synthesis.placement import PlacementError
 from malenia.data.synthesis.profiles import PROFILES
@@ -119,12 +119,12 @@ def _location_ok(anat: Anatomy, location_id: str) -> bool:
     return _region_ok(anat, region)
 
 
-KNOWN_TYPES = ", ".join(ALL_DISEASES + NOVEL_TYPES)
+KNOWN_TYPES = ", ".join(ALL_DISEASES + NOVEL_TYPES + TRANSPLANT_TYPES)
 
 
 def _sample_for_anatomy(table, disease: str, anat: Anatomy, rng: np.random.Generator, notes: list[str]) -> dict[str, list[str]]:
     """Attributes from the disease profile, conditioned on a location this anatomy has."""
-    if is_novel(disease):
+    if is_novel(disease) or is_transplant(disease):
         return sample_novel_attributes(table, disease, lambda loc: _location_ok(anat, loc), rng)
     for _ in range(ATTRIBUTE_TRIES):
         attrs = table.sample_attributes(disease, rng)
@@ -156,9 +156,8 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
             raise InputError(f"unknown disease {s.disease!r}; known: {KNOWN_TYPES}")
     if any(s.attributes is None for s in specs) and table is None:
         table = _table()
-    if phase is None:  # a novel type's scan phase is drawn as its look's
-        look = NOVEL[specs[0].disease].look if is_novel(specs[0].disease) else specs[0].disease
-        first = specs[0].attributes or table.sample_attributes(look, rng)
+    if phase is None:  # a novel or transplanted type's scan phase is drawn as its look's
+        first = specs[0].attributes or table.sample_attributes(look_of(specs[0].disease), rng)
         phase = _phase_of((first.get("enhancement") or ["enhancement.non_contrast"])[0])
     base_phase = source.base_phase()
     if base_phase == "contrast":
@@ -219,7 +218,8 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
 
 
 def _lesion_report(label: int, disease: str, used: dict[str, list[str]], extra: dict[str, Any], vocab) -> LesionReport:
-    attrs = {a: [Description(vocab.text(i), i) for i in used.get(a, [])] for a in ASPECTS}
+    attrs = {a: [Description(FREE_LOCATIONS[i]) if i in FREE_LOCATIONS else Description(vocab.text(i), i)
+                 for i in used.get(a, [])] for a in ASPECTS}
     return LesionReport(label, disease, attrs, {"synthesis": extra})
 
 
@@ -267,7 +267,7 @@ def load_split(name_or_path: str) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != SPLIT_FORMAT or not isinstance(obj.get("diseases"), dict):
         raise InputError(f"{path}: not a Malenia split file (format {SPLIT_FORMAT!r} with 'diseases')")
     for split, ds in obj["diseases"].items():
-        unknown = sorted(set(ds) - set(ALL_DISEASES) - set(NOVEL_TYPES))
+        unknown = sorted(set(ds) - set(ALL_DISEASES) - set(NOVEL_TYPES) - set(TRANSPLANT_TYPES))
         if unknown:
             raise InputError(f"{path}: split {split!r} names unknown diseases {unknown}")
     return obj
@@ -275,14 +275,14 @@ def load_split(name_or_path: str) -> dict[str, Any]:
 
 def parse_diseases(text: str) -> list[str]:
     groups = {"all": list(ALL_DISEASES), "seen": list(SEEN_DISEASES), "unseen": list(UNSEEN_DISEASES),
-              "novel": list(NOVEL_TYPES)}
+              "novel": list(NOVEL_TYPES), "transplant": list(TRANSPLANT_TYPES)}
     out: list[str] = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
         for d in groups.get(item, [item]):
             if d not in PROFILES:
-                raise InputError(f"unknown disease {d!r}; known: {KNOWN_TYPES} (or all, seen, unseen, novel)")
+                raise InputError(f"unknown disease {d!r}; known: {KNOWN_TYPES} (or all, seen, unseen, novel, transplant)")
             if d not in out:
                 out.append(d)
     if not out:
@@ -349,7 +349,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
         raise OutputError(f"{out} exists (use --overwrite to replace it)")
     protocol = load_split(split)
     table, vocab = _table(), _vocab()
-    profiled = [d for d in diseases if not is_novel(d)]  # a novel type has no profile, by design
+    profiled = [d for d in diseases if look_of(d) == d]  # a novel or transplanted type has no profile, by design
     for d in profiled:
         table.disease(d)  # clear error for a disease the table lacks
     mix = AttributeMix.of(table, profiled, mix_attributes)

@@ -16,6 +16,14 @@ Shape, density variation and margin are drawn from the look's profile; the locat
 organ's parts the anatomy has; the density is the look's organ-free one (calcific, fluid); the lesion
 stands apart from neighbours and has no findings, which are organ-bound. The knowledge table has no
 profile for them, so they are never a training disease, and the right name for one is "unclassified".
+
+The same construction, in an organ no seen, unseen or novel type uses, gives training-only types
+(malenia.aspects.TRANSPLANT_TYPES), an augmentation: every model up to 2.10.1 marks a calcific body in the
+gallbladder and in no other organ (docs/training.md, thirtieth round), so the network reads the organ,
+not the look; a second organ with that look is the signal it lacks. The vocabulary has no location in such
+an organ, so the location is reported as free text (a description without id, which training embeds):
+
+    spleen_calcification    a gallstone's calcific body in the spleen (calcified granuloma)
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from malenia.aspects import NOVEL_TYPES
+from malenia.aspects import NOVEL_TYPES, TRANSPLANT_TYPES
 from malenia.data.synthesis.anatomy import REGION_KEYS, organ_of_region
 from malenia.data.synthesis.placement import PlacementError
 from malenia.data.synthesis.profiles import PROFILES
@@ -36,6 +44,7 @@ class NovelType:
     key: str
     look: str  # the training disease whose shape, density variation and margin are drawn
     density: str  # an organ-free density description
+    free_location: tuple[str, str] | None = None  # (region, report text) where the vocabulary has no location
 
     @property
     def organ(self) -> str:
@@ -47,21 +56,43 @@ NOVEL: dict[str, NovelType] = {t.key: t for t in (
     NovelType("pancreas_calcification", "gallstone", "density.calcific"),
     NovelType("lung_cyst", "kidney_cyst", "density.fluid"),
 )}
+TRANSPLANT: dict[str, NovelType] = {t.key: t for t in (
+    NovelType("spleen_calcification", "gallstone", "density.calcific", ("spleen.parenchyma", "located in the spleen")),
+)}
 
 assert tuple(NOVEL) == NOVEL_TYPES, "malenia.aspects.NOVEL_TYPES and the novel looks must agree"
+assert tuple(TRANSPLANT) == TRANSPLANT_TYPES, "malenia.aspects.TRANSPLANT_TYPES and the transplanted looks must agree"
+
+# Location ids outside the vocabulary (region and report text), each a transplanted look's organ.
+FREE_LOCATIONS: dict[str, str] = {f"location.{t.free_location[0]}": t.free_location[1]
+                                  for t in TRANSPLANT.values() if t.free_location}
 
 
 def is_novel(key: str) -> bool:
     return key in NOVEL
 
 
+def is_transplant(key: str) -> bool:
+    return key in TRANSPLANT
+
+
+def look_of(key: str) -> str:
+    """The training disease whose look a lesion type takes: itself unless novel or transplanted."""
+    t = NOVEL.get(key) or TRANSPLANT.get(key)
+    return t.look if t else key
+
+
 def sample_novel_attributes(table, key: str, location_ok: Callable[[str], bool],
                             rng: np.random.Generator) -> dict[str, list[str]]:
-    """One lesion's descriptions for novel type `key`; `location_ok(location_id)`: the anatomy has that part.
-    PlacementError when the anatomy has no part of the organ (another type is then drawn, as for any lesion)."""
-    novel = NOVEL[key]
+    """One lesion's descriptions for novel or transplanted type `key`; `location_ok(location_id)`: the anatomy has
+    that part. PlacementError when the anatomy has no part of the organ (another type is then drawn, as for any
+    lesion). A free location's id is not in the vocabulary (FREE_LOCATIONS gives its report text)."""
+    novel = NOVEL.get(key) or TRANSPLANT[key]
     attrs = table.sample_attributes(novel.look, rng)
-    parts = [f"location.{r}" for r in REGION_KEYS if organ_of_region(r) == novel.organ]
+    if novel.free_location:
+        parts = [f"location.{novel.free_location[0]}"]
+    else:
+        parts = [f"location.{r}" for r in REGION_KEYS if organ_of_region(r) == novel.organ]
     parts = [p for p in parts if location_ok(p)]
     if not parts:
         raise PlacementError(f"the base has no {novel.organ} for a {key}")

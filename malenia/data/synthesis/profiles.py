@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from malenia.aspects import ALL_DISEASES, NOVEL_TYPES
+from malenia.aspects import ALL_DISEASES, NOVEL_TYPES, TRANSPLANT_TYPES
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ PROFILES: dict[str, RenderProfile] = {p.disease: p for p in (
     RenderProfile("liver_calcification", "liver", "mass", (5.0, 15.0), False),
     RenderProfile("pancreas_calcification", "pancreas", "mass", (5.0, 12.0), False),
     RenderProfile("lung_cyst", "lung", "mass", (8.0, 40.0), True, cystic=True),
+    # Training-only (malenia.aspects.TRANSPLANT_TYPES): a calcified splenic granuloma, sized as the
+    # validation calcifications are so that it teaches the look, not a size.
+    RenderProfile("spleen_calcification", "spleen", "mass", (4.0, 15.0), False),
 )}
 
-assert set(PROFILES) == set(ALL_DISEASES) | set(NOVEL_TYPES), "every lesion type needs a render profile"
+assert set(PROFILES) == set(ALL_DISEASES) | set(NOVEL_TYPES) | set(TRANSPLANT_TYPES), "every lesion type needs a render profile"

@@ -1,0 +1,75 @@
+"""Training-only transplanted looks: a seen look drawn in an organ no seen, unseen or novel type uses, its
+location reported as free text, allowed in training cases only and embedded by training like any free text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from malenia.aspects import NOVEL_TYPES, SEEN_DISEASES, TRANSPLANT_TYPES, UNSEEN_DISEASES
+from malenia.cli import main
+from malenia.data.dataset import read_case, read_dataset
+from malenia.data.synthesis.anatomy import ORGAN_NAMES
+from malenia.data.synthesis.generate import load_split
+from malenia.data.synthesis.novel import FREE_LOCATIONS, TRANSPLANT
+from malenia.data.synthesis.profiles import PROFILES
+from malenia.knowledge.table import KnowledgeTable
+from malenia.knowledge.vocabulary import Vocabulary
+from train_helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def transplant_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("transplant") / "tp"
+    assert main(["synth", "--base", "phantom", "--diseases", "transplant", "--cases", "3", "--size", "64",
+                 "--spacing", "4", "--lesions-per-case", "2", "--out", str(out), "--quiet", "--seed", "5"]) == 0
+    return out
+
+
+def test_transplanted_types_use_an_organ_no_other_type_uses_and_train_only():
+    table = KnowledgeTable.load()
+    assert not set(TRANSPLANT_TYPES) & (set(table.diseases) | set(NOVEL_TYPES))
+    used = {PROFILES[d].organ for d in SEEN_DISEASES + UNSEEN_DISEASES + NOVEL_TYPES}
+    vocab_organs = set(Vocabulary.load().organs())
+    for key, t in TRANSPLANT.items():
+        assert t.look in SEEN_DISEASES and t.organ not in used and t.organ in ORGAN_NAMES
+        assert t.organ not in vocab_organs  # hence the free-text location
+        assert f"location.{t.free_location[0]}" in FREE_LOCATIONS
+    zero_shot = load_split("zero_shot")["diseases"]
+    assert set(TRANSPLANT_TYPES) <= set(zero_shot["train"])
+    assert not set(TRANSPLANT_TYPES) & set(zero_shot["val"] + zero_shot["test"])
+
+
+def test_transplanted_lesions_are_their_look_in_their_organ_with_a_free_text_location(transplant_dataset):
+    index = read_dataset(transplant_dataset)
+    assert set(index.split) == {"train"}  # the protocol's only split for them
+    n = 0
+    for cid in index.cases:
+        case = read_case(transplant_dataset, cid)
+        image, labels, organs = (sitk.GetArrayFromImage(x) for x in (case.image, case.lesions, case.organs))
+        names = {int(k): v for k, v in case.report.extra["organ_labels"].items()}
+        spleen = [k for k, v in names.items() if v == "spleen"]
+        for les in case.report.lesions:
+            t = TRANSPLANT[les.disease]
+            location = les.attributes["location"]
+            assert [(d.id, d.text) for d in location] == [(None, FREE_LOCATIONS[f"location.{t.free_location[0]}"])]
+            assert [d.id for d in les.attributes["density"]] == [t.density]
+            inside = labels == les.label
+            assert inside.any()
+            # drawn in the spleen: the organ label under the lesion is the spleen's (the lesion is not relabelled)
+            assert np.isin(organs[inside], spleen).mean() > 0.5
+            assert np.median(image[inside]) > 250  # a calcific body, far above splenic parenchyma
+            n += 1
+    assert n == 6
+
+
+def test_training_embeds_the_free_text_location(transplant_dataset):
+    from malenia.train.data import build_training_bank
+
+    ids = read_dataset(transplant_dataset).cases
+    bank = build_training_bank(tiny_config(), [transplant_dataset], splits={transplant_dataset: ids})
+    text = next(iter(FREE_LOCATIONS.values()))
+    row = bank.row("location", None, text)
+    assert row >= len(Vocabulary.load().ids())  # a row after the vocabulary's, added for this text
+    assert bank.aspect_index[row] == bank.aspect_index[bank.row("location", "location.kidney.left", "")]
