@@ -157,6 +157,21 @@ def test_replay_seed_draws_the_replay_afresh_and_keeps_the_training_set(tmp_path
     assert proc.returncode == 2 and "--replay-seed needs a whole number" in proc.stderr
 
 
+def test_transplant_cases_join_the_replay_on_their_own_seed(tmp_path):
+    """--transplant N: N cases of the training-only transplanted looks (seed S+500) merged into the replay."""
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu", "--mixed", "2",
+                       "--transplant", "7", "--replay-seed", "60")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
+    tp = [c for c in synth if c[c.index("--diseases") + 1] == "transplant"]
+    assert len(tp) == 1 and tp[0][tp[0].index("--seed") + 1] == "560" and tp[0][tp[0].index("--cases") + 1] == "7"
+    assert tp[0][tp[0].index("--val-fraction") + 1] == "0"  # training cases only
+    merges = [c for c in calls if c and c[0].endswith("merge_datasets.py")]
+    assert "data/transplant" in merges[1]
+    train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
+    assert "7 transplanted-look cases (seed 560)" in train[train.index("--training-data") + 1]
+
+
 def test_wheels_folder_packages_shipped_unpacked_are_extracted_beside_the_wheels(tmp_path):
     """--wheels installs the wheels and extracts every *.tar.xz (scripts/gpu_payload.sh --xz: SimpleITK as its
     unpacked files, half the wheel's size) into the same site folder, which the run's commands then import from."""

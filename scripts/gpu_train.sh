@@ -8,7 +8,7 @@
 #   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config NAME]
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
-#       [--mixed N] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
+#       [--mixed N] [--transplant N] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
 #       [--lr LR] [--bench] [--profile]
 #
 # --set and --augment go to `malenia train` as they are (model config and sampler augmentation, e.g.
@@ -18,7 +18,9 @@
 # set, drawn for --replay-fraction of the patches, holds --mixed N attribute-mixed seen-type cases (seed 8) and the
 # training nodules of each --nodules LIDC dataset planted in the bases (seeds 41, 42, ...; 2 mm). --replay-seed S
 # draws them afresh, for a model that has seen those: the mixed cases on seed S, the nodules on S+1, S+2, ...
-# (the twenty-eighth round: 50); the training set stays seed 1, which --hard-negatives refers to.
+# (the twenty-eighth round: 50); the training set stays seed 1, which --hard-negatives refers to. --transplant N adds
+# N cases of the training-only transplanted looks (seed S+500; docs/data.md) to the replay: their location is free
+# text, so --init must name a model whose bank holds it (or the text encoder must be installed).
 # --bench: `malenia bench train` of the run's config and batch on the device after the training.
 # --profile: `malenia bench train --profile` of the config to be trained, at --batch-size, while the CPUs synthesise
 # the data (profile.txt: operators and CUDA kernels a step, by phase and by source line; bench_profile.txt).
@@ -28,7 +30,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
-MIXED=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0 PROFILE=0 MIX_SEED=8 NODULE_SEED=40
+MIXED=0 TRANSPLANT=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0 PROFILE=0 MIX_SEED=8 NODULE_SEED=40
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 # Paths given are made absolute while parsing: the script works inside --out from then on.
 folder() { [ -d "$2" ] || die "$1 $2 is not a folder"; (cd "$2" && pwd); }
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
     --init) INIT=$(folder "$1" "$2"); shift 2 ;;                      --workers) WORKERS=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;         --python) PY=$2; shift 2 ;;
     --set|--augment) [ $# -ge 2 ] || die "$1 needs KEY=VALUE"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
-    --mixed) MIXED=$2; shift 2 ;;
+    --mixed) MIXED=$2; shift 2 ;;           --transplant) TRANSPLANT=$2; shift 2 ;;
     --nodules) NODULES+=("$(folder "$1" "$2")"); shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
     --profile) PROFILE=1; shift ;;
@@ -93,6 +95,11 @@ for i in $(seq 1 "$MIXED_SHARDS"); do  # the replay's attribute-mixed cases: run
   OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$MIXED" --shard "$i/$MIXED_SHARDS" --out data/mixed$i --name seen_mix --seed "$MIX_SEED" \
     --mix-attributes 1 --val-fraction 0 --test-fraction 0 > logs/synth_mixed$i.log 2>&1 & pids+=($!)
 done
+if [ "$TRANSPLANT" -gt 0 ]; then  # one process: a few cases of small lesions
+  PARTS+=(data/transplant)
+  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases transplant --cases "$TRANSPLANT" --out data/transplant --name transplant \
+    --seed $((MIX_SEED + 500)) --val-fraction 0 --test-fraction 0 > logs/synth_transplant.log 2>&1 & pids+=($!)
+fi
 k=0
 for nod in ${NODULES[@]+"${NODULES[@]}"}; do  # one process per LIDC dataset (planting is not sharded)
   k=$((k + 1)) PARTS+=(data/nodules$k)
@@ -114,13 +121,13 @@ if [ ${#PARTS[@]} -gt 0 ]; then
   "$PY" "$REPO/scripts/merge_datasets.py" data/replay "${PARTS[@]}"
   REPLAY=(--replay data/replay --replay-fraction "$REPLAY_FRACTION")
 fi
-rm -rf data/shard* data/mixed* data/nodules*
+rm -rf data/shard* data/mixed* data/nodules* data/transplant
 
 log "training ${CONFIG:-the default config, that of --init or compact} for $MINUTES min on $DEVICE (batch $BATCH)"
 M train ${CONFIG:+--config "$CONFIG"} --data data/seen_train ${REPLAY[@]+"${REPLAY[@]}"} --out run --minutes "$MINUTES" --batch-size "$BATCH" --device "$DEVICE" \
   ${WORKERS:+--workers $WORKERS} ${INIT:+--init "$INIT"} ${TRAIN_OPTS[@]+"${TRAIN_OPTS[@]}"} --checkpoint-every 500 --val-every 250 --log-every 50 \
   --progress none --name "malenia-${CONFIG:-compact}" --version "gpu-$(date -u +%Y%m%d)" \
-  --training-data "synthetic seen lesion types, $CASES cases, seed 1 ($OUT/data/seen_train)${REPLAY[@]+; replay $REPLAY_FRACTION: $MIXED attribute-mixed cases (seed $MIX_SEED), ${#NODULES[@]} LIDC nodule set(s) (seeds from $((NODULE_SEED + 1)))}"
+  --training-data "synthetic seen lesion types, $CASES cases, seed 1 ($OUT/data/seen_train)${REPLAY[@]+; replay $REPLAY_FRACTION: $MIXED attribute-mixed cases (seed $MIX_SEED), $TRANSPLANT transplanted-look cases (seed $((MIX_SEED + 500))), ${#NODULES[@]} LIDC nodule set(s) (seeds from $((NODULE_SEED + 1)))}"
 tail -n 2 run/metrics.jsonl
 
 log "packing run/model in pieces of at most 15 MB"
