@@ -28,7 +28,7 @@ from malenia.data.synthesis.enhancement import apply_contrast
 from malenia.data.synthesis.features import Canvas
 from malenia.data.synthesis.lesion import render_lesion
 from malenia.data.synthesis.mixing import AttributeMix
-from malenia.data.synthesis.novel import FREE_LOCATIONS, is_novel, is_transplant, look_of, sample_novel_attributes
+from malenia.data.synthesis.novel import FREE_LOCATIONS, drawn_look, look_of, sample_novel_attributes
 from malenia.data.synthesis.phantom import make_phantom
 from malenia.data.synthesis.placement import PlacementError
 from malenia.data.synthesis.profiles import PROFILES
@@ -124,7 +124,7 @@ KNOWN_TYPES = ", ".join(ALL_DISEASES + NOVEL_TYPES + TRANSPLANT_TYPES)
 
 def _sample_for_anatomy(table, disease: str, anat: Anatomy, rng: np.random.Generator, notes: list[str]) -> dict[str, list[str]]:
     """Attributes from the disease profile, conditioned on a location this anatomy has."""
-    if is_novel(disease) or is_transplant(disease):
+    if drawn_look(disease):
         return sample_novel_attributes(table, disease, lambda loc: _location_ok(anat, loc), rng)
     for _ in range(ATTRIBUTE_TRIES):
         attrs = table.sample_attributes(disease, rng)
@@ -349,7 +349,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
         raise OutputError(f"{out} exists (use --overwrite to replace it)")
     protocol = load_split(split)
     table, vocab = _table(), _vocab()
-    profiled = [d for d in diseases if look_of(d) == d]  # a novel or transplanted type has no profile, by design
+    profiled = [d for d in diseases if not drawn_look(d)]  # a novel or transplanted type has no profile, by design
     for d in profiled:
         table.disease(d)  # clear error for a disease the table lacks
     mix = AttributeMix.of(table, profiled, mix_attributes)

@@ -68,17 +68,14 @@ FREE_LOCATIONS: dict[str, str] = {f"location.{t.free_location[0]}": t.free_locat
                                   for t in TRANSPLANT.values() if t.free_location}
 
 
-def is_novel(key: str) -> bool:
-    return key in NOVEL
-
-
-def is_transplant(key: str) -> bool:
-    return key in TRANSPLANT
+def drawn_look(key: str) -> NovelType | None:
+    """The novel or transplanted type `key` (a training look in another organ, no profile of its own), else None."""
+    return NOVEL.get(key) or TRANSPLANT.get(key)
 
 
 def look_of(key: str) -> str:
     """The training disease whose look a lesion type takes: itself unless novel or transplanted."""
-    t = NOVEL.get(key) or TRANSPLANT.get(key)
+    t = drawn_look(key)
     return t.look if t else key
 
 
@@ -87,7 +84,8 @@ def sample_novel_attributes(table, key: str, location_ok: Callable[[str], bool],
     """One lesion's descriptions for novel or transplanted type `key`; `location_ok(location_id)`: the anatomy has
     that part. PlacementError when the anatomy has no part of the organ (another type is then drawn, as for any
     lesion). A free location's id is not in the vocabulary (FREE_LOCATIONS gives its report text)."""
-    novel = NOVEL.get(key) or TRANSPLANT[key]
+    novel = drawn_look(key)
+    assert novel is not None, f"{key} is neither a novel nor a transplanted type"
     attrs = table.sample_attributes(novel.look, rng)
     if novel.free_location:
         parts = [f"location.{novel.free_location[0]}"]
