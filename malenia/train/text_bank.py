@@ -3,7 +3,9 @@
 A GPU machine may lack the 88 MB encoder package: the bank then comes from `--init`'s model folder or from the
 bank cache (MALENIA_CACHE/banks, one file per encoder id and vocabulary hash), and the encoder is loaded only
 when a text has to be embedded (a free-text description or report not in the bank); if it cannot be loaded
-then, the error names those texts.
+then, the error names those texts. Free texts known in advance (the transplanted looks' locations of the synthetic
+training data) are embedded ahead, where the encoder is, into a cache bank that such a machine reads first:
+`python -m malenia.train.text_bank CACHE/banks` (scripts/gpu_payload.sh --texts).
 """
 
 from __future__ import annotations
@@ -99,3 +101,35 @@ def vocabulary_bank(vocab, encoder_name: str | Path | None, init: Path | None = 
                          f"loaded ({missing})")
     encoder = LazyEncoder(encoder_name, encoder_id, 0)
     return AttributeBank.build_or_load(vocab, encoder.load([vocab.text(i) for i in vocab.ids()])), encoder
+
+
+def training_only_texts() -> dict[str, list[str]]:
+    """Free texts the synthetic training data may hold, per aspect: the transplanted looks' locations, which the
+    vocabulary lacks (malenia.data.synthesis.novel.FREE_LOCATIONS)."""
+    from malenia.data.synthesis.novel import FREE_LOCATIONS
+
+    return {"location": sorted(set(FREE_LOCATIONS.values()))}
+
+
+def cache_bank_with_texts(banks_dir: str | Path, texts: dict[str, list[str]] | None = None,
+                          encoder_name: str | Path | None = None) -> Path:
+    """Writes the vocabulary's bank extended with `texts` (default: training_only_texts()) into `banks_dir` under
+    the cache's file name, so that training where the encoder is missing finds the rows there (the cache is read
+    before --init's folder and the built-in model). Loads the encoder; returns the file written."""
+    from malenia.knowledge.bank import AttributeBank
+    from malenia.knowledge.encoder import load_text_encoder
+    from malenia.knowledge.vocabulary import Vocabulary
+
+    vocab, encoder = Vocabulary.load(), load_text_encoder(encoder_name)
+    bank = AttributeBank.build(vocab, encoder)
+    for aspect, aspect_texts in (training_only_texts() if texts is None else texts).items():
+        bank.extend(list(aspect_texts), aspect, encoder)
+    return bank.save(AttributeBank.cache_path(encoder.encoder_id, vocab.hash, banks_dir))
+
+
+if __name__ == "__main__":  # scripts/gpu_payload.sh --texts: python -m malenia.train.text_bank BANKS_DIR
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m malenia.train.text_bank BANKS_DIR")
+    print(cache_bank_with_texts(sys.argv[1]))
