@@ -72,6 +72,8 @@ def test_without_train_options_train_gets_none(tmp_path):
     (["--minutes", "1", "--init", "no-such-model"], "--init no-such-model is not a folder"),
     (["--minutes", "1", "--base", "no-such-base"], "--base no-such-base is not a folder"),
     (["--minutes", "1", "--hard-negatives", "no-such.json"], "--hard-negatives no-such.json is not a file"),
+    (["--minutes", "1", "--transplant", "many"], "--transplant needs a number of cases, got 'many'"),
+    (["--minutes", "1", "--mixed"], "--mixed needs a number of cases, got ''"),
 ])
 def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
     proc, calls = _run(tmp_path, *args)

@@ -45,7 +45,8 @@ while [ $# -gt 0 ]; do
     --init) INIT=$(folder "$1" "$2"); shift 2 ;;                      --workers) WORKERS=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;         --python) PY=$2; shift 2 ;;
     --set|--augment) [ $# -ge 2 ] || die "$1 needs KEY=VALUE"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
-    --mixed) MIXED=$2; shift 2 ;;           --transplant) TRANSPLANT=$2; shift 2 ;;
+    --mixed|--transplant) [[ ${2:-} =~ ^[0-9]+$ ]] || die "$1 needs a number of cases, got '${2:-}'"
+                          [ "$1" = --mixed ] && MIXED=$2 || TRANSPLANT=$2; shift 2 ;;
     --nodules) NODULES+=("$(folder "$1" "$2")"); shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
     --profile) PROFILE=1; shift ;;

@@ -121,7 +121,7 @@ def cache_bank_with_texts(banks_dir: str | Path, texts: dict[str, list[str]] | N
     from malenia.knowledge.vocabulary import Vocabulary
 
     vocab, encoder = Vocabulary.load(), load_text_encoder(encoder_name)
-    bank = AttributeBank.build(vocab, encoder)
+    bank = AttributeBank.build_or_load(vocab, encoder)  # this machine's cached vocabulary bank when it has one
     for aspect, aspect_texts in (training_only_texts() if texts is None else texts).items():
         bank.extend(list(aspect_texts), aspect, encoder)
     return bank.save(AttributeBank.cache_path(encoder.encoder_id, vocab.hash, banks_dir))
