@@ -74,6 +74,7 @@ def test_without_train_options_train_gets_none(tmp_path):
     (["--minutes", "1", "--hard-negatives", "no-such.json"], "--hard-negatives no-such.json is not a file"),
     (["--minutes", "1", "--transplant", "many"], "--transplant needs a number of cases, got 'many'"),
     (["--minutes", "1", "--mixed"], "--mixed needs a number of cases, got ''"),
+    (["--minutes", "1", "--ema"], "--ema needs a value"),
 ])
 def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
     proc, calls = _run(tmp_path, *args)
@@ -91,7 +92,7 @@ def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
     mined.write_text("{}")
     proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "3", "--test-cases", "1", "--device", "cpu",
                        "--mixed", "5", "--nodules", str(nodules), "--hard-negatives", str(mined), "--lr", "1e-4",
-                       "--replay-fraction", "0.6", "--bench")
+                       "--replay-fraction", "0.6", "--bench", "--ema", "0.999", "--freeze", "backbone.encoder.")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
     seen = [c for c in synth if "seen_train" in c]
@@ -108,6 +109,7 @@ def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
     assert train[train.index("--data") + 1] == "data/seen_train" and train[train.index("--replay") + 1] == "data/replay"
     assert train[train.index("--replay-fraction") + 1] == "0.6" and train[train.index("--lr") + 1] == "1e-4"
     assert train[train.index("--hard-negatives") + 1] == str(mined) and "--missed-fraction" in train
+    assert train[train.index("--ema") + 1] == "0.999" and train[train.index("--freeze") + 1] == "backbone.encoder."
     bench = [c for c in calls if c[:4] == ["-m", "malenia.cli", "bench", "train"]]
     assert len(bench) == 1 and bench[0][bench[0].index("--config") + 1] == "run/model/config.json"
 

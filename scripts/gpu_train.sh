@@ -9,9 +9,9 @@
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
 #       [--mixed N] [--transplant N] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
-#       [--lr LR] [--bench] [--profile]
+#       [--lr LR] [--ema DECAY] [--freeze PREFIX]... [--bench] [--profile]
 #
-# --set and --augment go to `malenia train` as they are (model config and sampler augmentation, e.g.
+# --set, --augment, --ema and --freeze go to `malenia train` as they are (model config and sampler augmentation, e.g.
 # --augment 'scale=[0.7,1.4]' --augment scale_isotropic=true for nnU-Net's scale range from the first step).
 # The training set is `malenia synth --cases N --seed 1` of the seen types, named seen_train, as on the CPU, so
 # `--hard-negatives` takes a `malenia mine` file of that dataset (hard-negative and missed fractions 0.5). A replay
@@ -52,6 +52,7 @@ while [ $# -gt 0 ]; do
     --profile) PROFILE=1; shift ;;
     --replay-seed) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--replay-seed needs a whole number, got '${2:-}'"; MIX_SEED=$2 NODULE_SEED=$2; shift 2 ;;
     --lr) TRAIN_OPTS+=(--lr "$2"); shift 2 ;;
+    --ema|--freeze) [ -n "${2:-}" ] || die "$1 needs a value"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
     --hard-negatives) TRAIN_OPTS+=(--hard-negatives "$(file "$1" "$2")" --hard-negative-fraction 0.5 --missed-fraction 0.5); shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;

@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="processes drawing training batches ahead of the loop (default: from the CPU count; "
                         "0: in the training process); the patches are the same for any number")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999: about the last 1 000 steps); "
+                        "validation reads it and the model folder ships it (docs/training.md, thirty-third round)")
+    p.add_argument("--freeze", action="append", default=[], metavar="PREFIX",
+                   help="leave the parameters whose names start with PREFIX untrained, e.g. backbone.encoder. "
+                        "(repeatable; the backward then skips that part)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set multi_positive=false (ablations); repeatable")
     p.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
@@ -161,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         model_version=args.version, training_data=args.training_data, text_encoder=args.text_encoder,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, report_style=args.report_style,
         minutes=args.minutes, num_workers=args.workers, precision=args.precision, compile=args.compile,
-        augment=parse_overrides(args.augment, "--augment") or None,
+        augment=parse_overrides(args.augment, "--augment") or None, ema=args.ema, freeze=tuple(args.freeze),
     )
     augment_config(opts.augment)  # a bad field is refused before training sets up
     result = train(opts)

@@ -2,6 +2,7 @@
 
     RUN/checkpoints/step_00001200/weights.safetensors   network weights (the model state dict)
     RUN/checkpoints/step_00001200/state.safetensors     optimizer tensors and torch RNG states
+    RUN/checkpoints/step_00001200/average.safetensors   with --ema: the averaged weights and their count
     RUN/checkpoints/step_00001200/state.json            step, scheduler, optimizer scalars, numpy/python RNG,
                                                         anything the loop adds (config, data, ...)
     RUN/checkpoints/latest.json                         {"step": N, "path": "step_..."}
@@ -28,6 +29,7 @@ from malenia.errors import InputError
 from malenia.model.precision import standard_layout
 
 LATEST = "latest.json"
+AVERAGE = "average.safetensors"
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -91,7 +93,8 @@ class Checkpoint:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+                    scheduler: Any, extra: dict[str, Any] | None = None, keep: int = 2,
+                    average: torch.nn.Module | None = None) -> Path:
     """Writes RUN/checkpoints/step_N atomically, points latest.json at it, keeps the newest `keep`."""
     ckpt_root = Path(run_dir) / "checkpoints"
     name = f"step_{step:08d}"
@@ -109,6 +112,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
         with standard_layout(unwrap(model)) as plain:
             save_model(plain, str(staging / "weights.safetensors"))  # drops aliased (shared) tensors
         save_file({**opt_tensors, **rng_tensors}, str(staging / "state.safetensors"))
+        if average is not None:
+            with standard_layout(average) as plain:
+                save_model(plain, str(staging / AVERAGE))
         (staging / "state.json").write_text(json.dumps(meta), encoding="utf-8")
     write_json(ckpt_root / LATEST, {"step": int(step), "path": name})
     old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p.name != name)
@@ -129,7 +135,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, restore_rng: bool = True) -> Checkpoint:
+                    scheduler: Any = None, restore_rng: bool = True, average: torch.nn.Module | None = None) -> Checkpoint:
     """Restores weights (and optimizer, scheduler, RNG when given) from a step folder."""
     path = Path(path)
     try:
@@ -144,6 +150,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
             load_model(plain, str(path / "weights.safetensors"), strict=True)
     except RuntimeError as err:
         raise InputError(f"checkpoint {path} does not fit this model configuration: {str(err).splitlines()[0]}") from None
+    if average is not None:
+        _load_average(path, average)
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten_optimizer(state, meta["optimizer"]))
         _parameter_layouts(optimizer)
@@ -152,6 +160,14 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     if restore_rng:
         _set_rng_state(state, meta["rng"])
     return Checkpoint(int(meta["step"]), path, meta.get("extra", {}))
+
+
+def _load_average(path: Path, average: torch.nn.Module) -> None:
+    """The averaged weights of a run with --ema; a checkpoint written without --ema has none to resume."""
+    if not (path / AVERAGE).exists():
+        raise InputError(f"checkpoint {path} was written without --ema; resume it without --ema, or choose a new --out")
+    with standard_layout(average) as plain:
+        load_model(plain, str(path / AVERAGE), strict=True)
 
 
 def _parameter_layouts(optimizer: torch.optim.Optimizer) -> None:

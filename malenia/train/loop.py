@@ -32,6 +32,7 @@ import torch
 from malenia.data.sampler import augment_config
 from malenia.errors import InputError
 from malenia.model.precision import compile_network, resolve_precision
+from malenia.train.averaging import averaged_network, freeze, weight_average
 from malenia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from malenia.train.distributed import DistInfo, barrier, init_distributed, max_across, mean_values, shutdown, wrap_model
 from malenia.train.progress import Progress
@@ -78,6 +79,8 @@ class TrainOptions:
     precision: str = "auto"  # malenia.model.precision: auto (bfloat16 where native), bf16 or fp32
     augment: dict[str, Any] | None = None  # AugmentConfig fields changed from the sampler's defaults
     compile: str | None = None  # torch.compile backend over the fixed-shape parts (malenia.model.precision); None: eager
+    ema: float | None = None  # decay of an average of the weights that validation reads and the model folder ships
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes left untrained (malenia.train.averaging.freeze)
 
 
 @dataclass
@@ -222,7 +225,9 @@ class Trainer:
         self.inherited_files: dict[str, bytes] = {}  # ... its measured-attribute classifiers and lesion verifier
         self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
         parent_channels = self._load_init() if opts.init else 0
+        self.frozen = freeze(self.model, tuple(opts.freeze))
         self.precision.prepare_model(self.model.to(dev))
+        self.average = weight_average(self.model, opts.ema)  # before compiling: the copy stays eager
         if opts.compile:
             compile_network(self.model, opts.compile)
         self.criterion = MaleniaCriterion(cfg)
@@ -268,14 +273,19 @@ class Trainer:
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, restore_rng=True)
+            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, restore_rng=True,
+                                    average=self.average)
             self.start, self.seconds_before = state.step, float(state.extra.get("seconds_total", 0.0))
             if state.extra.get("config") not in (None, json.loads(json.dumps(self.cfg.to_dict()))):
                 raise InputError(f"{self.run_dir} holds a run with another config; choose a new --out")
+            for key, flag, mine in (("ema", "--ema", self.opts.ema), ("freeze", "--freeze", list(self.opts.freeze))):
+                if state.extra.get(key, None if key == "ema" else []) != mine:
+                    raise InputError(f"{self.run_dir} holds a run with another {flag} ({state.extra.get(key)}); "
+                                     "resume it with the same options, or choose a new --out")
         self.ddp = wrap_model(self.model, self.info)
         self.extra = {"config": self.cfg.to_dict(), "data": str(self.opts.data), "steps": self.steps,
                       "minutes": self.opts.minutes, "batch_size": self.batch, "world_size": self.info.world_size,
-                      "seed": self.opts.seed}
+                      "seed": self.opts.seed, "ema": self.opts.ema, "freeze": list(self.opts.freeze)}
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -320,6 +330,8 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), self.cfg.optim.grad_clip)
             if self._finite_gradients(grad_norm):
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update_parameters(unwrap(self.ddp))
             self._now = self._elapsed()  # the time every process agrees on (the schedule and the stop use it)
             if isinstance(self.scheduler, WallClockSchedule):
                 self.scheduler.fraction = self._fraction()
@@ -395,10 +407,14 @@ class Trainer:
 
     # ---- validation, checkpoints, the model folder ----------------------------------------------------------
     def validate(self, done: int) -> None:
-        self.val_dsc = validate(unwrap(self.ddp), self.val_set, self.bank_t, self.aspects_t, self.info.device,
+        self.val_dsc = validate(self._shipped(), self.val_set, self.bank_t, self.aspects_t, self.info.device,
                                 dense_only=self.cfg.train_stage == "dense")
         self.log.write({"step": done, "val_dsc": self.val_dsc})
         self.progress.emit(done, "", val_dsc=self.val_dsc, fraction=self._fraction())
+
+    def _shipped(self) -> torch.nn.Module:
+        """The weights validation measures and the model folder holds: the average with --ema, else the network."""
+        return averaged_network(self.average, unwrap(self.ddp))
 
     def checkpoint(self, done: int, force: bool = True) -> None:
         self._flush()
@@ -406,7 +422,8 @@ class Trainer:
             return
         if self.info.is_main:
             self.extra["seconds_total"] = round(self.seconds_before + time.perf_counter() - self.t_start, 1)
-            save_checkpoint(self.run_dir, done, self.ddp, self.optimizer, self.scheduler, self.extra)
+            save_checkpoint(self.run_dir, done, self.ddp, self.optimizer, self.scheduler, self.extra,
+                            average=self.average)
         barrier(self.info)
 
     def finish(self, final_step: int) -> TrainResult:
@@ -422,10 +439,14 @@ class Trainer:
                         "seconds_total": round(self.seconds_before + seconds, 1), "val_patch_dsc": self.val_dsc,
                         "seed": opts.seed, "precision": self.precision.name,
                         "compile": opts.compile, "skipped_steps": self.skipped_steps}
+            if opts.ema is not None:
+                training["ema"] = opts.ema  # the weights are the average, not the last step's
+            if opts.freeze:
+                training["frozen"] = {"prefixes": list(opts.freeze), "parameters": self.frozen}
             if opts.augment:
                 training["augment"] = dataclasses.asdict(self.augment)
             model_dir = save_model_folder(
-                self.run_dir / "model", config=self.cfg, network=unwrap(self.ddp), bank=self.bank.inference_bank(),
+                self.run_dir / "model", config=self.cfg, network=self._shipped(), bank=self.bank.inference_bank(),
                 knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
                 training_data=opts.training_data or f"{self.index.name} ({opts.data}), split {opts.split}",
                 overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
