@@ -65,7 +65,29 @@ def test_the_cut_is_chosen_by_the_mean_case_dsc_and_keeps_every_lesion_when_noth
     assert by_cut[cut]["mean_dsc"] > by_cut[0.0]["mean_dsc"]
     assert by_cut[cut]["lesions_per_case"] == 1.0
     only_real = [CaseLesions(np.array([0.2, 0.9]), np.array([100, 50]), np.array([90, 45]), 150)]
-    assert choose_cut(only_real, objective="dsc")[0] == 0.0  # nothing to gain: the lowest cut, every lesion kept
+    # nothing to gain: every lesion kept; ties go to the highest cut that keeps them (the lowest without the margin)
+    assert choose_cut(only_real, objective="dsc")[0] == 0.2
+    assert choose_cut(only_real, objective="dsc", margin=False)[0] == 0.0
+
+
+def test_cuts_within_one_lesion_of_the_best_score_go_to_the_highest():
+    """Twenty cases with one real lesion scored 0.9, one case where a small real lesion scored 0.45 sits beside a
+    large one, five cases with a false lesion scored 0.3: the cut 0.4 keeps all 22 real lesions and 0.5 loses the
+    small one, less than a lesion's worth of score (1/(P+R) = 1/44), which the validation cases cannot tell from
+    chance: the margin takes the highest cut, 0.7, where the exact best is 0.4. With four such small lesions at
+    stake the difference is more than a lesion's worth, and 0.4 stays."""
+    def case(p, inside, truth):
+        hit = np.array(inside) > 0
+        return CaseLesions(np.array(p), np.array([1000, 10][:len(p)]), np.array(inside), truth, hit, int(hit.sum()))
+    cases = ([case([0.9], [900], 1000) for _ in range(20)] + [case([0.9, 0.45], [900, 8], 1010)]
+             + [case([0.3], [0], 0) for _ in range(5)])
+    exact, table = choose_cut(cases, margin=False)
+    rows = {r["cut"]: r for r in table}
+    assert exact == 0.4 and rows[0.4]["recall"] == 1.0 and rows[0.4]["precision"] == 1.0
+    assert 0 < rows[0.4]["score"] - rows[0.5]["score"] < 1 / 44
+    assert choose_cut(cases)[0] == 0.7
+    cases += [case([0.9, 0.45], [900, 8], 1010) for _ in range(3)]
+    assert choose_cut(cases)[0] == 0.4
 
 
 def test_the_detection_objective_keeps_a_small_real_lesion_the_dsc_objective_cuts():
@@ -73,8 +95,8 @@ def test_the_detection_objective_keeps_a_small_real_lesion_the_dsc_objective_cut
     with a 10-voxel false lesion scored above it; half DSC + half detection F1 keeps both."""
     case = CaseLesions(np.array([0.9, 0.12, 0.2]), np.array([500, 5, 10]), np.array([480, 5, 0]), 500,
                        np.array([True, True, False]), 2)
-    by_dsc, _ = choose_cut([case], objective="dsc")
-    by_both, table = choose_cut([case])
+    by_dsc, _ = choose_cut([case], objective="dsc", margin=False)
+    by_both, table = choose_cut([case], margin=False)
     rows = {r["cut"]: r for r in table}
     assert by_dsc == 0.25 and by_both == 0.0
     assert rows[0.0]["recall"] == 1.0 and rows[0.0]["precision"] == pytest.approx(2 / 3)

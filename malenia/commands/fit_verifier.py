@@ -9,7 +9,9 @@ out of them in turn: the share of its lesions kept and of false lesions kept. Th
 it over `--val-data`'s validation split (a repeated `--val-data` pools several, as `malenia calibrate --data`)
 and chooses the cut, offline (cut 0 keeps every lesion: the
 verifier is only used where it helps), by `--objective`: by default half the mean case
-DSC and half the lesion-detection F1, as `malenia calibrate`. Stores M/lesion_verifier.json (the manifest
+DSC and half the lesion-detection F1, as `malenia calibrate`, and as it, the highest cut within one lesion's
+worth of the best score (the fewest false positives among cuts the validation cases cannot tell apart;
+`--no-margin`: the best score exactly, the lower cut on a tie). Stores M/lesion_verifier.json (the manifest
 is re-hashed); `segment`, `evaluate` and the Slicer module then drop the lesions under the cut.
 Run it after `malenia calibrate`: the verifier sees the lesions the calibrated post-processing keeps.
 """
@@ -41,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
                    help="what the cut maximises on the validation cases (as malenia calibrate): dsc_f1 (default) = "
                         "1/2 mean case DSC + 1/2 lesion-detection F1; dsc = mean case DSC alone (up to model 2.6.0)")
+    p.add_argument("--no-margin", dest="margin", action="store_false",
+                   help="take the best-scoring cut exactly, the lower on a tie (the rule up to model 2.10.1); by default "
+                        "the highest cut within one lesion's worth of the best score is chosen, as malenia calibrate")
     add_model_run_options(p, dry_run="print the fit, leave the model folder unchanged")
     p.set_defaults(func=run)
 
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         fitted_on={"dataset": " + ".join(str(d) for d in args.data), "split": args.split, "threshold": o.threshold,
                    "min_volume_mm3": o.min_volume_mm3},
         validated_on={"dataset": " + ".join(str(d) for d in args.val_data), "split": args.val_split}, features=args.features,
-        objective=args.objective)
+        objective=args.objective, margin=args.margin)
     fitted, val = verifier.meta["fitted_on"], verifier.meta["validation"]
     left_out = verifier.meta["left_out"]
     if left_out["table"]:

@@ -48,11 +48,14 @@ def case_dsc(case: CaseLesions, cut: float) -> float:
 
 
 def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
-               objective: str = "dsc_f1") -> tuple[float, list[dict[str, float]]]:
-    """The cut with the best score (malenia.evaluate.metrics.selection_row; ties: the lower cut, which removes
-    fewer lesions) and the table. The detection counts keep each lesion's match from the full set: a verifier only
-    removes lesions, and a removed one rarely held a match another would take over."""
-    from malenia.evaluate.metrics import selection_row
+               objective: str = "dsc_f1", margin: bool = True) -> tuple[float, list[dict[str, float]]]:
+    """The cut by the best score (malenia.evaluate.metrics.selection_row) and the table. With `margin`, every cut
+    within one lesion's worth of the best score (malenia.evaluate.metrics.one_lesion_margin) counts as tied and the
+    highest of them wins, the one that keeps the fewest false positives: the rule `malenia calibrate` applies to the
+    threshold and minimum volume. Without it (the rule up to model 2.10.1), exact ties go to the lower cut.
+    The detection counts keep each lesion's match from the full set: a verifier only removes lesions, and a
+    removed one rarely held a match another would take over."""
+    from malenia.evaluate.metrics import one_lesion_margin, selection_row
 
     if objective != "dsc" and any(k.hit is None for k in cases):
         raise ValueError(f"objective {objective!r} needs each lesion's detection (CaseLesions.hit)")
@@ -66,7 +69,11 @@ def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
         table.append({"cut": float(c), "lesions_per_case": pred / max(len(cases), 1),
                       **selection_row(objective, mean_dsc, hits, pred, reference)})
     best = max(table, key=lambda r: (round(r["score"], 6), -r["cut"]))
-    return best["cut"], table
+    if not margin:
+        return best["cut"], table
+    tolerance = one_lesion_margin(objective, round(best["lesions_per_case"] * len(cases)), reference)
+    tied = [r for r in table if round(r["score"], 6) >= round(best["score"], 6) - tolerance - 1e-9]
+    return max(r["cut"] for r in tied), table
 
 
 @dataclass
@@ -204,7 +211,7 @@ MIN_HELD_OUT = 3  # real lesions a disease needs to be left out
 
 
 def left_out_trial(data: Labelled, val_cases: Sequence[CaseComponents], features: Sequence[str], disease: str,
-                   half: int, objective: str = "dsc_f1") -> tuple[np.ndarray, np.ndarray]:
+                   half: int, objective: str = "dsc_f1", margin: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The whole procedure in a world where `disease` is unseen: a verifier fitted without its lesions and
     without the false lesions of the cases of `half`, its cut chosen on `val_cases` without its lesions.
     Returns (kept?, per real lesion of `disease`), (kept?, per false lesion of `half`)."""
@@ -213,7 +220,7 @@ def left_out_trial(data: Labelled, val_cases: Sequence[CaseComponents], features
     held = data.real & (data.disease == disease)
     scored_false = ~data.real & (data.half == half)
     verifier = fit(*data.take((data.real & ~held) | (~data.real & ~scored_false)), features)
-    cut, _ = choose_cut([c.without(disease).as_case(verifier) for c in val_cases], objective=objective)
+    cut, _ = choose_cut([c.without(disease).as_case(verifier) for c in val_cases], objective=objective, margin=margin)
     return (verifier.probability(data.take(held)[0]) >= cut,
             verifier.probability(data.take(scored_false)[0]) >= cut)
 
@@ -227,7 +234,8 @@ def _fits_without(data: Labelled, disease: str) -> bool:
 
 
 def left_out_table(data: Labelled, val_cases: Sequence[CaseComponents],
-                   sets: Mapping[str, Sequence[str]] | None = None, objective: str = "dsc_f1") -> list[dict[str, Any]]:
+                   sets: Mapping[str, Sequence[str]] | None = None, objective: str = "dsc_f1",
+                   margin: bool = True) -> list[dict[str, Any]]:
     """Per feature set: the share of a left-out disease's real lesions its left-out trials keep (per disease and
     the mean) and the share of false lesions they keep. Empty with fewer than two diseases to leave out."""
     from malenia.model.lesion_verifier import FEATURE_SETS
@@ -241,7 +249,7 @@ def left_out_table(data: Labelled, val_cases: Sequence[CaseComponents],
     for name, features in sets.items():
         kept, false = {}, []
         for d in diseases:
-            trials = [left_out_trial(data, val_cases, features, d, half, objective) for half in (0, 1)]
+            trials = [left_out_trial(data, val_cases, features, d, half, objective, margin) for half in (0, 1)]
             kept[d] = round(float(np.mean([t[0].mean() for t in trials])), 4)
             false.append(np.concatenate([t[1] for t in trials]).mean())
         left_out, false_kept = float(np.mean(list(kept.values()))), float(np.mean(false))
@@ -252,7 +260,7 @@ def left_out_table(data: Labelled, val_cases: Sequence[CaseComponents],
 
 def fit_and_choose(fit_cases: list[CaseComponents], val_cases: list[CaseComponents],
                    fitted_on: dict[str, Any], validated_on: dict[str, Any], features: str = "all",
-                   objective: str = "dsc_f1"):
+                   objective: str = "dsc_f1", margin: bool = True):
     """The verifier on the feature set `features` fitted on `fit_cases`, its cut chosen on `val_cases` (`objective`:
     malenia.evaluate.metrics.OBJECTIVES), with the left-out trials of every candidate set (`left_out_table`) in
     its file."""
@@ -264,12 +272,13 @@ def fit_and_choose(fit_cases: list[CaseComponents], val_cases: list[CaseComponen
     verifier.meta["left_out"] = {
         "set": features, "trial": "one training disease left out of the fit and of the validation cases in turn: the "
         "share of its real lesions kept at the cut chosen without it, and of the held-back false lesions (means)",
-        "table": left_out_table(data, val_cases, objective=objective)}
-    cut, table = choose_cut([c.as_case(verifier) for c in val_cases], objective=objective)
+        "table": left_out_table(data, val_cases, objective=objective, margin=margin)}
+    cut, table = choose_cut([c.as_case(verifier) for c in val_cases], objective=objective, margin=margin)
     verifier.cut = cut
     chosen = next(r for r in table if r["cut"] == cut)
     verifier.meta["validation"] = {**validated_on, "cases": len(val_cases),
                                    "objective": OBJECTIVE_TEXT[objective], "objective_id": objective,
+                                   "margin": margin,
                                    "mean_dsc_without": round(table[0]["mean_dsc"], 4) if table[0]["cut"] == 0 else None,
                                    "mean_dsc": round(chosen["mean_dsc"], 4),
                                    "lesions_per_case": round(chosen["lesions_per_case"], 2),
