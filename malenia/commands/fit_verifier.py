@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"chosen cut {verifier.cut:g} on {val['cases']} validation cases: mean DSC {val['mean_dsc']:.4f} "
           f"(without the verifier {val['mean_dsc_without']:.4f}), detection recall {val['recall']:.3f}, "
           f"precision {val['precision']:.3f}")
+    if val["margin"]:
+        print(f"cuts within one lesion's worth ({val['margin']:g}) of the best score count as tied; the highest wins "
+              "(fewest false positives)")
     if not args.dry_run:
         update_model_folder(model.path, {FILE: json.dumps(verifier.to_json(), indent=1) + "\n"},
                             {"lesion_verifier": {"cut": verifier.cut, "lesions": fitted["lesions"], "features": left_out["set"],

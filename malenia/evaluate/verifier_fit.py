@@ -55,7 +55,7 @@ def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
     threshold and minimum volume. Without it (the rule up to model 2.10.1), exact ties go to the lower cut.
     The detection counts keep each lesion's match from the full set: a verifier only removes lesions, and a
     removed one rarely held a match another would take over."""
-    from malenia.evaluate.metrics import one_lesion_margin, selection_row
+    from malenia.evaluate.metrics import selection_row
 
     if objective != "dsc" and any(k.hit is None for k in cases):
         raise ValueError(f"objective {objective!r} needs each lesion's detection (CaseLesions.hit)")
@@ -71,9 +71,17 @@ def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
     best = max(table, key=lambda r: (round(r["score"], 6), -r["cut"]))
     if not margin:
         return best["cut"], table
-    tolerance = one_lesion_margin(objective, round(best["lesions_per_case"] * len(cases)), reference)
+    tolerance = cut_margin(table, len(cases), reference, objective)
     tied = [r for r in table if round(r["score"], 6) >= round(best["score"], 6) - tolerance - 1e-9]
     return max(r["cut"] for r in tied), table
+
+
+def cut_margin(table: Sequence[Mapping[str, float]], cases: int, reference: int, objective: str) -> float:
+    """One lesion's worth of score at the best cut of `table` (malenia.evaluate.metrics.one_lesion_margin)."""
+    from malenia.evaluate.metrics import one_lesion_margin
+
+    best = max(table, key=lambda r: (round(r["score"], 6), -r["cut"]))
+    return one_lesion_margin(objective, round(best["lesions_per_case"] * cases), reference)
 
 
 @dataclass
@@ -273,12 +281,14 @@ def fit_and_choose(fit_cases: list[CaseComponents], val_cases: list[CaseComponen
         "set": features, "trial": "one training disease left out of the fit and of the validation cases in turn: the "
         "share of its real lesions kept at the cut chosen without it, and of the held-back false lesions (means)",
         "table": left_out_table(data, val_cases, objective=objective, margin=margin)}
-    cut, table = choose_cut([c.as_case(verifier) for c in val_cases], objective=objective, margin=margin)
+    lesions = [c.as_case(verifier) for c in val_cases]
+    cut, table = choose_cut(lesions, objective=objective, margin=margin)
     verifier.cut = cut
+    tolerance = cut_margin(table, len(lesions), sum(k.truth_lesions for k in lesions), objective) if margin else 0.0
     chosen = next(r for r in table if r["cut"] == cut)
     verifier.meta["validation"] = {**validated_on, "cases": len(val_cases),
                                    "objective": OBJECTIVE_TEXT[objective], "objective_id": objective,
-                                   "margin": margin,
+                                   "margin": round(tolerance, 4),
                                    "mean_dsc_without": round(table[0]["mean_dsc"], 4) if table[0]["cut"] == 0 else None,
                                    "mean_dsc": round(chosen["mean_dsc"], 4),
                                    "lesions_per_case": round(chosen["lesions_per_case"], 2),
