@@ -15,6 +15,6 @@ demo: $(STAMP)
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q Testing
 
-# Opt-in slow tests (longer training runs) and the built-in model's accuracy checks.
+# Opt-in slow tests (longer training runs); the built-in model's accuracy checks run in `test` too.
 test-all: $(STAMP)
 	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "" Testing

@@ -399,6 +399,9 @@ def test_model_card_says_what_the_verifier_reads_what_it_does_to_a_left_out_dise
     verifier["features"] = list(FEATURES)
     assert "logistic regression on its probability and image measurements;" in render_model_card({"name": "m"}, {}, [],
                                                                                                   verifier=verifier)
+    verifier["fitted_on"]["dataset"] = "/data/seen_verify + /data/lidc_vf_train"  # a pooled fit names every dataset
+    assert "lesions the model predicted in seen_verify + lidc_vf_train," in render_model_card({"name": "m"}, {}, [],
+                                                                                            verifier=verifier)
 
 
 def test_model_card_says_how_the_post_processing_was_chosen_and_what_it_gave_on_validation():

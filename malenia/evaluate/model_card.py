@@ -157,6 +157,11 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
             + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + one_sided + ")."]
 
 
+def _dataset_names(dataset: Any) -> str:
+    """'runs/data/a + runs/data/b' (how pooled fits record their data) -> 'a + b'; one path -> its folder name."""
+    return " + ".join(Path(part.strip()).name for part in str(dataset if dataset is not None else "?").split(" + "))
+
+
 def _verifier(verifier: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str]:
     """The card line on the lesion verifier (malenia.model.lesion_verifier), when the model has one."""
     if not verifier:
@@ -177,10 +182,10 @@ def _verifier(verifier: dict[str, Any] | None, manifest: dict[str, Any]) -> list
     keeps = f"kept when it scores at least {cut} (chosen" if cut else "kept whatever it scores (cut 0: no cut helped"
     return [f"- False positives: each predicted lesion is re-scored by a lesion verifier (`malenia fit-verifier`: "
             f"logistic regression on {reads}{why}; fitted on {fitted.get('lesions', '?')} "
-            f"lesions the model predicted in {Path(str(fitted.get('dataset', '?'))).name}"
+            f"lesions the model predicted in {_dataset_names(fitted.get('dataset'))}"
             + (f" at foreground threshold {fitted['threshold']}" if fitted.get("threshold") is not None else "")
             + f", {fitted.get('real', '?')} of them real) and {keeps} on "
-            f"{val.get('cases', '?')} cases of {Path(str(val.get('dataset', '?'))).name} ({val.get('split', '?')}): "
+            f"{val.get('cases', '?')} cases of {_dataset_names(val.get('dataset'))} ({val.get('split', '?')}): "
             f"mean DSC {val.get('mean_dsc_without')} without, {val.get('mean_dsc')} with"
             + (f", lesion detection recall {val['recall']} and precision {val['precision']}; objective: "
                f"{val.get('objective')}" if "recall" in val else "")
