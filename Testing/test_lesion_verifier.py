@@ -59,7 +59,7 @@ def test_the_cut_is_chosen_by_the_mean_case_dsc_and_keeps_every_lesion_when_noth
              CaseLesions(np.array([0.35]), np.array([50]), np.array([40]), 60)]
     with pytest.raises(ValueError, match="detection"):
         choose_cut(cases)  # the default objective counts lesions found, which these cases do not say
-    cut, table = choose_cut(cases, objective="dsc")
+    cut, table, _ = choose_cut(cases, objective="dsc")
     assert 0.1 < cut <= 0.35  # removes the false lesion, keeps the weakly scored real one
     by_cut = {r["cut"]: r for r in table}
     assert by_cut[cut]["mean_dsc"] > by_cut[0.0]["mean_dsc"]
@@ -81,11 +81,11 @@ def test_cuts_within_one_lesion_of_the_best_score_go_to_the_highest():
         return CaseLesions(np.array(p), np.array([1000, 10][:len(p)]), np.array(inside), truth, hit, int(hit.sum()))
     cases = ([case([0.9], [900], 1000) for _ in range(20)] + [case([0.9, 0.45], [900, 8], 1010)]
              + [case([0.3], [0], 0) for _ in range(5)])
-    exact, table = choose_cut(cases, margin=False)
+    exact, table, _ = choose_cut(cases, margin=False)
     rows = {r["cut"]: r for r in table}
     assert exact == 0.4 and rows[0.4]["recall"] == 1.0 and rows[0.4]["precision"] == 1.0
     assert 0 < rows[0.4]["score"] - rows[0.5]["score"] < 1 / 44
-    assert choose_cut(cases)[0] == 0.7
+    assert choose_cut(cases)[0] == 0.7 and choose_cut(cases)[2] == pytest.approx(1 / 44)  # P = R = 22 at the best cut
     cases += [case([0.9, 0.45], [900, 8], 1010) for _ in range(3)]
     assert choose_cut(cases)[0] == 0.4
 
@@ -95,8 +95,8 @@ def test_the_detection_objective_keeps_a_small_real_lesion_the_dsc_objective_cut
     with a 10-voxel false lesion scored above it; half DSC + half detection F1 keeps both."""
     case = CaseLesions(np.array([0.9, 0.12, 0.2]), np.array([500, 5, 10]), np.array([480, 5, 0]), 500,
                        np.array([True, True, False]), 2)
-    by_dsc, _ = choose_cut([case], objective="dsc", margin=False)
-    by_both, table = choose_cut([case], margin=False)
+    by_dsc, _, _ = choose_cut([case], objective="dsc", margin=False)
+    by_both, table, _ = choose_cut([case], margin=False)
     rows = {r["cut"]: r for r in table}
     assert by_dsc == 0.25 and by_both == 0.0
     assert rows[0.0]["recall"] == 1.0 and rows[0.0]["precision"] == pytest.approx(2 / 3)

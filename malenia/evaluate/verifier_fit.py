@@ -47,41 +47,33 @@ def case_dsc(case: CaseLesions, cut: float) -> float:
     return 1.0 if pred + case.truth_voxels == 0 else 2.0 * inter / (pred + case.truth_voxels)
 
 
-def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS,
-               objective: str = "dsc_f1", margin: bool = True) -> tuple[float, list[dict[str, float]]]:
-    """The cut by the best score (malenia.evaluate.metrics.selection_row) and the table. With `margin`, every cut
-    within one lesion's worth of the best score (malenia.evaluate.metrics.one_lesion_margin) counts as tied and the
-    highest of them wins, the one that keeps the fewest false positives: the rule `malenia calibrate` applies to the
-    threshold and minimum volume. Without it (the rule up to model 2.10.1), exact ties go to the lower cut.
-    The detection counts keep each lesion's match from the full set: a verifier only removes lesions, and a
-    removed one rarely held a match another would take over."""
-    from malenia.evaluate.metrics import selection_row
+def choose_cut(cases: Sequence[CaseLesions], cuts: Sequence[float] = CUTS, objective: str = "dsc_f1",
+               margin: bool = True) -> tuple[float, list[dict[str, float]], float]:
+    """The cut by the best score (malenia.evaluate.metrics.selection_row), the table, and the tolerance used. With
+    `margin`, every cut within one lesion's worth of the best score (malenia.evaluate.metrics.one_lesion_margin,
+    the tolerance) counts as tied and the highest of them wins, the one that keeps the fewest false positives: the
+    rule `malenia calibrate` applies to the threshold and minimum volume. Without it (the rule up to model 2.10.1),
+    exact ties go to the lower cut and the tolerance is 0. The detection counts keep each lesion's match from the
+    full set: a verifier only removes lesions, and a removed one rarely held a match another would take over."""
+    from malenia.evaluate.metrics import one_lesion_margin, selection_row
 
     if objective != "dsc" and any(k.hit is None for k in cases):
         raise ValueError(f"objective {objective!r} needs each lesion's detection (CaseLesions.hit)")
     reference = sum(k.truth_lesions for k in cases)
-    table = []
+    table, predicted = [], []
     for c in cuts:
         keep = [k.probability >= c for k in cases]
         hits = sum(int((k.hit & m).sum()) for k, m in zip(cases, keep) if k.hit is not None)
-        pred = sum(int(m.sum()) for m in keep)
+        predicted.append(sum(int(m.sum()) for m in keep))
         mean_dsc = float(np.mean([case_dsc(k, c) for k in cases]))
-        table.append({"cut": float(c), "lesions_per_case": pred / max(len(cases), 1),
-                      **selection_row(objective, mean_dsc, hits, pred, reference)})
-    best = max(table, key=lambda r: (round(r["score"], 6), -r["cut"]))
+        table.append({"cut": float(c), "lesions_per_case": predicted[-1] / max(len(cases), 1),
+                      **selection_row(objective, mean_dsc, hits, predicted[-1], reference)})
+    best = max(range(len(table)), key=lambda i: (round(table[i]["score"], 6), -table[i]["cut"]))
     if not margin:
-        return best["cut"], table
-    tolerance = cut_margin(table, len(cases), reference, objective)
-    tied = [r for r in table if round(r["score"], 6) >= round(best["score"], 6) - tolerance - 1e-9]
-    return max(r["cut"] for r in tied), table
-
-
-def cut_margin(table: Sequence[Mapping[str, float]], cases: int, reference: int, objective: str) -> float:
-    """One lesion's worth of score at the best cut of `table` (malenia.evaluate.metrics.one_lesion_margin)."""
-    from malenia.evaluate.metrics import one_lesion_margin
-
-    best = max(table, key=lambda r: (round(r["score"], 6), -r["cut"]))
-    return one_lesion_margin(objective, round(best["lesions_per_case"] * cases), reference)
+        return table[best]["cut"], table, 0.0
+    tolerance = one_lesion_margin(objective, predicted[best], reference)
+    tied = [r for r in table if round(r["score"], 6) >= round(table[best]["score"], 6) - tolerance - 1e-9]
+    return max(r["cut"] for r in tied), table, tolerance
 
 
 @dataclass
@@ -228,7 +220,7 @@ def left_out_trial(data: Labelled, val_cases: Sequence[CaseComponents], features
     held = data.real & (data.disease == disease)
     scored_false = ~data.real & (data.half == half)
     verifier = fit(*data.take((data.real & ~held) | (~data.real & ~scored_false)), features)
-    cut, _ = choose_cut([c.without(disease).as_case(verifier) for c in val_cases], objective=objective, margin=margin)
+    cut, _, _ = choose_cut([c.without(disease).as_case(verifier) for c in val_cases], objective=objective, margin=margin)
     return (verifier.probability(data.take(held)[0]) >= cut,
             verifier.probability(data.take(scored_false)[0]) >= cut)
 
@@ -281,10 +273,8 @@ def fit_and_choose(fit_cases: list[CaseComponents], val_cases: list[CaseComponen
         "set": features, "trial": "one training disease left out of the fit and of the validation cases in turn: the "
         "share of its real lesions kept at the cut chosen without it, and of the held-back false lesions (means)",
         "table": left_out_table(data, val_cases, objective=objective, margin=margin)}
-    lesions = [c.as_case(verifier) for c in val_cases]
-    cut, table = choose_cut(lesions, objective=objective, margin=margin)
+    cut, table, tolerance = choose_cut([c.as_case(verifier) for c in val_cases], objective=objective, margin=margin)
     verifier.cut = cut
-    tolerance = cut_margin(table, len(lesions), sum(k.truth_lesions for k in lesions), objective) if margin else 0.0
     chosen = next(r for r in table if r["cut"] == cut)
     verifier.meta["validation"] = {**validated_on, "cases": len(val_cases),
                                    "objective": OBJECTIVE_TEXT[objective], "objective_id": objective,
