@@ -332,6 +332,8 @@ def test_model_card_lists_earlier_stages_and_totals():
     assert line == ["- Attributes: the tokens' matches blended with classifiers on lesion measurements for location, "
                     "shape (weight 0.75; `malenia fit-attributes` on 288 lesions of seen_train (train), measured on "
                     "their reference masks; leave-one-disease-out accuracy shape 0.92)."]
+    measured["aspect_weights"] = {"location": 1.0}  # an aspect's own measured share is named beside the file's
+    assert "location, shape (weight 0.75, location 1.0; `malenia fit-attributes`" in render_model_card(manifest, {}, [], measured=measured)
     measured["fitted_on"]["masks"] = "predicted"
     assert "measured on the model's own masks of them;" in render_model_card(manifest, {}, [], measured=measured)
     measured["leave_one_disease_out_balanced"] = {"location": 0.0, "shape": 0.61}

@@ -245,6 +245,17 @@ def test_a_description_no_training_lesion_showed_stays_reachable_in_the_blend():
     assert mixed[0] > token[0] and mixed[3] > token[3]  # round, on the left: the measurement moved both
     assert mixed[2] > 0.05  # "oval" was in no training lesion: only the floor speaks for it, but it stays
     assert mixed[5] == token[5]  # an aspect without a classifier keeps the token's distribution
+    # the location's own share: at 1 its rows are the measurement (with the floor) alone, the token ignored
+    fitted.aspect_weights = {"location": 1.0}
+    own = fitted.blend(token, rows, ids, features)
+    other_token = fitted.blend(np.array([0.2, 0.5, 0.3, 0.9, 0.1, 1.0], np.float32), rows, ids, features)
+    assert own[[3, 4]] == pytest.approx(other_token[[3, 4]], abs=1e-6) and own[3] > mixed[3]
+    assert own[[0, 1, 2]] == pytest.approx(mixed[[0, 1, 2]], abs=1e-6)  # shape keeps the file's share
+    back = MeasuredAttributes.from_json(json.loads(json.dumps(fitted.to_json())))
+    assert back.aspect_weights == {"location": 1.0} and back.weight_of("shape") == 0.5
+    for bad in ({"location": 1.5}, {"where": 1.0}):
+        with pytest.raises(ModelError, match="weights must be|unknown aspects"):
+            MeasuredAttributes.from_json({**fitted.to_json(), "aspect_weights": bad})
 
 
 def test_leave_one_disease_out_cannot_name_a_description_only_the_left_out_disease_has():
@@ -295,9 +306,18 @@ def test_fit_attributes_then_segment_reports_the_measured_attributes(tmp_path_fa
     manifest = json.loads((model / "manifest.json").read_text())
     assert FILE in manifest["files"] and manifest["measured_attributes"]["lesions"] >= 10
     assert "leave-one-disease-out accuracy" in res.stdout
+    fitted = json.loads((model / FILE).read_text())
+    for args, message in ((["--aspect-weight", "where=1"], "unknown aspect"), (["--aspect-weight", "location=1.5"], "[0, 1]"),
+                          ([], "nothing would change")):
+        bad = malenia("fit-attributes", "--model", model, *args, "--progress", "none")
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-500:]
+    res = malenia("fit-attributes", "--model", model, "--aspect-weight", "location=1.0", "--progress", "none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    reweighed = json.loads((model / FILE).read_text())  # the same classifiers, only the location's share added
+    assert reweighed.pop("aspect_weights") == {"location": 1.0} and reweighed == fitted
     report = segment_report(_body_with_two_lesions()[0], model, tmp_path / "segment")
     used = report["extra"]["measured_attributes"]
-    assert used["weight"] == WEIGHT and "shape" in used["aspects"]
+    assert used["weight"] == WEIGHT and "shape" in used["aspects"] and used["aspect_weights"] == {"location": 1.0}
     details = report["extra"]["lesions"]
     assert details and all(set(d["measurements"]) == set(FEATURES) for d in details)
     bad = malenia("fit-attributes", "--model", model, "--data", data, "--weight", "2", "--progress", "none")

@@ -150,8 +150,9 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
     one_sided = "".join(f"; {a}: {c['classes'][0]} only where {c['feature']} exceeds {c['cut']:.3f}, the {c['quantile']:g} "
                         f"quantile of {c['lesions']} training {c['organ']} lesions without it"
                         for a, c in sorted((measured.get("aspects") or {}).items()) if kinds.get(a) == "one_sided")
+    own = "".join(f", {a} {w}" for a, w in sorted((measured.get("aspect_weights") or {}).items()))
     return [f"- Attributes: the tokens' matches blended with classifiers on lesion measurements for "
-            f"{', '.join(sorted(measured.get('aspects', {})))} (weight {measured.get('weight')}; `malenia fit-attributes` "
+            f"{', '.join(sorted(measured.get('aspects', {})))} (weight {measured.get('weight')}{own}; `malenia fit-attributes` "
             f"on {fitted.get('lesions', '?')} lesions of {Path(str(fitted.get('dataset', '?'))).name} "
             f"({fitted.get('split', '?')}), measured on {_MASKS.get(fitted.get('masks', 'reference'), '?')}"
             + (f"; leave-one-disease-out accuracy {lodo}" if lodo else "") + one_sided + ")."]

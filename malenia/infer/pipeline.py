@@ -359,7 +359,8 @@ class Segmenter:
                       "used_for_enhancement": phase.confident},
             "lesions": details,
             "measured_attributes": None if self.measured is None else {
-                "aspects": sorted(self.measured.aspects), "weight": self.measured.weight, "floor": self.measured.floor},
+                "aspects": sorted(self.measured.aspects), "weight": self.measured.weight, "floor": self.measured.floor,
+                **({"aspect_weights": self.measured.aspect_weights} if self.measured.aspect_weights else {})},
         }
 
 

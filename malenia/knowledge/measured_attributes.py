@@ -15,6 +15,9 @@ geometric mean (a product of experts), each aspect renormalised over its bank ro
 
     p(id) ∝ token(id)^(1 - w) * measured'(id)^w,   measured' = (1 - floor) * measured + floor / n
 
+with w the file's `weight`, or the aspect's own entry in `aspect_weights` where it has one (the location,
+whose measured reading is far better than the token's, may take a larger share than the other aspects).
+
 The floor keeps every description reachable that no training lesion showed (e.g. a gallbladder
 wall location): the measurement is evidence, not a veto. Aspects the file does not cover keep the
 token's distribution. Classifiers (configs as data, `ASPECT_SPECS`):
@@ -30,7 +33,8 @@ token's distribution. Classifiers (configs as data, `ASPECT_SPECS`):
     all but a share of the organ's other training lesions show, no evidence (the token alone) elsewhere.
 
 File (owned here): MODEL/measured_attributes.json
-    {"format": "malenia-measured-attributes/1", "weight": w, "floor": f, "fitted_on": {...},
+    {"format": "malenia-measured-attributes/1", "weight": w, "floor": f, "aspect_weights": {aspect: w} (optional),
+     "fitted_on": {...},
      "aspects": {aspect: {"kind", "features", ...}}, "leave_one_disease_out": {aspect: accuracy},
      "leave_one_disease_out_balanced": {aspect: mean accuracy over descriptions}}
 """
@@ -43,7 +47,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from malenia.aspects import organ_of
+from malenia.aspects import ASPECTS, organ_of
 from malenia.errors import ModelError
 
 FORMAT = "malenia-measured-attributes/1"
@@ -280,6 +284,10 @@ class MeasuredAttributes:
     weight: float = WEIGHT
     floor: float = FLOOR
     meta: dict[str, Any] = field(default_factory=dict)  # fitted_on, leave_one_disease_out
+    aspect_weights: dict[str, float] = field(default_factory=dict)  # an aspect's own measured share
+
+    def weight_of(self, aspect: str) -> float:
+        return float(self.aspect_weights.get(aspect, self.weight))
 
     def distributions(self, features: Mapping[str, float]) -> dict[str, dict[str, float]]:
         """aspect -> {description id: probability} for one lesion; a one-sided aspect only where it fires
@@ -308,12 +316,14 @@ class MeasuredAttributes:
             token = out[r] / out[r].sum() if out[r].sum() > 0 else np.full(len(r), 1.0 / len(r))
             m = np.array([measured.get(ids[i], 0.0) for i in r])
             m = (1 - self.floor) * (m / m.sum() if m.sum() > 0 else m) + self.floor / len(r)
-            mixed = np.exp((1 - self.weight) * np.log(np.maximum(token, 1e-12)) + self.weight * np.log(m))
+            w = self.weight_of(aspect)
+            mixed = np.exp((1 - w) * np.log(np.maximum(token, 1e-12)) + w * np.log(m))
             out[r] = mixed / mixed.sum()
         return out.astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "weight": self.weight, "floor": self.floor, **self.meta,
+                **({"aspect_weights": dict(self.aspect_weights)} if self.aspect_weights else {}),
                 "aspects": {a: c.to_json() for a, c in self.aspects.items()}}
 
     @staticmethod
@@ -323,12 +333,15 @@ class MeasuredAttributes:
         try:
             aspects = {str(a): AspectClassifier.from_json(c) for a, c in obj["aspects"].items()}
             weight, floor = float(obj["weight"]), float(obj["floor"])
+            own = {str(a): float(w) for a, w in (obj.get("aspect_weights") or {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelError(f"{where}: damaged measured-attributes file ({err})") from None
-        if not (0.0 <= weight <= 1.0 and 0.0 < floor <= 1.0):
-            raise ModelError(f"{where}: weight must be in [0, 1] and floor in (0, 1]")
-        meta = {k: v for k, v in obj.items() if k not in ("format", "weight", "floor", "aspects")}
-        return MeasuredAttributes(aspects, weight, floor, meta)
+        if not (all(0.0 <= w <= 1.0 for w in (weight, *own.values())) and 0.0 < floor <= 1.0):
+            raise ModelError(f"{where}: weights must be in [0, 1] and floor in (0, 1]")
+        if unknown := sorted(set(own) - set(ASPECTS)):
+            raise ModelError(f"{where}: aspect_weights names unknown aspects {unknown}")
+        meta = {k: v for k, v in obj.items() if k not in ("format", "weight", "floor", "aspects", "aspect_weights")}
+        return MeasuredAttributes(aspects, weight, floor, meta, own)
 
 
 def fit(examples: list[Example], specs: Mapping[str, Mapping[str, Any]] = ASPECT_SPECS,
