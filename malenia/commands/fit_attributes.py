@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--weight must be in [0, 1], got {weight}")
     own = aspect_weights(args.aspect_weight)
     if args.data is None:
-        return reweigh(args, weight, own)
+        return reweigh(args, own)
     require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device, build_network=args.masks == "predicted")
     progress = Progress(1, args.progress, "fit-attributes")
@@ -104,21 +104,21 @@ def aspect_weights(items: list[str]) -> dict[str, float]:
     return out
 
 
-def reweigh(args: argparse.Namespace, weight: float, own: dict[str, float]) -> int:
-    """The model's own classifiers with new shares; nothing is refitted."""
+def reweigh(args: argparse.Namespace, own: dict[str, float]) -> int:
+    """The model's own classifiers with new shares (--weight where given, `own` per aspect); nothing is refitted."""
     import json
 
     from malenia.errors import InputError
     from malenia.knowledge.measured_attributes import FILE
     from malenia.model.folder import load_model_folder, update_model_folder
 
+    if args.weight is None and not own:
+        raise InputError("without --data, give --weight or --aspect-weight (nothing would change)")
     model = load_model_folder(args.model, build_network=False)
     measured = model.measured_attributes()
     if measured is None:
         raise InputError(f"{args.model} has no measured attributes to re-weigh; fit them with --data DATASET")
-    if args.weight is None and not own:
-        raise InputError("without --data, give --weight or --aspect-weight (nothing would change)")
-    measured.weight = weight if args.weight is not None else measured.weight
+    measured.weight = measured.weight if args.weight is None else args.weight
     measured.aspect_weights = {**measured.aspect_weights, **own}
     print(f"measured share {measured.weight}" + "".join(f", {a} {w}" for a, w in measured.aspect_weights.items()))
     if not args.dry_run:
