@@ -423,3 +423,14 @@ def test_model_card_says_how_the_post_processing_was_chosen_and_what_it_gave_on_
                          "of this setting's, which keeps fewer false positives)")
     same = {**margin, "best": {"threshold": 0.2, "min_volume_mm3": 524.0, "score": 0.5449}}
     assert _post_processing({"threshold": 0.2, "min_volume_mm3": 524.0, "calibration": same}).endswith("0.95 there")
+
+
+def test_model_card_names_the_site_profiles_an_evaluation_named_diseases_with():
+    from malenia.evaluate.model_card import _site_profiles
+
+    assert _site_profiles({"knowledge": {"profiles": []}}) == "" and _site_profiles({}) == ""
+    line = _site_profiles({"knowledge": {"profiles": [
+        {"key": "pulmonary_nodule", "version": "1", "sha256": "b157e800ea2164a9d8", "overrides": False},
+        {"key": "liver_cyst", "version": "3", "sha256": "0123456789abcdef", "overrides": True}]}})
+    assert "site profiles `pulmonary_nodule` version 1 (sha256 b157e800ea21…)" in line
+    assert "`liver_cyst` version 3 (sha256 0123456789ab…, overriding the model's)" in line

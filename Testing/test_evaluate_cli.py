@@ -123,6 +123,9 @@ def test_evaluate_cli_writes_tables_and_card(model):
     assert misses["lesions"] == len(lesions) and misses["missed"] == sum(not les["detected"] for les in lesions)
     assert misses["missed"] == sum(misses[s] for s in ("silent", "outline", "min_volume", "verifier", "matching"))
     assert "Missed lesions by where `segment` lost them" in md
+    # every detected lesion's reported name is tallied under its own type, "unclassified" included
+    assert sum(sum(n.values()) for n in result["names"].values()) == sum(les["detected"] for les in lesions)
+    assert ("Names reported for detected lesions" in md) == any(les["detected"] for les in lesions)
     card = subprocess.run([sys.executable, "-m", "malenia.cli", "evaluate", "--model", str(model / "run" / "model"),
                            "--card", str(out / "evaluation.json")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -184,3 +187,14 @@ def test_segment_and_evaluate_ship_the_same_label_map_and_lesions(tmp_path, tmp_
     assert [(p["label"], p["disease"]) for p in predicted] == [(x["label"], x["disease"]["name"]) for x in shipped["lesions"]]
     assert [p["voxels"] for p in predicted] == [x["measurements"]["voxel_count"] for x in shipped["lesions"]]
     assert result["cases"][0]["lesions_detected"] == 2 and result["threshold"] == float(THRESHOLD)
+
+
+def test_names_tally_reports_where_each_types_names_go():
+    from malenia.evaluate.evaluate import names_given
+
+    les = lambda d, p, det=True: {"disease": d, "pred_disease": p, "detected": det}
+    cases = [{"lesions": [les("lung_tumor", "pulmonary_nodule"), les("lung_tumor", None), les("lung_tumor", None, False)]},
+             {"lesions": [les("lung_tumor", None), les("liver_cyst", "liver_cyst")]}]
+    assert names_given(cases) == {"liver_cyst": {"liver_cyst": 1},
+                                  "lung_tumor": {"unclassified": 2, "pulmonary_nodule": 1}}
+    assert list(names_given(cases)["lung_tumor"]) == ["unclassified", "pulmonary_nodule"]  # most frequent first

@@ -22,6 +22,12 @@ TYPICAL = ["location.liver.right_lobe", "shape.round", "density.hypodense.liver"
            "surface.well_defined", "relationship.separate", "enhancement.contrast", "specific_features.marked_enhancement"]
 
 
+def _profiles_in(knowledge: dict, folder) -> list[str]:
+    """Keys of the profiles a report's knowledge block took from `folder` (the installation's own are
+    in force beside a test's folder)."""
+    return [p["key"] for p in knowledge["profiles"] if str(p["path"]).startswith(str(folder))]
+
+
 def _classify(capsys, site, ids) -> dict:
     assert cli(["knowledge", "classify", *ids, "--knowledge", str(site)]) == 0
     return json.loads(capsys.readouterr().out)
@@ -86,7 +92,68 @@ def test_environment_folder_applies_and_a_later_folder_overrides(tmp_path, monke
     assert table.name("hepatic_haemangioma") == "Env name"
     table = table_in_force_at(None, [run_dir])
     assert table.name("hepatic_haemangioma") == "Run name"
-    assert [p["path"] for p in table.origin["profiles"]] == [str(run_dir / "hepatic_haemangioma.json")]
+    # the later folder's file replaces the earlier one (installation profiles, if any, are listed beside it)
+    assert [p["path"] for p in table.origin["profiles"] if p["key"] == "hepatic_haemangioma"] == [
+        str(run_dir / "hepatic_haemangioma.json")]
+
+
+def _rated_nodules(root):
+    """A reports-only dataset: three lung nodules (one in the val split), a liver lesion, descriptions of
+    another organ and free text."""
+    from malenia.atomic import write_json
+    from malenia.data.dataset import CaseReport, DatasetIndex, Description, LesionReport, case_dir, write_dataset_index
+
+    def lesion(label, disease, **attrs):
+        return LesionReport(label, disease, {a.replace("__", "."): [Description(t, i) for i, t in v] for a, v in attrs.items()})
+
+    nodule = dict(shape=[("shape.round", "round")], surface=[("surface.ill_defined", "ill defined")],
+                  density=[("density.lung.ground_glass", "ground glass")],
+                  specific_features=[("specific_features.none", "none")])
+    cases = {
+        "c1": [lesion(1, "lung_tumor", **nodule), lesion(2, "liver_tumor", shape=[("shape.irregular", "irregular")])],
+        "c2": [lesion(1, "lung_tumor", **{**nodule, "density": [("density.hypodense.kidney", "x"), (None, "soft, like a grape")]})],
+        "c3": [lesion(1, "lung_tumor", **{**nodule, "shape": [("shape.oval", "oval")],
+                                          "specific_features": [("specific_features.calcification", "c"),
+                                                                ("specific_features.lobulation", "l")]})],
+    }
+    for case_id, lesions in cases.items():
+        folder = case_dir(root, case_id)
+        folder.mkdir(parents=True)
+        write_json(folder / "report.json", CaseReport(case_id, lesions).to_json())
+    write_dataset_index(root, DatasetIndex("rated", list(cases), {"train": ["c1", "c2"], "val": ["c3"]}))
+    return root
+
+
+def test_profile_estimated_from_a_dataset_counts_its_lesions_and_names_them(tmp_path, capsys):
+    data, site = _rated_nodules(tmp_path / "rated"), tmp_path / "site"
+    add = ["knowledge", "add", "rated_nodule", "--name", "Rated nodule", "--organ", "lung",
+           "--knowledge", str(site), "--from-data", str(data)]
+    # no lesion of the key's disease: refused, naming what the dataset holds, nothing written
+    assert cli(add) == 3
+    assert "lung_tumor (3), liver_tumor (1)" in capsys.readouterr().err and not list(site.glob("*.json"))
+    assert cli(add[:-2] + ["--from-data", str(tmp_path)]) == 3  # not a dataset
+    assert cli(add + ["--from-disease", "lung_tumor", "-d", "relationship.separate"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated from 3 lesions" in out and "'other organ': 1" in out and "'free text': 1" in out
+    saved = json.loads((site / "rated_nodule.json").read_text())
+    prof = saved["profile"]
+    # smoothed counts over every lung description: shape 2 round + 1 oval over 4 shapes (alpha 1)
+    assert prof["shape"] == pytest.approx({"shape.round": 3 / 7, "shape.oval": 2 / 7, "shape.lobulated": 1 / 7,
+                                           "shape.irregular": 1 / 7})
+    assert len(prof["location"]) == 5 and set(prof["location"].values()) == {0.2}  # not described: uniform
+    assert prof["relationship"] == {"relationship.separate": 1.0}  # -d replaces the aspect it names
+    assert saved["rationale"]["relationship"] == "given with -d" and "3 of 3" in saved["rationale"]["shape"]
+    assert "not described" in saved["rationale"]["location"] and "2 of 3" in saved["rationale"]["density"]
+    assert saved["estimated_from"]["described"]["density"] == 2 and saved["estimated_from"]["lesions"] == 3  # c2's dropped
+    assert saved["finding_count"]["2"] > saved["finding_count"]["1"]  # c3's two findings are the only ones
+    nodule = ["shape.round", "surface.ill_defined", "specific_features.none", "density.lung.ground_glass"]
+    assert _classify(capsys, site, nodule)["name"] == "rated_nodule"
+    # edit re-estimates from another split: only c3 (oval)
+    assert cli(["knowledge", "edit", "rated_nodule", "--from-data", str(data), "--split", "val",
+                "--from-disease", "lung_tumor", "--knowledge", str(site)]) == 0
+    edited = json.loads((site / "rated_nodule.json").read_text())
+    assert edited["version"] == 2 and edited["profile"]["shape"]["shape.oval"] == pytest.approx(2 / 5)
+    assert edited["estimated_from"]["split"] == "val" and edited["estimated_from"]["lesions"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +188,7 @@ def test_profile_added_by_cli_names_the_segmented_lesion_and_removal_reverts_it(
     _, before = _segment(tiny, ct, tmp_path / "before", site)
     assert len(before["lesions"]) == 1  # the test model finds planted spheres
     lesion = before["lesions"][0]
-    assert lesion["disease"]["name"] != "planted_mass" and before["knowledge"]["profiles"] == []
+    assert lesion["disease"]["name"] != "planted_mass" and _profiles_in(before["knowledge"], site) == []
     # The lesion type is new to the table: a radiologist describes it from what the model sees
     # (each aspect's descriptions scoring at least 0.05, weighted by their scores).
     described = [f"{i}={s:.3f}" for a, m in lesion["scores"].items() if a != "enhancement"
@@ -134,8 +201,9 @@ def test_profile_added_by_cli_names_the_segmented_lesion_and_removal_reverts_it(
     validate_report(named)
     call = named["lesions"][0]["disease"]
     assert call["name"] == "planted_mass" and call["display_name"] == "Planted mass" and not call["unclassified"]
-    profile = named["knowledge"]["profiles"][0]
-    assert profile["key"] == "planted_mass" and not profile["overrides"]
+    assert _profiles_in(named["knowledge"], site) == ["planted_mass"]
+    profile = next(p for p in named["knowledge"]["profiles"] if p["key"] == "planted_mass")
+    assert not profile["overrides"]
     assert profile["sha256"] == hashlib.sha256((site / "planted_mass.json").read_bytes()).hexdigest()
     assert named["knowledge"]["table"]["sha256"] == hashlib.sha256(tiny.knowledge_table_path.read_bytes()).hexdigest()
     nearest = call["alternatives"][0]["name"]
@@ -152,7 +220,7 @@ def test_profile_added_by_cli_names_the_segmented_lesion_and_removal_reverts_it(
     redone = saved.lesions[0].disease
     assert (redone.name, redone.unclassified, redone.organ) == (again["name"], again["unclassified"], again["organ"])
     assert redone.probability == pytest.approx(again["probability"], abs=1e-4)
-    assert saved.knowledge["profiles"] == []
+    assert _profiles_in(saved.knowledge, site) == []
 
 
 def test_openset_rule_fitted_on_model_scores_is_stored_and_used(tiny, tmp_path):

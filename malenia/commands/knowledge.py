@@ -83,6 +83,12 @@ def _register_profiles(actions) -> None:
         a.add_argument("--name", required=verb == "add", default=None, help="display name")
         a.add_argument("--organ", required=verb == "add", default=None, help="organ (vocabulary organs)")
         a.add_argument("--rationale", action="append", default=None, metavar="ASPECT=TEXT", help="why, per aspect")
+        a.add_argument("--from-data", default=None, metavar="DATASET",
+                       help="estimate the aspects from a dataset's annotated lesions (smoothed description counts, "
+                            "as the table's workbook diseases); -d then replaces the aspects it names")
+        a.add_argument("--split", default="all", help="split of --from-data (default all)")
+        a.add_argument("--from-disease", default=None, metavar="DISEASE",
+                       help="the lesions of --from-data to count: those of this disease (default: KEY)")
         _site_arguments(a)
         a.set_defaults(func=_add if verb == "add" else _edit)
     r = actions.add_parser("remove", help="delete a site profile (the model's own diseases cannot be removed)")
@@ -249,15 +255,60 @@ def _save(args: argparse.Namespace, adding: bool) -> int:
         base = None if adding else table.disease(args.key)
         organ = args.organ or base.organ
         weights = parse_weighted(args.descriptions, table.vocab, organ)
-        if not adding and not weights and args.name is None and args.organ is None and not args.rationale:
-            raise InputError("nothing to change: give descriptions, --name, --organ or --rationale")
-        profile = build_profile(args.key, args.name or base.name, organ, weights, table.vocab, base,
-                                _rationale(args.rationale))
+        if not adding and not weights and args.name is None and args.organ is None and not args.rationale \
+                and not args.from_data:
+            raise InputError("nothing to change: give descriptions, --name, --organ, --rationale or --from-data")
+        estimate, data_name = _estimate(args, organ, table.vocab) if args.from_data else (None, "")
+        rationale = _rationale(args.rationale)
+        if estimate is not None:
+            given = {a: "given with -d" for a in weights}
+            weights = {**estimate.profile, **weights}
+            rationale = {**estimate.rationale(_data_source(args)), **given, **(rationale or {})}
+        profile = build_profile(args.key, args.name or base.name, organ, weights, table.vocab, base, rationale)
+        if estimate is not None:
+            profile.finding_count = dict(estimate.finding_count)
+            profile.extra["estimated_from"] = {"dataset": data_name, "split": args.split,
+                                               "disease": args.from_disease or args.key, "lesions": estimate.lesions,
+                                               "described": estimate.described, "dropped": estimate.dropped}
         replaced = profile_path(folder, args.key).is_file()
         path = write_profile(folder, profile)
     verb = "added" if adding else ("edited" if replaced else "override written")
     print(f"{verb}: {args.key} ({profile.name}, {organ}), version {profile.extra['version']} -> {path}")
+    if estimate is not None:
+        told = ", ".join(f"{a} {n}" for a, n in estimate.described.items())
+        print(f"estimated from {estimate.lesions} lesions of {_data_source(args)}; lesions describing each aspect: {told}"
+              + (f"; left out: {estimate.dropped}" if estimate.dropped else ""))
     return 0
+
+
+def _data_source(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    split = "" if args.split in (None, "all") else f", split {args.split}"
+    return f"{args.from_disease or args.key} in {Path(args.from_data).name}{split}"
+
+
+def _estimate(args: argparse.Namespace, organ: str, vocab):
+    """The profile estimated from the --from-data lesions of --from-disease (default KEY)."""
+    from collections import Counter
+
+    from malenia.data.dataset import REPORT_FILE, case_dir, read_dataset, read_report, require_dataset
+    from malenia.errors import InputError
+    from malenia.knowledge.estimate import estimate_site_profile
+
+    data = require_dataset(args.from_data, "--from-data")
+    disease = args.from_disease or args.key
+    index, lesions, seen = read_dataset(data), [], Counter()
+    for case_id in index.split_cases(args.split):
+        for les in read_report(case_dir(data, case_id) / REPORT_FILE).lesions:
+            seen[les.disease] += 1
+            if les.disease == disease:
+                lesions.append({a: [d.id for d in v] for a, v in les.attributes.items()})
+    if not lesions:
+        has = ", ".join(f"{d} ({n})" for d, n in seen.most_common()) or "no lesions"
+        raise InputError(f"--from-data {data}: no lesion of disease {disease!r} in split {args.split!r} (it has: {has}); "
+                         "name the lesions' disease with --from-disease")
+    return estimate_site_profile(lesions, organ, vocab), index.name
 
 
 def _add(args: argparse.Namespace) -> int:

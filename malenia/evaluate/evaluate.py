@@ -16,7 +16,7 @@ Rules (metric definitions in malenia.evaluate.metrics):
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -194,6 +194,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "per_type": per_type,
         "by_size": recall_by_size((les["diameter_mm"], les["detected"]) for c in cases_out for les in c["lesions"]),
         "misses": summarise([les for c in cases_out for les in c["lesions"]]),
+        "names": names_given(cases_out),
         "cases": cases_out,
     }
     result["intervals"] = result_intervals(result)  # 95 % over cases, per group (malenia.evaluate.intervals)
@@ -281,6 +282,26 @@ def _group_summary(per_type: dict[str, dict[str, Any]], members) -> dict[str, An
     return out
 
 
+def names_given(cases: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per reference lesion type, how often each name was reported for its detected lesions ("unclassified"
+    included), most frequent first: where a wrong or withheld name goes, which accuracy alone does not say."""
+    tally: dict[str, Counter] = defaultdict(Counter)
+    for les in (les for c in cases for les in c["lesions"] if les.get("detected")):
+        tally[str(les.get("disease"))][les.get("pred_disease") or "unclassified"] += 1
+    return {d: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) for d, c in sorted(tally.items())}
+
+
+def _names_lines(result: dict[str, Any]) -> list[str]:
+    names = result.get("names") or names_given(result.get("cases") or [])
+    if not names:
+        return []
+    lines = ["", "Names reported for detected lesions (the disease `segment` names; \"unclassified\" as such):", "",
+             "| lesion type | detected | named |", "|---|---|---|"]
+    for d, counts in names.items():
+        lines.append(f"| {d} | {sum(counts.values())} | " + ", ".join(f"{n} {k}" for n, k in counts.items()) + " |")
+    return lines
+
+
 def _f(v: Any, pct: bool = False) -> str:
     if v is None:
         return "–"
@@ -316,6 +337,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
         lines += ["", "A novel (validation) type has no profile in any table: its disease accuracy is the share of its "
                       "detected lesions called \"unclassified\", and it has no closest disease to get right."]
     lines += _interval_lines(result)
+    lines += _names_lines(result)
     groups = [(n, g) for n, g in result["groups"].items() if g and n in ("unseen", "seen")]
     if groups:
         lines += ["", "Attribute matching on detected lesions, % (precision / recall, macro over descriptions):", ""]

@@ -127,7 +127,7 @@ def render_model_card(manifest: dict[str, Any], config: dict[str, Any], results:
             f"### {data.get('name', '?')} (split `{data.get('split')}`, {data.get('cases')} cases)",
             "",
             f"Path `{data.get('path')}`; evaluated in {r.get('seconds', '?')} s on the CPU "
-            f"({_post_processing(r)}).",
+            f"({_post_processing(r)}){_site_profiles(r)}.",
             "",
             markdown_tables(r).rstrip(),
         ]
@@ -230,6 +230,16 @@ def _lineage(manifest: dict[str, Any]) -> list[str]:
     if all(isinstance(v, (int, float)) for v in steps + secs):
         lines.append(f"- All {len(all_stages)} stages: {sum(steps)} steps in {sum(secs) / 60:.1f} min of training.")
     return lines
+
+
+def _site_profiles(result: dict[str, Any]) -> str:
+    """The site profiles merged into the model's table for an evaluation (its names depend on them)."""
+    profiles = (result.get("knowledge") or {}).get("profiles") or []
+    if not profiles:
+        return ""
+    named = ", ".join(f"`{p.get('key')}` version {p.get('version')} (sha256 {str(p.get('sha256'))[:12]}…"
+                      + (", overriding the model's" if p.get("overrides") else "") + ")" for p in profiles)
+    return f"; diseases named with the model's knowledge table and the site profile{'s' if len(profiles) > 1 else ''} {named}"
 
 
 def _post_processing(result: dict[str, Any]) -> str:

@@ -10,6 +10,12 @@ with alpha = 1 for coded aspects and 0.5 for findings (a 25-finding vocabulary w
 would flatten the rare, informative findings). A cell with k values (multi-valued quirk) and a
 report with k findings count 1/k each. The five types not in the workbook come from
 Resources/knowledge/expert_profiles.json.
+
+A site profile may be estimated the same way from any annotated lesions (`malenia knowledge add --from-data`:
+a dataset's reports, e.g. corrected lesions or rated nodules; `estimate_site_profile`). Its support is every
+description valid for the organ (the vocabulary's, not the workbook's coding), so a description the lesions
+never show keeps the smoothing's mass and stays reachable; an aspect no lesion describes comes out uniform,
+which is what a hand-written profile gives an aspect it leaves out.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Mapping
 
 from malenia.aspects import ALL_DISEASES, ASPECTS, SEEN_DISEASES
 from malenia.errors import InputError
@@ -66,20 +72,27 @@ class Counts:
     n_lesions: int = 0
 
     def add(self, rec: LesionRecord, sign: int = 1) -> None:
+        self.add_attributes(rec.attributes, sign)
+
+    def add_attributes(self, attributes: Mapping[str, list[str]], sign: int = 1) -> None:
         self.n_lesions += sign
         for aspect in ASPECTS:
-            ids = rec.attributes.get(aspect) or []
+            ids = attributes.get(aspect) or []
             for i in ids:
                 self.aspects[aspect][i] += sign / len(ids)
-        findings = [i for i in rec.attributes.get("specific_features", []) if i != NONE_FINDING]
+        findings = [i for i in attributes.get("specific_features", []) if i != NONE_FINDING]
         if findings:
             self.findings_per_lesion[min(len(findings), MAX_FINDING_COUNT)] += sign
 
-    def profile(self, vocab: Vocabulary) -> dict[str, dict[str, float]]:
+    def profile(self, vocab: Vocabulary, support_of: Callable[[str, str, Vocabulary], list[str]] | None = None
+                ) -> dict[str, dict[str, float]]:
+        """Smoothed counts over `support_of(aspect, organ, vocab)` (default: the workbook's coding) plus any
+        description counted."""
+        support_of = support_of or support
         out = {}
         for aspect in ASPECTS:
             counts = self.aspects[aspect]
-            ids = list(dict.fromkeys(support(aspect, self.organ, vocab) + [i for i, c in counts.items() if c > 1e-9]))
+            ids = list(dict.fromkeys(support_of(aspect, self.organ, vocab) + [i for i, c in counts.items() if c > 1e-9]))
             alpha = ALPHA_FINDINGS if aspect == "specific_features" else ALPHA
             total = sum(max(counts.get(i, 0.0), 0.0) for i in ids) + alpha * len(ids)
             out[aspect] = {i: (max(counts.get(i, 0.0), 0.0) + alpha) / total for i in ids}
@@ -89,6 +102,54 @@ class Counts:
         ks = range(1, MAX_FINDING_COUNT + 1)
         total = sum(max(self.findings_per_lesion[k], 0) for k in ks) + ALPHA_FINDINGS * len(ks)
         return {k: (max(self.findings_per_lesion[k], 0) + ALPHA_FINDINGS) / total for k in ks}
+
+
+def organ_support(aspect: str, organ: str, vocab: Vocabulary) -> list[str]:
+    """Every description of `aspect` valid for `organ` (a site profile's support)."""
+    return vocab.ids_for_organ(aspect, organ)
+
+
+@dataclass
+class SiteEstimate:
+    """A site profile's aspects estimated from annotated lesions (`estimate_site_profile`)."""
+
+    profile: dict[str, dict[str, float]]
+    finding_count: dict[int, float]
+    lesions: int
+    described: dict[str, int]  # per aspect, how many lesions describe it (0: the aspect is uniform)
+    dropped: dict[str, int]  # descriptions left out: "free text", "unknown id", "other organ"
+
+    def rationale(self, source: str) -> dict[str, str]:
+        return {a: (f"estimated from {self.described[a]} of {self.lesions} annotated lesions ({source}), Laplace-"
+                    f"smoothed (alpha={ALPHA_FINDINGS if a == 'specific_features' else ALPHA})" if self.described[a]
+                    else f"not described by the {self.lesions} lesions ({source}): every description equally")
+                for a in ASPECTS}
+
+
+def estimate_site_profile(lesions: Iterable[Mapping[str, list[str | None]]], organ: str, vocab: Vocabulary) -> SiteEstimate:
+    """Smoothed description counts of `lesions` (aspect -> description ids; None for free text) for a
+    disease of `organ`. Ids the vocabulary lacks, or that describe another organ, are left out and
+    counted in `dropped`; a lesion's aspect then counts only its valid descriptions."""
+    counts, described, dropped, n = Counts(organ), Counter(), Counter(), 0
+    for attributes in lesions:
+        kept: dict[str, list[str]] = {}
+        for aspect in ASPECTS:
+            ids = []
+            for i in attributes.get(aspect) or []:
+                why = "free text" if i is None else "unknown id" if i not in vocab else (
+                    "other organ" if not vocab.entry(i).applies_to(organ) or vocab.aspect_of(i) != aspect else "")
+                if why:
+                    dropped[why] += 1
+                else:
+                    ids.append(i)
+            kept[aspect] = ids
+            described[aspect] += bool(ids)
+        counts.add_attributes(kept)
+        n += 1
+    if not n:
+        raise InputError("no lesions to estimate a profile from")
+    return SiteEstimate(counts.profile(vocab, organ_support), counts.finding_count(), n,
+                        {a: described[a] for a in ASPECTS}, dict(dropped))
 
 
 def count_records(records: Iterable[LesionRecord]) -> dict[str, Counts]:
