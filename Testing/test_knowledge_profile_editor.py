@@ -93,3 +93,53 @@ def test_draft_is_tested_on_the_lesion_then_saved_renaming_the_open_result(outpu
     assert not (site / "liver_mass_x.json").exists()
     assert session.lesion(2).disease.key == "liver_cyst"
     editor.widget.close()
+
+
+def test_draft_estimated_from_saved_corrections_then_tested_and_saved(tmp_path):
+    """"Estimate from corrections": the weights of a new disease from the lesions a radiologist saved under
+    its key (only the latest version of each scan counts, as the corrections dataset lists it)."""
+    import SimpleITK as sitk
+
+    from malenia.data.corrections import CorrectionStore, case_name
+    from malenia.data.dataset import Description, LesionReport
+
+    app = qt_compat.ensure_application()
+    site, corrections = tmp_path / "site", tmp_path / "corrections"
+    editor = ProfileEditor(ProfileEditorLogic(lambda: table_in_force_at(None, [site]), site))
+    editor.select_disease(None)
+    editor.key_edit.setText("liver_mass_x")
+    editor.name_edit.setText("Liver mass X")
+    editor.organ_combo.setCurrentIndex(editor.organ_combo.findText("liver"))
+    app.processEvents()
+    assert editor.estimate() is None and "no corrections folder" in get(editor.status, "text")
+    editor.corrections_dir = lambda: corrections
+    assert editor.estimate() is None and "no saved corrections" in get(editor.status, "text")
+
+    store, d = CorrectionStore(corrections), lambda i: [Description(i.split(".")[-1], i)]
+    for k, (first, second) in enumerate((("shape.oval", "shape.round"), ("shape.round", "shape.round"))):
+        image = sitk.Image(8, 8, 8, sitk.sitkInt16)
+        image[1, 1, 1] = k  # another scan
+        labels = sitk.Image(8, 8, 8, sitk.sitkUInt8)
+        labels[2, 2, 2], labels[5, 5, 5] = 1, 2
+        mass = LesionReport(1, "liver_mass_x", {"shape": d(first), "density": d("density.fluid")})
+        cyst = LesionReport(2, "liver_cyst", {"shape": d("shape.oval")})
+        store.save(case_name("ct", image), image, labels, [mass, cyst])
+        if k == 0:  # the same scan corrected again: v002 replaces v001's oval by a round mass
+            mass = LesionReport(1, "liver_mass_x", {"shape": d(second), "density": d("density.fluid")})
+            store.save(case_name("ct", image), image, labels, [mass, cyst])
+
+    draft = editor.estimate()
+    shapes = editor.logic.vocab.ids_for_organ("shape", "liver")
+    expect = (2 + 1) / (2 + len(shapes))  # two round masses (latest versions only), smoothed over the liver's shapes
+    assert draft.weights["shape"]["shape.round"] == pytest.approx(expect)
+    assert get(editor._weights["shape"]["shape.round"], "value") == pytest.approx(expect, abs=1e-3)
+    assert "Estimated from 2 saved lesion(s) named liver_mass_x" in get(editor.status, "text")
+    assert not site.exists() or not list(site.glob("*.json"))  # estimating writes nothing
+    editor.save()
+    saved = json.loads((site / "liver_mass_x.json").read_text())
+    assert saved["profile"]["shape"]["shape.round"] == pytest.approx(expect, abs=1e-3)
+
+    editor.select_disease(None)
+    editor.key_edit.setText("other_mass")
+    assert editor.estimate() is None
+    assert "liver_mass_x (2), liver_cyst (2)" in get(editor.status, "text")  # what the corrections do hold

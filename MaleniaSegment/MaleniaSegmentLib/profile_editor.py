@@ -1,5 +1,7 @@
 """Disease profile editor: a site profile's organ and, per aspect, its typical descriptions and weights.
 
+"Estimate from corrections" fills the draft's weights from the lesions the radiologist saved under
+its key in the corrections folder (malenia.knowledge.estimate, as `malenia knowledge add --from-data`);
 "Test on this lesion" ranks the selected lesion against every disease of the table in force with
 the draft in it (nothing is written); "Save profile" writes the site profile atomically
 (malenia.knowledge.profiles) and re-ranks the lesions of the open result from their stored
@@ -89,6 +91,24 @@ class ProfileEditorLogic:
         except InputError as err:
             raise ValueError(str(err)) from None
 
+    def estimate(self, draft: ProfileDraft, dataset_dir: str | Path) -> tuple[ProfileDraft, object]:
+        """The draft with every aspect's weights estimated from the lesions named `draft.key` in a dataset
+        (a corrections folder), and the estimate (lesions counted, aspects described); ValueError when
+        there are none."""
+        from malenia.data.dataset import is_dataset, lesion_descriptions
+        from malenia.knowledge.estimate import estimate_site_profile
+
+        if not draft.key:
+            raise ValueError("give the disease a key first: the lesions saved under it are counted")
+        if not is_dataset(dataset_dir):
+            raise ValueError(f"{dataset_dir} holds no saved corrections yet")
+        lesions, held = lesion_descriptions(dataset_dir, None, draft.key)
+        if not lesions:
+            has = ", ".join(f"{d} ({n})" for d, n in held.items()) or "none"
+            raise ValueError(f"no saved lesion is named {draft.key!r} in {dataset_dir} (saved: {has})")
+        est = estimate_site_profile(lesions, draft.organ, self.vocab)
+        return ProfileDraft(draft.key, draft.name, draft.organ, est.profile, draft.exists), est
+
     def rank(self, scores: dict[str, dict[str, float]], draft: ProfileDraft | None = None, ruled_out=()) -> Ranking:
         """The lesion's posterior over every disease, with the draft in the table (not saved); `ruled_out`:
         the diseases the lesion's appearance excludes, as segmenting excluded them."""
@@ -166,6 +186,7 @@ class ProfileEditor:
         self.scores: dict[str, dict[str, float]] | None = None
         self.ruled_out: tuple[str, ...] = ()
         self.saved = Callbacks()  # list of Reranked
+        self.corrections_dir: Callable[[], str | Path | None] = lambda: None  # where "Estimate" reads saved lesions
         self._weights: dict[str, dict[str, object]] = {}  # aspect -> {id: spin box}
         self.widget = qt.QWidget(parent)
         self.widget.setObjectName("MaleniaProfileEditor")
@@ -191,6 +212,10 @@ class ProfileEditor:
         self.grid = qt.QGridLayout(self.grid_host)
         layout.addWidget(self.grid_host)
         buttons = qt.QHBoxLayout()
+        self.estimate_button = qt.QPushButton("Estimate from corrections")
+        self.estimate_button.setObjectName("profileEstimate")
+        self.estimate_button.setToolTip("Fill the weights from the lesions saved under this disease's key in the "
+                                        "corrections folder (smoothed counts of their descriptions); nothing is saved")
         self.test_button = qt.QPushButton("Test on this lesion")
         self.test_button.setObjectName("profileTest")
         self.test_button.setToolTip("Rank the selected lesion against every disease with this draft; nothing is saved")
@@ -198,7 +223,7 @@ class ProfileEditor:
         self.save_button.setObjectName("profileSave")
         self.remove_button = qt.QPushButton("Remove profile")
         self.remove_button.setObjectName("profileRemove")
-        for b in (self.test_button, self.save_button, self.remove_button):
+        for b in (self.estimate_button, self.test_button, self.save_button, self.remove_button):
             buttons.addWidget(b)
         layout.addLayout(buttons)
         self.status = qt.QLabel()
@@ -214,6 +239,7 @@ class ProfileEditor:
         self._fill_diseases()
         self.disease_combo.currentIndexChanged.connect(lambda _i: self._load_selected())
         self.organ_combo.currentIndexChanged.connect(lambda _i: self._show_aspects(self.current_draft()))
+        self.estimate_button.clicked.connect(lambda *_: self.estimate())
         self.test_button.clicked.connect(lambda *_: self.test())
         self.save_button.clicked.connect(lambda *_: self.save())
         self.remove_button.clicked.connect(lambda *_: self.remove())
@@ -296,6 +322,21 @@ class ProfileEditor:
                             get(self.organ_combo, "currentText"), weights, exists=bool(key))
 
     # -- actions ------------------------------------------------------------------------------------
+    def estimate(self) -> ProfileDraft | None:
+        folder = self.corrections_dir()
+        try:
+            if not folder:
+                raise ValueError("no corrections folder is set")
+            draft, est = self.logic.estimate(self.current_draft(), folder)
+        except (ValueError, OSError) as err:
+            self.status.setText(f"Not estimated: {err}")
+            return None
+        self._show_aspects(draft)
+        told = ", ".join(f"{ASPECT_NAMES[a].lower()} {n}" for a, n in est.described.items() if n)
+        self.status.setText(f"Estimated from {est.lesions} saved lesion(s) named {draft.key} (lesions describing "
+                            f"each aspect: {told}; the rest equally). Not saved yet.")
+        return draft
+
     def test(self) -> Ranking | None:
         if self.scores is None:
             self.status.setText("Select a lesion with model scores to test the profile on.")

@@ -305,6 +305,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = self._knowledgeFolder()
         model = self.ui.modelPathLineEdit.currentPath if self.ui.modelComboBox.currentIndex == 1 else None
         self.profileEditor = ProfileEditor(ProfileEditorLogic(lambda: table_in_force_at(model or None, [folder]), folder))
+        self.profileEditor.corrections_dir = lambda: self.logic.settings.corrections_dir
         section = ctk.ctkCollapsibleButton()
         section.text = "Disease profiles"
         section.collapsed = True

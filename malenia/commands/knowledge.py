@@ -289,26 +289,19 @@ def _data_source(args: argparse.Namespace) -> str:
 
 
 def _estimate(args: argparse.Namespace, organ: str, vocab):
-    """The profile estimated from the --from-data lesions of --from-disease (default KEY)."""
-    from collections import Counter
-
-    from malenia.data.dataset import REPORT_FILE, case_dir, read_dataset, read_report, require_dataset
+    """The profile estimated from the --from-data lesions of --from-disease (default KEY), and the dataset's name."""
+    from malenia.data.dataset import lesion_descriptions, read_dataset, require_dataset
     from malenia.errors import InputError
     from malenia.knowledge.estimate import estimate_site_profile
 
     data = require_dataset(args.from_data, "--from-data")
     disease = args.from_disease or args.key
-    index, lesions, seen = read_dataset(data), [], Counter()
-    for case_id in index.split_cases(args.split):
-        for les in read_report(case_dir(data, case_id) / REPORT_FILE).lesions:
-            seen[les.disease] += 1
-            if les.disease == disease:
-                lesions.append({a: [d.id for d in v] for a, v in les.attributes.items()})
+    lesions, held = lesion_descriptions(data, args.split, disease)
     if not lesions:
-        has = ", ".join(f"{d} ({n})" for d, n in seen.most_common()) or "no lesions"
+        has = ", ".join(f"{d} ({n})" for d, n in held.items()) or "no lesions"
         raise InputError(f"--from-data {data}: no lesion of disease {disease!r} in split {args.split!r} (it has: {has}); "
                          "name the lesions' disease with --from-disease")
-    return estimate_site_profile(lesions, organ, vocab), index.name
+    return estimate_site_profile(lesions, organ, vocab), read_dataset(data).name
 
 
 def _add(args: argparse.Namespace) -> int:

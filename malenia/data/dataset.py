@@ -236,5 +236,17 @@ def read_dataset(dataset_dir: str | Path) -> DatasetIndex:
     return DatasetIndex(obj.get("name", Path(dataset_dir).name), cases, split, obj.get("description", ""), obj.get("extra", {}))
 
 
+def lesion_descriptions(dataset_dir: str | Path, split: str | None, disease: str) -> tuple[list[dict[str, list]], dict[str, int]]:
+    """The description ids (None for free text) of every lesion of `disease` in a split, read from the
+    reports alone; and how many lesions each disease has there (to say what a dataset holds instead)."""
+    index, found, diseases = read_dataset(dataset_dir), [], {}
+    for case_id in index.split_cases(split):
+        for lesion in read_report(case_dir(dataset_dir, case_id) / REPORT_FILE).lesions:
+            diseases[str(lesion.disease)] = diseases.get(str(lesion.disease), 0) + 1
+            if lesion.disease == disease:
+                found.append({a: [d.id for d in v] for a, v in lesion.attributes.items()})
+    return found, dict(sorted(diseases.items(), key=lambda kv: -kv[1]))
+
+
 def write_dataset_index(dataset_dir: str | Path, index: DatasetIndex) -> None:
     write_json(Path(dataset_dir) / DATASET_FILE, index.to_json())
