@@ -117,7 +117,7 @@ class SiteEstimate:
     finding_count: dict[int, float]
     lesions: int
     described: dict[str, int]  # per aspect, how many lesions describe it (0: the aspect is uniform)
-    dropped: dict[str, int]  # descriptions left out: "free text", "unknown id", "other organ"
+    dropped: dict[str, int]  # descriptions left out: "free text", "unknown id", "other aspect", "other organ"
 
     def rationale(self, source: str) -> dict[str, str]:
         return {a: (f"estimated from {self.described[a]} of {self.lesions} annotated lesions ({source}), Laplace-"
@@ -134,22 +134,28 @@ def estimate_site_profile(lesions: Iterable[Mapping[str, list[str | None]]], org
     for attributes in lesions:
         kept: dict[str, list[str]] = {}
         for aspect in ASPECTS:
-            ids = []
-            for i in attributes.get(aspect) or []:
-                why = "free text" if i is None else "unknown id" if i not in vocab else (
-                    "other organ" if not vocab.entry(i).applies_to(organ) or vocab.aspect_of(i) != aspect else "")
-                if why:
-                    dropped[why] += 1
-                else:
-                    ids.append(i)
-            kept[aspect] = ids
-            described[aspect] += bool(ids)
+            given = attributes.get(aspect) or []
+            why = [_left_out(i, aspect, organ, vocab) for i in given]
+            dropped.update(w for w in why if w)
+            kept[aspect] = [i for i, w in zip(given, why) if not w]
+            described[aspect] += bool(kept[aspect])
         counts.add_attributes(kept)
         n += 1
     if not n:
         raise InputError("no lesions to estimate a profile from")
     return SiteEstimate(counts.profile(vocab, organ_support), counts.finding_count(), n,
                         {a: described[a] for a in ASPECTS}, dict(dropped))
+
+
+def _left_out(desc_id: str | None, aspect: str, organ: str, vocab: Vocabulary) -> str:
+    """Why a lesion's description cannot count for a disease of `organ` ("" when it can)."""
+    if desc_id is None:
+        return "free text"
+    if desc_id not in vocab:
+        return "unknown id"
+    if vocab.aspect_of(desc_id) != aspect:
+        return "other aspect"
+    return "" if vocab.entry(desc_id).applies_to(organ) else "other organ"
 
 
 def count_records(records: Iterable[LesionRecord]) -> dict[str, Counts]:
