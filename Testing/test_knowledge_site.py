@@ -258,3 +258,24 @@ def test_openset_rule_fitted_on_model_scores_is_stored_and_used(tiny, tmp_path):
     assert in_force.inference["min_typicality"] == rule["min_typicality"]
     assert in_force.origin["unclassified"]["source"] == "model"
     assert model.inference_defaults().threshold == tiny.inference_defaults().threshold
+
+
+def test_shipped_pulmonary_nodule_profile_is_the_training_patients_ratings_estimated(shared_data):
+    """Resources/knowledge/diseases/pulmonary_nodule.json is what its documented command gives on the shared LIDC
+    nodules (docs/knowledge.md): the ratings of the training patients' nodules only, density variation given equally."""
+    from malenia.data.importers.lidc import find_pairs, patient_split
+    from malenia.data.importers.lidc_ratings import map_ratings
+    from malenia.knowledge.estimate import estimate_site_profile
+    from malenia.knowledge.site import builtin_profile_dir
+    from malenia.knowledge.vocabulary import Vocabulary
+
+    shipped = json.loads((builtin_profile_dir() / "pulmonary_nodule.json").read_text())
+    train = [p for p in find_pairs(shared_data / "lidc-nodules").pairs if patient_split(p.patient_id) == "train"]
+    est = estimate_site_profile([map_ratings(p.row)[0] for p in train], "lung", Vocabulary.load())
+    assert est.lesions == shipped["estimated_from"]["lesions"] == 540 and est.dropped == {}
+    assert est.described == shipped["estimated_from"]["described"]
+    expected = {**est.profile, "density_variation": {"density_variation.homogeneous": 0.5,
+                                                     "density_variation.heterogeneous": 0.5}}
+    for aspect, dist in expected.items():
+        assert shipped["profile"][aspect] == pytest.approx(dist, abs=1e-12), aspect
+    assert {int(k): v for k, v in shipped["finding_count"].items()} == pytest.approx(est.finding_count)
