@@ -116,6 +116,14 @@ def test_evaluate_cli_writes_tables_and_card(model):
     assert sum(b["lesions"] for b in result["by_size"]) == len(lesions)
     assert sum(b["detected"] for b in result["by_size"]) == sum(les["detected"] for les in lesions)
     assert "Lesion detection by size" in md
+    # every lesion measured against its surroundings, each counted once in its type's bands and in "all"
+    assert all(isinstance(les["contrast_hu"], float) for les in lesions)
+    by_contrast = result["by_contrast"]
+    assert set(by_contrast) == {"all", *result["per_type"]}
+    assert sum(b["lesions"] for b in by_contrast["all"]) == len(lesions)
+    assert sum(b["detected"] for t, row in by_contrast.items() if t != "all" for b in row) == \
+        sum(les["detected"] for les in lesions)
+    assert "Lesion detection by contrast" in md
     # every missed lesion is lost at one named step, every found one at none; the peak is a probability
     assert all((les["lost_at"] is None) == les["detected"] for les in lesions)
     assert all(0.0 <= les["peak"] <= 1.0 and 0.0 <= les["best_iou"] <= 1.0 for les in lesions)

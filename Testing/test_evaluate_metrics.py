@@ -8,7 +8,9 @@ from malenia.evaluate.metrics import (
     AttributeCounts,
     DetectionCounts,
     dice_score,
+    contrast_band,
     match_instances,
+    recall_by_contrast,
     recall_by_size,
     size_band,
     sphere_diameter_mm,
@@ -121,3 +123,30 @@ def test_size_bands_by_equivalent_sphere_diameter():
     assert [b["band"] for b in bands] == ["<10 mm", "10-20 mm", ">=20 mm"]
     assert [(b["lesions"], b["detected"]) for b in bands] == [(3, 1), (0, 0), (1, 1)]
     assert bands[0]["recall"] == pytest.approx(1 / 3) and bands[1]["recall"] is None and bands[2]["recall"] == 1.0
+
+
+def test_contrast_bands_by_absolute_contrast():
+    assert [contrast_band(c) for c in (0.0, -19.9, 19.9, 20.0, -59.0, 60.0, -300.0)] == \
+        ["<20 HU", "<20 HU", "<20 HU", "20-60 HU", "20-60 HU", ">=60 HU", ">=60 HU"]
+    bands = recall_by_contrast([(5.0, False), (-40.0, True), (45.0, False), (-120.0, True)])
+    assert [(b["band"], b["lesions"], b["detected"]) for b in bands] == \
+        [("<20 HU", 1, 0), ("20-60 HU", 2, 1), (">=60 HU", 1, 1)]
+    assert bands[0]["recall"] == 0.0 and bands[1]["recall"] == 0.5
+
+
+def test_lesion_contrast_is_core_mean_minus_shell_median():
+    from malenia.infer.lesion_features import lesion_contrasts
+
+    zz, yy, xx = np.mgrid[:40, :40, :60]
+    hu = np.full((40, 40, 60), 40.0, np.float32)
+    labels = np.zeros(hu.shape, np.int32)
+    ball = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 15) ** 2 <= 36  # radius 6 voxels of 1 x 1 x 2 mm
+    labels[ball], hu[ball] = 1, -10.0  # a fluid-like lesion 50 HU under its host
+    faint = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 45) ** 2 <= 25
+    labels[faint], hu[faint] = 3, 52.0  # 12 HU over the host
+    hu[:, :, 28:32] = 400.0  # a bony plate between them, outside both shells (>= 8 mm away)
+    out = lesion_contrasts(hu, labels, (1.0, 1.0, 2.0))
+    assert set(out) == {1, 3}
+    assert out[1] == pytest.approx(-50.0) and out[3] == pytest.approx(12.0)
+    assert lesion_contrasts(hu, labels, (1.0, 1.0, 2.0), ids=[3, 7]) == {3: pytest.approx(12.0)}  # 7: not in the map
+    assert contrast_band(out[1]) == "20-60 HU" and contrast_band(out[3]) == "<20 HU"

@@ -32,6 +32,7 @@ from malenia.evaluate.metrics import (
     dice_score,
     match_instances,
     mean_or_none,
+    recall_by_contrast,
     recall_by_size,
     sphere_diameter_mm,
     surface_dice,
@@ -193,6 +194,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "groups": summary,
         "per_type": per_type,
         "by_size": recall_by_size((les["diameter_mm"], les["detected"]) for c in cases_out for les in c["lesions"]),
+        "by_contrast": detection_by_contrast(cases_out),
         "misses": summarise([les for c in cases_out for les in c["lesions"]]),
         "names": names_given(cases_out),
         "cases": cases_out,
@@ -207,6 +209,7 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     import SimpleITK as sitk
 
     from malenia.data.dataset import read_case
+    from malenia.infer.lesion_features import lesion_contrasts
 
     case = read_case(data_dir, case_id)
     tc = time.perf_counter()
@@ -220,6 +223,9 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     pred = sitk.GetArrayFromImage(result.labels).astype(np.int32)
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
+    contrast = lesion_contrasts(sitk.GetArrayFromImage(case.image), gt, spacing, [les["label"] for les in res["lesions"]])
+    for les in res["lesions"]:
+        les["contrast_hu"] = round(contrast[les["label"]], 1) if les["label"] in contrast else None
     match = res["match"]
     lost = where_lost(gt, trace, {g for g, _, _ in match.pairs}, iou_threshold, match.gt_voxels)
     for les in res["lesions"]:
@@ -280,6 +286,30 @@ def _group_summary(per_type: dict[str, dict[str, Any]], members) -> dict[str, An
         for a in ASPECTS
     }
     return out
+
+
+def detection_by_contrast(cases: list[dict[str, Any]]) -> dict[str, list[dict]]:
+    """Detection per band of the reference lesion's contrast to its host (malenia.infer.lesion_features), for
+    all lesions ("all") and per lesion type: whether a miss is a lesion a reader could see, which size alone
+    does not say. Lesions without a measurement (none left on the grid) are left out."""
+    rows = [(str(les.get("disease")), les["contrast_hu"], les["detected"])
+            for c in cases for les in c["lesions"] if les.get("contrast_hu") is not None]
+    out = {"all": recall_by_contrast((v, d) for _, v, d in rows)}
+    for t in sorted({t for t, _, _ in rows}):
+        out[t] = recall_by_contrast((v, d) for k, v, d in rows if k == t)
+    return out
+
+
+def _contrast_lines(result: dict[str, Any]) -> list[str]:
+    bands = result.get("by_contrast")  # absent from evaluations written before it existed
+    if not bands or not any(b["lesions"] for b in bands["all"]):
+        return []
+    names = [b["band"] for b in bands["all"]]
+    lines = ["", "Lesion detection by contrast (|reference lesion's core mean HU - median of its 1-6 mm shell|), "
+             "found / lesions:", "", "| lesion type | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for t, row in [*((t, r) for t, r in bands.items() if t != "all"), ("**all**", bands["all"])]:
+        lines.append(f"| {t} | " + " | ".join(f"{b['detected']} / {b['lesions']}" for b in row) + " |")
+    return lines
 
 
 def names_given(cases: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -353,6 +383,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
                   "| size | " + " | ".join(b["band"] for b in bands) + " |", "|---|" + "---|" * len(bands),
                   "| lesions (detected) | " + " | ".join(f"{b['lesions']} ({b['detected']})" for b in bands) + " |",
                   "| detection recall | " + " | ".join(_f(b["recall"]) for b in bands) + " |"]
+    lines += _contrast_lines(result)
     lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"
 

@@ -31,6 +31,10 @@ from malenia.aspects import ASPECTS
 DEFAULT_NSD_TOLERANCE_MM = 2.0
 DEFAULT_IOU_THRESHOLD = 0.1
 SIZE_BAND_EDGES_MM = (10.0, 20.0)  # equivalent-sphere diameter, mm: radiology's small / medium / large lesion
+# |core mean - host shell median|, HU: under 20 a lesion differs from its host about as much as scan noise
+# (13-20 HU on the synthetic and real bases) and is seen by texture or shape if at all; 60 and over stands out
+# in any abdominal window (fluid in enhancing parenchyma, calcium, a nodule in aerated lung).
+CONTRAST_BAND_EDGES_HU = (20.0, 60.0)
 
 
 def _as_bool(a) -> np.ndarray:
@@ -200,10 +204,23 @@ def size_band(diameter_mm: float, edges: Sequence[float] = SIZE_BAND_EDGES_MM) -
 def recall_by_size(lesions: Iterable[tuple[float, bool]], edges: Sequence[float] = SIZE_BAND_EDGES_MM) -> list[dict]:
     """Per size band (smallest first): reference lesions, detected ones and recall, from (diameter mm, detected)
     pairs; bands without lesions are listed with recall None so that tables line up across test sets."""
-    names = [size_band(d, edges) for d in (0.0, *edges)]
+    return _recall_by_band(lesions, lambda d: size_band(d, edges), [size_band(d, edges) for d in (0.0, *edges)])
+
+
+def contrast_band(contrast_hu: float, edges: Sequence[float] = CONTRAST_BAND_EDGES_HU) -> str:
+    """The band of a lesion's contrast to its host by its absolute value: "<20 HU", "20-60 HU", ">=60 HU"."""
+    return size_band(abs(contrast_hu), edges).replace("mm", "HU")
+
+
+def recall_by_contrast(lesions: Iterable[tuple[float, bool]], edges: Sequence[float] = CONTRAST_BAND_EDGES_HU) -> list[dict]:
+    """As recall_by_size, per band of |contrast| from (contrast HU, detected) pairs."""
+    return _recall_by_band(lesions, lambda c: contrast_band(c, edges), [contrast_band(c, edges) for c in (0.0, *edges)])
+
+
+def _recall_by_band(lesions: Iterable[tuple[float, bool]], band_of, names: list[str]) -> list[dict]:
     counts = {n: [0, 0] for n in names}
-    for diameter, detected in lesions:
-        c = counts[size_band(diameter, edges)]
+    for value, detected in lesions:
+        c = counts[band_of(value)]
         c[0] += 1
         c[1] += int(bool(detected))
     return [{"band": n, "lesions": c[0], "detected": c[1], "recall": c[1] / c[0] if c[0] else None}

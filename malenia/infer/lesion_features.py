@@ -130,11 +130,7 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
     crop = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, labels.shape))
     mask = labels[crop] == label
     hu = fimg.hu[crop]
-    depth = ndimage.distance_transform_edt(mask, sampling=sp)
-    outside = ndimage.distance_transform_edt(~mask, sampling=sp)
-    core = mask & (depth > 1.5 * sp.min())
-    core = core if core.sum() >= 5 else mask
-    ring = ~mask & (outside > RING_MM[0]) & (outside <= RING_MM[1])
+    core, ring = core_and_shell(mask, sp)
     inner, host = hu[core], hu[ring] if ring.any() else hu[core]
     host_median = float(np.median(host))  # the host's level: contrast and the vessel share both read it
     voxels = np.argwhere(mask)
@@ -159,6 +155,37 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
         "log_volume": float(np.log(max(volume, 1e-3))),
         "pos_z": float(pos[0]), "pos_y": float(pos[1]), "pos_x": float(pos[2]),
     }
+
+
+def core_and_shell(mask: np.ndarray, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion's core (deeper than 1.5 voxels; the whole lesion when that leaves under 5 voxels) and its
+    host shell (RING_MM outside it), as masks of `mask`'s shape; `sp` the (z, y, x) spacing in mm. `mask` needs
+    a margin of RING_MM[1] around the lesion for a whole shell."""
+    depth = ndimage.distance_transform_edt(mask, sampling=sp)
+    outside = ndimage.distance_transform_edt(~mask, sampling=sp)
+    core = mask & (depth > 1.5 * sp.min())
+    core = core if core.sum() >= 5 else mask
+    return core, ~mask & (outside > RING_MM[0]) & (outside <= RING_MM[1])
+
+
+def lesion_contrasts(hu: np.ndarray, labels: np.ndarray, spacing_zyx, ids=None) -> dict[int, float]:
+    """Per lesion label (all of `labels`' non-zero ones, or `ids`): the `contrast` measurement, its core's mean
+    HU minus its host shell's median, on any (z, y, x) grid (orientation does not change it). A lesion absent
+    from `labels` is left out."""
+    sp = np.asarray(spacing_zyx, dtype=float)
+    margin = int(np.ceil(RING_MM[1] / sp.min())) + 1
+    boxes = ndimage.find_objects(labels)
+    wanted = [int(i) for i in (ids if ids is not None else np.unique(labels[labels > 0]))]
+    out: dict[int, float] = {}
+    for label in wanted:
+        box = boxes[label - 1] if 0 < label <= len(boxes) else None
+        if box is None:
+            continue
+        crop = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, labels.shape))
+        core, ring = core_and_shell(labels[crop] == label, sp)
+        host = hu[crop][ring] if ring.any() else hu[crop][core]
+        out[label] = float(hu[crop][core].mean() - np.median(host))
+    return out
 
 
 def _vessel_share(host: np.ndarray, host_median: float) -> float:
