@@ -167,13 +167,23 @@ def test_transplant_cases_join_the_replay_on_their_own_seed(tmp_path):
                        "--transplant", "7", "--replay-seed", "60")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
-    tp = [c for c in synth if c[c.index("--diseases") + 1] == "transplant"]
+    tp = [c for c in synth if c[c.index("--diseases") + 1] == "spleen_calcification"]  # the measured look by default
     assert len(tp) == 1 and tp[0][tp[0].index("--seed") + 1] == "560" and tp[0][tp[0].index("--cases") + 1] == "7"
     assert tp[0][tp[0].index("--val-fraction") + 1] == "0"  # training cases only
     merges = [c for c in calls if c and c[0].endswith("merge_datasets.py")]
     assert "data/transplant" in merges[1]
     train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
     assert "7 transplanted-look cases (seed 560)" in train[train.index("--training-data") + 1]
+
+
+def test_transplant_looks_choose_which_looks_are_drawn(tmp_path):
+    proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu",
+                       "--transplant", "3", "--transplant-looks", "transplant")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
+    assert [c[c.index("--diseases") + 1] for c in synth if c[c.index("--cases") + 1] == "3"] == ["transplant"]
+    proc, _ = _run(tmp_path, "--minutes", "1", "--transplant-looks")
+    assert proc.returncode == 2 and "--transplant-looks needs a list of looks" in proc.stderr
 
 
 def test_wheels_folder_packages_shipped_unpacked_are_extracted_beside_the_wheels(tmp_path):

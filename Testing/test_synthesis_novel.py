@@ -81,4 +81,4 @@ def test_cli_draws_the_novel_group_and_names_the_types_when_one_is_unknown(tmp_p
     assert read_dataset(out).extra["diseases"] == list(NOVEL_TYPES)
     assert main(["synth", "--base", "phantom", "--diseases", "lung_cysts", "--cases", "1", "--out",
                  str(tmp_path / "x"), "--quiet"]) == 3
-    assert "lung_cyst, spleen_calcification (or all, seen, unseen, novel, transplant)" in capsys.readouterr().err
+    assert "lung_cyst, spleen_calcification, stomach_mass (or all, seen, unseen, novel, transplant)" in capsys.readouterr().err

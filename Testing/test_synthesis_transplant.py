@@ -12,7 +12,7 @@ from malenia.cli import main
 from malenia.data.dataset import read_case, read_dataset
 from malenia.data.synthesis.anatomy import ORGAN_NAMES
 from malenia.data.synthesis.generate import load_split
-from malenia.data.synthesis.novel import FREE_LOCATIONS, TRANSPLANT
+from malenia.data.synthesis.novel import FREE_DENSITIES, FREE_LOCATIONS, TRANSPLANT
 from malenia.data.synthesis.profiles import PROFILES
 from malenia.knowledge.table import KnowledgeTable
 from malenia.knowledge.vocabulary import Vocabulary
@@ -32,10 +32,12 @@ def test_transplanted_types_use_an_organ_no_other_type_uses_and_train_only():
     assert not set(TRANSPLANT_TYPES) & (set(table.diseases) | set(NOVEL_TYPES))
     used = {PROFILES[d].organ for d in SEEN_DISEASES + UNSEEN_DISEASES + NOVEL_TYPES}
     vocab_organs = set(Vocabulary.load().organs())
+    vocab_ids = set(Vocabulary.load().ids())
     for key, t in TRANSPLANT.items():
         assert t.look in SEEN_DISEASES and t.organ not in used and t.organ in ORGAN_NAMES
         assert t.organ not in vocab_organs  # hence the free-text location
         assert f"location.{t.free_location[0]}" in FREE_LOCATIONS
+        assert (t.density in FREE_DENSITIES) == (t.density not in vocab_ids)  # a density the vocabulary lacks is free text
     zero_shot = load_split("zero_shot")["diseases"]
     assert set(TRANSPLANT_TYPES) <= set(zero_shot["train"])
     assert not set(TRANSPLANT_TYPES) & set(zero_shot["val"] + zero_shot["test"])
@@ -44,24 +46,31 @@ def test_transplanted_types_use_an_organ_no_other_type_uses_and_train_only():
 def test_transplanted_lesions_are_their_look_in_their_organ_with_a_free_text_location(transplant_dataset):
     index = read_dataset(transplant_dataset)
     assert set(index.split) == {"train"}  # the protocol's only split for them
-    n = 0
+    n, kinds = 0, set()
     for cid in index.cases:
         case = read_case(transplant_dataset, cid)
         image, labels, organs = (sitk.GetArrayFromImage(x) for x in (case.image, case.lesions, case.organs))
         names = {int(k): v for k, v in case.report.extra["organ_labels"].items()}
-        spleen = [k for k, v in names.items() if v == "spleen"]
         for les in case.report.lesions:
             t = TRANSPLANT[les.disease]
             location = les.attributes["location"]
             assert [(d.id, d.text) for d in location] == [(None, FREE_LOCATIONS[f"location.{t.free_location[0]}"])]
-            assert [d.id for d in les.attributes["density"]] == [t.density]
+            density = [(d.id, d.text) for d in les.attributes["density"]]
+            assert density == ([(None, FREE_DENSITIES[t.density])] if t.density in FREE_DENSITIES else
+                               [(t.density, Vocabulary.load().text(t.density))])
             inside = labels == les.label
             assert inside.any()
-            # drawn in the spleen: the organ label under the lesion is the spleen's (the lesion is not relabelled)
-            assert np.isin(organs[inside], spleen).mean() > 0.5
-            assert np.median(image[inside]) > 250  # a calcific body, far above splenic parenchyma
+            # drawn in its organ: the organ label under the lesion is that organ's (the lesion is not relabelled)
+            organ = [k for k, v in names.items() if v in ORGAN_NAMES[t.organ]]
+            assert np.isin(organs[inside], organ).mean() > 0.5
+            hu = float(np.median(image[inside]))
+            if les.disease == "spleen_calcification":
+                assert hu > 250  # a calcific body, far above splenic parenchyma
+            else:  # stomach_mass: soft tissue, above the gastric fluid it grows into and below calcium
+                assert 20 < hu < 150
             n += 1
-    assert n == 6
+            kinds.add(les.disease)
+    assert n == 6 and kinds == set(TRANSPLANT_TYPES)
 
 
 def test_training_embeds_the_free_text_location(transplant_dataset):
@@ -73,6 +82,9 @@ def test_training_embeds_the_free_text_location(transplant_dataset):
     row = bank.row("location", None, text)
     assert row >= len(Vocabulary.load().ids())  # a row after the vocabulary's, added for this text
     assert bank.aspect_index[row] == bank.aspect_index[bank.row("location", "location.kidney.left", "")]
+    density = bank.row("density", None, next(iter(FREE_DENSITIES.values())))  # the stomach mass's soft tissue
+    assert density >= len(Vocabulary.load().ids()) and density != row
+    assert bank.aspect_index[density] == bank.aspect_index[bank.row("density", "density.fluid", "")]
 
 
 def test_a_machine_without_the_encoder_trains_on_them_from_a_bank_embedded_ahead(transplant_dataset, tmp_path,

@@ -64,6 +64,7 @@ NOVEL_TYPES: tuple[str, ...] = (
 # (malenia.data.synthesis.novel). The vocabulary has no location there: the report gives it as free text.
 TRANSPLANT_TYPES: tuple[str, ...] = (
     "spleen_calcification",
+    "stomach_mass",
 )
 
 

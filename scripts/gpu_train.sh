@@ -8,7 +8,7 @@
 #   scripts/gpu_train.sh --minutes 10 [--out DIR] [--wheels DIR] [--cache DIR] [--config NAME]
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
-#       [--mixed N] [--transplant N] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
+#       [--mixed N] [--transplant N] [--transplant-looks LIST] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
 #       [--lr LR] [--ema DECAY] [--freeze PREFIX]... [--bench] [--profile]
 #
 # --set, --augment, --ema and --freeze go to `malenia train` as they are (model config and sampler augmentation, e.g.
@@ -21,6 +21,8 @@
 # (the twenty-eighth round: 50); the training set stays seed 1, which --hard-negatives refers to. --transplant N adds
 # N cases of the training-only transplanted looks (seed S+500; docs/data.md) to the replay: their location is free
 # text, embedded without the encoder from --cache (scripts/gpu_payload.sh --texts) or --init's bank when it holds it.
+# --transplant-looks: which ones (`malenia synth --diseases`; default spleen_calcification, the look the thirty-first
+# round measured; `transplant` for all, the stomach mass included, which no round has shown to teach anything yet).
 # --bench: `malenia bench train` of the run's config and batch on the device after the training.
 # --profile: `malenia bench train --profile` of the config to be trained, at --batch-size, while the CPUs synthesise
 # the data (profile.txt: operators and CUDA kernels a step, by phase and by source line; bench_profile.txt).
@@ -30,7 +32,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
-MIXED=0 TRANSPLANT=0 NODULES=() REPLAY_FRACTION=0.7 BENCH=0 PROFILE=0 MIX_SEED=8 NODULE_SEED=40
+MIXED=0 TRANSPLANT=0 TRANSPLANT_LOOKS=spleen_calcification NODULES=() REPLAY_FRACTION=0.7 BENCH=0 PROFILE=0 MIX_SEED=8 NODULE_SEED=40
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 # Paths given are made absolute while parsing: the script works inside --out from then on.
 folder() { [ -d "$2" ] || die "$1 $2 is not a folder"; (cd "$2" && pwd); }
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
     --mixed|--transplant) [[ ${2:-} =~ ^[0-9]+$ ]] || die "$1 needs a number of cases, got '${2:-}'"
                           [ "$1" = --mixed ] && MIXED=$2 || TRANSPLANT=$2; shift 2 ;;
     --nodules) NODULES+=("$(folder "$1" "$2")"); shift 2 ;;
+    --transplant-looks) [ -n "${2:-}" ] || die "$1 needs a list of looks"; TRANSPLANT_LOOKS=$2; shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
     --profile) PROFILE=1; shift ;;
     --replay-seed) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--replay-seed needs a whole number, got '${2:-}'"; MIX_SEED=$2 NODULE_SEED=$2; shift 2 ;;
@@ -99,7 +102,7 @@ for i in $(seq 1 "$MIXED_SHARDS"); do  # the replay's attribute-mixed cases: run
 done
 if [ "$TRANSPLANT" -gt 0 ]; then  # one process: a few cases of small lesions
   PARTS+=(data/transplant)
-  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases transplant --cases "$TRANSPLANT" --out data/transplant --name transplant \
+  OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases "$TRANSPLANT_LOOKS" --cases "$TRANSPLANT" --out data/transplant --name transplant \
     --seed $((MIX_SEED + 500)) --val-fraction 0 --test-fraction 0 > logs/synth_transplant.log 2>&1 & pids+=($!)
 fi
 k=0

@@ -104,11 +104,11 @@ def vocabulary_bank(vocab, encoder_name: str | Path | None, init: Path | None = 
 
 
 def training_only_texts() -> dict[str, list[str]]:
-    """Free texts the synthetic training data may hold, per aspect: the transplanted looks' locations, which the
-    vocabulary lacks (malenia.data.synthesis.novel.FREE_LOCATIONS)."""
-    from malenia.data.synthesis.novel import FREE_LOCATIONS
+    """Free texts the synthetic training data may hold, per aspect: the transplanted looks' locations and
+    densities, which the vocabulary lacks (malenia.data.synthesis.novel.FREE_LOCATIONS, FREE_DENSITIES)."""
+    from malenia.data.synthesis.novel import FREE_DENSITIES, FREE_LOCATIONS
 
-    return {"location": sorted(set(FREE_LOCATIONS.values()))}
+    return {"location": sorted(set(FREE_LOCATIONS.values())), "density": sorted(set(FREE_DENSITIES.values()))}
 
 
 def cache_bank_with_texts(banks_dir: str | Path, texts: dict[str, list[str]] | None = None,

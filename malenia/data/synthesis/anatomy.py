@@ -66,6 +66,7 @@ ORGAN_NAMES: dict[str, tuple[str, ...]] = {
     "lung": tuple(LUNG_LOBES.values()),
     "gallbladder": ("gallbladder",),
     "spleen": ("spleen",),  # no vocabulary location: only training-only transplanted looks go there
+    "stomach": ("stomach",),  # the same
 }
 
 REGION_KEYS: tuple[str, ...] = (
@@ -208,8 +209,8 @@ def _build_region(anat: Anatomy, key: str) -> np.ndarray:
         return _pancreas_parts(anat).get(key, empty)
     if organ == "colon":
         return _colon_segments(anat).get(key, empty)
-    if organ == "gallbladder":
-        return _gallbladder_parts(anat).get(key, empty)
+    if organ in ("gallbladder", "stomach"):
+        return _lumen_parts(anat, organ).get(key, empty)
     if key == "spleen.parenchyma":
         return anat.organ_mask("spleen")
     return empty
@@ -361,14 +362,15 @@ def inner_depth_mm(mask: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gallbladder_parts(anat: Anatomy) -> dict[str, np.ndarray]:
-    key = "parts:gallbladder"
+def _lumen_parts(anat: Anatomy, organ: str) -> dict[str, np.ndarray]:
+    """A hollow organ's (gallbladder, stomach) lumen and its wall, a GALLBLADDER_WALL_MM shell."""
+    key = f"parts:{organ}"
     if key not in anat._cache:
-        gb = anat.mask("gallbladder")
+        gb = anat.mask(organ)
         depth = inner_depth_mm(gb, anat.spacing_zyx)
         wall_mm = max(GALLBLADDER_WALL_MM, float(anat.spacing_zyx.min()))
         lumen = gb & (depth > wall_mm)
         if lumen.sum() < 0.1 * gb.sum():  # too thin to have a lumen at this resolution
             lumen = gb & (depth >= np.quantile(depth[gb], 0.5)) if gb.any() else lumen
-        anat._cache[key] = {"gallbladder.lumen": lumen, "gallbladder.wall": gb & ~lumen}
+        anat._cache[key] = {f"{organ}.lumen": lumen, f"{organ}.wall": gb & ~lumen}
     return anat._cache[key]

@@ -28,7 +28,7 @@ from malenia.data.synthesis.enhancement import apply_contrast
 from malenia.data.synthesis.features import Canvas
 from malenia.data.synthesis.lesion import render_lesion
 from malenia.data.synthesis.mixing import AttributeMix
-from malenia.data.synthesis.novel import FREE_LOCATIONS, drawn_look, look_of, sample_novel_attributes
+from malenia.data.synthesis.novel import FREE_TEXTS, drawn_look, look_of, sample_novel_attributes
 from malenia.data.synthesis.phantom import make_phantom
 from malenia.data.synthesis.placement import PlacementError
 from malenia.data.synthesis.profiles import PROFILES
@@ -218,7 +218,7 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
 
 
 def _lesion_report(label: int, disease: str, used: dict[str, list[str]], extra: dict[str, Any], vocab) -> LesionReport:
-    attrs = {a: [Description(FREE_LOCATIONS[i]) if i in FREE_LOCATIONS else Description(vocab.text(i), i)
+    attrs = {a: [Description(FREE_TEXTS[i]) if i in FREE_TEXTS else Description(vocab.text(i), i)
                  for i in used.get(a, [])] for a in ASPECTS}
     return LesionReport(label, disease, attrs, {"synthesis": extra})
 

@@ -69,6 +69,8 @@ def density_value(density_id: str, host_mean: float, prof: RenderProfile, phase:
         if density_id == "density.lung.mixed":
             info["ground_glass_hu"] = round(float(rng.uniform(-700.0, -450.0)), 1)
             info["solid_fraction"] = round(float(rng.uniform(0.35, 0.65)), 3)
+    elif density_id == "density.soft_tissue":  # a transplanted look's (malenia.data.synthesis.novel): no host reference
+        v = rng.uniform(20.0, 50.0) + (rng.uniform(15.0, 35.0) if contrast else 0.0)
     elif density_id == "density.lung.dense":
         v = rng.uniform(120.0, 300.0)
     else:

@@ -24,6 +24,13 @@ not the look; a second organ with that look is the signal it lacks. The vocabula
 an organ, so the location is reported as free text (a description without id, which training embeds):
 
     spleen_calcification    a gallstone's calcific body in the spleen (calcified granuloma)
+    stomach_mass            a soft-tissue mass on the stomach wall growing into the gastric fluid (a
+                            polypoid gastric tumour): no training type is a solid mass in a fluid-filled
+                            lumen, and no model up to 2.11.1 marks one in the gallbladder (docs/training.md,
+                            forty-second round). Its shape, density variation and margin are the colon
+                            tumour's, the one training disease of a hollow organ's wall; its density is soft
+                            tissue on an absolute scale (gastric content is fluid, food or gas, no reference),
+                            given as free text too (the vocabulary's densities name their organs)
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class NovelType:
     look: str  # the training disease whose shape, density variation and margin are drawn
     density: str  # an organ-free density description
     free_location: tuple[str, str] | None = None  # (region, report text) where the vocabulary has no location
+    free_density: str | None = None  # report text of `density` where the vocabulary has no such description
 
     @property
     def organ(self) -> str:
@@ -58,6 +66,8 @@ NOVEL: dict[str, NovelType] = {t.key: t for t in (
 )}
 TRANSPLANT: dict[str, NovelType] = {t.key: t for t in (
     NovelType("spleen_calcification", "gallstone", "density.calcific", ("spleen.parenchyma", "located in the spleen")),
+    NovelType("stomach_mass", "colon_tumor", "density.soft_tissue", ("stomach.wall", "located in the stomach wall"),
+              free_density="soft-tissue density, denser than the fluid in the lumen"),
 )}
 
 assert tuple(NOVEL) == NOVEL_TYPES, "malenia.aspects.NOVEL_TYPES and the novel looks must agree"
@@ -66,6 +76,8 @@ assert tuple(TRANSPLANT) == TRANSPLANT_TYPES, "malenia.aspects.TRANSPLANT_TYPES 
 # Location ids outside the vocabulary (region and report text), each a transplanted look's organ.
 FREE_LOCATIONS: dict[str, str] = {f"location.{t.free_location[0]}": t.free_location[1]
                                   for t in TRANSPLANT.values() if t.free_location}
+FREE_DENSITIES: dict[str, str] = {t.density: t.free_density for t in TRANSPLANT.values() if t.free_density}
+FREE_TEXTS: dict[str, str] = {**FREE_LOCATIONS, **FREE_DENSITIES}  # every id a report gives as free text
 
 
 def drawn_look(key: str) -> NovelType | None:

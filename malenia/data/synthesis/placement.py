@@ -40,6 +40,9 @@ class Placement:
     notes: list[str] = field(default_factory=list)
 
 
+FLUID_HU = (-30.0, 40.0)  # bile, urine, gastric fluid: neither gas nor fat nor enhancing wall
+
+
 @dataclass
 class _Site:
     """The region's neighbourhood (a box around it) that every placement mode searches."""
@@ -156,15 +159,25 @@ def _place_colon_wall(s: _Site, relationship: str) -> Placement:
     return s.placement(s.pick(cand if cand.any() else s.reg_b), allowed, "wall", neighbour)
 
 
-def _place_gallbladder_wall(s: _Site, relationship: str) -> Placement:
-    """A gallbladder wall mass growing into the lumen (at most about the lumen's size)."""
+def _place_lumen_wall(s: _Site, relationship: str) -> Placement:
+    """A wall mass of a fluid-filled hollow organ growing into the lumen (at most about the lumen's size)."""
     s.radius_mm = min(s.radius_mm, max(float(s.depth.max()) * 1.2, 4.0))
     allowed = s.host_b.copy()
     neighbour = None
-    if relationship == "relationship.invading" and s.anat.has("liver"):
+    if relationship == "relationship.invading" and s.organ == "gallbladder" and s.anat.has("liver"):
         allowed |= (s.org_b == _first_id(s.anat, "liver"))
         neighbour = "liver"
-    return s.placement(s.pick(s.reg_b), allowed, "wall", neighbour)
+    return s.placement(s.pick(_wall_by_fluid(s) if s.organ == "stomach" else s.reg_b), allowed, "wall", neighbour)
+
+
+def _wall_by_fluid(s: _Site) -> np.ndarray:
+    """The wall where it borders fluid in the lumen (a stomach holds gas and food too; a mass in gas is
+    another look), else the whole wall. Not for the gallbladder, whose lumen is bile throughout (and whose
+    datasets must regenerate as they were written)."""
+    lumen = s.anat.region(f"{s.organ}.lumen")[s.box]
+    fluid = lumen & (s.anat.image[s.box] > FLUID_HU[0]) & (s.anat.image[s.box] < FLUID_HU[1])
+    near = s.reg_b & ndi.binary_dilation(fluid, iterations=2)
+    return near if near.any() else s.reg_b
 
 
 def _place_vascular(s: _Site, relationship: str, features: set[str]) -> Placement | None:
@@ -231,8 +244,8 @@ def place_lesion(anat: Anatomy, organs: np.ndarray, lesions: np.ndarray, region_
         return _place_stone(s, features)
     if kind == "wall":
         return _place_colon_wall(s, relationship)
-    if region_key == "gallbladder.wall":
-        return _place_gallbladder_wall(s, relationship)
+    if region_key in ("gallbladder.wall", "stomach.wall"):
+        return _place_lumen_wall(s, relationship)
     if relationship == "relationship.vascular" or "specific_features.vessel_invasion" in features:
         found = _place_vascular(s, relationship, features)
         if found is not None:

@@ -55,6 +55,9 @@ PROFILES: dict[str, RenderProfile] = {p.disease: p for p in (
     # Training-only (malenia.aspects.TRANSPLANT_TYPES): a calcified splenic granuloma, sized as the
     # validation calcifications are so that it teaches the look, not a size.
     RenderProfile("spleen_calcification", "spleen", "mass", (4.0, 15.0), False),
+    # A soft-tissue mass on the stomach wall growing into the gastric fluid (a polypoid gastric tumour), sized as
+    # a wall mass of a small hollow organ is: the look of a solid mass in a fluid-filled lumen.
+    RenderProfile("stomach_mass", "stomach", "mass", (10.0, 30.0), False),
 )}
 
 assert set(PROFILES) == set(ALL_DISEASES) | set(NOVEL_TYPES) | set(TRANSPLANT_TYPES), "every lesion type needs a render profile"
