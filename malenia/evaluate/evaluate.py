@@ -223,7 +223,8 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     pred = sitk.GetArrayFromImage(result.labels).astype(np.int32)
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
-    contrast = lesion_contrasts(sitk.GetArrayFromImage(case.image), gt, spacing, [les["label"] for les in res["lesions"]])
+    # a read-only view: the CT is only read here, and a copy of a whole clinical scan costs ~100 MB per case
+    contrast = lesion_contrasts(sitk.GetArrayViewFromImage(case.image), gt, spacing, [les["label"] for les in res["lesions"]])
     for les in res["lesions"]:
         les["contrast_hu"] = round(contrast[les["label"]], 1) if les["label"] in contrast else None
     match = res["match"]

@@ -195,10 +195,14 @@ def sphere_diameter_mm(volume_mm3: float) -> float:
 
 def size_band(diameter_mm: float, edges: Sequence[float] = SIZE_BAND_EDGES_MM) -> str:
     """The band name of a diameter: "<10 mm", "10-20 mm", ">=20 mm" for the default edges."""
+    return _band_name(diameter_mm, edges, "mm")
+
+
+def _band_name(value: float, edges: Sequence[float], unit: str) -> str:
     for i, edge in enumerate(edges):
-        if diameter_mm < edge:
-            return f"<{edge:g} mm" if i == 0 else f"{edges[i - 1]:g}-{edge:g} mm"
-    return f">={edges[-1]:g} mm"
+        if value < edge:
+            return f"<{edge:g} {unit}" if i == 0 else f"{edges[i - 1]:g}-{edge:g} {unit}"
+    return f">={edges[-1]:g} {unit}"
 
 
 def recall_by_size(lesions: Iterable[tuple[float, bool]], edges: Sequence[float] = SIZE_BAND_EDGES_MM) -> list[dict]:
@@ -209,7 +213,7 @@ def recall_by_size(lesions: Iterable[tuple[float, bool]], edges: Sequence[float]
 
 def contrast_band(contrast_hu: float, edges: Sequence[float] = CONTRAST_BAND_EDGES_HU) -> str:
     """The band of a lesion's contrast to its host by its absolute value: "<20 HU", "20-60 HU", ">=60 HU"."""
-    return size_band(abs(contrast_hu), edges).replace("mm", "HU")
+    return _band_name(abs(contrast_hu), edges, "HU")
 
 
 def recall_by_contrast(lesions: Iterable[tuple[float, bool]], edges: Sequence[float] = CONTRAST_BAND_EDGES_HU) -> list[dict]:

@@ -126,8 +126,7 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
     from malenia.data.synthesis.measure import edge_width, sphericity
 
     sp = fimg.spacing
-    margin = int(np.ceil(max(RING_MM[1], MAX_EDGE_MM + 1) / sp.min())) + 1
-    crop = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, labels.shape))
+    crop = _grown(box, labels.shape, int(np.ceil(max(RING_MM[1], MAX_EDGE_MM + 1) / sp.min())) + 1)
     mask = labels[crop] == label
     hu = fimg.hu[crop]
     core, ring = core_and_shell(mask, sp)
@@ -181,11 +180,16 @@ def lesion_contrasts(hu: np.ndarray, labels: np.ndarray, spacing_zyx, ids=None) 
         box = boxes[label - 1] if 0 < label <= len(boxes) else None
         if box is None:
             continue
-        crop = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, labels.shape))
+        crop = _grown(box, labels.shape, margin)
         core, ring = core_and_shell(labels[crop] == label, sp)
         host = hu[crop][ring] if ring.any() else hu[crop][core]
         out[label] = float(hu[crop][core].mean() - np.median(host))
     return out
+
+
+def _grown(box: tuple[slice, ...], shape, margin: int) -> tuple[slice, ...]:
+    """`box` grown by `margin` voxels on every side, within `shape`."""
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, shape))
 
 
 def _vessel_share(host: np.ndarray, host_median: float) -> float:
