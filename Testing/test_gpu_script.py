@@ -92,9 +92,12 @@ def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
     mined.write_text("{}")
     proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "3", "--test-cases", "1", "--device", "cpu",
                        "--mixed", "5", "--nodules", str(nodules), "--hard-negatives", str(mined), "--lr", "1e-4",
-                       "--replay-fraction", "0.6", "--bench", "--ema", "0.999", "--freeze", "backbone.encoder.")
+                       "--replay-fraction", "0.6", "--bench", "--ema", "0.999", "--freeze", "backbone.encoder.", "--host-floor")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
+    drawn = [c for c in synth if "--nodules" not in c]  # training, replay and test sets alike; real nodules keep their HU
+    assert len(drawn) == 6 and all("--host-floor" in c for c in drawn)  # 2 + 2 shards, 2 test sets
+    assert not [c for c in synth if "--nodules" in c and "--host-floor" in c]
     seen = [c for c in synth if "seen_train" in c]
     assert sorted(c[c.index("--shard") + 1] for c in seen) == ["1/2", "2/2"]  # 4 cores - 2: two shards
     assert all(c[c.index("--seed") + 1] == "1" and c[c.index("--cases") + 1] == "3" for c in seen)
@@ -117,6 +120,7 @@ def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
 def test_without_replay_options_train_gets_no_replay(tmp_path):
     proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert not [c for c in calls if "--host-floor" in c]
     train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
     assert "--replay" not in train and "--hard-negatives" not in train
     assert not [c for c in calls if c[:4] == ["-m", "malenia.cli", "bench", "train"]]

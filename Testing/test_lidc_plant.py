@@ -134,6 +134,9 @@ def test_synth_nodules_keeps_patient_splits_apart(lidc_dir: Path, shared_data: P
     assert main(["synth", "--nodules", str(lidc_dir), "--diseases", "lung_tumor", "--base", base, "--out", str(tmp_path / "x")]) == 3
     assert main(["synth", "--base", base, "--out", str(tmp_path / "y")]) == 3
     assert "--diseases and --cases are required" in capsys.readouterr().err
+    assert main(["synth", "--nodules", str(lidc_dir), "--host-floor", "--base", base, "--out", str(tmp_path / "z")]) == 3
+    assert "--host-floor does not apply to --nodules" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "xyz")
 
 
 def test_phantom_lung_bases_take_nodules_in_their_lobes(lidc_dir: Path, nodules, tmp_path: Path, monkeypatch):

@@ -103,6 +103,19 @@ def test_cli_on_the_real_base(tmp_path, shared_data, capsys):
     assert "wrote 2 cases" in capsys.readouterr().out
 
 
+def test_host_floor_is_recorded_and_off_by_default(dataset, tmp_path, shared_data):
+    out = tmp_path / "floored"
+    assert main(["synth", "--base", str(shared_data / "ct" / "totalseg-example"), "--diseases", "pancreas_cyst,pancreas_tumor",
+                 "--cases", "2", "--out", str(out), "--seed", "1", "--lesions-per-case", "2", "--host-floor", "--quiet"]) == 0
+    index = read_dataset(out)
+    assert index.extra["host_floor"] is True and "host_floor" not in read_dataset(dataset).extra
+    for case_id in index.cases:
+        for lesion in read_case(out, case_id).report.lesions:
+            density = lesion.extra["synthesis"]["density"]
+            assert density["host_floor"] and density["target_hu"] >= 0.0  # no pancreatic lesion at fat density
+            assert density["reference_hu"] >= 30.0
+
+
 @pytest.mark.parametrize("argv, code, message", [
     (["--diseases", "kidney_flu"], 3, "unknown disease"),
     (["--diseases", "kidney_cyst", "--size", "8"], 3, "--size"),

@@ -192,3 +192,38 @@ def test_contrast_enhancement_of_a_real_base(real, vocab):
     assert detect_phase(img, enhanced.organs, enhanced.names).phase == "contrast"
     fat = (real.organs == 0) & (real.image < -60) & (real.image > -150)
     assert np.abs(enhanced.image[fat] - real.image[fat]).mean() < 2.0  # fat does not enhance
+
+
+def _floored(anat, on: bool):
+    out = anat.copy()
+    out.info["host_floor"] = on
+    return out
+
+
+@pytest.mark.parametrize("phase", ["non_contrast", "contrast"])
+def test_host_floor_keeps_pancreatic_lesions_out_of_fat(real, vocab, phase):
+    """The real base's pancreas label reads near fat (partial volume with the fat between its lobules): drawn
+    against it, hypodense lesions fall below water. The host floor draws them against parenchyma instead."""
+    base = real.copy()
+    if phase == "contrast":
+        base.info["contrast_gain_hu"] = apply_contrast(base, np.random.default_rng(3))
+    loc = "location.pancreas.head"
+    a = attrs(loc, "density.hypodense.pancreas", enhancement=f"enhancement.{phase}")
+    for seed in range(3):
+        cyst_old = render(_floored(base, False), "pancreas_cyst", a, seed, 9.0, vocab)[3]["density"]
+        cyst = render(_floored(base, True), "pancreas_cyst", a, seed, 9.0, vocab)[3]["density"]
+        tumour = render(_floored(base, True), "pancreas_tumor", a, seed, 9.0, vocab)[3]["density"]
+        assert cyst["host"]["mean"] < 30.0 + (80.0 if phase == "contrast" else 0.0)  # the measured label: fat-averaged
+        assert "host_floor" not in cyst_old and cyst_old["target_hu"] < 0.0  # drawn against it: below water
+        assert cyst["host_floor"] and cyst["reference_hu"] >= 30.0 + (50.0 if phase == "contrast" else 0.0)
+        assert 0.0 <= cyst["target_hu"] <= 20.0  # fluid stays fluid
+        assert tumour["target_hu"] >= 10.0 and tumour["target_hu"] < tumour["reference_hu"]  # soft tissue, still hypodense
+
+
+def test_host_floor_leaves_a_physiological_host_alone(phantom, vocab):
+    a = attrs("location.liver.right_lobe", "density.hyperdense.liver")
+    for seed in range(2):
+        old = render(_floored(phantom, False), "liver_tumor", a, seed, 12.0, vocab)
+        new = render(_floored(phantom, True), "liver_tumor", a, seed, 12.0, vocab)
+        assert new[3]["density"]["reference_hu"] == old[3]["density"]["host"]["mean"]
+        assert np.array_equal(new[0].image, old[0].image)  # the same lesion, voxel for voxel

@@ -9,7 +9,7 @@
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
 #       [--mixed N] [--transplant N] [--transplant-looks LIST] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
-#       [--lr LR] [--ema DECAY] [--freeze PREFIX]... [--bench] [--profile]
+#       [--lr LR] [--ema DECAY] [--freeze PREFIX]... [--host-floor] [--bench] [--profile]
 #
 # --set, --augment, --ema and --freeze go to `malenia train` as they are (model config and sampler augmentation, e.g.
 # --augment 'scale=[0.7,1.4]' --augment scale_isotropic=true for nnU-Net's scale range from the first step).
@@ -23,6 +23,9 @@
 # text, embedded without the encoder from --cache (scripts/gpu_payload.sh --texts) or --init's bank when it holds it.
 # --transplant-looks: which ones (`malenia synth --diseases`; default spleen_calcification, the look the thirty-first
 # round measured; `transplant` for all, the stomach mass included, which no round has shown to teach anything yet).
+# --host-floor: every drawn lesion, training and test alike, with `malenia synth --host-floor` (pancreatic lesions
+# against parenchyma, not the fat a real base's pancreas label averages in; docs/data.md). Its test sets are then
+# not the card's, which were drawn without it.
 # --bench: `malenia bench train` of the run's config and batch on the device after the training.
 # --profile: `malenia bench train --profile` of the config to be trained, at --batch-size, while the CPUs synthesise
 # the data (profile.txt: operators and CUDA kernels a step, by phase and by source line; bench_profile.txt).
@@ -33,6 +36,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
 MIXED=0 TRANSPLANT=0 TRANSPLANT_LOOKS=spleen_calcification NODULES=() REPLAY_FRACTION=0.7 BENCH=0 PROFILE=0 MIX_SEED=8 NODULE_SEED=40
+HOST_FLOOR=""
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 # Paths given are made absolute while parsing: the script works inside --out from then on.
 folder() { [ -d "$2" ] || die "$1 $2 is not a folder"; (cd "$2" && pwd); }
@@ -52,7 +56,7 @@ while [ $# -gt 0 ]; do
     --nodules) NODULES+=("$(folder "$1" "$2")"); shift 2 ;;
     --transplant-looks) [ -n "${2:-}" ] || die "$1 needs a list of looks"; TRANSPLANT_LOOKS=$2; shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
-    --profile) PROFILE=1; shift ;;
+    --profile) PROFILE=1; shift ;;          --host-floor) HOST_FLOOR=--host-floor; shift ;;
     --replay-seed) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--replay-seed needs a whole number, got '${2:-}'"; MIX_SEED=$2 NODULE_SEED=$2; shift 2 ;;
     --lr) TRAIN_OPTS+=(--lr "$2"); shift 2 ;;
     --ema|--freeze) [ -n "${2:-}" ] || die "$1 needs a value"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
@@ -84,7 +88,7 @@ SEEN=colon_tumor,lung_tumor,liver_tumor,pancreas_tumor,kidney_cyst,gallstone
 UNSEEN=hepatic_vessel_tumor,pancreas_cyst,kidney_tumor,liver_cyst,gallbladder_tumor,kidney_stone
 CPUS=$("$PY" -c "import os; print(os.cpu_count())")
 SHARDS=$(( CASES < CPUS - 2 ? CASES : (CPUS > 3 ? CPUS - 2 : 1) ))
-SYN=(synth "${BASES[@]}" --quiet --overwrite ${SIZE:+--size $SIZE})
+SYN=(synth "${BASES[@]}" --quiet --overwrite ${SIZE:+--size $SIZE} $HOST_FLOOR)
 
 # --shard: the shards merge into the dataset `malenia synth --cases $CASES --seed 1 --name seen_train` writes in
 # one process, whatever the core count, so a CPU machine can rebuild (and mine) the GPU run's training data

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix-attributes", type=float, default=0.0, metavar="P",
                    help="share of lesions whose shape, density variation and margin are drawn apart from their "
                         "disease, among the descriptions the chosen diseases show (default 0: every lesion as its profile)")
+    p.add_argument("--host-floor", action="store_true",
+                   help="draw relative densities against a pancreas no fainter than its parenchyma, fluid at water "
+                        "or above and solid lesions above fat (a real base's coarse pancreas label averages the gland "
+                        "with fat; default off: the datasets of model 2.11.1 and earlier)")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="write only every N-th case, from the K-th, of the --cases dataset (same ids, splits and content), "
                         "for N processes whose parts scripts/merge_datasets.py joins into the one-process dataset; "
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         size=_triple(args.size, int, "size"), spacing=_triple(args.spacing, float, "spacing"),
         split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         name=args.name, overwrite=args.overwrite, progress=None if args.quiet else print_progress,
-        mix_attributes=args.mix_attributes, shard=_shard(args.shard),
+        mix_attributes=args.mix_attributes, shard=_shard(args.shard), host_floor=args.host_floor,
     )
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.split.items())
     print(f"wrote {len(index.cases)} cases to {args.out} ({sizes})")
@@ -99,6 +103,8 @@ def _run_nodules(args: argparse.Namespace) -> int:
         raise InputError("--diseases does not apply to --nodules (every planted nodule is a lung_tumor)")
     if args.size is not None:
         raise InputError("--size does not apply to --nodules (the base keeps its field of view)")
+    if args.host_floor:
+        raise InputError("--host-floor does not apply to --nodules (a real nodule keeps its own CT values)")
     result = plant_dataset(
         args.out, args.nodules, args.base, split=args.nodule_split, seed=args.seed,
         lesions_per_case=parse_range(args.lesions_per_case), spacing=_triple(args.spacing, float, "spacing"),

@@ -60,6 +60,7 @@ class BaseSource:
     name: str  # "phantom" or the base folder
     size: tuple[int, int, int] | None = None
     spacing: tuple[float, float, float] | None = None
+    host_floor: bool = False  # relative densities against the parenchyma floor (malenia.data.synthesis.lesion)
     _base: Anatomy | None = field(default=None, repr=False)
 
     @property
@@ -84,11 +85,13 @@ class BaseSource:
     def anatomy(self, rng: np.random.Generator, phase: str) -> tuple[Anatomy, dict[str, Any]]:
         if self.is_phantom:
             anat = make_phantom(rng, self.size or DEFAULT_SIZE, self.spacing or DEFAULT_SPACING, phase)
+            anat.info["host_floor"] = self.host_floor
             return anat, {"base": PHANTOM, "contrast_phase": anat.info["contrast_phase"], "noise_std": round(anat.info["noise_std"], 2)}
         anat = self._load().copy()
+        anat.info["host_floor"] = self.host_floor
         info: dict[str, Any] = {"base": self.name, "base_phase": anat.phase}
         if phase == "contrast" and anat.phase != "contrast":
-            info["contrast_gain_hu"] = apply_contrast(anat, rng)
+            info["contrast_gain_hu"] = anat.info["contrast_gain_hu"] = apply_contrast(anat, rng)
         return anat, info
 
 
@@ -329,10 +332,13 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        spacing: tuple[float, float, float] | None = None, split: str = "zero_shot",
                        val_fraction: float = 0.1, test_fraction: float = 0.2, name: str | None = None,
                        overwrite: bool = False, progress: Callable[[str], None] | None = None,
-                       mix_attributes: float = 0.0, shard: tuple[int, int] | None = None) -> DatasetIndex:
+                       mix_attributes: float = 0.0, shard: tuple[int, int] | None = None,
+                       host_floor: bool = False) -> DatasetIndex:
     """Writes a whole synthetic dataset to `out` (it appears complete or not at all). `mix_attributes`: the
     share of lesions whose shape, density variation and margin are drawn apart from their disease
-    (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw). `shard` (k, n): only the cases
+    (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw). `host_floor`: relative densities
+    against a parenchyma no fainter than its floor (malenia.data.synthesis.lesion; off: the datasets of model
+    2.11.1 and earlier, byte for byte). `shard` (k, n): only the cases
     i with i % n == k - 1 of the n_cases dataset, with that dataset's ids and splits, so that n processes write
     parts that merge (scripts/merge_datasets.py) into exactly the dataset one process writes."""
     from malenia.atomic import atomic_dir
@@ -353,7 +359,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
     for d in profiled:
         table.disease(d)  # clear error for a disease the table lacks
     mix = AttributeMix.of(table, profiled, mix_attributes)
-    sources = [BaseSource(PHANTOM, size, spacing) if b == PHANTOM else BaseSource(str(b), size, spacing) for b in _expand_bases(bases)]
+    sources = [BaseSource(PHANTOM if b == PHANTOM else str(b), size, spacing, host_floor) for b in _expand_bases(bases)]
     split_of, pools = assign_splits(n_cases, diseases, protocol, val_fraction, test_fraction, np.random.default_rng([seed, 1 << 30]))
     width = max(4, len(str(n_cases - 1)))
     prefix = name or out.name
@@ -386,6 +392,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        "size": list(size) if size else None, "spacing": list(spacing) if spacing else None,
                        "vocabulary_hash": vocab.hash, "case_diseases": case_diseases}
                       | ({"mix_attributes": mix.to_json()} if mix.active else {})
+                      | ({"host_floor": True} if host_floor else {})
                       | ({"shard": [k, n], "cases_in_all_shards": n_cases} if shard else {}))
             write_dataset_index(staging, index)
     except FileExistsError:

@@ -6,7 +6,10 @@ Every aspect changes the image measurably:
     shape              perturbed / lobulated / elastically deformed ellipsoid (shapes.py)
     size               per-disease diameter distribution (profiles.py), clamped to fit the organ
     density            relative to the host tissue's measured HU (hypo/iso/hyper), or absolute:
-                       water-like fluid, calcific, lung ground-glass / soft tissue / dense / mixed
+                       water-like fluid, calcific, lung ground-glass / soft tissue / dense / mixed;
+                       with the host floor (`malenia synth --host-floor`) a pancreas's reference is at
+                       least its parenchyma's, fluid stays at water and a solid lesion above fat
+                       (host_reference, density_value)
     density variation  homogeneous (noise + faint texture) or heterogeneous (coarse mottled texture)
     surface            well-defined: partial-volume edge only; ill-defined: boundary blurred by a
                        3-6 mm Gaussian and roughened; spiculated: tapering spicules
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from malenia.data.synthesis.anatomy import Anatomy, organ_of_region, region_of_location
+from malenia.data.synthesis.anatomy import ORGAN_NAMES, Anatomy, organ_of_region, region_of_location
 from malenia.data.synthesis.features import EXTERNAL, INTERNAL, STRUCTURAL, Canvas, LesionContext, calcified_rim
 from malenia.data.synthesis.placement import PlacementError, place_lesion
 from malenia.data.synthesis.profiles import PROFILES, RenderProfile
@@ -37,6 +40,17 @@ from malenia.data.synthesis.texture import NOISE_SIGMA_VOX, HostStats, blurred_e
 NONE = "specific_features.none"
 COLON_WALL_HU = 35.0  # bowel wall, non-contrast; + CONTRAST_WALL_GAIN when enhanced
 CONTRAST_WALL_GAIN = 45.0
+# The host floor (anat.info["host_floor"]). At a base's coarse spacing the label of a lobulated, fatty pancreas
+# is averaged with the fat between its lobules: the TotalSegmentator example's pancreas reads 5 HU unenhanced
+# (51 HU enhanced), where pancreatic parenchyma is 30-50 HU. A lesion drawn against that reading comes out at
+# fat density (pancreatic tumours at -36 HU, pancreatic cysts at -40 HU, below water); so do lesions drawn far
+# below a faint host (a kidney at 13-19 HU, the bile). With the floor, a pancreas's reference is at least its
+# parenchyma's lower range plus the scan's contrast gain for it, and in every organ fluid stays at 0 HU or above
+# and a solid lesion at SOLID_MIN_HU or above (not a stone: a cholesterol gallstone may be fat-like). Other organs keep their measured reference: in that scan the
+# liver (46 HU), spleen (35 HU) and kidneys (median 12-16 HU, their cores alike) all read about 10 HU low, a
+# scanner offset their lesions should share, while the pancreas label's median is -7 HU, fat.
+PARENCHYMA_FLOOR_HU = {"pancreas": 30.0}
+SOLID_MIN_HU = 10.0  # unenhanced soft tissue; lower is fat or fluid, which have their own descriptions
 
 
 def scan_noise_std(anat: Anatomy) -> float:
@@ -55,7 +69,10 @@ def _first(attrs: dict[str, list[str]], aspect: str, default: str) -> str:
     return v[0]
 
 
-def density_value(density_id: str, host_mean: float, prof: RenderProfile, phase: str, rng: np.random.Generator) -> dict[str, Any]:
+def density_value(density_id: str, host_mean: float, prof: RenderProfile, phase: str, rng: np.random.Generator,
+                  floor: bool = False) -> dict[str, Any]:
+    """The lesion's target HU for its density description against `host_mean`; `floor`: the host floor's
+    bounds on fluid and solid lesions (PARENCHYMA_FLOOR_HU; the reference itself is host_reference's)."""
     contrast = phase == "contrast"
     info: dict[str, Any] = {"id": density_id}
     if density_id == "density.fluid":
@@ -84,10 +101,13 @@ def density_value(density_id: str, host_mean: float, prof: RenderProfile, phase:
                 v = host_mean - d
                 if prof.cystic:  # fluid stays water-like whatever the parenchyma's enhancement
                     v = min(v, rng.uniform(2.0, 20.0))
+                    v = max(v, 0.0) if floor else v
             elif cls == "isodense":
                 v = host_mean + rng.uniform(-6.0, 6.0)
             else:
                 v = host_mean + (rng.uniform(25.0, 70.0) if contrast else rng.uniform(20.0, 50.0))
+            if floor and not prof.cystic:
+                v = max(v, SOLID_MIN_HU)
         info["class"] = cls
     info["target_hu"] = round(float(v), 2)
     return info
@@ -130,6 +150,17 @@ def _host(anat: Anatomy, organ: str, region_key: str) -> HostStats:
         host = HostStats(COLON_WALL_HU + (CONTRAST_WALL_GAIN if anat.phase == "contrast" else 0.0), 0, 12.0, 12.0, 0)
         return HostStats(host.mean, host.mean, host.std, host.noise_std, 0)
     return host_stats(anat.image, anat.host_mask(region_key), soft_tissue=organ != "lung")
+
+
+def host_reference(anat: Anatomy, organ: str, host: HostStats) -> float:
+    """The HU a relative density is drawn against: the host's measured mean, raised to the organ's parenchyma
+    floor (plus the contrast gain the scan drew for it) when the case renders with the host floor."""
+    floor = PARENCHYMA_FLOOR_HU.get(organ)
+    if floor is None or not anat.info.get("host_floor"):
+        return host.mean
+    gains = anat.info.get("contrast_gain_hu") or {}
+    gain = max([float(gains[n]) for n in ORGAN_NAMES[organ] if n in gains], default=0.0)
+    return max(host.mean, floor + gain)
 
 
 def _shape_params(shape_id: str, surface_id: str, feature_set: set[str], radius: float, rng: np.random.Generator,
@@ -279,7 +310,9 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
     radius, center = placement.radius_mm, placement.center
     host = _host(anat, organ, region_key)
     noise_std = scan_noise_std(anat)
-    dens = density_value(ids["density"], host.mean, prof, anat.phase, rng)
+    floor = bool(anat.info.get("host_floor"))
+    reference = host_reference(anat, organ, host)
+    dens = density_value(ids["density"], reference, prof, anat.phase, rng, floor=floor)
     params, margin_mm = _shape_params(ids["shape"], ids["surface"], feature_set, radius, rng, vox)
     wall_t = float(rng.uniform(6.0, 14.0)) if prof.kind == "wall" else 0.0
     reach_mm = params.reach() + 3.0 * margin_mm + 2.0 * float(sp.max()) + wall_t
@@ -318,7 +351,8 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
         "radius_mm": round(radius, 2),
         "shape": params.to_json(),
         "surface": {"id": ids["surface"], "margin_blur_mm": round(margin_mm, 2)},
-        "density": {**dens, "host": host.to_json(), "scan_noise_std": round(noise_std, 2), **guard},
+        "density": {**dens, "host": host.to_json(), "scan_noise_std": round(noise_std, 2), **guard}
+                   | ({"host_floor": True, "reference_hu": round(reference, 2)} if floor else {}),
         "texture": {"heterogeneous": hetero, "texture_std_hu": round(tex_std, 2), "texture_sigma_mm": round(tex_sigma_mm, 2)},
         "mass_effect": mass_effect,
         "features": record,
