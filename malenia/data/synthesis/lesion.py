@@ -46,9 +46,10 @@ CONTRAST_WALL_GAIN = 45.0
 # fat density (pancreatic tumours at -36 HU, pancreatic cysts at -40 HU, below water); so do lesions drawn far
 # below a faint host (a kidney at 13-19 HU, the bile). With the floor, a pancreas's reference is at least its
 # parenchyma's lower range plus the scan's contrast gain for it, and in every organ fluid stays at 0 HU or above
-# and a solid lesion at SOLID_MIN_HU or above (not a stone: a cholesterol gallstone may be fat-like). Other organs keep their measured reference: in that scan the
-# liver (46 HU), spleen (35 HU) and kidneys (median 12-16 HU, their cores alike) all read about 10 HU low, a
-# scanner offset their lesions should share, while the pancreas label's median is -7 HU, fat.
+# and a solid lesion at SOLID_MIN_HU or above (not a stone: a cholesterol gallstone may be fat-like). Other
+# organs keep their measured reference: in that scan the liver (46 HU), spleen (35 HU) and kidneys (median
+# 12-16 HU, their cores alike) all read about 10 HU low, a scanner offset their lesions should share, while the
+# pancreas label's median is -7 HU, fat.
 PARENCHYMA_FLOOR_HU = {"pancreas": 30.0}
 SOLID_MIN_HU = 10.0  # unenhanced soft tissue; lower is fat or fluid, which have their own descriptions
 
@@ -153,10 +154,10 @@ def _host(anat: Anatomy, organ: str, region_key: str) -> HostStats:
 
 
 def host_reference(anat: Anatomy, organ: str, host: HostStats) -> float:
-    """The HU a relative density is drawn against: the host's measured mean, raised to the organ's parenchyma
-    floor (plus the contrast gain the scan drew for it) when the case renders with the host floor."""
+    """The HU a relative density is drawn against with the host floor: the host's measured mean, raised to the
+    organ's parenchyma floor (plus the contrast gain the scan drew for it) where it has one."""
     floor = PARENCHYMA_FLOOR_HU.get(organ)
-    if floor is None or not anat.info.get("host_floor"):
+    if floor is None:
         return host.mean
     gains = anat.info.get("contrast_gain_hu") or {}
     gain = max([float(gains[n]) for n in ORGAN_NAMES[organ] if n in gains], default=0.0)
@@ -311,7 +312,7 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
     host = _host(anat, organ, region_key)
     noise_std = scan_noise_std(anat)
     floor = bool(anat.info.get("host_floor"))
-    reference = host_reference(anat, organ, host)
+    reference = host_reference(anat, organ, host) if floor else host.mean
     dens = density_value(ids["density"], reference, prof, anat.phase, rng, floor=floor)
     params, margin_mm = _shape_params(ids["shape"], ids["surface"], feature_set, radius, rng, vox)
     wall_t = float(rng.uniform(6.0, 14.0)) if prof.kind == "wall" else 0.0
