@@ -285,8 +285,9 @@ def test_a_fine_tune_inherits_its_parents_calibration_and_records_its_lineage(mo
 
     parent = tmp_path / "parent"
     shutil.copytree(model_copy, parent)
+    rule = {"min_typicality": 0.61, "contradiction_fit": 0.2, "fitted_on": "9 detected validation lesions"}
     update_model_folder(parent, {INFERENCE: json.dumps({"threshold": 0.65, "min_volume_mm3": 100.0, "calibration": {
-        "objective": "mean case DSC", "split": "val", "cases": 4, "table": []}})})
+        "objective": "mean case DSC", "split": "val", "cases": 4, "table": []}, "disease": rule})})
     data = make_tiny_dataset(tmp_path / "ds", n_cases=2)
     res = train(TrainOptions(data=data, out=tmp_path / "run", config=tiny_config(), steps=2, progress="none",
                              val_split=None, init=parent, checkpoint_every=10**6))
@@ -294,6 +295,15 @@ def test_a_fine_tune_inherits_its_parents_calibration_and_records_its_lineage(mo
     assert (child.threshold, child.min_volume_mm3) == (0.65, 100.0)
     assert child.calibration["inherited_from"].startswith(load_model_folder(parent).name)
     assert child.calibration["cases"] == 4 and "table" not in child.calibration
+    # the unclassified rule fitted on the parent's scores stays in force, as the verifier and appearance cut do
+    from malenia.infer.site_table import table_in_force_at
+    from malenia.knowledge.site import origin_json
+
+    assert child.disease == {**rule, "inherited_from": child.calibration["inherited_from"]}
+    unclassified = origin_json(table_in_force_at(res.model_dir))["unclassified"]
+    assert unclassified["source"] == "model" and unclassified["min_typicality"] == 0.61
+    assert unclassified["contradiction_fit"] == 0.2
+    assert unclassified["inherited_from"] == child.calibration["inherited_from"]
     parent_manifest = load_model_folder(parent).manifest
     lineage = load_model_folder(res.model_dir).manifest["lineage"]  # the stage it continues, for the model card
     assert lineage == [{"name": parent_manifest["name"], "version": parent_manifest["version"],

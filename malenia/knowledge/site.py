@@ -71,6 +71,7 @@ def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.Path
         "fitted_on": (rule or {}).get("fitted_on", table.inference.get("fitted_on", "")),
         "source": "model" if rule is not None else "table",
         "table_rule": own,
+        **({"inherited_from": rule["inherited_from"]} if rule and rule.get("inherited_from") else {}),
     }
     return table
 

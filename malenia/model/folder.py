@@ -9,7 +9,8 @@
     MODEL/MODEL_CARD.md                generated from the evaluation (optional until evaluated)
     MODEL/report_rows.safetensors      optional: whole-report embeddings of a single-positive (ablation) model
     MODEL/inference.json               optional: post-processing chosen on a validation split (`malenia calibrate`):
-                                        {"threshold", "min_volume_mm3", "calibration": {...}}
+                                        {"threshold", "min_volume_mm3", "calibration": {...}}, and the "unclassified"
+                                        rule fitted on the model's scores (`malenia knowledge openset --fit`): "disease"
     MODEL/measured_attributes.json     optional: attribute classifiers on lesion measurements
                                         (`malenia fit-attributes`; format owned by malenia.knowledge.measured_attributes)
     MODEL/lesion_verifier.json         optional: false-positive reduction on each predicted lesion
@@ -64,22 +65,28 @@ def sha256_file(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class InferenceDefaults:
-    """Post-processing a model is used with unless the user overrides it."""
+    """Post-processing a model is used with unless the user overrides it, and its "unclassified" rule."""
 
     threshold: float = DEFAULT_THRESHOLD
     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
     calibration: dict[str, Any] | None = None  # how they were chosen (None: the project defaults)
+    disease: dict[str, Any] | None = None  # the rule fitted on the model's scores (`malenia knowledge openset --fit`)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "min_volume_mm3": self.min_volume_mm3, "calibration": self.calibration}
+        data = {"threshold": self.threshold, "min_volume_mm3": self.min_volume_mm3, "calibration": self.calibration}
+        return data | ({"disease": self.disease} if self.disease is not None else {})
 
     def inherited_by(self, parent: str) -> "InferenceDefaults | None":
-        """What a model fine-tuned from this one starts with: the same values, marked as inherited
-        (None when these are only the project defaults)."""
-        if self.calibration is None:
+        """What a model fine-tuned from this one starts with: the same values and rule, marked as inherited
+        (None when these are only the project defaults). Like the lesion verifier and the appearance cut, both
+        were chosen on the parent's outputs and stay in force until refitted on the child's: a retrained model
+        that fell back to the project defaults and the table's rule would name lesions by another rule."""
+        if self.calibration is None and self.disease is None:
             return None
-        summary = {k: v for k, v in self.calibration.items() if k not in ("table", "inherited_from")}
-        return InferenceDefaults(self.threshold, self.min_volume_mm3, {"inherited_from": parent, **summary})
+        summary = {k: v for k, v in (self.calibration or {}).items() if k not in ("table", "inherited_from")}
+        calibration = {"inherited_from": parent, **summary} if self.calibration is not None else None
+        disease = {**self.disease, "inherited_from": parent} if self.disease is not None else None
+        return InferenceDefaults(self.threshold, self.min_volume_mm3, calibration, disease)
 
     @staticmethod
     def from_dict(data: Any, where: str = INFERENCE) -> "InferenceDefaults":
@@ -90,7 +97,8 @@ class InferenceDefaults:
         if not 0.0 < threshold < 1.0 or not volume >= 0.0:
             raise ModelError(f"{where}: threshold must be in (0, 1) and min_volume_mm3 >= 0, "
                              f"got {threshold} and {volume}")
-        return InferenceDefaults(threshold, volume, data.get("calibration"))
+        disease = data.get("disease")
+        return InferenceDefaults(threshold, volume, data.get("calibration"), disease if isinstance(disease, dict) else None)
 
 
 @dataclass
