@@ -260,6 +260,39 @@ def test_openset_rule_fitted_on_model_scores_is_stored_and_used(tiny, tmp_path):
     assert model.inference_defaults().threshold == tiny.inference_defaults().threshold
 
 
+def test_a_refit_reports_the_tables_own_rule_beside_the_parents(tiny, tmp_path):
+    """A model whose rule was fitted (or inherited) is refitted: the stored "table_rule" is the knowledge
+    table's own rule, not the rule in force before, which is reported apart as "rule_before"; both are
+    candidates, so the fit is never worse than either on the lesions it is fitted on."""
+    from malenia.commands._openset import store_rule
+    from malenia.knowledge.openset import ScoredLesion, fit_rule
+    from malenia.infer.site_table import table_for_model
+    from malenia.model.folder import load_model_folder
+
+    table = table_for_model(tiny)
+    own = {k: float(table.inference[k]) for k in ("contradiction_fit", "min_typicality")}
+    rng = np.random.default_rng(1)
+    lesions = []
+    for d in ("liver_tumor", "kidney_cyst", "lung_tumor"):
+        for _ in range(6):
+            attrs = table.sample_attributes(d, rng)
+            lesions.append(ScoredLesion(d, {a: {i: (0.6 if i in attrs[a] else 0.4 / len(table.vocab.ids(a)))
+                                                for i in table.vocab.ids(a)} for a in attrs}))
+    parent = {"contradiction_fit": 0.3, "min_typicality": round(own["min_typicality"] + 0.05, 4)}
+    copy = tmp_path / "model"
+    shutil.copytree(tiny.path, copy)
+    store_rule(load_model_folder(copy, build_network=False), parent)
+    in_force = table_for_model(load_model_folder(copy, build_network=False))
+    assert in_force.origin["unclassified"]["source"] == "model"
+
+    rule = fit_rule(lesions, in_force)
+    assert {k: rule["table_rule"][k] for k in own} == own
+    assert {k: rule["rule_before"][k] for k in parent} == parent
+    objective = lambda m: m["unseen_unclassified"] + m["known_correct"]  # noqa: E731
+    assert objective(rule["fitted"]) >= max(objective(rule["table_rule"]), objective(rule["rule_before"])) - 1e-9
+    assert "rule_before" not in fit_rule(lesions, table)  # the table's own rule in force: nothing before it
+
+
 def test_shipped_pulmonary_nodule_profile_is_the_training_patients_ratings_estimated(shared_data):
     """Resources/knowledge/diseases/pulmonary_nodule.json is what its documented command gives on the shared LIDC
     nodules (docs/knowledge.md): the ratings of the training patients' nodules only, density variation given equally."""

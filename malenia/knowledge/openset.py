@@ -115,12 +115,14 @@ def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable, appearance_
     diseases, dec = decisions(lesions, table, appearance_cut)
     if not dec["truth"]:
         raise ValueError("no detected validation lesions to fit the unclassified rule on")
-    before = inference_params(table)
+    before = inference_params(table)  # the rule in force: a parent model's fitted one, or the table's
+    own = (table.origin or {}).get("unclassified", {}).get("table_rule") or before  # the table's own rule
+    rules = [before, own]
     typ = np.array([d.typicality for d in dec["all"] + dec["held_out"]])
-    grid_t = sorted({0.0, float(before["min_typicality"]),
+    grid_t = sorted({0.0, *(float(r["min_typicality"]) for r in rules),
                      *(round(float(np.quantile(typ, q)), 4) for q in TYPICALITY_QUANTILES)})
     best = None
-    for cf in sorted({*CONTRADICTION_GRID, float(before["contradiction_fit"])}):  # the table's rule is a candidate
+    for cf in sorted({*CONTRADICTION_GRID, *(float(r["contradiction_fit"]) for r in rules)}):  # both rules are candidates
         for mt in grid_t:
             m = rates(diseases, dec, cf, mt)["mean"]
             objective = 0.5 * m["unseen_unclassified"] + 0.5 * (m["known_correct"] or 0.0)
@@ -128,13 +130,23 @@ def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable, appearance_
             if best is None or key > best[0]:
                 best = (key, cf, mt)
     _, cf, mt = best
-    fitted = rates(diseases, dec, cf, mt)
-    return {
+    out = {
         "contradiction_fit": cf,
         "min_typicality": mt,
         "objective": "mean over diseases of 1/2 unclassified (disease removed) + 1/2 correct (disease present)",
         "fitted_on": f"{len(dec['truth'])} detected validation lesions of {len(set(dec['truth']))} diseases (model scores)",
-        "fitted": fitted["mean"],
-        "table_rule": {"contradiction_fit": before["contradiction_fit"], "min_typicality": before["min_typicality"],
-                       **rates(diseases, dec, before["contradiction_fit"], before["min_typicality"])["mean"]},
+        "fitted": rates(diseases, dec, cf, mt)["mean"],
+        "table_rule": _rule_rates(own, diseases, dec),
     }
+    if _rule_of(before) != _rule_of(own):  # a parent model's rule was in force: its rates too, for comparison
+        out["rule_before"] = _rule_rates(before, diseases, dec)
+    return out
+
+
+def _rule_rates(params: dict, diseases, dec) -> dict:
+    cf, mt = _rule_of(params)
+    return {"contradiction_fit": cf, "min_typicality": mt, **rates(diseases, dec, cf, mt)["mean"]}
+
+
+def _rule_of(params: dict) -> tuple[float, float]:
+    return float(params["contradiction_fit"]), float(params["min_typicality"])
