@@ -293,6 +293,56 @@ def test_a_refit_reports_the_tables_own_rule_beside_the_parents(tiny, tmp_path):
     assert "rule_before" not in fit_rule(lesions, table)  # the table's own rule in force: nothing before it
 
 
+def _soft(table, attrs) -> dict:
+    return {a: {i: (0.7 if i in attrs[a] else 0.3 / len(table.vocab.ids(a))) for i in table.vocab.ids(a)} for a in attrs}
+
+
+def test_an_aspect_read_at_random_loses_its_weight_in_the_fit_and_keeps_it_through_a_refit(tiny, tmp_path):
+    """`fit_rule(weight_grid=...)` fits an aspect's weight in disease inference with the rule: lesions whose
+    specific features are read as another disease's lose less with that aspect down-weighted, the weight is
+    stored with the rule, applied by the table in force (and reported beside the table's own), and a refit
+    without the grid keeps it."""
+    from malenia.commands._openset import WEIGHT_GRID, store_rule
+    from malenia.infer.site_table import table_for_model
+    from malenia.knowledge.inference import infer_disease, inference_params
+    from malenia.knowledge.openset import ScoredLesion, fit_rule
+    from malenia.model.folder import load_model_folder
+
+    table = table_for_model(tiny)
+    rng = np.random.default_rng(2)
+    diseases = ("liver_tumor", "liver_cyst", "kidney_cyst", "lung_tumor")
+    lesions = []
+    for d in diseases:
+        for _ in range(8):
+            attrs = table.sample_attributes(d, rng)
+            other = diseases[(diseases.index(d) + 1 + int(rng.integers(3))) % 4]
+            attrs["specific_features"] = table.sample_attributes(other, rng)["specific_features"]  # read at random
+            lesions.append(ScoredLesion(d, _soft(table, attrs)))
+    plain = fit_rule(lesions, table)
+    fitted = fit_rule(lesions, table, weight_grid={"specific_features": WEIGHT_GRID})
+    objective = lambda m: m["unseen_unclassified"] + m["known_correct"]  # noqa: E731
+    assert fitted["aspect_weights"]["specific_features"] < 1.0
+    assert objective(fitted["fitted"]) > objective(plain["fitted"])
+    assert fitted["table_rule"]["aspect_weights"] == {"specific_features": 1.0}
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny.path, copy)
+    store_rule(load_model_folder(copy, build_network=False), fitted)
+    in_force = table_for_model(load_model_folder(copy, build_network=False))
+    w = fitted["aspect_weights"]["specific_features"]
+    assert inference_params(in_force)["aspect_weights"]["specific_features"] == w
+    assert in_force.origin["unclassified"]["aspect_weights"] == {"specific_features": w}
+    assert in_force.origin["unclassified"]["table_rule"]["aspect_weights"] == {"specific_features": 1.0}
+    names = lambda t: [infer_disease(les.matches, t).name for les in lesions]  # noqa: E731
+    assert names(in_force) != names(table)  # the stored weight names the lesions, not only the thresholds
+
+    refit = fit_rule(lesions, in_force)  # no grid: the weight in force stays, the table's own is reported apart
+    assert refit["aspect_weights"] == {"specific_features": w}
+    assert refit["table_rule"]["aspect_weights"] == {"specific_features": 1.0}
+    assert "rule_before" in refit
+    assert cli(["knowledge", "openset", "--data", str(tmp_path), "--fit-weight", "specific_features"]) == 2  # needs --fit
+
+
 def test_shipped_pulmonary_nodule_profile_is_the_training_patients_ratings_estimated(shared_data):
     """Resources/knowledge/diseases/pulmonary_nodule.json is what its documented command gives on the shared LIDC
     nodules (docs/knowledge.md): the ratings of the training patients' nodules only, density variation given equally."""

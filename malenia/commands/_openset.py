@@ -1,6 +1,6 @@
 """`malenia knowledge openset`: how often a lesion of an unseen disease is called unclassified vs named wrongly.
 
-    malenia knowledge openset --model M --data D [--split val] [--fit] [--json]
+    malenia knowledge openset --model M --data D [--split val] [--fit [--fit-weight ASPECT ...]] [--json]
 
 Runs the model on the split, keeps the detected lesions with their attribute scores, and for every
 disease d present: with d's profile removed from the table in force, the share of d's lesions
@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.aspects import ASPECTS
+
+WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+FITTABLE_ASPECTS = tuple(a for a in ASPECTS if a != "enhancement")  # the scan's phase is no evidence (weight 0)
+
 
 def register(actions) -> None:
     p = actions.add_parser("openset", help="unseen diseases: unclassified vs named wrongly; --fit stores the rule")
@@ -26,6 +31,8 @@ def register(actions) -> None:
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--knowledge", action="append", default=None, metavar="DIR", help="site profile folder (repeatable)")
     p.add_argument("--fit", action="store_true", help="fit the unclassified rule and store it in the model folder")
+    p.add_argument("--fit-weight", action="append", default=[], metavar="ASPECT", choices=FITTABLE_ASPECTS,
+                   help="with --fit: also fit this aspect's weight in disease inference (grid 0-1; repeatable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
@@ -60,6 +67,7 @@ def calibrate_appearance(appearance, lesions, where: dict) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
     from pathlib import Path
 
     import torch
@@ -69,9 +77,12 @@ def run(args: argparse.Namespace) -> int:
     from malenia.evaluate.openset import scored_lesions
     from malenia.evaluate.evaluate import make_segmenter
     from malenia.knowledge.inference import inference_params
-    from malenia.knowledge.openset import decisions, fit_rule, rates
+    from malenia.knowledge.openset import decisions, fit_rule, rates, with_weights
     from malenia.model.folder import INFERENCE, load_model_folder
 
+    if args.fit_weight and not args.fit:
+        print("malenia knowledge openset: error: --fit-weight needs --fit", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     require_dataset(args.data)
@@ -88,20 +99,24 @@ def run(args: argparse.Namespace) -> int:
     diseases, dec = decisions(lesions, table, cut)
     out = {"data": str(args.data), "split": args.split, **counts,
            "rule_in_force": {"contradiction_fit": params["contradiction_fit"], "min_typicality": params["min_typicality"],
+                             **({"aspect_weights": table.origin["unclassified"]["aspect_weights"]}
+                                if "aspect_weights" in table.origin["unclassified"] else {}),
                              "source": table.origin["unclassified"]["source"],
                              **rates(diseases, dec, params["contradiction_fit"], params["min_typicality"])}}
     own = table.origin["unclassified"]["table_rule"]
     if table.origin["unclassified"]["source"] == "model":  # also the table's own rule, for comparison
-        out["table_rule"] = {**own, "source": "table", **rates(diseases, dec, own["contradiction_fit"], own["min_typicality"])}
+        own_dec = decisions(lesions, with_weights(table, own.get("aspect_weights") or {}), cut)
+        out["table_rule"] = {**own, "source": "table", **rates(*own_dec, own["contradiction_fit"], own["min_typicality"])}
     if appearance is not None:
         out["appearance"] = {"cut": cut, "alpha": appearance.alpha}
     if args.fit:
         where = {"dataset": Path(args.data).resolve().name, "split": args.split}
         if appearance is not None:
             out["appearance"] = calibrate_appearance(appearance, lesions, where)
-            diseases, dec = decisions(lesions, table, appearance.cut)
-        rule = fit_rule(lesions, table, appearance.cut if appearance is not None else 0.0)
+        cut = appearance.cut if appearance is not None else 0.0
+        rule = fit_rule(lesions, table, cut, {a: WEIGHT_GRID for a in args.fit_weight})
         rule["dataset"], rule["split"] = where["dataset"], args.split
+        diseases, dec = decisions(lesions, with_weights(table, rule.get("aspect_weights") or {}), cut)
         out["fitted_rule"] = {**rule, **rates(diseases, dec, rule["contradiction_fit"], rule["min_typicality"])}
         store_rule(model, rule, appearance)
     if args.json:
@@ -117,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     for key in ("rule_in_force", "table_rule", "fitted_rule"):
         if key in out:
             r = out[key]
-            print(f"{key.replace('_', ' ')}: contradiction fit {r['contradiction_fit']}, min typicality {r['min_typicality']}")
+            weights = "".join(f", {a} weight {w}" for a, w in (r.get("aspect_weights") or {}).items())
+            print(f"{key.replace('_', ' ')}: contradiction fit {r['contradiction_fit']}, min typicality {r['min_typicality']}"
+                  + weights)
             for d, v in r["per_disease"].items():
                 known = f"; present: correct {v['known_correct']:.2f}, unclassified {v['known_unclassified']:.2f}" \
                     if "known_correct" in v else ""

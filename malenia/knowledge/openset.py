@@ -10,13 +10,18 @@ validation lesions the model detected, each with its per-aspect scores and true 
 
 The grid of (contradiction_fit, min_typicality) maximises the mean over diseases of
 ½·(unclassified rate with d removed) + ½·(correct rate with d present); ties go to the lower
-thresholds (name more). Decisions are exactly infer_disease's (same likelihoods, same argmax,
+thresholds (name more). Optionally the weights of chosen aspects in disease inference are fitted with
+it (`weight_grid`): the table's weights were fitted on exact annotation codes, and an aspect the model
+reads little better than its disease prior (its specific features, for lesion types it never saw) then
+counts as much as one it reads well. Decisions are exactly infer_disease's (same likelihoods, same argmax,
 same fits, the diseases the lesion's appearance rules out excluded: malenia.knowledge.appearance),
 computed once per lesion and re-thresholded in numpy.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -109,15 +114,58 @@ def rates(diseases: list[str], dec: dict[str, list], contradiction_fit: float, m
     return {"per_disease": per, "mean": mean}
 
 
-def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable, appearance_cut: float = 0.0) -> dict:
+def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable, appearance_cut: float = 0.0,
+             weight_grid: Mapping[str, Sequence[float]] | None = None) -> dict:
     """The rule maximising ½(unseen unclassified) + ½(known correct), averaged over diseases (with the
-    appearance check at `appearance_cut` in place)."""
+    appearance check at `appearance_cut` in place). `weight_grid` {aspect: weights}: those aspects' weights in
+    disease inference are fitted with the rule (every combination; ties go to the larger weights, the
+    table's own being 1), for an aspect the model reads too unreliably to count in full."""
+    before = inference_params(table)  # the rule in force: a parent model's fitted one, or the table's
+    own = (table.origin or {}).get("unclassified", {}).get("table_rule") or before  # the table's own rule
+    in_force = dict(before["aspect_weights"])
+    own_weights = {**in_force, **(own.get("aspect_weights") or {})}
+    grid = {a: sorted({*map(float, ws), in_force.get(a, 1.0), own_weights.get(a, 1.0)})
+            for a, ws in (weight_grid or {}).items()}
+    best = None
+    for combo in itertools.product(*grid.values()):
+        weights = {**in_force, **dict(zip(grid, combo))}
+        cf, mt, key = _best_rule(lesions, with_weights(table, weights), appearance_cut, (before, own))
+        key = (key[0], *combo, *key[1:])
+        if best is None or key > best[0]:
+            best = (key, cf, mt, weights)
+    _, cf, mt, weights = best
+    diseases, dec = decisions(lesions, with_weights(table, weights), appearance_cut)
+    out = {
+        "contradiction_fit": cf,
+        "min_typicality": mt,
+        "objective": "mean over diseases of 1/2 unclassified (disease removed) + 1/2 correct (disease present)",
+        "fitted_on": f"{len(dec['truth'])} detected validation lesions of {len(set(dec['truth']))} diseases (model scores)",
+        "fitted": rates(diseases, dec, cf, mt)["mean"],
+        "table_rule": _rule_rates(own, *decisions(lesions, with_weights(table, own_weights), appearance_cut)),
+    }
+    changed = {a: w for a, w in weights.items() if w != own_weights.get(a, 1.0)}
+    if changed:
+        out["aspect_weights"] = changed
+        out["table_rule"]["aspect_weights"] = {a: own_weights.get(a, 1.0) for a in changed}
+    if _rule_of(before) != _rule_of(own) or in_force != own_weights:  # a parent's rule was in force: its rates too
+        out["rule_before"] = _rule_rates(before, *decisions(lesions, table, appearance_cut))
+    return out
+
+
+def with_weights(table: KnowledgeTable, weights: Mapping[str, float]) -> KnowledgeTable:
+    """A shallow copy of `table` whose disease inference weighs the aspects by `weights`."""
+    out = copy.copy(table)
+    out.inference = {**(table.inference or {}), "aspect_weights": {**(table.inference or {}).get("aspect_weights", {}),
+                                                                   **weights}}
+    return out
+
+
+def _best_rule(lesions, table: KnowledgeTable, appearance_cut: float, rules) -> tuple[float, float, tuple]:
+    """(contradiction_fit, min_typicality, sort key) of the best rule on the grid for this table's weights;
+    `rules` (the rule in force, the table's own) are candidates too."""
     diseases, dec = decisions(lesions, table, appearance_cut)
     if not dec["truth"]:
         raise ValueError("no detected validation lesions to fit the unclassified rule on")
-    before = inference_params(table)  # the rule in force: a parent model's fitted one, or the table's
-    own = (table.origin or {}).get("unclassified", {}).get("table_rule") or before  # the table's own rule
-    rules = [before, own]
     typ = np.array([d.typicality for d in dec["all"] + dec["held_out"]])
     grid_t = sorted({0.0, *(float(r["min_typicality"]) for r in rules),
                      *(round(float(np.quantile(typ, q)), 4) for q in TYPICALITY_QUANTILES)})
@@ -127,20 +175,9 @@ def fit_rule(lesions: Sequence[ScoredLesion], table: KnowledgeTable, appearance_
             m = rates(diseases, dec, cf, mt)["mean"]
             objective = 0.5 * m["unseen_unclassified"] + 0.5 * (m["known_correct"] or 0.0)
             key = (round(objective, 6), -cf, -mt)
-            if best is None or key > best[0]:
-                best = (key, cf, mt)
-    _, cf, mt = best
-    out = {
-        "contradiction_fit": cf,
-        "min_typicality": mt,
-        "objective": "mean over diseases of 1/2 unclassified (disease removed) + 1/2 correct (disease present)",
-        "fitted_on": f"{len(dec['truth'])} detected validation lesions of {len(set(dec['truth']))} diseases (model scores)",
-        "fitted": rates(diseases, dec, cf, mt)["mean"],
-        "table_rule": _rule_rates(own, diseases, dec),
-    }
-    if _rule_of(before) != _rule_of(own):  # a parent model's rule was in force: its rates too, for comparison
-        out["rule_before"] = _rule_rates(before, diseases, dec)
-    return out
+            if best is None or key > best[2]:
+                best = (cf, mt, key)
+    return best
 
 
 def _rule_rates(params: dict, diseases, dec) -> dict:

@@ -9,7 +9,8 @@ fields) in a profile folder. Folders apply in this order, a later one overriding
     --knowledge DIR / the Slicer setting one or more folders named for this run
 
 The model's `inference.json` may hold a "disease" block (malenia.knowledge.openset: the
-"unclassified" rule fitted on the model's own attribute scores); it replaces the table's values.
+"unclassified" rule fitted on the model's own attribute scores, and the weights of the aspects fitted
+with it); it replaces the table's values.
 `table.origin` then says which table, profiles and rule were used (report.json's "knowledge").
 The model folder is a layer above this one: malenia.infer.site_table reads the model's table path and
 rule and hands them in.
@@ -21,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from malenia.knowledge.inference import inference_params
 from malenia.knowledge.table import KnowledgeTable
 from malenia.paths import knowledge_dir
 
@@ -63,14 +65,20 @@ def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.Path
     table = KnowledgeTable.load(model.knowledge_table_path, user_dir=None, site_dirs=profile_dirs(knowledge),
                                 name=f"{model.name} knowledge table", version=model.version)
     own = {k: float(table.inference.get(k, 0.0)) for k in RULE_KEYS}  # the table's rule (annotation codes)
+    weights = {str(a): float(w) for a, w in ((rule or {}).get("aspect_weights") or {}).items()}
+    if weights:  # the aspects' weights fitted with the rule on the model's scores; the table's own kept beside
+        own["aspect_weights"] = {a: float(inference_params(table)["aspect_weights"].get(a, 1.0)) for a in weights}
     if rule is not None:
         table.inference = {**table.inference, **{k: float(rule[k]) for k in RULE_KEYS}}
+        if weights:
+            table.inference["aspect_weights"] = {**(table.inference.get("aspect_weights") or {}), **weights}
     table.origin["unclassified"] = {
         "min_typicality": float(table.inference.get("min_typicality", 0.0)),
         "contradiction_fit": float(table.inference.get("contradiction_fit", 0.0)),
         "fitted_on": (rule or {}).get("fitted_on", table.inference.get("fitted_on", "")),
         "source": "model" if rule is not None else "table",
         "table_rule": own,
+        **({"aspect_weights": weights} if weights else {}),
         **({"inherited_from": rule["inherited_from"]} if rule and rule.get("inherited_from") else {}),
     }
     return table
