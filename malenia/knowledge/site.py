@@ -67,7 +67,8 @@ def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.Path
     own = {k: float(table.inference.get(k, 0.0)) for k in RULE_KEYS}  # the table's rule (annotation codes)
     weights = {str(a): float(w) for a, w in ((rule or {}).get("aspect_weights") or {}).items()}
     if weights:  # the aspects' weights fitted with the rule on the model's scores; the table's own kept beside
-        own["aspect_weights"] = {a: float(inference_params(table)["aspect_weights"].get(a, 1.0)) for a in weights}
+        table_weights = inference_params(table)["aspect_weights"]
+        own["aspect_weights"] = {a: float(table_weights.get(a, 1.0)) for a in weights}
     if rule is not None:
         table.inference = {**table.inference, **{k: float(rule[k]) for k in RULE_KEYS}}
         if weights:
