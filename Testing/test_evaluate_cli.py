@@ -124,6 +124,17 @@ def test_evaluate_cli_writes_tables_and_card(model):
     assert sum(b["detected"] for t, row in by_contrast.items() if t != "all" for b in row) == \
         sum(les["detected"] for les in lesions)
     assert "Lesion detection by contrast" in md
+    # each case's phase from its reference report, and every lesion counted once under it
+    cases = {c["case"]: c for c in result["cases"]}
+    for case_id, c in cases.items():
+        report = json.loads((model / "ds" / "cases" / case_id / "report.json").read_text())
+        stated = report.get("enhancement")
+        assert c["phase"] == (stated["id"].split(".", 1)[-1] if stated else None)
+    by_phase = result["by_phase"]
+    assert set(by_phase) == {"all", *result["per_type"]}
+    assert sum(b["lesions"] for b in by_phase["all"]) == len(lesions)
+    assert sum(b["detected"] for b in by_phase["all"]) == sum(les["detected"] for les in lesions)
+    assert "Lesion detection by scan phase" in md
     # every missed lesion is lost at one named step, every found one at none; the peak is a probability
     assert all((les["lost_at"] is None) == les["detected"] for les in lesions)
     assert all(0.0 <= les["peak"] <= 1.0 and 0.0 <= les["best_iou"] <= 1.0 for les in lesions)

@@ -134,6 +134,30 @@ def test_contrast_bands_by_absolute_contrast():
     assert bands[0]["recall"] == 0.0 and bands[1]["recall"] == 0.5
 
 
+def test_detection_by_phase_counts_each_lesion_under_its_scans_phase():
+    from types import SimpleNamespace
+
+    from malenia.evaluate.evaluate import _phase_lines, detection_by_phase, scan_phase
+
+    assert scan_phase(SimpleNamespace(enhancement=Description("contrast-enhanced CT scan", "enhancement.contrast"))) \
+        == "contrast"
+    assert scan_phase(SimpleNamespace(enhancement=Description("portal venous phase"))) == "portal venous phase"
+    assert scan_phase(SimpleNamespace(enhancement=None)) is None
+    stone, cyst = "kidney_stone", "liver_cyst"
+    cases = [{"phase": "non_contrast", "lesions": [{"disease": stone, "detected": True}, {"disease": stone, "detected": False}]},
+             {"phase": "contrast", "lesions": [{"disease": stone, "detected": False}, {"disease": cyst, "detected": True}]},
+             {"phase": None, "lesions": [{"disease": cyst, "detected": False}]}]
+    table = detection_by_phase(cases)
+    assert set(table) == {"all", stone, cyst}
+    rows = {t: [(b["phase"], b["lesions"], b["detected"]) for b in r] for t, r in table.items()}
+    assert rows["all"] == [("contrast", 2, 1), ("non_contrast", 2, 1), ("unknown", 1, 0)]
+    assert rows[stone] == [("contrast", 1, 0), ("non_contrast", 2, 1), ("unknown", 0, 0)]
+    assert rows[cyst] == [("contrast", 1, 1), ("non_contrast", 0, 0), ("unknown", 1, 0)]
+    assert table[stone][1]["recall"] == 0.5 and table[stone][2]["recall"] is None
+    md = "\n".join(_phase_lines({"by_phase": table}))
+    assert "| kidney_stone | 0 / 1 | 1 / 2 | 0 / 0 |" in md and "| **all** | 1 / 2 | 1 / 2 | 0 / 1 |" in md
+
+
 def test_lesion_contrast_is_core_mean_minus_shell_median():
     from malenia.infer.lesion_features import lesion_contrasts
 

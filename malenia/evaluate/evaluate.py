@@ -195,6 +195,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "per_type": per_type,
         "by_size": recall_by_size((les["diameter_mm"], les["detected"]) for c in cases_out for les in c["lesions"]),
         "by_contrast": detection_by_contrast(cases_out),
+        "by_phase": detection_by_phase(cases_out),
         "misses": summarise([les for c in cases_out for les in c["lesions"]]),
         "names": names_given(cases_out),
         "cases": cases_out,
@@ -223,6 +224,7 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     pred = sitk.GetArrayFromImage(result.labels).astype(np.int32)
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
+    res["phase"] = scan_phase(case.report)
     # a read-only view: the CT is only read here, and a copy of a whole clinical scan costs ~100 MB per case
     contrast = lesion_contrasts(sitk.GetArrayViewFromImage(case.image), gt, spacing, [les["label"] for les in res["lesions"]])
     for les in res["lesions"]:
@@ -270,6 +272,7 @@ def _case_entry(case_id: str, res: dict[str, Any], seconds: float) -> dict[str, 
         "lesions_predicted": len(res["match"].pred_labels),
         "lesions_detected": res["match"].hits,
         "seconds": round(seconds, 2),
+        "phase": res.get("phase"),
         "lesions": [{k: v for k, v in les.items() if not k.startswith("_")} for les in res["lesions"]],
         "predicted": res["predicted"],
     }
@@ -301,16 +304,58 @@ def detection_by_contrast(cases: list[dict[str, Any]]) -> dict[str, list[dict]]:
     return out
 
 
-def _contrast_lines(result: dict[str, Any]) -> list[str]:
-    bands = result.get("by_contrast")  # absent from evaluations written before it existed
-    if not bands or not any(b["lesions"] for b in bands["all"]):
+def scan_phase(report) -> str | None:
+    """The scan's phase as its reference report states it: "contrast", "non_contrast" (the enhancement
+    description's vocabulary id without its aspect), a free-text description as written, or None."""
+    enhancement = getattr(report, "enhancement", None)
+    if enhancement is None:
+        return None
+    return enhancement.id.split(".", 1)[-1] if enhancement.id else enhancement.text
+
+
+def detection_by_phase(cases: list[dict[str, Any]]) -> dict[str, list[dict]]:
+    """Detection per scan phase (each case's `phase`; "unknown" where the report states none), for all lesions
+    ("all") and per lesion type, every phase of the set listed for every type so that rows line up: a look the
+    network marks in unenhanced scans can be silent beside enhanced parenchyma (kidney stones, docs/training.md,
+    forty-eighth round), which one recall over both hides."""
+    rows = [(str(les.get("disease")), c.get("phase") or "unknown", bool(les["detected"]))
+            for c in cases for les in c["lesions"]]
+    phases = sorted({p for _, p, _ in rows})
+
+    def recall(selected: list[tuple[str, str, bool]]) -> list[dict]:
+        out = []
+        for phase in phases:
+            found = [d for _, p, d in selected if p == phase]
+            out.append({"phase": phase, "lesions": len(found), "detected": sum(found),
+                        "recall": sum(found) / len(found) if found else None})
+        return out
+
+    result = {"all": recall(rows)}
+    for t in sorted({t for t, _, _ in rows}):
+        result[t] = recall([r for r in rows if r[0] == t])
+    return result
+
+
+def _found_table(table: dict[str, list[dict]] | None, column: str, title: str) -> list[str]:
+    """A found / lesions table, one row per lesion type and one for all, one column per band or phase; none for
+    an evaluation written before the breakdown existed, or one without lesions."""
+    if not table or not any(b["lesions"] for b in table["all"]):
         return []
-    names = [b["band"] for b in bands["all"]]
-    lines = ["", "Lesion detection by contrast (|reference lesion's core mean HU - median of its 1-6 mm shell|), "
-             "found / lesions:", "", "| lesion type | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for t, row in [*((t, r) for t, r in bands.items() if t != "all"), ("**all**", bands["all"])]:
+    names = [b[column] for b in table["all"]]
+    lines = ["", title, "", "| lesion type | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for t, row in [*((t, r) for t, r in table.items() if t != "all"), ("**all**", table["all"])]:
         lines.append(f"| {t} | " + " | ".join(f"{b['detected']} / {b['lesions']}" for b in row) + " |")
     return lines
+
+
+def _contrast_lines(result: dict[str, Any]) -> list[str]:
+    return _found_table(result.get("by_contrast"), "band", "Lesion detection by contrast (|reference lesion's core "
+                        "mean HU - median of its 1-6 mm shell|), found / lesions:")
+
+
+def _phase_lines(result: dict[str, Any]) -> list[str]:
+    return _found_table(result.get("by_phase"), "phase",
+                        "Lesion detection by scan phase (the reference report's enhancement), found / lesions:")
 
 
 def names_given(cases: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -385,6 +430,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
                   "| lesions (detected) | " + " | ".join(f"{b['lesions']} ({b['detected']})" for b in bands) + " |",
                   "| detection recall | " + " | ".join(_f(b["recall"]) for b in bands) + " |"]
     lines += _contrast_lines(result)
+    lines += _phase_lines(result)
     lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"
 
