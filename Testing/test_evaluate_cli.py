@@ -124,6 +124,13 @@ def test_evaluate_cli_writes_tables_and_card(model):
     assert sum(b["detected"] for t, row in by_contrast.items() if t != "all" for b in row) == \
         sum(les["detected"] for les in lesions)
     assert "Lesion detection by contrast" in md
+    by_polarity = result["by_polarity"]  # the same lesions, split by the sign of their contrast
+    assert set(by_polarity) == set(by_contrast) and [b["band"] for b in by_polarity["all"]] == ["darker", "similar", "brighter"]
+    for t, row in by_polarity.items():
+        assert sum(b["lesions"] for b in row) == sum(b["lesions"] for b in by_contrast[t])
+        assert sum(b["detected"] for b in row) == sum(b["detected"] for b in by_contrast[t])
+    darker = sum(les["contrast_hu"] <= -20 for les in lesions)
+    assert by_polarity["all"][0]["lesions"] == darker and "Lesion detection by the sign of that contrast" in md
     # each case's phase from its reference report, and every lesion counted once under it
     cases = {c["case"]: c for c in result["cases"]}
     for case_id, c in cases.items():

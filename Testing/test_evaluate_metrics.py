@@ -11,6 +11,7 @@ from malenia.evaluate.metrics import (
     contrast_band,
     match_instances,
     recall_by_contrast,
+    recall_by_polarity,
     recall_by_size,
     size_band,
     sphere_diameter_mm,
@@ -132,6 +133,15 @@ def test_contrast_bands_by_absolute_contrast():
     assert [(b["band"], b["lesions"], b["detected"]) for b in bands] == \
         [("<20 HU", 1, 0), ("20-60 HU", 2, 1), (">=60 HU", 1, 1)]
     assert bands[0]["recall"] == 0.0 and bands[1]["recall"] == 0.5
+
+
+def test_polarity_bands_split_darker_from_brighter_lesions():
+    """The same |contrast| band holds lesions darker and brighter than their host; the signed bands tell them apart."""
+    pairs = [(-20.0, True), (-75.0, True), (19.9, False), (-19.9, True), (20.0, False), (45.0, False), (300.0, True)]
+    bands = recall_by_polarity(pairs)
+    assert [(b["band"], b["lesions"], b["detected"]) for b in bands] == \
+        [("darker", 2, 2), ("similar", 2, 1), ("brighter", 3, 1)]
+    assert [b["lesions"] for b in recall_by_polarity(pairs, edge=50.0)] == [1, 5, 1]
 
 
 def test_detection_by_phase_counts_each_lesion_under_its_scans_phase():

@@ -75,6 +75,7 @@ def test_without_train_options_train_gets_none(tmp_path):
     (["--minutes", "1", "--transplant", "many"], "--transplant needs a number of cases, got 'many'"),
     (["--minutes", "1", "--mixed"], "--mixed needs a number of cases, got ''"),
     (["--minutes", "1", "--ema"], "--ema needs a value"),
+    (["--minutes", "1", "--mix-density", "1.5"], "--mix-density needs a share from 0 to 1, got '1.5'"),
 ])
 def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
     proc, calls = _run(tmp_path, *args)
@@ -92,7 +93,8 @@ def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
     mined.write_text("{}")
     proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "3", "--test-cases", "1", "--device", "cpu",
                        "--mixed", "5", "--nodules", str(nodules), "--hard-negatives", str(mined), "--lr", "1e-4",
-                       "--replay-fraction", "0.6", "--bench", "--ema", "0.999", "--freeze", "backbone.encoder.", "--host-floor")
+                       "--replay-fraction", "0.6", "--bench", "--ema", "0.999", "--freeze", "backbone.encoder.", "--host-floor",
+                       "--mix-density", "0.5")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     synth = [c[3:] for c in calls if c[:3] == ["-m", "malenia.cli", "synth"]]
     drawn = [c for c in synth if "--nodules" not in c]  # training, replay and test sets alike; real nodules keep their HU
@@ -103,6 +105,8 @@ def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
     assert all(c[c.index("--seed") + 1] == "1" and c[c.index("--cases") + 1] == "3" for c in seen)
     mixed = [c for c in synth if "seen_mix" in c]
     assert len(mixed) == 2 and all(c[c.index("--seed") + 1] == "8" and "--mix-attributes" in c for c in mixed)
+    assert all(c[c.index("--mix-density") + 1] == "0.5" for c in mixed)  # the replay's mixed cases only
+    assert not [c for c in synth if "--mix-density" in c and "seen_mix" not in c]
     planted = [c for c in synth if "--nodules" in c]
     assert len(planted) == 1 and planted[0][planted[0].index("--nodules") + 1] == str(nodules)
     merges = [c for c in calls if c and c[0].endswith("merge_datasets.py")]
@@ -120,7 +124,7 @@ def test_the_gpu_round_recipe_reaches_synth_merge_train_and_bench(tmp_path):
 def test_without_replay_options_train_gets_no_replay(tmp_path):
     proc, calls = _run(tmp_path, "--minutes", "1", "--cases", "2", "--test-cases", "1", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert not [c for c in calls if "--host-floor" in c]
+    assert not [c for c in calls if "--host-floor" in c or "--mix-density" in c]
     train = [c for c in calls if c[:3] == ["-m", "malenia.cli", "train"]][0]
     assert "--replay" not in train and "--hard-negatives" not in train
     assert not [c for c in calls if c[:4] == ["-m", "malenia.cli", "bench", "train"]]

@@ -122,6 +122,7 @@ def test_host_floor_is_recorded_and_off_by_default(dataset, tmp_path, shared_dat
     (["--diseases", "kidney_cyst", "--split", "nope"], 3, "split protocol not found"),
     (["--diseases", "kidney_cyst", "--lesions-per-case", "0"], 3, "lesions-per-case"),
     (["--diseases", "kidney_cyst", "--mix-attributes", "1.5"], 3, "--mix-attributes"),
+    (["--diseases", "kidney_cyst", "--mix-density", "-0.1"], 3, "--mix-density"),
 ])
 def test_cli_refuses_bad_input(tmp_path, capsys, argv, code, message):
     out = tmp_path / "ds"
@@ -157,6 +158,38 @@ def test_mixed_attributes_leave_the_disease_look_and_are_drawn(tmp_path):
     assert any(len(v) == 2 for v in variation.values())
 
 
+def test_mixed_density_levels_are_drawn_for_the_organ_and_rendered(tmp_path):
+    """--mix-density 1: kidney cysts (97 % hypodense in their profile) and liver tumours come at every level the
+    training diseases show, named for their own organ, and the renderer puts them above, near or below their host.
+    Calcific, fluid and lung densities are not levels and keep their draw."""
+    from malenia.data.synthesis.mixing import AttributeMix
+
+    mix = AttributeMix.of(KnowledgeTable.load(), list(SEEN_DISEASES), 0.0, 1.0)
+    for kept in ("density.calcific", "density.fluid", "density.lung.mixed"):
+        attrs = {"density": [kept]}
+        assert mix.apply(attrs, np.random.default_rng(0)) == [] and attrs == {"density": [kept]}
+    out = tmp_path / "mixed"
+    synthesize_dataset(out, ["phantom"], ["kidney_cyst", "liver_tumor", "pancreas_tumor"], 9, seed=5, lesions_per_case=(2, 2),
+                       val_fraction=0.0, test_fraction=0.0, mix_density=1.0, **SMALL)
+    mix = read_dataset(out).extra["mix_attributes"]
+    assert mix["probability"] == 0.0 and mix["density"] == {"probability": 1.0, "levels": ["hypodense", "isodense", "hyperdense"]}
+    levels, organs_ok = set(), 0
+    for cid in read_dataset(out).cases:
+        for les in read_case(out, cid).report.lesions:
+            density = les.attributes["density"][0].id
+            synthesis = les.extra["synthesis"]
+            assert synthesis["mixed"] == ["density"]
+            level, organ = density.split(".")[1:]
+            organs_ok += organ == {"kidney_cyst": "kidney", "liver_tumor": "liver", "pancreas_tumor": "pancreas"}[les.disease]
+            levels.add((les.disease, level))
+            d = synthesis["density"]
+            offset = d["target_hu"] - d["host"]["mean"]
+            assert d["class"] == level and {"hypodense": offset < -10, "isodense": abs(offset) < 10,
+                                            "hyperdense": offset > 10}[level]
+    assert organs_ok == 18 and {lv for _, lv in levels} == {"hypodense", "isodense", "hyperdense"}
+    assert len({lv for d, lv in levels if d == "kidney_cyst"}) >= 2  # 97 % hypodense without the mix
+
+
 def test_no_mixing_draws_nothing_and_writes_nothing(dataset):
     from malenia.data.synthesis.mixing import AttributeMix
 
@@ -164,6 +197,7 @@ def test_no_mixing_draws_nothing_and_writes_nothing(dataset):
     rng = np.random.default_rng(1)
     attrs = {"shape": ["shape.round"]}
     assert mix.apply(attrs, rng) == [] and attrs == {"shape": ["shape.round"]}
+    assert not mix.density_active and "density" not in mix.to_json()
     assert rng.random() == np.random.default_rng(1).random()  # the generator did not move: old seeds, old data
     assert "mix_attributes" not in read_dataset(dataset).extra
     assert all("mixed" not in les.extra["synthesis"] for cid in read_dataset(dataset).cases

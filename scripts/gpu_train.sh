@@ -9,7 +9,7 @@
 #       [--batch-size 16] [--cases 160] [--test-cases 48] [--size VOXELS] [--base DIR]... [--init MODEL]
 #       [--workers W] [--device cuda] [--python PY] [--set KEY=VALUE]... [--augment KEY=VALUE]...
 #       [--mixed N] [--transplant N] [--transplant-looks LIST] [--nodules LIDC_DATASET]... [--replay-seed S] [--replay-fraction 0.7] [--hard-negatives FILE]
-#       [--lr LR] [--ema DECAY] [--freeze PREFIX]... [--host-floor] [--bench] [--profile]
+#       [--lr LR] [--ema DECAY] [--freeze PREFIX]... [--host-floor] [--mix-density P] [--bench] [--profile]
 #
 # --set, --augment, --ema and --freeze go to `malenia train` as they are (model config and sampler augmentation, e.g.
 # --augment 'scale=[0.7,1.4]' --augment scale_isotropic=true for nnU-Net's scale range from the first step).
@@ -26,6 +26,8 @@
 # --host-floor: every drawn lesion, training and test alike, with `malenia synth --host-floor` (pancreatic lesions
 # against parenchyma, not the fat a real base's pancreas label averages in; docs/data.md). Its test sets are then
 # not the card's, which were drawn without it.
+# --mix-density P: the --mixed cases also with `malenia synth --mix-density P` (a share P of their lesions at a density
+# level, darker / similar / brighter than the host, drawn apart from their disease; docs/data.md, forty-ninth round).
 # --bench: `malenia bench train` of the run's config and batch on the device after the training.
 # --profile: `malenia bench train --profile` of the config to be trained, at --batch-size, while the CPUs synthesise
 # the data (profile.txt: operators and CUDA kernels a step, by phase and by source line; bench_profile.txt).
@@ -36,7 +38,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 MINUTES="" OUT=$PWD/gpu_run WHEELS="" CACHE="" CONFIG="" BATCH=16 CASES=160 TEST_CASES=48 SIZE=""
 INIT="" WORKERS="" DEVICE=cuda PY=${PYTHON:-python3} BASES=() TRAIN_OPTS=()
 MIXED=0 TRANSPLANT=0 TRANSPLANT_LOOKS=spleen_calcification NODULES=() REPLAY_FRACTION=0.7 BENCH=0 PROFILE=0 MIX_SEED=8 NODULE_SEED=40
-HOST_FLOOR=""
+HOST_FLOOR="" MIX_DENSITY=()
 die() { echo "gpu_train.sh: error: $*" >&2; exit 2; }
 # Paths given are made absolute while parsing: the script works inside --out from then on.
 folder() { [ -d "$2" ] || die "$1 $2 is not a folder"; (cd "$2" && pwd); }
@@ -57,6 +59,8 @@ while [ $# -gt 0 ]; do
     --transplant-looks) [ -n "${2:-}" ] || die "$1 needs a list of looks"; TRANSPLANT_LOOKS=$2; shift 2 ;;
     --replay-fraction) REPLAY_FRACTION=$2; shift 2 ;;                 --bench) BENCH=1; shift ;;
     --profile) PROFILE=1; shift ;;          --host-floor) HOST_FLOOR=--host-floor; shift ;;
+    --mix-density) [[ ${2:-} =~ ^(0|1|0?\.[0-9]+|1\.0*)$ ]] || die "--mix-density needs a share from 0 to 1, got '${2:-}'"
+                   MIX_DENSITY=(--mix-density "$2"); shift 2 ;;
     --replay-seed) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--replay-seed needs a whole number, got '${2:-}'"; MIX_SEED=$2 NODULE_SEED=$2; shift 2 ;;
     --lr) TRAIN_OPTS+=(--lr "$2"); shift 2 ;;
     --ema|--freeze) [ -n "${2:-}" ] || die "$1 needs a value"; TRAIN_OPTS+=("$1" "$2"); shift 2 ;;
@@ -102,7 +106,7 @@ MIXED_SHARDS=$(( MIXED < SHARDS ? MIXED : SHARDS )) PARTS=()
 for i in $(seq 1 "$MIXED_SHARDS"); do  # the replay's attribute-mixed cases: runs/data/seen_mix's recipe
   PARTS+=(data/mixed$i)
   OMP_NUM_THREADS=1 M "${SYN[@]}" --diseases $SEEN --cases "$MIXED" --shard "$i/$MIXED_SHARDS" --out data/mixed$i --name seen_mix --seed "$MIX_SEED" \
-    --mix-attributes 1 --val-fraction 0 --test-fraction 0 > logs/synth_mixed$i.log 2>&1 & pids+=($!)
+    --mix-attributes 1 ${MIX_DENSITY[@]+"${MIX_DENSITY[@]}"} --val-fraction 0 --test-fraction 0 > logs/synth_mixed$i.log 2>&1 & pids+=($!)
 done
 if [ "$TRANSPLANT" -gt 0 ]; then  # one process: a few cases of small lesions
   PARTS+=(data/transplant)

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix-attributes", type=float, default=0.0, metavar="P",
                    help="share of lesions whose shape, density variation and margin are drawn apart from their "
                         "disease, among the descriptions the chosen diseases show (default 0: every lesion as its profile)")
+    p.add_argument("--mix-density", type=float, default=0.0, metavar="P",
+                   help="share of lesions whose density level against their host (lower, similar, higher) is drawn "
+                        "apart from their disease among the levels the chosen diseases show, named for the lesion's "
+                        "organ; calcific, fluid and lung densities keep theirs (default 0)")
     p.add_argument("--host-floor", action="store_true",
                    help="draw relative densities against a pancreas no fainter than its parenchyma, fluid at water "
                         "or above and solid lesions above fat (a real base's coarse pancreas label averages the gland "
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         size=_triple(args.size, int, "size"), spacing=_triple(args.spacing, float, "spacing"),
         split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         name=args.name, overwrite=args.overwrite, progress=None if args.quiet else print_progress,
-        mix_attributes=args.mix_attributes, shard=_shard(args.shard), host_floor=args.host_floor,
+        mix_attributes=args.mix_attributes, mix_density=args.mix_density, shard=_shard(args.shard), host_floor=args.host_floor,
     )
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.split.items())
     print(f"wrote {len(index.cases)} cases to {args.out} ({sizes})")

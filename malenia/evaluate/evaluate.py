@@ -33,6 +33,7 @@ from malenia.evaluate.metrics import (
     match_instances,
     mean_or_none,
     recall_by_contrast,
+    recall_by_polarity,
     recall_by_size,
     sphere_diameter_mm,
     surface_dice,
@@ -195,6 +196,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "per_type": per_type,
         "by_size": recall_by_size((les["diameter_mm"], les["detected"]) for c in cases_out for les in c["lesions"]),
         "by_contrast": detection_by_contrast(cases_out),
+        "by_polarity": detection_by_contrast(cases_out, recall_by_polarity),
         "by_phase": detection_by_phase(cases_out),
         "misses": summarise([les for c in cases_out for les in c["lesions"]]),
         "names": names_given(cases_out),
@@ -292,15 +294,16 @@ def _group_summary(per_type: dict[str, dict[str, Any]], members) -> dict[str, An
     return out
 
 
-def detection_by_contrast(cases: list[dict[str, Any]]) -> dict[str, list[dict]]:
+def detection_by_contrast(cases: list[dict[str, Any]], recall=recall_by_contrast) -> dict[str, list[dict]]:
     """Detection per band of the reference lesion's contrast to its host (malenia.infer.lesion_features), for
     all lesions ("all") and per lesion type: whether a miss is a lesion a reader could see, which size alone
-    does not say. Lesions without a measurement (none left on the grid) are left out."""
+    does not say. `recall`: recall_by_contrast (|contrast| bands) or recall_by_polarity (darker, similar,
+    brighter). Lesions without a measurement (none left on the grid) are left out."""
     rows = [(str(les.get("disease")), les["contrast_hu"], les["detected"])
             for c in cases for les in c["lesions"] if les.get("contrast_hu") is not None]
-    out = {"all": recall_by_contrast((v, d) for _, v, d in rows)}
+    out = {"all": recall((v, d) for _, v, d in rows)}
     for t in sorted({t for t, _, _ in rows}):
-        out[t] = recall_by_contrast((v, d) for k, v, d in rows if k == t)
+        out[t] = recall((v, d) for k, v, d in rows if k == t)
     return out
 
 
@@ -351,6 +354,11 @@ def _found_table(table: dict[str, list[dict]] | None, column: str, title: str) -
 def _contrast_lines(result: dict[str, Any]) -> list[str]:
     return _found_table(result.get("by_contrast"), "band", "Lesion detection by contrast (|reference lesion's core "
                         "mean HU - median of its 1-6 mm shell|), found / lesions:")
+
+
+def _polarity_lines(result: dict[str, Any]) -> list[str]:
+    return _found_table(result.get("by_polarity"), "band", "Lesion detection by the sign of that contrast (darker: "
+                        "-20 HU or lower, brighter: +20 HU or higher), found / lesions:")
 
 
 def _phase_lines(result: dict[str, Any]) -> list[str]:
@@ -430,6 +438,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
                   "| lesions (detected) | " + " | ".join(f"{b['lesions']} ({b['detected']})" for b in bands) + " |",
                   "| detection recall | " + " | ".join(_f(b["recall"]) for b in bands) + " |"]
     lines += _contrast_lines(result)
+    lines += _polarity_lines(result)
     lines += _phase_lines(result)
     lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"

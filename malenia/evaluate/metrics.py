@@ -35,6 +35,9 @@ SIZE_BAND_EDGES_MM = (10.0, 20.0)  # equivalent-sphere diameter, mm: radiology's
 # (13-20 HU on the synthetic and real bases) and is seen by texture or shape if at all; 60 and over stands out
 # in any abdominal window (fluid in enhancing parenchyma, calcium, a nodule in aerated lung).
 CONTRAST_BAND_EDGES_HU = (20.0, 60.0)
+# The same 20 HU, signed: a network trained on lesions darker than their host can stay silent on brighter ones
+# of the same contrast (docs/training.md, forty-ninth round), which |contrast| bands do not show.
+POLARITY_BANDS = ("darker", "similar", "brighter")
 
 
 def _as_bool(a) -> np.ndarray:
@@ -219,6 +222,16 @@ def contrast_band(contrast_hu: float, edges: Sequence[float] = CONTRAST_BAND_EDG
 def recall_by_contrast(lesions: Iterable[tuple[float, bool]], edges: Sequence[float] = CONTRAST_BAND_EDGES_HU) -> list[dict]:
     """As recall_by_size, per band of |contrast| from (contrast HU, detected) pairs."""
     return _recall_by_band(lesions, lambda c: contrast_band(c, edges), [contrast_band(c, edges) for c in (0.0, *edges)])
+
+
+def polarity_band(contrast_hu: float, edge: float = CONTRAST_BAND_EDGES_HU[0]) -> str:
+    """ "darker" (contrast <= -edge), "brighter" (>= edge) or "similar" than the lesion's host."""
+    return "darker" if contrast_hu <= -edge else "brighter" if contrast_hu >= edge else "similar"
+
+
+def recall_by_polarity(lesions: Iterable[tuple[float, bool]], edge: float = CONTRAST_BAND_EDGES_HU[0]) -> list[dict]:
+    """As recall_by_contrast, per POLARITY_BANDS of the signed contrast."""
+    return _recall_by_band(lesions, lambda c: polarity_band(c, edge), list(POLARITY_BANDS))
 
 
 def _recall_by_band(lesions: Iterable[tuple[float, bool]], band_of, names: list[str]) -> list[dict]:

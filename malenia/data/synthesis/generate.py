@@ -333,10 +333,11 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        val_fraction: float = 0.1, test_fraction: float = 0.2, name: str | None = None,
                        overwrite: bool = False, progress: Callable[[str], None] | None = None,
                        mix_attributes: float = 0.0, shard: tuple[int, int] | None = None,
-                       host_floor: bool = False) -> DatasetIndex:
+                       host_floor: bool = False, mix_density: float = 0.0) -> DatasetIndex:
     """Writes a whole synthetic dataset to `out` (it appears complete or not at all). `mix_attributes`: the
     share of lesions whose shape, density variation and margin are drawn apart from their disease
-    (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw). `host_floor`: relative densities
+    (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw); `mix_density` likewise for the density
+    level against the host. `host_floor`: relative densities
     against a parenchyma no fainter than its floor (malenia.data.synthesis.lesion; off: the datasets of model
     2.11.1 and earlier, byte for byte). `shard` (k, n): only the cases
     i with i % n == k - 1 of the n_cases dataset, with that dataset's ids and splits, so that n processes write
@@ -358,7 +359,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
     profiled = [d for d in diseases if not drawn_look(d)]  # a novel or transplanted type has no profile, by design
     for d in profiled:
         table.disease(d)  # clear error for a disease the table lacks
-    mix = AttributeMix.of(table, profiled, mix_attributes)
+    mix = AttributeMix.of(table, profiled, mix_attributes, mix_density)
     sources = [BaseSource(PHANTOM if b == PHANTOM else str(b), size, spacing, host_floor) for b in _expand_bases(bases)]
     split_of, pools = assign_splits(n_cases, diseases, protocol, val_fraction, test_fraction, np.random.default_rng([seed, 1 << 30]))
     width = max(4, len(str(n_cases - 1)))
@@ -391,7 +392,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        "protocol": protocol.get("name", split), "split_diseases": pools, "lesions_per_case": list(lesions_per_case),
                        "size": list(size) if size else None, "spacing": list(spacing) if spacing else None,
                        "vocabulary_hash": vocab.hash, "case_diseases": case_diseases}
-                      | ({"mix_attributes": mix.to_json()} if mix.active else {})
+                      | ({"mix_attributes": mix.to_json()} if mix.active or mix.density_active else {})
                       | ({"host_floor": True} if host_floor else {})
                       | ({"shard": [k, n], "cases_in_all_shards": n_cases} if shard else {}))
             write_dataset_index(staging, index)
