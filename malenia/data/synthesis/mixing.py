@@ -82,8 +82,8 @@ class AttributeMix:
             mixed = list(self.choices)
         if self.density_active and rng.random() < self.density_probability:
             density = (attrs.get("density") or [""])[0]
-            if _level(density) in LEVELS:
-                organ = density.split(".", 2)[2]
+            if _level(density) is not None:
+                organ = density.rsplit(".", 1)[1]
                 attrs["density"] = [f"density.{self.levels[int(rng.integers(len(self.levels)))]}.{organ}"]
                 mixed.append("density")
         return mixed
