@@ -4,7 +4,8 @@ Each case goes through `Segmenter.probability_map` once; the probability is thre
 components dropped by the same post-processing `segment` ships (malenia.infer.postprocess). A kept
 component that shares no voxel with the reference lesions is a false positive: its peak voxel on the
 model grid becomes a hard-negative centre (malenia.data.hard_negatives). A reference lesion that no kept
-component touches is missed: its label is recorded for the sampler to draw more often.
+component touches is missed: its label is recorded for the sampler to draw more often. How many lesions of
+each disease and contrast polarity were missed is recorded beside them (`missed_by_type`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,26 @@ def case_mistakes(pm, truth: np.ndarray, threshold: float, min_volume_mm3: float
                          np.asarray(centres, np.int64).reshape(-1, 3), voxels, peaks, missed)
 
 
+def missed_by_type(case, truth: np.ndarray, missed: list[int], table: dict[str, dict[str, list[int]]]) -> None:
+    """Adds one case's reference lesions to `table`: disease → polarity band (darker, similar or brighter than
+    the lesion's host, as `evaluate` reports detection) → [lesions, missed]. Which look a model misses is what
+    a `--missed-fraction` dose will teach, so `mine` says it before anyone trains on it."""
+    import SimpleITK as sitk
+
+    from malenia.evaluate.metrics import polarity_band
+    from malenia.infer.lesion_features import lesion_contrasts
+
+    spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
+    labels = [les.label for les in case.report.lesions]
+    contrast = lesion_contrasts(sitk.GetArrayViewFromImage(case.image), truth, spacing, labels)
+    for les in case.report.lesions:
+        if les.label not in contrast:  # a reported lesion with no voxels: nothing to miss
+            continue
+        row = table.setdefault(les.disease or "unknown", {}).setdefault(polarity_band(contrast[les.label]), [0, 0])
+        row[0] += 1
+        row[1] += int(les.label in missed)
+
+
 def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, min_volume_mm3: float,
          max_cases: int | None = None, on_case: Callable[[int, int, str], None] | None = None) -> HardNegatives:
     import SimpleITK as sitk
@@ -57,13 +78,16 @@ def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, m
     if not case_ids:
         raise InputError(f"{data_dir}: split {split!r} has no cases to mine")
     t0 = time.perf_counter()
-    cases = {}
+    cases, by_type = {}, {}
     for i, case_id in enumerate(case_ids):
         if on_case:
             on_case(i, len(case_ids), case_id)
         case = read_case(data_dir, case_id)
         pm, _ = segmenter.probability_map(case.image, collect=False)
-        cases[case_id] = case_mistakes(pm, sitk.GetArrayFromImage(case.lesions), threshold, min_volume_mm3)
+        truth = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
+        cases[case_id] = case_mistakes(pm, truth, threshold, min_volume_mm3)
+        missed_by_type(case, truth, cases[case_id].missed, by_type)
     meta = {"dataset": Path(data_dir).resolve().name, "split": split or "all", "threshold": float(threshold),
-            "min_volume_mm3": float(min_volume_mm3), "seconds": round(time.perf_counter() - t0, 1)}
+            "min_volume_mm3": float(min_volume_mm3), "seconds": round(time.perf_counter() - t0, 1),
+            "missed_by_type": {d: dict(sorted(bands.items())) for d, bands in sorted(by_type.items())}}
     return HardNegatives(tuple(segmenter.preprocessor.target_spacing), cases, meta)  # type: ignore[arg-type]
