@@ -116,12 +116,13 @@ def test_mine_then_train_on_the_mined_false_positives(tmp_path_factory, tmp_path
     assert mined.count > 0, "at threshold 0.05 the tiny model claims voxels outside the spheres"
     assert f"{mined.count} false positives" in res.stdout and f"{mined.missed_count} lesions missed" in res.stdout
     # the misses by disease and contrast: the tiny data's liver tumours are bright spheres, its kidney cysts dark
-    by_type = mined.meta["missed_by_type"]
+    by_type = {t: {r["band"]: r for r in rows if r["lesions"]} for t, rows in mined.meta["by_polarity"].items()}
     assert set(by_type["liver_tumor"]) == {"brighter"} and set(by_type["kidney_cyst"]) == {"darker"}
-    assert sum(n for bands in by_type.values() for n, _ in bands.values()) == 1 + 2 + 1  # case i holds 1 + i % 2
-    assert sum(m for bands in by_type.values() for _, m in bands.values()) == mined.missed_count
+    assert sum(r["lesions"] for r in by_type["all"].values()) == 1 + 2 + 1  # case i holds 1 + i % 2
+    assert sum(r["lesions"] - r["detected"] for r in by_type["all"].values()) == mined.missed_count
     row = by_type["liver_tumor"]["brighter"]
-    assert "liver_tumor" in res.stdout and f"{row[1]}/{row[0]}" in res.stdout.split("liver_tumor")[1].splitlines()[0]
+    cell = f"{row['lesions'] - row['detected']}/{row['lesions']}"
+    assert "liver_tumor" in res.stdout and cell in res.stdout.split("liver_tumor")[1].splitlines()[0]
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config().to_dict()))  # the mining model's grid
     train = malenia("train", "--config", config, "--data", data, "--split", "all", "--steps", "2",

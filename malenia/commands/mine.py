@@ -54,17 +54,15 @@ def run(args: argparse.Namespace) -> int:
     with_fp = sum(1 for c in found.cases.values() if len(c.centres))
     print(f"{found.count} false positives in {with_fp} of {len(found.cases)} cases, {found.missed_count} lesions missed "
           f"(threshold {threshold}, >= {min_volume:g} mm³): {args.out}")
-    print(missed_table(found.meta["missed_by_type"]))
+    print(missed_table(found.meta["by_polarity"]))
     return 0
 
 
-def missed_table(by_type: dict[str, dict[str, list[int]]]) -> str:
-    """The missed lesions by disease and contrast polarity, as `mine` prints them."""
-    from malenia.evaluate.metrics import POLARITY_BANDS
-
+def missed_table(by_polarity: dict[str, list[dict]]) -> str:
+    """The missed lesions per lesion type and contrast polarity (`evaluate`'s by_polarity rows), as `mine` prints them."""
     lines = ["missed / lesions, by the lesion's contrast to its host:",
-             f"  {'disease':<22}" + "".join(f"{b:>10}" for b in POLARITY_BANDS)]
-    for disease, bands in by_type.items():
-        cells = [f"{bands[b][1]}/{bands[b][0]}" if b in bands else "-" for b in POLARITY_BANDS]
-        lines.append(f"  {disease:<22}" + "".join(f"{c:>10}" for c in cells))
+             f"  {'lesion type':<22}" + "".join(f"{row['band']:>10}" for row in by_polarity.get("all", []))]
+    for kind, bands in by_polarity.items():
+        cells = [f"{row['lesions'] - row['detected']}/{row['lesions']}" if row["lesions"] else "-" for row in bands]
+        lines.append(f"  {kind:<22}" + "".join(f"{c:>10}" for c in cells))
     return "\n".join(lines)

@@ -18,8 +18,8 @@ mining (Shrivastava et al. 2016) at the level of lesions, refreshed by mining ag
 
 File: JSON {"format": "malenia-hard-negatives/1", "model": {...}, "dataset": name, "split": name,
 "spacing": [z, y, x] mm of the model grid, "threshold": t, "min_volume_mm3": v,
-"missed_by_type": {disease: {"darker"|"similar"|"brighter": [lesions, missed]}} (a summary for readers; the
-sampler reads "cases"), "cases": {case_id: {"shape": [z, y, x], "centres": [[z, y, x], ...], "voxels": [...],
+"by_polarity": {"all"|disease: [{"band": "darker"|"similar"|"brighter", "lesions": n, "detected": k, "recall": r}]}
+(`evaluate`'s table, found = not missed; a summary for readers, the sampler reads "cases"), "cases": {case_id: {"shape": [z, y, x], "centres": [[z, y, x], ...], "voxels": [...],
 "peaks": [...], "missed": [label, ...]}}}. Files written before "missed" existed read as missing nothing.
 """
 

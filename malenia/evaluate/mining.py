@@ -5,7 +5,7 @@ components dropped by the same post-processing `segment` ships (malenia.infer.po
 component that shares no voxel with the reference lesions is a false positive: its peak voxel on the
 model grid becomes a hard-negative centre (malenia.data.hard_negatives). A reference lesion that no kept
 component touches is missed: its label is recorded for the sampler to draw more often. How many lesions of
-each disease and contrast polarity were missed is recorded beside them (`missed_by_type`).
+each disease and contrast polarity were found is recorded beside them (`by_polarity`, as in `evaluate`).
 """
 
 from __future__ import annotations
@@ -47,24 +47,18 @@ def case_mistakes(pm, truth: np.ndarray, threshold: float, min_volume_mm3: float
                          np.asarray(centres, np.int64).reshape(-1, 3), voxels, peaks, missed)
 
 
-def missed_by_type(case, truth: np.ndarray, missed: list[int], table: dict[str, dict[str, list[int]]]) -> None:
-    """Adds one case's reference lesions to `table`: disease → polarity band (darker, similar or brighter than
-    the lesion's host, as `evaluate` reports detection) → [lesions, missed]. Which look a model misses is what
-    a `--missed-fraction` dose will teach, so `mine` says it before anyone trains on it."""
+def lesion_rows(case, truth: np.ndarray, missed: list[int]) -> list[dict]:
+    """One case's reference lesions as `evaluate` records them for its contrast tables (disease, contrast to the
+    host, detected = not missed), so `detection_by_contrast` sums them the same way."""
     import SimpleITK as sitk
 
-    from malenia.evaluate.metrics import polarity_band
     from malenia.infer.lesion_features import lesion_contrasts
 
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     labels = [les.label for les in case.report.lesions]
     contrast = lesion_contrasts(sitk.GetArrayViewFromImage(case.image), truth, spacing, labels)
-    for les in case.report.lesions:
-        if les.label not in contrast:  # a reported lesion with no voxels: nothing to miss
-            continue
-        row = table.setdefault(les.disease or "unknown", {}).setdefault(polarity_band(contrast[les.label]), [0, 0])
-        row[0] += 1
-        row[1] += int(les.label in missed)
+    return [{"disease": les.disease, "contrast_hu": contrast.get(les.label), "detected": les.label not in missed}
+            for les in case.report.lesions]
 
 
 def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, min_volume_mm3: float,
@@ -73,12 +67,14 @@ def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, m
 
     from malenia.data.dataset import read_case, read_dataset
     from malenia.errors import InputError
+    from malenia.evaluate.evaluate import detection_by_contrast
+    from malenia.evaluate.metrics import recall_by_polarity
 
     case_ids = read_dataset(data_dir).split_cases(split)[: max_cases or None]
     if not case_ids:
         raise InputError(f"{data_dir}: split {split!r} has no cases to mine")
     t0 = time.perf_counter()
-    cases, by_type = {}, {}
+    cases, rows = {}, []
     for i, case_id in enumerate(case_ids):
         if on_case:
             on_case(i, len(case_ids), case_id)
@@ -86,8 +82,9 @@ def mine(segmenter, data_dir: str | Path, split: str | None, threshold: float, m
         pm, _ = segmenter.probability_map(case.image, collect=False)
         truth = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
         cases[case_id] = case_mistakes(pm, truth, threshold, min_volume_mm3)
-        missed_by_type(case, truth, cases[case_id].missed, by_type)
+        rows += lesion_rows(case, truth, cases[case_id].missed)
     meta = {"dataset": Path(data_dir).resolve().name, "split": split or "all", "threshold": float(threshold),
             "min_volume_mm3": float(min_volume_mm3), "seconds": round(time.perf_counter() - t0, 1),
-            "missed_by_type": {d: dict(sorted(bands.items())) for d, bands in sorted(by_type.items())}}
+            # which looks the model misses, which a --missed-fraction dose will draw: evaluate's polarity table
+            "by_polarity": detection_by_contrast([{"lesions": rows}], recall_by_polarity)}
     return HardNegatives(tuple(segmenter.preprocessor.target_spacing), cases, meta)  # type: ignore[arg-type]
