@@ -63,6 +63,31 @@ def test_lesion_records_carry_their_size_on_the_case_spacing():
 
 
 
+def test_outlines_say_which_way_a_detected_lesion_is_outlined_off():
+    from malenia.evaluate.metrics import outline_summary
+
+    gt = np.zeros((12, 12, 12), np.int32)
+    gt[0:4, 0:4, 0:4] = 1  # 64 voxels: its prediction covers a quarter (the core)
+    gt[6:8, 6:8, 6:8] = 2  # 8 voxels: its prediction spills to 27
+    gt[10:12, 0:2, 0:2] = 3  # missed
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:2, 0:2] = 5
+    pred[6:9, 6:9, 6:9] = 6
+    report = CaseReport("c", [LesionReport(1, "kidney_tumor", {}), LesionReport(2, "liver_cyst", {}),
+                              LesionReport(3, "liver_cyst", {})])
+    res = evaluate_case(pred, [_lesion(5, None), _lesion(6, None)], gt, report, (1.0, 1.0, 1.0))
+    by_label = {les["label"]: les for les in res["lesions"]}
+    assert by_label[1]["volume_ratio"] == pytest.approx(16 / 64, abs=1e-3)
+    assert by_label[2]["volume_ratio"] == pytest.approx(27 / 8, abs=1e-3)
+    assert by_label[3]["volume_ratio"] is None
+    table = outline_summary((les["disease"], les["iou"], les["volume_ratio"]) for les in res["lesions"]
+                            if les["volume_ratio"] is not None)
+    assert list(table) == ["kidney_tumor", "liver_cyst"]  # a type is listed only with detected lesions
+    assert table["kidney_tumor"]["under_outlined"] == 1.0 and table["kidney_tumor"]["over_outlined"] == 0.0
+    assert table["liver_cyst"]["over_outlined"] == 1.0 and table["liver_cyst"]["detected"] == 1
+    assert table["kidney_tumor"]["iou_median"] == pytest.approx(0.25, abs=1e-3)
+
+
 def test_closest_disease_counts_an_unclassified_lesion_whose_nearest_disease_is_right():
     from collections import defaultdict
 

@@ -32,6 +32,7 @@ from malenia.evaluate.metrics import (
     dice_score,
     match_instances,
     mean_or_none,
+    outline_summary,
     recall_by_contrast,
     recall_by_polarity,
     recall_by_size,
@@ -109,10 +110,12 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "hits": sum(1 for g, _, _ in match.pairs if type_of_gt.get(g) == disease),
         }
     voxel_mm3 = float(np.prod(spacing_zyx))
+    pred_voxels = np.bincount(np.asarray(pred_labels).ravel().astype(np.int64)) if match.pairs else None
     for les in report.lesions:
         p = match.pred_for(les.label)
         pl = pred_by_label.get(p) if p is not None else None
-        volume = match.gt_voxels.get(les.label, 0) * voxel_mm3
+        gt_voxels = match.gt_voxels.get(les.label, 0)
+        volume = gt_voxels * voxel_mm3
         out["lesions"].append({
             "label": les.label,
             "disease": les.disease,
@@ -121,6 +124,8 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "detected": p is not None,
             "pred_label": p,
             "iou": next((iou for g, q, iou in match.pairs if g == les.label), None),
+            # predicted / reference volume of a detected lesion: under 1 outlined short of it, over 1 beyond it
+            "volume_ratio": round(float(pred_voxels[p]) / gt_voxels, 3) if p is not None and gt_voxels else None,
             "pred_disease": _disease_named(pl) if pl else None,
             "pred_closest": pl.disease.name if pl else None,
             "pred_attributes": {a: [pl.attributes[a].id or pl.attributes[a].description] for a in ASPECTS} if pl else None,
@@ -199,6 +204,8 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "by_polarity": detection_by_contrast(cases_out, recall_by_polarity),
         "by_phase": detection_by_phase(cases_out),
         "misses": summarise([les for c in cases_out for les in c["lesions"]]),
+        "outlines": outline_summary((les["disease"] or "unknown", les["iou"], les["volume_ratio"])
+                                    for c in cases_out for les in c["lesions"] if les["volume_ratio"] is not None),
         "names": names_given(cases_out),
         "cases": cases_out,
     }
@@ -440,8 +447,24 @@ def markdown_tables(result: dict[str, Any]) -> str:
     lines += _contrast_lines(result)
     lines += _polarity_lines(result)
     lines += _phase_lines(result)
+    lines += _outline_lines(result)
     lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"
+
+
+def _outline_lines(result: dict[str, Any]) -> list[str]:
+    outlines = result.get("outlines")  # absent from evaluations written before it existed
+    if not outlines:
+        return []
+    lines = ["", "Outlines of the detected lesions (predicted / reference volume; under 0.5: outlined at under half the "
+                 "lesion, over 2: beyond twice it):", "",
+             "| lesion type | detected | median IoU | volume ratio, median (quartiles) | under 0.5, % | over 2, % |",
+             "|---|---|---|---|---|---|"]
+    for d, o in outlines.items():
+        lines.append(f"| {d} | {o['detected']} | {o['iou_median']:.2f} | {o['volume_ratio_median']:.2f} "
+                     f"({o['volume_ratio_q25']:.2f}–{o['volume_ratio_q75']:.2f}) | {_f(o['under_outlined'], True)} | "
+                     f"{_f(o['over_outlined'], True)} |")
+    return lines
 
 
 def _interval_lines(result: dict[str, Any]) -> list[str]:

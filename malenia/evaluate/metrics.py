@@ -214,6 +214,30 @@ def recall_by_size(lesions: Iterable[tuple[float, bool]], edges: Sequence[float]
     return _recall_by_band(lesions, lambda d: size_band(d, edges), [size_band(d, edges) for d in (0.0, *edges)])
 
 
+# A detected lesion outlined at under half its volume, or over twice it: the mask says little about its shape,
+# margin and spread, which the measured attributes read from it (docs/training.md, "Evaluation": outlines).
+OUTLINE_UNDER, OUTLINE_OVER = 0.5, 2.0
+
+
+def outline_summary(lesions: Iterable[tuple[str, float, float]]) -> dict[str, dict]:
+    """Per lesion type, from (type, IoU, predicted / reference volume) of detected lesions: how many, the median
+    IoU, the volume ratio's quartiles and the shares outlined at under OUTLINE_UNDER and over OUTLINE_OVER of
+    their volume. Types in sorted order; a type without detected lesions is absent."""
+    by_type: dict[str, list[tuple[float, float]]] = {}
+    for kind, iou, ratio in lesions:
+        by_type.setdefault(kind, []).append((iou, ratio))
+    out = {}
+    for kind in sorted(by_type):
+        iou, ratio = np.array(by_type[kind], float).T
+        q25, q50, q75 = np.percentile(ratio, [25, 50, 75])
+        out[kind] = {"detected": len(ratio), "iou_median": round(float(np.median(iou)), 3),
+                     "volume_ratio_median": round(float(q50), 3), "volume_ratio_q25": round(float(q25), 3),
+                     "volume_ratio_q75": round(float(q75), 3),
+                     "under_outlined": round(float(np.mean(ratio < OUTLINE_UNDER)), 3),
+                     "over_outlined": round(float(np.mean(ratio > OUTLINE_OVER)), 3)}
+    return out
+
+
 def contrast_band(contrast_hu: float, edges: Sequence[float] = CONTRAST_BAND_EDGES_HU) -> str:
     """The band of a lesion's contrast to its host by its absolute value: "<20 HU", "20-60 HU", ">=60 HU"."""
     return _band_name(abs(contrast_hu), edges, "HU")

@@ -69,10 +69,11 @@ def table_in_force(model, knowledge: Iterable[str | os.PathLike] | str | os.Path
     if weights:  # the aspects' weights fitted with the rule on the model's scores; the table's own kept beside
         table_weights = inference_params(table)["aspect_weights"]
         own["aspect_weights"] = {a: float(table_weights.get(a, 1.0)) for a in weights}
+        # (weights come only with a rule, so `rule` is set here)
+        table.inference = {**table.inference, "aspect_weights": {**(table.inference.get("aspect_weights") or {}),
+                                                                 **weights}}
     if rule is not None:
         table.inference = {**table.inference, **{k: float(rule[k]) for k in RULE_KEYS}}
-        if weights:
-            table.inference["aspect_weights"] = {**(table.inference.get("aspect_weights") or {}), **weights}
     table.origin["unclassified"] = {
         "min_typicality": float(table.inference.get("min_typicality", 0.0)),
         "contradiction_fit": float(table.inference.get("contradiction_fit", 0.0)),

@@ -85,13 +85,14 @@ class BaseSource:
     def anatomy(self, rng: np.random.Generator, phase: str) -> tuple[Anatomy, dict[str, Any]]:
         if self.is_phantom:
             anat = make_phantom(rng, self.size or DEFAULT_SIZE, self.spacing or DEFAULT_SPACING, phase)
-            anat.info["host_floor"] = self.host_floor
-            return anat, {"base": PHANTOM, "contrast_phase": anat.info["contrast_phase"], "noise_std": round(anat.info["noise_std"], 2)}
-        anat = self._load().copy()
+            info: dict[str, Any] = {"base": PHANTOM, "contrast_phase": anat.info["contrast_phase"],
+                                    "noise_std": round(anat.info["noise_std"], 2)}
+        else:
+            anat = self._load().copy()
+            info = {"base": self.name, "base_phase": anat.phase}
+            if phase == "contrast" and anat.phase != "contrast":
+                info["contrast_gain_hu"] = anat.info["contrast_gain_hu"] = apply_contrast(anat, rng)
         anat.info["host_floor"] = self.host_floor
-        info: dict[str, Any] = {"base": self.name, "base_phase": anat.phase}
-        if phase == "contrast" and anat.phase != "contrast":
-            info["contrast_gain_hu"] = anat.info["contrast_gain_hu"] = apply_contrast(anat, rng)
         return anat, info
 
 
