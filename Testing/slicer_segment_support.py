@@ -69,8 +69,10 @@ def _attribute_matches(disease: str, side: str | None, table, vocab) -> dict[str
     return matches
 
 
-def _lesion_result(label: int, disease: str, side: str | None, table, vocab, terminology, ruled_out=()):
-    """`ruled_out`: trained diseases its appearance check excludes (report field `appearance`)."""
+def _lesion_result(label: int, disease: str, side: str | None, table, vocab, terminology, ruled_out=(),
+                   unclassified: bool = False):
+    """`ruled_out`: trained diseases its appearance check excludes (report field `appearance`); `unclassified`: the
+    call is "unclassified" whatever the posterior says (its closest disease named as malenia.infer.matching does)."""
     from malenia.aspects import ASPECTS
     from malenia.infer.results import AspectMatch, AttributeMatch, DiseaseCall, LesionResult
     from malenia.knowledge.inference import infer_disease
@@ -83,16 +85,22 @@ def _lesion_result(label: int, disease: str, side: str | None, table, vocab, ter
         (best, score), rest = ranked[0], ranked[1:5]
         attributes[aspect] = AspectMatch(best, vocab.text(best), score,
                                          [AttributeMatch(i, vocab.text(i), s) for i, s in rest])
-    name = None if posterior.unclassified else posterior.name
-    call = DiseaseCall(name=name, display_name=terminology.display_name(name), probability=posterior.probability,
-                       alternatives=list(posterior.alternatives), unclassified=posterior.unclassified,
-                       organ=table.organ(name) if name else None)
+    if posterior.unclassified or unclassified:  # the closest disease, as malenia.infer.matching.disease_call gives it
+        ranked = list(posterior.alternatives) if posterior.unclassified else \
+            [(posterior.name, posterior.probability)] + list(posterior.alternatives)
+        (name, p), rest = ranked[0], ranked[1:]
+        call = DiseaseCall(name, terminology.display_name(name), p, rest, True, None)
+    else:
+        call = DiseaseCall(name=posterior.name, display_name=terminology.display_name(posterior.name),
+                           probability=posterior.probability, alternatives=list(posterior.alternatives),
+                           unclassified=False, organ=table.organ(posterior.name))
     look = {"scores": {d: 0.01 for d in ruled_out}, "cut": 0.2, "ruled_out": list(ruled_out)} if ruled_out else None
     return LesionResult(label=label, disease=call, attributes=attributes, appearance=look)
 
 
-def make_output(out_dir: Path, dicom: bool = False) -> Path:
-    """Writes a `malenia segment` output folder for the NIfTI example (or the DICOM series)."""
+def make_output(out_dir: Path, dicom: bool = False, unclassified: tuple[int, ...] = ()) -> Path:
+    """Writes a `malenia segment` output folder for the NIfTI example (or the DICOM series); the lesions labelled
+    in `unclassified` are called unclassified."""
     from malenia.infer.outputs import write_outputs
     from malenia.infer.results import Enhancement, ModelInfo, ScanInfo, SegmentationResult
     from malenia.infer.terminology import Terminology
@@ -119,7 +127,8 @@ def make_output(out_dir: Path, dicom: bool = False) -> Path:
             lab[_sphere_in(organs == classes[plan.organ_label], image, plan.radius_mm) & (lab == 0)] = k
             side = plan.organ_label.split("_")[1] if "_" in plan.organ_label else None
             ruled_out = ("kidney_cyst",) if plan.disease == "kidney_tumor" else ()  # solid: no cyst, by its CT values
-            lesions.append(_lesion_result(k, plan.disease, side, table, vocab, terminology, ruled_out))
+            lesions.append(_lesion_result(k, plan.disease, side, table, vocab, terminology, ruled_out,
+                                          unclassified=k in unclassified))
         scan = ScanInfo.from_image(image, str(TOTALSEG / "example_ct_sm.nii.gz"), enhancement)
     labels = sitk.GetImageFromArray(lab)
     labels.CopyInformation(image)

@@ -76,7 +76,8 @@ def test_draft_is_tested_on_the_lesion_then_saved_renaming_the_open_result(outpu
     app.processEvents()
     assert (site / "liver_mass_x.json").is_file()
     assert session.lesion(2).disease.key == "liver_mass_x"  # re-ranked at once, no re-segmentation
-    assert session.segmentation.GetSegment(liver_segment).GetName().startswith("Liver mass x")
+    # named as `malenia segment` names it: the profile's own name
+    assert session.segmentation.GetSegment(liver_segment).GetName().startswith("Liver mass X")
     assert [p["key"] for p in session.result.knowledge["profiles"] if str(p["path"]).startswith(str(site))] == ["liver_mass_x"]
     assert [session.lesion(k).disease.key for k in (1, 3)] == ["kidney_tumor", "kidney_cyst"]
     assert "1 lesion(s) of the open result renamed" in get(editor.status, "text")

@@ -338,6 +338,28 @@ def test_dicom_input_writes_all_outputs(dicom_case):
     assert generic["type"]["value"] == "52988006" and generic["anatomic_region"]["value"] == "64033007"
 
 
+def test_an_unclassified_lesion_is_never_shown_under_its_closest_disease(dicom_case):
+    from dataclasses import replace
+
+    from malenia.commands.segment import summary
+    from malenia.infer.report_html import build_html
+    from malenia.infer.terminology import segment_specs
+
+    result, out, files = dicom_case
+    html_text = files["html"].read_text(encoding="utf-8")
+    assert "<b>Unclassified</b>" in html_text  # no guess at all: no closest disease either
+    closest = replace(result.lesions[1], disease=DiseaseCall("kidney_cyst", "Kidney cyst", 0.41, [("kidney_tumor", 0.3)],
+                                                              unclassified=True))
+    named = replace(result, lesions=[result.lesions[0], closest])
+    lines = summary(named).splitlines()
+    assert "Liver tumor 0.66" in lines[1] and "Unclassified (closest: Kidney cyst) 0.41" in lines[2]
+    specs = segment_specs(named.lesions)
+    assert specs[1].name.endswith("(unclassified)") and "Kidney cyst" not in specs[1].name
+    page = build_html(named, specs, {}, {})
+    assert page.count("Unclassified (closest: Kidney cyst)") == 2  # the summary table and the lesion's card
+    assert "<td>Kidney cyst</td>" not in page
+
+
 def test_dicom_seg_aligns_with_the_series(dicom_case):
     import highdicom as hd
     import pydicom

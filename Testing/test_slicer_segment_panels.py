@@ -169,6 +169,46 @@ def test_editing_aspects_and_disease_then_saving(app, loaded, tmp_path):
     assert not lesion.is_corrected and get(density.combo, "currentText") == lesion.aspects["density"].matched.text
 
 
+def test_an_unclassified_lesion_is_shown_so_until_the_reviewer_names_it(app, tmp_path, shared_data):
+    out = make_output(tmp_path / "out", unclassified=(2,))  # the liver cyst, left unclassified by the model
+    scene = new_scene()
+    volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
+    session = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections")).loadResults(out, volume)
+    panel = ReviewPanel({k: session.terminology.display_name(k) for k in session.terminology.diseases})
+    panel.set_lesions(session.lesions, "")
+    panel.lesionChanged.connect(session.apply_to_segment)
+    panel.widget.show()
+    lesion = session.lesion(2)
+    closest = lesion.disease.name
+    assert lesion.disease.unclassified and closest == "Liver cyst"
+    segment = session.segmentation.GetSegment(lesion.segment_id)
+    assert segment.GetName().endswith("(unclassified)")  # as `malenia segment` named it
+    assert panel.table.rows()[panel.table.row_of(2)][1] == "Unclassified (closest: Liver cyst)"
+    _click_row(app, panel.table.widget, panel.table.row_of(2))
+    attrs = panel.attributes
+    assert "Unclassified (closest: Liver cyst)" in get(attrs.header, "text")
+    assert get(attrs.disease_combo, "currentText") == "Unclassified (closest: Liver cyst)"
+
+    # a corrected description keeps the model's call: the segment is not renamed after the closest disease
+    attrs.rows["density"].combo.setCurrentIndex(1)
+    app.processEvents()
+    assert lesion.is_corrected and segment.GetName().endswith("(unclassified)")
+
+    # naming the closest disease is a correction of the disease
+    attrs.set_disease(closest)
+    assert lesion.corrected_disease is not None and lesion.current_disease.key == "liver_cyst"
+    assert panel.table.rows()[panel.table.row_of(2)][1] == "Liver cyst ✎"
+    assert segment.GetName() == "Liver cyst"
+    assert session.reviewed_lesion(lesion).disease.unclassified is False
+
+    # and the combo's first entry goes back to the model's call
+    attrs.disease_combo.setCurrentIndex(0)
+    app.processEvents()
+    assert lesion.corrected_disease is None and lesion.current_disease.unclassified
+    assert segment.GetName().endswith("(unclassified)")
+    panel.widget.close()
+
+
 def test_empty_panel_before_results(app):
     panel = ReviewPanel({})
     assert panel.attributes.lesion is None and not panel.attributes.widget.isEnabled()

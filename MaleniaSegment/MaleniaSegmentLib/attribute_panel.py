@@ -18,6 +18,7 @@ from MaleniaCommon.qt_compat import Callbacks, get, qt
 from .review import AspectReview, LesionReview
 
 EDITED_STYLE = "color: #b35900; font-weight: bold;"
+MODEL_CALL = "\x00model-call"  # item data of the disease entry that keeps the model's unclassified call
 SCORE_BAR_STYLE = (
     "QProgressBar {border: 1px solid #9aa4ad; border-radius: 3px; background: #eef1f4; text-align: center;"
     " color: #1b1f23; font-size: 11px; max-height: 16px;}"
@@ -239,13 +240,15 @@ class AttributePanel:
         edited = " · <span style='%s'>corrected</span>" % EDITED_STYLE if lesion.is_corrected else ""
         self.header.setText(
             f"<span style='color: rgb({r},{g},{b}); font-size: 16px;'>■</span> "
-            f"<b>Lesion {lesion.label}</b> · {html.escape(lesion.current_disease.name)} · "
+            f"<b>Lesion {lesion.label}</b> · {html.escape(lesion.current_disease.shown)} · "
             f"{lesion.volume_ml:.2f} ml{size}{edited}")
 
     def _show_disease(self, lesion: LesionReview) -> None:
         combo = self.disease_combo
         combo.clear()
-        offered: list[tuple[str, str]] = []  # (display text, disease name)
+        offered: list[tuple[str, str]] = []  # (display text, disease name; MODEL_CALL: the model's unclassified call)
+        if lesion.disease.unclassified:
+            offered.append((lesion.disease.shown, MODEL_CALL))
         for choice in [lesion.disease] + lesion.disease_alternatives:
             text = choice.name if choice.probability is None else f"{choice.name}  ({choice.probability:.2f})"
             offered.append((text, choice.name))
@@ -256,8 +259,9 @@ class AttributePanel:
         for text, name in offered:
             combo.addItem(text, name)
         current = lesion.current_disease
-        combo.setCurrentIndex(combo.findData(current.name))
-        combo.setEditText(current.name)
+        kept = current is lesion.disease and lesion.disease.unclassified
+        combo.setCurrentIndex(combo.findData(MODEL_CALL if kept else current.name))
+        combo.setEditText(current.shown)
         _set_score(self.disease_bar, current.probability)
         if current.probability is not None:
             self.disease_bar.setToolTip(f"Probability from the knowledge table: {current.probability:.3f}")
@@ -310,13 +314,26 @@ class AttributePanel:
         index = index if isinstance(index, int) else get(self.disease_combo, "currentIndex")
         if self._updating or index < 0:
             return
-        self.set_disease(str(self.disease_combo.itemData(index)))
+        name = str(self.disease_combo.itemData(index))
+        if name == MODEL_CALL:
+            self.keep_model_disease()
+        else:
+            self.set_disease(name)
+
+    def keep_model_disease(self) -> None:
+        """The model's own call again (for a lesion it left unclassified: unclassified)."""
+        if self.lesion is None:
+            return
+        self.lesion.keep_model_disease()
+        self._refresh()
+        self.changed.emit(self.lesion)
 
     def _on_disease_typed(self) -> None:
         if self._updating:
             return
         text = str(get(self.disease_combo, "currentText")).strip()
-        if text and self.lesion is not None and text != self.lesion.current_disease.name:
+        current = self.lesion.current_disease if self.lesion is not None else None
+        if text and current is not None and text not in (current.name, current.shown):
             self.set_disease(text)
 
     def _on_revert(self) -> None:

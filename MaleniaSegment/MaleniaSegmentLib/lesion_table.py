@@ -73,11 +73,11 @@ class LesionTable:
         label_item.setData(LABEL_ROLE, int(lesion.label))
         label_item.setTextAlignment(qt.Qt.AlignCenter)
         disease = lesion.current_disease
-        name_item = qt.QTableWidgetItem(disease.name + (" ✎" if lesion.is_corrected else ""))
+        name_item = qt.QTableWidgetItem(disease.shown + (" ✎" if lesion.is_corrected else ""))
         name_item.setData(qt.Qt.DecorationRole, qt.QColor(*lesion.color))
-        tip = f"Lesion {lesion.label}: {disease.name}"
+        tip = f"Lesion {lesion.label}: {disease.shown}"
         if lesion.is_corrected:
-            tip += f" (corrected; model said {lesion.disease.name})"
+            tip += f" (corrected; model said {lesion.disease.shown})"
         name_item.setToolTip(tip)
         items = [label_item, name_item, _number_item(disease.probability, 2), _number_item(lesion.volume_ml, 2),
                  _number_item(lesion.longest_mm, 1), _number_item(lesion.short_axis_mm, 1)]

@@ -168,7 +168,7 @@ def rerank_session(session, table) -> list:
         call = calls.get(review.label)
         if call is None or not review.from_model:
             continue
-        review.disease = DiseaseChoice(call.name, call.display_name, call.probability)
+        review.disease = DiseaseChoice.of_call(call)
         review.disease_alternatives = [DiseaseChoice(k, table.name(k) if k in table.diseases else k, p)
                                        for k, p in call.alternatives if k != call.name]
         if review.corrected_disease is None:

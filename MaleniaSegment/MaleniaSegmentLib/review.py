@@ -31,6 +31,20 @@ class DiseaseChoice:
     key: str | None  # knowledge-table key such as "kidney_tumor"; None for a typed name
     name: str
     probability: float | None = None
+    # the model's call was "unclassified": key, name and probability are then its closest disease's, which the
+    # panels show as such ("Unclassified (closest: ...)"), not as the lesion's disease
+    unclassified: bool = False
+
+    @staticmethod
+    def of_call(call) -> "DiseaseChoice":
+        """The model's call (malenia.infer.results.DiseaseCall) as the review's disease."""
+        return DiseaseChoice(call.name, call.display_name, call.probability, bool(call.unclassified))
+
+    @property
+    def shown(self) -> str:
+        from malenia.infer.results import shown_disease
+
+        return shown_disease(self.name, self.unclassified, self.key is not None)
 
     @property
     def dataset_key(self) -> str:
@@ -107,8 +121,14 @@ class LesionReview:
 
     @property
     def is_corrected(self) -> bool:
-        return (self.corrected_disease is not None and self.corrected_disease.name != self.disease.name) or \
-            any(a.is_corrected for a in self.aspects.values())
+        named = self.corrected_disease is not None and (self.corrected_disease.name != self.disease.name
+                                                        or self.disease.unclassified)
+        return named or any(a.is_corrected for a in self.aspects.values())
+
+    def keep_model_disease(self) -> DiseaseChoice:
+        """Back to the model's own call (for an unclassified lesion: unclassified again)."""
+        self.corrected_disease = None
+        return self.current_disease
 
     def set_disease(self, name_or_key: str, known: dict[str, str]) -> DiseaseChoice:
         """`known` maps disease keys to display names; anything else is kept as typed text."""
@@ -125,7 +145,9 @@ class LesionReview:
         ranked = {c.key: c for c in [self.disease] + self.disease_alternatives if c.key is not None}
         if choice.key in ranked:
             choice = DiseaseChoice(choice.key, choice.name, ranked[choice.key].probability)
-        self.corrected_disease = None if choice.name == self.disease.name else choice
+        # naming the closest disease of a lesion the model left unclassified is a correction too
+        same = choice.name == self.disease.name and not self.disease.unclassified
+        self.corrected_disease = None if same else choice
         return self.current_disease
 
     def reset(self) -> None:
@@ -137,7 +159,7 @@ class LesionReview:
 def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | None], str]) -> LesionReview:
     """The review of one lesion of a `malenia segment` report (malenia.infer.results.LesionResult)."""
     call = lesion.disease
-    disease = DiseaseChoice(call.name, call.display_name, call.probability)
+    disease = DiseaseChoice.of_call(call)
     alternatives = [DiseaseChoice(key, display_name(key), p) for key, p in call.alternatives if key != call.name]
     aspects = {}
     for aspect in ASPECTS:

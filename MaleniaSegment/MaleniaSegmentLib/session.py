@@ -22,7 +22,7 @@ from malenia.infer.measurements import measure_lesions
 from malenia.infer.outputs import FILE_NAMES
 from malenia.infer.results import (AspectMatch, AttributeMatch, DiseaseCall, LesionResult, SegmentationResult)
 from malenia.infer.seg_nrrd import TAG_PREFIX, segment_tags
-from malenia.infer.terminology import SegmentSpec, Terminology, segment_specs
+from malenia.infer.terminology import SegmentSpec, Terminology, lesion_segment, segment_specs
 
 from . import mrml_io
 from .review import AspectReview, DiseaseChoice, LesionReview, lesion_from_result
@@ -308,10 +308,9 @@ class ReviewSession:
         self.segmentation_node.Modified()
 
     def _spec(self, lesion: LesionReview, result: LesionResult) -> SegmentSpec:
-        location = result.attributes["location"].id
-        disease = lesion.current_disease
-        term = self.terminology.for_lesion(disease.key, organ=result.disease.organ, location_id=location)
-        return SegmentSpec(lesion.label, disease.name if disease.key is None else term.display_name, term)
+        """`result`: the lesion as reviewed (reviewed_lesion): named as `malenia segment` names its segments."""
+        term, name = lesion_segment(result, self.terminology)
+        return SegmentSpec(lesion.label, name, term)
 
     def _unique_name(self, name: str, segment_id: str) -> str:
         others = {self.segmentation.GetSegment(s).GetName() for s in self.segment_ids() if s != segment_id}

@@ -145,7 +145,7 @@ def summary(result, seconds: float | None = None) -> str:
     for les in result.lesions:
         m = les.measurements
         d = les.disease
-        name = d.display_name + (" (unclassified)" if d.unclassified else "")
+        name = d.shown
         size = f"{m.volume_ml:.1f} ml, {m.long_axis_mm:.0f} x {m.short_axis_mm:.0f} mm" if m else ""
         attrs = "; ".join(les.attributes[a].description for a in ("location", "density", "shape", "surface", "specific_features"))
         lines.append(f"  {les.label:>2}  {name} {d.probability:.2f}  {size}  [{attrs}]")

@@ -218,7 +218,7 @@ def build_html(result: SegmentationResult, specs: list[SegmentSpec], key_slices:
             m = lesion.measurements
             parts.append(
                 f"<tr><td><span class='swatch' style='background:rgb{spec.term.color}'></span><a href='#lesion-{lesion.label}'>{_e(spec.name)}</a></td>"
-                f"<td>{_e(lesion.disease.display_name)}</td><td>{lesion.disease.probability:.2f}</td>"
+                f"<td>{_e(lesion.disease.shown)}</td><td>{lesion.disease.probability:.2f}</td>"
                 f"<td>{_num(m and m.long_axis_mm)}</td><td>{_num(m and m.short_axis_mm)}</td>"
                 f"<td>{_num(m and m.volume_ml, '.2f')}</td><td>{_num(m and m.hu_mean, '.0f')}</td></tr>")
         parts.append("</table>")
@@ -276,7 +276,7 @@ def _lesion_html(lesion: LesionResult, spec: SegmentSpec, key: KeySlice | None, 
                  f"{', '.join(shown(n) for n in ruled)}</td></tr>")
     out.append(
         "<table><tr><th colspan='2'>Disease</th></tr>"
-        f"<tr><td><b>{_e(d.display_name)}</b>{' (unclassified)' if d.unclassified else ''}</td><td>{_bar(d.probability)}</td></tr>"
+        f"<tr><td><b>{_e(d.shown)}</b></td><td>{_bar(d.probability)}</td></tr>"
         f"{alts}<tr><td class='muted' colspan='2'>{_e(term.type.meaning)} in {_e(region)} "
         f"(SNOMED CT {_e(term.type.value)} / {_e(term.anatomic_region.value) if term.anatomic_region else '-'})</td></tr></table>")
     out.append("</div></div><table><tr><th>Aspect</th><th>Matched description</th><th>Score</th><th>Alternatives</th></tr>")

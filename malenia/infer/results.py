@@ -67,9 +67,18 @@ class AspectMatch(AttributeMatch):
         )
 
 
+def shown_disease(display_name: str, unclassified: bool, guessed: bool = True) -> str:
+    """A lesion's disease as a reader sees it (command line, HTML report, Slicer's lesion table): its name, or for a
+    lesion called unclassified the closest disease marked as only that, never shown as if it were the diagnosis."""
+    if not unclassified:
+        return display_name
+    return f"Unclassified (closest: {display_name})" if guessed else "Unclassified"
+
+
 @dataclass
 class DiseaseCall:
-    """The disease posterior of one lesion (knowledge table inference)."""
+    """The disease posterior of one lesion (knowledge table inference). For a lesion called unclassified, `name`
+    and `display_name` are the closest disease (None and the generic name when there was no guess at all)."""
 
     name: str | None  # disease key (malenia.aspects.ALL_DISEASES or a user profile); None: no guess
     display_name: str
@@ -77,6 +86,10 @@ class DiseaseCall:
     alternatives: list[tuple[str, float]] = field(default_factory=list)  # (disease key, probability), best first
     unclassified: bool = False  # the posterior is too flat to name a disease
     organ: str | None = None  # organ of the disease (knowledge table), for terminology of unknown diseases
+
+    @property
+    def shown(self) -> str:
+        return shown_disease(self.display_name, self.unclassified, self.name is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {

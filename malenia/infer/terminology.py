@@ -230,18 +230,23 @@ class SegmentSpec:
     term: LesionTerm
 
 
+def lesion_segment(lesion: "LesionResult", terminology: Terminology) -> tuple[LesionTerm, str]:
+    """One lesion's terminology entry and segment name (before numbering): its disease's, or for a lesion called
+    unclassified the generic lesion of its organ or location, marked so (its closest disease is not its name)."""
+    location = lesion.attributes["location"].id if "location" in lesion.attributes else None
+    disease = None if lesion.disease.unclassified else lesion.disease.name
+    term = terminology.for_lesion(disease, organ=lesion.disease.organ, location_id=location)
+    if lesion.disease.unclassified:
+        return term, f"{term.display_name} (unclassified)"
+    return term, lesion.disease.display_name or term.display_name
+
+
 def segment_specs(lesions: "list[LesionResult]", terminology: Terminology | None = None) -> list[SegmentSpec]:
     """One spec per lesion, in lesion order: named by disease (+ ' 1', ' 2', ... when a name repeats)."""
     terminology = terminology or Terminology.load()
     names, terms = [], []
     for lesion in lesions:
-        location = lesion.attributes["location"].id if "location" in lesion.attributes else None
-        disease = None if lesion.disease.unclassified else lesion.disease.name
-        term = terminology.for_lesion(disease, organ=lesion.disease.organ, location_id=location)
-        if lesion.disease.unclassified:
-            name = f"{term.display_name} (unclassified)"
-        else:
-            name = lesion.disease.display_name or term.display_name
+        term, name = lesion_segment(lesion, terminology)
         names.append(name)
         terms.append(term)
     counts = {n: names.count(n) for n in names}
