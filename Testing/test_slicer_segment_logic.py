@@ -207,6 +207,20 @@ def test_correction_round_trips_into_the_dataset_format(output_dir, report, tmp_
     assert index.extra["history"][again.case_id.split("/")[0]] == [saved.case_id, again.case_id]
 
 
+def test_a_saved_correction_gives_an_unnamed_unclassified_lesion_no_disease(tmp_path, shared_data):
+    out = make_output(tmp_path / "out", unclassified=(2, 3))
+    scene, volume, logic, session = _load(out, tmp_path)
+    kidney, liver, small = (session.lesion(k) for k in (1, 2, 3))
+    assert liver.disease.unclassified and liver.disease.key == "liver_cyst"  # its closest disease
+    small.set_disease(small.disease.name, {small.disease.key: small.disease.name})  # the reviewer names this one
+    kidney.aspects["density"].choose(kidney.aspects["density"].options()[1].text)
+    case = read_case(tmp_path / "corrections", logic.saveCorrection().case_id)
+    lesions = {x.label: x for x in case.report.lesions}
+    assert [lesions[k].disease for k in (1, 2, 3)] == ["kidney_tumor", None, small.disease.key]
+    assert lesions[2].extra["review"]["model_unclassified"] is True and lesions[2].extra["review"]["model_disease"] == "liver_cyst"
+    assert lesions[3].extra["review"]["disease_corrected"] is True and lesions[1].extra["review"]["model_unclassified"] is False
+
+
 def test_a_taken_version_number_is_skipped_not_overwritten(output_dir, tmp_path, monkeypatch):
     _, _, logic, session = _load(output_dir, tmp_path)
     first = logic.saveCorrection()

@@ -33,12 +33,15 @@ def lesion_report(lesion: LesionReview, label: int) -> LesionReport:
         current = lesion.aspects[aspect].current
         attributes[aspect] = [Description(current.text, current.id)] if current is not None and current.text else []
     disease = lesion.current_disease
-    key = disease.dataset_key
+    # a lesion the model left unclassified and the reviewer did not name has no disease: its closest one is
+    # not a reviewed label, and training on it would teach the model its own guess
+    key = None if disease.unclassified else disease.dataset_key
     extra: dict[str, Any] = {
         "review": {
             "model_label": lesion.label if lesion.from_model else None,
             "added_by_reviewer": not lesion.from_model,
             "model_disease": lesion.disease.key if lesion.from_model else None,
+            "model_unclassified": bool(lesion.from_model and lesion.disease.unclassified),
             "disease_corrected": lesion.corrected_disease is not None,
             "corrected_aspects": [a for a in ASPECTS if lesion.aspects[a].is_corrected],
         }
