@@ -198,6 +198,7 @@ def test_an_unclassified_lesion_is_shown_so_until_the_reviewer_names_it(app, tmp
     attrs.set_disease(closest)
     assert lesion.corrected_disease is not None and lesion.current_disease.key == "liver_cyst"
     assert panel.table.rows()[panel.table.row_of(2)][1] == "Liver cyst ✎"
+    assert "Model: Unclassified (closest: Liver cyst)" in get(attrs.disease_alternatives, "text")
     assert segment.GetName() == "Liver cyst"
     assert session.reviewed_lesion(lesion).disease.unclassified is False
 

@@ -270,7 +270,7 @@ class AttributePanel:
             self.disease_bar.setToolTip("Chosen by the reviewer; the model did not rank this disease")
         parts = []
         if lesion.corrected_disease is not None and lesion.disease.probability is not None:
-            parts.append(f"Model: {html.escape(lesion.disease.name)} {lesion.disease.probability:.2f}")
+            parts.append(f"Model: {html.escape(lesion.disease.shown)} {lesion.disease.probability:.2f}")
         alts = [a for a in lesion.disease_alternatives if a.name != current.name and a.probability is not None][:3]
         if alts:
             parts.append("Also: " + "  ·  ".join(f"{html.escape(a.name)} {a.probability:.2f}" for a in alts))
