@@ -66,6 +66,8 @@ def test_detection_by_iou_matching():
     assert m.gt_labels == [1, 2, 3] and m.pred_labels == [5, 7, 9]
     assert m.gt_voxels == {1: 64, 2: 64, 3: 8}
     assert match_instances(np.zeros_like(gt), gt).gt_voxels == {1: 64, 2: 64, 3: 8}  # also with nothing predicted
+    assert m.pred_voxels == {5: 32, 7: 64, 9: 8}
+    assert match_instances(pred, np.zeros_like(gt)).pred_voxels == {5: 32, 7: 64, 9: 8}  # also with no lesion
     assert [(g, p) for g, p, _ in m.pairs] == [(1, 5)]
     assert m.pairs[0][2] == pytest.approx(0.5)
     assert m.pred_for(1) == 5 and m.pred_for(2) is None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from malenia.aspects import ASPECT_NAMES, ASPECTS
+from malenia.infer.results import shown_disease
 
 if TYPE_CHECKING:
     from malenia.infer.results import LesionResult
@@ -42,8 +43,6 @@ class DiseaseChoice:
 
     @property
     def shown(self) -> str:
-        from malenia.infer.results import shown_disease
-
         return shown_disease(self.name, self.unclassified, self.key is not None)
 
     @property

@@ -110,7 +110,6 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "hits": sum(1 for g, _, _ in match.pairs if type_of_gt.get(g) == disease),
         }
     voxel_mm3 = float(np.prod(spacing_zyx))
-    pred_voxels = np.bincount(np.asarray(pred_labels).ravel().astype(np.int64)) if match.pairs else None
     for les in report.lesions:
         p = match.pred_for(les.label)
         pl = pred_by_label.get(p) if p is not None else None
@@ -125,7 +124,7 @@ def evaluate_case(pred_labels: np.ndarray, pred_lesions: list, gt_labels: np.nda
             "pred_label": p,
             "iou": next((iou for g, q, iou in match.pairs if g == les.label), None),
             # predicted / reference volume of a detected lesion: under 1 outlined short of it, over 1 beyond it
-            "volume_ratio": round(float(pred_voxels[p]) / gt_voxels, 3) if p is not None and gt_voxels else None,
+            "volume_ratio": round(match.pred_voxels[p] / gt_voxels, 3) if p is not None and gt_voxels else None,
             "pred_disease": _disease_named(pl) if pl else None,
             "pred_closest": pl.disease.name if pl else None,
             "pred_attributes": {a: [pl.attributes[a].id or pl.attributes[a].description] for a in ASPECTS} if pl else None,
@@ -243,7 +242,7 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     for les in res["lesions"]:
         les.update(lost.get(les["label"], {"peak": 0.0, "best_iou": 0.0, "lost_at": None if les["detected"] else "silent"}))
     res["predicted"] = [{"label": les.label, "disease": les.disease.name, "unclassified": les.disease.unclassified,
-                         "voxels": int(np.count_nonzero(pred == les.label))} for les in result.lesions]
+                         "voxels": match.pred_voxels.get(les.label, 0)} for les in result.lesions]
     return res, seconds
 
 

@@ -89,6 +89,7 @@ class InstanceMatch:
     pred_labels: list[int]
     pairs: list[tuple[int, int, float]]  # (gt label, predicted label, IoU), IoU >= threshold
     gt_voxels: dict[int, int] = field(default_factory=dict)  # voxels of each ground-truth lesion
+    pred_voxels: dict[int, int] = field(default_factory=dict)  # voxels of each predicted lesion
 
     @property
     def hits(self) -> int:
@@ -109,9 +110,11 @@ def match_instances(pred_labels, gt_labels, iou_threshold: float = DEFAULT_IOU_T
     g_values, g_counts = np.unique(gl, return_counts=True)  # the sizes come with the ids, for lesion records
     g_voxels = {int(v): int(n) for v, n in zip(g_values, g_counts) if v != 0}
     g_ids = list(g_voxels)
-    p_ids = [int(v) for v in np.unique(pl) if v != 0]
+    p_values, p_counts = np.unique(pl, return_counts=True)
+    p_voxels = {int(v): int(n) for v, n in zip(p_values, p_counts) if v != 0}
+    p_ids = list(p_voxels)
     if not g_ids or not p_ids:
-        return InstanceMatch(g_ids, p_ids, [], g_voxels)
+        return InstanceMatch(g_ids, p_ids, [], g_voxels, p_voxels)
     # Joint histogram of (gt, pred) labels gives every intersection in one pass.
     g_index = {v: i + 1 for i, v in enumerate(g_ids)}
     p_index = {v: i + 1 for i, v in enumerate(p_ids)}
@@ -125,7 +128,7 @@ def match_instances(pred_labels, gt_labels, iou_threshold: float = DEFAULT_IOU_T
     joint = np.bincount(gi * (len(p_ids) + 1) + pi, minlength=(len(g_ids) + 1) * (len(p_ids) + 1))
     joint = joint.reshape(len(g_ids) + 1, len(p_ids) + 1)
     pairs = matched_pairs(joint[1:, 1:], joint[1:, :].sum(1), joint[:, 1:].sum(0), iou_threshold)
-    return InstanceMatch(g_ids, p_ids, sorted((g_ids[r], p_ids[c], iou) for r, c, iou in pairs), g_voxels)
+    return InstanceMatch(g_ids, p_ids, sorted((g_ids[r], p_ids[c], iou) for r, c, iou in pairs), g_voxels, p_voxels)
 
 
 def matched_pairs(inter: np.ndarray, gt_voxels: np.ndarray, pred_voxels: np.ndarray,
