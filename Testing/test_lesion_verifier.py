@@ -162,6 +162,14 @@ def test_fit_verifier_then_segment_drops_what_it_calls_false_and_a_fine_tune_inh
     assert all(r["probability"] < 0.999999 and r["voxels"] > 0 for r in verdict["removed"])
     report = segment_report(image, model, tmp_path / "all", "--no-verifier")
     assert report["extra"]["verifier"] is None and len(report["lesions"]) == len(verdict["removed"])
+    # a user's own cut replaces the model's: at 0 the verifier still scores every lesion but removes none
+    report = segment_report(image, model, tmp_path / "cut0", "--verifier-cut", "0")
+    assert report["extra"]["verifier"]["cut"] == 0.0 and report["extra"]["verifier"]["removed"] == []
+    assert len(report["lesions"]) == len(verdict["removed"])
+    for bad, why in ((["--verifier-cut", "1"], "verifier cut must be in [0, 1)"),
+                     (["--verifier-cut", "0.2", "--no-verifier"], "not allowed with argument")):
+        res = malenia("segment", tmp_path / "cut0" / "ct.nii.gz", "--out", tmp_path / "bad", "--model", model, *bad)
+        assert res.returncode != 0 and why in res.stderr and not (tmp_path / "bad").exists()
 
     assert_fine_tune_inherits(model, data, tmp_path, FILE, "lesion_verifier")
 
@@ -174,6 +182,8 @@ def test_segment_without_a_verifier_keeps_every_lesion_and_reports_none(tmp_path
     result = Segmenter(model, SegmentOptions(device="cpu", threshold=0.05, min_volume_mm3=0.0)).segment(image)
     assert result.extra["verifier"] is None
     assert all("verifier_probability" not in d for d in result.extra["lesions"])
+    with pytest.raises(InputError, match="has no lesion verifier"):  # a cut for a verifier the model lacks
+        Segmenter(model, SegmentOptions(device="cpu", verifier_cut=0.2))
 
 
 def _open_set_cases(seed=0):

@@ -28,8 +28,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for PyTorch (default: all cores)")
     p.add_argument("--min-volume", type=float, default=None, metavar="MM3",
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
-    p.add_argument("--no-verifier", action="store_true",
-                   help="keep every lesion the model's lesion verifier would remove as a likely false positive")
+    lesions = p.add_mutually_exclusive_group()
+    lesions.add_argument("--no-verifier", action="store_true",
+                         help="keep every lesion the model's lesion verifier would remove as a likely false positive")
+    lesions.add_argument("--verifier-cut", type=float, default=None, metavar="P",
+                         help="keep a lesion when the verifier gives it P(real) >= P, 0 to <1 (default: the model's "
+                              "calibrated cut; lower finds more lesions and more false positives)")
     p.add_argument("--refine", action="store_true",
                    help="re-draw the borders of lesions that stand clearly apart from their surroundings from the CT")
 
@@ -58,7 +62,8 @@ def options_from_args(args: argparse.Namespace, roi: str | None = None):
     return SegmentOptions(device=args.device, overlap=args.overlap, sw_batch_size=args.window_batch, mirror=args.mirror,
                           threshold=args.threshold, min_volume_mm3=args.min_volume,
                           roi=RasBox.parse(roi) if roi else None, force=getattr(args, "force", False),
-                          verify=not args.no_verifier, refine=getattr(args, "refine", False), precision=args.precision)
+                          verify=not args.no_verifier, verifier_cut=args.verifier_cut,
+                          refine=getattr(args, "refine", False), precision=args.precision)
 
 
 class InterruptedAfterOutputs(MaleniaError):

@@ -139,15 +139,16 @@ def _disease_named(lesion) -> str | None:
 
 
 def make_segmenter(model, device: str = "cpu", threshold: float | None = None, min_volume_mm3: float | None = None,
-                   knowledge=None, refine: bool = False, precision: str = "auto", overlap: float | None = None):
+                   knowledge=None, refine: bool = False, precision: str = "auto", overlap: float | None = None,
+                   verifier_cut: float | None = None):
     """The Segmenter `malenia segment` would build for `model` (a LoadedModel) with these options
-    (`knowledge`: site profile folders, as `segment --knowledge`; `refine`, `precision`, `overlap`: as in
-    `segment`; None: segment's default)."""
+    (`knowledge`: site profile folders, as `segment --knowledge`; `refine`, `precision`, `overlap`, `verifier_cut`:
+    as in `segment`; None: segment's default)."""
     from malenia.infer.pipeline import Segmenter, SegmentOptions
 
     window = {} if overlap is None else {"overlap": overlap}
     options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3, refine=refine,
-                             precision=precision, **window)
+                             precision=precision, verifier_cut=verifier_cut, **window)
     return Segmenter(model, options, knowledge=knowledge)
 
 

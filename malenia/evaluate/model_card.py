@@ -263,6 +263,8 @@ def _post_processing(result: dict[str, Any]) -> str:
             text += (f" (the best score there, {best['score']} at {best['threshold']} / {best['min_volume_mm3']:g} mm³, "
                      f"is within one lesion's worth, {cal['margin']:.4f}, of this setting's, which keeps fewer false "
                      "positives)")
+    if result.get("verifier_cut") is not None and result["verifier_cut"] != (cal or {}).get("verifier_cut"):
+        text += f"; lesion verifier cut {result['verifier_cut']}"
     return text
 
 

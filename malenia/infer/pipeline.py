@@ -50,6 +50,9 @@ class SegmentOptions:
     force: bool = False  # read_ct: skip the CT Hounsfield-range and DICOM modality checks
     measured: bool = True  # fold the model's measured attributes (if it has them) into the tokens' attributes
     verify: bool = True  # drop the lesions the model's lesion verifier (if it has one) calls false positives
+    # P(real) a lesion needs to pass the verifier; None: the model's calibrated cut. Lower finds more lesions at
+    # more false positives (docs/segment.md, "Sensitivity").
+    verifier_cut: float | None = None
     refine: bool = False  # re-draw well-contrasted lesions' borders from the CT (malenia.infer.refine)
     precision: str = "auto"  # the network's arithmetic (malenia.model.precision): auto, bf16 or fp32
 
@@ -65,6 +68,10 @@ class SegmentOptions:
             problems.append(f"token threshold must be in [0, 1), got {self.token_threshold}")
         if self.min_volume_mm3 is not None and self.min_volume_mm3 < 0:
             problems.append("minimum lesion volume must not be negative")
+        if self.verifier_cut is not None and not 0.0 <= self.verifier_cut < 1.0:
+            problems.append(f"verifier cut must be in [0, 1), got {self.verifier_cut}")
+        if self.verifier_cut is not None and not self.verify:
+            problems.append("a verifier cut needs the verifier (not both --verifier-cut and --no-verifier)")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {self.precision!r}")
         if problems:
@@ -183,9 +190,20 @@ class Segmenter:
         self.table = table_for_model(model, knowledge)
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
         self.measured = model.measured_attributes() if self.options.measured else None
-        self.verifier = model.lesion_verifier() if self.options.verify else None
+        self.verifier = self._verifier(model)
         self.appearance = model.appearance() if self.options.measured else None  # measured, as the attributes
         self._torch = torch
+
+    def _verifier(self, model):
+        """The model's lesion verifier at the cut the options ask for (None: no verifier, or not wanted)."""
+        from dataclasses import replace
+
+        verifier = model.lesion_verifier() if self.options.verify else None
+        if verifier is None and self.options.verifier_cut is not None:
+            raise InputError(f"model {model.name} has no lesion verifier: a verifier cut does not apply")
+        if verifier is None or self.options.verifier_cut is None:
+            return verifier
+        return replace(verifier, cut=self.options.verifier_cut)
 
     def runner(self, on_window=None, collect: bool = True):
         from malenia.infer.windows import WindowRunner
