@@ -167,6 +167,8 @@ def test_evaluate_cli_writes_tables_and_card(model):
     assert sum(b["lesions"] for b in by_phase["all"]) == len(lesions)
     assert sum(b["detected"] for b in by_phase["all"]) == sum(les["detected"] for les in lesions)
     assert "Lesion detection by scan phase" in md
+    assert result["by_base"] == [] and "planted in" not in md  # hand-made cases record no base CT: no such table
+    assert all(c["base"] is None for c in result["cases"])
     # every missed lesion is lost at one named step, every found one at none; the peak is a probability
     assert all((les["lost_at"] is None) == les["detected"] for les in lesions)
     assert all(0.0 <= les["peak"] <= 1.0 and 0.0 <= les["best_iou"] <= 1.0 for les in lesions)

@@ -170,6 +170,31 @@ def test_detection_by_phase_counts_each_lesion_under_its_scans_phase():
     assert "| kidney_stone | 0 / 1 | 1 / 2 | 0 / 0 |" in md and "| **all** | 1 / 2 | 1 / 2 | 0 / 1 |" in md
 
 
+def test_detection_by_base_counts_found_lesions_and_false_positives_per_base_ct():
+    from types import SimpleNamespace
+
+    from malenia.evaluate.evaluate import _base_lines, detection_by_base, scan_base
+
+    assert scan_base(SimpleNamespace(extra={"synthesis": {"base": "phantom"}})) == "phantom"
+    assert scan_base(SimpleNamespace(extra={"synthesis": {"base": "shared/data/ct/totalseg-example"}})) == "totalseg-example"
+    assert scan_base(SimpleNamespace(extra={"base": "../shared/data/ct/pyradiomics-lung1"})) == "pyradiomics-lung1"
+    assert scan_base(SimpleNamespace(extra={})) is None
+
+    def case(base, reported, predicted, detected):
+        return {"base": base, "lesions_reported": reported, "lesions_predicted": predicted, "lesions_detected": detected}
+
+    cases = [case("phantom", 2, 3, 1), case("phantom", 1, 0, 0), case("totalseg-example", 2, 2, 2), case(None, 1, 2, 1)]
+    rows = {r["base"]: r for r in detection_by_base(cases)}
+    assert list(rows) == ["phantom", "totalseg-example", "unknown"]
+    assert (rows["phantom"]["cases"], rows["phantom"]["detected"], rows["phantom"]["lesions"]) == (2, 1, 3)
+    assert rows["phantom"]["false_positives"] == 2 and rows["phantom"]["false_positives_per_case"] == 1.0
+    assert rows["totalseg-example"]["false_positives"] == 0 and rows["totalseg-example"]["recall"] == 1.0
+    assert rows["unknown"]["predicted"] == 2
+    md = "\n".join(_base_lines({"by_base": detection_by_base(cases)}))
+    assert "| phantom | 2 | 1 / 3 | 2 | 1.00 |" in md
+    assert detection_by_base([case(None, 1, 1, 1)]) == [] and _base_lines({}) == []  # no base anywhere: no table
+
+
 def test_lesion_contrast_is_core_mean_minus_shell_median():
     from malenia.infer.lesion_features import lesion_contrasts
 

@@ -203,6 +203,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "by_contrast": detection_by_contrast(cases_out),
         "by_polarity": detection_by_contrast(cases_out, recall_by_polarity),
         "by_phase": detection_by_phase(cases_out),
+        "by_base": detection_by_base(cases_out),
         "misses": summarise([les for c in cases_out for les in c["lesions"]]),
         "outlines": outline_summary((les["disease"] or "unknown", les["iou"], les["volume_ratio"])
                                     for c in cases_out for les in c["lesions"] if les["volume_ratio"] is not None),
@@ -234,6 +235,7 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
     res["phase"] = scan_phase(case.report)
+    res["base"] = scan_base(case.report)
     # a read-only view: the CT is only read here, and a copy of a whole clinical scan costs ~100 MB per case
     contrast = lesion_contrasts(sitk.GetArrayViewFromImage(case.image), gt, spacing, [les["label"] for les in res["lesions"]])
     for les in res["lesions"]:
@@ -282,6 +284,7 @@ def _case_entry(case_id: str, res: dict[str, Any], seconds: float) -> dict[str, 
         "lesions_detected": res["match"].hits,
         "seconds": round(seconds, 2),
         "phase": res.get("phase"),
+        "base": res.get("base"),
         "lesions": [{k: v for k, v in les.items() if not k.startswith("_")} for les in res["lesions"]],
         "predicted": res["predicted"],
     }
@@ -321,6 +324,46 @@ def scan_phase(report) -> str | None:
     if enhancement is None:
         return None
     return enhancement.id.split(".", 1)[-1] if enhancement.id else enhancement.text
+
+
+def scan_base(report) -> str | None:
+    """The CT a synthetic case's lesions were planted in, as its report records it (`malenia synth`: "phantom" or
+    the base folder's name; `synth --nodules`: the real lung's folder name); None for a case that is not synthetic."""
+    extra = getattr(report, "extra", None) or {}
+    base = (extra.get("synthesis") or {}).get("base") or extra.get("base")
+    return Path(str(base)).name if base else None
+
+
+def detection_by_base(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per base CT (each case's `base`): cases, lesions found, predicted lesions and false positives (predicted
+    lesions matched to none). A base the model trained on is anatomy it has seen at every step: its false
+    positives there say little about a new scan's (docs/training.md, fifty-second round). Empty where no case
+    records a base."""
+    if not any(c.get("base") for c in cases):
+        return []
+    out = []
+    for base in sorted({c.get("base") or "unknown" for c in cases}):
+        mine = [c for c in cases if (c.get("base") or "unknown") == base]
+        lesions = sum(c["lesions_reported"] for c in mine)
+        found = sum(c["lesions_detected"] for c in mine)
+        false = sum(c["lesions_predicted"] - c["lesions_detected"] for c in mine)
+        out.append({"base": base, "cases": len(mine), "lesions": lesions, "detected": found,
+                    "recall": found / lesions if lesions else None, "predicted": found + false,
+                    "false_positives": false, "false_positives_per_case": false / len(mine)})
+    return out
+
+
+def _base_lines(result: dict[str, Any]) -> list[str]:
+    rows = result.get("by_base")  # absent from evaluations written before it existed
+    if not rows:
+        return []
+    lines = ["", "Detection and false positives by the CT the lesions were planted in (a base CT used in training is "
+             "anatomy the network has seen: fewer false positives there than on a new scan):", "",
+             "| base CT | cases | found / lesions | false positives | per case |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['base']} | {r['cases']} | {r['detected']} / {r['lesions']} | {r['false_positives']} | "
+                     f"{r['false_positives_per_case']:.2f} |")
+    return lines
 
 
 def detection_by_phase(cases: list[dict[str, Any]]) -> dict[str, list[dict]]:
@@ -447,6 +490,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
     lines += _contrast_lines(result)
     lines += _polarity_lines(result)
     lines += _phase_lines(result)
+    lines += _base_lines(result)
     lines += _outline_lines(result)
     lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"
