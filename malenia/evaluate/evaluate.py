@@ -358,7 +358,7 @@ def _base_lines(result: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = ["", "Detection and false positives by the CT the lesions were planted in (a base CT used in training is "
-             "anatomy the network has seen: fewer false positives there than on a new scan):", "",
+             "anatomy the network has seen, which a user's scan is not):", "",
              "| base CT | cases | found / lesions | false positives | per case |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['base']} | {r['cases']} | {r['detected']} / {r['lesions']} | {r['false_positives']} | "
