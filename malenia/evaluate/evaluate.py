@@ -357,13 +357,17 @@ def _base_lines(result: dict[str, Any]) -> list[str]:
     rows = result.get("by_base")  # absent from evaluations written before it existed
     if not rows:
         return []
-    lines = ["", "Detection and false positives by the CT the lesions were planted in (a base CT used in training is "
-             "anatomy the network has seen, which a user's scan is not):", "",
-             "| base CT | cases | found / lesions | false positives | per case |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['base']} | {r['cases']} | {r['detected']} / {r['lesions']} | {r['false_positives']} | "
-                     f"{r['false_positives_per_case']:.2f} |")
-    return lines
+    return _titled_table("Detection and false positives by the CT the lesions were planted in (a base CT used in "
+                         "training is anatomy the network has seen, which a user's scan is not):",
+                         ("base CT", "cases", "found / lesions", "false positives", "per case"),
+                         [(r["base"], r["cases"], f"{r['detected']} / {r['lesions']}", r["false_positives"],
+                           f"{r['false_positives_per_case']:.2f}") for r in rows])
+
+
+def _titled_table(title: str, columns, rows) -> list[str]:
+    """A Markdown table under a title paragraph, as evaluation.md's breakdowns are written."""
+    return ["", title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(str(v) for v in row) + " |" for row in rows)]
 
 
 def detection_by_phase(cases: list[dict[str, Any]]) -> dict[str, list[dict]]:
@@ -429,11 +433,10 @@ def _names_lines(result: dict[str, Any]) -> list[str]:
     names = result.get("names") or names_given(result.get("cases") or [])
     if not names:
         return []
-    lines = ["", "Names reported for detected lesions (the disease `segment` names; \"unclassified\" as such):", "",
-             "| lesion type | detected | named |", "|---|---|---|"]
-    for d, counts in names.items():
-        lines.append(f"| {d} | {sum(counts.values())} | " + ", ".join(f"{n} {k}" for n, k in counts.items()) + " |")
-    return lines
+    return _titled_table("Names reported for detected lesions (the disease `segment` names; \"unclassified\" as such):",
+                         ("lesion type", "detected", "named"),
+                         [(d, sum(counts.values()), ", ".join(f"{n} {k}" for n, k in counts.items()))
+                          for d, counts in names.items()])
 
 
 def _f(v: Any, pct: bool = False) -> str:
@@ -500,15 +503,13 @@ def _outline_lines(result: dict[str, Any]) -> list[str]:
     outlines = result.get("outlines")  # absent from evaluations written before it existed
     if not outlines:
         return []
-    lines = ["", "Outlines of the detected lesions (predicted / reference volume; under 0.5: outlined at under half the "
-                 "lesion, over 2: beyond twice it):", "",
-             "| lesion type | detected | median IoU | volume ratio, median (quartiles) | under 0.5, % | over 2, % |",
-             "|---|---|---|---|---|---|"]
-    for d, o in outlines.items():
-        lines.append(f"| {d} | {o['detected']} | {o['iou_median']:.2f} | {o['volume_ratio_median']:.2f} "
-                     f"({o['volume_ratio_q25']:.2f}–{o['volume_ratio_q75']:.2f}) | {_f(o['under_outlined'], True)} | "
-                     f"{_f(o['over_outlined'], True)} |")
-    return lines
+    return _titled_table("Outlines of the detected lesions (predicted / reference volume; under 0.5: outlined at under "
+                         "half the lesion, over 2: beyond twice it):",
+                         ("lesion type", "detected", "median IoU", "volume ratio, median (quartiles)", "under 0.5, %",
+                          "over 2, %"),
+                         [(d, o["detected"], f"{o['iou_median']:.2f}",
+                           f"{o['volume_ratio_median']:.2f} ({o['volume_ratio_q25']:.2f}–{o['volume_ratio_q75']:.2f})",
+                           _f(o["under_outlined"], True), _f(o["over_outlined"], True)) for d, o in outlines.items()])
 
 
 def _interval_lines(result: dict[str, Any]) -> list[str]:

@@ -51,7 +51,7 @@ class SegmentOptions:
     measured: bool = True  # fold the model's measured attributes (if it has them) into the tokens' attributes
     verify: bool = True  # drop the lesions the model's lesion verifier (if it has one) calls false positives
     # P(real) a lesion needs to pass the verifier; None: the model's calibrated cut. Lower finds more lesions at
-    # more false positives (docs/segment.md, "Sensitivity").
+    # more false positives (docs/segment.md, `--verifier-cut`).
     verifier_cut: float | None = None
     refine: bool = False  # re-draw well-contrasted lesions' borders from the CT (malenia.infer.refine)
     precision: str = "auto"  # the network's arithmetic (malenia.model.precision): auto, bf16 or fp32
