@@ -15,7 +15,7 @@ from slicer_segment_support import TOTALSEG, new_scene
 from MaleniaSegmentLib import mrml_io
 from malenia.progress_lines import ProgressLine
 from MaleniaSegmentLib.runner import BackgroundProcess, RunState, parse_progress
-from MaleniaSegmentLib.segment_run import SegmentRequest, LesionRun, roi_argument, segment_command
+from MaleniaSegmentLib.segment_run import LENIENT_VERIFIER_CUT, SegmentRequest, LesionRun, roi_argument, segment_command
 
 # Behaves like `malenia segment INPUT --out DIR --progress json`: progress lines on stdout, a worker
 # child process, files in DIR, a one-line error on stderr and a non-zero exit on failure.
@@ -175,9 +175,15 @@ def test_segment_command_and_roi(scene):
     refined = segment_command("py", "in.nrrd", refine=True)
     assert refined[-1] == "--refine" and "--refine" not in segment_command("py", "in.nrrd")
     assert build_parser().parse_args([*refined[3:], "--out", "/tmp/o"]).refine is True
-    every = segment_command("py", "in.nrrd", keep_all=True)
+    every = segment_command("py", "in.nrrd", lesion_filter="off")
     assert every[-1] == "--no-verifier" and "--no-verifier" not in segment_command("py", "in.nrrd")
     assert build_parser().parse_args([*every[3:], "--out", "/tmp/o"]).no_verifier is True
+    lenient = build_parser().parse_args([*segment_command("py", "in.nrrd", lesion_filter="lenient")[3:], "--out", "/tmp/o"])
+    assert lenient.verifier_cut == LENIENT_VERIFIER_CUT and not lenient.no_verifier
+    default = build_parser().parse_args([*segment_command("py", "in.nrrd")[3:], "--out", "/tmp/o"])
+    assert default.verifier_cut is None and not default.no_verifier
+    with pytest.raises(ValueError, match="lesion filter"):
+        segment_command("py", "in.nrrd", lesion_filter="strict")
     with pytest.raises(ValueError, match="device"):
         segment_command("py", "in.nrrd", device="gpu")
     empty = slicer.vtkMRMLMarkupsROINode()

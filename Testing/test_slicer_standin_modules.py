@@ -103,7 +103,7 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     w.ui.modelPathLineEdit.currentPath = str(model)
     w.ui.deviceComboBox.currentIndex = 1  # CPU
     w.ui.refineCheckBox.checked = True
-    w.ui.keepAllCheckBox.checked = True
+    w.ui.filterComboBox.currentIndex = w.ui.filterComboBox.findData("off")
     w.ui.segmentButton.click()
     pump(lambda: w.run is None)
     assert w.logic.session is not None, util.DIALOGS
@@ -215,18 +215,18 @@ def test_segment_inputs_live_in_the_parameter_node(slicer_app, ct, tmp_path):
     w.ui.modelComboBox.currentIndex = 1
     w.ui.modelPathLineEdit.currentPath = str(tmp_path / "my-model")
     w.ui.deviceComboBox.currentIndex = 1
-    assert w.ui.refineCheckBox.checked is False and w.ui.keepAllCheckBox.checked is False  # off unless asked for
+    assert w.ui.refineCheckBox.checked is False and w.ui.filterComboBox.currentData == "model"  # unless asked for
     w.ui.refineCheckBox.checked = True
-    w.ui.keepAllCheckBox.checked = True
+    w.ui.filterComboBox.currentIndex = w.ui.filterComboBox.findData("lenient")
     node = slicer.mrmlScene.GetSingletonNode("MaleniaSegment", "vtkMRMLScriptedModuleNode")
     assert node.GetParameter("device") == "cpu" and node.GetNodeReference("inputVolume") is volume
-    assert node.GetParameter("refine") == "True" and node.GetParameter("keepAll") == "True"
+    assert node.GetParameter("refine") == "True" and node.GetParameter("lesionFilter") == "lenient"
     unload_module("MaleniaSegment")
     again, _ = module_widget("MaleniaSegment")
     assert again.ui.inputVolumeSelector.currentNode() is volume and again.ui.roiSelector.currentNode() is roi
     assert again.ui.modelComboBox.currentIndex == 1 and again.ui.modelPathLineEdit.currentPath == str(tmp_path / "my-model")
     assert again.ui.deviceComboBox.currentData == "cpu" and again.ui.refineCheckBox.checked is True
-    assert again.ui.keepAllCheckBox.checked is True
+    assert again.ui.filterComboBox.currentData == "lenient"
     unload_module("MaleniaSegment")
 
 

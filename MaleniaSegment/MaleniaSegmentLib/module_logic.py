@@ -24,7 +24,7 @@ class MaleniaSegmentParameterNode:
     device: str = "auto"
     roi: slicer.vtkMRMLMarkupsROINode
     refine: bool = False  # segment --refine
-    keepAll: bool = False  # segment --no-verifier
+    lesionFilter: str = "model"  # segment_run.LESION_FILTERS: the model's cut, --verifier-cut 0.2, --no-verifier
 
 
 class MaleniaSegmentLogic(ScriptedLoadableModuleLogic, MaleniaLogic):

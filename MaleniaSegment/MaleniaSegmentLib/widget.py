@@ -21,6 +21,8 @@ from MaleniaCommon.paths import configured_model_folder
 from .module_logic import MaleniaSegmentLogic
 
 DEVICE_ITEMS = (("Auto", "auto"), ("CPU", "cpu"), ("GPU (CUDA)", "cuda"))
+FILTER_ITEMS = (("Remove as calibrated", "model"), ("Remove fewer (lenient)", "lenient"),
+                ("Keep every candidate lesion", "off"))  # segment_run.LESION_FILTERS
 
 
 class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -42,6 +44,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for text, value in DEVICE_ITEMS:
             self.ui.deviceComboBox.addItem(text, value)
+        for text, value in FILTER_ITEMS:
+            self.ui.filterComboBox.addItem(text, value)
         self.ui.modelComboBox.addItem("Built-in model")
         self.ui.modelComboBox.addItem("Model folder")
         self.ui.modelComboBox.currentIndexChanged.connect(self._updateButtons)
@@ -62,7 +66,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for signal in (self.ui.inputVolumeSelector.currentNodeChanged, self.ui.roiSelector.currentNodeChanged,
                        self.ui.modelComboBox.currentIndexChanged, self.ui.modelPathLineEdit.currentPathChanged,
                        self.ui.deviceComboBox.currentIndexChanged, self.ui.refineCheckBox.toggled,
-                       self.ui.keepAllCheckBox.toggled):
+                       self.ui.filterComboBox.currentIndexChanged):
             signal.connect(self._updateParameterNodeFromGUI)
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.cancelButton.clicked.connect(self.onCancel)
@@ -107,7 +111,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.deviceComboBox.findData(p.device)
             self.ui.deviceComboBox.currentIndex = max(index, 0)
             self.ui.refineCheckBox.checked = bool(p.refine)
-            self.ui.keepAllCheckBox.checked = bool(p.keepAll)
+            self.ui.filterComboBox.currentIndex = max(self.ui.filterComboBox.findData(p.lesionFilter), 0)
         finally:
             self._updatingGUI = False
 
@@ -121,7 +125,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.modelFolder = self.ui.modelPathLineEdit.currentPath
         p.device = self.ui.deviceComboBox.currentData or "auto"
         p.refine = bool(self.ui.refineCheckBox.checked)
-        p.keepAll = bool(self.ui.keepAllCheckBox.checked)
+        p.lesionFilter = self.ui.filterComboBox.currentData or "model"
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isVisible():
@@ -211,7 +215,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         request = SegmentRequest(volume, model_dir=model, device=self.ui.deviceComboBox.currentData,
                                  roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume),
                                  knowledge_dirs=[str(self._knowledgeFolder())], refine=bool(self.ui.refineCheckBox.checked),
-                                 keep_all=bool(self.ui.keepAllCheckBox.checked))
+                                 lesion_filter=self.ui.filterComboBox.currentData or "model")
         try:
             self.run = self.logic.startSegmentation(request)
         except (ValueError, RuntimeError, OSError) as err:
