@@ -39,6 +39,7 @@ from malenia.evaluate.metrics import (
     sphere_diameter_mm,
     surface_dice,
 )
+from malenia.evaluate import headroom
 from malenia.evaluate.intervals import RESAMPLES, result_intervals
 from malenia.evaluate.misses import markdown as misses_markdown
 from malenia.evaluate.misses import summarise, where_lost
@@ -208,6 +209,7 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
         "outlines": outline_summary((les["disease"] or "unknown", les["iou"], les["volume_ratio"])
                                     for c in cases_out for les in c["lesions"] if les["volume_ratio"] is not None),
         "names": names_given(cases_out),
+        "naming_headroom": headroom.summarise(les for c in cases_out for les in c["lesions"]),
         "cases": cases_out,
     }
     result["intervals"] = result_intervals(result)  # 95 % over cases, per group (malenia.evaluate.intervals)
@@ -246,7 +248,20 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
         les.update(lost.get(les["label"], {"peak": 0.0, "best_iou": 0.0, "lost_at": None if les["detected"] else "silent"}))
     res["predicted"] = [{"label": les.label, "disease": les.disease.name, "unclassified": les.disease.unclassified,
                          "voxels": match.pred_voxels.get(les.label, 0)} for les in result.lesions]
+    add_naming_headroom(res["lesions"], result.lesions, segmenter.table)
     return res, seconds
+
+
+def add_naming_headroom(entries: list[dict[str, Any]], predicted: list, table) -> None:
+    """Gives each detected lesion of a type with a profile its "closest_if_read" (malenia.evaluate.headroom), from
+    the scores its predicted lesion was named with (`predicted`: LesionResult) and its reference report."""
+    by_label = {p.label: p for p in predicted}
+    for les in entries:
+        pl = by_label.get(les["pred_label"]) if les["detected"] else None
+        if pl is None or pl.scores is None or right_name(les["disease"]) is None:
+            continue
+        ruled_out = (pl.appearance or {}).get("ruled_out", ())
+        les["closest_if_read"] = headroom.closest_if_read(pl.scores, headroom.reference_ids(les["_report"]), table, ruled_out)
 
 
 def _add_to_groups(groups: dict[str, GroupStats], res: dict[str, Any]) -> None:
@@ -495,6 +510,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
     lines += _phase_lines(result)
     lines += _base_lines(result)
     lines += _outline_lines(result)
+    lines += headroom.markdown(result.get("naming_headroom"))  # absent from evaluations written before it existed
     lines += misses_markdown(result.get("misses"))  # absent from evaluations written before it existed
     return "\n".join(lines) + "\n"
 
