@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from malenia.aspects import ASPECT_NAMES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, TRANSPLANT_TYPES, UNSEEN_DISEASES, right_name
+from malenia.evaluate import headroom
 from malenia.evaluate.metrics import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_NSD_TOLERANCE_MM,
@@ -39,7 +40,6 @@ from malenia.evaluate.metrics import (
     sphere_diameter_mm,
     surface_dice,
 )
-from malenia.evaluate import headroom
 from malenia.evaluate.intervals import RESAMPLES, result_intervals
 from malenia.evaluate.misses import markdown as misses_markdown
 from malenia.evaluate.misses import summarise, where_lost
