@@ -251,3 +251,40 @@ def test_names_tally_reports_where_each_types_names_go():
     assert names_given(cases) == {"liver_cyst": {"liver_cyst": 1},
                                   "lung_tumor": {"unclassified": 2, "pulmonary_nodule": 1}}
     assert list(names_given(cases)["lung_tumor"]) == ["unclassified", "pulmonary_nodule"]  # most frequent first
+
+
+def test_reference_outlines_are_described_as_segment_mask_describes_them(tmp_path, tmp_path_factory):
+    """`evaluate --outlines reference` scores exactly what `segment --mask` writes for a case's reference lesions:
+    every lesion present, its name and attributes the shipped ones; options that decide what a lesion is refused."""
+    import SimpleITK as sitk
+
+    from malenia.data.dataset import Case, DatasetIndex, write_case, write_dataset_index
+    from segment_helpers import malenia, sphere_ct, tiny_trained_model
+
+    model = tiny_trained_model(tmp_path_factory)
+    image, ball = sphere_ct((40, 60, 48), centre_zyx=(20, 22, 24))
+    lab = np.where(ball, 1, 0).astype(np.uint8)
+    lab[18:22, 45:50, 10:14] = 2  # plain tissue: a lesion the model does not see, described all the same
+    labels = sitk.GetImageFromArray(lab)
+    labels.CopyInformation(image)
+    report = CaseReport("c0", [LesionReport(1, "liver_tumor", {}), LesionReport(2, "liver_cyst", {})])
+    write_case(tmp_path / "ds", Case("c0", image, labels, report))
+    write_dataset_index(tmp_path / "ds", DatasetIndex("one", ["c0"], {"test": ["c0"]}))
+    options = ["--model", model, "--threads", "1", "--progress", "none"]
+    case = tmp_path / "ds" / "cases" / "c0"
+    seg = malenia("segment", case / "image.nii.gz", "--mask", case / "lesions.nii.gz", "--out", tmp_path / "seg", *options)
+    assert seg.returncode == 0, seg.stderr[-2000:]
+    ev = malenia("evaluate", "--data", tmp_path / "ds", "--outlines", "reference", "--predictions", tmp_path / "pred",
+                 "--json", *options)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    shipped = json.loads((tmp_path / "seg" / "report.json").read_text())
+    measured = json.loads((tmp_path / "pred" / "c0" / "report.json").read_text())
+    assert shipped["lesions"] == measured["lesions"] and len(shipped["lesions"]) == 2
+    result = json.loads(ev.stdout)
+    assert result["protocol"]["outlines"] == "reference"
+    lesions = result["cases"][0]["lesions"]
+    assert all(les["detected"] and les["iou"] == 1.0 for les in lesions)
+    assert [les["pred_disease"] for les in lesions] == [x["disease"]["name"] for x in shipped["lesions"]]
+    assert sum(sum(n.values()) for n in result["names"].values()) == 2
+    refused = malenia("evaluate", "--data", tmp_path / "ds", "--outlines", "reference", "--threshold", "0.3", *options)
+    assert refused.returncode == 3 and "--threshold" in refused.stderr and "Traceback" not in refused.stderr

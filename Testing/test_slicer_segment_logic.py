@@ -374,3 +374,64 @@ def test_volume_in_another_axis_order_is_accepted_and_exports_on_the_scan_grid(o
     other = mrml_io.add_volume_from_sitk(scene, shifted, "shifted")
     with pytest.raises(ResultsError):
         logic.loadResults(output_dir, other)
+
+
+def _describe(logic, model, tmp_path):
+    import sys
+    import time
+
+    from MaleniaSegmentLib.runner import RunState
+    from MaleniaSegmentLib.segment_run import SegmentRequest
+
+    run = logic.startDescribing(SegmentRequest(None, model_dir=str(model), device="cpu"), python=sys.executable)
+    deadline = time.monotonic() + 300
+    while run.state is RunState.RUNNING and time.monotonic() < deadline:
+        run.poll()
+        time.sleep(0.1)
+    return run, logic.finishDescribing(run)
+
+
+def test_lesions_drawn_by_hand_are_described_by_the_model_and_keep_the_reviewers_choices(output_dir, tmp_path,
+                                                                                         tmp_path_factory):
+    from segment_helpers import tiny_trained_model
+
+    model = tiny_trained_model(tmp_path_factory)
+    scene, volume, logic, session = _load(output_dir, tmp_path)
+    with pytest.raises(ValueError, match="no lesion drawn by hand"):
+        logic.startDescribing(None)
+    labels = sitk.GetArrayFromImage(session.labels_image())
+    first, second = np.zeros(labels.shape, bool), np.zeros(labels.shape, bool)
+    first[20:24, 40:46, 60:66] = True
+    second[10:13, 30:34, 20:24] = True
+    _add_segment(scene, session, first & (labels == 0), "Segment_1")  # a plain name: the model names it
+    _add_segment(scene, session, second & (labels == 0), "Liver cyst")  # named by a disease: the reviewer's choice
+    session.sync_with_segmentation()
+    plain, named = session.drawn_lesions()
+    plain.aspects["shape"].choose("a shape typed by the reviewer")
+
+    run, described = _describe(logic, model, tmp_path)
+    assert {r.label for r in described} == {plain.label, named.label}
+    assert run.out_dir.name.startswith("abdomen-outlined")
+    report = json.loads((run.out_dir / "report.json").read_text())
+    assert report["extra"]["outlined"]["input_labels"] == sorted([plain.label, named.label])
+    out = sitk.GetArrayFromImage(sitk.ReadImage(str(run.out_dir / "lesions.nii.gz")))
+    now = sitk.GetArrayFromImage(session.labels_image())
+    for k, label in enumerate(sorted([plain.label, named.label]), start=1):  # the outlines as drawn, voxel for voxel
+        assert np.array_equal(out == k, now == label)
+    for lesion in (plain, named):
+        assert lesion.described and not lesion.from_model
+        assert all(lesion.aspects[a].matched is not None for a in ASPECTS)
+        assert lesion.disease.key is not None
+    assert plain.aspects["shape"].current.text == "a shape typed by the reviewer"  # the correction stays
+    assert plain.corrected_disease is None and plain.current_disease == plain.disease  # the model's name for it
+    assert named.current_disease.key == "liver_cyst"
+    assert named.is_corrected == (named.disease.key != "liver_cyst")
+    # the drawn lesions' scores joined the result: the profile editor reads them, corrections record the model's call
+    from MaleniaSegmentLib.profile_editor import lesion_scores
+
+    assert set(lesion_scores(session, plain.label)) == set(ASPECTS)
+    saved = logic.saveCorrection()
+    case = read_case(tmp_path / "corrections", saved.case_id)
+    review = [x.extra["review"] for x in case.report.lesions if x.extra["review"]["added_by_reviewer"]]
+    assert [r["described_by_model"] for r in review] == [True, True]
+    assert review[0]["model_disease"] == plain.disease.key

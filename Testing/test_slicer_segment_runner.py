@@ -184,6 +184,11 @@ def test_segment_command_and_roi(scene):
     assert default.verifier_cut is None and not default.no_verifier
     with pytest.raises(ValueError, match="lesion filter"):
         segment_command("py", "in.nrrd", lesion_filter="strict")
+    described = segment_command("py", "in.nrrd", mask="/tmp/outlines.nrrd")  # Describe drawn lesions
+    assert build_parser().parse_args([*described[3:], "--out", "/tmp/o"]).mask == "/tmp/outlines.nrrd"
+    for other in ({"roi": arg}, {"refine": True}, {"lesion_filter": "off"}):  # what the CLI refuses with --mask
+        with pytest.raises(ValueError, match="describing outlined lesions"):
+            segment_command("py", "in.nrrd", mask="/tmp/outlines.nrrd", **other)
     with pytest.raises(ValueError, match="device"):
         segment_command("py", "in.nrrd", device="gpu")
     empty = slicer.vtkMRMLMarkupsROINode()

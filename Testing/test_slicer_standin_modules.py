@@ -13,6 +13,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -257,3 +258,46 @@ def test_segment_asks_once_and_installs_only_what_is_missing(slicer_app, consent
             assert util.PIP == [] and len(errors) == 1 and "declined" in errors[0] and "\n" not in errors[0]
             assert site.MISSING == {"openpyxl", "slicerio"}
         unload_module("MaleniaSegment")
+
+
+def test_lesions_drawn_by_hand_are_described_from_the_panel(slicer_app, model, ct):
+    slicer, tmp = slicer_app
+    from slicer_standin import util
+
+    load_module(REPO / "MaleniaSegment" / "MaleniaSegment.py")
+    w, _ = module_widget("MaleniaSegment")
+    slicer.util.loadVolume(str(ct))
+    slicer.app.processEvents()
+    w.ui.modelComboBox.currentIndex = 1
+    w.ui.modelPathLineEdit.currentPath = str(model)
+    w.ui.deviceComboBox.currentIndex = 1  # CPU
+    w.ui.segmentButton.click()
+    pump(lambda: w.run is None)
+    session = w.logic.session
+    assert session is not None, util.DIALOGS
+    assert w.ui.describeButton.enabled
+    w.ui.describeButton.click()  # nothing drawn yet: told so, nothing started
+    assert w.run is None and "no lesion drawn by hand" in str(util.DIALOGS[-1])
+
+    from MaleniaSegmentLib import mrml_io
+
+    ref = mrml_io.volume_to_sitk(session.volume_node)
+    drawn = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
+    drawn[8:12, 6:12, 6:12] = 1  # tissue far from the sphere: a lesion the model did not mark
+    img = sitk.GetImageFromArray(drawn)
+    img.CopyInformation(ref)
+    node = mrml_io.add_volume_from_sitk(slicer.mrmlScene, img, "drawn", labelmap=True)
+    assert mrml_io.segmentations_logic(slicer.mrmlScene).ImportLabelmapToSegmentationNode(node, session.segmentation_node)
+    slicer.mrmlScene.RemoveNode(node)
+    w.onSegmentationEdited()
+    (lesion,) = session.drawn_lesions()
+    assert lesion.aspects["shape"].matched is None
+    w.ui.describeButton.click()
+    assert w.ui.describeButton.enabled is False and w.ui.cancelButton.enabled  # one run at a time
+    pump(lambda: w.run is None)
+    assert "--mask" in (tmp / "pythonslicer.log").read_text().splitlines()[-1]
+    assert lesion.described and all(a.matched is not None for a in lesion.aspects.values()), util.DIALOGS
+    assert "1 drawn lesion(s) described" in w.ui.statusLabel.text
+    assert session.segmentation.GetSegment(lesion.segment_id).GetName() == lesion.disease.shown or \
+        session.segmentation.GetSegment(lesion.segment_id).GetName().startswith(lesion.disease.name)
+    unload_module("MaleniaSegment")

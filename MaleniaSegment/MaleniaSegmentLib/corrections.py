@@ -40,8 +40,9 @@ def lesion_report(lesion: LesionReview, label: int) -> LesionReport:
         "review": {
             "model_label": lesion.label if lesion.from_model else None,
             "added_by_reviewer": not lesion.from_model,
-            "model_disease": lesion.disease.key if lesion.from_model else None,
-            "model_unclassified": bool(lesion.from_model and lesion.disease.unclassified),
+            "described_by_model": lesion.described,
+            "model_disease": lesion.disease.key if lesion.model_called else None,
+            "model_unclassified": bool(lesion.model_called and lesion.disease.unclassified),
             "disease_corrected": lesion.corrected_disease is not None,
             "corrected_aspects": [a for a in ASPECTS if lesion.aspects[a].is_corrected],
         }

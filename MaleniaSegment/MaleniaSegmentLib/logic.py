@@ -54,6 +54,27 @@ class MaleniaLogic:
         self.session = ReviewSession.import_output(self.scene, out_dir, volume_node, segmentation_node, dicom_files)
         return self.session
 
+    def startDescribing(self, request, **run_options):
+        """Starts `malenia segment --mask` on the lesions drawn by hand in the open result (the request's volume,
+        model and device; its outlines are set here); returns the LesionRun to poll or cancel."""
+        session = self._require_session()
+        session.sync_with_segmentation()
+        drawn = session.drawn_lesions()
+        if not drawn:
+            raise ValueError("no lesion drawn by hand to describe: add a segment in the Segment Editor first")
+        request.volume_node = session.volume_node
+        request.outlines = session.labels_image(drawn)
+        return self.startSegmentation(request, **run_options)
+
+    def finishDescribing(self, run):
+        """The finished run's descriptions into the open result's drawn lesions; returns those described."""
+        from .runner import RunState
+        from .session import read_result
+
+        if run.state is not RunState.SUCCEEDED:
+            raise RuntimeError(run.error or f"describing {run.state.value}")
+        return self._require_session().take_descriptions(read_result(run.out_dir))
+
     # -- corrections ------------------------------------------------------------------------
     def _require_session(self):
         if self.session is None:

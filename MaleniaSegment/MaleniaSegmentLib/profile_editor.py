@@ -141,7 +141,7 @@ class ProfileEditorLogic:
 
 
 def _model_lesion(session, label: int):
-    """The open result's LesionResult with this label (None: added by hand)."""
+    """The open result's LesionResult with this label (None: added by hand and not described by the model)."""
     return next((x for x in session.result.lesions if x.label == label), None)
 
 
@@ -166,7 +166,7 @@ def rerank_session(session, table) -> list:
     calls = {c.label: c.after for c in changes}
     for review in session.lesions:
         call = calls.get(review.label)
-        if call is None or not review.from_model:
+        if call is None or not review.model_called:
             continue
         review.disease = DiseaseChoice.of_call(call)
         review.disease_alternatives = [DiseaseChoice(k, table.name(k) if k in table.diseases else k, p)

@@ -111,6 +111,7 @@ class LesionReview:
     segment_id: str | None = None
     color: tuple[int, int, int] = (255, 255, 0)  # 0-255 RGB, the segment's colour
     from_model: bool = True  # False for a lesion the radiologist added in the Segment Editor
+    described: bool = False  # such a lesion, described by the model from its outline (segment --mask)
     # display names of the diseases the model's appearance check ruled out (malenia.knowledge.appearance)
     ruled_out: list[str] = field(default_factory=list)
 
@@ -153,6 +154,28 @@ class LesionReview:
         self.corrected_disease = None
         for a in self.aspects.values():
             a.corrected = None
+
+    @property
+    def model_called(self) -> bool:
+        """Its disease and descriptions are the model's own calls (found by it, or described from the outline)."""
+        return self.from_model or self.described
+
+    def take_description(self, described: "LesionReview") -> None:
+        """The model's description of this lesion drawn by hand (`described`, lesion_from_result of `segment --mask`):
+        its calls become the model's; what the reviewer chose stays as their correction: a chosen disease (a
+        segment named by a known disease counts, before the first description) and every corrected aspect."""
+        chosen = self.corrected_disease
+        if chosen is None and not self.described and self.disease.key is not None:
+            chosen = self.disease
+        self.disease, self.disease_alternatives = described.disease, described.disease_alternatives
+        self.ruled_out = described.ruled_out
+        for aspect, review in self.aspects.items():
+            review.matched, review.alternatives = described.aspects[aspect].matched, described.aspects[aspect].alternatives
+            if review.corrected == review.matched:
+                review.corrected = None
+        same = chosen is not None and chosen.name == self.disease.name and not self.disease.unclassified
+        self.corrected_disease = None if chosen is None or same else chosen
+        self.described = True
 
 
 def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | None], str]) -> LesionReview:

@@ -1,4 +1,5 @@
-"""One "Segment Lesions" run: volume node -> input file -> background `malenia segment` -> results.
+"""One "Segment Lesions" run: volume node -> input file -> background `malenia segment` -> results; or one
+"Describe drawn lesions" run: the same with the reader's outlines as `--mask`.
 
 The input is written beside the results (a NRRD of the volume, or links to its DICOM files so
 that the command also writes a DICOM SEG), the command runs as a SegmentationJob (own process
@@ -45,6 +46,9 @@ class SegmentRequest:
     knowledge_dirs: list[str] = field(default_factory=list)  # site disease profile folders (--knowledge)
     refine: bool = False  # re-draw well-contrasted lesions' borders from the CT (--refine)
     lesion_filter: str = "model"  # one of LESION_FILTERS
+    # lesions outlined by the reader (a SimpleITK label map on the volume's grid, each value one lesion): the run
+    # describes them (`segment --mask`) instead of finding lesions; ROI, refinement and filter do not apply
+    outlines: object | None = None
 
 
 def roi_argument(roi_node) -> str:
@@ -58,15 +62,20 @@ def roi_argument(roi_node) -> str:
 
 def segment_command(python: str, input_path: str | Path, model_dir: str | None = None, device: str = "auto",
                     roi: str | None = None, knowledge_dirs: Sequence[str] = (), refine: bool = False,
-                    lesion_filter: str = "model") -> list[str]:
-    """`malenia segment` through Slicer's Python; the job appends `--out`."""
+                    lesion_filter: str = "model", mask: str | Path | None = None) -> list[str]:
+    """`malenia segment` through Slicer's Python; the job appends `--out`. With `mask` (a label map file) it
+    describes the lesions outlined there instead of finding lesions."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if lesion_filter not in LESION_FILTERS:
         raise ValueError(f"lesion filter must be one of {LESION_FILTERS}, got {lesion_filter!r}")
+    if mask is not None and (roi or refine or lesion_filter != "model"):
+        raise ValueError("describing outlined lesions takes no region, refinement or false-positive filter")
     cmd = [python, "-m", "malenia.cli", "segment", str(input_path), "--device", device, "--progress", "json"]
     if model_dir:
         cmd += ["--model", str(model_dir)]
+    if mask is not None:
+        cmd += ["--mask", str(mask)]
     if roi:
         cmd.append(f"--roi={roi}")  # one token: a box starting with a negative coordinate is not an option
     for folder in knowledge_dirs:
@@ -114,7 +123,7 @@ class LesionRun:
                 raise ValueError("the input volume is transformed; harden its transform before segmenting a region")
             roi = roi_argument(request.roi_node)
         self.request = request
-        self.out_dir = results_folder(results_root, node.GetName())
+        self.out_dir = results_folder(results_root, node.GetName() + ("-outlined" if request.outlines is not None else ""))
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.input_dir = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.input-", dir=self.out_dir.parent))
         try:
@@ -124,15 +133,25 @@ class LesionRun:
                 _link_or_copy(request.dicom_files, input_path)
             else:
                 input_path = mrml_io.write_volume(node, self.input_dir / "input.nrrd")
+            mask = self._write_outlines(request.outlines)
             if command_prefix is not None:  # tests and tools: another program that speaks the same protocol
                 command = [*command_prefix, str(input_path)]
             else:
                 command = segment_command(python or python_executable(), input_path, request.model_dir, request.device, roi,
-                                          request.knowledge_dirs, request.refine, request.lesion_filter)
+                                          request.knowledge_dirs, request.refine, request.lesion_filter, mask)
             self.job = SegmentationJob(command, self.out_dir, env=env if env is not None else subprocess_env())
         except BaseException:
             shutil.rmtree(self.input_dir, ignore_errors=True)
             raise
+
+    def _write_outlines(self, outlines) -> Path | None:
+        if outlines is None:
+            return None
+        import SimpleITK as sitk
+
+        path = self.input_dir / "outlines.nrrd"
+        sitk.WriteImage(outlines, str(path), True)
+        return path
 
     def start(self) -> None:
         try:

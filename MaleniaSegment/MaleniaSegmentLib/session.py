@@ -38,7 +38,7 @@ class ResultsError(ValueError):
     """An output folder that cannot be shown on this volume; the message is one line for the user."""
 
 
-def _read_result(out_dir: Path) -> SegmentationResult:
+def read_result(out_dir: Path) -> SegmentationResult:
     import json
 
     report_path, labels_path = out_dir / REPORT_FILE, out_dir / LABELS_FILE
@@ -97,7 +97,7 @@ class ReviewSession:
         slicer = mrml_io.slicer_module()
         mrml_io.ensure_segmentation_converters()
         out_dir = Path(out_dir)
-        result = _read_result(out_dir)
+        result = read_result(out_dir)
         if _node_grid_relation(volume_node, result.labels) == "other":
             raise ResultsError(f"the results in {out_dir} were computed on another image grid than volume "
                                f"{volume_node.GetName()!r}")
@@ -257,6 +257,32 @@ class ReviewSession:
         self.remeasure()
         return self.lesions
 
+    def drawn_lesions(self) -> list[LesionReview]:
+        """The lesions the reviewer added in the Segment Editor (described already or not)."""
+        return [lesion for lesion in self.lesions if not lesion.from_model]
+
+    def take_descriptions(self, described: SegmentationResult) -> list[LesionReview]:
+        """The model's descriptions of lesions drawn by hand (a `segment --mask` result whose mask values were their
+        labels, Segmenter.describe_outlined) into the review, reviewer's corrections kept; the described lesions'
+        scores join the result, so that profile edits re-rank them too. Returns the lesions described."""
+        from dataclasses import replace
+
+        ids = (described.extra.get("outlined") or {}).get("input_labels")
+        if not ids or len(ids) != len(described.lesions):
+            raise ResultsError("not a description of outlined lesions (report.json has no extra.outlined)")
+        drawn = {lesion.label: lesion for lesion in self.drawn_lesions()}
+        done = []
+        for lesion, label in zip(described.lesions, ids):
+            review = drawn.get(int(label))
+            if review is None:  # deleted meanwhile
+                continue
+            review.take_description(lesion_from_result(lesion, self.terminology.display_name))
+            self.result.lesions = [x for x in self.result.lesions if x.label != review.label]
+            self.result.lesions.append(replace(lesion, label=review.label))
+            self.apply_to_segment(review)
+            done.append(review)
+        return done
+
     def _disease_from_name(self, name: str) -> DiseaseChoice:
         for key in self.terminology.diseases:
             display = self.terminology.display_name(key)
@@ -379,9 +405,9 @@ class ReviewSession:
             lesions.append(result)
             review.append({
                 "label": k, "model_label": lesion.label if lesion.from_model else None,
-                "added_by_reviewer": not lesion.from_model,
+                "added_by_reviewer": not lesion.from_model, "described_by_model": lesion.described,
                 "disease_corrected": lesion.corrected_disease is not None,
-                "model_disease": lesion.disease.key if lesion.from_model else None,
+                "model_disease": lesion.disease.key if lesion.model_called else None,
                 "corrected_aspects": [a for a in ASPECTS if lesion.aspects[a].is_corrected],
             })
         extra = dict(self.result.extra)

@@ -31,6 +31,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.run = None
+        self.runKind = "segment"  # or "describe": what the finished run's outputs are for
         self.review = None
         self._observedSegmentation = None
 
@@ -72,6 +73,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.clicked.connect(self.onCancel)
         self.ui.loadResultsButton.clicked.connect(self.onLoadResults)
         self.ui.editMasksButton.clicked.connect(self.onEditMasks)
+        self.ui.describeButton.clicked.connect(self.onDescribe)
         self.ui.checkDependenciesButton.clicked.connect(self.onCheckDependencies)
         for button, kind in ((self.ui.exportNiftiButton, "nifti"), (self.ui.exportSegNrrdButton, "seg"),
                              (self.ui.exportDicomSegButton, "dicom"), (self.ui.exportJsonButton, "json"),
@@ -177,7 +179,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.enabled = self.ui.modelComboBox.currentIndex == 1
         hasResults = self.logic is not None and self.logic.session is not None
         for button in (self.ui.exportNiftiButton, self.ui.exportSegNrrdButton, self.ui.exportJsonButton,
-                       self.ui.exportHtmlButton, self.ui.editMasksButton):
+                       self.ui.exportHtmlButton, self.ui.editMasksButton, self.ui.describeButton):
             button.enabled = hasResults and not running
         self.ui.exportDicomSegButton.enabled = bool(hasResults and not running and self.logic.session.dicom_files)
 
@@ -202,26 +204,53 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return False
 
     # -- running ----------------------------------------------------------------------------
+    def _chosenModel(self):
+        """(True, the model folder or None for the built-in one), or (False, None) after telling the user to choose."""
+        model = self.ui.modelPathLineEdit.currentPath if self.ui.modelComboBox.currentIndex == 1 else None
+        if self.ui.modelComboBox.currentIndex == 1 and not model:
+            slicer.util.errorDisplay("Choose the model folder, or select the built-in model.", windowTitle="Malenia")
+            return False, None
+        return True, model
+
     def onSegment(self):
         if not self._ensureDependencies():
             return
         from MaleniaSegmentLib.segment_run import SegmentRequest
 
         volume = self.ui.inputVolumeSelector.currentNode()
-        model = self.ui.modelPathLineEdit.currentPath if self.ui.modelComboBox.currentIndex == 1 else None
-        if self.ui.modelComboBox.currentIndex == 1 and not model:
-            slicer.util.errorDisplay("Choose the model folder, or select the built-in model.", windowTitle="Malenia")
+        ok, model = self._chosenModel()
+        if not ok:
             return
         request = SegmentRequest(volume, model_dir=model, device=self.ui.deviceComboBox.currentData,
                                  roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume),
                                  knowledge_dirs=[str(self._knowledgeFolder())], refine=bool(self.ui.refineCheckBox.checked),
                                  lesion_filter=self.ui.filterComboBox.currentData or "model")
-        try:
-            self.run = self.logic.startSegmentation(request)
-        except (ValueError, RuntimeError, OSError) as err:
-            slicer.util.errorDisplay(f"Cannot start the segmentation: {err}", windowTitle="Malenia")
+        self._start(lambda: self.logic.startSegmentation(request), "segment", "Segmenting lesions ...")
+
+    def onDescribe(self):
+        """The model describes the lesions drawn by hand (segment --mask on their outlines), in the background."""
+        if self.logic.session is None or not self._ensureDependencies():
             return
-        self.ui.statusLabel.text = "Segmenting lesions ..."
+        from MaleniaSegmentLib.segment_run import SegmentRequest
+
+        ok, model = self._chosenModel()
+        if not ok:
+            return
+        session = self.logic.session
+        request = SegmentRequest(session.volume_node, model_dir=model, device=self.ui.deviceComboBox.currentData,
+                                 dicom_files=list(session.dicom_files), knowledge_dirs=[str(self._knowledgeFolder())])
+        self._start(lambda: self.logic.startDescribing(request), "describe", "Describing the drawn lesions ...")
+
+    def _start(self, start, kind, message):
+        try:
+            with slicer.util.WaitCursor():
+                self.run = start()
+        except (ValueError, RuntimeError, OSError) as err:
+            what = "segmentation" if kind == "segment" else "description"
+            slicer.util.errorDisplay(f"Cannot start the {what}: {err}", windowTitle="Malenia")
+            return
+        self.runKind = kind
+        self.ui.statusLabel.text = message
         self._showProgress(None)
         self.pollTimer.start()
         self._updateButtons()
@@ -243,9 +272,12 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.state is RunState.SUCCEEDED:
             try:
                 with slicer.util.WaitCursor():
-                    session = self.logic.finishSegmentation(run)
-                self._showResults(session)
-                self.ui.statusLabel.text = f"{len(session.lesions)} lesion(s) found. Results: {run.out_dir}"
+                    if self.runKind == "describe":
+                        self._showDescribed(self.logic.finishDescribing(run), run.out_dir)
+                    else:
+                        session = self.logic.finishSegmentation(run)
+                        self._showResults(session)
+                        self.ui.statusLabel.text = f"{len(session.lesions)} lesion(s) found. Results: {run.out_dir}"
             except Exception as err:  # noqa: BLE001 - shown to the user, details in the log
                 logging.exception("Malenia: importing results failed")
                 slicer.util.errorDisplay(f"Cannot show the results: {err}", windowTitle="Malenia")
@@ -257,6 +289,14 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(run.error, windowTitle="Malenia: segmentation failed",
                                      detailedText="\n".join(run.job.process.stderr_lines[-40:]))
         self._updateButtons()
+
+    def _showDescribed(self, described, out_dir):
+        session = self.logic.session
+        text = f"{len(described)} drawn lesion(s) described by the model. Outputs: {out_dir}"
+        self.review.set_lesions(session.lesions, text)
+        if described:
+            self.review.select(described[0].label)
+        self.ui.statusLabel.text = text
 
     def onCancel(self):
         if self.run is not None:

@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
     p.add_argument("--predictions", default=None, metavar="DIR",
                    help="also write each case's `malenia segment` outputs to DIR/<case>/")
+    p.add_argument("--outlines", choices=("predicted", "reference"), default="predicted",
+                   help="predicted: the lesions the model finds (default); reference: each reference lesion described "
+                        "on its own outline, as `segment --mask` describes a reader's outline (names and attributes "
+                        "on every lesion; DSC and detection are 1 by construction)")
     p.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default 2.0)")
     p.add_argument("--iou", type=float, default=None, help="IoU for a detected lesion (default 0.1)")
     p.add_argument("--threshold", type=float, default=None,
@@ -148,6 +152,11 @@ def evaluate(args: argparse.Namespace) -> int:
     if not args.data:
         raise InputError("--data or --image is required (or --card to write a model card)")
     require_dataset(args.data)
+    finding = [flag for flag, v in (("--threshold", args.threshold), ("--min-volume", args.min_volume),
+                                    ("--refine", args.refine), ("--verifier-cut", args.verifier_cut)) if v not in (None, False)]
+    if args.outlines == "reference" and finding:
+        raise InputError(f"--outlines reference describes the reference lesions as they are: {', '.join(finding)} "
+                         "do(es) not apply")
     model = load_model_folder(args.model, device=args.device)
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge, refine=args.refine,
                                precision=args.precision, overlap=args.overlap, verifier_cut=args.verifier_cut)
@@ -157,7 +166,7 @@ def evaluate(args: argparse.Namespace) -> int:
         args.model, args.data, None if args.split == "all" else args.split,
         nsd_tolerance=args.nsd_tolerance or DEFAULT_NSD_TOLERANCE_MM,
         iou_threshold=args.iou or DEFAULT_IOU_THRESHOLD, device=args.device, max_cases=args.max_cases,
-        on_case=progress.case, segmenter=segmenter, predictions=args.predictions,
+        on_case=progress.case, segmenter=segmenter, predictions=args.predictions, outlines=args.outlines,
     )
     progress.emit(progress.total, "done", stage="done")
     progress.close()

@@ -51,8 +51,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="read images outside the CT Hounsfield range / non-CT DICOM")
     p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
                    help="site disease profiles merged into the model's knowledge table (repeatable; also $MALENIA_KNOWLEDGE)")
+    p.add_argument("--mask", default=None, metavar="LABELS",
+                   help="describe the lesions this label map outlines instead of finding lesions: each non-zero "
+                        "value one lesion (e.g. segments drawn in Slicer, exported as a label map); the network runs "
+                        "around them only, and threshold, minimum volume, verifier and --refine do not apply")
     add_run_arguments(p)
     p.set_defaults(func=run)
+
+
+# what decides whether there is a lesion: meaningless when the reader's outline is the lesion (--mask)
+_FINDING_OPTIONS = (("roi", "--roi"), ("threshold", "--threshold"), ("min_volume", "--min-volume"),
+                    ("no_verifier", "--no-verifier"), ("verifier_cut", "--verifier-cut"), ("refine", "--refine"))
+
+
+def _check_mask_options(args: argparse.Namespace) -> None:
+    from malenia.errors import InputError
+
+    given = [flag for name, flag in _FINDING_OPTIONS if getattr(args, name, None) not in (None, False)]
+    if args.mask is not None and given:
+        raise InputError(f"--mask describes the outlined lesions as they are: {', '.join(given)} do(es) not apply")
 
 
 def options_from_args(args: argparse.Namespace, roi: str | None = None):
@@ -100,11 +117,12 @@ def _segment(args: argparse.Namespace):
     from malenia.infer.pipeline import segment_path
     from malenia.infer.progress import SegmentProgress
 
+    _check_mask_options(args)
     options = options_from_args(args, args.roi)
     progress = SegmentProgress(args.progress)
     try:
         return segment_path(args.input, args.out, args.model, options, overwrite=args.overwrite, progress=progress,
-                            knowledge=args.knowledge)
+                            knowledge=args.knowledge, mask=args.mask)
     finally:
         progress.close()
 

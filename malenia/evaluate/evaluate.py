@@ -139,6 +139,9 @@ def _disease_named(lesion) -> str | None:
     return None if lesion.disease.unclassified else lesion.disease.name
 
 
+OUTLINES = ("predicted", "reference")  # evaluate_dataset: the model's own lesions, or the reference ones described
+
+
 def make_segmenter(model, device: str = "cpu", threshold: float | None = None, min_volume_mm3: float | None = None,
                    knowledge=None, refine: bool = False, precision: str = "auto", overlap: float | None = None,
                    verifier_cut: float | None = None):
@@ -157,9 +160,14 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
                      nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
                      device: str = "cpu", max_cases: int | None = None,
                      on_case: Callable[[int, int, str], None] | None = None, segmenter=None,
-                     predictions: str | Path | None = None) -> dict[str, Any]:
+                     predictions: str | Path | None = None, outlines: str = "predicted") -> dict[str, Any]:
     """Segments every case of `split` (with `segmenter`, default: the model folder's own settings) and
-    returns the JSON-ready result; `predictions`: a folder that receives each case's `segment` outputs."""
+    returns the JSON-ready result; `predictions`: a folder that receives each case's `segment` outputs.
+    `outlines="reference"`: each case's reference lesions are described on their own outlines instead
+    (`segment --mask`, Segmenter.describe_outlined): what a reader who outlines a lesion is told of it; the
+    names and attributes are then measured on every lesion, and DSC and detection are 1 by construction."""
+    if outlines not in OUTLINES:
+        raise ValueError(f"outlines must be one of {OUTLINES}, got {outlines!r}")
     from malenia.data.dataset import read_dataset
 
     if segmenter is None:
@@ -174,7 +182,8 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
     for i, case_id in enumerate(case_ids):
         if on_case:
             on_case(i, len(case_ids), case_id)
-        res, seconds = _segment_and_score(segmenter, data_dir, case_id, nsd_tolerance, iou_threshold, predictions)
+        res, seconds = _segment_and_score(segmenter, data_dir, case_id, nsd_tolerance, iou_threshold, predictions,
+                                          outlines)
         _add_to_groups(groups, res)
         cases_out.append(_case_entry(case_id, res, seconds))
     per_type = {d: groups[d].summary() for d in sorted(groups) if d != "all_cases"}
@@ -192,7 +201,9 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
             "detection_iou_threshold": iou_threshold,
             "dsc_nsd_grid": "each case's own image grid",
             "attributes": "matched lesions; per aspect, precision/recall macro-averaged over description classes",
-            "predictor": "malenia segment (malenia.infer.pipeline.Segmenter)",
+            "predictor": "malenia segment (malenia.infer.pipeline.Segmenter)" if outlines == "predicted" else
+                         "malenia segment --mask on the reference outlines (Segmenter.describe_outlined)",
+            "outlines": outlines,
         },
         "threshold": segmenter.options.threshold,
         "min_volume_mm3": segmenter.options.min_volume_mm3,
@@ -217,22 +228,26 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
 
 
 def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, iou_threshold: float,
-                       predictions) -> tuple[dict[str, Any], float]:
-    """One case segmented as `malenia segment` would, scored; its outputs written under `predictions`."""
+                       predictions, outlines: str = "predicted") -> tuple[dict[str, Any], float]:
+    """One case segmented as `malenia segment` would (or its reference lesions described on their outlines, as
+    `segment --mask` would), scored; its outputs written under `predictions`."""
     import SimpleITK as sitk
 
     from malenia.data.dataset import read_case
     from malenia.infer.lesion_features import lesion_contrasts
 
     case = read_case(data_dir, case_id)
+    gt = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
     tc = time.perf_counter()
-    result, trace = segmenter.segment_traced(case.image, case_id)
+    if outlines == "reference":
+        result, trace = segmenter.describe_outlined(case.image, gt, case_id), None
+    else:
+        result, trace = segmenter.segment_traced(case.image, case_id)
     seconds = time.perf_counter() - tc
     if predictions is not None:
         from malenia.infer.outputs import write_outputs
 
         write_outputs(result, Path(predictions) / case_id, overwrite=True)
-    gt = sitk.GetArrayFromImage(case.lesions).astype(np.int32)
     pred = sitk.GetArrayFromImage(result.labels).astype(np.int32)
     spacing = tuple(float(s) for s in case.image.GetSpacing()[::-1])
     res = evaluate_case(pred, result.lesions, gt, case.report, spacing, nsd_tolerance, iou_threshold)
@@ -243,7 +258,7 @@ def _segment_and_score(segmenter, data_dir, case_id: str, nsd_tolerance: float, 
     for les in res["lesions"]:
         les["contrast_hu"] = round(contrast[les["label"]], 1) if les["label"] in contrast else None
     match = res["match"]
-    lost = where_lost(gt, trace, {g for g, _, _ in match.pairs}, iou_threshold, match.gt_voxels)
+    lost = {} if trace is None else where_lost(gt, trace, {g for g, _, _ in match.pairs}, iou_threshold, match.gt_voxels)
     for les in res["lesions"]:
         les.update(lost.get(les["label"], {"peak": 0.0, "best_iou": 0.0, "lost_at": None if les["detected"] else "silent"}))
     res["predicted"] = [{"label": les.label, "disease": les.disease.name, "unclassified": les.disease.unclassified,
@@ -467,6 +482,12 @@ def markdown_tables(result: dict[str, Any]) -> str:
         f"Data: `{result['data']['name']}` split `{result['data']['split']}`, {result['data']['cases']} cases. "
         f"NSD tolerance {p['nsd_tolerance_mm']} mm; a lesion is detected at IoU ≥ {p['detection_iou_threshold']}.",
         "",
+    ]
+    if p.get("outlines") == "reference":
+        lines += ["**Described on the reference outlines** (`--outlines reference`, as `segment --mask`): every lesion "
+                  "is \"detected\" and its DSC is 1 by construction; the names and attributes are what a reader who "
+                  "outlines the lesion is told.", ""]
+    lines += [
         "| lesion type | seen | cases | DSC | NSD | lesions | det. recall | det. precision | disease acc. | closest disease |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -215,8 +215,10 @@ class Segmenter:
                             background=self.preprocessor.background_value, skip_air=o.skip_air, on_window=on_window,
                             collect=collect, precision=self.precision)
 
-    def probability_map(self, image: sitk.Image, timings: dict[str, float] | None = None, collect: bool = True):
-        """(ProbabilityMap, WindowPass) of `image` (cropped to the ROI when one is set): the network's part."""
+    def probability_map(self, image: sitk.Image, timings: dict[str, float] | None = None, collect: bool = True,
+                        region=None):
+        """(ProbabilityMap, WindowPass) of `image` (cropped to the ROI when one is set, or to `region`, index
+        ranges as malenia.infer.roi.crop_region gives): the network's part."""
         from malenia.infer import roi as roi_mod
         from malenia.infer.postprocess import ProbabilityMap
 
@@ -224,7 +226,8 @@ class Segmenter:
         timings = {} if timings is None else timings
         t = time.perf_counter()
         progress("preprocess", 0.0, "orientation, spacing, intensities")
-        region = roi_mod.crop_region(image, o.roi) if o.roi is not None else None
+        if region is None and o.roi is not None:
+            region = roi_mod.crop_region(image, o.roi)
         prepared = self.preprocessor.prepare(roi_mod.crop(image, region) if region is not None else image)
         timings["preprocess"] = time.perf_counter() - t
 
@@ -243,17 +246,10 @@ class Segmenter:
     def segment_traced(self, image: sitk.Image, source: str = "", dicom_files: list[str] | None = None):
         """(SegmentationResult, StageTrace): `segment`'s result and what each post-processing step kept, so
         that `malenia evaluate` can say where a reference lesion was lost (malenia.evaluate.misses)."""
-        from malenia.data.contrast import detect_phase
-        from malenia.infer.matching import phase_call
         from malenia.infer.postprocess import kept, lesion_map
 
         o, timings = self.options, {}
-        if image.GetPixelID() != sitk.sitkFloat32:  # what read_ct gives: every caller segments the same values
-            image = sitk.Cast(image, sitk.sitkFloat32)
-        t = time.perf_counter()
-        self.progress("phase", 0.0, "contrast phase from the blood pool")
-        phase = phase_call(detect_phase(image))
-        timings["phase"] = time.perf_counter() - t
+        image, phase = self._phase(image, timings)
         pm, wp = self.probability_map(image, timings)
         t = time.perf_counter()
         self.progress("lesions", 0.0, "instances, attributes, diseases")
@@ -269,6 +265,44 @@ class Segmenter:
         timings["lesions"] = time.perf_counter() - t
         result.extra["seconds"] = {k: round(v, 3) for k, v in timings.items()}
         return result, trace
+
+    def describe_outlined(self, image: sitk.Image, labels: np.ndarray, source: str = "",
+                          dicom_files: list[str] | None = None):
+        """The SegmentationResult of lesions outlined by a reader (`segment --mask`, malenia.infer.outlined):
+        `labels` (z, y, x) on `image`'s grid, each non-zero value one lesion; described as `segment` describes
+        its own, with the network run over the lesions and half a patch around them only. No threshold,
+        minimum volume, verifier or refinement: the outline is the lesion."""
+        from malenia.infer import outlined
+
+        if self.options.roi is not None:
+            raise InputError("--mask and --roi: the outlines decide where the network runs; give one of them")
+        timings = {}
+        image, phase = self._phase(image, timings)
+        ids = outlined.lesion_ids(labels)
+        context_mm = np.array(self.cfg.patch_size[::-1]) * np.array(self.preprocessor.target_spacing[::-1]) / 2
+        pm, wp = self.probability_map(image, timings, region=outlined.region(image, labels, context_mm))
+        t = time.perf_counter()
+        self.progress("lesions", 0.0, "attributes, diseases")
+        lm = outlined.lesion_map(pm, labels, ids)
+        order = list(range(1, len(ids) + 1))
+        result = self.describe(pm, wp, lm, order, phase, source, dicom_files, self._rows(pm, lm, order))
+        timings["lesions"] = time.perf_counter() - t
+        result.extra["outlined"] = {"input_labels": ids}
+        result.extra["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        return result
+
+    def _phase(self, image: sitk.Image, timings: dict[str, float]):
+        """(the image as float32, its contrast phase call): what every caller segments and how it is enhanced."""
+        from malenia.data.contrast import detect_phase
+        from malenia.infer.matching import phase_call
+
+        if image.GetPixelID() != sitk.sitkFloat32:  # what read_ct gives: every caller segments the same values
+            image = sitk.Cast(image, sitk.sitkFloat32)
+        t = time.perf_counter()
+        self.progress("phase", 0.0, "contrast phase from the blood pool")
+        phase = phase_call(detect_phase(image))
+        timings["phase"] = time.perf_counter() - t
+        return image, phase
 
     def _rows(self, pm, lm, order: list[int]) -> dict[int, dict[str, float]] | None:
         """Per kept lesion (id of `lm`) its features (malenia.infer.lesion_features.lesion_rows), when the
@@ -391,8 +425,9 @@ class SegmentRun:
 
 def segment_path(input_path: str | os.PathLike, out_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None,
                  options: SegmentOptions | None = None, overwrite: bool = False, progress: ProgressFn = silent,
-                 model=None, knowledge=None) -> SegmentRun:
-    """The whole command: checks the output folder, loads the model, reads the CT, segments, writes.
+                 model=None, knowledge=None, mask: str | os.PathLike | None = None) -> SegmentRun:
+    """The whole command: checks the output folder, loads the model, reads the CT, segments (or, given `mask`,
+    describes the lesions it outlines: Segmenter.describe_outlined), writes.
 
     Errors are one-line MaleniaErrors: OutputError (5) before any work when the folder is not
     writable or outputs exist without `overwrite`; ModelError (4); InputError (3).
@@ -408,7 +443,12 @@ def segment_path(input_path: str | os.PathLike, out_dir: str | os.PathLike, mode
     progress("load", 0.5, f"reading {Path(input_path).name}")
     image, dicom_files = read_input(input_path, options.force)
     segmenter = Segmenter(model, options, progress, knowledge)
-    result = segmenter.segment(image, str(input_path), dicom_files)
+    if mask is None:
+        result = segmenter.segment(image, str(input_path), dicom_files)
+    else:
+        from malenia.infer.outlined import read_mask
+
+        result = segmenter.describe_outlined(image, read_mask(mask, image), str(input_path), dicom_files)
     progress("outputs", 0.0, f"{len(result.lesions)} lesion(s); writing outputs")
     files = write_outputs(result, out_dir, overwrite=overwrite)
     progress("done", 1.0, f"{len(result.lesions)} lesion(s) in {out_dir}")
