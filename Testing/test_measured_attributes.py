@@ -139,6 +139,36 @@ def test_a_one_sided_description_is_evidence_only_above_the_cut_and_only_in_its_
     assert fit_aspect(ONE_SIDED, [e for e in examples if e.disease == "kidney_tumor"], "relationship") is None
 
 
+def test_a_one_sided_location_moves_its_organs_share_to_a_place_no_training_lesion_had():
+    """Gallstones lie in bile; a wall mass with less bile around it than nine in ten of them is read in the wall."""
+    rng = np.random.default_rng(3)
+    examples = []
+    for i in range(60):
+        organ = ("gallbladder", "liver")[i % 2]
+        f = {k: 0.0 for k in FEATURES} | {"pos_z": 0.4 if organ == "gallbladder" else 0.7,
+                                         "ring_fluid": float(rng.uniform(0.5, 0.9) if organ == "gallbladder" else rng.uniform(0, 0.1))}
+        place = "location.gallbladder.lumen" if organ == "gallbladder" else "location.liver.right_lobe"
+        examples.append(Example(f, {"location": [place]}, "gallstone" if organ == "gallbladder" else "liver_tumor"))
+    wall = {"kind": "one_sided", "aspect": "location", "feature": "ring_fluid", "below": True,
+            "description": "location.gallbladder.wall", "organ": "gallbladder", "quantile": 0.1}
+    specs = {"location": {"kind": "knn", "k": 3, "features": ["pos_z"], "scale": [1.0]}, "location_wall": wall}
+    fitted = fit(examples, specs)
+    clf = fitted.aspects["location_wall"]
+    stones = [e.features["ring_fluid"] for e in examples if e.disease == "gallstone"]
+    assert clf.params["cut"] == pytest.approx(np.quantile(stones, 0.1)) and clf.params["lesions"] == 30
+    assert clf.params["aspect"] == "location" and sum(clf.predict([e.features])[0, 0] for e in examples if e.disease == "gallstone") == 3
+    mass = {k: 0.0 for k in FEATURES} | {"pos_z": 0.4, "ring_fluid": 0.2}
+    read = fitted.distributions(mass)["location"]
+    lumen = fitted.distributions(mass | {"ring_fluid": 0.8})["location"]  # in bile: the k-NN's reading, untouched
+    assert lumen["location.gallbladder.lumen"] > 0.5
+    assert read["location.gallbladder.wall"] == pytest.approx(lumen["location.gallbladder.lumen"])
+    assert "location.gallbladder.lumen" not in read and read["location.liver.right_lobe"] == lumen["location.liver.right_lobe"]
+    in_liver = fitted.distributions(mass | {"pos_z": 0.7})["location"]  # little bile around a liver lesion: no wall
+    assert "location.gallbladder.wall" not in in_liver
+    back = MeasuredAttributes.from_json(json.loads(json.dumps(fitted.to_json())))
+    assert back.distributions(mass) == fitted.distributions(mass)
+
+
 def _examples(n=60, seed=1):
     """Lesions whose shape follows sphericity, whose location follows the side of the body."""
     rng = np.random.default_rng(seed)

@@ -147,7 +147,8 @@ def _measured(measured: dict[str, Any] | None) -> list[str]:
     lodo = ", ".join(f"{a}{' level' if kinds.get(a) == 'organ_level' else ''} {v:.2f}"
                      + (f" (balanced {balanced[a]:.2f})" if balanced.get(a) else "")
                      for a, v in (measured.get("leave_one_disease_out") or {}).items() if v)
-    one_sided = "".join(f"; {a}: {c['classes'][0]} only where {c['feature']} exceeds {c['cut']:.3f}, the {c['quantile']:g} "
+    one_sided = "".join(f"; {c.get('aspect', a)}: {c['classes'][0]} only where {c['feature']} "
+                        f"{'falls under' if c.get('below') else 'exceeds'} {c['cut']:.3f}, the {c['quantile']:g} "
                         f"quantile of {c['lesions']} training {c['organ']} lesions without it"
                         for a, c in sorted((measured.get("aspects") or {}).items()) if kinds.get(a) == "one_sided")
     own = "".join(f", {a} {w}" for a, w in sorted((measured.get("aspect_weights") or {}).items()))

@@ -13,6 +13,9 @@ on the image's own grid, so it means the same on a 3 mm synthetic case and a 0.7
                                       boundary on the log scale is not set by the widest ones
     ring_mean, ring_std               CT values of the shell 1-6 mm outside the lesion (the host)
     ring_air, ring_bone               share of that shell under -500 HU (lung, bowel gas) / over 200 HU
+    ring_fluid                        share of that shell at fluid density (-20 to 30 HU: bile, urine, cyst
+                                      fluid): a stone in the gallbladder lumen lies in bile, a wall mass
+                                      against the wall, the liver and fat
     ring_vessel                       share of that shell at least 40 HU brighter than its median and
                                       under 400 HU: enhanced vessels (or other enhancing tissue) along
                                       the lesion, what "closely related to the vessels" is read from
@@ -40,13 +43,15 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-FEATURES = ("hu_mean", "hu_std", "log_hu_std", "hu_p10", "hu_p90", "ring_mean", "ring_std", "ring_air", "ring_bone", "ring_vessel", "contrast",
+FEATURES = ("hu_mean", "hu_std", "log_hu_std", "hu_p10", "hu_p90", "ring_mean", "ring_std", "ring_air", "ring_bone", "ring_fluid",
+            "ring_vessel", "contrast",
             "sphericity", "elongation", "flatness", "solidity", "edge_mm", "log_volume", "pos_z", "pos_y", "pos_x")
 BODY_HU = -300.0  # denser than this is the body (fat is about -100 HU, lung about -850)
 RING_MM = (1.0, 6.0)
 MAX_EDGE_MM = 9.0
 VESSEL_ABOVE_HOST_HU = 40.0  # an enhanced vessel stands this far above the parenchyma around it (portal phase: 30-60 HU)
 VESSEL_MAX_HU = 400.0  # denser is bone or calcium, not blood
+FLUID_HU = (-20.0, 30.0)  # water-like content (bile, urine, cyst fluid) with CT noise around it
 SOLIDITY_MAX_VOXELS = 200_000
 BODY_STEP_MM = 4.0  # the body's bounding box is found on a grid this coarse (a few milliseconds)
 
@@ -145,6 +150,7 @@ def lesion_features(fimg: FeatureImage, labels: np.ndarray, label: int, box: tup
         "hu_p10": float(np.percentile(inner, 10)), "hu_p90": float(np.percentile(inner, 90)),
         "ring_mean": float(host.mean()), "ring_std": float(host.std()),
         "ring_air": float((host < -500).mean()), "ring_bone": float((host > 200).mean()),
+        "ring_fluid": float(((host >= FLUID_HU[0]) & (host <= FLUID_HU[1])).mean()),
         "ring_vessel": _vessel_share(host, host_median),
         "contrast": float(inner.mean() - host_median),
         "sphericity": float(sphericity(mask, sp)),

@@ -84,6 +84,12 @@ ASPECT_SPECS: dict[str, dict[str, Any]] = {
     # lesions through, fixed beforehand as the appearance check's alpha is (docs/knowledge.md).
     "relationship": {"kind": "one_sided", "feature": "ring_vessel", "description": "relationship.vascular",
                      "organ": "liver", "quantile": 0.9},
+    # No training lesion lies in the gallbladder wall (gallstones are in the lumen), so the location's k-NN can
+    # only say "lumen". A stone lies in bile; a wall mass lies against the wall, the liver and fat: less bile
+    # around it than all but one in ten training gallbladder lesions shows. Where it fires, the gallbladder's
+    # share of the measured location goes to the wall (fifty-fourth round, docs/training.md).
+    "location_wall": {"kind": "one_sided", "aspect": "location", "feature": "ring_fluid", "below": True,
+                      "description": "location.gallbladder.wall", "organ": "gallbladder", "quantile": 0.1},
 }
 
 
@@ -108,7 +114,9 @@ class AspectClassifier:
         if self.kind == "organ_level":
             return _compose_organ_level(self, rows)
         if self.kind == "one_sided":  # 1 where the measurement passes the cut; the organ gate is the caller's
-            return np.array([[float(r[self.params["feature"]]) > float(self.params["cut"])] for r in rows], float)
+            sign = -1.0 if self.params.get("below") else 1.0
+            return np.array([[sign * float(r[self.params["feature"]]) > sign * float(self.params["cut"])]
+                             for r in rows], float)
         x = np.array([[float(r[f]) for f in self.features] for r in rows], float).reshape(len(rows), -1)
         if self.kind == "knn":
             return self._knn(x)
@@ -151,7 +159,7 @@ def fit_aspect(spec: Mapping[str, Any], examples: list[Example], aspect: str) ->
     if spec["kind"] == "organ_level":
         return fit_organ_level(spec, examples, aspect)
     if spec["kind"] == "one_sided":
-        return fit_one_sided(spec, examples, aspect)
+        return fit_one_sided(spec, examples, str(spec.get("aspect", aspect)))
     labelled = [e for e in examples if e.attributes.get(aspect)]
     classes = sorted({e.attributes[aspect][0] for e in labelled})
     if len(classes) < 2:
@@ -174,8 +182,9 @@ def fit_aspect(spec: Mapping[str, Any], examples: list[Example], aspect: str) ->
 
 def fit_one_sided(spec: Mapping[str, Any], examples: list[Example], aspect: str) -> AspectClassifier | None:
     """The cut for one description on one measurement: the `quantile` of that measurement over the organ's
-    training lesions that do not show the description (so 1 - quantile of them would pass it). None
-    without such lesions."""
+    training lesions that do not show the description (so 1 - quantile of them would pass it; with `below`,
+    it fires under the cut, and `quantile` of them pass). `aspect` (the spec's own "aspect" where it names
+    one): the aspect the description belongs to. None without such lesions."""
     others = [e for e in examples if _organ_of(e) == spec["organ"] and e.attributes.get(aspect)
               and spec["description"] not in e.attributes[aspect]]
     if not others:
@@ -183,7 +192,8 @@ def fit_one_sided(spec: Mapping[str, Any], examples: list[Example], aspect: str)
     feature = str(spec["feature"])
     cut = float(np.quantile([e.features[feature] for e in others], float(spec["quantile"])))
     params = {"feature": feature, "organ": str(spec["organ"]), "quantile": float(spec["quantile"]),
-              "cut": cut, "lesions": len(others)}
+              "cut": cut, "lesions": len(others), **({"aspect": aspect} if spec.get("aspect") else {}),
+              **({"below": True} if spec.get("below") else {})}
     return AspectClassifier("one_sided", [feature], [str(spec["description"])], params)
 
 
@@ -290,13 +300,21 @@ class MeasuredAttributes:
         return float(self.aspect_weights.get(aspect, self.weight))
 
     def distributions(self, features: Mapping[str, float]) -> dict[str, dict[str, float]]:
-        """aspect -> {description id: probability} for one lesion; a one-sided aspect only where it fires
-        (elsewhere the measurement is no evidence, and the aspect is left out)."""
+        """aspect -> {description id: probability} for one lesion; a one-sided reading only where it fires
+        (elsewhere the measurement is no evidence): its aspect's whole measured mass, or, where that aspect has
+        a measured reading already (the location's wall), the mass that reading gives the organ."""
         out = {a: dict(zip(c.classes, c.predict([features])[0].tolist()))
                for a, c in self.aspects.items() if c.kind != "one_sided"}
-        for a, c in self.aspects.items():
-            if c.kind == "one_sided" and c.predict([features])[0, 0] > 0 and self._in_organ(out, c.params["organ"]):
-                out[a] = {c.classes[0]: 1.0}
+        fired = [c for c in self.aspects.values() if c.kind == "one_sided" and c.predict([features])[0, 0] > 0
+                 and self._in_organ(out, c.params["organ"])]
+        for c in fired:
+            aspect, organ = c.params.get("aspect", _aspect_of(c.classes[0])), c.params["organ"]
+            before = out.get(aspect)
+            if before is None:
+                out[aspect] = {c.classes[0]: 1.0}
+                continue
+            moved = {i: p for i, p in before.items() if organ_of(i) != organ}
+            out[aspect] = {**moved, c.classes[0]: sum(p for i, p in before.items() if organ_of(i) == organ)}
         return out
 
     @staticmethod
@@ -342,6 +360,10 @@ class MeasuredAttributes:
             raise ModelError(f"{where}: aspect_weights names unknown aspects {unknown}")
         meta = {k: v for k, v in obj.items() if k not in ("format", "weight", "floor", "aspects", "aspect_weights")}
         return MeasuredAttributes(aspects, weight, floor, meta, own)
+
+
+def _aspect_of(description: str) -> str:
+    return description.split(".", 1)[0]
 
 
 def fit(examples: list[Example], specs: Mapping[str, Mapping[str, Any]] = ASPECT_SPECS,
