@@ -286,7 +286,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showProgress(None)
         else:
             self.ui.statusLabel.text = run.error
-            slicer.util.errorDisplay(run.error, windowTitle="Malenia: segmentation failed",
+            what = "describing" if self.runKind == "describe" else "segmentation"
+            slicer.util.errorDisplay(run.error, windowTitle=f"Malenia: {what} failed",
                                      detailedText="\n".join(run.job.process.stderr_lines[-40:]))
         self._updateButtons()
 
