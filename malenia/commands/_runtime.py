@@ -49,3 +49,18 @@ def add_model_run_options(p, dry_run: str | None = None) -> None:
     if dry_run:
         p.add_argument("--dry-run", action="store_true", help=dry_run)
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+
+
+# The options that decide what is a lesion (`segment` and `evaluate`): meaningless where an outline is the lesion
+# (`segment --mask`, `evaluate --outlines reference`).
+FINDING_OPTIONS = (("roi", "--roi"), ("threshold", "--threshold"), ("min_volume", "--min-volume"),
+                   ("no_verifier", "--no-verifier"), ("verifier_cut", "--verifier-cut"), ("refine", "--refine"))
+
+
+def refuse_finding_options(args, because: str) -> None:
+    """InputError naming every finding option given on the command line (those a command lacks count as not given)."""
+    from malenia.errors import InputError
+
+    given = [flag for name, flag in FINDING_OPTIONS if getattr(args, name, None) not in (None, False)]
+    if given:
+        raise InputError(f"{because}: {', '.join(given)} do(es) not apply")

@@ -152,11 +152,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if not args.data:
         raise InputError("--data or --image is required (or --card to write a model card)")
     require_dataset(args.data)
-    finding = [flag for flag, v in (("--threshold", args.threshold), ("--min-volume", args.min_volume),
-                                    ("--refine", args.refine), ("--verifier-cut", args.verifier_cut)) if v not in (None, False)]
-    if args.outlines == "reference" and finding:
-        raise InputError(f"--outlines reference describes the reference lesions as they are: {', '.join(finding)} "
-                         "do(es) not apply")
+    if args.outlines == "reference":
+        from malenia.commands._runtime import refuse_finding_options
+
+        refuse_finding_options(args, "--outlines reference describes the reference lesions as they are")
     model = load_model_folder(args.model, device=args.device)
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge, refine=args.refine,
                                precision=args.precision, overlap=args.overlap, verifier_cut=args.verifier_cut)

@@ -59,19 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# what decides whether there is a lesion: meaningless when the reader's outline is the lesion (--mask)
-_FINDING_OPTIONS = (("roi", "--roi"), ("threshold", "--threshold"), ("min_volume", "--min-volume"),
-                    ("no_verifier", "--no-verifier"), ("verifier_cut", "--verifier-cut"), ("refine", "--refine"))
-
-
-def _check_mask_options(args: argparse.Namespace) -> None:
-    from malenia.errors import InputError
-
-    given = [flag for name, flag in _FINDING_OPTIONS if getattr(args, name, None) not in (None, False)]
-    if args.mask is not None and given:
-        raise InputError(f"--mask describes the outlined lesions as they are: {', '.join(given)} do(es) not apply")
-
-
 def options_from_args(args: argparse.Namespace, roi: str | None = None):
     from malenia.infer.pipeline import SegmentOptions
     from malenia.infer.roi import RasBox
@@ -117,7 +104,10 @@ def _segment(args: argparse.Namespace):
     from malenia.infer.pipeline import segment_path
     from malenia.infer.progress import SegmentProgress
 
-    _check_mask_options(args)
+    if args.mask is not None:
+        from malenia.commands._runtime import refuse_finding_options
+
+        refuse_finding_options(args, "--mask describes the outlined lesions as they are")
     options = options_from_args(args, args.roi)
     progress = SegmentProgress(args.progress)
     try:

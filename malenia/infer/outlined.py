@@ -46,14 +46,16 @@ def read_mask(path: str | os.PathLike, image: sitk.Image) -> np.ndarray:
         mask = sitk.Resample(sitk.Cast(mask, sitk.sitkInt32), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         if not np.any(sitk.GetArrayViewFromImage(mask)):
             raise InputError(f"--mask {path}: none of its lesions lies inside the CT")
-    labels = sitk.GetArrayFromImage(mask).astype(np.int64)
+    labels = sitk.GetArrayFromImage(mask)
+    if labels.dtype.kind == "f" or labels.dtype.itemsize > 4:  # whole numbers checked above; int32 holds the ids
+        labels = labels.astype(np.int32)
     if labels.min() < 0:
         raise InputError(f"--mask {path}: negative label values (a label map counts lesions 1, 2, ...)")
     return labels
 
 
 def lesion_ids(labels: np.ndarray, source: str = "the mask") -> list[int]:
-    ids = [int(v) for v in np.unique(labels) if v != 0]
+    ids = np.unique(labels[labels != 0]).tolist()  # the lesion voxels only: a clinical CT is mostly background
     if not ids:
         raise InputError(f"{source} outlines no lesion (every voxel is 0)")
     if len(ids) > MAX_LESIONS:
@@ -79,16 +81,14 @@ def lesion_map(pm, labels: np.ndarray, ids: list[int]):
     keeps the model voxel at its centre, so that its tokens can be read)."""
     from malenia.infer.postprocess import LesionMap
 
-    lut = {v: k for k, v in enumerate(ids, start=1)}
-    dtype = np.uint16 if len(ids) < 65535 else np.uint32
-    full = np.zeros(labels.shape, dtype)
-    for value, k in lut.items():
-        full[labels == value] = k
+    inside = labels != 0
+    full = np.zeros(labels.shape, np.uint16)  # MAX_LESIONS ids at most
+    full[inside] = np.searchsorted(np.asarray(ids), labels[inside]) + 1  # value -> its place in `ids`, one pass
     cropped = full if pm.region is None else full[tuple(slice(a, b) for a, b in reversed(pm.region))]
     label_image = pm.prepared.original.image_from_array(cropped)
     model_labels = pm.prepared.to_prepared(label_image, is_label=True).astype(np.int32)
     _keep_thin(model_labels, cropped, pm.prepared, len(ids))
-    voxels = np.bincount(full[full != 0], minlength=len(ids) + 1).astype(np.int64)
+    voxels = np.bincount(full[inside], minlength=len(ids) + 1).astype(np.int64)
     voxels[0] = full.size - int(voxels[1:].sum())
     return LesionMap(float("nan"), model_labels, full, len(ids), voxels, pm.voxel_mm3)
 

@@ -305,10 +305,10 @@ class MeasuredAttributes:
         a measured reading already (the location's wall), the mass that reading gives the organ."""
         out = {a: dict(zip(c.classes, c.predict([features])[0].tolist()))
                for a, c in self.aspects.items() if c.kind != "one_sided"}
-        fired = [c for c in self.aspects.values() if c.kind == "one_sided" and c.predict([features])[0, 0] > 0
-                 and self._in_organ(out, c.params["organ"])]
-        for c in fired:
-            aspect, organ = c.params.get("aspect", _aspect_of(c.classes[0])), c.params["organ"]
+        fired = [(c.params.get("aspect", a), c) for a, c in self.aspects.items()  # files before 2.11.3: key = aspect
+                 if c.kind == "one_sided" and c.predict([features])[0, 0] > 0 and self._in_organ(out, c.params["organ"])]
+        for aspect, c in fired:
+            organ = c.params["organ"]
             before = out.get(aspect)
             if before is None:
                 out[aspect] = {c.classes[0]: 1.0}
@@ -360,10 +360,6 @@ class MeasuredAttributes:
             raise ModelError(f"{where}: aspect_weights names unknown aspects {unknown}")
         meta = {k: v for k, v in obj.items() if k not in ("format", "weight", "floor", "aspects", "aspect_weights")}
         return MeasuredAttributes(aspects, weight, floor, meta, own)
-
-
-def _aspect_of(description: str) -> str:
-    return description.split(".", 1)[0]
 
 
 def fit(examples: list[Example], specs: Mapping[str, Mapping[str, Any]] = ASPECT_SPECS,
