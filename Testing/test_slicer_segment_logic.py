@@ -391,13 +391,13 @@ def _describe(logic, model, tmp_path):
     return run, logic.finishDescribing(run)
 
 
-def test_lesions_drawn_by_hand_are_described_by_the_model_and_keep_the_reviewers_choices(output_dir, tmp_path,
-                                                                                         tmp_path_factory):
+def test_outlines_drawn_or_edited_by_hand_are_described_by_the_model_and_keep_the_reviewers_choices(
+        output_dir, tmp_path, tmp_path_factory):
     from segment_helpers import tiny_trained_model
 
     model = tiny_trained_model(tmp_path_factory)
     scene, volume, logic, session = _load(output_dir, tmp_path)
-    with pytest.raises(ValueError, match="no lesion drawn by hand"):
+    with pytest.raises(ValueError, match="no outline to describe"):  # every outline is the model's own
         logic.startDescribing(None)
     labels = sitk.GetArrayFromImage(session.labels_image())
     first, second = np.zeros(labels.shape, bool), np.zeros(labels.shape, bool)
@@ -405,28 +405,50 @@ def test_lesions_drawn_by_hand_are_described_by_the_model_and_keep_the_reviewers
     second[10:13, 30:34, 20:24] = True
     _add_segment(scene, session, first & (labels == 0), "Segment_1")  # a plain name: the model names it
     _add_segment(scene, session, second & (labels == 0), "Liver cyst")  # named by a disease: the reviewer's choice
+    # a found lesion re-outlined: half of it erased, after the reviewer chose its disease
+    found = session.lesion(1)
+    zs = np.nonzero(labels == 1)[0]
+    edited = (labels == 1) & (np.arange(labels.shape[0])[:, None, None] <= np.median(zs))
+    _replace_mask(scene, session, found.segment_id, edited)
+    found.set_disease("Hepatic vessel tumor", {"hepatic_vessel_tumor": "Hepatic vessel tumor"})
     session.sync_with_segmentation()
     plain, named = session.drawn_lesions()
+    assert [x.label for x in session.lesions_to_describe()] == [1, plain.label, named.label]
+    assert found.outline_changed and not session.lesion(2).outline_changed
+    assert "3 outline(s) not described" in session.edit_summary()
     plain.aspects["shape"].choose("a shape typed by the reviewer")
 
     run, described = _describe(logic, model, tmp_path)
-    assert {r.label for r in described} == {plain.label, named.label}
+    assert {r.label for r in described} == {1, plain.label, named.label}
     assert run.out_dir.name.startswith("abdomen-outlined")
     report = json.loads((run.out_dir / "report.json").read_text())
-    assert report["extra"]["outlined"]["input_labels"] == sorted([plain.label, named.label])
+    assert report["extra"]["outlined"]["input_labels"] == sorted([1, plain.label, named.label])
     out = sitk.GetArrayFromImage(sitk.ReadImage(str(run.out_dir / "lesions.nii.gz")))
     now = sitk.GetArrayFromImage(session.labels_image())
-    for k, label in enumerate(sorted([plain.label, named.label]), start=1):  # the outlines as drawn, voxel for voxel
+    for k, label in enumerate(sorted([1, plain.label, named.label]), start=1):  # the outlines as they are, voxel for voxel
         assert np.array_equal(out == k, now == label)
-    for lesion in (plain, named):
-        assert lesion.described and not lesion.from_model
+    for lesion in (plain, named, found):
+        assert lesion.described and not lesion.outline_changed
         assert all(lesion.aspects[a].matched is not None for a in ASPECTS)
         assert lesion.disease.key is not None
+    assert not plain.from_model and not named.from_model and found.from_model
     assert plain.aspects["shape"].current.text == "a shape typed by the reviewer"  # the correction stays
     assert plain.corrected_disease is None and plain.current_disease == plain.disease  # the model's name for it
     assert named.current_disease.key == "liver_cyst"
     assert named.is_corrected == (named.disease.key != "liver_cyst")
-    # the drawn lesions' scores joined the result: the profile editor reads them, corrections record the model's call
+    # the found lesion: the model's calls are now those on the new outline, the reviewer's disease stays theirs
+    assert found.current_disease.key == "hepatic_vessel_tumor"
+    assert found.disease.key == next(x for x in session.result.lesions if x.label == 1).disease.name
+    assert found.voxel_count == int(edited.sum())
+    # the described outlines are the ones the calls were made on: nothing waits, until an outline changes again
+    session.sync_with_segmentation()
+    assert session.lesions_to_describe() == [] and "not described" not in session.edit_summary()
+    grown = second.copy()
+    grown[10:13, 30:34, 24] = True
+    _replace_mask(scene, session, named.segment_id, grown & (labels == 0))
+    session.sync_with_segmentation()
+    assert session.lesions_to_describe() == [named] and named.outline_changed
+    # the described lesions' scores joined the result: the profile editor reads them, corrections record the model's call
     from MaleniaSegmentLib.profile_editor import lesion_scores
 
     assert set(lesion_scores(session, plain.label)) == set(ASPECTS)
@@ -435,3 +457,5 @@ def test_lesions_drawn_by_hand_are_described_by_the_model_and_keep_the_reviewers
     review = [x.extra["review"] for x in case.report.lesions if x.extra["review"]["added_by_reviewer"]]
     assert [r["described_by_model"] for r in review] == [True, True]
     assert review[0]["model_disease"] == plain.disease.key
+    refound = [x.extra["review"] for x in case.report.lesions if x.extra["review"]["model_label"] == 1]
+    assert refound[0]["described_by_model"] and refound[0]["model_disease"] == found.disease.key

@@ -216,3 +216,16 @@ def test_empty_panel_before_results(app):
     assert panel.table.rows() == []
     panel.set_lesions([])
     assert panel.table.selected_label() is None and np.isclose(get(panel.attributes.disease_bar, "value"), 0)
+
+
+def test_a_lesion_waiting_for_a_description_says_so_in_its_tooltip(loaded):
+    _, session, panel = loaded
+    table = panel.table.widget
+
+    def tip(label):
+        return table.item(panel.table.row_of(label), 1).toolTip()
+
+    assert "Describe outlines" not in tip(1)
+    session.lesion(1).outline_changed = True  # what ReviewSession.remeasure sets after a Segment Editor edit
+    panel.table.update_lesion(session.lesion(1))
+    assert "outline edited since the model described it" in tip(1) and "Describe outlines" not in tip(2)

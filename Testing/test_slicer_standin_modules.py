@@ -276,8 +276,8 @@ def test_lesions_drawn_by_hand_are_described_from_the_panel(slicer_app, model, c
     session = w.logic.session
     assert session is not None, util.DIALOGS
     assert w.ui.describeButton.enabled
-    w.ui.describeButton.click()  # nothing drawn yet: told so, nothing started
-    assert w.run is None and "no lesion drawn by hand" in str(util.DIALOGS[-1])
+    w.ui.describeButton.click()  # nothing drawn or edited yet: told so, nothing started
+    assert w.run is None and "no outline to describe" in str(util.DIALOGS[-1])
 
     from MaleniaSegmentLib import mrml_io
 
@@ -292,12 +292,13 @@ def test_lesions_drawn_by_hand_are_described_from_the_panel(slicer_app, model, c
     w.onSegmentationEdited()
     (lesion,) = session.drawn_lesions()
     assert lesion.aspects["shape"].matched is None
+    assert "1 outline(s) not described" in w.review.summary.text
     w.ui.describeButton.click()
     assert w.ui.describeButton.enabled is False and w.ui.cancelButton.enabled  # one run at a time
     pump(lambda: w.run is None)
     assert "--mask" in (tmp / "pythonslicer.log").read_text().splitlines()[-1]
     assert lesion.described and all(a.matched is not None for a in lesion.aspects.values()), util.DIALOGS
-    assert "1 drawn lesion(s) described" in w.ui.statusLabel.text
+    assert "1 outline(s) described" in w.ui.statusLabel.text
     assert session.segmentation.GetSegment(lesion.segment_id).GetName() == lesion.disease.shown or \
         session.segmentation.GetSegment(lesion.segment_id).GetName().startswith(lesion.disease.name)
     unload_module("MaleniaSegment")

@@ -78,6 +78,9 @@ class LesionTable:
         tip = f"Lesion {lesion.label}: {disease.shown}"
         if lesion.is_corrected:
             tip += f" (corrected; model said {lesion.disease.shown})"
+        if lesion.needs_description:
+            tip += ("; outline edited since the model described it" if lesion.model_called else "; drawn by hand") + \
+                ": click Describe outlines for the model's calls on it"
         name_item.setToolTip(tip)
         items = [label_item, name_item, _number_item(disease.probability, 2), _number_item(lesion.volume_ml, 2),
                  _number_item(lesion.longest_mm, 1), _number_item(lesion.short_axis_mm, 1)]

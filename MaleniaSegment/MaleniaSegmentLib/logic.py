@@ -55,19 +55,21 @@ class MaleniaLogic:
         return self.session
 
     def startDescribing(self, request, **run_options):
-        """Starts `malenia segment --mask` on the lesions drawn by hand in the open result (the request's volume,
-        model and device; its outlines are set here); returns the LesionRun to poll or cancel."""
+        """Starts `malenia segment --mask` on the outlines the model has not described in the open result (lesions
+        drawn by hand, lesions re-outlined since; the request's volume, model and device, its outlines set here);
+        returns the LesionRun to poll or cancel."""
         session = self._require_session()
         session.sync_with_segmentation()
-        drawn = session.drawn_lesions()
-        if not drawn:
-            raise ValueError("no lesion drawn by hand to describe: add a segment in the Segment Editor first")
+        outlines = session.lesions_to_describe()
+        if not outlines:
+            raise ValueError("no outline to describe: draw a lesion as a new segment in the Segment Editor, "
+                             "or edit a lesion's mask, first")
         request.volume_node = session.volume_node
-        request.outlines = session.labels_image(drawn)
+        request.outlines = session.labels_image(outlines)
         return self.startSegmentation(request, **run_options)
 
     def finishDescribing(self, run):
-        """The finished run's descriptions into the open result's drawn lesions; returns those described."""
+        """The finished run's descriptions into the open result's lesions; returns those described."""
         from .runner import RunState
         from .session import read_result
 

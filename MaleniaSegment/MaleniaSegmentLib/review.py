@@ -111,7 +111,10 @@ class LesionReview:
     segment_id: str | None = None
     color: tuple[int, int, int] = (255, 255, 0)  # 0-255 RGB, the segment's colour
     from_model: bool = True  # False for a lesion the radiologist added in the Segment Editor
-    described: bool = False  # such a lesion, described by the model from its outline (segment --mask)
+    described: bool = False  # described by the model from its outline (segment --mask): drawn, or re-outlined
+    # its mask is no longer the one the model's calls were made on (edited in the Segment Editor): set by
+    # ReviewSession.remeasure, cleared when the model describes the new outline
+    outline_changed: bool = False
     # display names of the diseases the model's appearance check ruled out (malenia.knowledge.appearance)
     ruled_out: list[str] = field(default_factory=list)
 
@@ -160,12 +163,18 @@ class LesionReview:
         """Its disease and descriptions are the model's own calls (found by it, or described from the outline)."""
         return self.from_model or self.described
 
+    @property
+    def needs_description(self) -> bool:
+        """Its outline has no model description of it: drawn by hand and not described, or re-outlined since."""
+        return not self.model_called or self.outline_changed
+
     def take_description(self, described: "LesionReview") -> None:
-        """The model's description of this lesion drawn by hand (`described`, lesion_from_result of `segment --mask`):
-        its calls become the model's; what the reviewer chose stays as their correction: a chosen disease (a
-        segment named by a known disease counts, before the first description) and every corrected aspect."""
+        """The model's description of this lesion's outline as it is now (`described`, lesion_from_result of
+        `segment --mask`; the lesion drawn by hand or re-outlined): its calls become the model's; what the reviewer
+        chose stays as their correction: a chosen disease (a drawn segment named by a known disease counts, before
+        its first description) and every corrected aspect."""
         chosen = self.corrected_disease
-        if chosen is None and not self.described and self.disease.key is not None:
+        if chosen is None and not self.model_called and self.disease.key is not None:
             chosen = self.disease
         self.disease, self.disease_alternatives = described.disease, described.disease_alternatives
         self.ruled_out = described.ruled_out
@@ -175,7 +184,7 @@ class LesionReview:
                 review.corrected = None
         same = chosen is not None and chosen.name == self.disease.name and not self.disease.unclassified
         self.corrected_disease = None if chosen is None or same else chosen
-        self.described = True
+        self.described, self.outline_changed = True, False
 
 
 def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | None], str]) -> LesionReview:

@@ -1,5 +1,5 @@
 """One "Segment Lesions" run: volume node -> input file -> background `malenia segment` -> results; or one
-"Describe drawn lesions" run: the same with the reader's outlines as `--mask`.
+"Describe outlines" run: the same with the reader's outlines as `--mask`.
 
 The input is written beside the results (a NRRD of the volume, or links to its DICOM files so
 that the command also writes a DICOM SEG), the command runs as a SegmentationJob (own process

@@ -14,7 +14,8 @@ from .module_logic import MaleniaSegmentLogic
 
 class MaleniaSegmentTest(ScriptedLoadableModuleTest):
     """Runs in Slicer: real `malenia segment` on a sample CT (inside a region of interest to keep it short),
-    import, a correction saved and read back, every export, and a cancelled run that leaves nothing.
+    import, a lesion drawn by hand and described (`segment --mask`), a correction saved and read back, every
+    export, and a cancelled run that leaves nothing.
     MALENIA_SELFTEST_VOLUME and MALENIA_SELFTEST_MODEL choose another CT file and model folder."""
 
     def setUp(self):
@@ -84,6 +85,8 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
             self.assertTrue(segment.GetName())
             self.assertEqual(len(lesion.aspects), 8)
 
+        self._describeDrawnLesion(logic, session)
+
         self.delayDisplay("Correcting and saving")
         if session.lesions:
             lesion = session.lesions[0]
@@ -102,6 +105,35 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
             path = logic.export(kind, root / "export" / name)
             self.assertTrue(path.is_file() and path.stat().st_size > 0)
         self.delayDisplay("Test passed")
+
+    def _describeDrawnLesion(self, logic, session):
+        """A lesion painted at the region's centre (as the Segment Editor adds one) is described by the model."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        from MaleniaSegmentLib import mrml_io
+        from MaleniaSegmentLib.runner import RunState
+        from MaleniaSegmentLib.segment_run import SegmentRequest
+
+        self.delayDisplay("Describing a lesion drawn by hand")
+        found = sitk.GetArrayFromImage(session.labels_image())
+        drawn = np.zeros(found.shape, np.uint8)
+        z, y, x = (n // 2 for n in found.shape)
+        drawn[z - 2:z + 2, y - 4:y + 4, x - 4:x + 4] = 1
+        drawn[found > 0] = 0
+        image = sitk.GetImageFromArray(drawn)
+        image.CopyInformation(mrml_io.volume_to_sitk(session.volume_node))
+        node = mrml_io.add_volume_from_sitk(slicer.mrmlScene, image, "drawn lesion", labelmap=True)
+        self.assertTrue(mrml_io.segmentations_logic(slicer.mrmlScene).ImportLabelmapToSegmentationNode(
+            node, session.segmentation_node))
+        slicer.mrmlScene.RemoveNode(node)
+        run = logic.startDescribing(SegmentRequest(None, model_dir=os.environ.get("MALENIA_SELFTEST_MODEL"), device="auto"))
+        self._wait(run)
+        self.assertEqual(run.state, RunState.SUCCEEDED, run.error)
+        (described,) = logic.finishDescribing(run)
+        self.assertTrue(described.described and not described.from_model and not described.needs_description)
+        self.assertTrue(all(a.matched is not None for a in described.aspects.values()))
+        self.assertEqual(logic.session.lesions_to_describe(), [])
 
     def test_CancelLeavesNothing(self):
         from MaleniaSegmentLib.runner import RunState

@@ -261,19 +261,25 @@ class ReviewSession:
         """The lesions the reviewer added in the Segment Editor (described already or not)."""
         return [lesion for lesion in self.lesions if not lesion.from_model]
 
+    def lesions_to_describe(self) -> list[LesionReview]:
+        """The outlines the model has not described (call after sync_with_segmentation): lesions drawn by hand and
+        not described yet, and lesions re-outlined in the Segment Editor since the model's calls on them."""
+        return [lesion for lesion in self.lesions if lesion.needs_description]
+
     def take_descriptions(self, described: SegmentationResult) -> list[LesionReview]:
-        """The model's descriptions of lesions drawn by hand (a `segment --mask` result whose mask values were their
-        labels, Segmenter.describe_outlined) into the review, reviewer's corrections kept; the described lesions'
-        scores join the result, so that profile edits re-rank them too. Returns the lesions described."""
+        """The model's descriptions of outlines (a `segment --mask` result whose mask values were the lesions' labels,
+        Segmenter.describe_outlined) into the review, reviewer's corrections kept; the described lesions' scores
+        and measurements replace their earlier ones in the result, so that profile edits re-rank them too and
+        later edits are told from this outline. Returns the lesions described."""
         from dataclasses import replace
 
         ids = (described.extra.get("outlined") or {}).get("input_labels")
         if not ids or len(ids) != len(described.lesions):
             raise ResultsError("not a description of outlined lesions (report.json has no extra.outlined)")
-        drawn = {lesion.label: lesion for lesion in self.drawn_lesions()}
+        present = {lesion.label: lesion for lesion in self.lesions}
         done = []
         for lesion, label in zip(described.lesions, ids):
-            review = drawn.get(int(label))
+            review = present.get(int(label))
             if review is None:  # deleted meanwhile
                 continue
             review.take_description(lesion_from_result(lesion, self.terminology.display_name))
@@ -282,6 +288,14 @@ class ReviewSession:
             self.apply_to_segment(review)
             done.append(review)
         return done
+
+    def edit_summary(self) -> str:
+        """One line for the review panel after Segment Editor edits ('' when nothing was edited)."""
+        if not self.masks_edited:
+            return ""
+        waiting = len(self.lesions_to_describe())
+        line = f"{len(self.lesions)} lesion(s) · masks edited"
+        return line + (f" · {waiting} outline(s) not described: click Describe outlines" if waiting else "")
 
     def _disease_from_name(self, name: str) -> DiseaseChoice:
         for key in self.terminology.diseases:
@@ -300,13 +314,15 @@ class ReviewSession:
         model = {x.label: x.measurements for x in self.result.lesions}
         for lesion in self.lesions:
             m = measured.get(lesion.label)
-            before = model.get(lesion.label) if lesion.from_model else None
+            # the mask the model's calls were made on: found by it, or the outline it last described
+            before = model.get(lesion.label) if lesion.model_called else None
             if m is None:  # emptied in the Segment Editor
                 lesion.voxel_count, lesion.volume_ml, lesion.longest_mm, lesion.short_axis_mm = 0, 0.0, None, None
                 self.masks_edited = True
                 continue
-            if before is not None and (m.voxel_count != before.voxel_count
-                                       or not np.allclose(m.centroid_ras_mm, before.centroid_ras_mm, atol=1e-3)):
+            lesion.outline_changed = before is not None and (
+                m.voxel_count != before.voxel_count or not np.allclose(m.centroid_ras_mm, before.centroid_ras_mm, atol=1e-3))
+            if lesion.outline_changed:
                 self.masks_edited = True
             lesion.voxel_count, lesion.volume_ml = m.voxel_count, m.volume_ml
             lesion.longest_mm, lesion.short_axis_mm, lesion.centroid_ras = m.long_axis_mm, m.short_axis_mm, m.centroid_ras_mm

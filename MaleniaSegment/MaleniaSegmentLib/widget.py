@@ -228,7 +228,8 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._start(lambda: self.logic.startSegmentation(request), "segment", "Segmenting lesions ...")
 
     def onDescribe(self):
-        """The model describes the lesions drawn by hand (segment --mask on their outlines), in the background."""
+        """The model describes the outlines it has not described (lesions drawn by hand or re-outlined; segment --mask),
+        in the background."""
         if self.logic.session is None or not self._ensureDependencies():
             return
         from MaleniaSegmentLib.segment_run import SegmentRequest
@@ -239,7 +240,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         session = self.logic.session
         request = SegmentRequest(session.volume_node, model_dir=model, device=self.ui.deviceComboBox.currentData,
                                  dicom_files=list(session.dicom_files), knowledge_dirs=[str(self._knowledgeFolder())])
-        self._start(lambda: self.logic.startDescribing(request), "describe", "Describing the drawn lesions ...")
+        self._start(lambda: self.logic.startDescribing(request), "describe", "Describing your outlines ...")
 
     def _start(self, start, kind, message):
         try:
@@ -293,7 +294,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showDescribed(self, described, out_dir):
         session = self.logic.session
-        text = f"{len(described)} drawn lesion(s) described by the model. Outputs: {out_dir}"
+        text = f"{len(described)} outline(s) described by the model. Outputs: {out_dir}"
         self.review.set_lesions(session.lesions, text)
         if described:
             self.review.select(described[0].label)
@@ -410,7 +411,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.WaitCursor():
             lesions = session.sync_with_segmentation()
-        self.review.set_lesions(lesions, f"{len(lesions)} lesion(s) · masks edited" if session.masks_edited else "")
+        self.review.set_lesions(lesions, session.edit_summary())
 
     def onLesionSelected(self, label):
         session = self.logic.session
