@@ -448,6 +448,10 @@ def test_outlines_drawn_or_edited_by_hand_are_described_by_the_model_and_keep_th
     _replace_mask(scene, session, named.segment_id, grown & (labels == 0))
     session.sync_with_segmentation()
     assert session.lesions_to_describe() == [named] and named.outline_changed
+    _replace_mask(scene, session, named.segment_id, np.zeros(labels.shape, bool))  # emptied: nothing to describe
+    session.sync_with_segmentation()
+    assert session.lesions_to_describe() == []
+    _replace_mask(scene, session, named.segment_id, grown & (labels == 0))
     # the described lesions' scores joined the result: the profile editor reads them, corrections record the model's call
     from MaleniaSegmentLib.profile_editor import lesion_scores
 

@@ -263,8 +263,9 @@ class ReviewSession:
 
     def lesions_to_describe(self) -> list[LesionReview]:
         """The outlines the model has not described (call after sync_with_segmentation): lesions drawn by hand and
-        not described yet, and lesions re-outlined in the Segment Editor since the model's calls on them."""
-        return [lesion for lesion in self.lesions if lesion.needs_description]
+        not described yet, and lesions re-outlined in the Segment Editor since the model's calls on them. An emptied
+        segment has no outline to describe (saving asks to paint or delete it)."""
+        return [lesion for lesion in self.lesions if lesion.needs_description and lesion.voxel_count > 0]
 
     def take_descriptions(self, described: SegmentationResult) -> list[LesionReview]:
         """The model's descriptions of outlines (a `segment --mask` result whose mask values were the lesions' labels,
