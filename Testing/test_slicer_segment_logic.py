@@ -194,6 +194,8 @@ def test_correction_round_trips_into_the_dataset_format(output_dir, report, tmp_
     assert lesions[1].extra["review"]["corrected_aspects"] == ["density"]
     assert lesions[2].extra["review"]["disease_corrected"] is True
     assert lesions[4].extra["review"]["added_by_reviewer"] is True and all(not v for v in lesions[4].attributes.values())
+    # the kidney tumour's calls were made on the outline before half of it was erased; the others' on theirs
+    assert [lesions[k].extra["review"]["model_calls_on_this_outline"] for k in (1, 2, 3, 4)] == [False, True, True, False]
     assert case.report.enhancement.id == "enhancement.non_contrast"
     assert case.report.extra["masks_edited"] is True
     # the index lists the case; a second save is a new version and leaves the first untouched
@@ -463,3 +465,4 @@ def test_outlines_drawn_or_edited_by_hand_are_described_by_the_model_and_keep_th
     assert review[0]["model_disease"] == plain.disease.key
     refound = [x.extra["review"] for x in case.report.lesions if x.extra["review"]["model_label"] == 1]
     assert refound[0]["described_by_model"] and refound[0]["model_disease"] == found.disease.key
+    assert refound[0]["model_calls_on_this_outline"] and not review[1]["model_calls_on_this_outline"]  # named: re-drawn

@@ -36,17 +36,7 @@ def lesion_report(lesion: LesionReview, label: int) -> LesionReport:
     # a lesion the model left unclassified and the reviewer did not name has no disease: its closest one is
     # not a reviewed label, and training on it would teach the model its own guess
     key = None if disease.unclassified else disease.dataset_key
-    extra: dict[str, Any] = {
-        "review": {
-            "model_label": lesion.label if lesion.from_model else None,
-            "added_by_reviewer": not lesion.from_model,
-            "described_by_model": lesion.described,
-            "model_disease": lesion.disease.key if lesion.model_called else None,
-            "model_unclassified": bool(lesion.model_called and lesion.disease.unclassified),
-            "disease_corrected": lesion.corrected_disease is not None,
-            "corrected_aspects": [a for a in ASPECTS if lesion.aspects[a].is_corrected],
-        }
-    }
+    extra: dict[str, Any] = {"review": lesion.review_record()}
     if disease.key is None:
         extra["disease_text"] = disease.name  # typed by the reviewer, not a knowledge-table key
     return LesionReport(label=label, disease=key, attributes=attributes, extra=extra)

@@ -168,6 +168,21 @@ class LesionReview:
         """Its outline has no model description of it: drawn by hand and not described, or re-outlined since."""
         return not self.model_called or self.outline_changed
 
+    def review_record(self) -> dict:
+        """What the review did to this lesion, for the reviewed report and the saved correction (`extra.review`):
+        who found and described it, the model's call, what the reviewer changed, and whether the model's calls were
+        made on the outline saved with them (False after a mask edit not yet described)."""
+        return {
+            "model_label": self.label if self.from_model else None,
+            "added_by_reviewer": not self.from_model,
+            "described_by_model": self.described,
+            "model_disease": self.disease.key if self.model_called else None,
+            "model_unclassified": bool(self.model_called and self.disease.unclassified),
+            "model_calls_on_this_outline": self.model_called and not self.outline_changed,
+            "disease_corrected": self.corrected_disease is not None,
+            "corrected_aspects": [a for a in ASPECTS if self.aspects[a].is_corrected],
+        }
+
     def take_description(self, described: "LesionReview") -> None:
         """The model's description of this lesion's outline as it is now (`described`, lesion_from_result of
         `segment --mask`; the lesion drawn by hand or re-outlined): its calls become the model's; what the reviewer

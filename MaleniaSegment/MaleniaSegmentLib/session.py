@@ -420,13 +420,7 @@ class ReviewSession:
             result = self.reviewed_lesion(lesion, label=k)
             result.measurements = measured.get(k)
             lesions.append(result)
-            review.append({
-                "label": k, "model_label": lesion.label if lesion.from_model else None,
-                "added_by_reviewer": not lesion.from_model, "described_by_model": lesion.described,
-                "disease_corrected": lesion.corrected_disease is not None,
-                "model_disease": lesion.disease.key if lesion.model_called else None,
-                "corrected_aspects": [a for a in ASPECTS if lesion.aspects[a].is_corrected],
-            })
+            review.append({"label": k, **lesion.review_record()})
         extra = dict(self.result.extra)
         extra["review"] = {"masks_edited": bool(self.masks_edited), "lesions": review}
         return SegmentationResult(labels=labels, image=image, scan=self.result.scan, model=self.result.model,
