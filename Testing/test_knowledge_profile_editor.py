@@ -144,3 +144,59 @@ def test_draft_estimated_from_saved_corrections_then_tested_and_saved(tmp_path):
     editor.key_edit.setText("other_mass")
     assert editor.estimate() is None
     assert "liver_mass_x (2), liver_cyst (2)" in get(editor.status, "text")  # what the corrections do hold
+
+
+def test_the_disease_a_reviewers_descriptions_point_to_is_offered_and_used_in_one_click(output_dir, tmp_path):
+    """A liver lesion the model read as a cyst, re-described by the reviewer as a vessel tumour is: the table names
+    the disease from the corrected aspects (the others as read) and the attribute panel offers it."""
+    from MaleniaSegmentLib.attribute_panel import AttributePanel
+    from MaleniaSegmentLib.profile_editor import reviewed_disease
+    from MaleniaSegmentLib.review import DiseaseChoice
+
+    import shutil
+
+    app = qt_compat.ensure_application()
+    out = tmp_path / "out"
+    shutil.copytree(output_dir, out)
+    report = json.loads((out / "report.json").read_text())
+    vocab = Vocabulary.load()
+    scores = report["lesions"][1]["scores"]  # as a real report has them: every description valid for the organ scored
+    for aspect in scores:
+        scores[aspect] = {i: scores[aspect].get(i, 0.0) + 0.01 for i in vocab.ids_for_organ(aspect, "liver")}
+    (out / "report.json").write_text(json.dumps(report))
+    scene = new_scene()
+    volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
+    session = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections")).loadResults(out, volume)
+    table = table_in_force_at(None, [tmp_path / "site"])
+    lesion = session.lesion(2)
+    offered = {c.id for c in lesion.aspects["relationship"].options()}
+    assert "relationship.vascular" in offered and len(offered) == len(vocab.ids_for_organ("relationship", "liver"))
+    assert lesion.disease.key == "liver_cyst" and reviewed_disease(session, 2, table) is None  # nothing corrected
+    lesion.aspects["relationship"].choose("a relationship typed by the reviewer")
+    assert reviewed_disease(session, 2, table) is None  # typed text: the table cannot weigh it
+
+    panel = AttributePanel({k: session.terminology.display_name(k) for k in session.terminology.diseases})
+    panel.suggest = lambda les: (lambda call: DiseaseChoice.of_call(call) if call else None)(
+        reviewed_disease(session, les.label, table))
+    panel.set_lesion(lesion)
+    panel.widget.show()
+    app.processEvents()
+    assert not panel.reviewed_label.isVisible() and not panel.use_reviewed_button.isVisible()
+    for aspect, desc_id in (("relationship", "relationship.vascular"), ("specific_features", "specific_features.vessel_invasion"),
+                            ("shape", "shape.irregular"), ("density_variation", "density_variation.heterogeneous"),
+                            ("surface", "surface.ill_defined")):
+        panel.choose(aspect, vocab.text(desc_id))
+    assert lesion.aspects["relationship"].current.id == "relationship.vascular"  # chosen from the list: its id kept
+    call = reviewed_disease(session, 2, table)
+    assert call.name == "hepatic_vessel_tumor" and not call.unclassified
+    app.processEvents()
+    assert "With your descriptions" in panel.reviewed_label.text() and "Hepatic vessel tumor" in panel.reviewed_label.text()
+    assert panel.use_reviewed_button.isVisible() and lesion.current_disease.key == "liver_cyst"  # offered, not imposed
+    panel.use_reviewed_button.click()
+    app.processEvents()
+    assert lesion.current_disease.key == "hepatic_vessel_tumor" and lesion.is_corrected
+    assert "agree" in panel.reviewed_label.text() and not panel.use_reviewed_button.isVisible()
+    lesion.reset()  # back to the model's reading: nothing to suggest
+    panel.refresh()
+    assert not panel.reviewed_label.isVisible()
+    panel.widget.close()

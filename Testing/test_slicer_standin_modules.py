@@ -116,6 +116,13 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     assert w.profileEditor.session is session
     w.onLesionSelected(session.lesions[0].label)
     assert w.profileEditor.scores == session.result.lesions[0].scores is not None
+    # the attribute panel asks the table in force what the reviewer's descriptions name: nothing before a correction
+    first = session.lesions[0]
+    assert w.review.attributes.suggest(first) is None
+    other = next(c for c in first.aspects["relationship"].options() if c != first.aspects["relationship"].matched)
+    first.aspects["relationship"].choose(other.text)
+    assert other.id and w.review.attributes.suggest(first).key in w.profileEditor.logic.table.diseases
+    first.reset()
     assert "--knowledge" in (tmp / "pythonslicer.log").read_text() and "--refine" in (tmp / "pythonslicer.log").read_text()
     assert "--no-verifier" in (tmp / "pythonslicer.log").read_text()  # every candidate kept, as ticked
     assert session.result.extra["refine"] is not None  # the run segmented with it

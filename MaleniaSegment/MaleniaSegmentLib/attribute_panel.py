@@ -11,11 +11,12 @@ Plain Qt through `qt_compat` (Slicer's PythonQt or PySide6).
 from __future__ import annotations
 
 import html
+from typing import Callable
 
 from malenia.aspects import ASPECTS
 
 from MaleniaCommon.qt_compat import Callbacks, get, qt
-from .review import AspectReview, LesionReview
+from .review import AspectReview, DiseaseChoice, LesionReview
 
 EDITED_STYLE = "color: #b35900; font-weight: bold;"
 MODEL_CALL = "\x00model-call"  # item data of the disease entry that keeps the model's unclassified call
@@ -131,6 +132,10 @@ class AttributePanel:
         self.lesion: LesionReview | None = None
         self.changed = Callbacks()  # emits the LesionReview after each correction
         self.saveRequested = Callbacks()  # emits the LesionReview
+        # lesion -> the DiseaseChoice the knowledge table gives it with the reviewer's descriptions (None: nothing to
+        # say); set by whoever holds the table (the module widget: MaleniaSegmentLib.profile_editor.reviewed_disease)
+        self.suggest: Callable[[LesionReview], DiseaseChoice | None] | None = None
+        self._suggested: DiseaseChoice | None = None
         self._updating = False
 
         self.widget = qt.QWidget(parent)
@@ -158,9 +163,20 @@ class AttributePanel:
         self.disease_alternatives = qt.QLabel()
         self.disease_alternatives.setWordWrap(True)
         self.disease_alternatives.setStyleSheet("color: #5f6b76; font-size: 11px;")
+        self.reviewed_label = qt.QLabel()
+        self.reviewed_label.setObjectName("reviewedDisease")
+        self.reviewed_label.setWordWrap(True)
+        self.reviewed_label.setToolTip("The disease the knowledge table gives this lesion when the aspects you corrected "
+                                       "are read as you described them, the others as the model read them")
+        self.use_reviewed_button = qt.QPushButton("Use")
+        self.use_reviewed_button.setObjectName("useReviewedDisease")
+        self.use_reviewed_button.setToolTip("Name the lesion by the disease your descriptions point to")
         disease_grid.addWidget(self.disease_combo, 0, 0)
         disease_grid.addWidget(self.disease_bar, 0, 1)
         disease_grid.addWidget(self.disease_alternatives, 1, 0, 1, 2)
+        disease_grid.addWidget(self.reviewed_label, 2, 0)
+        disease_grid.addWidget(self.use_reviewed_button, 2, 1)
+        self.use_reviewed_button.clicked.connect(self._on_use_reviewed)
         layout.addWidget(disease_box)
         self.disease_combo.currentIndexChanged.connect(self._on_disease_index)
         self.disease_combo.lineEdit().editingFinished.connect(self._on_disease_typed)
@@ -218,6 +234,7 @@ class AttributePanel:
                 self.header.setText("<i>Select a lesion in the table.</i>")
                 self.disease_combo.clear()
                 self.disease_alternatives.setText("")
+                self._show_reviewed(None)
                 _set_score(self.disease_bar, None)
                 for row in self.rows.values():
                     row.combo.clear()
@@ -279,6 +296,24 @@ class AttributePanel:
         self.disease_alternatives.setText("  —  ".join(parts))
         self.disease_alternatives.setVisible(bool(parts))
         self.disease_combo.lineEdit().setCursorPosition(0)
+        self._show_reviewed(lesion)
+
+    def _show_reviewed(self, lesion: LesionReview) -> None:
+        """What the reviewer's descriptions name, with a one-click "Use" when it is another known disease."""
+        choice = self.suggest(lesion) if self.suggest is not None and lesion is not None else None
+        self._suggested = choice if choice is not None and not choice.unclassified else None
+        current = lesion.current_disease if lesion is not None else None
+        if choice is None:
+            text = ""
+        elif self._suggested is not None and current is not None and self._suggested.name == current.name:
+            text = f"Your descriptions agree: {html.escape(choice.name)} {choice.probability or 0:.2f}"
+            self._suggested = None
+        else:
+            text = f"With your descriptions: <b>{html.escape(choice.shown)}</b>" + (
+                "" if choice.unclassified else f" {choice.probability or 0:.2f}")
+        self.reviewed_label.setText(text)
+        self.reviewed_label.setVisible(bool(text))
+        self.use_reviewed_button.setVisible(self._suggested is not None)
 
     def show_status(self, text: str) -> None:
         self.status.setText(text)
@@ -335,6 +370,12 @@ class AttributePanel:
         current = self.lesion.current_disease if self.lesion is not None else None
         if text and current is not None and text not in (current.name, current.shown):
             self.set_disease(text)
+
+    def _on_use_reviewed(self) -> None:
+        if self._suggested is not None:
+            if self._suggested.key is not None:  # a site profile's disease is known once suggested
+                self.known_diseases.setdefault(self._suggested.key, self._suggested.name)
+            self.set_disease(self._suggested.name)
 
     def _on_revert(self) -> None:
         if self.lesion is not None:

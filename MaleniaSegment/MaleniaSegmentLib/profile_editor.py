@@ -176,6 +176,20 @@ def rerank_session(session, table) -> list:
     return changes
 
 
+def reviewed_disease(session, label: int, table):
+    """The disease the table in force gives a lesion of the open result with its corrected aspects read as the
+    reviewer described them (malenia.infer.rerank.reviewed_call); None without stored scores or without an
+    aspect corrected to a vocabulary description."""
+    from malenia.infer.rerank import reviewed_call
+
+    scores = lesion_scores(session, label)
+    review = session.lesion(label)
+    chosen = {a: r.current.id for a, r in review.aspects.items() if r.is_corrected and r.current.id in table.vocab}
+    if scores is None or not chosen:
+        return None
+    return reviewed_call(scores, chosen, table, session.terminology, lesion_ruled_out(session, label))
+
+
 class ProfileEditor:
     """The editor widget. `set_lesion_scores` tells it the selected lesion; `saved` fires with the
     re-ranking after a save or removal (empty when no result is open)."""

@@ -202,8 +202,11 @@ class LesionReview:
         self.described, self.outline_changed = True, False
 
 
-def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | None], str]) -> LesionReview:
-    """The review of one lesion of a `malenia segment` report (malenia.infer.results.LesionResult)."""
+def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | None], str], vocabulary=None) -> LesionReview:
+    """The review of one lesion of a `malenia segment` report (malenia.infer.results.LesionResult). With the
+    `vocabulary` (malenia.knowledge.vocabulary.Vocabulary), every description the report scored for an aspect is
+    offered beyond its runners-up, so that a reviewer's choice of any of them keeps its id (the knowledge table
+    and training read ids; typed text they cannot weigh)."""
     call = lesion.disease
     disease = DiseaseChoice.of_call(call)
     alternatives = [DiseaseChoice(key, display_name(key), p) for key, p in call.alternatives if key != call.name]
@@ -212,6 +215,10 @@ def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | Non
         match = lesion.attributes[aspect]
         matched = Choice(match.description, match.id, match.score)
         alts = [Choice(a.description, a.id, a.score) for a in match.alternatives if a.description != match.description]
+        if vocabulary is not None and lesion.scores:
+            offered = {match.id, *(a.id for a in alts)}
+            alts += [Choice(vocabulary.text(i), i, float(p)) for i, p in lesion.scores.get(aspect, {}).items()
+                     if i not in offered and i in vocabulary]
         aspects[aspect] = AspectReview(aspect, matched, alts)
     m = lesion.measurements
     return LesionReview(

@@ -23,6 +23,7 @@ from malenia.infer.outputs import FILE_NAMES
 from malenia.infer.results import (AspectMatch, AttributeMatch, DiseaseCall, LesionResult, SegmentationResult)
 from malenia.infer.seg_nrrd import TAG_PREFIX, segment_tags
 from malenia.infer.terminology import SegmentSpec, Terminology, lesion_segment, segment_specs
+from malenia.knowledge.vocabulary import Vocabulary
 
 from . import mrml_io
 from .review import AspectReview, DiseaseChoice, LesionReview, lesion_from_result
@@ -88,6 +89,7 @@ class ReviewSession:
     terminology: Terminology
     dicom_files: list[str] = field(default_factory=list)  # source series when the volume came from DICOM
     masks_edited: bool = False
+    vocabulary: object = None  # malenia.knowledge.vocabulary.Vocabulary: the texts of every scored description
 
     # -- import -----------------------------------------------------------------------------
     @classmethod
@@ -123,14 +125,14 @@ class ReviewSession:
 
         terminology = terminology or Terminology.load()
         session = cls(scene, volume_node, segmentation_node, result, out_dir, [], terminology,
-                      list(dicom_files or result.scan.dicom_files))
+                      list(dicom_files or result.scan.dicom_files), vocabulary=Vocabulary.load())
         by_label = session.segment_ids_by_label()
         lesions = []
         for lesion in result.lesions:
             segment_id = by_label.get(lesion.label)
             if segment_id is None:
                 raise ResultsError(f"{SEG_FILE} has no segment for lesion {lesion.label} of {REPORT_FILE}")
-            review = lesion_from_result(lesion, terminology.display_name)
+            review = lesion_from_result(lesion, terminology.display_name, session.vocabulary)
             review.segment_id = segment_id
             review.color = session._segment_color(segment_id)
             lesions.append(review)
@@ -283,7 +285,7 @@ class ReviewSession:
             review = present.get(int(label))
             if review is None:  # deleted meanwhile
                 continue
-            review.take_description(lesion_from_result(lesion, self.terminology.display_name))
+            review.take_description(lesion_from_result(lesion, self.terminology.display_name, self.vocabulary))
             self.result.lesions = [x for x in self.result.lesions if x.label != review.label]
             self.result.lesions.append(replace(lesion, label=review.label))
             self.apply_to_segment(review)

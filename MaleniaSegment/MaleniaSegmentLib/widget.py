@@ -335,7 +335,20 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.review.lesionSelected.connect(self.onLesionSelected)
         self.review.lesionChanged.connect(self.onLesionChanged)
         self.review.saveRequested.connect(self.onSaveCorrection)
+        self.review.attributes.suggest = self._reviewedDisease
         return self.review
+
+    def _reviewedDisease(self, lesion):
+        """The disease the table in force gives a lesion with the reviewer's descriptions (the attribute panel's
+        suggestion), None when there is nothing to say."""
+        from MaleniaSegmentLib.profile_editor import reviewed_disease
+        from MaleniaSegmentLib.review import DiseaseChoice
+
+        session, editor = self.logic.session, getattr(self, "profileEditor", None)
+        if session is None or editor is None or lesion not in session.lesions:
+            return None
+        call = reviewed_disease(session, lesion.label, editor.logic.table)
+        return DiseaseChoice.of_call(call) if call is not None else None
 
     # -- disease profiles (MaleniaSegmentLib.profile_editor) ---------------------------------
     def _knowledgeFolder(self):

@@ -1,15 +1,17 @@
-"""Re-ranking a saved result's lesions against another knowledge table, without re-segmenting.
+"""Re-ranking a saved result's lesions, without re-segmenting: against another knowledge table, or with the
+descriptions a reviewer chose.
 
 A report (schema 1.1) keeps each lesion's per-aspect scores, the input of disease inference; the
 same call `malenia segment` makes (malenia.infer.matching.disease_call) names the lesion again
 with the table in force now (a site profile added, edited or removed), keeping the diseases its
 appearance ruled out (an image fact, not the table's). Lesions of older reports (no scores) are left
-as they are.
+as they are. `reviewed_call` names one lesion with some aspects read as the reviewer described them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from malenia.infer.matching import disease_call
 from malenia.infer.results import DiseaseCall, SegmentationResult
@@ -42,3 +44,18 @@ def rerank(result: SegmentationResult, table, terminology=None, top: int = 3) ->
         lesion.disease = call
     result.knowledge = origin_json(table)
     return out
+
+
+def with_descriptions(scores: Mapping[str, Mapping[str, float]], chosen: Mapping[str, str], vocab) -> dict:
+    """A lesion's per-aspect scores with each aspect in `chosen` ({aspect: description id}) read as that
+    description, its whole mass, as an annotation is (malenia.knowledge.inference.one_hot_matches); ids the
+    vocabulary lacks (typed text) leave their aspect as read."""
+    from malenia.knowledge.inference import one_hot_matches
+
+    return {**scores, **one_hot_matches({a: [i] for a, i in chosen.items() if i in vocab})}
+
+
+def reviewed_call(scores: Mapping[str, Mapping[str, float]], chosen: Mapping[str, str], table, terminology,
+                  ruled_out=(), top: int = 3) -> DiseaseCall:
+    """The disease `malenia segment` would have named had it read the `chosen` aspects as the reviewer did."""
+    return disease_call(with_descriptions(scores, chosen, table.vocab), table, terminology, top, ruled_out)
