@@ -345,7 +345,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MaleniaSegmentLib.review import DiseaseChoice
 
         session, editor = self.logic.session, getattr(self, "profileEditor", None)
-        if session is None or editor is None or lesion not in session.lesions:
+        if session is None or editor is None or all(x is not lesion for x in session.lesions):
             return None
         call = reviewed_disease(session, lesion.label, editor.logic.table)
         return DiseaseChoice.of_call(call) if call is not None else None
