@@ -303,19 +303,19 @@ class AttributePanel:
         self.disease_combo.lineEdit().setCursorPosition(0)
         self._show_reviewed(lesion)
 
-    def _show_reviewed(self, lesion: LesionReview) -> None:
+    def _show_reviewed(self, lesion: LesionReview | None) -> None:
         """What the reviewer's descriptions name, with a one-click "Use" when it is another known disease."""
         choice = self.suggest(lesion) if self.suggest is not None and lesion is not None else None
-        self._suggested = choice if choice is not None and not choice.unclassified else None
-        current = lesion.current_disease if lesion is not None else None
+        named = choice is not None and not choice.unclassified
+        agrees = named and choice.name == lesion.current_disease.name
+        self._suggested = choice if named and not agrees else None
         if choice is None:
             text = ""
-        elif self._suggested is not None and current is not None and self._suggested.name == current.name:
+        elif agrees:
             text = f"Your descriptions agree: {html.escape(choice.name)} {choice.probability or 0:.2f}"
-            self._suggested = None
         else:
             text = f"With your descriptions: <b>{html.escape(choice.shown)}</b>" + (
-                "" if choice.unclassified else f" {choice.probability or 0:.2f}")
+                f" {choice.probability or 0:.2f}" if named else "")
         self.reviewed_label.setText(text)
         self.reviewed_label.setVisible(bool(text))
         self.use_reviewed_button.setVisible(self._suggested is not None)
