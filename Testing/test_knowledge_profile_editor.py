@@ -200,3 +200,31 @@ def test_the_disease_a_reviewers_descriptions_point_to_is_offered_and_used_in_on
     panel.refresh()
     assert not panel.reviewed_label.isVisible()
     panel.widget.close()
+
+
+def test_a_lesion_drawn_by_hand_is_named_from_the_reviewers_descriptions_alone(output_dir, tmp_path):
+    """Before the model describes a drawn outline, the descriptions the reviewer picks from the offered lists name it
+    through the table in force; an older report's lesion without stored scores still gets no suggestion."""
+    from MaleniaSegmentLib.review import DiseaseChoice, LesionReview, drawn_aspects
+    from MaleniaSegmentLib.profile_editor import reviewed_disease
+
+    scene = new_scene()
+    volume = mrml_io.load_volume(scene, TOTALSEG / "example_ct_sm.nii.gz", name="abdomen")
+    session = MaleniaLogic(scene, Settings(tmp_path / "results", tmp_path / "corrections")).loadResults(output_dir, volume)
+    table = table_in_force_at(None, [tmp_path / "site"])
+    drawn = LesionReview(label=99, disease=DiseaseChoice(None, "Segment_1"), disease_alternatives=[],
+                         aspects=drawn_aspects(session.vocabulary), from_model=False)
+    session.lesions.append(drawn)
+    assert reviewed_disease(session, 99, table) is None  # nothing described yet
+    for aspect, desc_id in (("location", "location.kidney.left"), ("density_variation", "density_variation.heterogeneous"),
+                            ("surface", "surface.ill_defined"), ("specific_features", "specific_features.necrosis"),
+                            ("shape", "shape.irregular")):
+        drawn.aspects[aspect].choose(session.vocabulary.text(desc_id))
+    call = reviewed_disease(session, 99, table)
+    assert call.name == "kidney_tumor" and not call.unclassified
+    drawn.aspects["location"].choose(session.vocabulary.text("location.liver.right_lobe"))
+    assert reviewed_disease(session, 99, table).name != "kidney_tumor"  # the reading follows the descriptions
+    assert lesion_scores(session, 1) is not None
+    session.result.lesions[0].scores = None  # an older report: its lesions' calls cannot be re-read
+    session.lesion(1).aspects["shape"].choose(session.vocabulary.text("shape.irregular"))
+    assert reviewed_disease(session, 1, table) is None

@@ -345,6 +345,33 @@ def test_deleted_and_emptied_segments(output_dir, tmp_path):
     assert sorted(np.unique(sitk.GetArrayViewFromImage(case.lesions)).tolist()) == [0, 1]
 
 
+def test_a_lesion_drawn_after_a_deletion_never_takes_the_deleted_lesions_label(output_dir, tmp_path):
+    # a reused label would give the new outline the deleted lesion's scores (profile editor, re-ranking) and a
+    # describe run started before the deletion would write its description onto the new outline
+    scene, _, logic, session = _load(output_dir, tmp_path)
+    last = max(lesion.label for lesion in session.lesions)
+    found = {x.label for x in session.result.lesions}  # what the profile editor and re-ranking look up by label
+    assert last in found
+    session.segmentation.RemoveSegment(session.lesion(last).segment_id)
+    session.sync_with_segmentation()
+    labels = sitk.GetArrayFromImage(session.labels_image())
+    drawn = np.zeros(labels.shape, bool)
+    drawn[20:24, 40:46, 60:66] = True
+    _add_segment(scene, session, drawn & (labels == 0), "Segment_1")
+    session.sync_with_segmentation()
+    (new,) = session.drawn_lesions()
+    assert new.label == last + 1 and new.label not in found
+    # before the model describes it, every description of each aspect is offered, with its id
+    offered = new.aspects["surface"].options()
+    assert [c.id for c in offered] == session.vocabulary.ids("surface") and all(c.score is None for c in offered)
+    assert new.aspects["surface"].choose(offered[1].text).id == offered[1].id and new.is_corrected
+    session.segmentation.RemoveSegment(new.segment_id)  # a drawn lesion deleted: its label is not taken again either
+    session.sync_with_segmentation()
+    _add_segment(scene, session, drawn & (labels == 0), "Segment_2")
+    session.sync_with_segmentation()
+    assert [x.label for x in session.drawn_lesions()] == [last + 2]
+
+
 def test_changing_to_a_ranked_disease_keeps_its_model_probability(output_dir, tmp_path):
     _, _, _, session = _load(output_dir, tmp_path)
     lesion = session.lesion(1)
@@ -378,7 +405,8 @@ def test_volume_in_another_axis_order_is_accepted_and_exports_on_the_scan_grid(o
         logic.loadResults(output_dir, other)
 
 
-def _describe(logic, model, tmp_path):
+def _describe(logic, model, tmp_path, meanwhile=None):
+    """Describe outlines to the end; `meanwhile()`: what the reader does while the run is under way."""
     import sys
     import time
 
@@ -386,6 +414,8 @@ def _describe(logic, model, tmp_path):
     from MaleniaSegmentLib.segment_run import SegmentRequest
 
     run = logic.startDescribing(SegmentRequest(None, model_dir=str(model), device="cpu"), python=sys.executable)
+    if meanwhile is not None:
+        meanwhile()
     deadline = time.monotonic() + 300
     while run.state is RunState.RUNNING and time.monotonic() < deadline:
         run.poll()
@@ -466,3 +496,28 @@ def test_outlines_drawn_or_edited_by_hand_are_described_by_the_model_and_keep_th
     refound = [x.extra["review"] for x in case.report.lesions if x.extra["review"]["model_label"] == 1]
     assert refound[0]["described_by_model"] and refound[0]["model_disease"] == found.disease.key
     assert refound[0]["model_calls_on_this_outline"] and not review[1]["model_calls_on_this_outline"]  # named: re-drawn
+
+
+def test_an_outline_edited_while_the_model_describes_it_waits_for_a_description_again(
+        output_dir, tmp_path, tmp_path_factory):
+    from segment_helpers import tiny_trained_model
+
+    model = tiny_trained_model(tmp_path_factory)
+    scene, volume, logic, session = _load(output_dir, tmp_path)
+    labels = sitk.GetArrayFromImage(session.labels_image())
+    found = session.lesion(1)
+    zs = np.nonzero(labels == 1)[0]
+    below = np.arange(labels.shape[0])[:, None, None] <= np.median(zs)
+    _replace_mask(scene, session, found.segment_id, (labels == 1) & below)
+    session.sync_with_segmentation()
+    assert session.lesions_to_describe() == [found]
+    # the reader erases more while the run describes the outline as it was when it started
+    later = (labels == 1) & below & (np.arange(labels.shape[0])[:, None, None] < np.median(zs))
+    assert 0 < later.sum() < ((labels == 1) & below).sum()
+    run, described = _describe(logic, model, tmp_path, lambda: _replace_mask(scene, session, found.segment_id, later))
+    assert described == [found] and found.described
+    assert found.outline_changed and session.lesions_to_describe() == [found]  # the calls are of the earlier outline
+    assert found.voxel_count == int(later.sum())
+    saved = logic.saveCorrection()
+    review = read_case(tmp_path / "corrections", saved.case_id).report.lesions[0].extra["review"]
+    assert review["described_by_model"] and not review["model_calls_on_this_outline"]

@@ -229,3 +229,20 @@ def test_a_lesion_waiting_for_a_description_says_so_in_its_tooltip(loaded):
     session.lesion(1).outline_changed = True  # what ReviewSession.remeasure sets after a Segment Editor edit
     panel.table.update_lesion(session.lesion(1))
     assert "outline edited since the model described it" in tip(1) and "Describe outlines" not in tip(2)
+
+
+def test_a_lesion_drawn_by_hand_offers_every_description_before_the_model_describes_it(app, loaded):
+    from MaleniaSegmentLib.review import DiseaseChoice, LesionReview, drawn_aspects
+
+    _, session, panel = loaded
+    drawn = LesionReview(label=9, disease=DiseaseChoice(None, "Segment_1"), disease_alternatives=[],
+                         aspects=drawn_aspects(session.vocabulary), from_model=False)
+    panel.set_lesions(session.lesions + [drawn])
+    _click_row(app, panel.table.widget, panel.table.row_of(9))
+    row = panel.attributes.rows["shape"]
+    shapes = session.vocabulary.ids("shape")
+    assert get(row.combo, "count") == len(shapes) and get(row.combo, "currentText") == ""
+    assert not row.alternatives.isVisible()  # unscored: no runners-up line
+    row.combo.setCurrentIndex(2)
+    app.processEvents()
+    assert drawn.aspects["shape"].current.id == shapes[2] and drawn.is_corrected

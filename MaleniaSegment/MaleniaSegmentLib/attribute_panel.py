@@ -98,9 +98,9 @@ class _AspectRow:
         self.combo.lineEdit().setCursorPosition(0)  # show the start of long descriptions
         self.combo.setToolTip(current.text if current else "no description")
         _set_score(self.bar, current.score if current else None)
-        alts = [c for c in review.options() if current is None or c.text != current.text][:3]
-        self.alternatives.setText("Also: " + "  ·  ".join(f"{html.escape(c.text)} {c.score:.2f}" for c in alts if c.score is not None)
-                                  if alts else "")
+        # runners-up by score; a drawn lesion's offered descriptions have none until the model describes it
+        alts = [c for c in review.options() if c.score is not None and (current is None or c.text != current.text)][:3]
+        self.alternatives.setText("Also: " + "  ·  ".join(f"{html.escape(c.text)} {c.score:.2f}" for c in alts) if alts else "")
         self.alternatives.setVisible(bool(alts))
         edited = review.is_corrected
         self.name.setText(review.name + (" ✎" if edited else ""))
@@ -207,7 +207,8 @@ class AttributePanel:
         self.reviewed_label.setObjectName("reviewedDisease")
         self.reviewed_label.setWordWrap(True)
         self.reviewed_label.setToolTip("The disease the knowledge table gives this lesion when the aspects you corrected "
-                                       "are read as you described them, the others as the model read them")
+                                       "are read as you described them, the others as the model read them (a lesion "
+                                       "you drew and the model has not described: your descriptions alone)")
         self.use_reviewed_button = qt.QPushButton("Use")
         self.use_reviewed_button.setObjectName("useReviewedDisease")
         self.use_reviewed_button.setToolTip("Name the lesion by the disease your descriptions point to")

@@ -178,16 +178,17 @@ def rerank_session(session, table) -> list:
 
 def reviewed_disease(session, label: int, table):
     """The disease the table in force gives a lesion of the open result with its corrected aspects read as the
-    reviewer described them (malenia.infer.rerank.reviewed_call); None without stored scores or without an
-    aspect corrected to a vocabulary description."""
+    reviewer described them (malenia.infer.rerank.reviewed_call); a lesion drawn by hand and not yet described is
+    named from the reviewer's descriptions alone. None without an aspect described by a vocabulary description,
+    or for a lesion of an older report without stored scores."""
     from malenia.infer.rerank import reviewed_call
 
     scores = lesion_scores(session, label)
     review = session.lesion(label)
     chosen = {a: r.current.id for a, r in review.aspects.items() if r.is_corrected and r.current.id in table.vocab}
-    if scores is None or not chosen:
+    if (scores is None and review.model_called) or not chosen:
         return None
-    return reviewed_call(scores, chosen, table, session.terminology, lesion_ruled_out(session, label))
+    return reviewed_call(scores or {}, chosen, table, session.terminology, lesion_ruled_out(session, label))
 
 
 class ProfileEditor:

@@ -202,6 +202,16 @@ class LesionReview:
         self.described, self.outline_changed = True, False
 
 
+def drawn_aspects(vocabulary=None) -> dict[str, AspectReview]:
+    """The aspects of a lesion drawn by hand, before the model describes it: nothing matched, and with the
+    `vocabulary` every description of each aspect offered, unscored, so that a reader who describes it first
+    picks descriptions with ids (the knowledge table and training read ids; typed text they cannot weigh)."""
+    def offered(aspect: str) -> list[Choice]:
+        return [Choice(vocabulary.text(i), i) for i in vocabulary.ids(aspect)] if vocabulary is not None else []
+
+    return {aspect: AspectReview(aspect, None, offered(aspect)) for aspect in ASPECTS}
+
+
 def lesion_from_result(lesion: "LesionResult", display_name: Callable[[str | None], str], vocabulary=None) -> LesionReview:
     """The review of one lesion of a `malenia segment` report (malenia.infer.results.LesionResult). With the
     `vocabulary` (malenia.knowledge.vocabulary.Vocabulary), every description the report scored for an aspect is

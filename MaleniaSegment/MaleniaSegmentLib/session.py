@@ -26,7 +26,7 @@ from malenia.infer.terminology import SegmentSpec, Terminology, lesion_segment, 
 from malenia.knowledge.vocabulary import Vocabulary
 
 from . import mrml_io
-from .review import AspectReview, DiseaseChoice, LesionReview, lesion_from_result
+from .review import DiseaseChoice, LesionReview, drawn_aspects, lesion_from_result
 
 LABEL_TAG = TAG_PREFIX + "label"
 CORRECTED_TAG = TAG_PREFIX + "corrected"
@@ -90,6 +90,9 @@ class ReviewSession:
     dicom_files: list[str] = field(default_factory=list)  # source series when the volume came from DICOM
     masks_edited: bool = False
     vocabulary: object = None  # malenia.knowledge.vocabulary.Vocabulary: the texts of every scored description
+    # the highest lesion label this session has given: a label is never given twice, since the result's scores,
+    # re-ranking and a describe run still under way find lesions by label
+    last_label: int = 0
 
     # -- import -----------------------------------------------------------------------------
     @classmethod
@@ -241,7 +244,8 @@ class ReviewSession:
             lesion.color = self._segment_color(sid)
             kept.append(lesion)
         known = {lesion.segment_id for lesion in kept}
-        next_label = max([lesion.label for lesion in self.lesions] + [0]) + 1
+        used = [lesion.label for lesion in self.lesions] + [x.label for x in self.result.lesions] + [self.last_label]
+        next_label = max(used) + 1
         for sid in self.segment_ids():
             if sid in known:
                 continue
@@ -249,10 +253,11 @@ class ReviewSession:
             name = segment.GetName()
             disease = self._disease_from_name(name)
             review = LesionReview(label=next_label, disease=disease, disease_alternatives=[],
-                                  aspects={a: AspectReview(a, None) for a in ASPECTS}, segment_id=sid,
+                                  aspects=drawn_aspects(self.vocabulary), segment_id=sid,
                                   color=self._segment_color(sid), from_model=False)
             segment.SetTag(LABEL_TAG, str(next_label))
             kept.append(review)
+            self.last_label = next_label
             next_label += 1
             self.masks_edited = True
         self.lesions = kept
@@ -273,7 +278,8 @@ class ReviewSession:
         """The model's descriptions of outlines (a `segment --mask` result whose mask values were the lesions' labels,
         Segmenter.describe_outlined) into the review, reviewer's corrections kept; the described lesions' scores
         and measurements replace their earlier ones in the result, so that profile edits re-rank them too and
-        later edits are told from this outline. Returns the lesions described."""
+        later edits are told from this outline (one edited while the run went on is told at once). Returns the
+        lesions described."""
         from dataclasses import replace
 
         ids = (described.extra.get("outlined") or {}).get("input_labels")
@@ -290,6 +296,7 @@ class ReviewSession:
             self.result.lesions.append(replace(lesion, label=review.label))
             self.apply_to_segment(review)
             done.append(review)
+        self.remeasure()  # an outline edited while the run described it waits for a description again
         return done
 
     def edit_summary(self) -> str:

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="as segment --precision: the network's arithmetic (default auto)")
     p.add_argument("--overlap", type=float, default=None,
                    help="as segment --overlap: sliding-window overlap (default: segment's)")
+    p.add_argument("--mirror", action="store_true",
+                   help="as segment --mirror: test-time mirroring over the three axes (8 network calls per window)")
     p.add_argument("--verifier-cut", type=float, default=None, metavar="P",
                    help="as segment --verifier-cut: P(real) a lesion needs to pass the verifier (default: the model's)")
     p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
@@ -158,7 +160,8 @@ def evaluate(args: argparse.Namespace) -> int:
         refuse_finding_options(args, "--outlines reference describes the reference lesions as they are")
     model = load_model_folder(args.model, device=args.device)
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge, refine=args.refine,
-                               precision=args.precision, overlap=args.overlap, verifier_cut=args.verifier_cut)
+                               precision=args.precision, overlap=args.overlap, verifier_cut=args.verifier_cut,
+                               mirror=args.mirror)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
 
     result = evaluate_dataset(
@@ -176,6 +179,7 @@ def evaluate(args: argparse.Namespace) -> int:
     result["refine"] = bool(args.refine)
     result["precision"] = segmenter.precision.name
     result["overlap"] = segmenter.options.overlap
+    result["mirror"] = segmenter.options.mirror
     result["verifier_cut"] = None if segmenter.verifier is None else segmenter.verifier.cut
     # where the post-processing came from: the model's calibration only when neither value was overridden
     calibration = model.inference_defaults().calibration if args.threshold is None and args.min_volume is None else None

@@ -144,15 +144,15 @@ OUTLINES = ("predicted", "reference")  # evaluate_dataset: the model's own lesio
 
 def make_segmenter(model, device: str = "cpu", threshold: float | None = None, min_volume_mm3: float | None = None,
                    knowledge=None, refine: bool = False, precision: str = "auto", overlap: float | None = None,
-                   verifier_cut: float | None = None):
+                   verifier_cut: float | None = None, mirror: bool = False):
     """The Segmenter `malenia segment` would build for `model` (a LoadedModel) with these options
-    (`knowledge`: site profile folders, as `segment --knowledge`; `refine`, `precision`, `overlap`, `verifier_cut`:
-    as in `segment`; None: segment's default)."""
+    (`knowledge`: site profile folders, as `segment --knowledge`; `refine`, `precision`, `overlap`, `verifier_cut`,
+    `mirror`: as in `segment`; None: segment's default)."""
     from malenia.infer.pipeline import Segmenter, SegmentOptions
 
     window = {} if overlap is None else {"overlap": overlap}
     options = SegmentOptions(device=device, threshold=threshold, min_volume_mm3=min_volume_mm3, refine=refine,
-                             precision=precision, verifier_cut=verifier_cut, **window)
+                             precision=precision, verifier_cut=verifier_cut, mirror=mirror, **window)
     return Segmenter(model, options, knowledge=knowledge)
 
 
