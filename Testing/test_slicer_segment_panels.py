@@ -242,7 +242,9 @@ def test_a_lesion_drawn_by_hand_offers_every_description_before_the_model_descri
     row = panel.attributes.rows["shape"]
     shapes = session.vocabulary.ids("shape")
     assert get(row.combo, "count") == len(shapes) and get(row.combo, "currentText") == ""
+    assert get(row.bar, "format") == "—"  # nothing described yet, nothing typed
     assert not row.alternatives.isVisible()  # unscored: no runners-up line
     row.combo.setCurrentIndex(2)
     app.processEvents()
     assert drawn.aspects["shape"].current.id == shapes[2] and drawn.is_corrected
+    assert get(row.bar, "format") == "chosen"  # a vocabulary description the model has not scored, not typed text

@@ -32,12 +32,21 @@ def _bar_colour(score: float) -> str:
     return "#4a90d9" if score >= 0.5 else "#7fa7cf" if score >= 0.25 else "#b8c7d6"
 
 
-def _set_score(bar, score: float | None) -> None:
+# what an aspect's bar says when its description has no model score: (bar text, tooltip)
+UNSCORED = {
+    "typed": ("typed", "Description typed by the reviewer: no model score"),
+    "chosen": ("chosen", "Description chosen by the reviewer from the vocabulary: the model has not scored it"),
+    "none": ("—", "No description yet"),
+}
+
+
+def _set_score(bar, score: float | None, unscored: str = "typed") -> None:
     if score is None:
         bar.setValue(0)
-        bar.setFormat("typed")
+        text, tip = UNSCORED[unscored]
+        bar.setFormat(text)
         bar.setStyleSheet(SCORE_BAR_STYLE % "#b8c7d6")
-        bar.setToolTip("Description typed by the reviewer: no model score")
+        bar.setToolTip(tip)
         return
     bar.setValue(int(round(100 * max(0.0, min(1.0, score)))))
     bar.setFormat(f"{score:.2f}")
@@ -97,7 +106,8 @@ class _AspectRow:
                 self.combo.setEditText(current.text)
         self.combo.lineEdit().setCursorPosition(0)  # show the start of long descriptions
         self.combo.setToolTip(current.text if current else "no description")
-        _set_score(self.bar, current.score if current else None)
+        _set_score(self.bar, current.score if current else None,
+                   "none" if current is None else "typed" if current.id is None else "chosen")
         # runners-up by score; a drawn lesion's offered descriptions have none until the model describes it
         alts = [c for c in review.options() if c.score is not None and (current is None or c.text != current.text)][:3]
         self.alternatives.setText("Also: " + "  ·  ".join(f"{html.escape(c.text)} {c.score:.2f}" for c in alts) if alts else "")
@@ -241,11 +251,11 @@ class AttributePanel:
                 self.disease_combo.clear()
                 self.disease_alternatives.setText("")
                 self._show_reviewed(None)
-                _set_score(self.disease_bar, None)
+                _set_score(self.disease_bar, None, "none")
                 for row in self.rows.values():
                     row.combo.clear()
                     row.alternatives.setText("")
-                    _set_score(row.bar, None)
+                    _set_score(row.bar, None, "none")
                     row.name.setText(row.aspect.replace("_", " ").capitalize())
                 return
             self._show_header(lesion)
