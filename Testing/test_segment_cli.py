@@ -133,6 +133,12 @@ def test_bad_roi_exits_3(roi, message, model, good_ct, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_mirroring_a_model_trained_without_mirrored_patches_exits_3(model, good_ct, tmp_path, capsys):
+    code, err = _run(capsys, good_ct, "--out", tmp_path / "out", "--model", model, "--mirror")
+    assert code == EXIT_BAD_INPUT and "trained without mirrored patches" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_real_command_prints_its_error_and_exit_code(tmp_path, model):
     r = malenia("segment", tmp_path / "nowhere.nrrd", "--out", tmp_path / "out", "--model", model)
     assert r.returncode == EXIT_BAD_INPUT and "no such file or folder" in r.stderr and "Traceback" not in r.stderr
@@ -174,8 +180,8 @@ def _interrupt(cmd, sig, when) -> tuple[int, str, list[dict]]:
 def test_interrupt_during_the_windows_leaves_no_outputs(sig, model, lung_input, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "malenia.cli", "segment", str(lung_input), "--out", str(out), "--model", str(model),
-           "--progress", "json", "--threshold", THRESHOLD, "--mirror"]
-    # --mirror: 8 passes per window, so the tiny model cannot finish the ~100 windows while a busy machine
+           "--progress", "json", "--threshold", THRESHOLD, "--overlap", "0.5"]
+    # --overlap 0.5: about 8 times the ~100 windows, so the tiny model cannot finish them while a busy machine
     # keeps this process from sending the signal (it once did, and the run ended with its outputs written)
     code, err, seen = _interrupt(cmd, sig, lambda o: o["stage"] == "windows" and "window 1/" in o["message"])
     assert seen and seen[-1]["stage"] == "windows"

@@ -185,6 +185,26 @@ def test_air_windows_are_skipped_and_mirroring_runs_every_flip(fresh):
     assert not np.allclose(wm.probability[:32, :32, :32], wp.probability[:32, :32, :32])
 
 
+def test_mirroring_follows_the_axes_the_model_trained_mirrored_on(fresh):
+    """nnU-Net's rule: a model is averaged over the flips its training showed it; one trained without any is refused
+    (mirrored views cost the built-in model most of what it finds), one whose manifest does not say gets all three."""
+    from dataclasses import replace
+
+    from malenia.errors import InputError
+
+    def trained(flip_axes):
+        return replace(fresh, manifest={**fresh.manifest, "training": {"augment": {"flip_axes": flip_axes}}})
+
+    vol = np.zeros((32, 32, 32), np.float32)
+    vol[4:20, 4:20, 4:20] = 0.4
+    assert fresh.trained_flip_axes() is None and _segmenter(fresh, mirror=True).mirror_axes == (0, 1, 2)
+    left_right = _segmenter(trained([2]), overlap=0.0, mirror=True)
+    assert left_right.mirror_axes == (2,) and left_right.runner().run(vol).forward_passes == 2
+    assert _segmenter(trained([]), mirror=False).mirror_axes == ()
+    with pytest.raises(InputError, match="trained without mirrored patches"):
+        _segmenter(trained([]), mirror=True)
+
+
 @pytest.mark.parametrize("depth", [19, 20])
 def test_a_volume_shorter_than_a_window_is_centred_as_the_training_sampler_centres_it(fresh, depth):
     """Training centres a volume that is smaller than the patch (start room // 2); inference must show the

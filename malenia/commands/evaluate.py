@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, default=None,
                    help="as segment --overlap: sliding-window overlap (default: segment's)")
     p.add_argument("--mirror", action="store_true",
-                   help="as segment --mirror: test-time mirroring over the three axes (8 network calls per window)")
+                   help="as segment --mirror: test-time mirroring about the axes the model trained mirrored on")
     p.add_argument("--verifier-cut", type=float, default=None, metavar="P",
                    help="as segment --verifier-cut: P(real) a lesion needs to pass the verifier (default: the model's)")
     p.add_argument("--knowledge", action="append", default=None, metavar="DIR",
@@ -179,7 +179,7 @@ def evaluate(args: argparse.Namespace) -> int:
     result["refine"] = bool(args.refine)
     result["precision"] = segmenter.precision.name
     result["overlap"] = segmenter.options.overlap
-    result["mirror"] = segmenter.options.mirror
+    result["mirror"] = list(segmenter.mirror_axes)  # the axes the network's output was averaged over
     result["verifier_cut"] = None if segmenter.verifier is None else segmenter.verifier.cut
     # where the post-processing came from: the model's calibration only when neither value was overridden
     calibration = model.inference_defaults().calibration if args.threshold is None and args.min_volume is None else None

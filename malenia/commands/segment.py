@@ -19,7 +19,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="bar on a terminal; json: one {stage, fraction, message} object per line on stdout")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, 0 to <1 (default 0.25)")
     p.add_argument("--window-batch", type=int, default=1, metavar="N", help="windows per network call (default 1)")
-    p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time mirroring about the axes the model trained mirrored on (up to 8x slower; refused "
+                        "for a model trained without mirroring, as the built-in one)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the network's arithmetic: auto = bfloat16 where the device computes it natively (CUDA, CPUs "
                         "with AVX512-BF16 or AMX), else float32 (default auto)")

@@ -37,7 +37,9 @@ class SegmentOptions:
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
     overlap: float = 0.25  # sliding-window overlap (fraction of the patch)
     sw_batch_size: int = 1  # windows per network call
-    mirror: bool = False  # test-time mirroring over the three axes (8x the network calls)
+    # test-time mirroring (nnU-Net's) about the axes the model trained mirrored on, up to 8x the network calls;
+    # refused for a model trained without mirrored patches (Segmenter._mirror_axes)
+    mirror: bool = False
     # Foreground probability of a lesion voxel, and the volume under which a component is removed;
     # None: the model's calibrated values (MODEL/inference.json), else 0.5 and 50 mm³ (a 4.6 mm sphere).
     threshold: float | None = None
@@ -191,6 +193,7 @@ class Segmenter:
         self.matcher = BankMatcher(model.bank, self.table, self.options.alternatives)
         self.measured = model.measured_attributes() if self.options.measured else None
         self.verifier = self._verifier(model)
+        self.mirror_axes = self._mirror_axes(model)
         self.appearance = model.appearance() if self.options.measured else None  # measured, as the attributes
         self._torch = torch
 
@@ -205,12 +208,28 @@ class Segmenter:
             return verifier
         return replace(verifier, cut=self.options.verifier_cut)
 
+    def _mirror_axes(self, model) -> tuple[int, ...]:
+        """The flips test-time mirroring averages over: those the model trained on, as nnU-Net mirrors at inference
+        only about its training's mirror axes (every axis when the manifest does not say). A network that never
+        saw a mirrored patch reads location from anatomy: averaged with mirrored views, the built-in model lost
+        most of what it finds (docs/segment.md), so mirroring it is refused, not run."""
+        if not self.options.mirror:
+            return ()
+        axes = model.trained_flip_axes()
+        if axes is None:
+            return (0, 1, 2)
+        if not axes:
+            raise InputError(f"--mirror: model {model.name} {model.version} was trained without mirrored patches "
+                             "(its manifest's training.augment.flip_axes is empty), and averaging it over mirrored "
+                             "views lowers its accuracy (docs/segment.md, test-time mirroring); leave --mirror off")
+        return axes
+
     def runner(self, on_window=None, collect: bool = True):
         from malenia.infer.windows import WindowRunner
 
         o = self.options
         return WindowRunner(self.net, self.bank_emb, self.bank_aspects, self.cfg.patch_size, self.device,
-                            overlap=o.overlap, sw_batch_size=o.sw_batch_size, mirror_axes=(0, 1, 2) if o.mirror else (),
+                            overlap=o.overlap, sw_batch_size=o.sw_batch_size, mirror_axes=self.mirror_axes,
                             threshold=o.threshold, token_threshold=o.token_threshold,
                             background=self.preprocessor.background_value, skip_air=o.skip_air, on_window=on_window,
                             collect=collect, precision=self.precision)

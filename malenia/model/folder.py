@@ -153,6 +153,14 @@ class LoadedModel:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ModelError(f"{path}: unreadable ({err})") from None
 
+    def trained_flip_axes(self) -> tuple[int, ...] | None:
+        """The axes (z, y, x of the preprocessed volume) its training mirrored patches about (the manifest's
+        training.augment.flip_axes, recorded by `malenia train`); None when the manifest does not say."""
+        augment = (self.manifest.get("training") or {}).get("augment")
+        if not isinstance(augment, dict) or not isinstance(augment.get("flip_axes"), list):
+            return None
+        return tuple(int(a) for a in augment["flip_axes"])
+
     def inference_defaults(self) -> InferenceDefaults:
         """The calibrated post-processing (inference.json) or, for an uncalibrated model, the project defaults."""
         data = self.optional_json(INFERENCE)

@@ -443,8 +443,8 @@ class Trainer:
                 training["ema"] = opts.ema  # the weights are the average, not the last step's
             if opts.freeze:
                 training["frozen"] = {"prefixes": list(opts.freeze), "parameters": self.frozen}
-            if opts.augment:
-                training["augment"] = dataclasses.asdict(self.augment)
+            # what the sampler ran with, defaults included: test-time mirroring follows its flip axes
+            training["augment"] = dataclasses.asdict(self.augment)
             model_dir = save_model_folder(
                 self.run_dir / "model", config=self.cfg, network=self._shipped(), bank=self.bank.inference_bank(),
                 knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
