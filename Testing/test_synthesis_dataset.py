@@ -277,3 +277,33 @@ def test_shards_merge_into_the_one_process_dataset(dataset, tmp_path, capsys):
     assert usage.returncode == 2 and "SHARD" in usage.stderr and not (tmp_path / "alone").exists()
     assert main(common + ["--shard", "3/2", "--out", str(tmp_path / "bad")]) != 0
     assert "--shard K/N needs" in capsys.readouterr().err
+
+
+def test_a_lesion_that_cannot_be_placed_is_left_out_and_named_when_another_fits(monkeypatch, tmp_path):
+    """A third stone in a small gallbladder used to stop the whole dataset; now the case keeps the lesions that fit,
+    its report names the one left out, and a case where nothing fits is still an error."""
+    import malenia.data.synthesis.generate as gen
+    from malenia.data.synthesis.placement import PlacementError
+
+    render = gen.render_lesion
+
+    def no_gallstones(anat, canvas, label, disease, *args, **kwargs):
+        if disease == "gallstone":
+            raise PlacementError("a gallstone of radius 2.1 mm does not fit at this resolution")
+        return render(anat, canvas, label, disease, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "render_lesion", no_gallstones)
+    source = gen.BaseSource("phantom", (64, 64, 64), (5.0, 5.0, 5.0))
+    case = gen.synthesize_case("c", source, ["gallstone", "kidney_cyst", "gallstone"], np.random.default_rng(0),
+                               disease_pool=["gallstone"])
+    assert [les.disease for les in case.report.lesions] == ["kidney_cyst"]
+    assert [les.label for les in case.report.lesions] == [1]
+    assert set(np.unique(sitk.GetArrayFromImage(case.lesions))) == {0, 1}
+    left_out = case.report.extra["synthesis"]["lesions_not_placed"]
+    assert [x["disease"] for x in left_out] == ["gallstone", "gallstone"] and "does not fit" in left_out[0]["reason"]
+    with pytest.raises(gen.InputError, match="cannot place a gallstone lesion"):
+        gen.synthesize_case("d", source, ["gallstone"], np.random.default_rng(0), disease_pool=["gallstone"])
+    out = tmp_path / "ds"
+    with pytest.raises(gen.InputError):
+        synthesize_dataset(out, ["phantom"], ["gallstone"], 2, seed=0, lesions_per_case=(1, 1), **SMALL)
+    assert not out.exists()

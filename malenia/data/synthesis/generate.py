@@ -150,7 +150,9 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
     """One synthetic case. `lesions` are diseases (attributes sampled from `table`) or LesionSpecs.
 
     phase: "contrast"/"non_contrast"; default: the first lesion's enhancement (explicit or drawn).
-    A lesion that cannot be placed is replaced by another disease of `disease_pool` (when given).
+    A lesion that cannot be placed is replaced by another disease of `disease_pool` (when given); one that still
+    cannot (a third stone in a small gallbladder) is left out and named in the report's `lesions_not_placed`, as
+    long as another lesion of the case fits (a case without any is an error).
     mix: re-draws sampled lesions' organ-agnostic attributes (malenia.data.synthesis.mixing).
     """
     vocab = vocab or _vocab()
@@ -170,55 +172,66 @@ def synthesize_case(case_id: str, source: BaseSource, lesions: Sequence[LesionSp
     enh_id = "enhancement.contrast" if phase == "contrast" else "enhancement.non_contrast"
     canvas = Canvas(anat.image.copy(), anat.organs.copy(), np.zeros(anat.shape, np.uint16))
     reports: list[LesionReport] = []
-    label = 0
+    not_placed: list[dict[str, str]] = []
     for spec in specs:
-        disease = spec.disease
-        done = False
-        last = ""
-        for attempt in range(DISEASE_TRIES):
-            notes: list[str] = []
-            try:
-                if spec.attributes is not None:  # explicit: only the placement is re-drawn
-                    attrs = {a: list(v) for a, v in spec.attributes.items()}
-                    mixed: list[str] = []
-                    if not _location_ok(anat, attrs["location"][0]):
-                        raise InputError(f"case {case_id}: the base has no {region_of_location(attrs['location'][0])} "
-                                         f"for the {disease}")
-                else:
-                    if table is None:
-                        table = _table()
-                    attrs = _sample_for_anatomy(table, disease, anat, rng, notes)
-                    mixed = mix.apply(attrs, rng) if mix is not None else []
-                attrs["enhancement"] = [enh_id]
-                region = region_of_location(attrs["location"][0])
-                regions = ["kidney.left", "kidney.right"] if region == "kidney.bilateral" else [region]
-                snapshot = (canvas.image.copy(), canvas.organs.copy(), canvas.lesions.copy())
-                twins: list[LesionReport] = []
-                try:
-                    for r in regions:
-                        used, extra = render_lesion(anat, canvas, label + 1 + len(twins), disease, attrs, rng, vocab, region=r,
-                                                     radius_mm=spec.radius_mm if disease == spec.disease else None)
-                        if notes:
-                            extra["notes"] = notes
-                        if mixed:
-                            extra["mixed"] = mixed
-                        if len(regions) > 1:
-                            extra["bilateral_twin"] = len(twins)
-                        twins.append(_lesion_report(label + 1 + len(twins), disease, used, extra, vocab))
-                except PlacementError:
-                    canvas.image, canvas.organs, canvas.lesions = snapshot
-                    raise
-                reports.extend(twins)
-                label += len(twins)
-                done = True
-                break
-            except PlacementError as err:
-                last = str(err)
-                if spec.attributes is None and attempt >= DISEASE_TRIES // 2 and disease_pool:
-                    disease = str(rng.choice(list(disease_pool)))
-        if not done:
+        twins, last = _place_spec(case_id, spec, anat, canvas, len(reports), enh_id, table, vocab, rng, disease_pool, mix)
+        reports.extend(twins)
+        if twins:
+            continue
+        if spec.attributes is not None:  # an explicit lesion (the demo's) is never left out
             raise InputError(f"case {case_id}: cannot place a {spec.disease} lesion in this base ({last})")
+        not_placed.append({"disease": spec.disease, "reason": last})
+    if not reports:
+        first = not_placed[0]
+        raise InputError(f"case {case_id}: cannot place a {first['disease']} lesion in this base ({first['reason']})")
+    if not_placed:
+        base_info = base_info | {"lesions_not_placed": not_placed}
     return _case(case_id, anat, canvas, reports, enh_id, vocab, base_info, source)
+
+
+def _place_spec(case_id: str, spec: LesionSpec, anat: Anatomy, canvas: Canvas, label: int, enh_id: str, table, vocab,
+                rng: np.random.Generator, disease_pool: Sequence[str] | None,
+                mix: AttributeMix | None) -> tuple[list[LesionReport], str]:
+    """Renders one lesion (two for a bilateral kidney location) with labels after `label`, re-drawing its
+    attributes and placement up to DISEASE_TRIES times: (its reports, "") or ([], the last placement error)."""
+    disease, last = spec.disease, ""
+    for attempt in range(DISEASE_TRIES):
+        notes: list[str] = []
+        try:
+            if spec.attributes is not None:  # explicit: only the placement is re-drawn
+                attrs = {a: list(v) for a, v in spec.attributes.items()}
+                mixed: list[str] = []
+                if not _location_ok(anat, attrs["location"][0]):
+                    raise InputError(f"case {case_id}: the base has no {region_of_location(attrs['location'][0])} "
+                                     f"for the {disease}")
+            else:
+                attrs = _sample_for_anatomy(table, disease, anat, rng, notes)
+                mixed = mix.apply(attrs, rng) if mix is not None else []
+            attrs["enhancement"] = [enh_id]
+            region = region_of_location(attrs["location"][0])
+            regions = ["kidney.left", "kidney.right"] if region == "kidney.bilateral" else [region]
+            snapshot = (canvas.image.copy(), canvas.organs.copy(), canvas.lesions.copy())
+            twins: list[LesionReport] = []
+            try:
+                for r in regions:
+                    used, extra = render_lesion(anat, canvas, label + 1 + len(twins), disease, attrs, rng, vocab, region=r,
+                                                 radius_mm=spec.radius_mm if disease == spec.disease else None)
+                    if notes:
+                        extra["notes"] = notes
+                    if mixed:
+                        extra["mixed"] = mixed
+                    if len(regions) > 1:
+                        extra["bilateral_twin"] = len(twins)
+                    twins.append(_lesion_report(label + 1 + len(twins), disease, used, extra, vocab))
+            except PlacementError:
+                canvas.image, canvas.organs, canvas.lesions = snapshot
+                raise
+            return twins, ""
+        except PlacementError as err:
+            last = str(err)
+            if spec.attributes is None and attempt >= DISEASE_TRIES // 2 and disease_pool:
+                disease = str(rng.choice(list(disease_pool)))
+    return [], last
 
 
 def _lesion_report(label: int, disease: str, used: dict[str, list[str]], extra: dict[str, Any], vocab) -> LesionReport:
