@@ -307,3 +307,31 @@ def test_a_lesion_that_cannot_be_placed_is_left_out_and_named_when_another_fits(
     with pytest.raises(gen.InputError):
         synthesize_dataset(out, ["phantom"], ["gallstone"], 2, seed=0, lesions_per_case=(1, 1), **SMALL)
     assert not out.exists()
+
+
+def test_diameter_draws_a_disease_at_the_range_given_and_refuses_what_it_cannot_draw(tmp_path, capsys):
+    """`synth --diameter liver_tumor=5-9`: that disease's lesions drawn at 5-9 mm instead of its profile's 15-70 mm,
+    recorded in dataset.json; the other diseases and everything else drawn as without it."""
+    common = ["synth", "--base", "phantom", "--diseases", "liver_tumor,kidney_cyst", "--cases", "4", "--seed", "5",
+              "--lesions-per-case", "2", "--val-fraction", "0", "--test-fraction", "0", "--size", "80", "--spacing", "2.5",
+              "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--diameter", "liver_tumor=5-9", "--out", str(tmp_path / "small")]) == 0
+
+    def radii(ds):
+        out = []
+        for case in read_dataset(ds).cases:
+            out += [(les.disease, les.extra["synthesis"]["radius_mm"]) for les in read_case(ds, case, with_images=False).report.lesions]
+        return out
+
+    plain, small = radii(tmp_path / "plain"), radii(tmp_path / "small")
+    assert "liver_tumor" in [d for d, _ in small] and "liver_tumor" in [d for d, _ in plain]
+    assert all(r <= 4.5 for d, r in small if d == "liver_tumor")  # a placement only ever shrinks a lesion
+    assert all(r >= 7.5 for d, r in plain if d == "liver_tumor")  # 15 mm is the profile's smallest diameter
+    assert all(r >= 4.0 for d, r in small if d == "kidney_cyst")  # 8 mm: its own profile's range, unchanged
+    assert read_dataset(tmp_path / "small").extra["diameters_mm"] == {"liver_tumor": [5.0, 9.0]}
+    assert "diameters_mm" not in read_dataset(tmp_path / "plain").extra
+    for bad, said in (("liver_tumor=9-5", "need 0 < LO <= HI"), ("liver_tumor=5", "must be DISEASE=LO-HI"),
+                      ("liver_cist=5-9", "unknown disease"), ("gallstone=5-9", "which --diseases does not draw")):
+        assert main(common + ["--diameter", bad, "--out", str(tmp_path / "bad")]) != 0
+        assert said in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="draw relative densities against a pancreas no fainter than its parenchyma, fluid at water "
                         "or above and solid lesions above fat (a real base's coarse pancreas label averages the gland "
                         "with fat; default off: the datasets of model 2.11.1 and earlier)")
+    p.add_argument("--diameter", action="append", default=None, metavar="DISEASE=LO-HI",
+                   help="draw DISEASE's diameters log-uniformly from LO to HI mm instead of its profile's range "
+                        "(repeatable, one per disease; a lesion too big for its organ is shrunk to fit, as always)")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="write only every N-th case, from the K-th, of the --cases dataset (same ids, splits and content), "
                         "for N processes whose parts scripts/merge_datasets.py joins into the one-process dataset; "
@@ -77,7 +80,8 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from malenia.data.synthesis.generate import parse_diseases, parse_range, print_progress, synthesize_dataset
+    from malenia.data.synthesis.generate import (parse_diameters, parse_diseases, parse_range, print_progress,
+                                                 synthesize_dataset)
 
     if args.nodules is not None:
         return _run_nodules(args)
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         name=args.name, overwrite=args.overwrite, progress=None if args.quiet else print_progress,
         mix_attributes=args.mix_attributes, mix_density=args.mix_density, shard=_shard(args.shard), host_floor=args.host_floor,
+        diameters_mm=parse_diameters(args.diameter),
     )
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.split.items())
     print(f"wrote {len(index.cases)} cases to {args.out} ({sizes})")
@@ -109,6 +114,8 @@ def _run_nodules(args: argparse.Namespace) -> int:
         raise InputError("--size does not apply to --nodules (the base keeps its field of view)")
     if args.host_floor:
         raise InputError("--host-floor does not apply to --nodules (a real nodule keeps its own CT values)")
+    if args.diameter:
+        raise InputError("--diameter does not apply to --nodules (a real nodule keeps its own size)")
     result = plant_dataset(
         args.out, args.nodules, args.base, split=args.nodule_split, seed=args.seed,
         lesions_per_case=parse_range(args.lesions_per_case), spacing=_triple(args.spacing, float, "spacing"),

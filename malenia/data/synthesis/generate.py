@@ -61,6 +61,7 @@ class BaseSource:
     size: tuple[int, int, int] | None = None
     spacing: tuple[float, float, float] | None = None
     host_floor: bool = False  # relative densities against the parenchyma floor (malenia.data.synthesis.lesion)
+    diameters_mm: dict[str, tuple[float, float]] = field(default_factory=dict)  # per disease, instead of its profile's
     _base: Anatomy | None = field(default=None, repr=False)
 
     @property
@@ -93,6 +94,7 @@ class BaseSource:
             if phase == "contrast" and anat.phase != "contrast":
                 info["contrast_gain_hu"] = anat.info["contrast_gain_hu"] = apply_contrast(anat, rng)
         anat.info["host_floor"] = self.host_floor
+        anat.info["diameters_mm"] = self.diameters_mm
         return anat, info
 
 
@@ -341,19 +343,43 @@ def parse_range(text: str | int) -> tuple[int, int]:
     return out
 
 
+MAX_DIAMETER_MM = 200.0
+
+
+def parse_diameters(items: Sequence[str] | None) -> dict[str, tuple[float, float]]:
+    """`--diameter DISEASE=LO-HI` (repeatable) -> {disease: (lo, hi)} mm; a clear error for anything else."""
+    out: dict[str, tuple[float, float]] = {}
+    for item in items or ():
+        disease, _, span = str(item).partition("=")
+        try:
+            lo, hi = (float(v) for v in span.split("-", 1))
+        except ValueError:
+            raise InputError(f"--diameter must be DISEASE=LO-HI in mm (for example liver_tumor=5-15), got {item!r}") from None
+        if disease not in PROFILES:
+            raise InputError(f"--diameter: unknown disease {disease!r}; known: {KNOWN_TYPES}")
+        if not 0 < lo <= hi <= MAX_DIAMETER_MM:
+            raise InputError(f"--diameter {item!r}: need 0 < LO <= HI <= {MAX_DIAMETER_MM:g} mm")
+        if disease in out:
+            raise InputError(f"--diameter names {disease} twice")
+        out[disease] = (lo, hi)
+    return out
+
+
 def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence[str], n_cases: int, seed: int,
                        lesions_per_case: tuple[int, int] = (1, 3), size: tuple[int, int, int] | None = None,
                        spacing: tuple[float, float, float] | None = None, split: str = "zero_shot",
                        val_fraction: float = 0.1, test_fraction: float = 0.2, name: str | None = None,
                        overwrite: bool = False, progress: Callable[[str], None] | None = None,
                        mix_attributes: float = 0.0, shard: tuple[int, int] | None = None,
-                       host_floor: bool = False, mix_density: float = 0.0) -> DatasetIndex:
+                       host_floor: bool = False, mix_density: float = 0.0,
+                       diameters_mm: dict[str, tuple[float, float]] | None = None) -> DatasetIndex:
     """Writes a whole synthetic dataset to `out` (it appears complete or not at all). `mix_attributes`: the
     share of lesions whose shape, density variation and margin are drawn apart from their disease
     (malenia.data.synthesis.mixing; 0 keeps every lesion's profile draw); `mix_density` likewise for the density
     level against the host. `host_floor`: relative densities
     against a parenchyma no fainter than its floor (malenia.data.synthesis.lesion; off: the datasets of model
-    2.11.1 and earlier, byte for byte). `shard` (k, n): only the cases
+    2.11.1 and earlier, byte for byte). `diameters_mm`: per disease, the range its diameters are drawn from instead
+    of its profile's (malenia.data.synthesis.profiles; `synth --diameter`). `shard` (k, n): only the cases
     i with i % n == k - 1 of the n_cases dataset, with that dataset's ids and splits, so that n processes write
     parts that merge (scripts/merge_datasets.py) into exactly the dataset one process writes."""
     from malenia.atomic import atomic_dir
@@ -374,7 +400,12 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
     for d in profiled:
         table.disease(d)  # clear error for a disease the table lacks
     mix = AttributeMix.of(table, profiled, mix_attributes, mix_density)
-    sources = [BaseSource(PHANTOM if b == PHANTOM else str(b), size, spacing, host_floor) for b in _expand_bases(bases)]
+    diameters_mm = dict(diameters_mm or {})
+    for d in diameters_mm:
+        if d not in diseases:
+            raise InputError(f"--diameter names {d}, which --diseases does not draw ({', '.join(diseases)})")
+    sources = [BaseSource(PHANTOM if b == PHANTOM else str(b), size, spacing, host_floor, diameters_mm)
+               for b in _expand_bases(bases)]
     split_of, pools = assign_splits(n_cases, diseases, protocol, val_fraction, test_fraction, np.random.default_rng([seed, 1 << 30]))
     width = max(4, len(str(n_cases - 1)))
     prefix = name or out.name
@@ -408,6 +439,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
                        "vocabulary_hash": vocab.hash, "case_diseases": case_diseases}
                       | ({"mix_attributes": mix.to_json()} if mix.active or mix.density_active else {})
                       | ({"host_floor": True} if host_floor else {})
+                      | ({"diameters_mm": {d: list(r) for d, r in diameters_mm.items()}} if diameters_mm else {})
                       | ({"shard": [k, n], "cases_in_all_shards": n_cases} if shard else {}))
             write_dataset_index(staging, index)
     except FileExistsError:

@@ -305,7 +305,7 @@ def render_lesion(anat: Anatomy, canvas: Canvas, label_value: int, disease: str,
     findings, dropped = _applicable_findings(attrs, organ, anat.phase, vocab)
     feature_set = set(findings)
 
-    radius = float(radius_mm) if radius_mm else prof.sample_radius(rng)
+    radius = float(radius_mm) if radius_mm else prof.sample_radius(rng, anat.info.get("diameters_mm", {}).get(disease))
     placement = place_lesion(anat, canvas.organs, canvas.lesions, region_key, prof.kind, ids["relationship"], feature_set,
                              radius, rng)
     radius, center = placement.radius_mm, placement.center

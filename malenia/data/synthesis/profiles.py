@@ -28,8 +28,9 @@ class RenderProfile:
     expansile: bool  # pushes the surrounding tissue aside (mass effect)
     cystic: bool = False  # fluid content: no texture beyond noise
 
-    def sample_radius(self, rng: np.random.Generator) -> float:
-        lo, hi = self.diameter_mm
+    def sample_radius(self, rng: np.random.Generator, diameter_mm: tuple[float, float] | None = None) -> float:
+        """Half a diameter drawn log-uniformly from `diameter_mm` (`synth --diameter`), else the profile's range."""
+        lo, hi = diameter_mm or self.diameter_mm
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))) / 2.0)
 
 
