@@ -120,6 +120,10 @@ def test_a_paired_comparison_refuses_other_cases_or_no_common_group(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     ok = malenia("evaluate", "--compare", tmp_path / "a.json", tmp_path / "a.json")
     assert ok.returncode == 0 and "not told apart" in ok.stdout, ok.stderr[-2000:]
+    for name, folder in (("c", "runs/C61/model"), ("z", "runs/Z61/model")):  # two runs of one recipe: one name
+        (tmp_path / f"{name}.json").write_text(json.dumps(a | {"model": {"name": "malenia", "version": "0", "path": folder}}))
+    alike = malenia("evaluate", "--compare", tmp_path / "c.json", tmp_path / "z.json")
+    assert "A = malenia 0 (runs/C61/model), B = malenia 0 (runs/Z61/model)" in alike.stdout, alike.stderr[-2000:]
     for other in ("b.json", "bad.json", "missing.json"):
         res = malenia("evaluate", "--compare", tmp_path / "a.json", tmp_path / other)
         assert res.returncode != 0 and "malenia evaluate: error:" in res.stderr and not res.stdout, other

@@ -92,6 +92,16 @@ def _read_results(paths) -> list[dict]:
     return results
 
 
+def _model_names(results, files) -> tuple[str, str]:
+    """Each evaluation's model as "name version"; two that read alike (two runs of one recipe are both "malenia 0")
+    also by the model folder they were measured with, so that the table says which is A and which is B."""
+    models = [r.get("model") if isinstance(r.get("model"), dict) else {} for r in results]
+    names = [" ".join(str(m.get(k) or "") for k in ("name", "version")).strip() or str(f) for m, f in zip(models, files)]
+    if names[0] == names[1]:
+        names = [f"{n} ({m.get('path') or f})" for n, m, f in zip(names, models, files)]
+    return names[0], names[1]
+
+
 def compare(args: argparse.Namespace) -> int:
     import json
 
@@ -105,9 +115,7 @@ def compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(paired_comparison(a, b), indent=2))
         return 0
-    names = tuple(" ".join(str(r.get("model", {}).get(k) or "") for k in ("name", "version")).strip() or f
-                  for r, f in zip((a, b), args.compare))
-    print(comparison_markdown(a, b, names), end="")
+    print(comparison_markdown(a, b, _model_names((a, b), args.compare)), end="")
     return 0
 
 
