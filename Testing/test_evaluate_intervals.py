@@ -124,6 +124,11 @@ def test_a_paired_comparison_refuses_other_cases_or_no_common_group(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps(a | {"model": {"name": "malenia", "version": "0", "path": folder}}))
     alike = malenia("evaluate", "--compare", tmp_path / "c.json", tmp_path / "z.json")
     assert "A = malenia 0 (runs/C61/model), B = malenia 0 (runs/Z61/model)" in alike.stdout, alike.stderr[-2000:]
+    for name, overlap in (("o25", 0.25), ("o50", 0.5)):  # one model run two ways: told apart by the setting
+        (tmp_path / f"{name}.json").write_text(json.dumps(a | {"model": {"name": "m", "version": "1", "path": "M"},
+                                                               "overlap": overlap, "threshold": 0.4}))
+    settings = malenia("evaluate", "--compare", tmp_path / "o25.json", tmp_path / "o50.json")
+    assert "A = m 1 (overlap 0.25), B = m 1 (overlap 0.5)" in settings.stdout, settings.stderr[-2000:]
     for other in ("b.json", "bad.json", "missing.json"):
         res = malenia("evaluate", "--compare", tmp_path / "a.json", tmp_path / other)
         assert res.returncode != 0 and "malenia evaluate: error:" in res.stderr and not res.stdout, other

@@ -92,14 +92,25 @@ def _read_results(paths) -> list[dict]:
     return results
 
 
+# The predictor settings an evaluation records (malenia.evaluate.evaluate): two evaluations of one model that differ
+# in any of them measured two ways of running it, and the comparison says which is which.
+SETTINGS = ("threshold", "min_volume_mm3", "verifier_cut", "overlap", "refine", "mirror", "precision")
+
+
 def _model_names(results, files) -> tuple[str, str]:
-    """Each evaluation's model as "name version"; two that read alike (two runs of one recipe are both "malenia 0")
-    also by the model folder they were measured with, so that the table says which is A and which is B."""
+    """Each evaluation's model as "name version". Two that read alike are told apart by the predictor settings they
+    differ in (one model at overlap 0.25 and 0.5), else by the model folder they were measured with (two runs of one
+    recipe are both "malenia 0"), so that the table says which is A and which is B."""
     models = [r.get("model") if isinstance(r.get("model"), dict) else {} for r in results]
     names = [" ".join(str(m.get(k) or "") for k in ("name", "version")).strip() or str(f) for m, f in zip(models, files)]
-    if names[0] == names[1]:
-        names = [f"{n} ({m.get('path') or f})" for n, m, f in zip(names, models, files)]
-    return names[0], names[1]
+    if names[0] != names[1]:
+        return names[0], names[1]
+    differ = [k for k in SETTINGS if results[0].get(k) != results[1].get(k)]
+    if differ:
+        tags = [", ".join(f"{k.replace('_', ' ')} {r.get(k)}" for k in differ) for r in results]
+    else:
+        tags = [str(m.get("path") or f) for m, f in zip(models, files)]
+    return f"{names[0]} ({tags[0]})", f"{names[1]} ({tags[1]})"
 
 
 def compare(args: argparse.Namespace) -> int:
