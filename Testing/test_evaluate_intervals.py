@@ -129,6 +129,9 @@ def test_a_paired_comparison_refuses_other_cases_or_no_common_group(tmp_path):
                                                                "overlap": overlap, "threshold": 0.4}))
     settings = malenia("evaluate", "--compare", tmp_path / "o25.json", tmp_path / "o50.json")
     assert "A = m 1 (overlap 0.25), B = m 1 (overlap 0.5)" in settings.stdout, settings.stderr[-2000:]
+    (tmp_path / "z4.json").write_text(json.dumps(json.loads((tmp_path / "z.json").read_text()) | {"threshold": 0.4}))
+    both = malenia("evaluate", "--compare", tmp_path / "c.json", tmp_path / "z4.json")  # other folder and setting
+    assert "(runs/C61/model, threshold None), B = malenia 0 (runs/Z61/model, threshold 0.4)" in both.stdout, both.stderr
     for other in ("b.json", "bad.json", "missing.json"):
         res = malenia("evaluate", "--compare", tmp_path / "a.json", tmp_path / other)
         assert res.returncode != 0 and "malenia evaluate: error:" in res.stderr and not res.stdout, other

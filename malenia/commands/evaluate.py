@@ -99,18 +99,19 @@ SETTINGS = ("threshold", "min_volume_mm3", "verifier_cut", "overlap", "refine", 
 
 def _model_names(results, files) -> tuple[str, str]:
     """Each evaluation's model as "name version". Two that read alike are told apart by the predictor settings they
-    differ in (one model at overlap 0.25 and 0.5), else by the model folder they were measured with (two runs of one
-    recipe are both "malenia 0"), so that the table says which is A and which is B."""
+    differ in (one model at overlap 0.25 and 0.5), and by the model folder they were measured with where nothing else
+    differs or their weights do too (two runs of one recipe are both "malenia 0"), so that the table says which is A
+    and which is B."""
     models = [r.get("model") if isinstance(r.get("model"), dict) else {} for r in results]
     names = [" ".join(str(m.get(k) or "") for k in ("name", "version")).strip() or str(f) for m, f in zip(models, files)]
     if names[0] != names[1]:
         return names[0], names[1]
+    folders = [str(m.get("path") or f) for m, f in zip(models, files)]
     differ = [k for k in SETTINGS if results[0].get(k) != results[1].get(k)]
-    if differ:
-        tags = [", ".join(f"{k.replace('_', ' ')} {r.get(k)}" for k in differ) for r in results]
-    else:
-        tags = [str(m.get("path") or f) for m, f in zip(models, files)]
-    return f"{names[0]} ({tags[0]})", f"{names[1]} ({tags[1]})"
+    same_weights = bool(models[0].get("sha256")) and models[0].get("sha256") == models[1].get("sha256")
+    tags = [([folder] if not differ or (folders[0] != folders[1] and not same_weights) else [])
+            + [f"{k.replace('_', ' ')} {r.get(k)}" for k in differ] for folder, r in zip(folders, results)]
+    return f"{names[0]} ({', '.join(tags[0])})", f"{names[1]} ({', '.join(tags[1])})"
 
 
 def compare(args: argparse.Namespace) -> int:
