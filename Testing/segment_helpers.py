@@ -214,8 +214,11 @@ def assert_fine_tune_inherits(model: Path, data: Path, tmp_path: Path, file: str
     assert train.returncode == 0, train.stderr[-2000:]
     child = tmp_path / "run" / "model"
     assert (child / file).read_bytes() == (model / file).read_bytes()
-    assert json.loads((child / "manifest.json").read_text())[manifest_key]["inherited_from"].endswith(
-        json.loads((model / "manifest.json").read_text())["version"])
+    parent = json.loads((model / "manifest.json").read_text())
+    manifest = json.loads((child / "manifest.json").read_text())
+    assert manifest[manifest_key]["inherited_from"].endswith(parent["version"])
+    # named after its parent, so that its reports say what it descends from
+    assert (manifest["name"], manifest["version"]) == (parent["name"], parent["version"] + "+ft")
 
 
 def segment_report(image: sitk.Image, model: Path, out: Path, *args: str) -> dict:

@@ -76,8 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "scale=[0.6,1.5] --augment flip_axes=[0,1]; repeatable, recorded in the manifest")
     p.add_argument("--report-style", choices=("paragraph", "raw"), default="paragraph",
                    help="single-positive ablations: the whole-report text (8 descriptions, or the lesion type only)")
-    p.add_argument("--name", default="malenia", help="model name written to the manifest")
-    p.add_argument("--version", default="0", help="model version written to the manifest")
+    p.add_argument("--name", default=None,
+                   help="model name written to the manifest (default: --init's name, else malenia)")
+    p.add_argument("--version", default=None,
+                   help="model version written to the manifest (default: --init's version + '+ft', else 0)")
     p.add_argument("--training-data", default="", help="description of the training data for the manifest")
     p.add_argument("--text-encoder", default=None, help="text encoder name or local folder (default: all-MiniLM-L6-v2)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",

@@ -69,8 +69,10 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     num_workers: int | None = None  # loader worker processes; None: malenia.train.data.default_workers()
-    model_name: str = "malenia"
-    model_version: str = "0"
+    # the manifest's name and version; None: a fine-tune keeps --init's name, versioned "<its version>+ft" (semver
+    # build metadata), so a report says what it descends from; from scratch "malenia" and "0"
+    model_name: str | None = None
+    model_version: str | None = None
     training_data: str = ""
     text_encoder: str | None = None
     max_seconds: float | None = None  # stop early (checkpoint + model folder) after this wall time
@@ -224,6 +226,7 @@ class Trainer:
         self.inherited = None  # a fine-tune keeps its parent's calibrated post-processing until calibrated itself
         self.inherited_files: dict[str, bytes] = {}  # ... its measured-attribute classifiers and lesion verifier
         self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
+        self.parent: tuple[str, str] | None = None  # --init's (name, version)
         parent_channels = self._load_init() if opts.init else 0
         self.frozen = freeze(self.model, tuple(opts.freeze))
         self.precision.prepare_model(self.model.to(dev))
@@ -267,6 +270,7 @@ class Trainer:
         load_weights(self.model, init.path / WEIGHTS, new_parts, widen_from=init.config if widen else None)
         self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
         self.lineage = training_lineage(init.manifest)
+        self.parent = (init.name, init.version)
         self.inherited_files = inherited_files(init)
         return len(init.config.network_windows) if widen else 0
 
@@ -447,7 +451,7 @@ class Trainer:
             training["augment"] = dataclasses.asdict(self.augment)
             model_dir = save_model_folder(
                 self.run_dir / "model", config=self.cfg, network=self._shipped(), bank=self.bank.inference_bank(),
-                knowledge_table=_knowledge_table_json(), name=opts.model_name, version=opts.model_version,
+                knowledge_table=_knowledge_table_json(), **model_identity(opts, self.parent),
                 training_data=opts.training_data or f"{self.index.name} ({opts.data}), split {opts.split}",
                 overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
                 inference=self.inherited, files=self.inherited_files,
@@ -489,6 +493,14 @@ def _processes_per_node(info: DistInfo) -> int:
     import os
 
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if info.enabled else 1
+
+
+def model_identity(opts: TrainOptions, parent: tuple[str, str] | None) -> dict[str, str]:
+    """The manifest's name and version: as given, else a fine-tune's parent's name and "<parent version>+ft",
+    else "malenia" and "0"."""
+    name, version = parent if parent and all(parent) else ("malenia", "")
+    return {"name": opts.model_name or name,
+            "version": opts.model_version or (f"{version}+ft" if version else "0")}
 
 
 def training_lineage(parent_manifest: dict[str, Any]) -> list[dict[str, Any]]:
