@@ -166,3 +166,16 @@ def test_interrupt_reports_truthfully_whether_outputs_were_written(folder, tmp_p
     else:
         assert "interrupted after the new outputs were written" in err and "nothing was written" not in err
         assert (out / "report.json").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_fine_tune_is_named_after_its_parent_unless_told_otherwise():
+    from malenia.train.loop import TrainOptions, model_identity
+
+    opts = TrainOptions(data="d", out="o", config=None)
+    assert model_identity(opts, None) == {"name": "malenia", "version": "0"}  # from scratch
+    parent = {"name": "malenia-compact", "version": "2.11.3"}
+    assert model_identity(opts, parent) == {"name": "malenia-compact", "version": "2.11.3+ft"}
+    # a fine-tune of a fine-tune stays valid semver: one build-metadata part more, not a second "+"
+    assert model_identity(opts, {**parent, "version": "2.11.3+ft"})["version"] == "2.11.3+ft.ft"
+    named = TrainOptions(data="d", out="o", config=None, model_name="site", model_version="1.0")
+    assert model_identity(named, parent) == {"name": "site", "version": "1.0"}

@@ -226,7 +226,6 @@ class Trainer:
         self.inherited = None  # a fine-tune keeps its parent's calibrated post-processing until calibrated itself
         self.inherited_files: dict[str, bytes] = {}  # ... its measured-attribute classifiers and lesion verifier
         self.lineage: list[dict[str, Any]] = []  # the training stages this run continues, oldest first
-        self.parent: tuple[str, str] | None = None  # --init's (name, version)
         parent_channels = self._load_init() if opts.init else 0
         self.frozen = freeze(self.model, tuple(opts.freeze))
         self.precision.prepare_model(self.model.to(dev))
@@ -270,7 +269,6 @@ class Trainer:
         load_weights(self.model, init.path / WEIGHTS, new_parts, widen_from=init.config if widen else None)
         self.inherited = init.inference_defaults().inherited_by(f"{init.name} {init.version}".strip())
         self.lineage = training_lineage(init.manifest)
-        self.parent = (init.name, init.version)
         self.inherited_files = inherited_files(init)
         return len(init.config.network_windows) if widen else 0
 
@@ -451,7 +449,7 @@ class Trainer:
             training["augment"] = dataclasses.asdict(self.augment)
             model_dir = save_model_folder(
                 self.run_dir / "model", config=self.cfg, network=self._shipped(), bank=self.bank.inference_bank(),
-                knowledge_table=_knowledge_table_json(), **model_identity(opts, self.parent),
+                knowledge_table=_knowledge_table_json(), **model_identity(opts, self.lineage[-1] if self.lineage else None),
                 training_data=opts.training_data or f"{self.index.name} ({opts.data}), split {opts.split}",
                 overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
                 inference=self.inherited, files=self.inherited_files,
@@ -495,12 +493,13 @@ def _processes_per_node(info: DistInfo) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if info.enabled else 1
 
 
-def model_identity(opts: TrainOptions, parent: tuple[str, str] | None) -> dict[str, str]:
-    """The manifest's name and version: as given, else a fine-tune's parent's name and "<parent version>+ft",
-    else "malenia" and "0"."""
-    name, version = parent if parent and all(parent) else ("malenia", "")
-    return {"name": opts.model_name or name,
-            "version": opts.model_version or (f"{version}+ft" if version else "0")}
+def model_identity(opts: TrainOptions, parent: Mapping[str, Any] | None) -> dict[str, str]:
+    """The manifest's name and version: as given, else those of `parent` (the lineage's last stage, --init's model)
+    with "+ft" added as semver build metadata (".ft" once it has some: a fine-tune of a fine-tune), else "malenia"
+    and "0"."""
+    name, version = str((parent or {}).get("name") or "malenia"), str((parent or {}).get("version") or "")
+    derived = (f"{version}.ft" if "+" in version else f"{version}+ft") if version else "0"
+    return {"name": opts.model_name or name, "version": opts.model_version or derived}
 
 
 def training_lineage(parent_manifest: dict[str, Any]) -> list[dict[str, Any]]:
