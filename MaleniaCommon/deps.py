@@ -162,11 +162,18 @@ def pip_install_subprocess(args: list[str]) -> None:
 
 
 def slicer_pip_install(args: list[str]) -> None:
-    """pip inside Slicer: slicer.util.pip_install, which takes one string in older Slicer versions
-    (requirements have no spaces)."""
+    """pip inside Slicer: slicer.packaging.pip_install where Slicer has it, else slicer.util.pip_install, which
+    takes one string in older Slicer versions (requirements have no spaces)."""
     import slicer  # the application's module: only called inside Slicer
 
-    slicer.util.pip_install(" ".join(args))
+    try:
+        from slicer.packaging import pip_install  # newer Slicer (slicer.util.pip_install calls it)
+    except ImportError:
+        slicer.util.pip_install(" ".join(args))
+        return
+    # Without its own progress dialog, which the busy cursor would cover, and its own error dialog, which would
+    # repeat the one-line error the module shows.
+    pip_install(list(args), show_progress=False)
 
 
 def install_torch_with_extension(requirement: str) -> None:

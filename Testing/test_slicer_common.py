@@ -171,12 +171,15 @@ def test_trainer_threads_touch_neither_settings_nor_scene(tmp_path, monkeypatch)
         assert until()
 
     panel.connect()
+    assert panel.turns.active  # inside Slicer, the task's thread gets its turns while it works
     pump(lambda: "Connected" in panel.connection.status.text())
     panel.corrections.set_checked(0, True)
     panel.upload()
     pump(lambda: "uploaded" in panel.corrections.status.text())
     panel.refresh_versions()
     pump(lambda: len(panel.versions.names) == 1)
+    pump(lambda: not panel.tasks)
+    assert not panel.turns.active  # and no turns once nothing works
     panel.versions.table.selectRow(0)
     panel.download_and_use()
     pump(lambda: "now uses" in panel.versions.status.text())

@@ -87,3 +87,20 @@ def test_subprocess_finds_the_package_and_streams():
     root = str(malenia_root())
     assert env["PYTHONPATH"].split(":")[0] == root and "/elsewhere" in env["PYTHONPATH"]
     assert env["MALENIA_RESOURCES"] == root + "/Resources" and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_slicer_pip_install_uses_the_packaging_module_without_its_dialogs_where_slicer_has_it(monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    util = types.SimpleNamespace(pip_install=lambda requirements: calls.append(("util", requirements)))
+    monkeypatch.setitem(sys.modules, "slicer", types.SimpleNamespace(util=util))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # Slicer 5.6-5.8: no such module
+    deps.slicer_pip_install(["--no-deps", "a==1", "b>=2"])
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_install = lambda requirements, **kw: calls.append(("packaging", requirements, kw))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    deps.slicer_pip_install(["--no-deps", "a==1", "b>=2"])
+    assert calls == [("util", "--no-deps a==1 b>=2"),
+                     ("packaging", ["--no-deps", "a==1", "b>=2"], {"show_progress": False})]

@@ -116,6 +116,12 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     assert w.profileEditor.session is session
     w.onLesionSelected(session.lesions[0].label)
     assert w.profileEditor.scores == session.result.lesions[0].scores is not None
+    assert slicer.modules.segmenteditor.built == 0  # a click does not build the Segment Editor
+    w.onEditMasks()
+    editor = slicer.modules.SegmentEditorWidget.editor
+    assert editor.segmentationNode() is session.segmentation_node and editor.sourceVolumeNode() is volume
+    w.onLesionSelected(session.lesions[-1].label)  # once it is open, it follows the selected lesion
+    assert editor.currentSegmentID() == session.lesion(session.lesions[-1].label).segment_id
     # the attribute panel asks the table in force what the reviewer's descriptions name: nothing before a correction
     first = session.lesions[0]
     assert w.review.attributes.suggest(first) is None
@@ -161,10 +167,15 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     _grab(tqwidget, "slicer-trainer-panel.png")
     unload_module("MaleniaTrainer")
 
-    # Closing the scene drops the observation of the old segmentation.
+    # Closing the scene drops the observation of the old segmentation, with no reference left to it (Slicer's
+    # VTKObservationMixin would keep one after removeObserver) and no profile re-ranking the closed result.
     slicer.mrmlScene.Clear(0)
     w.onSceneStartClose(None, None)
-    assert not w.hasObserver(seg, slicer.vtkSegmentation.SegmentAdded, w._onSegmentationModified)
+    w.syncTimer.stop()
+    seg.InvokeEvent(slicer.vtkSegmentation.SegmentAdded)
+    assert not w.syncTimer.isActive()
+    assert all(obj is not seg for obj in w._VTKObservationMixin__observations)
+    assert w.profileEditor.session is None and w.profileEditor.scores is None
     unload_module("MaleniaSegment")
 
 

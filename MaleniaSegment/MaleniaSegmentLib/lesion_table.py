@@ -91,7 +91,7 @@ class LesionTable:
         # As tall as its rows (up to 8), so the attribute panel below stays in view.
         t = self.widget
         rows = min(max(get(t, "rowCount"), 3), 8)
-        height = (get(t.horizontalHeader(), "height") + rows * t.verticalHeader().defaultSectionSize()
+        height = (get(t.horizontalHeader(), "height") + rows * get(t.verticalHeader(), "defaultSectionSize")
                   + 2 * get(t, "frameWidth") + 2)
         t.setMinimumHeight(height)
         t.setMaximumHeight(height)

@@ -17,6 +17,7 @@ from slicer.util import VTKObservationMixin
 
 from MaleniaCommon import settings as shared_settings
 from MaleniaCommon.paths import configured_model_folder
+from MaleniaCommon.thread_turns import let_threads_run
 
 from .module_logic import MaleniaSegmentLogic
 
@@ -33,7 +34,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.run = None
         self.runKind = "segment"  # or "describe": what the finished run's outputs are for
         self.review = None
-        self._observedSegmentation = None
+        self._segmentationObservation = None  # (vtkSegmentation, [observer tags]) of the open result
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -134,10 +135,13 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def cleanup(self):
+        # Slicer calls cleanup() on unload and reload also after a setup() that failed part-way.
         if self.run is not None:
             self.run.cancel()
-        self.pollTimer.stop()
-        self.syncTimer.stop()
+        for timer in (getattr(self, "pollTimer", None), getattr(self, "syncTimer", None)):
+            if timer is not None:
+                timer.stop()
+        self._unobserveSegmentation()
         self.removeObservers()
 
     # -- settings ---------------------------------------------------------------------------
@@ -263,6 +267,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run is None:
             self.pollTimer.stop()
             return
+        let_threads_run()  # the readers of the run's output are Python threads: inside Slicer they need the turn
         run.poll()
         if run.job.last_progress is not None:
             self._showProgress(run.job.last_progress)
@@ -395,10 +400,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         seg.GetDisplayNode().SetVisibility(True)
         slicer.util.setSliceViewerLayers(background=session.volume_node)
         # Segment Editor edits (paint, erase, add, delete) re-measure the lesions once they settle.
-        self._unobserveSegmentation()
-        self._observedSegmentation = seg.GetSegmentation()
-        for event in self._segmentationEvents():
-            self.addObserver(self._observedSegmentation, event, self._onSegmentationModified)
+        self._observeSegmentation(seg.GetSegmentation())
         self.ui.reviewCollapsibleButton.collapsed = False
         if session.lesions:
             review.select(session.lesions[0].label)
@@ -409,11 +411,19 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
                 slicer.vtkSegmentation.SourceRepresentationModified)
 
+    def _observeSegmentation(self, segmentation):
+        # Own observer tags, not VTKObservationMixin's: Slicer's removeObserver leaves the observed object as a key
+        # of its bookkeeping, which would keep every closed result's segmentation and its label maps alive.
+        self._unobserveSegmentation()
+        tags = [segmentation.AddObserver(event, self._onSegmentationModified) for event in self._segmentationEvents()]
+        self._segmentationObservation = (segmentation, tags)
+
     def _unobserveSegmentation(self):
-        if self._observedSegmentation is not None:
-            for event in self._segmentationEvents():
-                self.removeObserver(self._observedSegmentation, event, self._onSegmentationModified)
-        self._observedSegmentation = None
+        if self._segmentationObservation is not None:
+            segmentation, tags = self._segmentationObservation
+            for tag in tags:
+                segmentation.RemoveObserver(tag)
+        self._segmentationObservation = None
 
     def _onSegmentationModified(self, caller, event):
         self.syncTimer.start()
@@ -436,9 +446,10 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.profileEditor.set_lesion_scores(lesion_scores(session, label), lesion_ruled_out(session, label))
         r, a, s = session.center_ras(label)
         slicer.modules.markups.logic().JumpSlicesToLocation(r, a, s, True)
-        # When the Segment Editor works on these results, the lesion becomes its current segment.
-        editorModule = slicer.modules.segmenteditor.widgetRepresentation()
-        editor = editorModule.self().editor if editorModule else None
+        # When the Segment Editor works on these results, the lesion becomes its current segment. Only an editor
+        # already built: widgetRepresentation() would build the whole Segment Editor panel on the first click.
+        segmentEditor = getattr(slicer.modules, "SegmentEditorWidget", None)
+        editor = segmentEditor.editor if segmentEditor is not None else None
         if editor is not None and editor.segmentationNode() is session.segmentation_node:
             editor.setCurrentSegmentID(session.lesion(label).segment_id)
 
@@ -503,6 +514,9 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.session = None
         self.syncTimer.stop()
         self._unobserveSegmentation()  # the observation would keep the closed scene's segmentation alive
+        if getattr(self, "profileEditor", None) is not None:
+            self.profileEditor.set_session(None)  # a profile saved later re-ranks no closed result
+            self.profileEditor.set_lesion_scores(None)
         if self.review is not None:
             self.review.set_lesions([], "No results.")
         self._updateButtons()

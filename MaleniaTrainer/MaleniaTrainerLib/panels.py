@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from MaleniaCommon.qt_compat import Callbacks, get, qt
+from MaleniaCommon.thread_turns import ThreadTurns
 
 from .logic import (Background, JobView, TrainerLogic, describe_error, fetch_version, list_versions, start_job,
                     upload_items)
@@ -322,6 +323,7 @@ class TrainerPanel:
         self.timer.setInterval(poll_ms)
         self.timer.timeout.connect(self.poll)
         self.timer.start()
+        self.turns = ThreadTurns()  # the tasks' threads get their turns inside Slicer while they work
         self.refresh_corrections()
 
     @property
@@ -332,6 +334,7 @@ class TrainerPanel:
         """fn runs in a thread: it gets the backend and plain values, never the settings or the scene."""
         task = Background(fn, *args, redact=self.logic.redactor(), **kwargs)
         self.tasks[name] = task
+        self.turns.keep(True)
         return task
 
     def _backend(self, show_error) -> Any:
@@ -428,6 +431,7 @@ class TrainerPanel:
         if self.job_id and "job" not in self.tasks:
             backend, job_id = self.logic.backend(), self.job_id
             self._run("job", lambda: JobView.from_json(backend.job(job_id)))
+        self.turns.keep(bool(self.tasks))
 
     def _connect_done(self, task: Background) -> None:
         if task.error:

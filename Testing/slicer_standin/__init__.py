@@ -108,6 +108,50 @@ class _WidgetRepresentation:
         return self._instance
 
 
+class _SegmentEditor:
+    """What the modules use of qMRMLSegmentEditorWidget (the Qt widget itself is not in slicer-core)."""
+
+    def __init__(self):
+        self._segmentation = self._source = self._segment = None
+
+    def setSegmentationNode(self, node):
+        self._segmentation = node
+
+    def segmentationNode(self):
+        return self._segmentation
+
+    def setSourceVolumeNode(self, node):
+        self._source = node
+
+    def sourceVolumeNode(self):
+        return self._source
+
+    def setCurrentSegmentID(self, segment_id):
+        self._segment = segment_id
+
+    def currentSegmentID(self):
+        return self._segment
+
+
+class _SegmentEditorModule:
+    """slicer.modules.segmenteditor as in Slicer: the first widgetRepresentation() builds the Segment Editor panel
+    (in Slicer: its parameter node and every effect) and publishes it as slicer.modules.SegmentEditorWidget, as
+    qSlicerScriptedLoadableModuleWidget does for each scripted module's widget; it never returns None."""
+
+    name = "SegmentEditor"
+
+    def __init__(self, modules):
+        self._modules, self._representation, self.built = modules, None, 0
+
+    def widgetRepresentation(self):
+        if self._representation is None:
+            instance = types.SimpleNamespace(editor=_SegmentEditor())
+            self._representation = _WidgetRepresentation(instance, None)
+            self._modules.SegmentEditorWidget = instance
+            self.built += 1
+        return self._representation
+
+
 def _slicer_additions(qapp, qt, ctk):
     import slicer
 
@@ -120,8 +164,8 @@ def _slicer_additions(qapp, qt, ctk):
     slm_module.__dict__.update({k: v for k, v in vars(slm).items() if not k.startswith("__")})
     terminologies = types.SimpleNamespace(logic=lambda t=_TerminologiesLogic(): t)
     markups = types.SimpleNamespace(logic=lambda: types.SimpleNamespace(JumpSlicesToLocation=lambda *a: None))
-    mods = types.SimpleNamespace(terminologies=terminologies, markups=markups,
-                                 segmenteditor=types.SimpleNamespace(widgetRepresentation=lambda: None))
+    mods = types.SimpleNamespace(terminologies=terminologies, markups=markups)
+    mods.segmenteditor = _SegmentEditorModule(mods)
     return {"app": _App(qapp), "mrmlScene": slicer.vtkMRMLScene(), "util": util_module,
             "ScriptedLoadableModule": slm_module, "modules": mods, "qMRMLWidget": widgets.qMRMLWidget,
             "qMRMLNodeComboBox": widgets.qMRMLNodeComboBox, "parameterNodeWrapper": parameterNodeWrapper_module(),

@@ -5,7 +5,8 @@ PythonQt, unlike PySide6, exposes Qt properties as Python attributes (`button.en
 `name` (its objectName), and connects by signature (`button.connect('clicked(bool)', fn)`).
 Every QObject class of QtCore/QtGui/QtWidgets is offered here as a subclass with those rules;
 others (QColor, QTableWidgetItem ...) are PySide6's own.
-Limit: objects Qt itself creates and returns (a layout(), a header()) are plain PySide6 objects.
+Limit: objects Qt itself creates and returns (a layout(), a header()) are plain PySide6 objects (shiboken
+cannot retype them); test_slicer_pythonqt_returned.py reads the modules' code for properties called on those.
 """
 
 from __future__ import annotations

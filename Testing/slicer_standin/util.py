@@ -123,7 +123,13 @@ def modulePath(moduleName):
 
 
 def selectModule(module):
-    SELECTED.append(module if isinstance(module, str) else module.name)
+    # Selecting a module shows its panel, which Slicer builds on first use.
+    import slicer
+
+    name = module if isinstance(module, str) else module.name
+    SELECTED.append(name)
+    if name == "SegmentEditor":
+        slicer.modules.segmenteditor.widgetRepresentation()
 
 
 def setSliceViewerLayers(background=None, foreground=None, label=None, fit=False, **kwargs):
@@ -161,14 +167,16 @@ class VTKObservationMixin:
                 for method, (group, tag, priority) in methods.items()]
 
     def removeObservers(self, method=None):
-        for obj, events in list(self.__observations.items()):
-            for event, methods in list(events.items()):
-                for m, (group, tag, priority) in list(methods.items()):
-                    if method is None or m == method:
-                        obj.RemoveObserver(tag)
-                        del methods[m]
+        # As Slicer's: removing observations leaves the objects and events as (empty) keys.
         if method is None:
+            for obj, _, _, _, tag, _ in self.Observations:
+                obj.RemoveObserver(tag)
             self.__observations.clear()
+            return
+        for obj, events in self.__observations.items():
+            for methods in events.values():
+                if method in methods:
+                    obj.RemoveObserver(methods.pop(method)[1])
 
     def addObserver(self, obj, event, method, group="none", priority=0.0):
         methods = self.__observations.setdefault(obj, {}).setdefault(event, {})
@@ -178,16 +186,13 @@ class VTKObservationMixin:
         methods[method] = (group, obj.AddObserver(event, method, priority), priority)
 
     def removeObserver(self, obj, event, method):
+        # Slicer's keeps `obj` as a key of its bookkeeping (and so keeps it alive) after its last observation goes.
         try:
             group, tag, priority = self.__observations[obj][event].pop(method)
         except KeyError:
             logging.warning("does not have observer")
             return
         obj.RemoveObserver(tag)
-        if not self.__observations[obj][event]:
-            del self.__observations[obj][event]
-        if not self.__observations[obj]:
-            del self.__observations[obj]
 
     def getObserver(self, obj, event, method, default=None):
         try:
