@@ -28,6 +28,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.partial.{os.getpid()}-", suffix="".join(target.suffixes) or ".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp makes it private; the file follows the umask as open() would
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -53,19 +54,25 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False, replaces: str | None = None) -> Iterator[Path]:
     """Yields an empty staging folder beside `target`; it becomes `target` only on success.
 
     Without overwrite, the final rename refuses an existing target (FileExistsError) even when another
     process created it while this one was writing: of parallel writers exactly one wins, the others learn
     it and can pick another name. With overwrite, an existing target is replaced after the new one is
-    complete. Staging names carry the writer's process id so `clean_stale` can tell abandoned ones.
+    complete. `replaces` names the file that marks a folder of the kind being written (dataset.json,
+    manifest.json): overwrite then replaces only such a folder or an empty one, never a file or a user's own
+    folder that a mistyped path points at (OutputError, before anything is written). Staging names carry
+    the writer's process id so `clean_stale` can tell abandoned ones.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise FileExistsError(str(target))
+    if overwrite and replaces is not None:
+        check_replaceable(target, replaces)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial.{os.getpid()}-", dir=target.parent))
+    os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it private; the folder follows the umask as mkdir would
     try:
         yield staging
         if not overwrite:
@@ -80,6 +87,27 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def umask() -> int:
+    """The process's file-creation mask (read by setting it, so read it where no other thread creates files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_replaceable(target: str | os.PathLike, marker: str) -> None:
+    """OutputError unless `target` is absent, an empty folder, or a folder holding `marker`."""
+    from malenia.errors import OutputError
+
+    target = Path(target)
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise OutputError(f"{target} exists and is not a folder; it is not replaced (remove it or choose another path)")
+    if not (target / marker).is_file() and any(target.iterdir()):
+        raise OutputError(f"{target} is not a folder this command writes (it has no {marker}); it is not replaced "
+                          "(remove it or choose another path)")
 
 
 def rename_no_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:

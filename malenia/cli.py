@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from malenia import __version__
-from malenia.errors import EXIT_INTERRUPTED, MaleniaError
+from malenia.errors import EXIT_INTERRUPTED, EXIT_PIPE, MaleniaError
 
 import malenia.commands as commands_pkg
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _warn_missing_profile_folders(args)
     try:
         return int(args.func(args) or 0)
     except MaleniaError as err:
@@ -44,6 +45,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"malenia {args.command}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _output_closed(args.command)
+    finally:
+        if argv is None:  # this process's own command (not a call from Python code, e.g. a test)
+            _ignore_late_signals()
+
+
+def _warn_missing_profile_folders(args) -> None:
+    """A site profile folder that does not exist holds no profiles; a mistyped one would silently change which
+    diseases can be named, so a command that reads profiles says so (`knowledge add|edit` create theirs)."""
+    if not hasattr(args, "knowledge") or getattr(args, "action", None) in ("add", "edit", "remove"):
+        return
+    from malenia.knowledge.site import missing_dirs
+
+    for folder in missing_dirs(args.knowledge):
+        print(f"malenia {args.command}: warning: site profile folder {folder} does not exist; no profiles are read "
+              "from it", file=sys.stderr)
+
+
+def _output_closed(command: str) -> int:
+    """The reader of standard output went away (`malenia ... | head`): a writer killed by SIGPIPE, as Unix tools
+    are, without a traceback; staged outputs were removed on the way out, as for Ctrl-C."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush of stdout must not raise again
+    print(f"malenia {command}: standard output was closed; stopped", file=sys.stderr)
+    return EXIT_PIPE
+
+
+def _ignore_late_signals() -> None:
+    """Everything is written or cleaned up: a Ctrl-C or SIGTERM in the second of interpreter shutdown that follows
+    (torch's teardown) would only replace the command's exit status by the signal's."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

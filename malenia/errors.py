@@ -10,6 +10,7 @@ EXIT_BAD_INPUT = 3  # input image/dataset/workbook refused
 EXIT_BAD_MODEL = 4  # model folder missing, manifest or sha256 mismatch, incompatible weights
 EXIT_OUTPUT = 5  # output folder not writable, or outputs exist without --overwrite
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: nothing was written
+EXIT_PIPE = 141  # standard output closed by its reader (128 + SIGPIPE, as a Unix tool killed by it)
 
 
 class MaleniaError(Exception):

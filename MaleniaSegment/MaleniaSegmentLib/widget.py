@@ -227,7 +227,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         request = SegmentRequest(volume, model_dir=model, device=self.ui.deviceComboBox.currentData,
                                  roi_node=self.ui.roiSelector.currentNode(), dicom_files=self.logic.dicomFiles(volume),
-                                 knowledge_dirs=[str(self._knowledgeFolder())], refine=bool(self.ui.refineCheckBox.checked),
+                                 knowledge_dirs=self._knowledgeDirs(), refine=bool(self.ui.refineCheckBox.checked),
                                  lesion_filter=self.ui.filterComboBox.currentData or "model")
         self._start(lambda: self.logic.startSegmentation(request), "segment", "Segmenting lesions ...")
 
@@ -243,7 +243,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         session = self.logic.session
         request = SegmentRequest(session.volume_node, model_dir=model, device=self.ui.deviceComboBox.currentData,
-                                 dicom_files=list(session.dicom_files), knowledge_dirs=[str(self._knowledgeFolder())])
+                                 dicom_files=list(session.dicom_files), knowledge_dirs=self._knowledgeDirs())
         self._start(lambda: self.logic.startDescribing(request), "describe", "Describing your outlines ...")
 
     def _start(self, start, kind, message):
@@ -359,6 +359,14 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _knowledgeFolder(self):
         """Site disease profiles: the Malenia/KnowledgeFolder setting, else ~/Malenia/knowledge."""
         return shared_settings.folder(qt.QSettings(), shared_settings.KNOWLEDGE_FOLDER, "knowledge")
+
+    def _knowledgeDirs(self):
+        """The folder a run reads site profiles from (--knowledge). The default one is created on first use; one
+        set in the settings that is missing gets the command's warning in the run's log."""
+        folder = self._knowledgeFolder()
+        if not qt.QSettings().value(shared_settings.KNOWLEDGE_FOLDER, ""):
+            folder.mkdir(parents=True, exist_ok=True)
+        return [str(folder)]
 
     def _ensureProfileEditor(self):
         if getattr(self, "profileEditor", None) is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._types import count
 from malenia.aspects import ASPECTS
 
 WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -28,13 +29,13 @@ def register(actions) -> None:
     p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the built-in model)")
     p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
     p.add_argument("--split", default="val", help="dataset split (default val; 'all' for every case)")
-    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--max-cases", type=count, default=None)
     p.add_argument("--knowledge", action="append", default=None, metavar="DIR", help="site profile folder (repeatable)")
     p.add_argument("--fit", action="store_true", help="fit the unclassified rule and store it in the model folder")
     p.add_argument("--fit-weight", action="append", default=[], metavar="ASPECT", choices=FITTABLE_ASPECTS,
                    help="with --fit: also fit this aspect's weight in disease inference (grid 0-1; repeatable)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=count, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 

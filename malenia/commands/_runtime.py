@@ -8,6 +8,7 @@
 """
 
 from __future__ import annotations
+from malenia.commands._types import count
 
 import contextlib
 import os
@@ -41,11 +42,21 @@ def configure_cpu(threads: int | None = None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def require_output_folder(path, option: str = "--out") -> None:
+    """OutputError at once, before any work, when the folder a command will write into is an existing file."""
+    from pathlib import Path
+
+    from malenia.errors import OutputError
+
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise OutputError(f"{option} {path} is a file, not a folder")
+
+
 def add_model_run_options(p, dry_run: str | None = None) -> None:
     """The options every command that runs a model over a dataset shares: --device, --threads, --progress;
     `dry_run`: the help of a --dry-run flag, for commands that write into a model folder."""
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=count, default=None)
     if dry_run:
         p.add_argument("--dry-run", action="store_true", help=dry_run)
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")

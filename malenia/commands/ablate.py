@@ -15,6 +15,7 @@ Each variant trains into DIR/<variant>/ (resumable; a finished one is not retrai
 """
 
 from __future__ import annotations
+from malenia.commands._types import count
 
 import argparse
 
@@ -39,10 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", action="append", default=[], metavar="DATASET[:SPLIT]",
                    help="evaluation dataset (split default test); repeatable")
     p.add_argument("--split", default="train")
-    p.add_argument("--max-cases", type=int, default=None, help="evaluate at most N cases per dataset")
+    p.add_argument("--max-cases", type=count, default=None, help="evaluate at most N cases per dataset")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=count, default=None)
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p.set_defaults(func=run)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._types import count
 from malenia.commands._runtime import add_model_run_options
 from malenia.evaluate.metrics import OBJECTIVES
 
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset folder (malenia-dataset/1); repeat to pool several datasets' split")
     p.add_argument("--split", default="val", help="dataset split, of every --data (default val; never the test split "
                                                   "you report)")
-    p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases of the split")
+    p.add_argument("--max-cases", type=count, default=None, help="use only the first N cases of the split")
     p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
                    help="what the choice maximises: dsc_f1 (default) = 1/2 mean case DSC + 1/2 lesion-detection F1; "
                         "dsc = mean case DSC alone (the rule up to model 2.6.0; blind to small lesions)")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from malenia.commands._runtime import add_model_run_options
+from malenia.commands._types import count, positive, share
+from malenia.commands._runtime import add_model_run_options, require_output_folder
 from malenia.model.precision import PRECISIONS
 
 
@@ -31,13 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="predicted: the lesions the model finds (default); reference: each reference lesion described "
                         "on its own outline, as `segment --mask` describes a reader's outline (names and attributes "
                         "on every lesion; DSC and detection are 1 by construction)")
-    p.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default 2.0)")
-    p.add_argument("--iou", type=float, default=None, help="IoU for a detected lesion (default 0.1)")
+    p.add_argument("--nsd-tolerance", type=positive, default=None, help="NSD tolerance in mm (default 2.0)")
+    p.add_argument("--iou", type=share, default=None, help="IoU for a detected lesion (default 0.1)")
     p.add_argument("--threshold", type=float, default=None,
                    help="foreground probability threshold (default: the model's calibrated value, else 0.5)")
     p.add_argument("--min-volume", type=float, default=None, metavar="MM3",
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
-    p.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases of the split")
+    p.add_argument("--max-cases", type=count, default=None, help="evaluate only the first N cases of the split")
     p.add_argument("--refine", action="store_true", help="as segment --refine: re-draw well-contrasted lesions from the CT")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="as segment --precision: the network's arithmetic (default auto)")
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_output_folder(args.out)
     if args.card:
         return write_card(args)
     if args.compare:
@@ -165,7 +167,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from malenia.atomic import write_json, write_text
     from malenia.data.dataset import require_dataset
     from malenia.errors import InputError
-    from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter, markdown_tables
+    from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter, markdown_tables, selected_cases
     from malenia.evaluate.metrics import DEFAULT_IOU_THRESHOLD, DEFAULT_NSD_TOLERANCE_MM
     from malenia.knowledge.site import origin_json
     from malenia.model.folder import load_model_folder
@@ -174,6 +176,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if not args.data:
         raise InputError("--data or --image is required (or --card to write a model card)")
     require_dataset(args.data)
+    selected_cases(args.data, None if args.split == "all" else args.split, args.max_cases)  # files first, then the model
     if args.outlines == "reference":
         from malenia.commands._runtime import refuse_finding_options
 

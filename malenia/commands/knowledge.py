@@ -15,6 +15,7 @@ Profile folders: --knowledge DIR (repeatable), else $MALENIA_KNOWLEDGE, else Res
 """
 
 from __future__ import annotations
+from malenia.commands._types import count
 
 import argparse
 import json
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--encoder", default=None, help="all-MiniLM-L6-v2 (default) or a local Hugging Face model folder")
     b.add_argument("--cache-dir", type=Path, default=None, help="bank cache folder (default: ~/.cache/malenia/banks)")
     b.add_argument("--out", type=Path, default=None, help="also write the bank to this .safetensors file")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument("--threads", type=count, default=None, help="torch CPU threads")
     b.set_defaults(func=_bank)
 
     c = actions.add_parser("classify", help="disease posterior for description ids (one per aspect)")
@@ -244,7 +245,12 @@ def _save(args: argparse.Namespace, adding: bool) -> int:
     from malenia.knowledge.profiles import build_profile, folder_lock, parse_weighted, profile_path, write_profile
     from malenia.knowledge.site import writable_dir
 
+    for option, value in (("--name", args.name), ("--organ", args.organ)):
+        if value is not None and not value.strip():
+            raise InputError(f"{option} must not be empty")
     folder = writable_dir(args.knowledge)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--knowledge {folder} is a file, not a folder")
     with folder_lock(folder):
         table = _table_in_force(args)  # read under the lock: concurrent edits see each other
         exists = args.key in table.diseases

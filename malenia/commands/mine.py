@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from malenia.commands._types import count
 from malenia.commands._runtime import add_model_run_options
 
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold (default: the model's)")
     p.add_argument("--min-volume", type=float, default=None,
                    help="smallest false positive kept, mm³ (default: the model's minimum lesion volume)")
-    p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases of the split")
+    p.add_argument("--max-cases", type=count, default=None, help="use only the first N cases of the split")
     add_model_run_options(p)
     p.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ import contextlib
 import signal
 from pathlib import Path
 
+from malenia.commands._types import count
 from malenia.errors import EXIT_INTERRUPTED, MaleniaError
 from malenia.model.precision import PRECISIONS
 
@@ -27,7 +28,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "with AVX512-BF16 or AMX), else float32 (default auto)")
     p.add_argument("--threshold", type=float, default=None,
                    help="lesion probability threshold (default: the model's calibrated value, else 0.5)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--threads", type=count, default=None, metavar="N", help="CPU threads for PyTorch (default: all cores)")
     p.add_argument("--min-volume", type=float, default=None, metavar="MM3",
                    help="remove lesions smaller than this, mm^3 (default: the model's calibrated value, else 50)")
     lesions = p.add_mutually_exclusive_group()

@@ -132,12 +132,10 @@ def _first_token(service, data: Path) -> None:
 
 
 def run_token(args) -> int:
-    from malenia.server.layout import Layout
     from malenia.server.store import Store
     from malenia.server.tokens import TokenStore
 
-    layout = Layout(_data(args))
-    layout.create()
+    layout = _server_layout(args, create=args.token_action == "add")
     tokens = TokenStore(Store(layout.db))
     if args.token_action == "add":
         token, info = tokens.add(args.name)
@@ -154,12 +152,10 @@ def run_token(args) -> int:
 
 
 def run_model(args) -> int:
-    from malenia.server.layout import Layout
     from malenia.server.store import Store
     from malenia.server.versions import Registry
 
-    layout = Layout(_data(args))
-    layout.create()
+    layout = _server_layout(args, create=args.model_action == "import")
     registry = Registry(Store(layout.db), layout)
     if args.model_action == "import":
         version = registry.register(args.folder.expanduser().resolve(), parent=None, job_id=None, metrics={},
@@ -174,6 +170,20 @@ def run_model(args) -> int:
             print(f"{v['name']:<6} {'*' if v['name'] == current else ' '} {_when(v['created'])}  parent {v['parent'] or '-':<6} "
                   f"val DSC {dsc if dsc is not None else '-'}  {v['notes'][-1] if v['notes'] else ''}")
     return 0
+
+
+def _server_layout(args, create: bool):
+    """The server's data folder: made by the actions that add to it; the others (list, revoke) read an existing
+    one, so that a mistyped --data does not make an empty server and list nothing."""
+    from malenia.errors import InputError
+    from malenia.server.layout import Layout
+
+    layout = Layout(_data(args))
+    if create:
+        layout.create()
+    elif not layout.db.is_file():
+        raise InputError(f"{layout.root} is not a server data folder (no {layout.db.name})")
+    return layout
 
 
 def _when(t: float | None) -> str:

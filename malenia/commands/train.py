@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from malenia.commands._types import count
 from malenia.model.precision import COMPILE_BACKENDS, PRECISIONS
 
 
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=10, help="steps between lines of RUN/metrics.jsonl (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=count, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic: auto = bfloat16 autocast where the device computes it natively (CUDA, CPUs with "
                         "AVX512-BF16 or AMX), else float32; channels-last on CPU either way")
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from malenia.commands._runtime import require_output_folder
     from malenia.data.dataset import require_dataset
     from malenia.data.sampler import augment_config
     from malenia.errors import InputError
@@ -146,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_output_folder(args.out)
     data = require_dataset(args.data)
     if args.replay:
         require_dataset(args.replay, "--replay")

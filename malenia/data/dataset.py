@@ -165,7 +165,7 @@ def write_case(dataset_dir: str | Path, case: Case, overwrite: bool = False) -> 
     import SimpleITK as sitk
 
     target = case_dir(dataset_dir, case.case_id)
-    with atomic_dir(target, overwrite=overwrite) as staging:
+    with atomic_dir(target, overwrite=overwrite, replaces=REPORT_FILE) as staging:
         sitk.WriteImage(case.image, str(staging / IMAGE_FILE), useCompression=True)
         sitk.WriteImage(sitk.Cast(case.lesions, sitk.sitkUInt8 if _max_label(case.lesions) < 256 else sitk.sitkUInt16),
                         str(staging / LESIONS_FILE), useCompression=True)
@@ -186,16 +186,33 @@ def read_case(dataset_dir: str | Path, case_id: str, with_images: bool = True) -
     report = read_report(folder / REPORT_FILE)
     if not with_images:
         return Case(case_id, None, None, report)  # type: ignore[arg-type]
+    image, lesions = _read_case_image(folder, IMAGE_FILE, case_id), _read_case_image(folder, LESIONS_FILE, case_id)
+    organs = _read_case_image(folder, ORGANS_FILE, case_id) if (folder / ORGANS_FILE).exists() else None
+    return Case(case_id, image, lesions, report, organs)
+
+
+def require_case_files(dataset_dir: str | Path, case_ids: list[str]) -> None:
+    """InputError naming the first missing files of the cases a run will read, before it reads any: a long
+    evaluation must not stop at its fortieth case for a file that was missing from the start."""
+    missing = [f"{case_id}/{name}" for case_id in case_ids for name in (REPORT_FILE, IMAGE_FILE, LESIONS_FILE)
+               if not (case_dir(dataset_dir, case_id) / name).is_file()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InputError(f"{dataset_dir}: missing case files: {', '.join(missing[:5])}{more}")
+
+
+def _read_case_image(folder: Path, name: str, case_id: str):
+    """One image file of a case folder; InputError naming the file when it is missing or unreadable."""
     import SimpleITK as sitk
 
+    path = folder / name
+    if not path.is_file():
+        raise InputError(f"case {case_id}: {name} is missing ({path})")
     try:
-        image = sitk.ReadImage(str(folder / IMAGE_FILE))
-        lesions = sitk.ReadImage(str(folder / LESIONS_FILE))
-        organs_path = folder / ORGANS_FILE
-        organs = sitk.ReadImage(str(organs_path)) if organs_path.exists() else None
+        return sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(f"case {case_id}: cannot read image ({str(err).splitlines()[0]})") from None
-    return Case(case_id, image, lesions, report, organs)
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise InputError(f"case {case_id}: cannot read {name} ({lines[-1] if lines else 'unreadable'})") from None
 
 
 @dataclass

@@ -156,6 +156,17 @@ def make_segmenter(model, device: str = "cpu", threshold: float | None = None, m
     return Segmenter(model, options, knowledge=knowledge)
 
 
+def selected_cases(data_dir: str | Path, split: str | None, max_cases: int | None = None):
+    """(dataset index, the cases an evaluation reads: the split's first `max_cases`), each case checked to have its
+    files."""
+    from malenia.data.dataset import read_dataset, require_case_files
+
+    index = read_dataset(data_dir)
+    case_ids = index.split_cases(split)[:max_cases] if max_cases else index.split_cases(split)
+    require_case_files(data_dir, case_ids)
+    return index, case_ids
+
+
 def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: str | None = "test",
                      nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
                      device: str = "cpu", max_cases: int | None = None,
@@ -168,14 +179,11 @@ def evaluate_dataset(model_dir: str | Path | None, data_dir: str | Path, split: 
     names and attributes are then measured on every lesion, and DSC and detection are 1 by construction."""
     if outlines not in OUTLINES:
         raise ValueError(f"outlines must be one of {OUTLINES}, got {outlines!r}")
-    from malenia.data.dataset import read_dataset
-
+    index, case_ids = selected_cases(data_dir, split, max_cases)
     if segmenter is None:
         from malenia.model.folder import load_model_folder
 
         segmenter = make_segmenter(load_model_folder(model_dir, device=device), device)
-    index = read_dataset(data_dir)
-    case_ids = index.split_cases(split)[:max_cases] if max_cases else index.split_cases(split)
     groups: dict[str, GroupStats] = defaultdict(GroupStats)
     cases_out = []
     t0 = time.perf_counter()

@@ -93,7 +93,7 @@ def run_demo(out_dir: str | os.PathLike, model_dir: str | os.PathLike | None = N
     case = make_demo_case(seed)
     final_ct = input_dir / INPUT_CT
     try:
-        with atomic_dir(input_dir, overwrite=True) as staging:
+        with atomic_dir(input_dir, overwrite=True, replaces=INPUT_CT) as staging:
             sitk.WriteImage(case.image, str(staging / INPUT_CT), useCompression=True)
             sitk.WriteImage(sitk.Cast(case.lesions, sitk.sitkUInt8), str(staging / TRUTH_LABELS), useCompression=True)
             (staging / TRUTH_REPORT).write_text(_json(case.report.to_json()), encoding="utf-8")

@@ -197,9 +197,7 @@ class _publish:
     def __enter__(self) -> Path:
         if not self.out_dir.exists():
             self._new_dir = atomic_dir(self.out_dir)  # the whole folder appears at once
-            staging = self._new_dir.__enter__()
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a new folder follows the umask
-            return staging
+            return self._new_dir.__enter__()  # a new folder follows the umask (malenia.atomic)
         self._staging = Path(tempfile.mkdtemp(prefix=".malenia-partial-", dir=self.out_dir))
         return self._staging
 
@@ -242,9 +240,3 @@ class _publish:
                 else:
                     target.unlink(missing_ok=True)
             raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

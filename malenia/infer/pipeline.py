@@ -68,8 +68,8 @@ class SegmentOptions:
             problems.append(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.token_threshold < 1.0:
             problems.append(f"token threshold must be in [0, 1), got {self.token_threshold}")
-        if self.min_volume_mm3 is not None and self.min_volume_mm3 < 0:
-            problems.append("minimum lesion volume must not be negative")
+        if self.min_volume_mm3 is not None and not 0 <= self.min_volume_mm3 < float("inf"):
+            problems.append(f"minimum lesion volume must be a finite number of mm³, at least 0, got {self.min_volume_mm3}")
         if self.verifier_cut is not None and not 0.0 <= self.verifier_cut < 1.0:
             problems.append(f"verifier cut must be in [0, 1), got {self.verifier_cut}")
         if self.verifier_cut is not None and not self.verify:

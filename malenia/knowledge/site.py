@@ -40,10 +40,17 @@ def env_dirs() -> list[Path]:
 
 
 def profile_dirs(explicit: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
-    """Every profile folder in force, in override order (later wins)."""
+    """Every profile folder in force, in override order (later wins); one that does not exist (yet) holds no
+    profiles (`missing_dirs` names them, for a warning)."""
     if isinstance(explicit, (str, os.PathLike)):
         explicit = [explicit]
     return [builtin_profile_dir(), *env_dirs(), *(Path(p) for p in explicit or [])]
+
+
+def missing_dirs(explicit: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
+    """The folders named for the run or in $MALENIA_KNOWLEDGE that do not exist: a mistyped one would silently
+    change which diseases can be named, so the commands that read profiles warn about them."""
+    return [p for p in profile_dirs(explicit)[1:] if not p.is_dir()]
 
 
 def writable_dir(explicit: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> Path:

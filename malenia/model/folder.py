@@ -219,7 +219,7 @@ def save_model_folder(target: str | Path, *, config, network, bank,
     target = Path(target)
     if target.exists() and not overwrite:
         raise ModelError(f"model folder {target} exists (use overwrite)")
-    with atomic_dir(target, overwrite=overwrite) as staging:
+    with atomic_dir(target, overwrite=overwrite, replaces=MANIFEST) as staging:
         (staging / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         # save_model drops the aliases nnU-Net's modules register for shared weights (safetensors refuses them).
         with standard_layout(network) as plain:
@@ -348,7 +348,7 @@ def rewrite_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> dict[st
 def copy_model_folder(src: str | Path, dst: str | Path, overwrite: bool = True) -> Path:
     """A verified copy of a model folder, written whole."""
     manifest = verify_model_folder(src)
-    with atomic_dir(dst, overwrite=overwrite) as staging:
+    with atomic_dir(dst, overwrite=overwrite, replaces=MANIFEST) as staging:
         copy_model_files(src, staging, manifest)
         verify_model_folder(staging)
     return Path(dst)

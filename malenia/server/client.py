@@ -212,7 +212,7 @@ class MaleniaClient:
         files = {safe_relpath(rel): digest for rel, digest in manifest["files"].items()}
         total = [0, 0]
         dest = Path(dest)
-        with atomic_dir(dest, overwrite=overwrite) as staging:
+        with atomic_dir(dest, overwrite=overwrite, replaces=MANIFEST) as staging:
             for rel, digest in [*files.items(), (MANIFEST, info["manifest_sha256"])]:
                 target = staging / rel
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise OutputError(f"{args.out} exists (use --overwrite to replace it)")
     try:
-        with atomic_dir(args.out, overwrite=args.overwrite) as staging:
+        with atomic_dir(args.out, overwrite=args.overwrite, replaces="summary.json") as staging:
             for case_id, report in sorted(reports.items()):
                 write_json(staging / f"{case_id}.json", report.to_json())
             write_json(staging / "summary.json", imported.summary(len(reports)))

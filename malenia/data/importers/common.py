@@ -113,6 +113,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_import(args: argparse.Namespace, scheme: LabelScheme, cases: list[SourceCase], name: str, description: str) -> int:
     from malenia.atomic import atomic_dir
+    from malenia.data.dataset import DATASET_FILE
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -122,7 +123,7 @@ def run_import(args: argparse.Namespace, scheme: LabelScheme, cases: list[Source
     reports_dir = Path(args.reports) if args.reports else None
     if reports_dir is not None and not reports_dir.is_dir():
         raise InputError(f"reports folder not found: {reports_dir}")
-    with atomic_dir(out, overwrite=args.overwrite) as staging:
+    with atomic_dir(out, overwrite=args.overwrite, replaces=DATASET_FILE) as staging:
         summary = import_cases(
             cases, scheme, staging, name=name, description=description, reports_dir=reports_dir,
             min_lesion_mm3=args.min_lesion_mm3, force=args.force, skip_bad=args.skip_bad,

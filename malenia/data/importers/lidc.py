@@ -227,7 +227,7 @@ def import_lidc(root: str | Path, out: str | Path, overwrite: bool = False, limi
     the nodules of that patient split; `plantable`: only those `malenia synth --nodules` plants (`unplantable`),
     say for a payload carried to a GPU machine."""
     from malenia.atomic import atomic_dir
-    from malenia.data.dataset import DatasetIndex, write_case, write_dataset_index
+    from malenia.data.dataset import DATASET_FILE, DatasetIndex, write_case, write_dataset_index
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -240,7 +240,7 @@ def import_lidc(root: str | Path, out: str | Path, overwrite: bool = False, limi
         from tqdm import tqdm
 
         iterator = tqdm(pairs, desc="import lidc", unit="nodule", file=sys.stderr)
-    with atomic_dir(out, overwrite=overwrite) as staging:
+    with atomic_dir(out, overwrite=overwrite, replaces=DATASET_FILE) as staging:
         for pair in iterator:
             try:
                 case = nodule_case(pair)

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia.aspects import ALL_DISEASES, ASPECTS, NOVEL_TYPES, SEEN_DISEASES, TRANSPLANT_TYPES, UNSEEN_DISEASES
-from malenia.data.dataset import Case, CaseReport, DatasetIndex, Description, LesionReport, write_case, write_dataset_index
+from malenia.data.dataset import DATASET_FILE, Case, CaseReport, DatasetIndex, Description, LesionReport, write_case, write_dataset_index
 from malenia.data.synthesis.anatomy import Anatomy, organ_of_region, region_of_location
 from malenia.data.synthesis.enhancement import apply_contrast
 from malenia.data.synthesis.features import Canvas
@@ -413,7 +413,7 @@ def synthesize_dataset(out: str | Path, bases: Sequence[str], diseases: Sequence
     case_diseases: dict[str, list[str]] = {}
     split_cases: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     try:
-        with atomic_dir(out, overwrite=overwrite) as staging:
+        with atomic_dir(out, overwrite=overwrite, replaces=DATASET_FILE) as staging:
             for i in range(k - 1, n_cases, n):
                 t0 = time.perf_counter()
                 rng = np.random.default_rng([seed, i])

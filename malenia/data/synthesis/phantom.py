@@ -257,7 +257,8 @@ def _paint_thorax(build: _Build) -> None:
             for side in (-1, 1):
                 hilum = np.array([side * 45.0, 0.0, z_r + 45])
                 for _ in range(int(rng.integers(6, 11))):
-                    end = np.array([side * U(40, ac - 10), U(-bc + 20, bc - 10), U(zmin_lung + 20, zhi)])
+                    end = np.array([side * U(40, ac - 10), U(-bc + 20, bc - 10),  # a lung base barely in view: ends at its top
+                                    U(zmin_lung + 20, max(zhi, zmin_lung + 20))])
                     mid = (hilum + end) / 2 + J(10)
                     P.tube([hilum, mid, end], [U(2.5, 4.0), 1.5, 0.8], hu("blood" if sub != "arterial" else "ivc") - 0,
                            within=lambda x, y, z, sl: lung_mask[sl])

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from malenia.data.dataset import is_dataset, read_case, read_dataset
+from malenia.data.dataset import DATASET_FILE, is_dataset, read_case, read_dataset
 from malenia.data.importers.lidc import unplantable
 from malenia.data.synthesis.lung_base import LungBase, load_lung_base, phantom_lung_base
 from malenia.data.synthesis.nodules import find_centre, nodule_patch, part_depth, paste, patch_radius_mm
@@ -233,7 +233,7 @@ def plant_dataset(out: str | Path, nodules_from: str | Path, bases: Sequence[str
     cases, split_cases, patients = [], {s: [] for s in SPLITS}, {s: set() for s in SPLITS}
     prefix = name or out.name
     attempts = 0  # cycles the bases (also past a case where nothing fitted)
-    with atomic_dir(out, overwrite=overwrite) as staging:
+    with atomic_dir(out, overwrite=overwrite, replaces=DATASET_FILE) as staging:
         for split_no, s in enumerate(SPLITS):
             tries: dict[str, int] = {}
             for rng, take, queue in _deal([n for n in nodules if n.split == s], split_no, seed, lesions_per_case):
