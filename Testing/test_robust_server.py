@@ -190,3 +190,62 @@ def test_token_from_environment_or_a_private_file(tmp_path, monkeypatch):
     assert resolve_token(None) == "mlt_file" and resolve_token(" mlt_given ") == "mlt_given"
     monkeypatch.setenv("MALENIA_SERVER_TOKEN", "mlt_env")
     assert resolve_token("") == "mlt_env"
+
+
+def _report_edit(edit):
+    def spoil(folder: Path) -> Path:
+        text = (folder / "report.json").read_text()
+        (folder / "report.json").write_text(edit(json.loads(text)) if callable(edit) else text.replace(*edit))
+        return folder
+    return spoil
+
+
+def _nan_data_offset(folder: Path) -> Path:
+    raw = bytearray(gzip.decompress((folder / "image.nii.gz").read_bytes()))
+    raw[108:112] = np.float32(np.nan).tobytes()  # vox_offset
+    (folder / "image.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    return folder
+
+
+def _lesion(key, value):
+    def edit(report):
+        report["lesions"][0][key] = value
+        return json.dumps(report)
+    return edit
+
+
+def _first_description_id(value):
+    def edit(report):
+        next(iter(report["lesions"][0]["attributes"].values()))[0]["id"] = value
+        return json.dumps(report)
+    return edit
+
+
+def test_reports_of_the_wrong_types_and_odd_headers_are_422_with_no_server_path(server, tmp_path):
+    """Session 64's probe: each of these was a 500 (or, for a label 1.7, stored as label 1)."""
+    spoilers = {
+        "lesions null": _report_edit(lambda r: json.dumps({**r, "lesions": None})),
+        "lesions 5": _report_edit(lambda r: json.dumps({**r, "lesions": 5})),
+        "extra 5": _report_edit(lambda r: json.dumps({**r, "extra": 5})),
+        "disease list": _report_edit(_lesion("disease", ["x"])),
+        "label 1.7": _report_edit(_lesion("label", 1.7)),
+        "label true": _report_edit(_lesion("label", True)),
+        "label Infinity": _report_edit(('"label": 1', '"label": Infinity')),
+        "id list": _report_edit(_first_description_id(["x"])),
+        "deep": _report_edit(lambda r: "[" * 100_000 + "]" * 100_000),
+        "nan offset": _nan_data_offset,
+        "not nifti": lambda f: ((f / "image.nii.gz").write_bytes(gzip.compress(b"no image here" * 100)), f)[1],
+    }
+    before = _stored(server)
+    for name, spoil in spoilers.items():
+        r = _upload(server, spoil(make_case(tmp_path / name.replace(" ", "_"), seed=5)))
+        assert r.status_code == 422 and r.json()["detail"], (name, r.status_code, r.text)
+        assert str(server.data) not in r.text and "/staging/" not in r.text, (name, r.text)
+    boundary = "b" * 300
+    r = httpx.post(f"{server.url}/cases", content=f"--{boundary}\r\n".encode(), timeout=30,
+                   headers={**_auth(server), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 422, r.text
+    for body in ({"steps": True}, {"steps": 5, "stpes": 3}):  # not a count; a misspelt key
+        assert httpx.post(f"{server.url}/jobs", json=body, headers=_auth(server), timeout=30).status_code == 422
+    assert _stored(server) == before and not list((server.data / "staging").iterdir())
+    assert not any("Traceback" in line for line in server.lines), "\n".join(server.lines[-30:])

@@ -156,6 +156,9 @@ _renameat2 = _load_renameat2()
 _STAGING_RE = re.compile(r"^\.(?:.+\.(?:partial|old)\.(\d+)-[^/]*|malenia-partial-.*)$")
 
 
+_STARTED = time.time()  # (about) when this process started: it imports this module before staging anything
+
+
 def clean_stale(folder: str | os.PathLike, min_age_s: float = 600.0) -> list[str]:
     """Removes staging folders and files left in `folder` by writers that were killed (kill -9, power cut).
 
@@ -179,7 +182,7 @@ def clean_stale(folder: str | os.PathLike, min_age_s: float = 600.0) -> list[str
         except OSError:
             continue
         pid = int(m.group(1)) if m.group(1) else None
-        stale = (age > 60 and not _alive(pid)) if pid is not None else age > min_age_s
+        stale = (age > 60 and not _alive(pid, now - age)) if pid is not None else age > min_age_s
         if stale:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -189,9 +192,12 @@ def clean_stale(folder: str | os.PathLike, min_age_s: float = 600.0) -> list[str
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, modified: float) -> bool:
+    """Whether the writer of a staging entry last modified at `modified` may still be at work."""
     if pid == os.getpid():
-        return True
+        # This process, or a killed predecessor that had the same id (a container's PID 1 after a restart): an
+        # entry older than this process is the predecessor's.
+        return modified >= _STARTED
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows; keep it (age rule only)
         return True
     try:

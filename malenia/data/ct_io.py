@@ -478,7 +478,10 @@ def _nifti_layout(path: Path) -> DataLayout:
         scale = (float(slope), float(inter or 0.0))
     count = int(np.prod(header.get_data_shape(), dtype=np.int64))
     compression = "gzip-file" if path.name.lower().endswith(".gz") else "none"
-    return DataLayout(path, int(header["vox_offset"]), compression, header.get_data_dtype(), count, scale)
+    offset = float(header["vox_offset"])
+    if not (np.isfinite(offset) and 0 <= offset < 2**40):
+        raise InputError(f"{path.name}: NIfTI header has an invalid data offset ({offset})")
+    return DataLayout(path, int(offset), compression, header.get_data_dtype(), count, scale)
 
 
 def _nrrd_layout(path: Path) -> DataLayout | None:

@@ -48,8 +48,15 @@ class Description:
     @staticmethod
     def from_json(obj: dict[str, Any]) -> "Description":
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise InputError(f"attribute description must be an object with a 'text' string, got {obj!r}")
+            raise InputError(f"attribute description must be an object with a 'text' string, got {str(obj)[:80]}")
+        if obj.get("id") is not None and not isinstance(obj["id"], str):
+            raise InputError(f"attribute description id must be a string or null, got {str(obj['id'])[:80]}")
         return Description(text=obj["text"], id=obj.get("id"))
+
+
+def _require_object(value: Any, what: str) -> None:
+    if not isinstance(value, dict):
+        raise InputError(f"{what} must be an object, got {str(value)[:60]}")
 
 
 @dataclass
@@ -69,15 +76,23 @@ class LesionReport:
 
     @staticmethod
     def from_json(obj: dict[str, Any]) -> "LesionReport":
+        if not isinstance(obj, dict):
+            raise InputError(f"malformed lesion entry in report: an object expected, got {str(obj)[:80]}")
+        label, disease = obj.get("label"), obj.get("disease")
+        if isinstance(label, bool) or not isinstance(label, int):  # 1.7 or true are not labels (int() would take them)
+            raise InputError(f"malformed lesion entry in report: label must be an integer, got {str(label)[:40]}")
+        if disease is not None and not isinstance(disease, str):
+            raise InputError(f"malformed lesion entry in report: disease must be a string or null, got {str(disease)[:60]}")
+        _require_object(obj.get("attributes", {}), "a lesion's attributes")
+        _require_object(obj.get("extra", {}), "a lesion's extra")
         try:
-            label = int(obj["label"])
             attrs = obj.get("attributes", {})
             unknown = set(attrs) - set(ASPECTS)
             if unknown:
                 raise InputError(f"unknown attribute aspect(s) {sorted(unknown)}; expected {list(ASPECTS)}")
             return LesionReport(
                 label=label,
-                disease=obj.get("disease"),
+                disease=disease,
                 attributes={a: [Description.from_json(d) for d in attrs.get(a, [])] for a in ASPECTS},
                 extra=dict(obj.get("extra", {})),
             )
@@ -107,6 +122,9 @@ class CaseReport:
     def from_json(obj: dict[str, Any]) -> "CaseReport":
         if not isinstance(obj, dict) or obj.get("format") != CASE_FORMAT:
             raise InputError(f"not a Malenia case report (format must be {CASE_FORMAT!r})")
+        if not isinstance(obj.get("lesions", []), list):
+            raise InputError("report's lesions must be a list")
+        _require_object(obj.get("extra", {}), "the report's extra")
         lesions = [LesionReport.from_json(x) for x in obj.get("lesions", [])]
         labels = [x.label for x in lesions]
         if len(set(labels)) != len(labels) or any(v < 1 for v in labels):

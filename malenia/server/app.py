@@ -9,7 +9,9 @@ The OpenAPI schema is served at /openapi.json (behind the token like everything 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -74,6 +76,7 @@ def create_app(service: TrainingService, close_on_shutdown: bool = True) -> Fast
     app.add_middleware(AuthMiddleware, service=service)
     app.add_exception_handler(MaleniaError, _malenia_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(OSError, _storage_error)
 
     @app.get("/health", tags=["server"])
     def health() -> dict[str, Any]:
@@ -105,6 +108,15 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
     errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200], "type": str(e.get("type", ""))}
               for e in err.errors()]
     return JSONResponse({"detail": errors}, 422)
+
+
+async def _storage_error(request: Request, err: OSError) -> JSONResponse:
+    """A full disk or a file-size limit is the server's storage, not a bug: 507 with the reason (what was staged is
+    removed on the way out); any other OSError stays a 500."""
+    if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return JSONResponse({"detail": f"the server's storage is full ({os.strerror(err.errno)}); nothing was kept"}, 507)
+    logging.getLogger("malenia.server").error("unexpected OSError", exc_info=err)
+    return JSONResponse({"detail": "internal server error"}, 500)
 
 
 class QuerylessAccessLog(logging.Filter):

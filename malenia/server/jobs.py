@@ -185,6 +185,7 @@ class JobManager:
         for row in self.store.query("SELECT params FROM jobs WHERE state IN ('queued', 'running')"):
             used.update(row["params"].get("case_ids") or [])
             used.update(row["params"].get("val_case_ids") or [])
+            used.update(row["params"].get("replay_ids") or [])  # a running job's replay view links to them
         return used
 
     # -- worker lifecycle
@@ -250,7 +251,10 @@ class JobManager:
         run = jdir / "run"
         resuming = run.exists()
         started = now()
-        self.store.execute("UPDATE jobs SET state='running', started=COALESCE(started, ?) WHERE id=?", (started, job_id))
+        claimed = self.store.execute("UPDATE jobs SET state='running', started=COALESCE(started, ?) WHERE id=? "
+                                     "AND state='queued'", (started, job_id)).rowcount
+        if not claimed:  # cancelled between the queue's read and here: it stays cancelled
+            return
         self._running_id = job_id
         tracker = ProgressTracker(row["progress"] if resuming else {}, started=started)
         try:
@@ -337,6 +341,7 @@ class JobManager:
             for cid in row["params"].get("train_ids", []):
                 if cid not in ids and (self.layout.cases / cid).is_dir():
                     earlier[cid] = self.layout.case_dir(cid)
+        stored = sorted(earlier)  # the server's own cases among them (the replay dataset's are not deletable here)
         if self.cfg.replay_dataset:
             ext = Path(self.cfg.replay_dataset)
             for cid in read_dataset(ext).cases:
@@ -352,7 +357,7 @@ class JobManager:
         sha = {c["id"]: c["sha256"] for c in self.cases.list()}
         val_set = hashlib.sha256("\n".join(sorted(sha.get(c, c) for c in val_ids)).encode()).hexdigest() if val_ids else None
         return data, val_ids, replay_dir, {"train_ids": train_ids, "val_ids": val_ids, "replay_cases": len(earlier),
-                                           "val_set": val_set}
+                                           "replay_ids": stored if replay_dir is not None else [], "val_set": val_set}
 
     def _train_argv(self, job_id: str, base_dir: Path, data: Path, run: Path, params: dict[str, Any], has_val: bool,
                     replay: Path | None) -> list[str]:
@@ -455,10 +460,14 @@ class JobManager:
                    "val_set": resolved["val_set"], "val_cases": len(resolved["val_ids"]),
                    "train_cases": len(resolved["train_ids"]), "steps": params["steps"],
                    "trainer_val_dsc": tracker.state.get("val_dsc"), "final_loss": tracker.state.get("loss")}
-        version = self.registry.register(
-            run / "model", parent=base, job_id=job_id, metrics=metrics, notes=vnotes,
-            training_data=f"fine-tuned from {base} on {len(resolved['train_ids'])} server case(s) (job {job_id})",
-            adjust=lambda folder, manifest: add_free_text(folder, free, self.cfg.text_encoder))
+        registered = self.store.get("SELECT name FROM versions WHERE job_id=?", (job_id,))
+        if registered is not None:  # registered before the server stopped; requeued to finish, not to add a second
+            version = self.registry.get(registered["name"])
+        else:
+            version = self.registry.register(
+                run / "model", parent=base, job_id=job_id, metrics=metrics, notes=vnotes,
+                training_data=f"fine-tuned from {base} on {len(resolved['train_ids'])} server case(s) (job {job_id})",
+                adjust=lambda folder, manifest: add_free_text(folder, free, self.cfg.text_encoder))
         decision = decide_promotion(self.cfg.promotion, self.cfg.promotion_tolerance, new_dsc, base_dsc)
         if decision.promote and current is not None and self.registry.current() != current:
             decision.promote, decision.reason = False, "not promoted: the current version changed while the job ran"

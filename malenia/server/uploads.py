@@ -62,11 +62,14 @@ class MultipartToFolder:
         self._text = bytearray()
         self._seen: set[str] = set()
         self._error: Exception | None = None
-        self.parser = MultipartParser(params[b"boundary"], {
-            "on_part_begin": self._part_begin, "on_part_data": self._part_data, "on_part_end": self._part_end,
-            "on_header_field": self._header_field, "on_header_value": self._header_value,
-            "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
-        })
+        try:
+            self.parser = MultipartParser(params[b"boundary"], {
+                "on_part_begin": self._part_begin, "on_part_data": self._part_data, "on_part_end": self._part_end,
+                "on_header_field": self._header_field, "on_header_value": self._header_value,
+                "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
+            })
+        except FormParserError as err:  # e.g. a boundary longer than the standard's 70 characters
+            raise InputError(f"malformed multipart body ({str(err)[:120]})") from None
 
     # -- python-multipart callbacks
     def _part_begin(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -65,9 +66,9 @@ class CheckedCase:
 
 def check_report(data: bytes) -> tuple[CaseReport, str]:
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"report: not valid JSON ({err})") from None
+        obj = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise InputError(f"report: not valid JSON ({_first_line(err)})") from None
     try:
         report = CaseReport.from_json(obj)
     except InputError as err:
@@ -86,6 +87,10 @@ def check_report(data: bytes) -> tuple[CaseReport, str]:
                              f"{', '.join(sorted(diseases))}; a new disease: disease null, its name in extra.disease_text)")
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return report, hashlib.sha256(canonical).hexdigest()
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 @lru_cache(maxsize=1)
@@ -224,5 +229,7 @@ def check_case(folder: Path, limits: UploadLimits, tol: GeometryTolerance) -> Ch
 
 
 def _first_line(err: Exception) -> str:
+    """The last line of a library's message, with the server's own paths cut to their file names."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:200]
+    line = re.sub(r"(?:/[^\s/:\"']+)+/([^\s/:\"']+)", r"\1", lines[-1] if lines else type(err).__name__)
+    return line[:200]

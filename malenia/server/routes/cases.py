@@ -59,7 +59,7 @@ async def _stage_upload(service: TrainingService, request: Request):
         try:
             async for chunk in request.stream():
                 sink.feed(chunk)
-            return sink.finish()
+            return await run_in_threadpool(sink.finish)  # it may gzip a large raw .nii: not on the event loop
         finally:
             sink.close()
     except BaseException:

@@ -6,13 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from malenia.server.service import TrainingService
 
 
 class JobRequest(BaseModel):
-    steps: int = Field(ge=1, le=10**9, description="training steps of the fine-tuning run")
+    # A misspelt key or `"steps": true` is the client's mistake to hear about, not a default or a 1 to run with.
+    model_config = ConfigDict(extra="forbid")
+
+    steps: StrictInt = Field(ge=1, le=10**9, description="training steps of the fine-tuning run")
     case_ids: list[str] | None = Field(None, description="training cases; default: all stored cases")
     val_case_ids: list[str] | None = Field(None, description="validation cases; default: a share of case_ids")
     base_version: str | None = Field(None, description="model version to start from; default: the current one")
