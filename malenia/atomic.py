@@ -90,10 +90,25 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False, replaces: str
 
 
 def umask() -> int:
-    """The process's file-creation mask (read by setting it, so read it where no other thread creates files)."""
+    """The process's file-creation mask: from /proc where Linux has it; elsewhere as it was at import. Not read by
+    setting it: for that instant another thread (the server's) would create its files unmasked."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
+
+
+def _read_umask_by_setting() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_IMPORT_UMASK = _read_umask_by_setting()  # at import, before the caller starts threads
 
 
 def check_replaceable(target: str | os.PathLike, marker: str) -> None:
