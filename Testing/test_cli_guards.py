@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,60 @@ def test_a_closed_standard_output_stops_the_command_without_a_traceback():
     proc.stdout.close()  # the reader goes away before the first line, as `| head -0` would
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == EXIT_PIPE and "standard output was closed" in err and "Traceback" not in err
+
+
+def test_a_truncated_case_image_is_refused_not_read_as_zeros(tmp_path):
+    from malenia.data.dataset import read_case
+
+    assert main([*SYNTH, "--out", str(tmp_path / "ds")]) == 0
+    case = next((tmp_path / "ds" / "cases").iterdir())
+    data = (case / "image.nii.gz").read_bytes()
+    (case / "image.nii.gz").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        read_case(tmp_path / "ds", case.name)
+
+
+def test_an_interrupt_between_the_two_renames_of_an_overwrite_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    write_json(target / "manifest.json", {"old": True})
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if Path(dst) == target and ".partial." in Path(src).name:  # the old folder is aside, the new one not in place
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target, overwrite=True, replaces="manifest.json") as staging:
+            write_json(staging / "manifest.json", {"new": True})
+    monkeypatch.undo()
+    assert (target / "manifest.json").read_text().strip().startswith('{\n  "old"')
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # staging removed
+
+
+def test_sigterm_unwinds_any_command_as_ctrl_c_does(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "malenia.cli", *SYNTH[:6], "200", *SYNTH[7:], "--out",
+                             str(tmp_path / "ds")], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".ds.partial.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # synthesising into its staging folder
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # no staging folder, no dataset
+
+
+@pytest.mark.parametrize("pointer", ["[]", '{"step": 3}', '{"path": "../../another-run/checkpoints/step_00000003"}'])
+def test_a_damaged_checkpoint_pointer_is_one_line(tmp_path, pointer):
+    from malenia.train.checkpoint import LATEST, latest_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / LATEST).write_text(pointer)
+    with pytest.raises(InputError, match="checkpoint"):
+        latest_checkpoint(tmp_path)

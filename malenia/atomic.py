@@ -79,9 +79,16 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False, replaces: str
             rename_no_replace(staging, target)
         elif target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.{os.getpid()}-", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(target, old / "x")
+                os.replace(staging, target)
+            except BaseException:  # e.g. Ctrl-C between the two renames: the old folder goes back, not lost
+                if not os.path.lexists(target) and os.path.lexists(old / "x"):
+                    os.replace(old / "x", target)
+                raise
+            finally:
+                if os.path.lexists(target):  # never the only copy
+                    shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
     except BaseException:

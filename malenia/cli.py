@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _warn_missing_profile_folders(args)
     try:
+        if argv is None:  # this process's own command: SIGTERM (a server's cancel, `kill`) unwinds as Ctrl-C does
+            from malenia.commands._runtime import terminate_as_interrupt
+
+            with terminate_as_interrupt():
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except MaleniaError as err:
         print(f"malenia {args.command}: error: {err}", file=sys.stderr)

@@ -223,9 +223,12 @@ def _read_case_image(folder: Path, name: str, case_id: str):
     """One image file of a case folder; InputError naming the file when it is missing or unreadable."""
     import SimpleITK as sitk
 
+    from malenia.data.ct_io import scan_data
+
     path = folder / name
     if not path.is_file():
         raise InputError(f"case {case_id}: {name} is missing ({path})")
+    scan_data(path, f"case {case_id}: {name}")  # ITK would read a truncated file as zeros without a word
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:

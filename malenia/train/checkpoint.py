@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from malenia.atomic import atomic_dir, write_json
@@ -129,8 +130,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     try:
         path = Path(run_dir) / "checkpoints" / json.loads(pointer.read_text(encoding="utf-8"))["path"]
-    except (json.JSONDecodeError, KeyError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise InputError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
+    if path.resolve().parent != pointer.parent.resolve():
+        raise InputError(f"{pointer}: points outside its checkpoints folder ({path})")
     return path if path.is_dir() else None
 
 
@@ -141,7 +144,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     try:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         state = load_file(str(path / "state.safetensors"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, SafetensorError) as err:
         raise InputError(f"checkpoint {path} is unreadable ({err})") from None
     if meta.get("format") != "malenia-checkpoint/1":
         raise InputError(f"checkpoint {path}: unknown format {meta.get('format')!r}")
@@ -150,6 +153,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
             load_model(plain, str(path / "weights.safetensors"), strict=True)
     except RuntimeError as err:
         raise InputError(f"checkpoint {path} does not fit this model configuration: {str(err).splitlines()[0]}") from None
+    except (OSError, SafetensorError) as err:  # a missing or truncated weights file
+        raise InputError(f"checkpoint {path} is unreadable ({err})") from None
     if average is not None:
         _load_average(path, average)
     if optimizer is not None:
