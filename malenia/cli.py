@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _warn_missing_profile_folders(args)
     try:
-        if argv is None:  # this process's own command: SIGTERM (a server's cancel, `kill`) unwinds as Ctrl-C does
+        # This process's own command: SIGTERM (a server's cancel, `kill`) unwinds as Ctrl-C does; `serve` is left
+        # to uvicorn, whose own handlers shut the server down gracefully.
+        if argv is None and args.command != "serve":
             from malenia.commands._runtime import terminate_as_interrupt
 
             with terminate_as_interrupt():
