@@ -113,7 +113,7 @@ def test_unusable_or_escaping_model_folders_exit_4_with_one_line(folder, tmp_pat
         cfg = json.loads((bad / "config.json").read_text())
         cfg["patch_size"] = [0, 0, 0]
         (bad / "config.json").write_text(json.dumps(cfg))
-        msg = "patch_size must be 3 positive integers"
+        msg = "patch_size must be 3 positive values"
     elif damage == "nan_weights":
         weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                    for k, v in load_file(str(bad / "weights.safetensors")).items()}

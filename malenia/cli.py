@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"malenia {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"malenia {args.command}: interrupted; nothing was written", file=sys.stderr)
+        note = getattr(args, "interrupted_note", None) or "nothing was written"
+        print(f"malenia {args.command}: interrupted; {note}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return _output_closed(args.command)

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # Lowest first. A package not listed here belongs to the layer of its parent package.
 LAYERS: list[tuple[str, ...]] = [
-    ("malenia.errors", "malenia.paths", "malenia.aspects", "malenia.atomic", "malenia.json_files", "malenia.progress_lines",
+    ("malenia.errors", "malenia.paths", "malenia.aspects", "malenia.atomic", "malenia.json_files", "malenia.tensor_files", "malenia.progress_lines",
      "malenia.process_tree", "malenia.links"),
     ("malenia.knowledge",),
     ("malenia.data",),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from malenia.commands._types import count
+from malenia.commands._types import count, fraction, positive, whole
 from malenia.model.precision import COMPILE_BACKENDS, PRECISIONS
 
 
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder (malenia-dataset/1)")
     p.add_argument("--out", required=True, help="run folder (created; an existing run is resumed)")
     p.add_argument("--init", default=None, help="start from this model folder's weights (fine-tuning)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: from the config)")
+    p.add_argument("--steps", type=count, default=None, help="optimiser steps (default: from the config)")
     p.add_argument("--split", default="train", help="training split of the dataset (default: train; 'all' for all cases)")
     p.add_argument("--val-split", default="val", help="validation split (skipped when the dataset has none)")
     p.add_argument("--replay", default=None, help="a second dataset mixed into training (keeps earlier lesion types)")
@@ -33,20 +33,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(repeatable: the files are merged case by case)")
     p.add_argument("--replay-hard-negatives", action="append", default=None,
                    help="the same for --replay: a model's mistakes mined on the replay dataset (repeatable)")
-    p.add_argument("--hard-negative-fraction", type=float, default=0.5,
+    p.add_argument("--hard-negative-fraction", type=fraction, default=0.5,
                    help="share of the background patches placed on a hard negative, in each dataset (default 0.5)")
-    p.add_argument("--missed-fraction", type=float, default=0.0,
+    p.add_argument("--missed-fraction", type=fraction, default=0.0,
                    help="share of the lesion patches drawn among the lesions the hard-negatives files record as "
                         "missed by the mining model (default 0: every lesion alike)")
-    p.add_argument("--replay-fraction", type=float, default=0.5, help="share of replay samples (default 0.5)")
-    p.add_argument("--batch-size", type=int, default=None, help="patches per process and step (default: config)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: config)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: config's share)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
-    p.add_argument("--val-every", type=int, default=200, help="steps between validations (default 200)")
-    p.add_argument("--log-every", type=int, default=10, help="steps between lines of RUN/metrics.jsonl (default 10)")
+    p.add_argument("--replay-fraction", type=fraction, default=0.5, help="share of replay samples (default 0.5)")
+    p.add_argument("--batch-size", type=count, default=None, help="patches per process and step (default: config)")
+    p.add_argument("--lr", type=positive, default=None, help="peak learning rate (default: config)")
+    p.add_argument("--warmup-steps", type=whole, default=None, help="linear warm-up steps (default: config's share)")
+    p.add_argument("--checkpoint-every", type=count, default=100, help="steps between checkpoints (default 100)")
+    p.add_argument("--val-every", type=count, default=200, help="steps between validations (default 200)")
+    p.add_argument("--log-every", type=count, default=10, help="steps between lines of RUN/metrics.jsonl (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--threads", type=count, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic: auto = bfloat16 autocast where the device computes it natively (CUDA, CPUs with "
@@ -55,13 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the network's fixed-shape parts (backend inductor unless named: fused kernels, "
                         "a minute or more of compiling first; no gain for compact at batch 16 on an H200, "
                         "docs/training.md)")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--minutes", type=positive, default=None,
                    help="train for this wall time: warm-up then a cosine that ends when the time is up, so the run "
                         "ends annealed (with --steps: whichever comes first; counted over resumed launches)")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--max-minutes", type=positive, default=None,
                    help="stop this launch after this wall time, checkpoint and write the model folder (resumable; "
                         "the schedule is not shortened: use --minutes for a time-limited run)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=whole, default=None,
                    help="processes drawing training batches ahead of the loop (default: from the CPU count; "
                         "0: in the training process); the patches are the same for any number")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
@@ -85,7 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None, help="text encoder name or local folder (default: all-MiniLM-L6-v2)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="bar: tqdm; json: one JSON object per line on stdout")
-    p.set_defaults(func=run)
+    # what an interrupted run leaves: its checkpoints, which the same command resumes
+    p.set_defaults(func=run, interrupted_note="the checkpoints written so far stay in RUN/checkpoints and the same "
+                                              "command resumes from the last one")
 
 
 def parse_overrides(items: list[str], option: str = "--set") -> dict:
@@ -106,6 +109,17 @@ def parse_overrides(items: list[str], option: str = "--set") -> dict:
 
 
 def build_config(name: str, overrides: list[str]):
+    """The config named or read from a config.json, with the `--set` changes; InputError for any bad value."""
+    from malenia.errors import InputError, ModelError
+    from malenia.model.config import get_config
+
+    try:
+        return _config_with(name, overrides)
+    except ModelError as err:  # a value out of range in --set or in the config file: the user's input
+        raise InputError(str(err)) from None
+
+
+def _config_with(name: str, overrides: list[str]):
     import dataclasses
 
     from malenia.errors import InputError
@@ -118,7 +132,7 @@ def build_config(name: str, overrides: list[str]):
 
         try:
             cfg = MaleniaConfig.from_dict(json.loads(Path(name).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+        except (OSError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
             raise InputError(f"cannot read model config {name}: {err}") from None
     else:
         cfg = get_config(name)
@@ -143,21 +157,20 @@ def run(args: argparse.Namespace) -> int:
     from malenia.commands._runtime import require_output_folder
     from malenia.data.dataset import require_dataset
     from malenia.data.sampler import augment_config
-    from malenia.errors import InputError
+    from malenia.atomic import check_replaceable
+    from malenia.model.folder import MANIFEST, verify_model_folder
     from malenia.train.loop import TrainOptions, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     require_output_folder(args.out)
+    # what the run writes at its end is refused now, not after the training: RUN/model replaces only a model folder
+    check_replaceable(Path(args.out) / "model", MANIFEST)
     data = require_dataset(args.data)
     if args.replay:
         require_dataset(args.replay, "--replay")
-    if not 0.0 <= args.hard_negative_fraction <= 1.0:
-        raise InputError("--hard-negative-fraction must be between 0 and 1")
-    if not 0.0 <= args.missed_fraction <= 1.0:
-        raise InputError("--missed-fraction must be between 0 and 1")
-    if args.workers is not None and args.workers < 0:
-        raise InputError("--workers must be 0 or more")
+    if args.init:
+        verify_model_folder(args.init)  # a missing or damaged --init is a model error, before its config is read
     cfg = build_config(args.config or (str(Path(args.init) / "config.json") if args.init else "compact"), args.set)
     opts = TrainOptions(
         data=data, out=Path(args.out), config=cfg, steps=args.steps, split=args.split, val_split=args.val_split,

@@ -20,6 +20,7 @@ import numpy as np
 
 from malenia.aspects import ASPECTS
 from malenia.atomic import atomic_path
+from malenia.tensor_files import sort_metadata
 from malenia.errors import InputError, ModelError
 from malenia.knowledge.vocabulary import Vocabulary
 from malenia.paths import cache_dir as default_cache_dir
@@ -142,6 +143,7 @@ class AttributeBank:
         }
         with atomic_path(path) as tmp:
             save_file({"embeddings": self.embeddings}, str(tmp), metadata=meta)
+            sort_metadata(tmp)  # the same bank, the same sha256
         return path
 
     @classmethod

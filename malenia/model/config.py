@@ -52,6 +52,50 @@ class OptimConfig:
     # weights learn at lr * this, while the parent's channels there stay fixed (train/loop.py, "widening").
     new_window_lr_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        problems = field_type_problems(self) or [
+            f"{name} must be {rule}, got {getattr(self, name)!r}" for name, rule, ok in (
+                ("lr", "above 0", self.lr > 0), ("weight_decay", ">= 0", self.weight_decay >= 0),
+                ("betas", "two numbers in [0, 1)", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
+                ("batch_size", "at least 1", self.batch_size >= 1), ("epochs", "at least 1", self.epochs >= 1),
+                ("warmup_epochs", ">= 0", self.warmup_epochs >= 0),
+                ("iterations_per_epoch", "at least 1", self.iterations_per_epoch >= 1),
+                ("grad_clip", "above 0", self.grad_clip > 0),
+                ("dense_head_lr_scale", "above 0", self.dense_head_lr_scale > 0),
+                ("new_window_lr_scale", "above 0", self.new_window_lr_scale > 0)) if not ok]
+        if problems:
+            raise ModelError("invalid optimiser settings (optim.*): " + "; ".join(problems))
+
+
+def field_type_problems(config) -> list[str]:
+    """The fields of a config dataclass whose value is not of their default's kind (a flag, a whole number, a
+    finite number, numbers in a tuple; fields whose default is None are the caller's to check): JSON files and `--set` hand over whatever was written, and a string where
+    a number belongs would otherwise fail deep inside the network or the optimiser."""
+    problems = []
+    for f in dataclasses.fields(config):
+        default, value = f.default, getattr(config, f.name)
+        if isinstance(default, tuple) and default and all(_is_number(v) for v in default):
+            whole = all(isinstance(v, int) for v in default)
+            ok = isinstance(value, tuple) and all(_is_number(v) and (not whole or isinstance(v, int)) for v in value)
+            kind = "whole numbers" if whole else "numbers"
+        elif isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float):
+            ok, kind = _is_number(value), "a finite number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            problems.append(f"{f.name} must be {kind}, got {value!r}")
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 @dataclass(frozen=True)
 class MaleniaConfig:
@@ -156,8 +200,13 @@ class MaleniaConfig:
         object.__setattr__(self, "input_windows", tuple(
             tuple(float(v) if isinstance(v, (int, float)) else v for v in w) if isinstance(w, (list, tuple)) else w
             for w in self.input_windows))
+        problems = field_type_problems(self)
+        if not isinstance(self.optim, OptimConfig):
+            problems.append(f"optim must be the optimiser settings (change one as optim.lr=...), got {self.optim!r}")
+        problems = problems or self._size_problems()
+        if problems:  # the checks below compute with these values
+            raise ModelError(f"invalid model config {self.name!r}: " + "; ".join(problems))
         n = len(self.features_per_stage)
-        problems = []
         if len(self.strides) != n:
             problems.append(f"strides has {len(self.strides)} entries for {n} stages")
         if n < 5:
@@ -178,6 +227,8 @@ class MaleniaConfig:
             problems.append("train_stage 'dense' needs foreground_source 'dense' and lambda_dense > 0")
         if self.dense_lesion_weight < 0:
             problems.append("dense_lesion_weight must be >= 0")
+        if self.kernel_size % 2 == 0:
+            problems.append(f"kernel_size must be odd (a centred convolution), got {self.kernel_size}")
         if self.match_stride < 1:
             problems.append("match_stride must be >= 1")
         if not 0.0 <= self.dense_backbone_grad <= 1.0:
@@ -193,6 +244,26 @@ class MaleniaConfig:
         problems += self._window_problems()
         if problems:
             raise ModelError(f"invalid model config {self.name!r}: " + "; ".join(problems))
+
+    def _size_problems(self) -> list[str]:
+        """Sizes, counts and weights out of their range (zero tokens, a 0-voxel patch, a negative loss weight)."""
+        at_least_one = ("in_channels", "kernel_size", "n_conv_per_stage", "n_conv_per_stage_decoder", "embed_dim",
+                        "num_tokens", "num_heads", "ffn_dim", "text_dim")
+        problems = [f"{k} must be at least 1, got {getattr(self, k)}" for k in at_least_one if getattr(self, k) < 1]
+        for k, size in (("features_per_stage", None), ("strides", None), ("patch_size", 3), ("target_spacing", 3)):
+            value = getattr(self, k)
+            if not value or len(value) != (size or len(value)) or not all(v > 0 for v in value):
+                problems.append(f"{k} must be {size or 'one or more'} positive values, got {value}")
+        weights = ("match_cost_bce", "match_cost_dice", "lambda_deep", "lambda_sim", "lambda_seg", "alpha_bce",
+                   "alpha_dice", "lambda_fg", "background_token_weight", "lambda_dense", "cmki_layers")
+        problems += [f"{k} must be >= 0, got {getattr(self, k)}" for k in weights if getattr(self, k) < 0]
+        if self.num_points is not None and not (isinstance(self.num_points, int) and self.num_points >= 1):
+            problems.append(f"num_points must be at least 1 (or null: dense), got {self.num_points}")
+        if not self.temperature_init > 0:
+            problems.append(f"temperature_init must be above 0, got {self.temperature_init}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        return problems
 
     def _window_problems(self) -> list[str]:
         windows = self.input_windows

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -215,6 +214,7 @@ def save_model_folder(target: str | Path, *, config, network, bank,
     from safetensors.torch import save_model
 
     from malenia.model.precision import standard_layout
+    from malenia.tensor_files import sort_metadata
 
     target = Path(target)
     if target.exists() and not overwrite:
@@ -224,6 +224,7 @@ def save_model_folder(target: str | Path, *, config, network, bank,
         # save_model drops the aliases nnU-Net's modules register for shared weights (safetensors refuses them).
         with standard_layout(network) as plain:
             save_model(plain, str(staging / WEIGHTS), metadata={"format": MODEL_FORMAT, "config": config.name})
+        sort_metadata(staging / WEIGHTS)  # the same weights, the same sha256
         bank.save(staging / BANK)
         if report_rows is not None:
             from safetensors.numpy import save_file as save_np
@@ -368,7 +369,8 @@ def load_model_folder(path: str | Path | None = None, device: str = "cpu", build
         config = MaleniaConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as err:
         raise ModelError(f"{folder / CONFIG}: unreadable model config ({err})") from None
-    _check_config_values(config, folder / CONFIG)
+    except ModelError as err:  # a value the config refuses (a 0-voxel patch, a string for a number)
+        raise ModelError(f"{folder / CONFIG}: {err}") from None
     if manifest.get("config") not in (None, config.name):
         raise ModelError(f"{folder}: manifest says config {manifest.get('config')!r} but config.json is {config.name!r}")
     try:
@@ -441,18 +443,3 @@ def _widened(weights_path: str | Path, network, parent_config) -> dict:
     widened = torch.cat([old, old.new_zeros((old.shape[0], channels - old.shape[1], *old.shape[2:]))], 1)
     # the library's modules reach the first convolution under several names, all one tensor
     return {k: widened if v.data_ptr() == old.data_ptr() else v for k, v in state.items()}
-
-
-def _check_config_values(config, where: Path) -> None:
-    """Values the config class accepts but inference cannot use (they would fail deep inside MONAI)."""
-    problems = []
-    for key, n, kind in (("patch_size", 3, int), ("target_spacing", 3, float)):
-        value = getattr(config, key, None)
-        ok = isinstance(value, (tuple, list)) and len(value) == n and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
-        if ok and kind is int:
-            ok = all(float(v).is_integer() for v in value)
-        if not ok:
-            problems.append(f"{key} must be {n} positive {'integers' if kind is int else 'numbers'}, got {value!r}")
-    if problems:
-        raise ModelError(f"{where}: " + "; ".join(problems))

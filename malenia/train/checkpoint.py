@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         raise InputError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
     if path.resolve().parent != pointer.parent.resolve():
         raise InputError(f"{pointer}: points outside its checkpoints folder ({path})")
-    return path if path.is_dir() else None
+    if path.is_dir():
+        return path
+    # Its folder was removed (by hand: save_checkpoint writes the pointer only after the folder). A run must not
+    # silently start again from step 0 over its own checkpoints: resume from the newest one left, if any.
+    left = sorted(p for p in pointer.parent.glob("step_*") if p.is_dir())
+    if not left:
+        raise InputError(f"{pointer} names {path.name}, which is gone, and no other checkpoint is left; remove "
+                         f"{pointer.parent} to train this run from the start, or choose a new --out")
+    print(f"warning: {pointer} names {path.name}, which is gone; resuming from {left[-1].name}", file=sys.stderr)
+    return left[-1]
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -30,12 +30,23 @@ class DistInfo:
         return self.rank == 0
 
 
+def _wants_cuda(device: str) -> bool:
+    """True for cuda, False for cpu; InputError for any other name, or cuda where none is available."""
+    from malenia.errors import InputError
+
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda (torchrun gives each process its GPU)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    return device == "cuda"
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Joins the torchrun process group when launched by torchrun; picks the device (cuda:LOCAL_RANK or cpu)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = torch.cuda.is_available() if device in (None, "auto") else str(device).startswith("cuda")
+    want_cuda = torch.cuda.is_available() if device in (None, "auto") else _wants_cuda(str(device))
     dev = torch.device(f"cuda:{local}") if want_cuda else torch.device("cpu")
     if want_cuda:
         torch.cuda.set_device(dev)

@@ -123,6 +123,22 @@ class _MetricsLog:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
 
+    def keep_until(self, step: int) -> None:
+        """Drops the lines of steps after `step`: a launch killed after its last checkpoint logged steps that the
+        resumed launch trains again (and a line cut by the kill); the file then holds each step once."""
+        if not self.enabled or not self.path.exists():
+            return
+        from malenia.atomic import write_text
+
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        write_text(self.path, "".join(f"{line}\n" for line in kept))
+
     def write(self, obj: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -191,6 +207,7 @@ class Trainer:
                 self.run_dir.rmdir()
             raise
         self.log = _MetricsLog(self.run_dir / "metrics.jsonl", self.info.is_main)
+        self.log.keep_until(self.start)
         self.progress = Progress(self.steps or 0, self.opts.progress, "train", initial=self.start,
                                  enabled=self.info.is_main)
 
@@ -280,14 +297,40 @@ class Trainer:
             self.start, self.seconds_before = state.step, float(state.extra.get("seconds_total", 0.0))
             if state.extra.get("config") not in (None, json.loads(json.dumps(self.cfg.to_dict()))):
                 raise InputError(f"{self.run_dir} holds a run with another config; choose a new --out")
-            for key, flag, mine in (("ema", "--ema", self.opts.ema), ("freeze", "--freeze", list(self.opts.freeze))):
-                if state.extra.get(key, None if key == "ema" else []) != mine:
-                    raise InputError(f"{self.run_dir} holds a run with another {flag} ({state.extra.get(key)}); "
-                                     "resume it with the same options, or choose a new --out")
+            self._check_same_options(state.extra)
         self.ddp = wrap_model(self.model, self.info)
         self.extra = {"config": self.cfg.to_dict(), "data": str(self.opts.data), "steps": self.steps,
                       "minutes": self.opts.minutes, "batch_size": self.batch, "world_size": self.info.world_size,
-                      "seed": self.opts.seed, "ema": self.opts.ema, "freeze": list(self.opts.freeze)}
+                      "seed": self.opts.seed, "ema": self.opts.ema, "freeze": list(self.opts.freeze),
+                      "options": self._run_options()}
+
+    def _run_options(self) -> dict[str, Any]:
+        """The options that decide what a run trains on and how (its data, batches and schedule), as the flags
+        that set them; a resumed launch must give the same ones. Free to change between launches: --max-minutes,
+        --workers, --threads, --device, --precision and how often it logs, validates and checkpoints."""
+        o = self.opts
+        paths = lambda p: [str(Path(x).resolve()) for x in ([p] if isinstance(p, (str, Path)) else p or [])]  # noqa: E731
+        options = {"--data": paths(o.data), "--split": o.split, "--val-split": o.val_split, "--replay": paths(o.replay),
+                   "--replay-fraction": o.replay_fraction, "--hard-negatives": paths(o.hard_negatives),
+                   "--hard-negative-fraction": o.hard_negative_fraction, "--missed-fraction": o.missed_fraction,
+                   "--replay-hard-negatives": paths(o.replay_hard_negatives), "--init": paths(o.init),
+                   "--steps": self.steps, "--minutes": o.minutes, "--batch-size": self.batch, "--lr": o.lr,
+                   "--warmup-steps": o.warmup_steps, "--seed": o.seed, "--augment": o.augment,
+                   "--report-style": o.report_style, "--ema": o.ema, "--freeze": list(o.freeze)}
+        return json.loads(json.dumps(options))
+
+    def _check_same_options(self, saved_extra: dict[str, Any]) -> None:
+        """InputError naming each option a resumed launch changed: the checkpoint's schedule, sampler position and
+        optimiser state belong to the options it was written with, and a change would be silently ignored."""
+        saved = saved_extra.get("options") or {  # checkpoints written before the options were recorded
+            "--ema": saved_extra.get("ema"), "--freeze": saved_extra.get("freeze", [])}
+        mine = self._run_options()
+        changed = [f"{flag} {_shown(saved[flag])} (now {_shown(mine.get(flag))})" for flag in saved
+                   if saved[flag] != mine.get(flag)]
+        if changed:
+            raise InputError(f"{self.run_dir} holds a run started with other options: {'; '.join(changed)}. Resume it "
+                             "with the same options, choose a new --out, or continue from its model with --init "
+                             f"{self.run_dir / 'model'}")
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -428,38 +471,57 @@ class Trainer:
                             average=self.average)
         barrier(self.info)
 
+    def _model_is_current(self, step: int) -> bool:
+        """True when RUN/model is a model folder this run wrote at `step` (its manifest says so)."""
+        from malenia.errors import ModelError
+        from malenia.model.folder import read_manifest
+
+        try:
+            manifest = read_manifest(self.run_dir / "model")
+        except ModelError:
+            return False
+        return (manifest.get("training") or {}).get("steps") == step
+
     def finish(self, final_step: int) -> TrainResult:
         """Rank 0 writes RUN/model, a model folder with the final weights."""
-        opts, info = self.opts, self.info
         model_dir = None
         seconds = time.perf_counter() - self.t_start
-        if info.is_main:
-            from malenia.model.folder import save_model_folder
-
-            training = {"steps": final_step, "of_steps": self.steps, "minutes": opts.minutes,
-                        "batch_size": self.batch * info.world_size, "seconds_this_launch": round(seconds, 1),
-                        "seconds_total": round(self.seconds_before + seconds, 1), "val_patch_dsc": self.val_dsc,
-                        "seed": opts.seed, "precision": self.precision.name,
-                        "compile": opts.compile, "skipped_steps": self.skipped_steps}
-            if opts.ema is not None:
-                training["ema"] = opts.ema  # the weights are the average, not the last step's
-            if opts.freeze:
-                training["frozen"] = {"prefixes": list(opts.freeze), "parameters": self.frozen}
-            # what the sampler ran with, defaults included: test-time mirroring follows its flip axes
-            training["augment"] = dataclasses.asdict(self.augment)
-            model_dir = save_model_folder(
-                self.run_dir / "model", config=self.cfg, network=self._shipped(), bank=self.bank.inference_bank(),
-                knowledge_table=_knowledge_table_json(), **model_identity(opts, self.lineage[-1] if self.lineage else None),
-                training_data=opts.training_data or f"{self.index.name} ({opts.data}), split {opts.split}",
-                overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
-                inference=self.inherited, files=self.inherited_files,
-                extra={"training": training} | ({"lineage": self.lineage} if self.lineage else {})
-                | inherited_markers(self.inherited_files, self.lineage),
-            )
+        if self.info.is_main and final_step == self.start and self._model_is_current(final_step):
+            # a finished run launched again trains nothing: its model folder, and what was fitted into it since
+            # (calibration, verifier, appearance check), stay as they are
+            model_dir = self.run_dir / "model"
+            self.progress.emit(final_step, "already trained; model folder kept", stage="done", fraction=1.0)
+        elif self.info.is_main:
+            model_dir = self._write_model(final_step, seconds)
             self.progress.emit(final_step, "model folder written", stage="done", val_dsc=self.val_dsc, fraction=1.0)
-        barrier(info)
+        barrier(self.info)
         return TrainResult(final_step, seconds, self.losses[-1] if self.losses else None, self.losses, model_dir,
                            self.start, self.val_dsc)
+
+    def _write_model(self, final_step: int, seconds: float) -> Path:
+        from malenia.model.folder import save_model_folder
+
+        opts, info = self.opts, self.info
+        training = {"steps": final_step, "of_steps": self.steps, "minutes": opts.minutes,
+                    "batch_size": self.batch * info.world_size, "seconds_this_launch": round(seconds, 1),
+                    "seconds_total": round(self.seconds_before + seconds, 1), "val_patch_dsc": self.val_dsc,
+                    "seed": opts.seed, "precision": self.precision.name,
+                    "compile": opts.compile, "skipped_steps": self.skipped_steps}
+        if opts.ema is not None:
+            training["ema"] = opts.ema  # the weights are the average, not the last step's
+        if opts.freeze:
+            training["frozen"] = {"prefixes": list(opts.freeze), "parameters": self.frozen}
+        # what the sampler ran with, defaults included: test-time mirroring follows its flip axes
+        training["augment"] = dataclasses.asdict(self.augment)
+        return save_model_folder(
+            self.run_dir / "model", config=self.cfg, network=self._shipped(), bank=self.bank.inference_bank(),
+            knowledge_table=_knowledge_table_json(), **model_identity(opts, self.lineage[-1] if self.lineage else None),
+            training_data=opts.training_data or f"{self.index.name} ({opts.data}), split {opts.split}",
+            overwrite=True, report_rows=None if self.cfg.multi_positive else self.bank.report_embeddings,
+            inference=self.inherited, files=self.inherited_files,
+            extra={"training": training} | ({"lineage": self.lineage} if self.lineage else {})
+            | inherited_markers(self.inherited_files, self.lineage),
+        )
 
 
 def inherited_files(init) -> dict[str, bytes]:
@@ -485,6 +547,13 @@ def inherited_markers(files: Mapping[str, bytes], lineage: list[dict[str, Any]])
     parent = {"inherited_from": f"{lineage[-1]['name']} {lineage[-1]['version']}"} if lineage else {}
     keys = {MEASURED: "measured_attributes", VERIFIER: "lesion_verifier", APPEARANCE: "appearance"}
     return {keys[f]: dict(parent) for f in files if f in keys} if parent else {}
+
+
+def _shown(value: Any) -> str:
+    """An option's value as a user typed it (one path for a single path, 'none' for an absent option)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return "none" if value in (None, []) else str(value)
 
 
 def _processes_per_node(info: DistInfo) -> int:
