@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Lowest first. A package not listed here belongs to the layer of its parent package.
 LAYERS: list[tuple[str, ...]] = [
     ("malenia.errors", "malenia.paths", "malenia.aspects", "malenia.atomic", "malenia.json_files", "malenia.progress_lines",
-     "malenia.process_tree", "malenia.links"),
+     "malenia.process_tree", "malenia.links", "malenia.file_hash"),
     ("malenia.knowledge",),
     ("malenia.data",),
     ("malenia.model",),
