@@ -95,6 +95,8 @@ def test_a_stray_file_named_like_a_version_does_not_block_saving(tmp_path, stray
     assert saved.path.is_dir() and saved.path.name != stray and _same_voxels(store, saved.case_id, image)
     assert (first.path.parent / stray).read_text() == "not a version folder"
     assert store.index().cases == [saved.case_id]
+    (first.path.parent / f"v{saved.version + 1:03d}").mkdir()  # a version-named folder without a report
+    assert store.latest_report(saved.case_id.split("/")[0]).case_id == saved.case_id
 
 
 def test_a_file_in_place_of_the_case_folder_is_a_one_line_error(tmp_path):

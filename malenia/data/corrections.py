@@ -108,10 +108,13 @@ class CorrectionStore:
         return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := VERSION_RE.match(p.name)))
 
     def latest_report(self, case: str) -> CaseReport:
-        numbers = self.versions(case)
-        if not numbers:
+        """The report of the latest complete version (as index() lists it: a folder named like a version but
+        without a report, made by hand, does not hide the corrections before it)."""
+        reports = [self.root / "cases" / case / f"v{n:03d}" / REPORT_FILE for n in self.versions(case)]
+        reports = [p for p in reports if p.is_file()]
+        if not reports:
             raise InputError(f"no saved correction of {case} in {self.root}")
-        return read_report(self.root / "cases" / case / f"v{numbers[-1]:03d}" / REPORT_FILE)
+        return read_report(reports[-1])
 
     def index(self) -> DatasetIndex:
         """The dataset index from what is on disk: latest complete version per case, and the history."""
