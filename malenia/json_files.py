@@ -20,3 +20,11 @@ def read_json(path: Path, missing: str = "missing file") -> Any:
         raise InputError(f"{missing}: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def wrong_fields(obj: Any, types: dict[str, type | tuple[type, ...]]) -> list[str]:
+    """The keys of `types` that the parsed JSON object `obj` lacks or holds with another type (true and false
+    are not numbers here, as Python's bool would be); all of them when `obj` is not an object."""
+    if not isinstance(obj, dict):
+        return list(types)
+    return [k for k, t in types.items() if k not in obj or not isinstance(obj[k], t) or isinstance(obj[k], bool)]

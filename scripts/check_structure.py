@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # Lowest first. A package not listed here belongs to the layer of its parent package.
 LAYERS: list[tuple[str, ...]] = [
-    ("malenia.errors", "malenia.paths", "malenia.aspects", "malenia.atomic", "malenia.json_files", "malenia.tensor_files", "malenia.progress_lines",
-     "malenia.process_tree", "malenia.links"),
+    ("malenia.errors", "malenia.paths", "malenia.aspects", "malenia.atomic", "malenia.json_files", "malenia.progress_lines",
+     "malenia.process_tree", "malenia.links", "malenia.file_hash", "malenia.tensor_files"),
     ("malenia.knowledge",),
     ("malenia.data",),
     ("malenia.model",),

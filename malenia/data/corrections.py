@@ -6,6 +6,9 @@
     CORRECTIONS/images/<sha256>.nii.gz             each distinct CT once; every version's image.nii.gz
                                                    is a hard link to it (a copy where the file system
                                                    has no hard links)
+    CORRECTIONS/images/<sha256>.json               that file's size and sha256 as written: a later save
+                                                   links to it only while it still matches (a truncated
+                                                   or corrupted CT is written again, never linked)
 
 A case is one scan: `case_name(volume name, image)` = `<readable name>_<8 hex digits of a hash of the
 voxels and grid>`, so the same scan corrected twice gets v001, v002 ... while two scans that share a
@@ -42,7 +45,8 @@ from malenia.atomic import atomic_dir, clean_stale, write_json
 from malenia.data.dataset import (CASE_FILES, DATASET_FILE, IMAGE_FILE, LESIONS_FILE, REPORT_FILE, CaseReport,
                                   DatasetIndex, Description, LesionReport, read_json, read_report,
                                   write_dataset_index)
-from malenia.errors import InputError, MaleniaError
+from malenia.errors import InputError, MaleniaError, OutputError
+from malenia.file_hash import sha256_file
 from malenia.links import link_or_copy
 
 VERSION_RE = re.compile(r"^v(\d{3,})$")
@@ -104,10 +108,13 @@ class CorrectionStore:
         return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := VERSION_RE.match(p.name)))
 
     def latest_report(self, case: str) -> CaseReport:
-        numbers = self.versions(case)
-        if not numbers:
+        """The report of the latest complete version (as index() lists it: a folder named like a version but
+        without a report, made by hand, does not hide the corrections before it)."""
+        reports = [self.root / "cases" / case / f"v{n:03d}" / REPORT_FILE for n in self.versions(case)]
+        reports = [p for p in reports if p.is_file()]
+        if not reports:
             raise InputError(f"no saved correction of {case} in {self.root}")
-        return read_report(self.root / "cases" / case / f"v{numbers[-1]:03d}" / REPORT_FILE)
+        return read_report(reports[-1])
 
     def index(self) -> DatasetIndex:
         """The dataset index from what is on disk: latest complete version per case, and the history."""
@@ -140,9 +147,14 @@ class CorrectionStore:
         blob = self._store_image(image)
         saved_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         case_dir = self.root / "cases" / case
+        if case_dir.exists() and not case_dir.is_dir():
+            raise OutputError(f"cannot save a correction of {case}: {case_dir} is a file, not a folder")
         clean_stale(case_dir)
+        number = 0
         for _ in range(MAX_TRIES):
-            number = (self.versions(case) or [0])[-1] + 1
+            # Past the last version folder and past a number just found taken: a stray file named like a
+            # version (v021 copied in by hand) is stepped over instead of being retried for ever.
+            number = max(number, (self.versions(case) or [0])[-1]) + 1
             case_id = f"{case}/v{number:03d}"
             report = CaseReport(case_id=case_id, lesions=lesions, enhancement=enhancement, source=source,
                                 extra={"saved": saved_at, "version": number, **(details or {})})
@@ -170,23 +182,59 @@ class CorrectionStore:
                 pass
 
     def _store_image(self, image: sitk.Image) -> Path:
-        """The CT once under images/<sha256>.nii.gz (written atomically; identical content is not rewritten)."""
+        """The CT once under images/<sha256>.nii.gz (written atomically; identical content is not rewritten)
+        with its record images/<sha256>.json. A stored copy that no longer matches its record (truncated, corrupted,
+        or from before records were kept) is replaced by a fresh one: a new version never links to a broken CT."""
         blob = self.root / "images" / f"{image_digest(image)}.nii.gz"
-        if blob.is_file():
+        record = blob.with_name(blob.name[: -len(".nii.gz")] + ".json")
+        if _matches_record(blob, record):
             return blob
         blob.parent.mkdir(parents=True, exist_ok=True)
         tmp = blob.parent / f".{blob.name}.partial.{os.getpid()}-{uuid.uuid4().hex[:8]}.nii.gz"
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
+            # Recorded before the file appears, so a parallel saver never finds a new blob without its record and
+            # takes it for a damaged one. The writer is deterministic: parallel savers of one CT write equal records.
+            write_json(record, {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)})
             try:
                 os.link(tmp, blob)  # never replaces: parallel savers of one CT end up sharing one file
-            except FileExistsError:
+                return blob
+            except FileExistsError:  # stored before, or by a parallel saver just now: checked again below
                 pass
             except OSError:  # no hard links here: the last identical copy wins, as good as any
                 os.replace(tmp, blob)
+                return blob
+            if not _matches_record(blob, record):  # damaged or unrecorded: replaced, the versions sharing it mended
+                damaged = os.stat(blob)
+                os.replace(tmp, blob)
+                self._relink_versions(damaged, blob)
         finally:
             tmp.unlink(missing_ok=True)
         return blob
+
+    def _relink_versions(self, damaged: os.stat_result, blob: Path) -> None:
+        """Earlier versions whose image.nii.gz is the replaced file itself (a hard link to it: damaged with it) link
+        to the fresh copy instead; each swap is one rename, and a version that has its own copy is not touched."""
+        for image in (self.root / "cases").glob(f"*/v*/{IMAGE_FILE}"):
+            fresh = image.with_name(f".{IMAGE_FILE}.partial.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            try:
+                st = image.stat()
+                if (st.st_ino, st.st_dev) == (damaged.st_ino, damaged.st_dev):
+                    os.link(blob, fresh)
+                    os.replace(fresh, image)
+            except OSError:  # gone meanwhile, or no hard links here: left as it is
+                fresh.unlink(missing_ok=True)
+
+
+def _matches_record(blob: Path, record: Path) -> bool:
+    """Whether `blob` is the file its record describes: the size first (a truncated file fails at once), then the
+    sha256 (a corrupted one). A missing or unreadable record or blob is no match."""
+    try:
+        expected = read_json(record)
+        return (isinstance(expected, dict) and blob.is_file() and blob.stat().st_size == expected.get("bytes")
+                and sha256_file(blob) == expected.get("sha256"))
+    except (OSError, InputError):
+        return False
 
 
 def _check_labels(image: sitk.Image, labels: sitk.Image, count: int) -> None:

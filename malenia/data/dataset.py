@@ -125,16 +125,19 @@ class CaseReport:
         if not isinstance(obj.get("lesions", []), list):
             raise InputError("report's lesions must be a list")
         _require_object(obj.get("extra", {}), "the report's extra")
+        for key in ("case_id", "source"):  # str() would store 7 as "7" and {"a": 1} as its Python spelling
+            if not isinstance(obj.get(key, ""), str):
+                raise InputError(f"report's {key} must be a string, got {str(obj[key])[:60]}")
         lesions = [LesionReport.from_json(x) for x in obj.get("lesions", [])]
         labels = [x.label for x in lesions]
         if len(set(labels)) != len(labels) or any(v < 1 for v in labels):
             raise InputError(f"lesion labels must be unique positive integers, got {labels}")
         enh = obj.get("enhancement")
         return CaseReport(
-            case_id=str(obj.get("case_id", "")),
+            case_id=obj.get("case_id", ""),
             lesions=lesions,
             enhancement=Description.from_json(enh) if enh else None,
-            source=str(obj.get("source", "")),
+            source=obj.get("source", ""),
             extra=dict(obj.get("extra", {})),
         )
 
@@ -263,15 +266,44 @@ class DatasetIndex:
 
 
 def read_dataset(dataset_dir: str | Path) -> DatasetIndex:
-    obj = read_json(Path(dataset_dir) / DATASET_FILE)
+    path = Path(dataset_dir) / DATASET_FILE
+    obj = read_json(path)
     if not isinstance(obj, dict) or obj.get("format") != DATASET_FORMAT:
         raise InputError(f"{dataset_dir}: not a Malenia dataset (dataset.json format must be {DATASET_FORMAT!r})")
-    cases = [str(c) for c in obj.get("cases", [])]
-    split = {k: [str(c) for c in v] for k, v in obj.get("split", {}).items()}
+    cases = _case_ids(obj.get("cases", []), path, "cases")
+    split = obj.get("split", {})
+    if not isinstance(split, dict):
+        raise InputError(f"{path}: field 'split' must be an object of split name -> list of case ids, "
+                         f"got {_json_type(split)}")
+    split = {k: _case_ids(v, path, f"split.{k}") for k, v in split.items()}
     missing = sorted({c for v in split.values() for c in v} - set(cases))
     if missing:
         raise InputError(f"{dataset_dir}: split names cases not in the dataset: {missing[:5]}")
-    return DatasetIndex(obj.get("name", Path(dataset_dir).name), cases, split, obj.get("description", ""), obj.get("extra", {}))
+    name, description = obj.get("name", Path(dataset_dir).name), obj.get("description", "")
+    for key, value in (("name", name), ("description", description)):
+        if not isinstance(value, str):
+            raise InputError(f"{path}: field {key!r} must be a string, got {_json_type(value)}")
+    if not isinstance(obj.get("extra", {}), dict):
+        raise InputError(f"{path}: field 'extra' must be an object, got {_json_type(obj['extra'])}")
+    return DatasetIndex(name, cases, split, description, obj.get("extra", {}))
+
+
+def _case_ids(value: Any, path: Path, key: str) -> list[str]:
+    """A list of case id strings; anything else an InputError naming the file and the field (a string would
+    otherwise be read letter by letter and a number or object turned into an id no folder has)."""
+    if not isinstance(value, list):
+        raise InputError(f"{path}: field {key!r} must be a list of case ids, got {_json_type(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise InputError(f"{path}: field {key!r} entry {i} must be a case id string, got {_json_type(item)} "
+                             f"{str(item)[:40]!r}")
+    return list(value)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, as the file's author wrote it."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def lesion_descriptions(dataset_dir: str | Path, split: str | None, disease: str) -> tuple[list[dict[str, list]], dict[str, int]]:

@@ -26,7 +26,6 @@ sha256 mismatch, any file not in the manifest that it would read, and weights th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -39,6 +38,7 @@ import numpy as np
 from malenia import __version__
 from malenia.atomic import atomic_dir, write_json
 from malenia.errors import ModelError
+from malenia.file_hash import sha256_file
 
 MODEL_FORMAT = "malenia-model/1"
 MANIFEST = "manifest.json"
@@ -52,14 +52,6 @@ INFERENCE = "inference.json"  # only calibrated models: their post-processing de
 REQUIRED = (CONFIG, WEIGHTS, BANK, KNOWLEDGE)
 DEFAULT_THRESHOLD = 0.5  # foreground probability of a lesion voxel, for models never calibrated
 DEFAULT_MIN_VOLUME_MM3 = 50.0  # smaller components are removed (a 4.6 mm sphere)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

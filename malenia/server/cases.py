@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from malenia.atomic import write_json
 from malenia.data.dataset import CASE_FILES
 from malenia.errors import InputError
+from malenia.json_files import wrong_fields
 from malenia.server.config import GeometryTolerance, UploadLimits
 from malenia.server.layout import Layout, check_id, clean_name
 from malenia.server.store import Store, dumps, now
@@ -53,6 +55,8 @@ class CaseStore:
             with self._lock:
                 existing = self.store.get("SELECT * FROM cases WHERE sha256=?", (sha,))
                 if existing:
+                    if not self._intact(existing):  # the same content again: it mends the stored copy
+                        self._replace_files(existing, staged)
                     return IngestResult(self._public(existing), True)
                 case_id = self._new_id(sha)
                 info = checked.info()
@@ -69,6 +73,26 @@ class CaseStore:
                 return IngestResult(self._public(record), False)
         finally:
             staged.discard()  # no-op once renamed
+
+    def _intact(self, row: dict[str, Any]) -> bool:
+        """Whether a stored case still has its files at the size recorded when it was stored (a truncated or
+        deleted file would otherwise be reported as "already stored" to every later upload of it)."""
+        folder = self.layout.case_dir(row["id"])
+        try:
+            return sum((folder / f).stat().st_size for f in CASE_FILES) == row["bytes"]
+        except OSError:
+            return False
+
+    def _replace_files(self, row: dict[str, Any], staged: StagedUpload) -> None:
+        """The damaged folder of `row` swapped for the staged upload of the same content (same id, same row)."""
+        record = {k: row[k] for k in ("id", "sha256", "name", "created", "bytes", "info")}
+        write_json(staged.folder / "case.json", record)
+        target, trash = self.layout.case_dir(row["id"]), self.layout.new_staging_dir("deleted")
+        if target.exists():
+            os.replace(target, trash / row["id"])
+        os.replace(staged.folder, target)
+        _fsync_dir(self.layout.cases)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def _new_id(self, sha: str) -> str:
         for n in range(16, 65, 8):  # a 16-hex-digit prefix clash is astronomically rare; widen if it happens
@@ -107,17 +131,13 @@ class CaseStore:
         for folder in sorted(self.layout.cases.iterdir()):
             if folder.name in rows or not folder.is_dir():
                 continue
-            meta = folder / "case.json"
             try:
-                record = json.loads(meta.read_text())
-                check_id("case", record["id"])
-                if record["id"] != folder.name or not all((folder / f).exists() for f in CASE_FILES):
-                    raise ValueError("incomplete")
+                record = _case_record(folder)
                 self.store.execute("INSERT INTO cases(id, sha256, name, created, bytes, info) VALUES(?,?,?,?,?,?)",
                                    (record["id"], record["sha256"], record["name"], record["created"], record["bytes"],
                                     dumps(record["info"])))
                 notes.append(f"case {folder.name}: re-registered after an interrupted upload")
-            except (OSError, ValueError, KeyError, InputError) as err:
+            except (OSError, ValueError, InputError, sqlite3.IntegrityError) as err:  # e.g. a copy: same sha256
                 quarantine = self.layout.root / "quarantine"
                 quarantine.mkdir(exist_ok=True)
                 os.replace(folder, quarantine / f"{folder.name}.{int(now())}")
@@ -134,6 +154,20 @@ class CaseStore:
         return {"id": row["id"], "sha256": row["sha256"], "name": row["name"], "created": row["created"],
                 "bytes": row["bytes"], "lesions": info.get("lesions", []), "free_text": info.get("free_text", []),
                 "grid": info.get("grid", {})}
+
+
+def _case_record(folder: Path) -> dict[str, Any]:
+    """The case.json of a stored case folder, every field of its JSON type (a list, a null hash or a number as the
+    name would otherwise stop the server's start, or be stored as text and break the listing); ValueError if not."""
+    record = json.loads((folder / "case.json").read_text(encoding="utf-8"))
+    wrong = wrong_fields(record, {"id": str, "sha256": str, "name": str, "created": (int, float), "bytes": int,
+                                  "info": dict})
+    if wrong:
+        raise ValueError(f"case.json field(s) {wrong} missing or of the wrong type")
+    check_id("case", record["id"])
+    if record["id"] != folder.name or not all((folder / f).exists() for f in CASE_FILES):
+        raise ValueError("incomplete")
+    return record
 
 
 def _fsync_dir(path: Path) -> None:

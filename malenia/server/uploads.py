@@ -62,11 +62,13 @@ class MultipartToFolder:
         self._text = bytearray()
         self._seen: set[str] = set()
         self._error: Exception | None = None
+        self._ended = False  # the closing boundary was read: python-multipart's finalize() does not check it
         try:
             self.parser = MultipartParser(params[b"boundary"], {
                 "on_part_begin": self._part_begin, "on_part_data": self._part_data, "on_part_end": self._part_end,
                 "on_header_field": self._header_field, "on_header_value": self._header_value,
                 "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
+                "on_end": self._end,
             })
         except FormParserError as err:  # e.g. a boundary longer than the standard's 70 characters
             raise InputError(f"malformed multipart body ({str(err)[:120]})") from None
@@ -122,6 +124,9 @@ class MultipartToFolder:
         else:
             self.staged.fields[self._name] = self._text.decode("utf-8", "replace")
 
+    def _end(self) -> None:
+        self._ended = True
+
     def _limit(self, name: str | None) -> int:
         return {"image": self.limits.max_image_bytes, "lesions": self.limits.max_lesions_bytes,
                 "report": self.limits.max_report_bytes}.get(name or "", TEXT_PARTS.get(name or "", 0))
@@ -144,6 +149,8 @@ class MultipartToFolder:
         if self._file is not None:
             self._file.close()
             raise InputError("upload ended in the middle of a part")
+        if not self._ended:  # cut off inside or after a text part (a file part is caught above): refused whole
+            raise InputError("upload ended before the closing multipart boundary (body cut short)")
         missing = [p for p in CASE_PARTS if p not in self.staged.part_sha256]
         if missing:
             raise InputError(f"upload is missing part(s) {missing}; expected image, lesions, report")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from malenia import __version__
 from malenia.atomic import clean_stale, rename_no_replace, write_json
 from malenia.errors import InputError, ModelError
+from malenia.json_files import wrong_fields
 from malenia.model.folder import (MANIFEST, copy_model_files, copy_model_folder, read_manifest, rewrite_manifest,  # noqa: F401
                                   safe_relpath, sha256_file, verify_model_folder)
 from malenia.server.cases import Conflict, NotFound
@@ -123,11 +124,11 @@ class Registry:
                 continue
             try:
                 check_id("version", folder.name)
-                record = json.loads((folder / "server_version.json").read_text())
+                record = _version_record(folder)
                 verify_model_folder(folder)
                 self._insert(record)
                 notes.append(f"version {folder.name}: re-registered after an interrupted registration")
-            except (OSError, ValueError, KeyError, InputError, ModelError) as err:
+            except (OSError, ValueError, InputError, ModelError, sqlite3.IntegrityError) as err:
                 notes.append(f"model folder {folder.name}: left alone, not a registrable version ({err})")
         return notes
 
@@ -189,3 +190,20 @@ def _iso_now() -> str:
     import datetime
 
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version_record(folder: Path) -> dict[str, Any]:
+    """server_version.json of a model folder, each field of its JSON type, naming this folder and its manifest as it is
+    now (a list, a copy from another version or a stale manifest hash would stop the start or register a wrong row);
+    ValueError if not."""
+    record = json.loads((folder / "server_version.json").read_text(encoding="utf-8"))
+    optional = (str, type(None))
+    wrong = wrong_fields(record, {"name": str, "seq": int, "created": (int, float), "parent": optional,
+                                  "job_id": optional, "manifest_sha256": str, "metrics": dict, "notes": list})
+    if wrong:
+        raise ValueError(f"server_version.json field(s) {wrong} missing or of the wrong type")
+    if record["name"] != folder.name:
+        raise ValueError(f"server_version.json names version {record['name'][:20]!r}, not {folder.name}")
+    if record["manifest_sha256"] != sha256_file(folder / MANIFEST):
+        raise ValueError("server_version.json's manifest_sha256 does not match the manifest")
+    return record
