@@ -132,6 +132,41 @@ def check_replaceable(target: str | os.PathLike, marker: str) -> None:
                           "(remove it or choose another path)")
 
 
+def check_creatable(target: str | os.PathLike, failure: str) -> None:
+    """OutputError `failure: why` unless the nearest existing folder above `target` is a writable folder, so that
+    `target` (a file or folder, new or replaced by a rename) can be written there; checked before a command's work,
+    which would otherwise be lost at its end."""
+    from malenia.errors import OutputError
+
+    parent = next((p for p in Path(target).parents if os.path.lexists(p)), None)
+    if parent is None or not parent.is_dir():
+        raise OutputError(f"{failure}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{failure}: {parent} is not writable")
+
+
+@contextlib.contextmanager
+def no_empty_folder_left(folder: str | os.PathLike) -> Iterator[None]:
+    """On an exception in the block (Ctrl-C included), removes `folder` and the folders above it that did not exist
+    before the block, as long as they are empty: an interrupted command leaves no empty folder of its own behind
+    (a later run would find its output path taken). A folder holding anything stays."""
+    folder = Path(folder)
+    absent = []
+    for p in (folder, *folder.parents):
+        if os.path.lexists(p):
+            break
+        absent.append(p)  # deepest first
+    try:
+        yield
+    except BaseException:
+        for p in absent:
+            try:
+                p.rmdir()  # refuses a folder that is not empty
+            except OSError:
+                break
+        raise
+
+
 def rename_no_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Renames `src` to `dst` atomically, FileExistsError if `dst` exists (file or folder, empty or not).
 

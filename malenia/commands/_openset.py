@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.commands._types import count
+from malenia.commands._runtime import require_updatable_model
 from malenia.aspects import ASPECTS
 
 WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device)
+    require_updatable_model(model.path, not args.fit)  # only --fit stores its rule
     segmenter = make_segmenter(model, args.device, knowledge=args.knowledge)
     table = segmenter.table
     lesions, counts = scored_lesions(segmenter, args.data, None if args.split == "all" else args.split, args.max_cases)

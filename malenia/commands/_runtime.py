@@ -43,13 +43,49 @@ def configure_cpu(threads: int | None = None) -> None:
 
 
 def require_output_folder(path, option: str = "--out") -> None:
-    """OutputError at once, before any work, when the folder a command will write into is an existing file."""
+    """OutputError at once, before any work, when the folder a command will write into is an existing file, or
+    cannot be made or written where it is (the work would be lost when the first result is saved)."""
+    import os
     from pathlib import Path
 
+    from malenia.atomic import check_creatable
     from malenia.errors import OutputError
 
-    if path is not None and Path(path).exists() and not Path(path).is_dir():
+    if path is None:
+        return
+    if Path(path).is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{option} {path}: the folder is not writable")
+    elif Path(path).exists():
         raise OutputError(f"{option} {path} is a file, not a folder")
+    else:
+        check_creatable(path, f"cannot create {option} {path}")
+
+
+def require_output_file(path, option: str = "--out") -> None:
+    """OutputError at once, before any work, when the file a command writes at its end could not be: the path is
+    a folder, or its folder is a file or not writable."""
+    from pathlib import Path
+
+    from malenia.atomic import check_creatable
+    from malenia.errors import OutputError
+
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise OutputError(f"{option} {path} is a folder, not a file")
+    check_creatable(path, f"cannot write {option} {path}")
+
+
+def require_updatable_model(folder, dry_run: bool = False) -> None:
+    """OutputError before a fit or calibration when its result could not be stored: update_model_folder replaces the
+    model folder whole, through a staging folder beside it, so the folder above must be writable (a read-only
+    installed model is found out before the work, not after it)."""
+    from malenia.atomic import check_creatable
+
+    if not dry_run:
+        check_creatable(folder, f"cannot update the model folder {folder} (use --dry-run to only print, or copy the "
+                                "model somewhere writable)")
 
 
 def add_model_run_options(p, dry_run: str | None = None) -> None:

@@ -19,6 +19,8 @@ from malenia.commands._types import count
 
 import argparse
 
+ABLATION_JSON, ABLATION_MD = "ablation.json", "ablation.md"  # DIR's tables
+
 VARIANTS: dict[str, tuple[dict, str]] = {
     "baseline": ({"multi_scale_alignment": False, "multi_positive": False}, "raw"),
     "s1": ({"multi_scale_alignment": False, "multi_positive": False}, "paragraph"),
@@ -35,13 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="training dataset (seen lesion types)")
     p.add_argument("--out", required=True, help="folder for one run per variant and the ablation table")
     p.add_argument("--config", default="compact", help="compact, paper, or a config.json")
-    p.add_argument("--steps", type=int, required=True, help="optimiser steps per variant (same for all)")
+    p.add_argument("--steps", type=count, required=True, help="optimiser steps per variant (same for all)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--eval", action="append", default=[], metavar="DATASET[:SPLIT]",
                    help="evaluation dataset (split default test); repeatable")
     p.add_argument("--split", default="train")
     p.add_argument("--max-cases", type=count, default=None, help="evaluate at most N cases per dataset")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=count, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=count, default=None)
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
@@ -56,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
     from malenia.atomic import write_json, write_text
     from malenia.data.dataset import require_dataset
-    from malenia.errors import InputError
     from malenia.evaluate.evaluate import evaluate_dataset, make_segmenter
     from malenia.commands.train import build_config
     from malenia.model.folder import MANIFEST, load_model_folder
@@ -64,10 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise InputError(f"unknown ablation variant(s) {unknown}; choose from {list(VARIANTS)}")
+    names = variant_names(args.variants)
+    require_outputs(Path(args.out), names)
     evals = []
     for item in args.eval:
         path, _, split = item.partition(":")
@@ -101,10 +100,34 @@ def run(args: argparse.Namespace) -> int:
                 for g in ("seen", "unseen")
             }
         rows.append(row)
-        write_json(out / "ablation.json", {"steps": args.steps, "config": args.config, "seed": args.seed, "variants": rows})
-        write_text(out / "ablation.md", ablation_markdown(rows))
+        write_json(out / ABLATION_JSON, {"steps": args.steps, "config": args.config, "seed": args.seed, "variants": rows})
+        write_text(out / ABLATION_MD, ablation_markdown(rows))
     print(ablation_markdown(rows))
     return 0
+
+
+def variant_names(text: str) -> list[str]:
+    """The --variants list: known names, at least one (an empty list would train nothing and report success)."""
+    from malenia.errors import InputError
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or not names:
+        what = f"unknown ablation variant(s) {unknown}" if unknown else f"--variants {text!r} names no variant"
+        raise InputError(f"{what}; choose from {list(VARIANTS)}")
+    return names
+
+
+def require_outputs(out, names: list[str]) -> None:
+    """OutputError before the first variant trains when a path the ablation writes cannot be written: the tables
+    are written after each variant's training, a run folder when its training starts."""
+    from malenia.commands._runtime import require_output_file, require_output_folder
+
+    require_output_folder(out)
+    for name in names:
+        require_output_folder(out / name, "--out")
+    for table in (ABLATION_JSON, ABLATION_MD):
+        require_output_file(out / table, "--out")
 
 
 def ablation_markdown(rows: list[dict]) -> str:

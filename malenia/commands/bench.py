@@ -7,6 +7,10 @@ import importlib
 
 from malenia.model.precision import COMPILE_BACKENDS, PRECISIONS
 
+# The train group's options whose default is None: given to another target they would be ignored.
+TRAIN_ONLY = (("batch_size", "--batch-size"), ("data", "--data"), ("compile", "--compile"), ("workers", "--workers"),
+              ("profile", "--profile"))
+
 # target -> "module:function"; each function takes the parsed args and prints its figures.
 TARGETS = {
     "model": "malenia.evaluate.bench_model:run",
@@ -19,8 +23,11 @@ TARGETS = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure speed and memory (model, segment, ...)")
     p.add_argument("target", choices=sorted(TARGETS))
-    p.add_argument("--config", default="compact", help="model configuration name (compact or paper)")
-    p.add_argument("--model", default=None, help="model folder (default: built-in)")
+    p.add_argument("--config", default=None,
+                   help="model configuration name (compact or paper; default compact): model and train measure it")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="segment: the model folder it runs (default: built-in); model: measure this folder's network "
+                        "instead of --config's")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -41,5 +48,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    _check_options(args)
     module, func = TARGETS[args.target].split(":")
     return getattr(importlib.import_module(module), func)(args) or 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuses, before any measuring, options the target would ignore (the figures would not be of what was named)
+    and a --profile file that could not be written after the profiled steps."""
+    from malenia.commands._runtime import require_output_file
+    from malenia.errors import InputError
+
+    if args.model is not None and args.target not in ("model", "segment"):
+        raise InputError(f"--model does not apply to bench {args.target} (bench model and bench segment take it)")
+    if args.target == "model" and args.model is not None and args.config is not None:
+        raise InputError("bench model measures --config's network or --model's, not both")
+    given = [flag for name, flag in TRAIN_ONLY if getattr(args, name) is not None]
+    if given and args.target != "train":
+        raise InputError(f"bench {args.target} does not take {', '.join(given)} (bench train's options)")
+    if args.config is None and not (args.target == "model" and args.model is not None):
+        args.config = "compact"  # the default is set here, not by argparse, so that a --config given can be told
+    require_output_file(args.profile, "--profile")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.commands._types import count
-from malenia.commands._runtime import add_model_run_options
+from malenia.commands._runtime import add_model_run_options, require_updatable_model
 from malenia.evaluate.metrics import OBJECTIVES
 
 
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     for data in args.data:
         require_dataset(data)
     model = load_model_folder(args.model, device=args.device)
+    require_updatable_model(model.path, args.dry_run)
     progress = Progress(1, args.progress, "calibrate")
 
     result = calibrate(make_segmenter(model, args.device), args.data, None if args.split == "all" else args.split,

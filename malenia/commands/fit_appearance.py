@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from malenia.commands._runtime import add_model_run_options
+from malenia.commands._runtime import add_model_run_options, require_updatable_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--alpha must be in (0, 0.5), got {alpha}")
     require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device, build_network=False)
+    require_updatable_model(model.path, args.dry_run)
     progress = Progress(1, args.progress, "fit-appearance")
     examples = list(examples_from_dataset(args.data, None if args.split == "all" else args.split, on_case=progress.case))
     progress.emit(progress.total, "done", stage="done")

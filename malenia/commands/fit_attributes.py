@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from malenia.commands._runtime import add_model_run_options
+from malenia.commands._runtime import add_model_run_options, require_updatable_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return reweigh(args, own)
     require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device, build_network=args.masks == "predicted")
+    require_updatable_model(model.path, args.dry_run)
     progress = Progress(1, args.progress, "fit-attributes")
     split = None if args.split == "all" else args.split
     if args.masks == "predicted":

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from malenia.commands._runtime import add_model_run_options
+from malenia.commands._runtime import add_model_run_options, require_updatable_model
 from malenia.evaluate.metrics import OBJECTIVES
 from malenia.model.verifier_features import FEATURE_SETS
 
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     for data in args.val_data:
         require_dataset(data, "--val-data")
     model = load_model_folder(args.model, device=args.device)
+    require_updatable_model(model.path, args.dry_run)
     # segment's probability and post-processing (any verifier the model has is not used here)
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume)
     split, val_split = (None if s == "all" else s for s in (args.split, args.val_split))

@@ -16,6 +16,7 @@ Profile folders: --knowledge DIR (repeatable), else $MALENIA_KNOWLEDGE, else Res
 
 from __future__ import annotations
 from malenia.commands._types import count
+from malenia.commands._runtime import require_output_file
 
 import argparse
 import json
@@ -109,6 +110,7 @@ def _table(args: argparse.Namespace) -> int:
     from malenia.knowledge.vocabulary import Vocabulary
     from malenia.knowledge.workbook import read_workbook
 
+    require_output_file(args.out)  # before the table is built and calibrated
     vocab = Vocabulary.load()
     workbook = args.workbook or _default_workbook()
     imported = read_workbook(workbook, vocab)
@@ -153,6 +155,7 @@ def _bank(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_output_file(args.out)  # before the vocabulary is embedded (twice)
     from malenia.knowledge.bank import AttributeBank
     from malenia.knowledge.encoder import load_text_encoder
     from malenia.knowledge.vocabulary import Vocabulary

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.commands._types import count
-from malenia.commands._runtime import add_model_run_options
+from malenia.commands._runtime import add_model_run_options, require_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    require_output_file(args.out)  # before the mining, whose result is only written at its end
     require_dataset(args.data)
     model = load_model_folder(args.model, device=args.device)
     defaults = model.inference_defaults()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from malenia.errors import InputError
+from malenia.commands._runtime import require_output_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from malenia.data.synthesis.generate import (parse_diameters, parse_diseases, parse_range, print_progress,
                                                  synthesize_dataset)
 
+    require_output_folder(args.out)  # "afile/ds exists" would misname what is in the way
     if args.nodules is not None:
         return _run_nodules(args)
     if args.diseases is None or args.cases is None:

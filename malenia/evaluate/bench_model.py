@@ -156,7 +156,8 @@ def measure(config, repeats: int = 3) -> dict[str, Any]:
 
 def _table(r: dict[str, Any]) -> str:
     p = r["parameters"]
-    lines = [f"malenia bench model --config {r['config']}  (torch {r['torch']}, {r['torch_threads']} threads)"]
+    named = f"--model {r['model']} (config {r['config']})" if r.get("model") else f"--config {r['config']}"
+    lines = [f"malenia bench model {named}  (torch {r['torch']}, {r['torch_threads']} threads)"]
     lines.append(f"  parameters          {p['total'] / 1e6:9.2f} M  (network only; text encoder NOT included)")
     for k in ("backbone", "transformer_decoder", "cmki", "heads", "text_projection"):
         lines.append(f"    {k:<18}{p[k] / 1e6:9.3f} M")
@@ -190,6 +191,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise InputError("--repeats must be at least 1")
-    result = measure(args.config, args.repeats)
+    config = args.config
+    if args.model is not None:  # the folder's own architecture (verified: a damaged folder is a one-line error)
+        from malenia.model.folder import load_model_folder
+
+        config = load_model_folder(args.model, build_network=False).config
+    result = measure(config, args.repeats)
+    if args.model is not None:
+        result["model"] = str(args.model)
     print(json.dumps(result) if args.json else _table(result))
     return 0

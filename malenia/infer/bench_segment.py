@@ -93,7 +93,7 @@ def measure(input_path: Path, model: Path | None, out: Path, device: str = "auto
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
-        raise RuntimeError(f"malenia segment failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        _raise_failure(proc.returncode, proc.stderr)
     child = json.loads(stats.read_text())
     report = json.loads((out / FILE_NAMES["json"]).read_text())
     extra = report.get("extra", {})
@@ -112,6 +112,20 @@ def measure(input_path: Path, model: Path | None, out: Path, device: str = "auto
     }
 
 
+def _raise_failure(code: int, stderr: str) -> None:
+    """A `malenia segment` run that failed: its own one-line error (same exit code) where it refused its input, model
+    or output; else (a bug) RuntimeError with its last line."""
+    from malenia.errors import EXIT_INTERRUPTED, InputError, ModelError, OutputError
+
+    last = (stderr.strip().splitlines() or [""])[-1]
+    if code == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt
+    for error in (InputError, ModelError, OutputError):
+        if code == error.exit_code:
+            raise error(last.split(": error: ", 1)[-1])
+    raise RuntimeError(f"malenia segment failed ({code}): {last}")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
@@ -119,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     from malenia.model.folder import MANIFEST
     from malenia.paths import builtin_model_dir
 
+    if args.model:  # refused before the CT is made, with segment's own one-line error (exit 4)
+        from malenia.model.folder import load_model_folder
+
+        load_model_folder(args.model, build_network=False)
     device = os.environ.get("MALENIA_BENCH_DEVICE", "auto")
     precision = ["--precision", args.precision]
     results: dict[str, Any] = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}

@@ -74,7 +74,7 @@ def run_demo(out_dir: str | os.PathLike, model_dir: str | os.PathLike | None = N
              overwrite: bool = False, progress: ProgressFn = silent, seed: int = 0, model=None) -> DemoRun:
     import time
 
-    from malenia.atomic import atomic_dir
+    from malenia.atomic import atomic_dir, no_empty_folder_left
     from malenia.data.synthesis import make_demo_case
     from malenia.infer.outputs import _check_target, write_outputs
     from malenia.infer.pipeline import Segmenter, load_model, read_input
@@ -92,8 +92,10 @@ def run_demo(out_dir: str | os.PathLike, model_dir: str | os.PathLike | None = N
     progress("load", 0.3, "synthesising the sample CT")
     case = make_demo_case(seed)
     final_ct = input_dir / INPUT_CT
+    # The staging folder is made in DIR (so that DIR/input appears whole): an interrupted or failed demo removes
+    # DIR too when it made it and nothing was published there.
     try:
-        with atomic_dir(input_dir, overwrite=True, replaces=INPUT_CT) as staging:
+        with no_empty_folder_left(out_dir), atomic_dir(input_dir, overwrite=True, replaces=INPUT_CT) as staging:
             sitk.WriteImage(case.image, str(staging / INPUT_CT), useCompression=True)
             sitk.WriteImage(sitk.Cast(case.lesions, sitk.sitkUInt8), str(staging / TRUTH_LABELS), useCompression=True)
             (staging / TRUTH_REPORT).write_text(_json(case.report.to_json()), encoding="utf-8")

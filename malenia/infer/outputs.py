@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from malenia import __version__
-from malenia.atomic import atomic_dir
+from malenia.atomic import atomic_dir, check_creatable
 from malenia.data.dataset import LESIONS_FILE, REPORT_FILE
 from malenia.errors import OutputError
 from malenia.infer.measurements import measure_lesions
@@ -180,11 +180,7 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         if not os.access(out_dir, os.W_OK | os.X_OK):
             raise OutputError(f"output folder {out_dir} is not writable")
     else:
-        parent = next((p for p in out_dir.parents if p.exists()), None)
-        if parent is None or not parent.is_dir():
-            raise OutputError(f"cannot create output folder {out_dir}: {parent} is not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot create output folder {out_dir}: {parent} is not writable")
+        check_creatable(out_dir, f"cannot create output folder {out_dir}")
 
 
 class _publish:
