@@ -250,3 +250,9 @@ def test_no_empty_folder_left_removes_only_the_empty_folders_the_block_made(tmp_
     with no_empty_folder_left(tmp_path / "ok"):  # success: what the block made stays, even empty
         (tmp_path / "ok").mkdir()
     assert (tmp_path / "ok").is_dir()
+
+
+def test_a_variant_named_twice_runs_once():
+    from malenia.commands.ablate import variant_names
+
+    assert variant_names("s1, s2,s1,,s2") == ["s1", "s2"]

@@ -224,8 +224,9 @@ def test_commands_refuse_a_folder_that_is_not_a_dataset(dataset, tmp_path, capsy
     assert main(["train", "--data", str(dataset), "--augment", "scale", "--out", str(tmp_path / "run")]) == 3
     assert "--augment needs KEY=VALUE" in capsys.readouterr().err
     for flag in ("--val-every", "--log-every", "--checkpoint-every"):  # a step count of 0 would divide by zero later
-        assert main(["train", "--data", str(dataset), flag, "0", "--out", str(tmp_path / "run")]) == 3
-        assert f"{flag} must be at least 1 (steps), not 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as usage:
+            main(["train", "--data", str(dataset), flag, "0", "--out", str(tmp_path / "run")])
+        assert usage.value.code == 2 and f"{flag}: must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

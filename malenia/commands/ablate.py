@@ -110,7 +110,7 @@ def variant_names(text: str) -> list[str]:
     """The --variants list: known names, at least one (an empty list would train nothing and report success)."""
     from malenia.errors import InputError
 
-    names = [v.strip() for v in text.split(",") if v.strip()]
+    names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))  # a name given twice runs once
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown or not names:
         what = f"unknown ablation variant(s) {unknown}" if unknown else f"--variants {text!r} names no variant"

@@ -191,21 +191,20 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        created = self.info.is_main and not self.run_dir.exists()
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        barrier(self.info)
-        try:
+        from contextlib import nullcontext
+
+        from malenia.atomic import no_empty_folder_left
+
+        # refused before the first step (an --init of another network, a split without cases, texts the bank cannot
+        # embed, Ctrl+C): no empty run folder (nor folders above it) left behind that a later run would take for its own
+        with no_empty_folder_left(self.run_dir) if self.info.is_main else nullcontext():
+            if self.info.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            barrier(self.info)
             _seed_everything(self.opts.seed)
             self._setup_data()
             self._setup_model()
             self._resume()
-        except BaseException:
-            # refused before the first step (an --init of another network, a split without cases, texts the bank
-            # cannot embed, Ctrl+C): leave no empty run folder behind that a later run would take for its own
-            if created and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()
-            raise
         self.log = _MetricsLog(self.run_dir / "metrics.jsonl", self.info.is_main)
         self.log.keep_until(self.start)
         self.progress = Progress(self.steps or 0, self.opts.progress, "train", initial=self.start,
