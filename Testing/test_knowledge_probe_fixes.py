@@ -1,0 +1,198 @@
+"""Site profiles probed as a user would (session 65, probe d): every refusal is one line with its exit code, never a
+traceback, and nothing is written or created by a refused command."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from malenia.cli import main as cli
+
+ADD = ["knowledge", "add", "hepatic_haemangioma", "--name", "Hepatic haemangioma", "--organ", "liver",
+       "-d", "shape.round=3", "shape.oval", "surface.well_defined=9", "surface.ill_defined"]
+
+
+def _add(site, *extra) -> int:
+    return cli([*ADD, "--knowledge", str(site), *extra])
+
+
+def _profile(site, **changes) -> None:
+    """Hand-edits the haemangioma profile of `site` (as a user with a text editor would)."""
+    path = site / "hepatic_haemangioma.json"
+    obj = json.loads(path.read_text())
+    obj.update(changes)
+    path.write_text(json.dumps(obj))
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_key_too_long_for_a_file_name_is_refused_not_a_traceback(tmp_path, capsys):
+    site = tmp_path / "site"
+    key = "a" + "b" * 300
+    assert cli(["knowledge", "add", key, "--name", "X", "--organ", "liver", "--knowledge", str(site)]) == 3
+    assert "at most" in _one_line_error(capsys)
+    assert cli(["knowledge", "remove", key, "--knowledge", str(site)]) == 3
+    _one_line_error(capsys)
+    assert cli(["knowledge", "edit", key, "--name", "Y", "--knowledge", str(site)]) == 3
+    _one_line_error(capsys)
+    assert not list(site.glob("*.json"))
+
+
+def test_a_profile_folder_that_cannot_be_made_or_is_a_file_gives_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert _add(afile / "sub") == 5  # a folder under a file cannot be created
+    assert "afile" in _one_line_error(capsys)
+    assert cli(["knowledge", "remove", "hepatic_haemangioma", "--knowledge", str(afile)]) == 3
+    assert "not a folder" in _one_line_error(capsys)
+    # a reader told to read profiles from a file: refused, not "does not exist" and silently no profiles
+    assert cli(["knowledge", "list", "--knowledge", str(afile)]) == 3
+    assert "not a folder" in _one_line_error(capsys)
+    assert afile.read_text() == "not a folder"
+
+
+def test_remove_from_a_missing_folder_creates_nothing(tmp_path, capsys):
+    site = tmp_path / "nosuch"
+    assert cli(["knowledge", "remove", "hepatic_haemangioma", "--knowledge", str(site)]) == 3
+    assert "no site profile" in _one_line_error(capsys)
+    assert not site.exists()
+    assert cli(["knowledge", "remove", "liver_cyst", "--knowledge", str(site)]) == 3  # the model's own: still explained
+    assert "model's knowledge table" in _one_line_error(capsys)
+    assert not site.exists()
+
+
+@contextlib.contextmanager
+def _read_only(folder):
+    """`folder` made unwritable: by its mode for a user, with the immutable attribute for root (who ignores modes)."""
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        if os.access(folder, os.W_OK):
+            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+            if not immutable:
+                pytest.skip("cannot make a folder read-only here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("lock_exists", [True, False])
+def test_a_read_only_profile_folder_gives_one_line_and_keeps_its_profiles(tmp_path, capsys, lock_exists):
+    site = tmp_path / "site"
+    assert _add(site) == 0
+    if not lock_exists:
+        (site / ".malenia-knowledge.lock").unlink()
+    before = sorted(p.name for p in site.iterdir())
+    capsys.readouterr()
+    with _read_only(site):
+        assert cli(["knowledge", "add", "other_mass", "--name", "Other", "--organ", "liver", "--knowledge", str(site)]) == 5
+        assert str(site) in _one_line_error(capsys)
+        assert cli(["knowledge", "edit", "hepatic_haemangioma", "--name", "Y", "--knowledge", str(site)]) == 5
+        _one_line_error(capsys)
+        assert cli(["knowledge", "remove", "hepatic_haemangioma", "--knowledge", str(site)]) == 5
+        _one_line_error(capsys)
+        assert cli(["knowledge", "list", "--knowledge", str(site)]) == 0  # reading needs no write access
+        assert "hepatic_haemangioma" in capsys.readouterr().out
+    assert sorted(p.name for p in site.iterdir()) == before
+
+
+def test_a_writers_staging_file_is_not_read_as_a_profile(tmp_path, capsys):
+    from malenia.infer.site_table import table_in_force_at
+
+    site = tmp_path / "site"
+    assert _add(site) == 0
+    # what atomic_path stages while a profile is written (left behind by a writer killed with -9)
+    (site / ".other_mass.json.partial.4242-abcd1234.json").write_text('{"name": "half')
+    table = table_in_force_at(None, [site])
+    assert "hepatic_haemangioma" in table.diseases and "other_mass" not in table.diseases
+    assert cli(["knowledge", "list", "--knowledge", str(site)]) == 0
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"rationale": ["round"]}, "rationale"),
+    ({"rationale": "round"}, "rationale"),
+    ({"name": None}, "name"),
+    ({"name": {"en": "x"}}, "name"),
+    ({"name": "two\nlines"}, "name"),
+    ({"version": "abc"}, "version"),
+    ({"version": [1]}, "version"),
+    ({"version": 0}, "version"),
+    ({"seen": "no"}, "seen"),
+    ({"finding_count": {"1": float("nan")}}, "finding_count"),
+    ({"finding_count": {"1": 1.0, "2": float("inf")}}, "finding_count"),
+])
+def test_a_hand_edited_profile_of_the_wrong_types_stops_list_and_edit_with_one_line(tmp_path, capsys, changes, words):
+    site = tmp_path / "site"
+    assert _add(site) == 0
+    _profile(site, **changes)
+    capsys.readouterr()
+    assert cli(["knowledge", "list", "--knowledge", str(site)]) == 3
+    err = _one_line_error(capsys)
+    assert "hepatic_haemangioma.json" in err and words in err
+    assert cli(["knowledge", "edit", "hepatic_haemangioma", "--name", "Y", "--knowledge", str(site)]) == 3
+    _one_line_error(capsys)
+
+
+def test_a_probability_written_as_true_is_refused(tmp_path, capsys):
+    site = tmp_path / "site"
+    assert _add(site) == 0
+    obj = json.loads((site / "hepatic_haemangioma.json").read_text())
+    obj["profile"]["shape"] = {"shape.round": True}
+    (site / "hepatic_haemangioma.json").write_text(json.dumps(obj))
+    capsys.readouterr()
+    assert cli(["knowledge", "list", "--knowledge", str(site)]) == 3
+    assert "shape.round" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("weight", ["inf", "1e400", "-inf"])
+def test_an_infinite_weight_is_refused_naming_it(tmp_path, capsys, weight):
+    site = tmp_path / "site"
+    assert _add(site, "-d", f"density.hypodense.liver={weight}") == 3
+    err = _one_line_error(capsys)
+    assert f"density.hypodense.liver={weight}" in err and "nan" not in err
+    assert not site.exists() or not list(site.glob("*.json"))
+
+
+def test_huge_finite_weights_are_normalised_without_overflow(tmp_path, capsys):
+    site = tmp_path / "site"
+    assert _add(site, "-d", "density.hypodense.liver=1e308", "density.isodense.liver=1e308") == 0
+    density = json.loads((site / "hepatic_haemangioma.json").read_text())["profile"]["density"]
+    assert density == {"density.hypodense.liver": 0.5, "density.isodense.liver": 0.5}
+
+
+def test_a_display_name_of_two_lines_is_refused(tmp_path, capsys):
+    site = tmp_path / "site"
+    add = list(ADD)
+    add[add.index("--name") + 1] = "Hepatic\nhaemangioma"
+    assert cli([*add, "--knowledge", str(site)]) == 3
+    assert "--name" in _one_line_error(capsys)
+    assert not site.exists() or not list(site.glob("*.json"))
+
+
+def test_the_origin_records_where_a_profile_is_whatever_the_working_folder(tmp_path, monkeypatch):
+    from malenia.infer.site_table import table_in_force_at
+
+    monkeypatch.chdir(tmp_path)
+    assert _add("site") == 0
+    table = table_in_force_at(None, ["site"])
+    paths = [p["path"] for p in table.origin["profiles"] if p["key"] == "hepatic_haemangioma"]
+    assert paths == [str(tmp_path / "site" / "hepatic_haemangioma.json")]  # report.json is read from elsewhere
+
+
+def test_a_segment_named_by_a_non_latin_disease_name_is_not_left_nameless():
+    from malenia.infer.seg_nrrd import segment_name
+
+    assert segment_name("血管瘤", "hepatic_haemangioma", 3) == "hepatic haemangioma 3"
+    assert segment_name("血管瘤 2", "hepatic_haemangioma", 5) == "hepatic haemangioma 5"
+    assert segment_name("Hämangiom", "hepatic_haemangioma", 1) == "Hamangiom"
+    assert segment_name("Liver cyst 2", "liver_cyst", 4) == "Liver cyst 2"
