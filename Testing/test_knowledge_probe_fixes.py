@@ -116,6 +116,11 @@ def test_a_writers_staging_file_is_not_read_as_a_profile(tmp_path, capsys):
     table = table_in_force_at(None, [site])
     assert "hepatic_haemangioma" in table.diseases and "other_mass" not in table.diseases
     assert cli(["knowledge", "list", "--knowledge", str(site)]) == 0
+    # a profile linked from a share that is gone is not skipped as a removed one would be
+    (site / "linked_mass.json").symlink_to(tmp_path / "unmounted" / "linked_mass.json")
+    capsys.readouterr()
+    assert cli(["knowledge", "list", "--knowledge", str(site)]) == 3
+    assert "linked_mass.json" in _one_line_error(capsys)
 
 
 @pytest.mark.parametrize("changes, words", [
@@ -196,3 +201,23 @@ def test_a_segment_named_by_a_non_latin_disease_name_is_not_left_nameless():
     assert segment_name("血管瘤 2", "hepatic_haemangioma", 5) == "hepatic haemangioma 5"
     assert segment_name("Hämangiom", "hepatic_haemangioma", 1) == "Hamangiom"
     assert segment_name("Liver cyst 2", "liver_cyst", 4) == "Liver cyst 2"
+
+
+def test_the_slicer_profile_editor_says_why_a_profile_cannot_be_saved(tmp_path):
+    """folder_lock and write_profile refuse an unwritable folder with OutputError (a MaleniaError, no longer an
+    OSError): the editor's Save must still say so on its status line."""
+    import slicer_segment_support  # noqa: F401  (puts MaleniaSegment on sys.path)
+    from malenia.infer.site_table import table_in_force_at
+    from MaleniaSegmentLib.profile_editor import ProfileEditor, ProfileEditorLogic, get, qt_compat
+
+    qt_compat.ensure_application()
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    editor = ProfileEditor(ProfileEditorLogic(lambda: table_in_force_at(None, []), afile / "site"))
+    editor.select_disease(None)
+    editor.key_edit.setText("liver_mass_x")
+    editor.name_edit.setText("Liver mass X")
+    editor.organ_combo.setCurrentIndex(editor.organ_combo.findText("liver"))
+    editor.save_button.click()
+    assert "Not saved" in get(editor.status, "text") and "afile" in get(editor.status, "text")
+    editor.widget.close()

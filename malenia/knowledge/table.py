@@ -276,7 +276,7 @@ def _profile_files(folder: Path) -> list[tuple[Path, bytes]]:
         try:
             out.append((f, _read_bytes(f)))
         except InputError:
-            if f.exists():
+            if os.path.lexists(f):  # still there (a dangling link to an unmounted share is an error, not skipped)
                 raise
     return out
 
