@@ -221,3 +221,22 @@ def test_the_slicer_profile_editor_says_why_a_profile_cannot_be_saved(tmp_path):
     editor.save_button.click()
     assert "Not saved" in get(editor.status, "text") and "afile" in get(editor.status, "text")
     editor.widget.close()
+
+
+def test_an_edit_keeps_the_rationale_and_provenance_of_what_it_does_not_change(tmp_path, capsys):
+    from malenia.aspects import ASPECTS
+
+    site = tmp_path / "site"
+    assert _add(site) == 0
+    _profile(site, rationale={a: f"why {a}" for a in ASPECTS},
+             estimated_from={"dataset": "lidc", "split": "train", "disease": "lung_tumor", "lesions": 540})
+    edit = ["knowledge", "edit", "hepatic_haemangioma", "--knowledge", str(site)]
+    assert cli([*edit, "--rationale", "shape=checked by a second reader"]) == 0
+    obj = json.loads((site / "hepatic_haemangioma.json").read_text())
+    assert obj["rationale"] == {**{a: f"why {a}" for a in ASPECTS}, "shape": "checked by a second reader"}
+    assert obj["estimated_from"]["lesions"] == 540 and obj["version"] == 2
+    # new values for an aspect: its old reason no longer explains them and goes; the others stay
+    assert cli([*edit, "-d", "surface.well_defined"]) == 0
+    obj = json.loads((site / "hepatic_haemangioma.json").read_text())
+    assert "surface" not in obj["rationale"] and obj["rationale"]["shape"] == "checked by a second reader"
+    assert len(obj["rationale"]) == 7 and obj["estimated_from"]["dataset"] == "lidc"

@@ -92,10 +92,25 @@ def build_profile(key: str, name: str, organ: str, weights: Mapping[str, Mapping
             profile[aspect] = normalised({i: 1.0 for i in vocab.ids_for_organ(aspect, organ)})
     version = int((base.extra.get("version", 0) if base is not None else 0) or 0) + 1
     obj = {"name": name, "organ": organ, "seen": False, "source": "site profile", "profile": profile,
-           "rationale": dict(rationale or (base.rationale if base is not None else {})), "version": version}
+           "rationale": {**_kept_rationale(base, profile), **dict(rationale or {})}, "version": version}
     if base is not None:
         obj["finding_count"] = {str(k): v for k, v in base.finding_count.items()}
+        # fields of the base's own (where it was estimated from, a site's notes) are kept, as its unchanged aspects
+        obj = {**{k: v for k, v in base.extra.items() if k != "version"}, **obj}
     return DiseaseProfile.from_json(key, obj, vocab, "profile")  # the table's own validation
+
+
+def _kept_rationale(base: DiseaseProfile | None, profile: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """The base's rationale of the aspects an edit leaves as they were (within 0.001, what the profile editor's
+    three decimals round to). A rationale given for one aspect used to replace all eight, and an aspect's
+    reason stayed beside values it no longer explains."""
+    if base is None:
+        return {}
+    def unchanged(aspect: str, dist: Mapping[str, float]) -> bool:
+        old = base.profile.get(aspect, {})
+        return set(dist) == set(old) and all(abs(p - old[i]) <= 1e-3 for i, p in dist.items())
+
+    return {a: text for a, text in base.rationale.items() if a in profile and unchanged(a, profile[a])}
 
 
 def check_key(key: str) -> None:
