@@ -240,3 +240,30 @@ def test_an_edit_keeps_the_rationale_and_provenance_of_what_it_does_not_change(t
     obj = json.loads((site / "hepatic_haemangioma.json").read_text())
     assert "surface" not in obj["rationale"] and obj["rationale"]["shape"] == "checked by a second reader"
     assert len(obj["rationale"]) == 7 and obj["estimated_from"]["dataset"] == "lidc"
+
+
+@pytest.mark.parametrize("name, charset", [("血管瘤", "ISO_IR 192"), ("Hämangiom", "ISO_IR 100")])
+def test_a_dicom_seg_keeps_a_disease_name_of_another_script(shared_data, tmp_path, name, charset):
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+
+    from malenia.data.ct_io import read_ct
+    from malenia.infer import outputs
+    from malenia.infer.results import DiseaseCall, ScanInfo, SegmentationResult
+    from test_outputs_write import MODEL, _lesion
+
+    folder = shared_data / "ct" / "totalseg-example" / "example_ct_dicom"
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    image = read_ct(folder)
+    arr = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    arr[6:10, 280:320, 180:220] = 1
+    labels = sitk.GetImageFromArray(arr)
+    labels.CopyInformation(image)
+    lesion = _lesion(1, "hepatic_haemangioma", "location.liver.right_lobe", 0.66)
+    lesion.disease = DiseaseCall("hepatic_haemangioma", name, 0.66, [("liver_cyst", 0.1)])
+    result = SegmentationResult(labels, image, ScanInfo.from_image(image, str(folder), None, dicom_files=files), MODEL,
+                                [lesion])
+    written = outputs.write_outputs(result, tmp_path / "out", formats=["dicom"])
+    ds = pydicom.dcmread(str(written["dicom"]), stop_before_pixels=True)
+    assert ds.SegmentSequence[0].SegmentLabel == name and ds.SpecificCharacterSet == charset  # not "???"

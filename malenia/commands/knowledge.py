@@ -258,7 +258,7 @@ def _save(args: argparse.Namespace, adding: bool) -> int:
             raise InputError(f"{option} must be one line of text, got {value!r}")
     folder = writable_dir(args.knowledge)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"--knowledge {folder} is a file, not a folder")
+        raise InputError(f"site profile folder {folder} is a file, not a folder")
     with folder_lock(folder):
         table = _table_in_force(args)  # read under the lock: concurrent edits see each other
         exists = args.key in table.diseases
@@ -334,7 +334,7 @@ def _remove(args: argparse.Namespace) -> int:
     check_key(args.key)  # before it names a file (a key too long for one failed with an OSError)
     folder = writable_dir(args.knowledge)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"--knowledge {folder} is a file, not a folder")
+        raise InputError(f"site profile folder {folder} is a file, not a folder")
     if not folder.is_dir():  # nothing to remove, and no folder (nor lock file) is made to find that out
         _no_profile_to_remove(args, folder)
     with folder_lock(folder, create=False):
