@@ -267,3 +267,14 @@ def test_a_dicom_seg_keeps_a_disease_name_of_another_script(shared_data, tmp_pat
     written = outputs.write_outputs(result, tmp_path / "out", formats=["dicom"])
     ds = pydicom.dcmread(str(written["dicom"]), stop_before_pixels=True)
     assert ds.SegmentSequence[0].SegmentLabel == name and ds.SpecificCharacterSet == charset  # not "???"
+
+
+def test_a_profile_saved_with_a_byte_order_mark_loads(tmp_path, capsys):
+    from malenia.infer.site_table import table_in_force_at
+
+    site = tmp_path / "site"
+    assert _add(site) == 0
+    path = site / "hepatic_haemangioma.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_text().replace("\n", "\r\n").encode("utf-8"))  # Notepad's way
+    table = table_in_force_at(None, [site])
+    assert table.name("hepatic_haemangioma") == "Hepatic haemangioma"

@@ -292,6 +292,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def _parse_json(data: bytes, path: Path) -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
+        # utf-8-sig: a profile saved by a Windows editor starts with a byte-order mark, which json refuses
+        return json.loads(data.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
