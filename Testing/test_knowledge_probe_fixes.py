@@ -278,3 +278,20 @@ def test_a_profile_saved_with_a_byte_order_mark_loads(tmp_path, capsys):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_text().replace("\n", "\r\n").encode("utf-8"))  # Notepad's way
     table = table_in_force_at(None, [site])
     assert table.name("hepatic_haemangioma") == "Hepatic haemangioma"
+
+
+def test_the_unclassified_call_cannot_be_a_disease_key(tmp_path, capsys):
+    from malenia.knowledge.inference import UNCLASSIFIED
+    from malenia.knowledge.table import RESERVED_KEYS
+
+    assert UNCLASSIFIED in RESERVED_KEYS
+    site = tmp_path / "site"
+    assert cli(["knowledge", "add", UNCLASSIFIED, "--name", "X", "--organ", "liver", "--knowledge", str(site)]) == 3
+    assert "reserved" in _one_line_error(capsys)
+    assert not site.exists()
+    # nor a file made by hand: it would be named "unclassified" with unclassified false
+    assert _add(site) == 0
+    (site / "hepatic_haemangioma.json").rename(site / f"{UNCLASSIFIED}.json")
+    capsys.readouterr()
+    assert cli(["knowledge", "list", "--knowledge", str(site)]) == 3
+    assert "reserved" in _one_line_error(capsys)

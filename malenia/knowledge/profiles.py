@@ -22,7 +22,7 @@ from typing import Iterator, Mapping
 from malenia.aspects import ASPECTS
 from malenia.atomic import write_json
 from malenia.errors import InputError, OutputError
-from malenia.knowledge.table import MAX_KEY_LENGTH, DiseaseProfile, valid_key
+from malenia.knowledge.table import DiseaseProfile, key_problem
 from malenia.knowledge.vocabulary import Vocabulary
 
 LOCK_FILE = ".malenia-knowledge.lock"
@@ -115,9 +115,9 @@ def _kept_rationale(base: DiseaseProfile | None, profile: Mapping[str, Mapping[s
 
 def check_key(key: str) -> None:
     """InputError unless `key` can name a disease (and so its profile file)."""
-    if not valid_key(key):
-        raise InputError(f"disease key {key!r} must be lower_snake_case (e.g. hepatic_haemangioma), "
-                         f"at most {MAX_KEY_LENGTH} characters")
+    problem = key_problem(key)
+    if problem:
+        raise InputError(f"disease key {key!r} {problem}")
 
 
 @contextlib.contextmanager

@@ -40,9 +40,19 @@ MAX_KEY_LENGTH = 100
 _SUM_TOLERANCE = 1e-3
 
 
-def valid_key(key: str) -> bool:
-    """Whether `key` can name a disease: lower_snake_case, short enough to name its profile file."""
-    return bool(_KEY.match(key)) and len(key) <= MAX_KEY_LENGTH
+# malenia.knowledge.inference.UNCLASSIFIED: the call for a lesion no disease fits. A disease of that key was named
+# "unclassified" with `unclassified: false`, and counted with the unclassified lesions (evaluate, profile editor).
+RESERVED_KEYS = frozenset({"unclassified"})
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot name a disease (None: it can): lower_snake_case, short enough to name its profile file,
+    not a reserved name."""
+    if not _KEY.match(key) or len(key) > MAX_KEY_LENGTH:
+        return f"must be lower_snake_case (e.g. hepatic_haemangioma), at most {MAX_KEY_LENGTH} characters"
+    if key in RESERVED_KEYS:
+        return "is reserved: it is the call for a lesion no disease fits"
+    return None
 
 
 def one_line(text: str) -> bool:
@@ -77,9 +87,9 @@ class DiseaseProfile:
 
     @staticmethod
     def from_json(key: str, obj: Any, vocab: Vocabulary, where: str) -> "DiseaseProfile":
-        if not valid_key(key):
-            raise InputError(f"{where}: disease key {key!r} must be lower_snake_case, "
-                             f"at most {MAX_KEY_LENGTH} characters")
+        problem = key_problem(key)
+        if problem:
+            raise InputError(f"{where}: disease key {key!r} {problem}")
         if not isinstance(obj, dict):
             raise InputError(f"{where}: disease {key!r} must be an object")
         for name in ("name", "organ", "profile"):
