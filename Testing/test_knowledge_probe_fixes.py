@@ -295,3 +295,9 @@ def test_the_unclassified_call_cannot_be_a_disease_key(tmp_path, capsys):
     capsys.readouterr()
     assert cli(["knowledge", "list", "--knowledge", str(site)]) == 3
     assert "reserved" in _one_line_error(capsys)
+
+
+def test_classify_names_the_closest_description_of_a_typo(capsys):
+    assert cli(["knowledge", "classify", "shape.rond", "location.liver.right_lobe"]) == 3
+    assert "closest: shape.round" in _one_line_error(capsys)
+    assert cli(["knowledge", "classify", "round or round-like lesion shape", "location.liver.right_lobe"]) == 0

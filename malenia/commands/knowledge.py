@@ -186,8 +186,11 @@ def _classify(args: argparse.Namespace) -> int:
 
     vocab = Vocabulary.load()
     table = KnowledgeTable.load(args.table, vocab, site_dirs=args.knowledge or ()) if args.table else _table_in_force(args)
+    from malenia.knowledge.profiles import resolve_description
+
     matches: dict[str, dict[str, float]] = {}
-    for desc_id in args.ids:
+    for token in args.ids:  # ids or exact texts, a typo refused naming the closest, as `add` does
+        desc_id = resolve_description(token, vocab)
         matches.setdefault(vocab.aspect_of(desc_id), {})[desc_id] = 1.0
     print(json.dumps(infer_disease(matches, table).to_json(), indent=2))
     return 0
