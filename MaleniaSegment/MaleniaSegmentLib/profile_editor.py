@@ -373,10 +373,12 @@ class ProfileEditor:
         return ranking
 
     def save(self) -> list | None:
+        from malenia.errors import MaleniaError
+
         draft = self.current_draft()
         try:
             path = self.logic.save(draft)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, MaleniaError) as err:  # MaleniaError: a folder that cannot be written, a bad file
             self.status.setText(f"Not saved: {err}")
             return None
         return self._after_change(draft.key, f"Saved {path}")

@@ -186,8 +186,11 @@ def _classify(args: argparse.Namespace) -> int:
 
     vocab = Vocabulary.load()
     table = KnowledgeTable.load(args.table, vocab, site_dirs=args.knowledge or ()) if args.table else _table_in_force(args)
+    from malenia.knowledge.profiles import resolve_description
+
     matches: dict[str, dict[str, float]] = {}
-    for desc_id in args.ids:
+    for token in args.ids:  # ids or exact texts, a typo refused naming the closest, as `add` does
+        desc_id = resolve_description(token, vocab)
         matches.setdefault(vocab.aspect_of(desc_id), {})[desc_id] = 1.0
     print(json.dumps(infer_disease(matches, table).to_json(), indent=2))
     return 0
@@ -245,15 +248,20 @@ def _rationale(items: list[str] | None) -> dict[str, str] | None:
 
 def _save(args: argparse.Namespace, adding: bool) -> int:
     from malenia.errors import InputError
-    from malenia.knowledge.profiles import build_profile, folder_lock, parse_weighted, profile_path, write_profile
+    from malenia.knowledge.profiles import (build_profile, check_key, folder_lock, parse_weighted, profile_path,
+                                            write_profile)
     from malenia.knowledge.site import writable_dir
+    from malenia.knowledge.table import one_line
 
+    check_key(args.key)  # before the folder is made for it
     for option, value in (("--name", args.name), ("--organ", args.organ)):
         if value is not None and not value.strip():
             raise InputError(f"{option} must not be empty")
+        if value is not None and not one_line(value):
+            raise InputError(f"{option} must be one line of text, got {value!r}")
     folder = writable_dir(args.knowledge)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"--knowledge {folder} is a file, not a folder")
+        raise InputError(f"site profile folder {folder} is a file, not a folder")
     with folder_lock(folder):
         table = _table_in_force(args)  # read under the lock: concurrent edits see each other
         exists = args.key in table.diseases
@@ -323,17 +331,29 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     from malenia.errors import InputError
-    from malenia.knowledge.profiles import folder_lock, profile_path, remove_profile
+    from malenia.knowledge.profiles import check_key, folder_lock, profile_path, remove_profile
     from malenia.knowledge.site import writable_dir
 
+    check_key(args.key)  # before it names a file (a key too long for one failed with an OSError)
     folder = writable_dir(args.knowledge)
-    with folder_lock(folder):
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"site profile folder {folder} is a file, not a folder")
+    if not folder.is_dir():  # nothing to remove, and no folder (nor lock file) is made to find that out
+        _no_profile_to_remove(args, folder)
+    with folder_lock(folder, create=False):
         if not profile_path(folder, args.key).is_file():
-            table = _table_in_force(args)
-            if args.key in table.diseases and not any(p["key"] == args.key for p in table.origin["profiles"]):
-                raise InputError(f"{args.key!r} is part of the model's knowledge table; a site profile can override "
-                                 "it (`malenia knowledge edit`) but not remove it")
-            raise InputError(f"no site profile {args.key!r} in {folder}")
+            _no_profile_to_remove(args, folder)
         path = remove_profile(folder, args.key)
     print(f"removed: {args.key} ({path})")
     return 0
+
+
+def _no_profile_to_remove(args: argparse.Namespace, folder: Path) -> None:
+    """InputError saying why KEY cannot be removed from `folder`: one of the model's diseases, or no profile there."""
+    from malenia.errors import InputError
+
+    table = _table_in_force(args)
+    if args.key in table.diseases and not any(p["key"] == args.key for p in table.origin["profiles"]):
+        raise InputError(f"{args.key!r} is part of the model's knowledge table; a site profile can override "
+                         "it (`malenia knowledge edit`) but not remove it")
+    raise InputError(f"no site profile {args.key!r} in {folder}")

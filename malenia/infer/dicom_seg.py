@@ -122,4 +122,16 @@ def write_dicom_seg(path: str | Path, result: SegmentationResult, specs: list[Se
         omit_empty_frames=True,
     )
     seg.SeriesDescription = "Malenia lesions"
+    if not all(_latin1(spec.name) for spec in specs):
+        # highdicom writes ISO_IR 100 (Latin-1), where a disease named by a site profile in another script (血管瘤)
+        # became "???" in the PACS; UTF-8 keeps it as report.json has it
+        seg.SpecificCharacterSet = "ISO_IR 192"
     seg.save_as(str(path))
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

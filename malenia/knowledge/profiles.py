@@ -14,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
+import math
 import os
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from malenia.aspects import ASPECTS
 from malenia.atomic import write_json
-from malenia.errors import InputError
-from malenia.knowledge.table import _KEY, DiseaseProfile
+from malenia.errors import InputError, OutputError
+from malenia.knowledge.table import DiseaseProfile, key_problem
 from malenia.knowledge.vocabulary import Vocabulary
 
 LOCK_FILE = ".malenia-knowledge.lock"
@@ -54,8 +55,8 @@ def parse_weighted(items: list[str], vocab: Vocabulary, organ: str) -> dict[str,
             w = float(weight) if weight else 1.0
         except ValueError:
             raise InputError(f"{item!r}: the weight after '=' must be a number") from None
-        if not w > 0:
-            raise InputError(f"{item!r}: a weight must be positive (leave a description out instead)")
+        if not 0 < w < math.inf:  # inf (or 1e400) would turn the aspect's probabilities into nan
+            raise InputError(f"{item!r}: a weight must be a positive, finite number (leave a description out instead)")
         entry = vocab.entry(desc_id)
         if not entry.applies_to(organ):
             where = entry.organ or ", ".join(entry.organs or ())
@@ -65,16 +66,18 @@ def parse_weighted(items: list[str], vocab: Vocabulary, organ: str) -> dict[str,
 
 
 def normalised(weights: Mapping[str, float]) -> dict[str, float]:
-    total = float(sum(weights.values()))
-    return {k: float(v) / total for k, v in weights.items()}
+    # scaled by the largest first: two weights of 1e308 would sum to inf and normalise to zeros
+    top = max(float(v) for v in weights.values())
+    scaled = {k: float(v) / top for k, v in weights.items()}
+    total = sum(scaled.values())
+    return {k: v / total for k, v in scaled.items()}
 
 
 def build_profile(key: str, name: str, organ: str, weights: Mapping[str, Mapping[str, float]], vocab: Vocabulary,
                   base: DiseaseProfile | None = None, rationale: Mapping[str, str] | None = None) -> DiseaseProfile:
     """A validated profile: `weights` (aspect -> {id: weight}) replace those aspects of `base`; other
     aspects keep `base`'s, or (no base) every organ description equally."""
-    if not _KEY.match(key):
-        raise InputError(f"disease key {key!r} must be lower_snake_case (e.g. hepatic_haemangioma)")
+    check_key(key)
     if organ not in vocab.organs():
         close = difflib.get_close_matches(organ, vocab.organs(), n=3, cutoff=0.3)
         raise InputError(f"unknown organ {organ!r}; organs: {', '.join(vocab.organs())}"
@@ -89,22 +92,63 @@ def build_profile(key: str, name: str, organ: str, weights: Mapping[str, Mapping
             profile[aspect] = normalised({i: 1.0 for i in vocab.ids_for_organ(aspect, organ)})
     version = int((base.extra.get("version", 0) if base is not None else 0) or 0) + 1
     obj = {"name": name, "organ": organ, "seen": False, "source": "site profile", "profile": profile,
-           "rationale": dict(rationale or (base.rationale if base is not None else {})), "version": version}
+           "rationale": {**_kept_rationale(base, profile), **dict(rationale or {})}, "version": version}
     if base is not None:
         obj["finding_count"] = {str(k): v for k, v in base.finding_count.items()}
+        # fields of the base's own (where it was estimated from, a site's notes) are kept, as its unchanged aspects
+        obj = {**{k: v for k, v in base.extra.items() if k != "version"}, **obj}
     return DiseaseProfile.from_json(key, obj, vocab, "profile")  # the table's own validation
 
 
+def _kept_rationale(base: DiseaseProfile | None, profile: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """The base's rationale of the aspects an edit leaves as they were (within 0.001, what the profile editor's
+    three decimals round to). A rationale given for one aspect used to replace all eight, and an aspect's
+    reason stayed beside values it no longer explains."""
+    if base is None:
+        return {}
+    def unchanged(aspect: str, dist: Mapping[str, float]) -> bool:
+        old = base.profile.get(aspect, {})
+        return set(dist) == set(old) and all(abs(p - old[i]) <= 1e-3 for i, p in dist.items())
+
+    return {a: text for a, text in base.rationale.items() if a in profile and unchanged(a, profile[a])}
+
+
+def check_key(key: str) -> None:
+    """InputError unless `key` can name a disease (and so its profile file)."""
+    problem = key_problem(key)
+    if problem:
+        raise InputError(f"disease key {key!r} {problem}")
+
+
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Serialises read-modify-write of one profile folder across processes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+def folder_lock(folder: Path, create: bool = True) -> Iterator[None]:
+    """Serialises read-modify-write of one profile folder across processes; `create`: make the folder first
+    (a removal does not, so that it leaves no folder behind)."""
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd = _open_lock(folder / LOCK_FILE)
+    except OSError as err:
+        raise OutputError(f"site profile folder {folder}: cannot {'create or ' if create else ''}lock it "
+                          f"({err.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, for writing where allowed (flock over NFS needs it), else for reading: a lock file another
+    user created (mode 644) still locks, and a read-only folder that has one gets as far as the write, which then
+    says why it failed."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError as err:
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            raise err from None  # no lock file, and none can be made: the first reason is the one to tell
 
 
 def profile_path(folder: str | os.PathLike, key: str) -> Path:
@@ -114,8 +158,11 @@ def profile_path(folder: str | os.PathLike, key: str) -> Path:
 def write_profile(folder: str | os.PathLike, profile: DiseaseProfile) -> Path:
     """Writes DIR/<key>.json atomically (readers see the old file or the new one)."""
     path = profile_path(folder, profile.key)
-    write_json(path, profile.to_json())
-    os.chmod(path, 0o644)  # a site folder is read by every user of the installation
+    try:
+        write_json(path, profile.to_json())
+        os.chmod(path, 0o644)  # a site folder is read by every user of the installation
+    except OSError as err:  # e.g. a read-only folder: one line, and atomic_path left no staging file
+        raise OutputError(f"cannot write {path} ({err.strerror})") from None
     return path
 
 
@@ -123,5 +170,8 @@ def remove_profile(folder: str | os.PathLike, key: str) -> Path:
     path = profile_path(folder, key)
     if not path.is_file():
         raise InputError(f"no site profile {key!r} in {folder}")
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot remove {path} ({err.strerror})") from None
     return path

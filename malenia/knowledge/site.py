@@ -49,8 +49,9 @@ def profile_dirs(explicit: Iterable[str | os.PathLike] | str | os.PathLike | Non
 
 def missing_dirs(explicit: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
     """The folders named for the run or in $MALENIA_KNOWLEDGE that do not exist: a mistyped one would silently
-    change which diseases can be named, so the commands that read profiles warn about them."""
-    return [p for p in profile_dirs(explicit)[1:] if not p.is_dir()]
+    change which diseases can be named, so the commands that read profiles warn about them. (One that is a file is
+    not missing: the table refuses it, KnowledgeTable.load.)"""
+    return [p for p in profile_dirs(explicit)[1:] if not p.exists()]
 
 
 def writable_dir(explicit: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> Path:

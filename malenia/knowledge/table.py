@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,31 @@ TABLE_FORMAT = "malenia-knowledge-table/1"
 NONE_FINDING = "specific_features.none"
 DEFAULT_FINDING_COUNT = {1: 0.7, 2: 0.25, 3: 0.05}
 _KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+# A key names its profile file, and atomic writes stage `.<key>.json.partial.<pid>-<random>.json` beside it: 100
+# characters keep both under the file systems' 255-byte name limit (a longer key failed with an OSError).
+MAX_KEY_LENGTH = 100
 _SUM_TOLERANCE = 1e-3
+
+
+# malenia.knowledge.inference.UNCLASSIFIED: the call for a lesion no disease fits. A disease of that key was named
+# "unclassified" with `unclassified: false`, and counted with the unclassified lesions (evaluate, profile editor).
+RESERVED_KEYS = frozenset({"unclassified"})
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot name a disease (None: it can): lower_snake_case, short enough to name its profile file,
+    not a reserved name."""
+    if not _KEY.match(key) or len(key) > MAX_KEY_LENGTH:
+        return f"must be lower_snake_case (e.g. hepatic_haemangioma), at most {MAX_KEY_LENGTH} characters"
+    if key in RESERVED_KEYS:
+        return "is reserved: it is the call for a lesion no disease fits"
+    return None
+
+
+def one_line(text: str) -> bool:
+    """Whether `text` is one line of printable text: a display name is a row of `knowledge list`, a segment name
+    and a report heading, which a line break or control character would split or garble."""
+    return not any(ord(c) < 32 or ord(c) == 127 or c in "\u2028\u2029\x85" for c in text)
 
 
 @dataclass
@@ -61,13 +87,15 @@ class DiseaseProfile:
 
     @staticmethod
     def from_json(key: str, obj: Any, vocab: Vocabulary, where: str) -> "DiseaseProfile":
-        if not _KEY.match(key):
-            raise InputError(f"{where}: disease key {key!r} must be lower_snake_case")
+        problem = key_problem(key)
+        if problem:
+            raise InputError(f"{where}: disease key {key!r} {problem}")
         if not isinstance(obj, dict):
             raise InputError(f"{where}: disease {key!r} must be an object")
         for name in ("name", "organ", "profile"):
             if name not in obj:
                 raise InputError(f"{where}: disease {key!r} lacks {name!r}")
+        _check_fields(key, obj, where)
         organ = str(obj["organ"])
         if organ not in vocab.organs():
             raise InputError(f"{where}: disease {key!r}: organ {organ!r} has no location descriptions "
@@ -88,7 +116,7 @@ class DiseaseProfile:
                 own = vocab.organ_of(desc_id)
                 if own is not None and own != organ:
                     raise InputError(f"{where}: {key}.{aspect}: {desc_id!r} describes the {own}, not the {organ}")
-                if not isinstance(p, (int, float)) or not 0 <= p <= 1:
+                if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
                     raise InputError(f"{where}: {key}.{aspect}.{desc_id}: probability must be in [0, 1], got {p!r}")
             total = float(sum(dist.values()))
             if abs(total - 1.0) > _SUM_TOLERANCE:
@@ -101,7 +129,7 @@ class DiseaseProfile:
         except (TypeError, ValueError, AttributeError):
             raise InputError(f"{where}: {key}.finding_count must map counts to probabilities") from None
         fc_total = sum(finding_count.values())
-        if fc_total <= 0 or any(k < 1 or v < 0 for k, v in finding_count.items()):
+        if not 0 < fc_total < math.inf or any(k < 1 or not v >= 0 for k, v in finding_count.items()):
             raise InputError(f"{where}: {key}.finding_count must have positive counts and probabilities")
         known = {"name", "organ", "seen", "source", "profile", "rationale", "finding_count"}
         return DiseaseProfile(
@@ -115,6 +143,21 @@ class DiseaseProfile:
             finding_count={k: v / fc_total for k, v in sorted(finding_count.items())},
             extra={k: v for k, v in obj.items() if k not in known},
         )
+
+
+def _check_fields(key: str, obj: dict[str, Any], where: str) -> None:
+    """The fields besides the profile, by type: a hand-edited file must stop the run with one line naming it, not
+    load a name of None, crash on a rationale that is a list, or fail the next edit on a version of "abc"."""
+    name = obj["name"]
+    if not isinstance(name, str) or not name.strip() or not one_line(name):
+        raise InputError(f"{where}: disease {key!r}: name must be one line of text, got {name!r}")
+    if not isinstance(obj.get("rationale") or {}, dict):
+        raise InputError(f"{where}: {key}.rationale must map aspects to text")
+    version = obj.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(f"{where}: {key}.version must be a whole number from 1, got {version!r}")
+    if not isinstance(obj.get("seen", False), bool):
+        raise InputError(f"{where}: {key}.seen must be true or false, got {obj['seen']!r}")
 
 
 class KnowledgeTable:
@@ -156,12 +199,12 @@ class KnowledgeTable:
         user_dir = Path(user_dir) if user_dir else (cls.default_user_dir() if path == cls.default_path() else None)
         profiles = []
         for folder in ([user_dir] if user_dir else []) + [Path(d) for d in site_dirs]:
-            for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-                data = _read_bytes(f)
+            for f, data in _profile_files(folder):
                 disease = DiseaseProfile.from_json(f.stem, _parse_json(data, f), vocab, str(f))
                 profiles = [p for p in profiles if p["key"] != f.stem]  # a later folder overrides
+                # the path absolute: report.json records it, and is read from another working folder
                 profiles.append({"key": f.stem, "name": disease.name, "version": str(disease.extra.get("version", 1)),
-                                 "sha256": hashlib.sha256(data).hexdigest(), "path": str(f),
+                                 "sha256": hashlib.sha256(data).hexdigest(), "path": os.path.abspath(f),
                                  "overrides": f.stem in builtin})
                 diseases[f.stem] = disease
         meta = {k: v for k, v in obj.items() if k not in ("diseases", "inference")}
@@ -228,6 +271,26 @@ class KnowledgeTable:
         return out
 
 
+def _profile_files(folder: Path) -> list[tuple[Path, bytes]]:
+    """The profile files of a folder (none when it does not exist) with their bytes, in key order.
+
+    Hidden files are skipped: atomic writes stage `.<key>.json.partial.<pid>-<random>.json` beside the profile (a
+    killed writer leaves one), and a reader that took it for a profile stopped on its half-written JSON. A profile
+    removed between the listing and the reading is skipped as if listed a moment later."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"site profile folder {folder} is not a folder")
+    out = []
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if f.name.startswith("."):
+            continue
+        try:
+            out.append((f, _read_bytes(f)))
+        except InputError:
+            if os.path.lexists(f):  # still there (a dangling link to an unmounted share is an error, not skipped)
+                raise
+    return out
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -239,6 +302,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def _parse_json(data: bytes, path: Path) -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
+        # utf-8-sig: a profile saved by a Windows editor starts with a byte-order mark, which json refuses
+        return json.loads(data.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
