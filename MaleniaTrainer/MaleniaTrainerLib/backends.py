@@ -38,6 +38,9 @@ class RemoteBackend:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.client.job(job_id)
 
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.client.jobs()
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.client.cancel(job_id)
 
@@ -92,6 +95,9 @@ class LocalBackend:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.service.jobs.get(job_id)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.service.jobs.list()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.service.jobs.cancel(job_id)

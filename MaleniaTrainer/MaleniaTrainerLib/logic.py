@@ -340,6 +340,13 @@ def start_job(backend, steps: int, case_ids: list[str] | None = None, replay_fra
                                                base_version=base_version, replay_fraction=float(replay_fraction)))
 
 
+def active_job(backend) -> JobView | None:
+    """The job the backend runs or has queued (the running one first, else the oldest queued), or None."""
+    jobs = [j for j in backend.jobs() if j["state"] in ("queued", "running")]
+    jobs.sort(key=lambda j: (j["state"] != "running", j.get("created") or 0))
+    return JobView.from_json(backend.job(jobs[0]["id"])) if jobs else None
+
+
 def list_versions(backend) -> tuple[list[dict[str, Any]], str | None]:
     listing = backend.versions()
     return listing["versions"], listing["current"]

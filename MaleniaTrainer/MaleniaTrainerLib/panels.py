@@ -15,8 +15,8 @@ from typing import Any
 from MaleniaCommon.qt_compat import Callbacks, get, qt
 from MaleniaCommon.thread_turns import ThreadTurns
 
-from .logic import (Background, JobView, TrainerLogic, describe_error, fetch_version, list_versions, start_job,
-                    upload_items)
+from .logic import (Background, JobView, TrainerLogic, active_job, describe_error, fetch_version, list_versions,
+                    start_job, upload_items)
 
 
 def _label(text: str = "", wrap: bool = True):
@@ -111,6 +111,9 @@ class CorrectionsPanel:
         self.items: list[Any] = []
 
     def set_items(self, items: list[Any], folder: Path) -> None:
+        """Lists `items`; a correction listed before keeps the user's tick (the list is refreshed on each enter())."""
+        ticked = {str(it.path): get(self.table.item(r, 0), "checkState") == qt.Qt.Checked
+                  for r, it in enumerate(self.items) if self.table.item(r, 0) is not None}
         self.folder.setText(f"Folder: {folder}")
         self.items = list(items)
         t = self.table
@@ -118,7 +121,8 @@ class CorrectionsPanel:
         for r, item in enumerate(items):
             check = qt.QTableWidgetItem()
             check.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
-            check.setCheckState(qt.Qt.Checked if item.latest and not item.error else qt.Qt.Unchecked)
+            tick = ticked.get(str(item.path), item.latest) and not item.error
+            check.setCheckState(qt.Qt.Checked if tick else qt.Qt.Unchecked)
             t.setItem(r, 0, check)
             t.setItem(r, 1, qt.QTableWidgetItem(item.case))
             t.setItem(r, 2, qt.QTableWidgetItem(f"v{item.version:03d}" if item.version is not None else "-"))
@@ -136,7 +140,7 @@ class CorrectionsPanel:
 
     def set_row_state(self, item: Any, text: str) -> None:
         for r, it in enumerate(self.items):
-            if it is item:
+            if str(it.path) == str(item.path):  # by folder: a refresh during an upload lists new objects
                 self.table.item(r, 5).setText(text)
 
 
@@ -347,9 +351,12 @@ class TrainerPanel:
 
     # -- actions
     def connect(self) -> None:
-        token = get(self.connection.token, "text")
-        self.logic.configure(url=get(self.connection.url, "text"), mode=self.connection.mode_key,
-                             token=token if token else None)
+        token, url = get(self.connection.token, "text"), get(self.connection.url, "text")
+        if self.job_id is not None and (token or self.connection.mode_key != self.logic.mode
+                                        or url.strip() != self.logic.server_url):  # TrainerLogic.backend()'s key
+            if not self._leave_job():
+                return
+        self.logic.configure(url=url, mode=self.connection.mode_key, token=token if token else None)
         self.connection.token.setText("")  # the field never keeps the secret
         self.connection.set_values(self.logic.mode, self.logic.server_url, self.logic.has_token)
         if self.before_connect is not None and not self.before_connect(self.logic.mode):
@@ -360,6 +367,23 @@ class TrainerPanel:
             return
         self.connection.set_status("Connecting…", None)
         self._run("connect", backend.connect)
+
+    def _leave_job(self) -> bool:
+        """Whether Connect may make another backend while a job is followed. The new backend closes this one: a local
+        job would end with it (TrainingService.close), so Connect is refused; a server's job goes on there, is no
+        longer polled (the new backend does not have it) and is followed again on the next Connect to that server."""
+        if self.logic.mode == "local":
+            self.connection.token.setText("")
+            self.connection.set_values(self.logic.mode, self.logic.server_url, self.logic.has_token)
+            self.connection.set_status("A training job runs on this workstation: wait for it to end, or cancel it, "
+                                       "before changing the backend", False)
+            return False
+        self.training.status.setText(f"Job {self.job_id} goes on at {self.logic.server_url}; connect to that server "
+                                     "again to follow it")
+        self.job_id = None
+        self.training.start_button.setEnabled(True)
+        self.training.cancel_button.setEnabled(False)
+        return True
 
     def refresh_corrections(self) -> None:
         self.corrections.set_items(self.logic.corrections(), self.logic.corrections_dir)
@@ -395,7 +419,8 @@ class TrainerPanel:
     def cancel(self) -> None:
         backend = self._backend(self.training.status.setText) if self.job_id else None
         if backend is not None:
-            self._run("cancel", lambda: JobView.from_json(backend.cancel(self.job_id)))
+            job_id = self.job_id  # read here: the thread runs after the job may have ended (job_id None)
+            self._run("cancel", lambda: JobView.from_json(backend.cancel(job_id)))
 
     def refresh_versions(self) -> None:
         backend = self._backend(self.versions.status.setText)
@@ -429,16 +454,29 @@ class TrainerPanel:
             del self.tasks[name]
             getattr(self, f"_{name}_done")(task)
         if self.job_id and "job" not in self.tasks:
-            backend, job_id = self.logic.backend(), self.job_id
-            self._run("job", lambda: JobView.from_json(backend.job(job_id)))
+            # _backend, never logic.backend(): an exception in a QTimer's slot is printed by PythonQt and the timer
+            # fires again, so a backend that cannot be made would print a traceback twice a second.
+            backend, job_id = self._backend(self.training.status.setText), self.job_id
+            if backend is not None:
+                self._run("job", lambda: JobView.from_json(backend.job(job_id))).job_id = job_id
         self.turns.keep(bool(self.tasks))
 
     def _connect_done(self, task: Background) -> None:
         if task.error:
             self.connection.set_status(task.error, False)
-        else:
-            self.connection.set_status(self.logic.connection_message(task.result), True)
-            self.refresh_versions()
+            return
+        self.connection.set_status(self.logic.connection_message(task.result), True)
+        self.refresh_versions()
+        backend = None if self.job_id else self._backend(self.training.status.setText)
+        if backend is not None:  # a job started before Slicer was restarted or the module reloaded is followed again
+            self._run("active", active_job, backend)
+
+    def _active_done(self, task: Background) -> None:
+        if task.error or task.result is None or self.job_id:
+            return
+        self.job_id = task.result.id
+        self.logic.remember_job(task.result)
+        self.training.show_job(task.result)
 
     def _upload_done(self, task: Background) -> None:
         if task.error:
@@ -468,6 +506,8 @@ class TrainerPanel:
         self.training.show_job(task.result)
 
     def _job_done(self, task: Background) -> None:
+        if task.job_id != self.job_id:  # polled before Connect left that job (_leave_job)
+            return
         if task.error:
             self.training.status.setText(task.error)
             return
@@ -503,4 +543,7 @@ class TrainerPanel:
         self.model_changed.emit(str(task.result))
 
     def close(self) -> None:
+        """Stops both timers (Slicer's cleanup() on reload and exit). PythonQt's signal receivers hold the slots, and
+        with them this panel, so a timer left running here would fire for the rest of the session."""
         self.timer.stop()
+        self.turns.keep(False)

@@ -20,6 +20,12 @@ class MaleniaTrainerWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(self.panel.widget)
         self.layout.addStretch(1)
 
+    def enter(self):
+        # Slicer calls enter() each time the module is shown (qSlicerModulePanel::addModule): corrections saved in
+        # MaleniaSegment meanwhile are listed, with the user's ticks kept.
+        if getattr(self, "panel", None) is not None:
+            self.panel.refresh_corrections()
+
     def onBeforeConnect(self, mode):
         """Server mode needs httpx, local mode the packages `malenia train` needs: asked, then installed."""
         from MaleniaCommon.deps import DependencyError

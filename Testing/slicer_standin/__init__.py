@@ -6,7 +6,10 @@ on PySide6, see pythonqt.py), `ctk`, and `slicer` = slicer-core's real MRML plus
 `slicer.ScriptedLoadableModule`, `slicer.parameterNodeWrapper`, Slicer's widgets. `load_module(path)`
 imports a module file under its own name with its folder on sys.path and instantiates the module
 class with a parent (title, path ...); `module_widget(name)` builds its panel the way
-qSlicerScriptedLoadableModuleWidget does (widget class with a parent, then setup(), then enter()).
+qSlicerScriptedLoadableModuleWidget does (widget class with a parent, then setup(), then enter());
+`show_module(name)` selects a module as the module panel does (exit() of the shown one, enter() of the new
+one on every showing); `reload_module(name)` is slicer.util.reloadScriptedModule (cleanup() of the built
+panel, a new widget in the same parent, setup()); `unload_module(name)` is the exit's moduleAboutToBeUnloaded.
 Everything is undone on exit, so other tests keep PySide6's `qt`. `python_slicer(folder)` writes the
 PythonSlicer launcher that runs `malenia` subprocesses; `pump(until)` runs the event loop as Slicer's does.
 """
@@ -197,9 +200,11 @@ def install(home: Path):
         setattr(slicer, k, v)
     for name in ("util", "ScriptedLoadableModule", "parameterNodeWrapper"):
         sys.modules[f"slicer.{name}"] = additions[name]
+    _SHOWN.clear()
     try:
         yield slicer
     finally:
+        _SHOWN.clear()
         for k in [k for k in sys.modules if k in _SHADOWED or k.startswith(_RELOADED_PREFIXES)]:
             del sys.modules[k]
         sys.modules.update(saved_modules)
@@ -212,18 +217,23 @@ def install(home: Path):
         QtCore.QSettings.setDefaultFormat(QtCore.QSettings.NativeFormat)
 
 
+def _exec_module_file(path: Path):
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_module(path: str | Path):
     """Imports a scripted module file as Slicer does and instantiates its module class."""
     import slicer
 
     path = Path(path)
     name = path.stem
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = _exec_module_file(path)
     parent = _ModuleParent(name, path)
     parent.instance = getattr(module, name)(parent)
     setattr(slicer.modules, name.lower(), parent)
@@ -253,11 +263,54 @@ def unload_module(name: str) -> None:
     slicer.app.moduleManager().moduleAboutToBeUnloaded.emit(name)
 
 
-def reload_module(name: str) -> None:
+def reload_module(name: str):
+    """slicer.util.reloadScriptedModule (Slicer's util.py): the module file runs again; a built panel's widget gets
+    cleanup() (and loses its moduleAboutToBeUnloaded connection), its layout is emptied, and the parent's reload()
+    makes a new <Name>Widget in the same parent and calls its setup() (qSlicerScriptedLoadableModuleWidget::reload),
+    not enter(). The Lib packages stay imported, as in Slicer."""
     import slicer
 
-    unload_module(name)
-    load_module(getattr(slicer.modules, name.lower()).path)
+    parent = getattr(slicer.modules, name.lower())
+    module = _exec_module_file(Path(parent.path))
+    if parent.widget is None:
+        return module
+    old, qwidget = parent.widget.self(), parent.widget.qwidget
+    old.cleanup()
+    slicer.app.moduleManager().disconnect("moduleAboutToBeUnloaded(QString)", old._onModuleAboutToBeUnloaded)
+    for child in qwidget.children():
+        if isinstance(child, QtWidgets.QWidget):
+            child.hide()
+    layout = qwidget.layout()
+    while layout.count():
+        layout.removeItem(layout.itemAt(0))
+    instance = getattr(module, name + "Widget")(qwidget)
+    instance.setup()
+    parent.widget = _WidgetRepresentation(instance, qwidget)
+    return module
+
+
+_SHOWN: list[str] = []  # the module the stand-in's module panel shows
+
+
+def show_module(name: str):
+    """qSlicerModulePanel::setModule, as the module selector calls it: the shown module's exit(), then the new one's
+    panel (built on first use: <Name>Widget(parent), setup()) and its enter(); Slicer calls enter() on every showing."""
+    import slicer
+
+    if _SHOWN and _SHOWN[-1] == name:
+        return getattr(slicer.modules, name.lower()).widget.self()
+    if _SHOWN:
+        shown = getattr(slicer.modules, _SHOWN[-1].lower()).widget
+        if shown is not None and hasattr(shown.self(), "exit"):
+            shown.self().exit()
+    _SHOWN[:] = [name]
+    parent = getattr(slicer.modules, name.lower())
+    if parent.widget is None:
+        return module_widget(name)[0]
+    instance = parent.widget.self()
+    if hasattr(instance, "enter"):
+        instance.enter()
+    return instance
 
 
 def python_slicer(folder: Path, before: str = "") -> Path:
