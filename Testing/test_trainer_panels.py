@@ -107,3 +107,50 @@ def test_panels_upload_train_and_use_a_version(app, corrections, tmp_path):
         logic.close()
     finally:
         assert srv.stop() in (0, -signal.SIGTERM)
+
+
+class _SlowServer:
+    """A backend whose answers wait for the test: the panel's worker threads stay busy while it clicks again."""
+
+    def __init__(self):
+        import threading
+
+        self.go = threading.Event()
+        self.calls: list[str] = []
+
+    def connect(self):
+        self.calls.append("connect")
+        self.go.wait(30)
+        return {"malenia_version": "x", "api_version": 1, "cases": 0}
+
+    def versions(self):
+        self.calls.append("versions")
+        self.go.wait(30)
+        return {"versions": [], "current": None}
+
+    def close(self):
+        pass
+
+
+def test_a_second_click_while_a_task_works_starts_no_second_thread(app, tmp_path, monkeypatch):
+    logic = TrainerLogic(None, MemorySettings())
+    logic.configure(corrections_dir=str(tmp_path / "none"), models_dir=str(tmp_path / "models"))
+    server = _SlowServer()
+    monkeypatch.setattr(logic, "backend", lambda: server)
+    panel = TrainerPanel(logic, poll_ms=20)
+    try:
+        panel.connection.url.setText("http://127.0.0.1:9")
+        panel.connection.connect_button.click()
+        assert not panel.connection.connect_button.isEnabled()  # disabled while it works
+        panel.connect()  # a click that came in anyway (or a script)
+        pump(app, lambda: server.calls == ["connect"])
+        panel.refresh_versions()
+        panel.refresh_versions()  # while the first request works: asked once more when it is done, not in parallel
+        pump(app, lambda: "versions" in server.calls)
+        server.go.set()
+        pump(app, lambda: panel.connection.status.text().startswith("Connected") and not panel.tasks)
+        assert panel.connection.connect_button.isEnabled() and panel.versions.refresh_button.isEnabled()
+        assert server.calls.count("connect") == 1 and server.calls.count("versions") >= 2
+    finally:
+        server.go.set()
+        panel.close()

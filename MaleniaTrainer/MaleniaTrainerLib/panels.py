@@ -335,11 +335,25 @@ class TrainerPanel:
         return any(not t.done for t in self.tasks.values())
 
     def _run(self, name: str, fn, *args, **kwargs) -> Background:
-        """fn runs in a thread: it gets the backend and plain values, never the settings or the scene."""
+        """fn runs in a thread: it gets the backend and plain values, never the settings or the scene. The button
+        that started it stays disabled until it is done (poll)."""
         task = Background(fn, *args, redact=self.logic.redactor(), **kwargs)
         self.tasks[name] = task
+        button = self._buttons().get(name)
+        if button is not None:
+            button.setEnabled(False)
         self.turns.keep(True)
         return task
+
+    def _buttons(self) -> dict[str, Any]:
+        """The button each kind of task is started by (start and cancel are kept by the job's own state)."""
+        return {"connect": self.connection.connect_button, "upload": self.corrections.upload_button,
+                "versions": self.versions.refresh_button, "download": self.versions.use_button}
+
+    def _running(self, name: str) -> bool:
+        """A task of this kind still works: a second click (before the disabled button is drawn, or from a script) is
+        ignored, not a second thread whose result would replace the first's (a double upload, a second download)."""
+        return name in self.tasks and not self.tasks[name].done
 
     def _backend(self, show_error) -> Any:
         """The backend, made here on the GUI thread from the settings; None (error shown) if it cannot be."""
@@ -351,6 +365,8 @@ class TrainerPanel:
 
     # -- actions
     def connect(self) -> None:
+        if self._running("connect"):
+            return
         token, url = get(self.connection.token, "text"), get(self.connection.url, "text")
         if self.job_id is not None and (token or self.connection.mode_key != self.logic.mode
                                         or url.strip() != self.logic.server_url):  # TrainerLogic.backend()'s key
@@ -389,6 +405,8 @@ class TrainerPanel:
         self.corrections.set_items(self.logic.corrections(), self.logic.corrections_dir)
 
     def upload(self) -> None:
+        if self._running("upload"):
+            return
         items = self.corrections.checked_items()
         if not items:
             self.corrections.status.setText("Tick the corrections to send first")
@@ -423,11 +441,16 @@ class TrainerPanel:
             self._run("cancel", lambda: JobView.from_json(backend.cancel(job_id)))
 
     def refresh_versions(self) -> None:
+        if self._running("versions"):
+            self._versions_again = True  # asked for after that request left (a job just ended): ask once more then
+            return
         backend = self._backend(self.versions.status.setText)
         if backend is not None:
             self._run("versions", list_versions, backend)
 
     def download_and_use(self) -> None:
+        if self._running("download"):
+            return
         name = self.versions.selected()
         if not name:
             self.versions.status.setText("Select a version first")
@@ -452,6 +475,8 @@ class TrainerPanel:
             if not task.done:
                 continue
             del self.tasks[name]
+            if name in self._buttons():
+                self._buttons()[name].setEnabled(True)
             getattr(self, f"_{name}_done")(task)
         if self.job_id and "job" not in self.tasks:
             # _backend, never logic.backend(): an exception in a QTimer's slot is printed by PythonQt and the timer
@@ -522,6 +547,9 @@ class TrainerPanel:
             self.training.status.setText(task.error)
 
     def _versions_done(self, task: Background) -> None:
+        if getattr(self, "_versions_again", False):
+            self._versions_again = False
+            self.refresh_versions()
         if task.error:
             self.versions.status.setText(task.error)
             return
