@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from malenia.errors import InputError
-from train_helpers import make_tiny_dataset, tiny_config
+from train_helpers import make_tiny_dataset, tiny_config, train_tiny
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,12 +25,7 @@ def tiny(tmp_path_factory):
 
 
 def _train(tiny: Path, out: str, **kw):
-    from malenia.train.loop import TrainOptions, train
-
-    torch.set_num_threads(1)
-    opts = dict(data=tiny / "ds", out=tiny / out, config=tiny_config(), steps=3, checkpoint_every=1, val_every=100,
-                log_every=1, progress="none", seed=0, precision="fp32", val_split=None) | kw
-    return train(TrainOptions(**opts))
+    return train_tiny(tiny, out, **kw)
 
 
 def _cli(*args):

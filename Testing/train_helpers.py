@@ -67,3 +67,16 @@ def make_tiny_dataset(root: Path, n_cases: int = 4, shape=(36, 40, 40), seed: in
     split = {"train": ids[: max(1, n_cases - 1)], "val": ids[-1:], "test": ids[-1:]}
     write_dataset_index(root, DatasetIndex("tiny", ids, split, "tiny test dataset"))
     return root
+
+
+def train_tiny(root: Path, out: str, **changes):
+    """`train()` of the tiny config on root/ds into root/out: 3 steps, a checkpoint after each, float32, no
+    validation (the trainer's resume and averaging tests); `changes` override any TrainOptions field."""
+    import torch
+
+    from malenia.train.loop import TrainOptions, train
+
+    torch.set_num_threads(1)
+    opts = dict(data=root / "ds", out=root / out, config=tiny_config(), steps=3, checkpoint_every=1, val_every=100,
+                log_every=1, progress="none", seed=0, precision="fp32", val_split=None) | changes
+    return train(TrainOptions(**opts))
