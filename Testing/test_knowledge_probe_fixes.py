@@ -175,6 +175,13 @@ def test_huge_finite_weights_are_normalised_without_overflow(tmp_path, capsys):
     assert density == {"density.hypodense.liver": 0.5, "density.isodense.liver": 0.5}
 
 
+def test_a_description_given_twice_is_refused_not_silently_reweighted(tmp_path, capsys):
+    site = tmp_path / "site"
+    assert _add(site, "-d", "density.hypodense.liver=1", "density.hypodense.liver=5") == 3
+    assert "given twice" in _one_line_error(capsys)
+    assert not site.exists() or not list(site.glob("*.json"))
+
+
 def test_a_display_name_of_two_lines_is_refused(tmp_path, capsys):
     site = tmp_path / "site"
     add = list(ADD)

@@ -61,6 +61,8 @@ def parse_weighted(items: list[str], vocab: Vocabulary, organ: str) -> dict[str,
         if not entry.applies_to(organ):
             where = entry.organ or ", ".join(entry.organs or ())
             raise InputError(f"{desc_id!r} describes the {where}, not the {organ}")
+        if desc_id in out.get(entry.aspect, {}):  # `-d shape.round=1 round=5`: which weight was meant?
+            raise InputError(f"{desc_id!r} is given twice; give each description once")
         out.setdefault(entry.aspect, {})[desc_id] = w
     return out
 
