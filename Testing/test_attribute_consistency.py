@@ -1,9 +1,11 @@
-"""A lesion's density is read against the organ its location names (malenia.infer.matching.BankMatcher.host_density).
+"""A lesion's density is read against the organ its location names, and its specific feature is one plausible
+there (malenia.infer.matching.BankMatcher.host_row).
 
 Density descriptions name the host organ ("higher density than the bowel wall"). Read apart from the location,
 the shipped model reported a colon tumour "in the pancreatic tail" with a density "higher than the bowel wall"
 (seen_test_0005) and a liver cyst "in the ascending colon", "lower density than the renal parenchyma"
-(unseen_test_0045).
+(unseen_test_0045). The vocabulary lists the organs where a specific feature is plausible; read alone, the
+feature was "layering" (gallbladder, kidney) for 8 lesions placed in the liver or colon on the validation sets.
 """
 
 import numpy as np
@@ -110,3 +112,33 @@ def test_every_density_agrees_with_its_location(matcher):
         allowed = [r for r in den_rows if organ is None or _density_organ(ids[r]) in (None, organ)]
         assert att["density"].id == ids[max(allowed, key=lambda r: d[r])]
         assert organ is None or _density_organ(att["density"].id) in (None, organ)
+
+
+def test_a_specific_feature_plausible_in_the_locations_organ(matcher):
+    """seen_verify_0035's scores: "layering" (gallbladder, kidney) is not reported for a lesion in the liver."""
+    d = _distribution(matcher, {"location.liver.left_lobe": 0.7, "location.kidney.left": 0.3,
+                                "specific_features.layering": 0.236, "specific_features.none": 0.218,
+                                "specific_features.calcification": 0.144, "specific_features.wall_thickening": 0.1})
+    att = matcher.attributes(d)
+    assert (att["location"].id, att["specific_features"].id) == ("location.liver.left_lobe", "specific_features.none")
+    assert att["specific_features"].alternatives[0].id == "specific_features.layering"  # the reading alone, kept
+    # seen_verify_0074's: in the colon the organ-free calcification goes before an organ-bound feature scored lower
+    d = _distribution(matcher, {"location.colon.transverse": 1.0, "specific_features.layering": 0.366,
+                                "specific_features.calcification": 0.171, "specific_features.wall_thickening": 0.096})
+    assert matcher.attributes(d)["specific_features"].id == "specific_features.calcification"
+    # a free-text location (no organ the vocabulary knows) takes any feature
+    d = _distribution(matcher, {"free.location.spleen": 1.0, "specific_features.layering": 0.5,
+                                "specific_features.none": 0.4})
+    assert matcher.attributes(d)["specific_features"].id == "specific_features.layering"
+
+
+def test_every_specific_feature_is_plausible_at_its_location(matcher):
+    """Random score vectors: the specific feature is the best of the rows plausible in the location's organ."""
+    rng = np.random.default_rng(1)
+    rows, ids, vocab = matcher.rows["specific_features"], matcher.bank.ids, matcher.vocab
+    for _ in range(200):
+        d = rng.gamma(0.3, size=len(ids)).astype(np.float32)
+        att = matcher.attributes(d)
+        organ = organ_of(att["location"].id)
+        allowed = [r for r in rows if organ is None or vocab.entry(ids[r]).applies_to(organ)]
+        assert att["specific_features"].id == ids[max(allowed, key=lambda r: d[r])]

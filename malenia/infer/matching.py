@@ -1,9 +1,10 @@
 """From a lesion's per-aspect match distribution over the attribute bank to its report entries.
 
 - Attributes: per aspect the best bank row (description, normalised score within the aspect's
-  rows) and the runners-up, best first; a density that names an organ ("lower density than the
-  renal parenchyma") is the best one of the location's organ (`BankMatcher.host_density`), so a
-  report never reads "in the colon, hypodense compared to the kidney".
+  rows) and the runners-up, best first; an aspect whose descriptions are tied to organs (a density
+  "lower than the renal parenchyma", a specific feature plausible only in some organs, "layering")
+  reports its best row that fits the location's organ (`BankMatcher.host_row`), so a report never
+  reads "in the colon, hypodense compared to the kidney" or "in the liver, layering".
 - Enhancement is a property of the scan, not of the lesion: when the contrast phase found from
   the blood pool HU (malenia.data.contrast) is confident it is used for the scan and every
   lesion (Enhancement.method "hu"); otherwise the model's match is (method "model").
@@ -65,10 +66,24 @@ class BankMatcher:
         self.alternatives = int(alternatives)
         aspect_of = bank.aspect_indices()
         self.rows = {a: np.flatnonzero(aspect_of == i) for i, a in enumerate(ASPECTS)}
-        # The location and density rows' organs as the vocabulary gives them (None: organ-free, e.g.
-        # "calcific", or free text), for host_density
-        self.organs = {a: [self.vocab.organ_of(bank.ids[r]) if bank.ids[r] in self.vocab else None
-                           for r in self.rows[a]] for a in ("location", "density")}
+        # The location rows' organs (None: free text), and for every aspect whose vocabulary ties descriptions
+        # to organs, which of its rows fit each organ it names: host_row keeps reports from pairing a location
+        # with a description of another organ
+        self.location_organs = [self._organ(bank.ids[r]) for r in self.rows["location"]]
+        fits = {a: self._fitting_rows(a) for a in ASPECTS if a != "location"}
+        self.fits = {a: f for a, f in fits.items() if f}
+
+    def _organ(self, desc_id: str) -> str | None:
+        return self.vocab.organ_of(desc_id) if desc_id in self.vocab else None
+
+    def _fitting_rows(self, aspect: str) -> dict[str, np.ndarray]:
+        """organ -> mask over the aspect's rows of those that can describe a lesion of it, for every organ a
+        row of the aspect names (`organ`, e.g. a density's host; `organs`, where a specific feature is
+        plausible). Rows that name none, and free-text rows, fit every organ."""
+        entries = [self.vocab.entry(self.bank.ids[r]) if self.bank.ids[r] in self.vocab else None
+                   for r in self.rows[aspect]]
+        named = {o for e in entries if e is not None for o in ((e.organ,) if e.organ else e.organs or ())}
+        return {o: np.array([e is None or e.applies_to(o) for e in entries]) for o in sorted(named)}
 
     def _entry(self, row: int, score: float) -> AttributeMatch:
         desc_id = self.bank.ids[row]
@@ -77,8 +92,9 @@ class BankMatcher:
     def attributes(self, distribution: np.ndarray, phase: PhaseCall | None = None) -> dict[str, AspectMatch]:
         scores = {a: self._scores(distribution, a) for a in ASPECTS}
         best = {a: int(np.argmax(s)) for a, s in scores.items() if len(s)}
-        if "location" in best and "density" in best:
-            best["density"] = self.host_density(best["location"], scores["density"])
+        for aspect in self.fits:
+            if "location" in best and aspect in best:
+                best[aspect] = self.host_row(aspect, best["location"], scores[aspect])
         out: dict[str, AspectMatch] = {}
         for aspect in ASPECTS:
             if aspect == "enhancement" and phase is not None and phase.confident:
@@ -102,23 +118,24 @@ class BankMatcher:
         alts = [self._entry(int(rows[i]), scores[i]) for i in order[: self.alternatives]]
         return AspectMatch(top.id, top.description, top.score, alts)
 
-    def host_density(self, location: int, density: np.ndarray) -> int:
-        """The density row (index into its rows) to report for a lesion at location row `location`, from the
-        density rows' normalised scores: the best one that names the location's organ or none.
+    def host_row(self, aspect: str, location: int, scores: np.ndarray) -> int:
+        """The row of `aspect` (index into its rows) to report for a lesion at location row `location`, from
+        the aspect's normalised scores: the best one that fits the location's organ.
 
-        A density description is read against the host organ ("lower density than the renal parenchyma"), and
-        the host is the one the location names. The two are read apart (the location from the body-position
-        vote alone, the density from that vote and the token: malenia.knowledge.measured_attributes), so their
-        best rows can name two organs, "in the colon, hypodense compared to the kidney", which no reader can
-        use. The location keeps its reading: where the two disagreed on 6 of 150 detected validation lesions
-        (seen_verify, unseen_u50), the location's organ was right 5 times and the density's once
-        (docs/knowledge.md, "Location and density agree"). Organ-free densities (calcific, fluid) go with
-        any location; so does every density at a location whose organ no density describes (free text)."""
-        organ, den_organs = self.organs["location"][location], self.organs["density"]
-        if organ not in {o for o in den_organs if o is not None}:
-            return int(np.argmax(density))
-        agree = np.array([o is None or o == organ for o in den_organs])
-        return int(np.argmax(np.where(agree, density, -1.0)))  # first best row, as reading the aspect alone
+        Some descriptions only make sense in some organs: a density is read against the host organ ("lower
+        density than the renal parenchyma"), and the vocabulary lists where a specific feature is plausible
+        ("layering": gallbladder, kidney). Each aspect is read apart from the location (the location from the
+        body-position vote alone: malenia.knowledge.measured_attributes), so their best rows could name two
+        organs, "in the colon, hypodense compared to the kidney", or "layering" in the liver, which no reader can
+        use. The location keeps its reading: where the density disagreed on 6
+        of 150 detected validation lesions (seen_verify, unseen_u50), the location's organ was right 5 times and
+        the density's once; restricting the specific feature to the location's organ took it from 73 to 78 right
+        of those 150 (docs/knowledge.md, "Location and density agree"). Rows that name no organ go with any
+        location; every row goes with a location whose organ the aspect does not name (free text)."""
+        fits = self.fits.get(aspect, {}).get(self.location_organs[location])
+        if fits is None:
+            return int(np.argmax(scores))
+        return int(np.argmax(np.where(fits, scores, -1.0)))  # first best row, as reading the aspect alone
 
     def phase_match(self, phase: PhaseCall) -> AspectMatch:
         ids = self.vocab.ids("enhancement")
