@@ -61,13 +61,22 @@ def test_the_density_names_the_locations_organ(matcher):
                                                            "density.isodense.colon"]
 
 
-def test_a_kidney_reading_in_the_liver(matcher):
-    """unseen_test_0045's pattern: the best kidney density is not reported for a lesion placed in the liver."""
-    d = _distribution(matcher, {"location.liver.right_lobe": 0.465, "location.kidney.right": 0.314,
-                                "density.hypodense.kidney": 0.198, "density.hypodense.colon": 0.122,
-                                "density.hypodense.liver": 0.1, "density.fluid": 0.11})
-    att = matcher.attributes(d)
-    assert (att["location"].id, att["density"].id) == ("location.liver.right_lobe", "density.fluid")
+@pytest.mark.parametrize("scores, aspect, want", [
+    # unseen_test_0045's pattern: the best kidney density is not reported for a lesion placed in the liver
+    ({"location.liver.right_lobe": 0.465, "location.kidney.right": 0.314, "density.hypodense.kidney": 0.198,
+      "density.hypodense.colon": 0.122, "density.hypodense.liver": 0.1, "density.fluid": 0.11},
+     "density", "density.fluid"),
+    # seen_verify_0035's scores: "layering" (gallbladder, kidney) is not reported for a lesion in the liver
+    ({"location.liver.right_lobe": 0.7, "location.kidney.left": 0.3, "specific_features.layering": 0.236,
+      "specific_features.none": 0.218, "specific_features.calcification": 0.144,
+      "specific_features.wall_thickening": 0.1},
+     "specific_features", "specific_features.none"),
+])
+def test_another_organs_reading_is_not_reported_in_the_liver(matcher, scores, aspect, want):
+    att = matcher.attributes(_distribution(matcher, scores))
+    assert (att["location"].id, att[aspect].id) == ("location.liver.right_lobe", want)
+    best_alone = max((k for k in scores if k.startswith(aspect)), key=scores.get)
+    assert att[aspect].alternatives[0].id == best_alone  # the reading alone, kept as the runner-up
 
 
 def test_an_organ_free_density_can_win(matcher):
@@ -115,14 +124,8 @@ def test_every_density_agrees_with_its_location(matcher):
 
 
 def test_a_specific_feature_plausible_in_the_locations_organ(matcher):
-    """seen_verify_0035's scores: "layering" (gallbladder, kidney) is not reported for a lesion in the liver."""
-    d = _distribution(matcher, {"location.liver.left_lobe": 0.7, "location.kidney.left": 0.3,
-                                "specific_features.layering": 0.236, "specific_features.none": 0.218,
-                                "specific_features.calcification": 0.144, "specific_features.wall_thickening": 0.1})
-    att = matcher.attributes(d)
-    assert (att["location"].id, att["specific_features"].id) == ("location.liver.left_lobe", "specific_features.none")
-    assert att["specific_features"].alternatives[0].id == "specific_features.layering"  # the reading alone, kept
-    # seen_verify_0074's: in the colon the organ-free calcification goes before an organ-bound feature scored lower
+    """seen_verify_0074's scores: in the colon the organ-free calcification goes before "layering", an organ-bound
+    feature (gallbladder, kidney) scored higher."""
     d = _distribution(matcher, {"location.colon.transverse": 1.0, "specific_features.layering": 0.366,
                                 "specific_features.calcification": 0.171, "specific_features.wall_thickening": 0.096})
     assert matcher.attributes(d)["specific_features"].id == "specific_features.calcification"

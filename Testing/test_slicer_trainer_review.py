@@ -88,7 +88,7 @@ def test_cleanup_and_reload_with_a_request_in_flight_stop_every_timer(slicer_app
         old = trainer.panel
         old.connection.url.setText(f"http://127.0.0.1:{silent.getsockname()[1]}")
         old.connection.connect_button.click()
-        assert old.busy and old.turns.timer.isActive()
+        assert old.busy and old.turns.timer.isActive(), (old.connection.status.text, old.logic.mode)
         trainer.onReload()  # Developer mode's Reload: slicer.util.reloadScriptedModule
         assert not old.timer.isActive() and not old.turns.timer.isActive()
         new = slicer.modules.maleniatrainer.widget.self().panel
