@@ -86,6 +86,7 @@ def test_cleanup_and_reload_with_a_request_in_flight_stop_every_timer(slicer_app
         load_module(TRAINER)
         trainer = show_module("MaleniaTrainer")
         old = trainer.panel
+        old.connection.mode.setCurrentIndex(0)  # server mode, said here: a local connect returns at once
         old.connection.url.setText(f"http://127.0.0.1:{silent.getsockname()[1]}")
         old.connection.connect_button.click()
         assert old.busy and old.turns.timer.isActive(), (old.connection.status.text, old.logic.mode)
