@@ -288,3 +288,17 @@ def test_reference_outlines_are_described_as_segment_mask_describes_them(tmp_pat
     assert sum(sum(n.values()) for n in result["names"].values()) == 2
     refused = malenia("evaluate", "--data", tmp_path / "ds", "--outlines", "reference", "--threshold", "0.3", *options)
     assert refused.returncode == 3 and "--threshold" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_mistyped_disease_of_a_labelled_scan_is_warned_about_with_the_closest_key(capsys):
+    from malenia.commands.evaluate import _warn_unknown_disease
+    from malenia.knowledge.table import KnowledgeTable
+
+    known = KnowledgeTable.load().diseases
+    _warn_unknown_disease("lung_tumour", known)
+    assert "'lung_tumour' is not in the knowledge table" in capsys.readouterr().err and "lung_tumor" in known
+    _warn_unknown_disease("lung_tumor", known)
+    _warn_unknown_disease(None, known)
+    assert capsys.readouterr().err == ""
+    _warn_unknown_disease("hepatic_haemangioma", known)
+    assert "open-set test" in capsys.readouterr().err

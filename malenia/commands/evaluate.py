@@ -159,6 +159,19 @@ def _labelled_scan_dataset(args: argparse.Namespace, tmp: str) -> None:
     args.data_label = f"{args.image} (label {args.label})"
 
 
+def _warn_unknown_disease(disease: str | None, known: list[str]) -> None:
+    """--disease not in the table in force: its lesions can never be named right. A warning, not an error: scoring
+    a disease the table lacks is a fair open-set question, but a typo (hepatic_haemangiomaa) should not pass unseen."""
+    import difflib
+    import sys
+
+    if disease and disease not in known:
+        close = difflib.get_close_matches(disease, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (an open-set test: its lesions are never named right)"
+        print(f"malenia evaluate: warning: --disease {disease!r} is not in the knowledge table in force{hint}",
+              file=sys.stderr)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -185,6 +198,7 @@ def evaluate(args: argparse.Namespace) -> int:
     segmenter = make_segmenter(model, args.device, args.threshold, args.min_volume, args.knowledge, refine=args.refine,
                                precision=args.precision, overlap=args.overlap, verifier_cut=args.verifier_cut,
                                mirror=args.mirror)
+    _warn_unknown_disease(getattr(args, "disease", None) if args.image else None, segmenter.table.diseases)
     progress = Progress(1, args.progress, "evaluate", stream=sys.stderr if args.json else None)
 
     result = evaluate_dataset(
