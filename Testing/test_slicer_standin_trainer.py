@@ -71,6 +71,9 @@ def test_server_mode_connects_with_only_the_consented_packages(slicer_app, serve
             errors = [text for kind, text in util.DIALOGS if kind == "error"]
             assert len(errors) == 1 and "declined" in errors[0] and "\n" not in errors[0]
             assert connection.status.text.startswith("Not connected") and "installed" in connection.status.text
+            # declined: nothing of this attempt is stored (no URL, no token), as before the click
+            assert not trainer.logic.core.server_url and not trainer.logic.core.has_token
+            assert slicer.app.settings().value("MaleniaTrainer/Token") in (None, "")
             with pytest.raises(ModuleNotFoundError):
                 import httpx  # noqa: F401,F811  nothing was installed
         unload_module("MaleniaTrainer")

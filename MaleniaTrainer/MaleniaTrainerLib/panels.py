@@ -372,12 +372,14 @@ class TrainerPanel:
                                         or url.strip() != self.logic.server_url):  # TrainerLogic.backend()'s key
             if not self._leave_job():
                 return
-        self.logic.configure(url=url, mode=self.connection.mode_key, token=token if token else None)
         self.connection.token.setText("")  # the field never keeps the secret
-        self.connection.set_values(self.logic.mode, self.logic.server_url, self.logic.has_token)
-        if self.before_connect is not None and not self.before_connect(self.logic.mode):
+        if self.before_connect is not None and not self.before_connect(self.connection.mode_key):
+            # nothing stored: the settings stay those of the last connection, which still works
+            self.connection.set_values(self.logic.mode, self.logic.server_url, self.logic.has_token)
             self.connection.set_status("Not connected: the Python packages it needs are not installed", False)
             return
+        self.logic.configure(url=url, mode=self.connection.mode_key, token=token if token else None)
+        self.connection.set_values(self.logic.mode, self.logic.server_url, self.logic.has_token)
         backend = self._backend(lambda text: self.connection.set_status(text, False))
         if backend is None:
             return
