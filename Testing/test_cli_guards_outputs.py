@@ -256,3 +256,19 @@ def test_a_variant_named_twice_runs_once():
     from malenia.commands.ablate import variant_names
 
     assert variant_names("s1, s2,s1,,s2") == ["s1", "s2"]
+
+
+def test_an_interrupted_atomic_write_leaves_no_folder_it_made_above_its_target(tmp_path):
+    """segment --out new/deeper/D (or any staged write) stopped before publishing: the folders made for it go too,
+    a folder that was there stays, and a successful write keeps them."""
+    from malenia.atomic import atomic_dir
+
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "mine" / "new" / "deeper" / "D") as staging:
+            (staging / "report.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert list((tmp_path / "mine").iterdir()) == []
+    with atomic_dir(tmp_path / "mine" / "new" / "deeper" / "D") as staging:
+        (staging / "report.json").write_text("{}")
+    assert (tmp_path / "mine" / "new" / "deeper" / "D" / "report.json").is_file()

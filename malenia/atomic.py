@@ -66,7 +66,13 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False, replaces: str
     the writer's process id so `clean_stale` can tell abandoned ones.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # folders above the target made here go again if the writing fails (Ctrl-C included): nothing half-made is left
+    with no_empty_folder_left(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        yield from _staged(target, overwrite, replaces)
+
+
+def _staged(target: Path, overwrite: bool, replaces: str | None) -> Iterator[Path]:
     if target.exists() and not overwrite:
         raise FileExistsError(str(target))
     if overwrite and replaces is not None:
