@@ -151,6 +151,21 @@ def check_creatable(target: str | os.PathLike, failure: str) -> None:
         raise OutputError(f"{failure}: {parent} is not writable")
 
 
+def check_output_folder(folder: str | os.PathLike, label: str) -> None:
+    """OutputError unless `folder` (named `label` in the message, e.g. "--out") is a writable folder or can be made:
+    checked before a command's work, which would otherwise be lost when its first result is saved."""
+    from malenia.errors import OutputError
+
+    folder = Path(folder)
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{label} {folder}: the folder is not writable")
+    elif os.path.lexists(folder):
+        raise OutputError(f"{label} {folder} is a file, not a folder")
+    else:
+        check_creatable(folder, f"cannot create {label} {folder}")
+
+
 @contextlib.contextmanager
 def no_empty_folder_left(folder: str | os.PathLike) -> Iterator[None]:
     """On an exception in the block (Ctrl-C included), removes `folder` and the folders above it that did not exist

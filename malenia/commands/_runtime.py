@@ -45,21 +45,10 @@ def configure_cpu(threads: int | None = None) -> None:
 def require_output_folder(path, option: str = "--out") -> None:
     """OutputError at once, before any work, when the folder a command will write into is an existing file, or
     cannot be made or written where it is (the work would be lost when the first result is saved)."""
-    import os
-    from pathlib import Path
+    from malenia.atomic import check_output_folder
 
-    from malenia.atomic import check_creatable
-    from malenia.errors import OutputError
-
-    if path is None:
-        return
-    if Path(path).is_dir():
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise OutputError(f"{option} {path}: the folder is not writable")
-    elif Path(path).exists():
-        raise OutputError(f"{option} {path} is a file, not a folder")
-    else:
-        check_creatable(path, f"cannot create {option} {path}")
+    if path is not None:
+        check_output_folder(path, option)
 
 
 def require_output_file(path, option: str = "--out") -> None:

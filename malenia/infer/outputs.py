@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from malenia import __version__
-from malenia.atomic import atomic_dir, check_creatable
+from malenia.atomic import atomic_dir, check_output_folder
 from malenia.data.dataset import LESIONS_FILE, REPORT_FILE
 from malenia.errors import OutputError
 from malenia.infer.measurements import measure_lesions
@@ -171,16 +171,10 @@ def _write_all(staging: Path, result: SegmentationResult, specs: list[SegmentSpe
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output folder {out_dir} is a file")
-    if out_dir.is_dir():
-        existing = sorted(n for n in FILE_NAMES.values() if (out_dir / n).exists())
-        if existing and not overwrite:
-            raise OutputError(f"outputs already exist in {out_dir} ({', '.join(existing)}); use --overwrite to replace them")
-        if not os.access(out_dir, os.W_OK | os.X_OK):
-            raise OutputError(f"output folder {out_dir} is not writable")
-    else:
-        check_creatable(out_dir, f"cannot create output folder {out_dir}")
+    check_output_folder(out_dir, "output folder")
+    existing = sorted(n for n in FILE_NAMES.values() if (out_dir / n).exists()) if out_dir.is_dir() else []
+    if existing and not overwrite:
+        raise OutputError(f"outputs already exist in {out_dir} ({', '.join(existing)}); use --overwrite to replace them")
 
 
 class _publish:

@@ -308,7 +308,6 @@ class Trainer:
         that set them; a resumed launch must give the same ones. Free to change between launches: --max-minutes,
         --workers, --threads, --device, --precision and how often it logs, validates and checkpoints."""
         o = self.opts
-        paths = lambda p: [str(Path(x).resolve()) for x in ([p] if isinstance(p, (str, Path)) else p or [])]  # noqa: E731
         options = {"--data": paths(o.data), "--split": o.split, "--val-split": o.val_split, "--replay": paths(o.replay),
                    "--replay-fraction": o.replay_fraction, "--hard-negatives": paths(o.hard_negatives),
                    "--hard-negative-fraction": o.hard_negative_fraction, "--missed-fraction": o.missed_fraction,
@@ -546,6 +545,11 @@ def inherited_markers(files: Mapping[str, bytes], lineage: list[dict[str, Any]])
     parent = {"inherited_from": f"{lineage[-1]['name']} {lineage[-1]['version']}"} if lineage else {}
     keys = {MEASURED: "measured_attributes", VERIFIER: "lesion_verifier", APPEARANCE: "appearance"}
     return {keys[f]: dict(parent) for f in files if f in keys} if parent else {}
+
+
+def paths(value: Path | list[Path] | None) -> list[str]:
+    """One path, several or none, as resolved strings (a run resumed from another working folder is the same run)."""
+    return [str(Path(x).resolve()) for x in ([value] if isinstance(value, (str, Path)) else value or [])]
 
 
 def _shown(value: Any) -> str:
