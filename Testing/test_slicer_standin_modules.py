@@ -19,11 +19,17 @@ import SimpleITK as sitk
 
 from segment_helpers import REPO, sphere_ct, tiny_trained_model
 from slicer_standin import install, load_module, module_widget, pump, python_slicer, train_locally, unload_module
+from slicer_standin.module_panel import in_module_panel
 
 # The panel screenshots in docs/images are refreshed only on request (MALENIA_DOCS_SCREENSHOTS=1): a test
 # run must not change tracked files. Otherwise they are still rendered, into a temporary folder.
 IMAGES = REPO / "docs" / "images" if os.environ.get("MALENIA_DOCS_SCREENSHOTS") == "1" else \
     Path(tempfile.mkdtemp(prefix="malenia-screenshots-"))
+
+# Slicer's left panel is as wide as its module needs (qSlicerModulePanel::minimumSizeHint: the module's minimum width
+# plus a scroll bar's). Results, profiles and long folder paths must not widen it (before that was checked: 636
+# pixels with a result open, 771 with a 75-character corrections folder in the Trainer; now about 540).
+PANEL_WIDTH = 560
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +71,14 @@ def _nodes(scene) -> dict[str, int]:
             for c in ("vtkMRMLColorTableNode", "vtkMRMLDisplayNode", "vtkMRMLLabelMapVolumeNode")}
 
 
-def _grab(qwidget, name: str, height: int | None = None) -> None:
-    qwidget.resize(460, height or qwidget.sizeHint.height() + 20)
-    qwidget.show()
+def _grab(qwidget, name: str) -> int:
+    """Saves the module as Slicer's module panel shows it, 460 pixels wide (or as wide as it needs); returns the
+    narrowest that panel can be with this module in it."""
     IMAGES.mkdir(parents=True, exist_ok=True)
-    qwidget.grab().save(str(IMAGES / name))
+    with in_module_panel(qwidget, 460) as panel:
+        panel.contents.grab().save(str(IMAGES / name))
+        print(name, "panel minimum width", panel.minimum_width())
+        return panel.minimum_width()
 
 
 def test_module_files_load_and_panels_build_as_in_slicer(slicer_app):
@@ -111,7 +120,7 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     assert "PythonSlicer" not in str(util.DIALOGS) and (tmp / "pythonslicer.log").read_text().startswith("-m malenia.cli segment")
     session = w.logic.session
     assert len(session.lesions) >= 1 and w.ui.exportNiftiButton.enabled
-    _grab(qwidget, "slicer-segment-panel.png", 1150)
+    assert _grab(qwidget, "slicer-segment-panel.png") <= PANEL_WIDTH
     # the disease-profile editor follows the open result and the selected lesion (its stored scores)
     assert w.profileEditor.session is session
     w.onLesionSelected(session.lesions[0].label)
@@ -164,7 +173,7 @@ def test_segment_review_save_export_without_leaks_then_train_locally(slicer_app,
     log = (tmp / "pythonslicer.log").read_text()
     assert "-m malenia.cli train" in log and "--steps 10" in log and "-m malenia.server.validate_job" in log
     pump(lambda: len(panel.versions.names) == 2)
-    _grab(tqwidget, "slicer-trainer-panel.png")
+    assert _grab(tqwidget, "slicer-trainer-panel.png") <= PANEL_WIDTH  # with a long corrections folder in it
     unload_module("MaleniaTrainer")
 
     # Closing the scene drops the observation of the old segmentation, with no reference left to it (Slicer's

@@ -225,8 +225,9 @@ class ProfileEditor:
         self.grid_host = qt.QWidget()
         self.grid_host.setObjectName("profileAspects")
         self.grid = qt.QGridLayout(self.grid_host)
+        self.grid.setColumnStretch(0, 1)  # the descriptions take the width; the weights need only their digits
         layout.addWidget(self.grid_host)
-        buttons = qt.QHBoxLayout()
+        buttons = qt.QGridLayout()  # two by two: in one row the four buttons alone set the module panel's width
         self.estimate_button = qt.QPushButton("Estimate from corrections")
         self.estimate_button.setObjectName("profileEstimate")
         self.estimate_button.setToolTip("Fill the weights from the lesions saved under this disease's key in the "
@@ -238,8 +239,8 @@ class ProfileEditor:
         self.save_button.setObjectName("profileSave")
         self.remove_button = qt.QPushButton("Remove profile")
         self.remove_button.setObjectName("profileRemove")
-        for b in (self.estimate_button, self.test_button, self.save_button, self.remove_button):
-            buttons.addWidget(b)
+        for i, b in enumerate((self.estimate_button, self.test_button, self.save_button, self.remove_button)):
+            buttons.addWidget(b, i // 2, i % 2)
         layout.addLayout(buttons)
         self.status = qt.QLabel()
         self.status.setObjectName("profileStatus")
@@ -323,6 +324,7 @@ class ProfileEditor:
                 spin.setRange(0.0, 100.0)
                 spin.setDecimals(3)
                 spin.setSingleStep(0.1)
+                spin.setMaximumWidth(110)
                 spin.setToolTip("Weight of this description (0: never); an aspect's weights are normalised")
                 spin.setValue(float(draft.weights.get(aspect, {}).get(desc_id, 0.0)))
                 self.grid.addWidget(label, row, 0)

@@ -91,7 +91,7 @@ class CorrectionsPanel:
         self.widget = qt.QGroupBox("Corrections")
         layout = qt.QVBoxLayout(self.widget)
         row = qt.QHBoxLayout()
-        self.folder = _label("", wrap=False)
+        self.folder = _label("")  # wrapped (at its slashes): a long path must not widen Slicer's module panel
         self.refresh_button = qt.QPushButton("Refresh")
         row.addWidget(self.folder, 1)
         row.addWidget(self.refresh_button)
@@ -115,6 +115,7 @@ class CorrectionsPanel:
         ticked = {str(it.path): get(self.table.item(r, 0), "checkState") == qt.Qt.Checked
                   for r, it in enumerate(self.items) if self.table.item(r, 0) is not None}
         self.folder.setText(f"Folder: {folder}")
+        self.folder.setToolTip(str(folder))
         self.items = list(items)
         t = self.table
         t.setRowCount(len(items))
