@@ -54,6 +54,17 @@ class Description:
         return Description(text=obj["text"], id=obj.get("id"))
 
 
+def _enhancement(value: Any) -> Description | None:
+    """A report's scan-level enhancement: null or absent is none; {}, "" or 0 are malformed, not none (a falsy
+    value read as none would drop what the author meant to say without a word)."""
+    if value is None:
+        return None
+    try:
+        return Description.from_json(value)
+    except InputError as err:
+        raise InputError(f"report's enhancement: {err}") from None
+
+
 def _require_object(value: Any, what: str) -> None:
     if not isinstance(value, dict):
         raise InputError(f"{what} must be an object, got {str(value)[:60]}")
@@ -132,11 +143,10 @@ class CaseReport:
         labels = [x.label for x in lesions]
         if len(set(labels)) != len(labels) or any(v < 1 for v in labels):
             raise InputError(f"lesion labels must be unique positive integers, got {labels}")
-        enh = obj.get("enhancement")
         return CaseReport(
             case_id=obj.get("case_id", ""),
             lesions=lesions,
-            enhancement=Description.from_json(enh) if enh else None,
+            enhancement=_enhancement(obj.get("enhancement")),
             source=obj.get("source", ""),
             extra=dict(obj.get("extra", {})),
         )
