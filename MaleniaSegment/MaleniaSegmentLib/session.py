@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia.aspects import ASPECTS
+from malenia.errors import MaleniaError
 from malenia.infer.measurements import measure_lesions
 from malenia.infer.outputs import FILE_NAMES
 from malenia.infer.results import (AspectMatch, AttributeMatch, DiseaseCall, LesionResult, SegmentationResult)
@@ -49,7 +50,7 @@ def read_result(out_dir: Path) -> SegmentationResult:
     try:
         obj = json.loads(report_path.read_text(encoding="utf-8"))
         return SegmentationResult.from_json(obj, labels=sitk.ReadImage(str(labels_path)))
-    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+    except (ValueError, KeyError, TypeError, RuntimeError, MaleniaError) as err:  # MaleniaError: a malformed field
         raise ResultsError(f"{report_path}: {str(err).splitlines()[0]}") from None
 
 

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure speed and memory (model, segment, ...)")
     p.add_argument("target", choices=sorted(TARGETS))
     p.add_argument("--config", default=None,
-                   help="model configuration name (compact or paper; default compact): model and train measure it")
+                   help="model configuration name (compact or paper; default compact): model and train measure it; "
+                        "segment runs a freshly initialised model of it instead of the built-in one")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="segment: the model folder it runs (default: built-in); model: measure this folder's network "
                         "instead of --config's")
@@ -63,9 +64,18 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--model does not apply to bench {args.target} (bench model and bench segment take it)")
     if args.target == "model" and args.model is not None and args.config is not None:
         raise InputError("bench model measures --config's network or --model's, not both")
+    if args.target == "segment" and args.model is not None and args.config is not None:
+        # --model's folder has its own config.json: a --config beside it would name a network that is not run
+        raise InputError("bench segment runs --model's folder or a fresh model of --config, not both")
+    if args.target == "segment" and args.config is not None:
+        from malenia.model.config import get_config
+
+        get_config(args.config)  # an unknown name refused now, not after the CT is made
     given = [flag for name, flag in TRAIN_ONLY if getattr(args, name) is not None]
     if given and args.target != "train":
         raise InputError(f"bench {args.target} does not take {', '.join(given)} (bench train's options)")
-    if args.config is None and not (args.target == "model" and args.model is not None):
-        args.config = "compact"  # the default is set here, not by argparse, so that a --config given can be told
+    if args.config is None and args.target != "segment" and not (args.target == "model" and args.model is not None):
+        # the default is set here, not by argparse, so that a --config given can be told; segment keeps None:
+        # without --config it runs the built-in model (a fresh compact one only where none is installed)
+        args.config = "compact"
     require_output_file(args.profile, "--profile")

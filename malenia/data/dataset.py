@@ -13,6 +13,7 @@ has a vocabulary id, or id None for free text a radiologist typed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,17 @@ class Description:
         if obj.get("id") is not None and not isinstance(obj["id"], str):
             raise InputError(f"attribute description id must be a string or null, got {str(obj['id'])[:80]}")
         return Description(text=obj["text"], id=obj.get("id"))
+
+
+def _enhancement(value: Any) -> Description | None:
+    """A report's scan-level enhancement: null or absent is none; {}, "" or 0 are malformed, not none (a falsy
+    value read as none would drop what the author meant to say without a word)."""
+    if value is None:
+        return None
+    try:
+        return Description.from_json(value)
+    except InputError as err:
+        raise InputError(f"report's enhancement: {err}") from None
 
 
 def _require_object(value: Any, what: str) -> None:
@@ -132,11 +144,10 @@ class CaseReport:
         labels = [x.label for x in lesions]
         if len(set(labels)) != len(labels) or any(v < 1 for v in labels):
             raise InputError(f"lesion labels must be unique positive integers, got {labels}")
-        enh = obj.get("enhancement")
         return CaseReport(
             case_id=obj.get("case_id", ""),
             lesions=lesions,
-            enhancement=Description.from_json(enh) if enh else None,
+            enhancement=_enhancement(obj.get("enhancement")),
             source=obj.get("source", ""),
             extra=dict(obj.get("extra", {})),
         )
@@ -293,11 +304,30 @@ def _case_ids(value: Any, path: Path, key: str) -> list[str]:
     otherwise be read letter by letter and a number or object turned into an id no folder has)."""
     if not isinstance(value, list):
         raise InputError(f"{path}: field {key!r} must be a list of case ids, got {_json_type(value)}")
+    seen: set[str] = set()
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item:
             raise InputError(f"{path}: field {key!r} entry {i} must be a case id string, got {_json_type(item)} "
                              f"{str(item)[:40]!r}")
+        problem = _unsafe_case_id(item)
+        if problem:
+            raise InputError(f"{path}: field {key!r} entry {i}: case id {item[:80]!r} {problem}")
+        if item in seen:  # listed twice it would be trained or scored twice, or land in train and val at once
+            raise InputError(f"{path}: field {key!r} lists case id {item[:80]!r} more than once")
+        seen.add(item)
     return list(value)
+
+
+def _unsafe_case_id(case_id: str) -> str | None:
+    """Why `case_id` would name a folder outside DATASET/cases (or none at all), or None when it is safe. An id is
+    a relative path of plain names: one name, or several joined by "/" as the corrections store's "case/v001"."""
+    if "\\" in case_id or "\0" in case_id:
+        return "has a backslash or NUL (ids join plain names with '/')"
+    if case_id.startswith("/") or re.match(r"^[A-Za-z]:", case_id):
+        return "is an absolute path (a case id is a folder name under cases/)"
+    if any(part in ("", ".", "..") for part in case_id.split("/")):
+        return "has an empty, '.' or '..' part (it would not name one case folder under cases/)"
+    return None
 
 
 def _json_type(value: Any) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from malenia.aspects import ASPECTS
+from malenia.errors import InputError
 from malenia.paths import resources_dir
 
 SCHEMA_VERSION = "1.2.0"  # 1.1: optional "knowledge" (table origin) and per-lesion "scores"; 1.2: per-lesion "appearance"
@@ -248,7 +249,19 @@ class Enhancement:
 
     @staticmethod
     def from_json(obj: dict[str, Any]) -> "Enhancement":
-        return Enhancement(obj.get("id"), str(obj["text"]), _opt_float(obj.get("score")), str(obj.get("method", "model")))
+        """The phase of a report's scan.enhancement (its caller reads null as none); anything else that is not
+        {id, text, score, method} an InputError naming the field, not a phase made of str() of what was there."""
+        where = "report's scan.enhancement"
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise InputError(f"{where} must be null or an object with a 'text' string, got {str(obj)[:80]!r}")
+        if obj.get("id") is not None and not isinstance(obj["id"], str):
+            raise InputError(f"{where} id must be a string or null, got {str(obj['id'])[:60]!r}")
+        score = obj.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise InputError(f"{where} score must be a number or null, got {str(score)[:60]!r}")
+        if not isinstance(obj.get("method", "model"), str):
+            raise InputError(f"{where} method must be a string, got {str(obj['method'])[:60]!r}")
+        return Enhancement(obj.get("id"), obj["text"], _opt_float(score), obj.get("method", "model"))
 
 
 @dataclass
@@ -328,7 +341,7 @@ class ScanInfo:
             spacing=_vec3(obj["spacing"]),
             origin=_vec3(obj["origin"]),
             direction=tuple(float(d) for d in obj["direction"]),
-            enhancement=Enhancement.from_json(enh) if enh else None,
+            enhancement=None if enh is None else Enhancement.from_json(enh),  # only null is none: {} is refused
             was_dicom=bool(obj.get("was_dicom", False)),
             series_instance_uid=dicom.get("series_instance_uid"),
             study_instance_uid=dicom.get("study_instance_uid"),

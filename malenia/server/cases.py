@@ -19,6 +19,7 @@ from typing import Any
 from malenia.atomic import write_json
 from malenia.data.dataset import CASE_FILES
 from malenia.errors import InputError
+from malenia.file_hash import sha256_file
 from malenia.json_files import wrong_fields
 from malenia.server.config import GeometryTolerance, UploadLimits
 from malenia.server.layout import Layout, check_id, clean_name
@@ -52,46 +53,60 @@ class CaseStore:
             checked = check_case(staged.folder, self.limits, self.tolerance)
             sha = staged.content_sha256(checked.report_sha256)
             name = clean_name(staged.fields.get("name") or checked.report.case_id)
+            files = _files_sha256(staged.folder)  # as they will be stored (a raw .nii part was gzipped in staging)
             with self._lock:
                 existing = self.store.get("SELECT * FROM cases WHERE sha256=?", (sha,))
                 if existing:
-                    if not self._intact(existing):  # the same content again: it mends the stored copy
-                        self._replace_files(existing, staged)
+                    if not self._intact(existing, files):  # the same content again: it mends the stored copy
+                        self._replace_files(existing, staged, files)
+                    elif existing["files_sha256"] is None:  # a row from before schema 2, found intact: record them
+                        self.store.execute("UPDATE cases SET files_sha256=? WHERE id=?", (dumps(files), existing["id"]))
                     return IngestResult(self._public(existing), True)
                 case_id = self._new_id(sha)
                 info = checked.info()
                 nbytes = sum((staged.folder / f).stat().st_size for f in CASE_FILES)
-                record = {"id": case_id, "sha256": sha, "name": name, "created": now(), "bytes": nbytes, "info": info}
+                record = {"id": case_id, "sha256": sha, "name": name, "created": now(), "bytes": nbytes, "info": info,
+                          "files_sha256": files}
                 write_json(staged.folder / "case.json", record)  # lets a restart re-register the folder
                 target = self.layout.case_dir(case_id)
                 if target.exists():  # left by a crash between rename and insert: same content
                     shutil.rmtree(target)
                 os.replace(staged.folder, target)
                 _fsync_dir(self.layout.cases)
-                self.store.execute("INSERT INTO cases(id, sha256, name, created, bytes, info) VALUES(?,?,?,?,?,?)",
-                                   (case_id, sha, name, record["created"], nbytes, dumps(info)))
+                self.store.execute("INSERT INTO cases(id, sha256, name, created, bytes, info, files_sha256) "
+                                   "VALUES(?,?,?,?,?,?,?)", (case_id, sha, name, record["created"], nbytes, dumps(info),
+                                                             dumps(files)))
                 return IngestResult(self._public(record), False)
         finally:
             staged.discard()  # no-op once renamed
 
-    def _intact(self, row: dict[str, Any]) -> bool:
-        """Whether a stored case still has its files at the size recorded when it was stored (a truncated or
-        deleted file would otherwise be reported as "already stored" to every later upload of it)."""
+    def _intact(self, row: dict[str, Any], staged_files: dict[str, str]) -> bool:
+        """Whether a stored case still has, byte for byte, the files it was stored with: their sha256 against those
+        recorded then (a file deleted, truncated or changed in place at its old size would otherwise be reported
+        as "already stored" to every later upload of it). A row from before schema 2 has none recorded: its files
+        are compared with the upload's, the same content by the case's hash (equal bytes unless it came as a raw
+        .nii, gzipped afresh: then the upload's copy replaces the stored one once, harmlessly)."""
         folder = self.layout.case_dir(row["id"])
+        expected = row["files_sha256"] or staged_files
         try:
-            return sum((folder / f).stat().st_size for f in CASE_FILES) == row["bytes"]
+            if sum((folder / f).stat().st_size for f in CASE_FILES) != row["bytes"]:
+                return False  # the cheap look first: no hashing of a file already known to be cut short
+            return all(sha256_file(folder / f) == expected.get(f) for f in CASE_FILES)
         except OSError:
             return False
 
-    def _replace_files(self, row: dict[str, Any], staged: StagedUpload) -> None:
+    def _replace_files(self, row: dict[str, Any], staged: StagedUpload, files: dict[str, str]) -> None:
         """The damaged folder of `row` swapped for the staged upload of the same content (same id, same row)."""
-        record = {k: row[k] for k in ("id", "sha256", "name", "created", "bytes", "info")}
+        nbytes = sum((staged.folder / f).stat().st_size for f in CASE_FILES)
+        record = {**{k: row[k] for k in ("id", "sha256", "name", "created", "info")}, "bytes": nbytes,
+                  "files_sha256": files}
         write_json(staged.folder / "case.json", record)
         target, trash = self.layout.case_dir(row["id"]), self.layout.new_staging_dir("deleted")
         if target.exists():
             os.replace(target, trash / row["id"])
         os.replace(staged.folder, target)
         _fsync_dir(self.layout.cases)
+        self.store.execute("UPDATE cases SET bytes=?, files_sha256=? WHERE id=?", (nbytes, dumps(files), row["id"]))
         shutil.rmtree(trash, ignore_errors=True)
 
     def _new_id(self, sha: str) -> str:
@@ -133,9 +148,11 @@ class CaseStore:
                 continue
             try:
                 record = _case_record(folder)
-                self.store.execute("INSERT INTO cases(id, sha256, name, created, bytes, info) VALUES(?,?,?,?,?,?)",
-                                   (record["id"], record["sha256"], record["name"], record["created"], record["bytes"],
-                                    dumps(record["info"])))
+                files = record.get("files_sha256")  # absent from a case.json written before schema 2
+                self.store.execute("INSERT INTO cases(id, sha256, name, created, bytes, info, files_sha256) "
+                                   "VALUES(?,?,?,?,?,?,?)", (record["id"], record["sha256"], record["name"],
+                                                             record["created"], record["bytes"], dumps(record["info"]),
+                                                             None if files is None else dumps(files)))
                 notes.append(f"case {folder.name}: re-registered after an interrupted upload")
             except (OSError, ValueError, InputError, sqlite3.IntegrityError) as err:  # e.g. a copy: same sha256
                 quarantine = self.layout.root / "quarantine"
@@ -164,10 +181,18 @@ def _case_record(folder: Path) -> dict[str, Any]:
                                   "info": dict})
     if wrong:
         raise ValueError(f"case.json field(s) {wrong} missing or of the wrong type")
+    files = record.get("files_sha256")
+    if files is not None and not (isinstance(files, dict) and all(isinstance(v, str) for v in files.values())):
+        raise ValueError("case.json field files_sha256 is not an object of file name -> sha256")
     check_id("case", record["id"])
     if record["id"] != folder.name or not all((folder / f).exists() for f in CASE_FILES):
         raise ValueError("incomplete")
     return record
+
+
+def _files_sha256(folder: Path) -> dict[str, str]:
+    """The sha256 of each case file in `folder`, by file name."""
+    return {f: sha256_file(folder / f) for f in CASE_FILES}
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cases.files_sha256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     created REAL NOT NULL, revoked REAL, last_used REAL);
 CREATE TABLE IF NOT EXISTS cases (
     id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, name TEXT NOT NULL, created REAL NOT NULL,
-    bytes INTEGER NOT NULL, info TEXT NOT NULL);
+    bytes INTEGER NOT NULL, info TEXT NOT NULL, files_sha256 TEXT);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
     started REAL, finished REAL, params TEXT NOT NULL, progress TEXT NOT NULL DEFAULT '{}',
@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS promotions (
     active INTEGER NOT NULL DEFAULT 1);
 """
 
-JSON_COLUMNS = {"info", "params", "progress", "notes", "metrics"}
+# Columns added after their table was first released: (table, column, declaration). CREATE TABLE IF NOT EXISTS
+# leaves an older database's table as it was, so these are added to it on opening (nullable: its rows have none).
+ADDED_COLUMNS = (("cases", "files_sha256", "TEXT"),)  # schema 2: sha256 of each stored case file
+
+JSON_COLUMNS = {"info", "params", "progress", "notes", "metrics", "files_sha256"}
 
 
 class Store:
@@ -53,6 +57,7 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)
+        _add_columns(self._db)
         self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     @property
@@ -100,6 +105,19 @@ class Store:
     def set_meta(self, key: str, value: str, db: sqlite3.Connection | None = None) -> None:
         (db or self).execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                              (key, value))
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """ADDED_COLUMNS that an older database lacks. Another process (`malenia serve token add` beside the server)
+    may add one between the look and the ALTER: its "duplicate column" is then the wanted state."""
+    for table, column, declaration in ADDED_COLUMNS:
+        if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            continue
+        try:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.OperationalError as err:
+            if "duplicate column" not in str(err):
+                raise
 
 
 def _private(path: Path) -> None:
