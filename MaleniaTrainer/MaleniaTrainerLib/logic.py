@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from MaleniaCommon import settings as shared
+from MaleniaCommon.model_check import verify_model_folder_cached
 
 from .backends import LocalBackend, RemoteBackend
 from .corrections import CorrectionItem, scan_corrections
@@ -280,10 +281,9 @@ class TrainerLogic:
         return fetch_version(self.backend(), version, self.download_destination(version), progress)
 
     def use_model(self, folder: Path) -> None:
-        """Makes a model folder MaleniaSegment's model (a shared setting and the parameter node; GUI thread)."""
-        from malenia.model.folder import verify_model_folder
-
-        verify_model_folder(Path(folder))
+        """Makes a model folder MaleniaSegment's model (a shared setting and the parameter node; GUI thread: the
+        download's worker verified the folder, so unchanged files are not hashed again here)."""
+        verify_model_folder_cached(Path(folder))
         self.settings.setValue(KEY_SEGMENT_MODEL, str(folder))
         self._set_parameter("ModelFolder", str(folder))
 
@@ -353,13 +353,14 @@ def list_versions(backend) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def fetch_version(backend, version: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> Path:
-    """A verified copy of `version` at `dest` (kept when already there and intact)."""
-    from malenia.model.folder import verify_model_folder
-
+    """A verified copy of `version` at `dest` (kept when already there and intact). Runs on a worker thread; its
+    check is remembered, so that `use_model` on the GUI thread then does not hash the files again."""
     if dest.is_dir():
         try:
-            verify_model_folder(dest)
+            verify_model_folder_cached(dest)
             return dest
         except Exception:
             pass  # damaged: fetch again
-    return backend.download_version(version, dest, progress=progress)
+    path = backend.download_version(version, dest, progress=progress)
+    verify_model_folder_cached(path)
+    return path
