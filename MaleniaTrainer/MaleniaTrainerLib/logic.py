@@ -33,7 +33,7 @@ KEY_LOCAL_DIR = "MaleniaTrainer/LocalDataDir"
 KEY_CORRECTIONS = shared.CORRECTIONS_FOLDER  # where MaleniaSegment saves them (one key for both modules)
 KEY_MODELS = "MaleniaTrainer/ModelsDir"
 KEY_SEGMENT_MODEL = shared.MODEL_FOLDER  # the model folder MaleniaSegment uses (shared with that module)
-PARAMETER_NODE_TAG = "MaleniaTrainer"
+PARAMETER_NODE_TAG = "MaleniaTrainer"  # the module's name: its parameter node's singleton tag and ModuleName, as in Slicer
 
 
 class MemorySettings:
@@ -294,16 +294,23 @@ class TrainerLogic:
 
     # -- MRML parameter node (non-secret state only)
     def parameter_node(self):
+        """The module's parameter node, found and made as Slicer's ScriptedLoadableModuleLogic.getParameterNode does:
+        singleton tag and "ModuleName" attribute the module's name, a unique node name. Node selectors and Slicer's
+        getAllParameterNodes() find a module's nodes by that attribute only, and MaleniaTrainerLogic.getParameterNode()
+        returns this same node."""
         if self.scene is None:
             return None
         node = self.scene.GetSingletonNode(PARAMETER_NODE_TAG, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
-            node.UnRegister(None)
-            node.SetSingletonTag(PARAMETER_NODE_TAG)
-            node.SetName("MaleniaTrainer")
-            node = self.scene.AddNode(node)
-        return node
+        if node is not None:
+            if node.GetAttribute("ModuleName") != PARAMETER_NODE_TAG:  # a scene close resets a singleton's attributes
+                node.SetAttribute("ModuleName", PARAMETER_NODE_TAG)
+            return node
+        node = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)  # owned by the Python variable, as in Slicer's createParameterNode
+        node.SetSingletonTag(PARAMETER_NODE_TAG)
+        node.SetAttribute("ModuleName", PARAMETER_NODE_TAG)
+        node.SetName(self.scene.GenerateUniqueName(PARAMETER_NODE_TAG))
+        return self.scene.AddNode(node)
 
     def _set_parameter(self, key: str, value: str) -> None:
         node = self.parameter_node()
