@@ -35,6 +35,21 @@ def test_refused_add_or_edit_into_a_new_folder_leaves_nothing(tmp_path, capsys):
     assert sorted(p.name for p in site.iterdir()) == [LOCK_FILE, "hepatic_haemangioma.json"]
 
 
+def test_a_folder_or_write_that_fails_leaves_nothing_made(tmp_path, capsys, monkeypatch):
+    # the folder's own name refused (too long) after the folders above it were made
+    assert cli([*ADD, "-d", "shape.round", "--knowledge", str(tmp_path / "new" / "deeper" / ("x" * 300))]) == 5
+    assert "cannot create or lock it" in capsys.readouterr().err
+    assert _tree(tmp_path) == []
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("malenia.knowledge.profiles.write_json", full_disk)
+    assert cli([*ADD, "-d", "shape.round", "--knowledge", str(tmp_path / "new" / "site")]) == 5
+    assert "No space left on device" in capsys.readouterr().err
+    assert _tree(tmp_path) == []
+
+
 def test_refused_add_keeps_a_folder_that_existed(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -132,8 +132,12 @@ def folder_lock(folder: Path, create: bool = True) -> Iterator[None]:
     and one holding anything stays. Unlinking a lock file is safe only because every locker checks, once it holds
     the lock, that its file is still the one at the path, and starts again if not (a waiter on the unlinked file
     would otherwise hold a lock nobody else sees)."""
-    made: dict[Path, None] = {}  # folders this call made (deepest last), across retries
-    fd, made_lock = _lock(folder, create, made)
+    made: dict[Path, None] = {}  # folders this call made, across retries
+    try:
+        fd, made_lock = _lock(folder, create, made)
+    except BaseException:  # e.g. the folder's own name refused after its parents were made, or Ctrl-C while waiting
+        _remove_made(folder, False, made)
+        raise
     try:
         yield
     except BaseException:
@@ -149,7 +153,7 @@ def _lock(folder: Path, create: bool, made: dict[Path, None]) -> tuple[int, bool
     for _ in range(100):  # each retry means another writer removed the folder it made; it cannot go on for long
         try:
             if create:
-                made.update(dict.fromkeys(_make_folders(folder)))
+                _make_folders(folder, made)
             fd, made_lock = _open_lock(lock)
         except FileNotFoundError:
             if create or folder.is_dir():  # the folder or lock file went meanwhile (a failed writer's): again
@@ -158,22 +162,25 @@ def _lock(folder: Path, create: bool, made: dict[Path, None]) -> tuple[int, bool
         except OSError as err:
             raise OutputError(f"site profile folder {folder}: cannot {'create or ' if create else ''}lock it "
                               f"({err.strerror})") from None
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:  # Ctrl-C while another writer holds it: its lock file stays (unlocked, not ours to go)
+            os.close(fd)
+            raise
         if _still_at(fd, lock):
             return fd, made_lock
         os.close(fd)  # the file was unlinked while this call waited: lock the one at the path now
     raise OutputError(f"site profile folder {folder}: cannot lock it (its lock file keeps being replaced)")
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Makes `folder` and the folders above it that are missing; returns those this call made, shallowest first
-    (one that another process makes meanwhile is not counted)."""
+def _make_folders(folder: Path, made: dict[Path, None]) -> None:
+    """Makes `folder` and the folders above it that are missing, adding to `made` each one this call made, as it
+    goes (one that another process makes meanwhile is not counted)."""
     missing = []
     for p in (folder, *folder.parents):
         if p.is_dir():
             break
         missing.append(p)
-    made = []
     for p in reversed(missing):
         try:
             p.mkdir()
@@ -181,8 +188,7 @@ def _make_folders(folder: Path) -> list[Path]:
             if not p.is_dir():
                 raise
             continue
-        made.append(p)
-    return made
+        made[p] = None
 
 
 def _still_at(fd: int, path: Path) -> bool:
