@@ -76,16 +76,18 @@ def python_executable() -> str:
 def configured_model_folder(value) -> str | None:
     """The model folder a setting names, if it is a verified Malenia model folder; else None (built-in model).
 
-    Verified by the core's `malenia.model.folder.verify_model_folder` (manifest, required files, sha256).
+    Verified by the core's `malenia.model.folder.verify_model_folder` (manifest, required files, sha256), through
+    `model_check` (called on the GUI thread: files unchanged since their last check are not hashed again).
     """
     if not value:
         return None
-    from malenia.model.folder import verify_model_folder
     from malenia.errors import MaleniaError
+
+    from .model_check import verify_model_folder_cached
 
     folder = Path(str(value)).expanduser()
     try:
-        verify_model_folder(folder)
+        verify_model_folder_cached(folder)
     except (MaleniaError, OSError):
         return None
     return str(folder)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from MaleniaCommon import settings as shared
+from MaleniaCommon.model_check import verify_model_folder_cached
 
 from .backends import LocalBackend, RemoteBackend
 from .corrections import CorrectionItem, scan_corrections
@@ -32,7 +33,7 @@ KEY_LOCAL_DIR = "MaleniaTrainer/LocalDataDir"
 KEY_CORRECTIONS = shared.CORRECTIONS_FOLDER  # where MaleniaSegment saves them (one key for both modules)
 KEY_MODELS = "MaleniaTrainer/ModelsDir"
 KEY_SEGMENT_MODEL = shared.MODEL_FOLDER  # the model folder MaleniaSegment uses (shared with that module)
-PARAMETER_NODE_TAG = "MaleniaTrainer"
+PARAMETER_NODE_TAG = "MaleniaTrainer"  # the module's name: its parameter node's singleton tag and ModuleName, as in Slicer
 
 
 class MemorySettings:
@@ -280,10 +281,9 @@ class TrainerLogic:
         return fetch_version(self.backend(), version, self.download_destination(version), progress)
 
     def use_model(self, folder: Path) -> None:
-        """Makes a model folder MaleniaSegment's model (a shared setting and the parameter node; GUI thread)."""
-        from malenia.model.folder import verify_model_folder
-
-        verify_model_folder(Path(folder))
+        """Makes a model folder MaleniaSegment's model (a shared setting and the parameter node; GUI thread: the
+        download's worker verified the folder, so unchanged files are not hashed again here)."""
+        verify_model_folder_cached(Path(folder))
         self.settings.setValue(KEY_SEGMENT_MODEL, str(folder))
         self._set_parameter("ModelFolder", str(folder))
 
@@ -294,16 +294,23 @@ class TrainerLogic:
 
     # -- MRML parameter node (non-secret state only)
     def parameter_node(self):
+        """The module's parameter node, found and made as Slicer's ScriptedLoadableModuleLogic.getParameterNode does:
+        singleton tag and "ModuleName" attribute the module's name, a unique node name. Node selectors and Slicer's
+        getAllParameterNodes() find a module's nodes by that attribute only, and MaleniaTrainerLogic.getParameterNode()
+        returns this same node."""
         if self.scene is None:
             return None
         node = self.scene.GetSingletonNode(PARAMETER_NODE_TAG, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
-            node.UnRegister(None)
-            node.SetSingletonTag(PARAMETER_NODE_TAG)
-            node.SetName("MaleniaTrainer")
-            node = self.scene.AddNode(node)
-        return node
+        if node is not None:
+            if node.GetAttribute("ModuleName") != PARAMETER_NODE_TAG:  # a scene close resets a singleton's attributes
+                node.SetAttribute("ModuleName", PARAMETER_NODE_TAG)
+            return node
+        node = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)  # owned by the Python variable, as in Slicer's createParameterNode
+        node.SetSingletonTag(PARAMETER_NODE_TAG)
+        node.SetAttribute("ModuleName", PARAMETER_NODE_TAG)
+        node.SetName(self.scene.GenerateUniqueName(PARAMETER_NODE_TAG))
+        return self.scene.AddNode(node)
 
     def _set_parameter(self, key: str, value: str) -> None:
         node = self.parameter_node()
@@ -353,13 +360,14 @@ def list_versions(backend) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def fetch_version(backend, version: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> Path:
-    """A verified copy of `version` at `dest` (kept when already there and intact)."""
-    from malenia.model.folder import verify_model_folder
-
+    """A verified copy of `version` at `dest` (kept when already there and intact). Runs on a worker thread; its
+    check is remembered, so that `use_model` on the GUI thread then does not hash the files again."""
     if dest.is_dir():
         try:
-            verify_model_folder(dest)
+            verify_model_folder_cached(dest)
             return dest
         except Exception:
             pass  # damaged: fetch again
-    return backend.download_version(version, dest, progress=progress)
+    path = backend.download_version(version, dest, progress=progress)
+    verify_model_folder_cached(path)
+    return path

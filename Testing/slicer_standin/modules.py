@@ -90,17 +90,33 @@ class ScriptedLoadableModuleLogic:
         self.isSingletonParameterNode = True
 
     def getParameterNode(self):
-        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-        if node:
-            if node.GetAttribute("ModuleName") != self.moduleName:
-                node.SetAttribute("ModuleName", self.moduleName)
-            return node
+        # Slicer's Base/Python/slicer/ScriptedLoadableModule.py: a singleton found by its tag (its ModuleName
+        # attribute restored: a scene close resets it), else the first node whose ModuleName attribute is the module's
+        if self.isSingletonParameterNode:
+            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+            if node:
+                if node.GetAttribute("ModuleName") != self.moduleName:
+                    node.SetAttribute("ModuleName", self.moduleName)
+                return node
+        else:
+            found = self.getAllParameterNodes()
+            if found:
+                return found[0]
         return slicer.mrmlScene.AddNode(self.createParameterNode())
 
+    def getAllParameterNodes(self):
+        scene = slicer.mrmlScene
+        nodes = (scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
+                 for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")))
+        return [node for node in nodes if node.GetAttribute("ModuleName") == self.moduleName]
+
     def createParameterNode(self):
+        if slicer.mrmlScene is None:
+            return None
         node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
         node.UnRegister(None)
-        node.SetSingletonTag(self.moduleName)
+        if self.isSingletonParameterNode:
+            node.SetSingletonTag(self.moduleName)
         node.SetAttribute("ModuleName", self.moduleName)
         node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
         return node

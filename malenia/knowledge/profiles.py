@@ -125,32 +125,109 @@ def check_key(key: str) -> None:
 @contextlib.contextmanager
 def folder_lock(folder: Path, create: bool = True) -> Iterator[None]:
     """Serialises read-modify-write of one profile folder across processes; `create`: make the folder first
-    (a removal does not, so that it leaves no folder behind)."""
+    (a removal does not, so that it leaves no folder behind).
+
+    A block that fails (a refused add, Ctrl-C) leaves nothing this call made: the lock file if it made it, then
+    the folders it made, if empty. A folder that existed before, or that another writer made, is never removed,
+    and one holding anything stays. Unlinking a lock file is safe only because every locker checks, once it holds
+    the lock, that its file is still the one at the path, and starts again if not (a waiter on the unlinked file
+    would otherwise hold a lock nobody else sees)."""
+    made: dict[Path, None] = {}  # folders this call made, across retries
     try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
-        fd = _open_lock(folder / LOCK_FILE)
-    except OSError as err:
-        raise OutputError(f"site profile folder {folder}: cannot {'create or ' if create else ''}lock it "
-                          f"({err.strerror})") from None
+        fd, made_lock = _lock(folder, create, made)
+    except BaseException:  # e.g. the folder's own name refused after its parents were made, or Ctrl-C while waiting
+        _remove_made(folder, False, made)
+        raise
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    except BaseException:
+        _remove_made(folder, made_lock, made)  # still under the lock: no writer can be adding to the folder
+        raise
     finally:
         os.close(fd)  # closing releases the lock
 
 
-def _open_lock(path: Path) -> int:
+def _lock(folder: Path, create: bool, made: dict[Path, None]) -> tuple[int, bool]:
+    """(fd of the locked lock file, whether this call created it); folders it creates are added to `made`."""
+    lock = folder / LOCK_FILE
+    for _ in range(100):  # each retry means another writer removed the folder it made; it cannot go on for long
+        try:
+            if create:
+                _make_folders(folder, made)
+            fd, made_lock = _open_lock(lock)
+        except FileNotFoundError:
+            if create or folder.is_dir():  # the folder or lock file went meanwhile (a failed writer's): again
+                continue
+            raise OutputError(f"site profile folder {folder}: cannot lock it (No such file or directory)") from None
+        except OSError as err:
+            raise OutputError(f"site profile folder {folder}: cannot {'create or ' if create else ''}lock it "
+                              f"({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:  # Ctrl-C while another writer holds it: its lock file stays (unlocked, not ours to go)
+            os.close(fd)
+            raise
+        if _still_at(fd, lock):
+            return fd, made_lock
+        os.close(fd)  # the file was unlinked while this call waited: lock the one at the path now
+    raise OutputError(f"site profile folder {folder}: cannot lock it (its lock file keeps being replaced)")
+
+
+def _make_folders(folder: Path, made: dict[Path, None]) -> None:
+    """Makes `folder` and the folders above it that are missing, adding to `made` each one this call made, as it
+    goes (one that another process makes meanwhile is not counted)."""
+    missing = []
+    for p in (folder, *folder.parents):
+        if p.is_dir():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+            continue
+        made[p] = None
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _remove_made(folder: Path, made_lock: bool, made: dict[Path, None]) -> None:
+    if made_lock:
+        with contextlib.suppress(OSError):
+            (folder / LOCK_FILE).unlink()
+    for p in sorted(made, key=lambda q: len(q.parts), reverse=True):
+        try:
+            p.rmdir()  # refuses a folder that holds anything
+        except OSError:
+            break
+
+
+def _open_lock(path: Path) -> tuple[int, bool]:
     """The lock file, for writing where allowed (flock over NFS needs it), else for reading: a lock file another
     user created (mode 644) still locks, and a read-only folder that has one gets as far as the write, which then
-    says why it failed."""
+    says why it failed. Also whether this call created it (O_EXCL tells)."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+    except FileExistsError:
+        pass
     except PermissionError as err:
         try:
-            return os.open(path, os.O_RDONLY)
+            return os.open(path, os.O_RDONLY), False
         except OSError:
             raise err from None  # no lock file, and none can be made: the first reason is the one to tell
+    try:
+        return os.open(path, os.O_RDWR), False
+    except PermissionError:
+        return os.open(path, os.O_RDONLY), False
 
 
 def profile_path(folder: str | os.PathLike, key: str) -> Path:
