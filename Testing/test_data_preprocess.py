@@ -15,6 +15,7 @@ from malenia.data.preprocess import CANONICAL_ORIENTATION, Preprocessor
 from malenia.errors import InputError
 
 TOTALSEG = "ct/totalseg-example"
+LUNG1 = "ct/pyradiomics-lung1"
 AORTA, IVC = 52, 63  # TotalSegmentator v2 "total" labels (example_seg_classes.json)
 
 
@@ -170,6 +171,19 @@ def test_phase_from_aorta_and_ivc_masks(example):
     # only the aorta masked: decided on the aorta
     aorta_only = np.where(sitk.GetArrayFromImage(seg) == AORTA, 1, 0)
     assert detect_phase(image, aorta_only, {1: "aorta"}).phase == "non_contrast"
+
+
+def test_phase_without_masks_is_not_misled_by_smoothed_bone(shared_data: Path):
+    """A soft reconstruction kernel or a half-voxel resampling makes cancellous bone as homogeneous as blood and
+    brighter than unenhanced blood: the vertebral body must not be read as the blood pool (it was: 115 HU, contrast)."""
+    image = sitk.Cast(read_ct(shared_data / LUNG1 / "lung1_image.nrrd"), sitk.sitkFloat32)
+    sharp = detect_phase(image)
+    assert sharp.phase == "non_contrast"
+    shift = sitk.TranslationTransform(3, [0.5 * v for v in image.GetSpacing()])
+    soft = sitk.SmoothingRecursiveGaussian(image, 1.0)
+    for smoothed in (soft, sitk.Resample(image, image, shift, sitk.sitkLinear, -1024.0)):
+        estimate = detect_phase(smoothed)
+        assert estimate.phase == "non_contrast" and abs(estimate.aorta_hu - sharp.aorta_hu) < 10, estimate
 
 
 def test_phase_without_masks(example, shared_data: Path):
