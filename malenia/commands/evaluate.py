@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the built-in model)")
     p.add_argument("--data", default=None, help="dataset folder (malenia-dataset/1)")
     p.add_argument("--image", default=None, help="instead of --data: one labelled CT (with --label, --disease)")
-    p.add_argument("--label", default=None, help="lesion label map of --image (each connected component a lesion)")
+    p.add_argument("--label", default=None,
+                   help="lesion label map of --image (each connected component a lesion; on another grid, placed on "
+                        "the CT's by physical position)")
     p.add_argument("--disease", default=None, help="disease key of the lesions in --label (e.g. lung_tumor)")
     p.add_argument("--split", default="test", help="dataset split (default test; 'all' for every case)")
     p.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")

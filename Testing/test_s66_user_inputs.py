@@ -1,0 +1,119 @@
+"""Inputs a new user hands the command line (session 66's probe with real CTs), on small synthetic images.
+
+`evaluate --image CT --label MAP`: the reference map is placed on the CT by physical position, as `segment --mask`
+places an outline; it used to be checked by size only, so a map of the same size on a flipped grid was scored
+mirrored (DSC 0, no warning).
+"""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from malenia.errors import InputError
+from malenia.evaluate.evaluate import dataset_from_labelled_scan
+from malenia.data.dataset import read_case
+
+SIZE = (24, 20, 16)  # x, y, z
+SPACING = (1.5, 1.5, 2.5)
+ORIGIN = (-10.0, 20.0, 30.0)
+
+
+def _ct() -> sitk.Image:
+    """Air around a water-dense body: a CT Hounsfield range read_ct accepts."""
+    hu = np.full(SIZE[::-1], -1000, np.int16)
+    hu[2:-2, 3:-3, 3:-3] = 40
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    return image
+
+
+def _lesion() -> np.ndarray:
+    """A lesion off every mirror plane of the grid, so a flip by index moves it."""
+    lab = np.zeros(SIZE[::-1], np.uint8)
+    lab[3:6, 4:8, 5:9] = 1
+    return lab
+
+
+def _on_grid(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(like)
+    return image
+
+
+def _case_labels(tmp_path, ct_path, label_path) -> np.ndarray:
+    ds = dataset_from_labelled_scan(ct_path, label_path, "lung_tumor", tmp_path / "ds")
+    case_id = ct_path.name.split(".")[0]
+    return sitk.GetArrayFromImage(read_case(ds, case_id).lesions)
+
+
+@pytest.fixture()
+def ct_path(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(_ct(), str(path))
+    return path
+
+
+@pytest.mark.parametrize("flip", [(True, False, False), (False, False, True), (True, True, True)])
+def test_label_on_a_flipped_grid_is_placed_by_position(tmp_path, ct_path, flip):
+    reference = _on_grid(_lesion(), _ct())
+    flipped = sitk.Flip(reference, list(flip))  # same voxels in space, index order reversed
+    assert flipped.GetSize() == reference.GetSize()
+    assert not np.array_equal(sitk.GetArrayFromImage(flipped), _lesion())  # by index it would land elsewhere
+    path = tmp_path / "label.nii.gz"
+    sitk.WriteImage(flipped, str(path))
+    np.testing.assert_array_equal(_case_labels(tmp_path, ct_path, path) > 0, _lesion() > 0)
+
+
+def test_label_on_a_permuted_grid_is_placed_by_position(tmp_path, ct_path):
+    reference = _on_grid(_lesion(), _ct())
+    permuted = sitk.PermuteAxes(reference, [2, 0, 1])
+    path = tmp_path / "label.nrrd"
+    sitk.WriteImage(permuted, str(path))
+    np.testing.assert_array_equal(_case_labels(tmp_path, ct_path, path) > 0, _lesion() > 0)
+
+
+def test_label_on_a_finer_grid_is_read_onto_the_ct(tmp_path, ct_path):
+    fine = sitk.Image([2 * s for s in SIZE], sitk.sitkUInt8)
+    fine.SetSpacing([s / 2 for s in SPACING])
+    fine.SetOrigin([o - s / 4 for o, s in zip(ORIGIN, SPACING)])  # the CT's voxels, each split in 8
+    fine = sitk.Resample(_on_grid(_lesion(), _ct()), fine, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    path = tmp_path / "label.nii.gz"
+    sitk.WriteImage(fine, str(path))
+    np.testing.assert_array_equal(_case_labels(tmp_path, ct_path, path) > 0, _lesion() > 0)
+
+
+def test_label_off_the_ct_is_refused(tmp_path, ct_path):
+    away = _on_grid(_lesion(), _ct())
+    away.SetOrigin((500.0, 500.0, 500.0))
+    path = tmp_path / "label.nii.gz"
+    sitk.WriteImage(away, str(path))
+    with pytest.raises(InputError, match=r"--label .*none of its lesions lies inside the CT"):
+        dataset_from_labelled_scan(ct_path, path, "lung_tumor", tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("values, message", [(0.5, "fractions"), (-1, "negative label values")])
+def test_label_that_is_no_label_map_is_refused(tmp_path, ct_path, values, message):
+    lab = _lesion().astype(np.float32) * values
+    path = tmp_path / "label.nii.gz"
+    sitk.WriteImage(_on_grid(lab, _ct()), str(path))
+    with pytest.raises(InputError, match=message):
+        dataset_from_labelled_scan(ct_path, path, "lung_tumor", tmp_path / "ds")
+
+
+def test_label_that_is_a_vector_image_is_refused(tmp_path, ct_path):
+    one = _on_grid(_lesion(), _ct())
+    path = tmp_path / "label.nii.gz"
+    sitk.WriteImage(sitk.Compose(one, one), str(path))
+    with pytest.raises(InputError, match="one 3-D channel"):
+        dataset_from_labelled_scan(ct_path, path, "lung_tumor", tmp_path / "ds")
+
+
+def test_empty_label_on_another_grid_is_an_empty_reference(tmp_path, ct_path):
+    """No lesion is a reference an evaluation can score (false positives only), on any grid."""
+    empty = sitk.Image([8, 8, 8], sitk.sitkUInt8)
+    empty.SetOrigin((500.0, 500.0, 500.0))
+    path = tmp_path / "label.nii.gz"
+    sitk.WriteImage(empty, str(path))
+    assert not _case_labels(tmp_path, ct_path, path).any()
