@@ -52,3 +52,34 @@ def test_a_series_with_its_slice_thickness_keeps_it(tmp_path):
     assert float(measures.SliceThickness) == 5.0
     report = json.loads(files["json"].read_text(encoding="utf-8"))
     assert not [w for w in report["scan"]["warnings"] if "SliceThickness" in w]
+
+
+def test_a_dicom_seg_that_cannot_be_built_costs_only_the_seg(tmp_path):
+    """A slice's orientation a little off the first's: read (within the reader's tolerance), but no SEG frame
+    lines up. The other outputs are written, the report says why there is no SEG, an earlier SEG goes as stale."""
+    folder = _write_series(tmp_path / "ct")
+    first = outputs.write_outputs(_result_on(folder), tmp_path / "out")
+    assert "dicom" in first and (tmp_path / "out" / "lesions.dcm").is_file()
+    sixth = sorted(folder.iterdir())[5]
+    ds = pydicom.dcmread(sixth)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9999999, 0.0005]
+    ds.save_as(sixth)
+    files = outputs.write_outputs(_result_on(folder), tmp_path / "out", overwrite=True)
+    assert sorted(files) == ["html", "json", "nifti", "seg"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lesions.nii.gz", "lesions.seg.nrrd", "report.html",
+                                                                     "report.json"]
+    report = json.loads(files["json"].read_text(encoding="utf-8"))
+    assert report["files"]["dicom_seg"] is None
+    assert [w for w in report["scan"]["warnings"] if w.startswith("no DICOM SEG written: slice 5: DICOM orientation")]
+    assert "no DICOM SEG written: slice 5" in files["html"].read_text(encoding="utf-8")
+
+
+def test_a_dicom_seg_refused_into_a_new_folder_leaves_no_partial_file(tmp_path):
+    folder = _write_series(tmp_path / "ct")
+    sixth = sorted(folder.iterdir())[5]
+    ds = pydicom.dcmread(sixth)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9999999, 0.0005]
+    ds.save_as(sixth)
+    outputs.write_outputs(_result_on(folder), tmp_path / "new" / "out")
+    assert sorted(p.name for p in (tmp_path / "new" / "out").iterdir()) == ["lesions.nii.gz", "lesions.seg.nrrd",
+                                                                           "report.html", "report.json"]
