@@ -83,3 +83,17 @@ def test_a_dicom_seg_refused_into_a_new_folder_leaves_no_partial_file(tmp_path):
     outputs.write_outputs(_result_on(folder), tmp_path / "new" / "out")
     assert sorted(p.name for p in (tmp_path / "new" / "out").iterdir()) == ["lesions.nii.gz", "lesions.seg.nrrd",
                                                                            "report.html", "report.json"]
+
+
+def test_segment_prints_the_reports_warnings(tmp_path, capsys):
+    """On the terminal as in report.json: a DICOM SEG left out (and why) or a header repaired is said, one line each."""
+    from malenia.cli import main
+
+    folder = _write_series(tmp_path / "ct")  # no Slice Thickness: one repair or one SEG left out, whatever is found
+    code = main(["segment", str(folder), "--out", str(tmp_path / "out"), "--progress", "none", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0
+    warnings = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["scan"]["warnings"]
+    assert warnings
+    assert captured.err.strip().splitlines() == [f"malenia segment: warning: {w}" for w in warnings]
+    assert "warning" not in captured.out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 from pathlib import Path
 
 from malenia.commands._types import count
@@ -100,7 +101,23 @@ def run(args: argparse.Namespace) -> int:
         with _interrupts_ignored():  # the outputs are in place: an interrupt now would only cut the summary
             print(summary(done.result, done.seconds))
             print(f"outputs in {args.out}: " + ", ".join(p.name for p in done.files.values()))
+            for warning in report_warnings(done.files):
+                print(f"malenia segment: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def report_warnings(files) -> list[str]:
+    """report.json's scan.warnings (a DICOM SEG left out and why, identifiers an anonymiser removed): they were
+    in the report only, so a terminal user saw lesions.dcm missing from the file list without a reason."""
+    from malenia.json_files import read_json
+
+    path = files.get("json")
+    if path is None:
+        return []
+    try:
+        return [str(w) for w in (read_json(path).get("scan") or {}).get("warnings") or []]
+    except (OSError, MaleniaError, AttributeError):  # the outputs stand; the warnings are a courtesy
+        return []
 
 
 def _segment(args: argparse.Namespace):
