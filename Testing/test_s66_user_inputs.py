@@ -5,6 +5,8 @@ places an outline; it used to be checked by size only, so a map of the same size
 mirrored (DSC 0, no warning).
 """
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -117,3 +119,27 @@ def test_empty_label_on_another_grid_is_an_empty_reference(tmp_path, ct_path):
     path = tmp_path / "label.nii.gz"
     sitk.WriteImage(empty, str(path))
     assert not _case_labels(tmp_path, ct_path, path).any()
+
+
+@pytest.mark.parametrize("name", ["slice.dcm", "CT.1.2.3.4"])
+def test_one_dicom_file_is_told_to_give_its_folder(tmp_path, name):
+    """A user who picks one slice of a series (with or without .dcm) is told what to give instead."""
+    from malenia.data.ct_io import read_ct
+
+    one = sitk.Cast(_ct()[:, :, 3], sitk.sitkInt16)
+    one.SetMetaData("0008|0060", "CT")
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetFileName(str(tmp_path / name))
+    writer.Execute(one)
+    with pytest.raises(InputError, match=rf"^{re.escape(name)}: one DICOM file; give the folder holding the whole "
+                                         rf"series \({re.escape(str(tmp_path))}\)$"):
+        read_ct(tmp_path / name)
+
+
+def test_a_file_of_another_kind_is_still_an_unsupported_format(tmp_path):
+    from malenia.data.ct_io import read_ct
+
+    (tmp_path / "notes.dcm").write_bytes(b"\0" * 128 + b"DICX" + b"\0" * 64)
+    with pytest.raises(InputError, match=r"notes.dcm: unsupported format \(expected .nii"):
+        read_ct(tmp_path / "notes.dcm")

@@ -137,6 +137,8 @@ def grid_mismatch(image: sitk.Image, reference: sitk.Image) -> str:
 def _read_file(path: Path) -> sitk.Image:
     name = path.name.lower()
     if not name.endswith(FILE_SUFFIXES):
+        if _is_dicom_file(path):  # a slice of a series: the volume is the folder (one slice would be refused as 2D)
+            raise InputError(f"{path.name}: one DICOM file; give the folder holding the whole series ({path.parent})")
         raise InputError(f"{path.name}: unsupported format (expected {', '.join(FILE_SUFFIXES)} or a DICOM folder)")
     check_header_spacing(path)
     reader = sitk.ImageFileReader()
@@ -156,6 +158,15 @@ def _read_file(path: Path) -> sitk.Image:
     if image.GetDimension() == 4:  # a 4D file with one time point
         image = image[:, :, :, 0]
     return image
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: 128 bytes of preamble, then 'DICM'."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, str]:
