@@ -143,3 +143,35 @@ def test_a_file_of_another_kind_is_still_an_unsupported_format(tmp_path):
     (tmp_path / "notes.dcm").write_bytes(b"\0" * 128 + b"DICX" + b"\0" * 64)
     with pytest.raises(InputError, match=r"notes.dcm: unsupported format \(expected .nii"):
         read_ct(tmp_path / "notes.dcm")
+
+
+def _dicom_label_file(path):
+    one = sitk.Cast(_on_grid(_lesion(), _ct()), sitk.sitkUInt8)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetFileName(str(path))
+    writer.Execute(one)
+    return path
+
+
+def test_a_dicom_seg_given_as_mask_is_refused_not_misread(tmp_path, ct_path, capsys):
+    """ITK reads a DICOM file as a stack of frames with the first frame's geometry; as --mask (a lesions.dcm of an
+    earlier run) it came back as one bogus lesion. Refused before any work, naming what to give instead."""
+    from malenia.cli import main
+
+    mask = _dicom_label_file(tmp_path / "lesions.dcm")
+    code = main(["segment", str(ct_path), "--mask", str(mask), "--out", str(tmp_path / "out"), "--progress", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1
+    assert "a DICOM file (a DICOM SEG?); give a label map (NIfTI, NRRD, MetaImage)" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, message", [("lesions.dcm", "a DICOM file"), ("outline.png", "unsupported format")])
+def test_evaluate_label_of_another_format_is_refused(tmp_path, ct_path, name, message):
+    if name.endswith(".dcm"):
+        _dicom_label_file(tmp_path / name)
+    else:
+        sitk.WriteImage(sitk.Cast(_on_grid(_lesion(), _ct())[:, :, 5], sitk.sitkUInt8), str(tmp_path / name))
+    with pytest.raises(InputError, match=rf"^--label .*{name}: {message}"):
+        dataset_from_labelled_scan(ct_path, tmp_path / name, "lung_tumor", tmp_path / "ds")

@@ -137,7 +137,7 @@ def grid_mismatch(image: sitk.Image, reference: sitk.Image) -> str:
 def _read_file(path: Path) -> sitk.Image:
     name = path.name.lower()
     if not name.endswith(FILE_SUFFIXES):
-        if _is_dicom_file(path):  # a slice of a series: the volume is the folder (one slice would be refused as 2D)
+        if is_dicom_file(path):  # a slice of a series: the volume is the folder (one slice would be refused as 2D)
             raise InputError(f"{path.name}: one DICOM file; give the folder holding the whole series ({path.parent})")
         raise InputError(f"{path.name}: unsupported format (expected {', '.join(FILE_SUFFIXES)} or a DICOM folder)")
     check_header_spacing(path)
@@ -160,7 +160,7 @@ def _read_file(path: Path) -> sitk.Image:
     return image
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     """A DICOM Part 10 file: 128 bytes of preamble, then 'DICM'."""
     try:
         with open(path, "rb") as f:

@@ -18,6 +18,7 @@ at all (threshold, minimum volume, verifier, --refine): the outline is the lesio
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,6 +33,7 @@ def read_mask(path: str | os.PathLike, image: sitk.Image, what: str = "--mask") 
     """The label map at `path` as an integer array (z, y, x) on `image`'s grid. InputError when it cannot be
     read, is not a label map or lies off the CT; `what` names it in the messages (`evaluate --label` reads its
     reference this way too, so both place a map on another grid by its physical position, never by index)."""
+    _check_label_format(Path(path), what)
     try:
         mask = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -54,6 +56,19 @@ def read_mask(path: str | os.PathLike, image: sitk.Image, what: str = "--mask") 
     if labels.min() < 0:
         raise InputError(f"{what} {path}: negative label values (a label map counts lesions 1, 2, ...)")
     return labels
+
+
+def _check_label_format(path: Path, what: str) -> None:
+    """NIfTI, NRRD or MetaImage only. ITK reads a DICOM SEG (lesions.dcm) too, but as a stack of its frames with
+    every segment 1 and the first frame's geometry: one bogus lesion came back without a word."""
+    from malenia.data.ct_io import FILE_SUFFIXES, is_dicom_file
+
+    if path.name.lower().endswith(FILE_SUFFIXES) or not path.is_file():  # a missing file: the reader says so
+        return
+    if is_dicom_file(path):
+        raise InputError(f"{what} {path}: a DICOM file (a DICOM SEG?); give a label map (NIfTI, NRRD, MetaImage), e.g. "
+                         f"the lesions.nii.gz beside a lesions.dcm, or segments exported from Slicer as a label map")
+    raise InputError(f"{what} {path}: unsupported format (expected a label map: {', '.join(FILE_SUFFIXES)})")
 
 
 def lesion_ids(labels: np.ndarray, source: str = "the mask") -> list[int]:
