@@ -19,17 +19,18 @@ SLICES = 12
 STEP_MM = 3.0
 
 
-def _write_series(folder, sideways_per_slice=(0.0, 0.0), jitter_mm=0.0, pixel=1.5):
-    """A 24 x 20 x 12 CT series; each slice's position moves by `sideways_per_slice` (x, y mm) on top of
+def _write_series(folder, sideways_per_slice=(0.0, 0.0), jitter_mm=0.0, pixel=1.5, slices=SLICES, prefix="s",
+                  description=None):
+    """A 24 x 20 x `slices` CT series; each slice's position moves by `sideways_per_slice` (x, y mm) on top of
     STEP_MM along z: a gantry tilted about x gives a y shift of tan(tilt) x STEP_MM per slice."""
-    folder.mkdir()
-    hu = np.full((SLICES, 20, 24), -1000, np.int16)
+    folder.mkdir(exist_ok=True)
+    hu = np.full((slices, 20, 24), -1000, np.int16)
     hu[:, 4:16, 4:20] = 40
     rng = np.random.default_rng(0)
     uid = f"1.2.826.0.1.3680043.2.1125.66.{time.time_ns()}"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for k in range(SLICES):
+    for k in range(slices):
         s = sitk.GetImageFromArray(hu[k])
         s.SetSpacing((pixel, pixel))
         pos = np.array([-20.0 + sideways_per_slice[0] * k, 10.0 + sideways_per_slice[1] * k, 100.0 + STEP_MM * k])
@@ -39,7 +40,9 @@ def _write_series(folder, sideways_per_slice=(0.0, 0.0), jitter_mm=0.0, pixel=1.
                            ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0020|0013", str(k + 1)), ("0028|0030", f"{pixel}\\{pixel}"),
                            ("0028|1052", "0"), ("0028|1053", "1")):
             s.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"s{k:03d}.dcm"))
+        if description:
+            s.SetMetaData("0008|103e", description)
+        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
         writer.Execute(s)
     return folder
 
@@ -72,3 +75,18 @@ def test_segment_refuses_a_tilted_series_before_any_work(tmp_path, capsys):
     assert code == EXIT_BAD_INPUT
     assert len(err) == 1 and err[0].startswith("malenia segment: error: tilted: DICOM slices are not stacked")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_other_series_of_a_folder_are_named(tmp_path):
+    """read_ct takes the series with most slices; the others are named in report.json and on the terminal."""
+    from malenia.infer.pipeline import read_input, series_warnings
+
+    folder = _write_series(tmp_path / "study", description="venous")
+    image, files = read_input(folder)
+    assert len(files) == SLICES and series_warnings(folder, files) == []
+    _write_series(folder, slices=9, prefix="arterial", description="arterial 1.0")
+    image, files = read_input(folder)
+    assert image.GetSize()[2] == SLICES and all("/s0" in f for f in files)
+    [warning] = series_warnings(folder, files)
+    assert warning.startswith(f"study holds 2 DICOM series; read the one with most slices ({SLICES}), not: 1.2.826.")
+    assert warning.endswith("(9 slices, arterial 1.0) (put the one you want in a folder of its own)")

@@ -213,6 +213,23 @@ def _largest_series(reader, folder: Path, series: list[str]) -> str:
                      f"read: {names}; put the one you want in a folder of its own")
 
 
+def other_series(folder: str | Path, chosen_files: list[str]) -> list[str]:
+    """'UID (N slices, description)' for each DICOM series in `folder` other than the one `chosen_files` make
+    up: read_ct takes the series with most slices, and a second phase or reconstruction beside it should not be
+    passed over without a word."""
+    reader = sitk.ImageSeriesReader
+    with _itk_warnings_off():
+        series = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if len(series) < 2:
+        return []
+    chosen, out = {str(Path(f)) for f in chosen_files}, []
+    for uid in series:
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        if files and str(Path(files[0])) not in chosen:
+            out.append(f"{uid} ({len(files)} slice{'s' if len(files) != 1 else ''}, {_series_description(files[0])})")
+    return out
+
+
 def _series_description(file: str) -> str:
     r = sitk.ImageFileReader()
     r.SetFileName(file)
