@@ -175,3 +175,25 @@ def test_evaluate_label_of_another_format_is_refused(tmp_path, ct_path, name, me
         sitk.WriteImage(sitk.Cast(_on_grid(_lesion(), _ct())[:, :, 5], sitk.sitkUInt8), str(tmp_path / name))
     with pytest.raises(InputError, match=rf"^--label .*{name}: {message}"):
         dataset_from_labelled_scan(ct_path, tmp_path / name, "lung_tumor", tmp_path / "ds")
+
+
+def test_a_lesion_under_a_tenth_of_a_ml_is_not_shown_as_empty():
+    """The default minimum volume keeps lesions of 25 mm3 and up; the summary line showed them as '0.0 ml'."""
+    from dataclasses import replace
+
+    from malenia.commands.segment import summary
+    from malenia.infer.measurements import measure_lesions
+    from malenia.infer.results import ScanInfo, SegmentationResult
+    from test_outputs_write import MODEL, _lesion
+
+    image = _ct()
+    lab = np.zeros(SIZE[::-1], np.uint8)
+    lab[5:7, 8:10, 8:10] = 1  # 8 voxels of 5.625 mm3: 45 mm3
+    lab[3:8, 4:9, 14:20] = 2  # 150 voxels: 0.84 ml
+    labels = _on_grid(lab, image)
+    measured = measure_lesions(labels, image, [1, 2])
+    lesions = [replace(_lesion(k, "liver_tumor", "location.liver.right_lobe"), measurements=measured[k]) for k in (1, 2)]
+    result = SegmentationResult(labels=labels, image=image, scan=ScanInfo.from_image(image, "ct.nii.gz"), model=MODEL,
+                                lesions=lesions)
+    lines = summary(result).splitlines()
+    assert "  0.045 ml, " in lines[1] and "  0.8 ml, " in lines[2]

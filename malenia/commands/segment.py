@@ -179,7 +179,13 @@ def summary(result, seconds: float | None = None) -> str:
         m = les.measurements
         d = les.disease
         name = d.shown
-        size = f"{m.volume_ml:.1f} ml, {m.long_axis_mm:.0f} x {m.short_axis_mm:.0f} mm" if m else ""
+        size = f"{volume_text(m.volume_ml)}, {m.long_axis_mm:.0f} x {m.short_axis_mm:.0f} mm" if m else ""
         attrs = "; ".join(les.attributes[a].description for a in ("location", "density", "shape", "surface", "specific_features"))
         lines.append(f"  {les.label:>2}  {name} {d.probability:.2f}  {size}  [{attrs}]")
     return "\n".join(lines)
+
+
+def volume_text(ml: float) -> str:
+    """One decimal, as a reader quotes a volume; two significant digits under 0.1 ml, where the minimum volume lets
+    lesions through (25 mm3 by default): '0.0 ml' read as an empty lesion."""
+    return f"{ml:.1f} ml" if ml >= 0.095 or ml == 0 else f"{ml:.2g} ml"
