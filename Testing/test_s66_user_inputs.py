@@ -197,3 +197,25 @@ def test_a_lesion_under_a_tenth_of_a_ml_is_not_shown_as_empty():
                                 lesions=lesions)
     lines = summary(result).splitlines()
     assert "  0.045 ml, " in lines[1] and "  0.8 ml, " in lines[2]
+
+
+def test_a_folder_without_a_series_says_what_to_give(tmp_path):
+    """A folder holding a NIfTI, or the top of a PACS export, is not a series folder: the error names the file or the
+    folder below that is."""
+    from malenia.data.ct_io import read_ct
+
+    (tmp_path / "scans").mkdir()
+    sitk.WriteImage(_ct(), str(tmp_path / "scans" / "ct.nii.gz"))
+    with pytest.raises(InputError, match=r"scans: no DICOM series found in this folder; it holds ct.nii.gz: give the "
+                                         r"file itself$"):
+        read_ct(tmp_path / "scans")
+    series = tmp_path / "export" / "DICOM" / "PAT1" / "ST1" / "SE2"
+    series.mkdir(parents=True)
+    _dicom_label_file(series / "IM0001")
+    (tmp_path / "export" / "DICOM" / "PAT1" / "notes").mkdir()
+    with pytest.raises(InputError, match=r"export: no DICOM series found in this folder; DICOM files are in "
+                                         r"DICOM/PAT1/ST1/SE2 below it: give that folder$"):
+        read_ct(tmp_path / "export")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no DICOM series found in this folder$"):
+        read_ct(tmp_path / "empty")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -177,7 +178,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     except RuntimeError as err:
         raise InputError(f"cannot scan {folder}: {_itk_message(err)}") from None
     if not series:
-        raise InputError(f"{folder}: no DICOM series found in this folder")
+        raise InputError(f"{folder}: no DICOM series found in this folder{_no_series_hint(folder)}")
     if series_uid is not None:
         if series_uid not in series:
             raise InputError(f"{folder}: no DICOM series {series_uid} (found {len(series)})")
@@ -211,6 +212,32 @@ def _largest_series(reader, folder: Path, series: list[str]) -> str:
     names = "; ".join(f"{s} ({_series_description(reader.GetGDCMSeriesFileNames(str(folder), s)[0])})" for s in tied)
     raise InputError(f"{folder.name}: {len(tied)} DICOM series with {most} slices each, cannot tell which one to "
                      f"read: {names}; put the one you want in a folder of its own")
+
+
+HINT_FOLDERS = 2000  # folders looked into for DICOM files below an input folder that holds none itself
+
+
+def _no_series_hint(folder: Path) -> str:
+    """What to give instead, when it is plain: the image files the folder holds, or the nearest folders below it
+    that hold DICOM files (a PACS or CD export nests series as DICOM/patient/study/series/)."""
+    try:
+        files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(FILE_SUFFIXES))
+    except OSError:  # unreadable: the error stands without a hint
+        return ""
+    if files:
+        return f"; it holds {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: give the file itself"
+    found, seen = [], 0
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        seen += 1
+        if seen > HINT_FOLDERS or len(found) == 3:
+            break
+        if Path(root) != folder and any(is_dicom_file(Path(root) / n) for n in sorted(names)[:3]):
+            found.append(str(Path(root).relative_to(folder)))
+            dirs.clear()  # a series folder's own subfolders are not further series
+    if found:
+        return f"; DICOM files are in {', '.join(found)}{' ...' if len(found) == 3 else ''} below it: give that folder"
+    return ""
 
 
 def other_series(folder: str | Path, chosen_files: list[str]) -> list[str]:
