@@ -219,3 +219,19 @@ def test_a_folder_without_a_series_says_what_to_give(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"empty: no DICOM series found in this folder$"):
         read_ct(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "DS", "--image", "CT"], "--image (one labelled CT) and --data (a dataset) are two evaluations"),
+    (["--data", "DS", "--label", "L"], "--label go with --image"),
+    (["--data", "DS", "--label", "L", "--disease", "lung_tumor"], "--label and --disease go with --image"),
+])
+def test_evaluate_options_of_two_evaluations_are_refused(tmp_path, capsys, extra, message):
+    """Given both, --image replaced --data and a stray --label was dropped, silently scoring another evaluation."""
+    from malenia.cli import main
+
+    args = [str(tmp_path / a) if a in ("DS", "CT", "L") else a for a in extra]
+    code = main(["evaluate", *args, "--out", str(tmp_path / "out"), "--progress", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()

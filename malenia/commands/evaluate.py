@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return write_card(args)
     if args.compare:
         return compare(args)
+    _check_scan_options(args)
     with tempfile.TemporaryDirectory(prefix="malenia-eval-") as tmp:
         if args.image:
             _labelled_scan_dataset(args, tmp)
@@ -145,6 +146,18 @@ def write_card(args: argparse.Namespace) -> int:
     path = write_model_card(args.model, results, commands)
     print(f"model card written: {path}")
     return 0
+
+
+def _check_scan_options(args: argparse.Namespace) -> None:
+    """--image replaced --data, and --label or --disease without --image were dropped, without a word: the user
+    then read the scores of another evaluation than the one asked for."""
+    from malenia.errors import InputError
+
+    if args.image and args.data:
+        raise InputError("--image (one labelled CT) and --data (a dataset) are two evaluations; give one")
+    stray = [name for name, value in (("--label", args.label), ("--disease", args.disease)) if value]
+    if stray and not args.image:
+        raise InputError(f"{' and '.join(stray)} go with --image (one labelled CT), not with a dataset")
 
 
 def _labelled_scan_dataset(args: argparse.Namespace, tmp: str) -> None:
