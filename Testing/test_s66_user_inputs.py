@@ -235,3 +235,24 @@ def test_evaluate_options_of_two_evaluations_are_refused(tmp_path, capsys, extra
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("written, named, kind, suffix", [
+    ("ct.nii.gz", "ct.nrrd", "a gzip-compressed NIfTI", ".nii.gz"),
+    ("ct.nii.gz", "ct.nii", "a gzip-compressed NIfTI", ".nii.gz"),
+    ("ct.nii", "ct.nii.gz", "an uncompressed NIfTI", ".nii"),
+    ("ct.nii", "ct", "an uncompressed NIfTI", ".nii"),
+    ("ct.nrrd", "ct.mha", "a NRRD file", ".nrrd or .nhdr"),
+    ("ct.mha", "ct.nii.gz", "a MetaImage file", ".mha or .mhd"),
+])
+def test_a_file_named_as_another_format_is_told_its_format(tmp_path, written, named, kind, suffix):
+    """Readers pick their parser by the name: a NIfTI named .nrrd failed as 'not a valid NRRD file'."""
+    from malenia.data.ct_io import read_ct
+
+    sitk.WriteImage(_ct(), str(tmp_path / written))
+    (tmp_path / written).rename(tmp_path / named)
+    with pytest.raises(InputError, match=rf"^{re.escape(named)}: the file is {kind}, which its name does not say; "
+                                         rf"rename it to end in {re.escape(suffix)}$"):
+        read_ct(tmp_path / named)
+    (tmp_path / named).rename(tmp_path / written)
+    assert read_ct(tmp_path / written).GetSize() == SIZE  # rightly named, it reads

@@ -137,9 +137,13 @@ def grid_mismatch(image: sitk.Image, reference: sitk.Image) -> str:
 
 def _read_file(path: Path) -> sitk.Image:
     name = path.name.lower()
+    actual = content_kind(path)
+    if actual == DICOM_KIND:  # a slice of a series: the volume is the folder (one slice would be refused as 2D)
+        raise InputError(f"{path.name}: one DICOM file; give the folder holding the whole series ({path.parent})")
+    if actual is not None and not name.endswith(KIND_SUFFIXES[actual]):
+        raise InputError(f"{path.name}: the file is {actual}, which its name does not say; rename it to end in "
+                         f"{' or '.join(KIND_SUFFIXES[actual])}")
     if not name.endswith(FILE_SUFFIXES):
-        if is_dicom_file(path):  # a slice of a series: the volume is the folder (one slice would be refused as 2D)
-            raise InputError(f"{path.name}: one DICOM file; give the folder holding the whole series ({path.parent})")
         raise InputError(f"{path.name}: unsupported format (expected {', '.join(FILE_SUFFIXES)} or a DICOM folder)")
     check_header_spacing(path)
     reader = sitk.ImageFileReader()
@@ -159,6 +163,38 @@ def _read_file(path: Path) -> sitk.Image:
     if image.GetDimension() == 4:  # a 4D file with one time point
         image = image[:, :, :, 0]
     return image
+
+
+# What a file's first bytes say it is, and the names that say the same: readers pick their parser by the name, so a
+# gzip-compressed NIfTI named .nrrd or .nii failed as "not a valid NRRD file" or "no NIfTI header".
+KIND_SUFFIXES = {"a gzip-compressed NIfTI": (".nii.gz",), "an uncompressed NIfTI": (".nii",),
+                 "a NRRD file": (".nrrd", ".nhdr"), "a MetaImage file": (".mha", ".mhd")}
+DICOM_KIND = "a DICOM file"
+
+
+def content_kind(path: Path) -> str | None:
+    """The KIND_SUFFIXES key (or DICOM_KIND) the file's first bytes match; None when they match none (the readers
+    then judge)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as f:
+                inner = f.read(4)
+            return "a gzip-compressed NIfTI" if _nifti_size(inner) else None
+    except (OSError, EOFError, zlib.error):  # unreadable or corrupt: the readers say so in their own words
+        return None
+    if _nifti_size(head[:4]):
+        return "an uncompressed NIfTI"
+    if head.startswith(b"NRRD"):
+        return "a NRRD file"
+    if re.match(rb"\s*(ObjectType|NDims)\s*=", head):
+        return "a MetaImage file"
+    return DICOM_KIND if head[128:132] == b"DICM" else None
+
+
+def _nifti_size(first4: bytes) -> bool:
+    return len(first4) == 4 and (int.from_bytes(first4, "little") in (348, 540) or int.from_bytes(first4, "big") in (348, 540))
 
 
 def is_dicom_file(path: Path) -> bool:
