@@ -256,3 +256,32 @@ def test_a_file_named_as_another_format_is_told_its_format(tmp_path, written, na
         read_ct(tmp_path / named)
     (tmp_path / named).rename(tmp_path / written)
     assert read_ct(tmp_path / written).GetSize() == SIZE  # rightly named, it reads
+
+
+@pytest.mark.parametrize("flip", [(False, False, False), (False, False, True), (True, True, True)])
+def test_report_html_numbers_slices_as_report_json(tmp_path, flip):
+    """report.html named its key slices by the LPS-reoriented image's numbers: for a CT stored head first its 'axial
+    slice 12' was report.json's slice 3, and of two slices tied for the largest cross-section each file showed another."""
+    import json
+
+    from malenia.infer import outputs
+    from malenia.infer.results import ScanInfo, SegmentationResult
+    from test_outputs_write import MODEL, _lesion
+
+    image = sitk.Flip(_ct(), list(flip))
+    lab = np.zeros(SIZE[::-1], np.uint8)
+    lab[3:5, 6:12, 8:14] = 1  # two slices of equal area: a tie
+    lab[9, 6:11, 6:11] = 2  # lesion 2: its largest cross-section (25 pixels) ...
+    lab[10, 7:10, 7:10] = 2
+    lab[11, 8, 2:22] = 2  # ... and its longest diameter (30 mm, 20 pixels) on two slices
+    labels = sitk.Flip(_on_grid(lab, _ct()), list(flip))
+    result = SegmentationResult(labels=labels, image=image, scan=ScanInfo.from_image(image, "ct.nii.gz"), model=MODEL,
+                                lesions=[_lesion(1, "liver_tumor", "location.liver.right_lobe"),
+                                         _lesion(2, "liver_tumor", "location.liver.right_lobe")])
+    files = outputs.write_outputs(result, tmp_path / "out")
+    report = json.loads(files["json"].read_text(encoding="utf-8"))
+    page = files["html"].read_text(encoding="utf-8")
+    shown = [int(n) for n in re.findall(r"Largest cross-section, axial slice (\d+)", page)]
+    assert shown == [les["measurements"]["max_area_slice"] for les in report["lesions"]]
+    recist = [int(n) for n in re.findall(r"Longest diameter, axial slice (\d+)", page)]
+    assert recist and recist[0] == report["lesions"][1]["measurements"]["recist_slice"]
