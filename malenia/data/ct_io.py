@@ -367,7 +367,7 @@ def _check_not_sheared(folder: Path, points: np.ndarray, along: np.ndarray, norm
     order = np.argsort(along)
     offsets = points[order] - points[order[0]]
     sideways = offsets - np.outer(offsets @ normal, normal)
-    drift = float(np.linalg.norm(sideways, axis=1).max()) if len(points) else 0.0
+    drift = float(np.linalg.norm(sideways, axis=1).max())  # callers pass at least MIN_VOXELS_PER_AXIS slices
     if drift > 0.25 * pixel:
         depth = float(along.max() - along.min())
         tilt = float(np.degrees(np.arctan2(drift, depth))) if depth > 0 else 90.0
