@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the built-in model)")
     p.add_argument("--data", default=None, help="dataset folder (malenia-dataset/1)")
     p.add_argument("--image", default=None, help="instead of --data: one labelled CT (with --label, --disease)")
-    p.add_argument("--label", default=None, help="lesion label map of --image (each connected component a lesion)")
+    p.add_argument("--label", default=None,
+                   help="lesion label map of --image (each connected component a lesion; on another grid, placed on "
+                        "the CT's by physical position)")
     p.add_argument("--disease", default=None, help="disease key of the lesions in --label (e.g. lung_tumor)")
     p.add_argument("--split", default="test", help="dataset split (default test; 'all' for every case)")
     p.add_argument("--out", default=None, help="folder for evaluation.json and evaluation.md")
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return write_card(args)
     if args.compare:
         return compare(args)
+    _check_scan_options(args)
     with tempfile.TemporaryDirectory(prefix="malenia-eval-") as tmp:
         if args.image:
             _labelled_scan_dataset(args, tmp)
@@ -143,6 +146,18 @@ def write_card(args: argparse.Namespace) -> int:
     path = write_model_card(args.model, results, commands)
     print(f"model card written: {path}")
     return 0
+
+
+def _check_scan_options(args: argparse.Namespace) -> None:
+    """--image replaced --data, and --label or --disease without --image were dropped, without a word: the user
+    then read the scores of another evaluation than the one asked for."""
+    from malenia.errors import InputError
+
+    if args.image and args.data:
+        raise InputError("--image (one labelled CT) and --data (a dataset) are two evaluations; give one")
+    stray = [name for name, value in (("--label", args.label), ("--disease", args.disease)) if value]
+    if stray and not args.image:
+        raise InputError(f"{' and '.join(stray)} go with --image (one labelled CT), not with a dataset")
 
 
 def _labelled_scan_dataset(args: argparse.Namespace, tmp: str) -> None:

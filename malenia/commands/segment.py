@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 from pathlib import Path
 
 from malenia.commands._types import count
@@ -100,7 +101,23 @@ def run(args: argparse.Namespace) -> int:
         with _interrupts_ignored():  # the outputs are in place: an interrupt now would only cut the summary
             print(summary(done.result, done.seconds))
             print(f"outputs in {args.out}: " + ", ".join(p.name for p in done.files.values()))
+            for warning in report_warnings(done.files):
+                print(f"malenia segment: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def report_warnings(files) -> list[str]:
+    """report.json's scan.warnings (a DICOM SEG left out and why, identifiers an anonymiser removed): they were
+    in the report only, so a terminal user saw lesions.dcm missing from the file list without a reason."""
+    from malenia.json_files import read_json
+
+    path = files.get("json")
+    if path is None:
+        return []
+    try:
+        return [str(w) for w in (read_json(path).get("scan") or {}).get("warnings") or []]
+    except (OSError, MaleniaError, AttributeError):  # the outputs stand; the warnings are a courtesy
+        return []
 
 
 def _segment(args: argparse.Namespace):
@@ -162,7 +179,13 @@ def summary(result, seconds: float | None = None) -> str:
         m = les.measurements
         d = les.disease
         name = d.shown
-        size = f"{m.volume_ml:.1f} ml, {m.long_axis_mm:.0f} x {m.short_axis_mm:.0f} mm" if m else ""
+        size = f"{volume_text(m.volume_ml)}, {m.long_axis_mm:.0f} x {m.short_axis_mm:.0f} mm" if m else ""
         attrs = "; ".join(les.attributes[a].description for a in ("location", "density", "shape", "surface", "specific_features"))
         lines.append(f"  {les.label:>2}  {name} {d.probability:.2f}  {size}  [{attrs}]")
     return "\n".join(lines)
+
+
+def volume_text(ml: float) -> str:
+    """One decimal, as a reader quotes a volume; two significant digits under 0.1 ml, where the minimum volume lets
+    lesions through (25 mm3 by default): '0.0 ml' read as an empty lesion."""
+    return f"{ml:.1f} ml" if ml >= 0.095 or ml == 0 else f"{ml:.2g} ml"

@@ -18,8 +18,8 @@ Checks (each refusal is one `InputError` line, see docs/data.md):
     present (minimum <= -500 HU), something at least as dense as water (maximum >= 0 HU) and
     nothing beyond the 16-bit CT scale. This refuses MR, PET, windowed 8-bit exports and CT
     saved without its rescale intercept.
-  * DICOM: modality CT (unless forced), pixel spacing present, slices evenly spaced (no missing
-    or duplicate slices).
+  * DICOM: modality CT (unless forced), pixel spacing present, slices stacked along their normal
+    (no gantry tilt), evenly spaced (no missing or duplicate slices).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -136,6 +137,12 @@ def grid_mismatch(image: sitk.Image, reference: sitk.Image) -> str:
 
 def _read_file(path: Path) -> sitk.Image:
     name = path.name.lower()
+    actual = content_kind(path)
+    if actual == DICOM_KIND:  # a slice of a series: the volume is the folder (one slice would be refused as 2D)
+        raise InputError(f"{path.name}: one DICOM file; give the folder holding the whole series ({path.parent})")
+    if actual is not None and not name.endswith(KIND_SUFFIXES[actual]):
+        raise InputError(f"{path.name}: the file is {actual}, which its name does not say; rename it to end in "
+                         f"{' or '.join(KIND_SUFFIXES[actual])}")
     if not name.endswith(FILE_SUFFIXES):
         raise InputError(f"{path.name}: unsupported format (expected {', '.join(FILE_SUFFIXES)} or a DICOM folder)")
     check_header_spacing(path)
@@ -158,6 +165,47 @@ def _read_file(path: Path) -> sitk.Image:
     return image
 
 
+# What a file's first bytes say it is, and the names that say the same: readers pick their parser by the name, so a
+# gzip-compressed NIfTI named .nrrd or .nii failed as "not a valid NRRD file" or "no NIfTI header".
+KIND_SUFFIXES = {"a gzip-compressed NIfTI": (".nii.gz",), "an uncompressed NIfTI": (".nii",),
+                 "a NRRD file": (".nrrd", ".nhdr"), "a MetaImage file": (".mha", ".mhd")}
+DICOM_KIND = "a DICOM file"
+
+
+def content_kind(path: Path) -> str | None:
+    """The KIND_SUFFIXES key (or DICOM_KIND) the file's first bytes match; None when they match none (the readers
+    then judge)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as f:
+                inner = f.read(4)
+            return "a gzip-compressed NIfTI" if _nifti_size(inner) else None
+    except (OSError, EOFError, zlib.error):  # unreadable or corrupt: the readers say so in their own words
+        return None
+    if _nifti_size(head[:4]):
+        return "an uncompressed NIfTI"
+    if head.startswith(b"NRRD"):
+        return "a NRRD file"
+    if re.match(rb"\s*(ObjectType|NDims)\s*=", head):
+        return "a MetaImage file"
+    return DICOM_KIND if head[128:132] == b"DICM" else None
+
+
+def _nifti_size(first4: bytes) -> bool:
+    return len(first4) == 4 and (int.from_bytes(first4, "little") in (348, 540) or int.from_bytes(first4, "big") in (348, 540))
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: 128 bytes of preamble, then 'DICM'."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, str]:
     reader = sitk.ImageSeriesReader()
     try:
@@ -166,7 +214,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     except RuntimeError as err:
         raise InputError(f"cannot scan {folder}: {_itk_message(err)}") from None
     if not series:
-        raise InputError(f"{folder}: no DICOM series found in this folder")
+        raise InputError(f"{folder}: no DICOM series found in this folder{_no_series_hint(folder)}")
     if series_uid is not None:
         if series_uid not in series:
             raise InputError(f"{folder}: no DICOM series {series_uid} (found {len(series)})")
@@ -202,6 +250,49 @@ def _largest_series(reader, folder: Path, series: list[str]) -> str:
                      f"read: {names}; put the one you want in a folder of its own")
 
 
+HINT_FOLDERS = 2000  # folders looked into for DICOM files below an input folder that holds none itself
+
+
+def _no_series_hint(folder: Path) -> str:
+    """What to give instead, when it is plain: the image files the folder holds, or the nearest folders below it
+    that hold DICOM files (a PACS or CD export nests series as DICOM/patient/study/series/)."""
+    try:
+        files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(FILE_SUFFIXES))
+    except OSError:  # unreadable: the error stands without a hint
+        return ""
+    if files:
+        return f"; it holds {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: give the file itself"
+    found, seen = [], 0
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        seen += 1
+        if seen > HINT_FOLDERS or len(found) == 3:
+            break
+        if Path(root) != folder and any(is_dicom_file(Path(root) / n) for n in sorted(names)[:3]):
+            found.append(str(Path(root).relative_to(folder)))
+            dirs.clear()  # a series folder's own subfolders are not further series
+    if found:
+        return f"; DICOM files are in {', '.join(found)}{' ...' if len(found) == 3 else ''} below it: give that folder"
+    return ""
+
+
+def other_series(folder: str | Path, chosen_files: list[str]) -> list[str]:
+    """'UID (N slices, description)' for each DICOM series in `folder` other than the one `chosen_files` make
+    up: read_ct takes the series with most slices, and a second phase or reconstruction beside it should not be
+    passed over without a word."""
+    reader = sitk.ImageSeriesReader
+    with _itk_warnings_off():
+        series = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if len(series) < 2:
+        return []
+    chosen, out = {str(Path(f)) for f in chosen_files}, []
+    for uid in series:
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        if files and str(Path(files[0])) not in chosen:
+            out.append(f"{uid} ({len(files)} slice{'s' if len(files) != 1 else ''}, {_series_description(files[0])})")
+    return out
+
+
 def _series_description(file: str) -> str:
     r = sitk.ImageFileReader()
     r.SetFileName(file)
@@ -227,8 +318,8 @@ def _read_multiframe(folder: Path, file: str) -> tuple[sitk.Image, str]:
 
 
 def _check_dicom_slices(folder: Path, files: list[str]) -> str:
-    """Every slice's header: spacing present, one orientation, evenly spaced positions."""
-    positions, modality, normal = [], "", None
+    """Every slice's header: spacing present, one orientation, positions along the normal, evenly spaced."""
+    positions, points, modality, normal = [], [], "", None
     for f in files:
         r = sitk.ImageFileReader()
         r.SetFileName(f)
@@ -250,7 +341,13 @@ def _check_dicom_slices(folder: Path, files: list[str]) -> str:
         elif not np.allclose(n, normal, atol=1e-3):
             raise InputError(f"{folder.name}: DICOM slices have different orientations")
         positions.append(float(pos @ normal))
+        points.append(pos)
         modality = modality or (r.GetMetaData("0008|0060").strip() if "0008|0060" in tags else "")
+    try:
+        pixel = min(float(v) for v in r.GetMetaData("0028|0030").split("\\"))
+    except ValueError:
+        raise InputError(f"{folder.name}: unreadable DICOM pixel spacing {r.GetMetaData('0028|0030')!r}") from None
+    _check_not_sheared(folder, np.array(points), np.array(positions), normal, pixel)
     gaps = np.diff(np.sort(positions))
     if np.any(gaps < 1e-3):
         raise InputError(f"{folder.name}: DICOM series has duplicate slice positions")
@@ -259,6 +356,24 @@ def _check_dicom_slices(folder: Path, files: list[str]) -> str:
             f"{folder.name}: DICOM slices are unevenly spaced ({gaps.min():.3g} to {gaps.max():.3g} mm; missing slices?)"
         )
     return modality
+
+
+def _check_not_sheared(folder: Path, points: np.ndarray, along: np.ndarray, normal: np.ndarray, pixel: float) -> None:
+    """Slices must stack along their own normal. A tilted gantry moves each slice sideways as well; ITK reads
+    such a series as an upright box (slice spacing = the distance between positions, no shear), so every voxel
+    past the first slice would sit in the wrong place (20 degrees: 1.1 mm per 3 mm slice, 42 mm over 40 slices)
+    and the DICOM SEG could not be written. A drift of a quarter pixel over the series is header rounding."""
+    normal = normal / np.linalg.norm(normal)
+    order = np.argsort(along)
+    offsets = points[order] - points[order[0]]
+    sideways = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.linalg.norm(sideways, axis=1).max())  # callers pass at least MIN_VOXELS_PER_AXIS slices
+    if drift > 0.25 * pixel:
+        depth = float(along.max() - along.min())
+        tilt = float(np.degrees(np.arctan2(drift, depth))) if depth > 0 else 90.0
+        raise InputError(f"{folder.name}: DICOM slices are not stacked along their normal (gantry tilt or shear of "
+                         f"{tilt:.1f} degrees, {drift:.1f} mm sideways over the series); resample it to an upright "
+                         f"volume first (e.g. 3D Slicer's DICOM acquisition geometry regularization)")
 
 
 def check_header_spacing(path: Path) -> None:

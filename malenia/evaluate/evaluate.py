@@ -576,22 +576,21 @@ def _interval_lines(result: dict[str, Any]) -> list[str]:
 
 def dataset_from_labelled_scan(image_path: str | Path, label_path: str | Path, disease: str | None, target: str | Path) -> Path:
     """A one-case dataset from a CT and its lesion label map (each connected component one lesion, reported
-    with `disease` and no attribute descriptions), so a labelled scan can be evaluated like any dataset."""
+    with `disease` and no attribute descriptions), so a labelled scan can be evaluated like any dataset.
+
+    The map is read as `segment --mask` reads one (malenia.infer.outlined.read_mask): on another grid, a flipped
+    or permuted one included, it is placed on the CT's by physical position (nearest neighbour). Only its size
+    was once compared, so a map of the same size on a flipped grid was scored mirrored, DSC 0 without a word."""
     import SimpleITK as sitk
     from scipy import ndimage
 
     from malenia.data.ct_io import read_ct
     from malenia.data.dataset import Case, CaseReport, DatasetIndex, LesionReport, write_case, write_dataset_index
-    from malenia.errors import InputError
+    from malenia.infer.outlined import read_mask
 
     image = read_ct(image_path)
-    try:
-        label = sitk.ReadImage(str(label_path))
-    except RuntimeError as err:
-        raise InputError(f"cannot read label map {label_path}: {str(err).splitlines()[0]}") from None
-    if label.GetSize() != image.GetSize():
-        raise InputError(f"label map {label.GetSize()} and image {image.GetSize()} have different sizes")
-    instances, n = ndimage.label(sitk.GetArrayFromImage(label) > 0, structure=np.ones((3, 3, 3), bool))
+    label = read_mask(label_path, image, what="--label")
+    instances, n = ndimage.label(label > 0, structure=np.ones((3, 3, 3), bool))
     lab = sitk.GetImageFromArray(instances.astype(np.uint16))
     lab.CopyInformation(image)
     case_id = Path(str(image_path)).name.split(".")[0]

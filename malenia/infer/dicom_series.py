@@ -58,4 +58,28 @@ def load_series(files: list[str]):
             warnings.append(f"the DICOM series has no {attr}; derived {uid} from its instance UIDs")
         elif len(values) > 1:
             raise InputError(f"the DICOM files do not share one {attr} ({len(values)} values)")
+    _fill_slice_thickness(datasets, warnings)
     return datasets, warnings
+
+
+def _fill_slice_thickness(datasets, warnings: list[str]) -> None:
+    """Slice Thickness is required in a CT image (type 2) and in the SEG's pixel measures, but series written by
+    ITK or SimpleITK, and some anonymisers, leave it out: highdicom then failed with an AttributeError after the
+    whole run (exit 1, nothing written). The distance between slice centres stands in, with a warning."""
+    import numpy as np
+
+    lacking = [ds for ds in datasets if ds.get("SliceThickness", None) in (None, "")]
+    if not lacking or len(datasets) < 2:
+        return
+    try:
+        cosines = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
+        normal = np.cross(cosines[:3], cosines[3:])
+        along = np.sort([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in datasets])
+    except (AttributeError, TypeError, ValueError):  # no geometry to go by: the SEG writer says so itself
+        return
+    step = float(np.median(np.diff(along)))
+    if step <= 0:
+        return
+    for ds in lacking:
+        ds.SliceThickness = round(step, 6)
+    warnings.append(f"{len(lacking)} DICOM files lack SliceThickness; the slice spacing, {step:.4g} mm, stands in")

@@ -18,6 +18,7 @@ at all (threshold, minimum volume, verifier, --refine): the outline is the lesio
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,30 +29,46 @@ from malenia.errors import InputError
 MAX_LESIONS = 1000  # more distinct values than this is an intensity image given by mistake, not outlines
 
 
-def read_mask(path: str | os.PathLike, image: sitk.Image) -> np.ndarray:
+def read_mask(path: str | os.PathLike, image: sitk.Image, what: str = "--mask") -> np.ndarray:
     """The label map at `path` as an integer array (z, y, x) on `image`'s grid. InputError when it cannot be
-    read, is not a label map, lies off the CT or outlines nothing."""
+    read, is not a label map or lies off the CT; `what` names it in the messages (`evaluate --label` reads its
+    reference this way too, so both place a map on another grid by its physical position, never by index)."""
+    _check_label_format(Path(path), what)
     try:
         mask = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(f"--mask {path}: not a readable image ({str(err).strip().splitlines()[-1]})") from None
+        raise InputError(f"{what} {path}: not a readable image ({str(err).strip().splitlines()[-1]})") from None
     if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"--mask {path}: a label map is one 3-D channel, got {mask.GetDimension()}-D with "
+        raise InputError(f"{what} {path}: a label map is one 3-D channel, got {mask.GetDimension()}-D with "
                          f"{mask.GetNumberOfComponentsPerPixel()} component(s) (export the segments as a label map)")
     values = sitk.GetArrayViewFromImage(mask)
     if values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
-        raise InputError(f"--mask {path}: a label map holds whole numbers, this one fractions (a CT or a probability?)")
+        raise InputError(f"{what} {path}: a label map holds whole numbers, this one fractions (a CT or a probability?)")
     if Grid.of(image).mismatch(Grid.of(mask)):  # another grid (e.g. a crop): the CT's grid decides
+        outlines = bool(np.any(values))
         # no extrapolation: beyond the mask's own grid nothing is outlined
         mask = sitk.Resample(sitk.Cast(mask, sitk.sitkInt32), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        if not np.any(sitk.GetArrayViewFromImage(mask)):
-            raise InputError(f"--mask {path}: none of its lesions lies inside the CT")
+        if outlines and not np.any(sitk.GetArrayViewFromImage(mask)):  # an empty map is lesion_ids' to judge
+            raise InputError(f"{what} {path}: none of its lesions lies inside the CT")
     labels = sitk.GetArrayFromImage(mask)
     if labels.dtype.kind == "f" or labels.dtype.itemsize > 4:  # whole numbers checked above; int32 holds the ids
         labels = labels.astype(np.int32)
     if labels.min() < 0:
-        raise InputError(f"--mask {path}: negative label values (a label map counts lesions 1, 2, ...)")
+        raise InputError(f"{what} {path}: negative label values (a label map counts lesions 1, 2, ...)")
     return labels
+
+
+def _check_label_format(path: Path, what: str) -> None:
+    """NIfTI, NRRD or MetaImage only. ITK reads a DICOM SEG (lesions.dcm) too, but as a stack of its frames with
+    every segment 1 and the first frame's geometry: one bogus lesion came back without a word."""
+    from malenia.data.ct_io import FILE_SUFFIXES, is_dicom_file
+
+    if path.name.lower().endswith(FILE_SUFFIXES) or not path.is_file():  # a missing file: the reader says so
+        return
+    if is_dicom_file(path):
+        raise InputError(f"{what} {path}: a DICOM file (a DICOM SEG?); give a label map (NIfTI, NRRD, MetaImage), e.g. "
+                         f"the lesions.nii.gz beside a lesions.dcm, or segments exported from Slicer as a label map")
+    raise InputError(f"{what} {path}: unsupported format (expected a label map: {', '.join(FILE_SUFFIXES)})")
 
 
 def lesion_ids(labels: np.ndarray, source: str = "the mask") -> list[int]:

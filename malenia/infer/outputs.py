@@ -155,9 +155,7 @@ def _write_all(staging: Path, result: SegmentationResult, specs: list[SegmentSpe
 
         write_seg_nrrd(staging / names["seg"], result.labels, result.lesions, specs)
     if "dicom" in formats:
-        from malenia.infer.dicom_seg import write_dicom_seg
-
-        write_dicom_seg(staging / names["dicom"], result, specs)
+        _write_dicom_seg(staging, result, specs, names, warnings)
     if "html" in formats:
         from malenia.infer.report_html import write_report_html
 
@@ -168,6 +166,21 @@ def _write_all(staging: Path, result: SegmentationResult, specs: list[SegmentSpe
         validate_report(report)
         text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
         (staging / names["json"]).write_text(text, encoding="utf-8")
+
+
+def _write_dicom_seg(staging: Path, result: SegmentationResult, specs: list[SegmentSpec], names: dict[str, str],
+                     warnings: list[str]) -> None:
+    """The DICOM SEG, or a warning where the series' headers and the label map do not line up (a slice whose
+    orientation differs from the first by more than the SEG allows): the other outputs are sound, and losing
+    them to a traceback after the whole run helped nobody. Dropping the name from `names` drops the file from
+    what is published (and an earlier run's SEG goes as stale)."""
+    from malenia.infer.dicom_seg import DicomSegError, write_dicom_seg
+
+    try:
+        write_dicom_seg(staging / names["dicom"], result, specs)
+    except DicomSegError as err:
+        (staging / names.pop("dicom")).unlink(missing_ok=True)
+        warnings.append(f"no DICOM SEG written: {err}")
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
@@ -181,7 +194,8 @@ class _publish:
     """Context manager: yields a staging folder; on success its files become `out_dir`'s outputs."""
 
     def __init__(self, out_dir: Path, names: Iterable[str], overwrite: bool):
-        self.out_dir, self.names, self.overwrite = out_dir, list(names), overwrite
+        # `names` is read when the files move into place: _write_dicom_seg may drop one on the way
+        self.out_dir, self.names, self.overwrite = out_dir, names, overwrite
         self._new_dir = None
 
     def __enter__(self) -> Path:
@@ -203,8 +217,9 @@ class _publish:
 
     def _move_into_place(self) -> None:
         # Every known output not rewritten now is stale (e.g. a DICOM SEG of an earlier DICOM input).
-        targets = [(self._staging / n, self.out_dir / n) for n in self.names]
-        stale = [self.out_dir / n for n in FILE_NAMES.values() if n not in self.names and (self.out_dir / n).exists()]
+        names = list(self.names)
+        targets = [(self._staging / n, self.out_dir / n) for n in names]
+        stale = [self.out_dir / n for n in FILE_NAMES.values() if n not in names and (self.out_dir / n).exists()]
         backup = self._staging / ".previous"
         backup.mkdir()
         done: list[tuple[Path, Path | None]] = []  # (target, its backup or None)

@@ -128,6 +128,18 @@ def read_input(path: str | os.PathLike, force: bool = False) -> tuple[sitk.Image
     return image, files
 
 
+def series_warnings(folder: str | os.PathLike, dicom_files: list[str]) -> list[str]:
+    """The other DICOM series of an input folder, named in report.json and on the terminal (not chosen between
+    silently: an arterial phase beside a longer venous one, a scout, a dose report)."""
+    from malenia.data.ct_io import other_series
+
+    others = other_series(folder, dicom_files)
+    if not others:
+        return []
+    return [f"{Path(folder).name} holds {len(others) + 1} DICOM series; read the one with most slices "
+            f"({len(dicom_files)}), not: {'; '.join(others)} (put the one you want in a folder of its own)"]
+
+
 def bank_tensors(bank, extra_rows: np.ndarray | None = None, device="cpu"):
     """(embeddings [R, Dt], aspect index [R]) for the network; `extra_rows` are the whole-report rows
     (aspect -1) of a single-positive ablation model."""
@@ -468,6 +480,8 @@ def segment_path(input_path: str | os.PathLike, out_dir: str | os.PathLike, mode
         from malenia.infer.outlined import read_mask
 
         result = segmenter.describe_outlined(image, read_mask(mask, image), str(input_path), dicom_files)
+    if dicom_files:
+        result.scan.warnings.extend(series_warnings(input_path, dicom_files))
     progress("outputs", 0.0, f"{len(result.lesions)} lesion(s); writing outputs")
     files = write_outputs(result, out_dir, overwrite=overwrite)
     progress("done", 1.0, f"{len(result.lesions)} lesion(s) in {out_dir}")

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from malenia import __version__
 from malenia.aspects import ASPECT_NAMES, ASPECTS
-from malenia.infer.measurements import lps_to_ras
+from malenia.infer.measurements import axial_axis, lps_to_ras
 from malenia.infer.results import LesionResult, SegmentationResult
 from malenia.infer.terminology import SegmentSpec
 
@@ -37,11 +37,11 @@ SHORT_AXIS_RGB = (0, 220, 255)
 
 @dataclass
 class KeySlice:
-    slice_index: int  # k of the LPS-reoriented image: the largest cross-section
+    slice_index: int  # the largest cross-section, numbered as report.json numbers it (the input's own slices)
     crop_png: bytes
     overview_png: bytes
     axes_drawn: bool  # the RECIST axes lie on this slice and are drawn
-    recist_slice_index: int | None = None  # when the RECIST slice is another slice: its k ...
+    recist_slice_index: int | None = None  # when the RECIST slice is another slice: its number ...
     recist_png: bytes | None = None  # ... and its crop with the axes
 
 
@@ -77,7 +77,7 @@ def render_key_slices(result: SegmentationResult, specs: list[SegmentSpec]) -> d
         lesion = result.lesion(spec.label)
         window = window_for(spec.term.organ)
         box = boxes[spec.label - 1]
-        k = int(np.argmax((lab[box] == spec.label).sum(axis=(1, 2)))) + box[0].start
+        k = _key_slice(lesion, result.labels, labels, lab, box, spec.label)
         mask = lab[k] == spec.label
         rows, cols = np.nonzero(mask)
         r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
@@ -91,10 +91,11 @@ def render_key_slices(result: SegmentationResult, specs: list[SegmentSpec]) -> d
                          spec.term.color, _axis_index_points(lesion, labels, z))
 
         crop, drawn = crop_at(k)
-        key = KeySlice(k, _png(crop), b"", drawn)
+        key = KeySlice(_input_slice(result.labels, labels, k), _png(crop), b"", drawn)
         recist = _recist_slice(lesion, labels)
         if not drawn and recist is not None and 0 <= recist < lab.shape[0]:
-            key.recist_slice_index, key.recist_png = recist, _png(crop_at(recist)[0])
+            key.recist_slice_index = _input_slice(result.labels, labels, recist)
+            key.recist_png = _png(crop_at(recist)[0])
 
         R0, R1, C0, C1 = frame
         ow = OVERVIEW_PX
@@ -152,6 +153,27 @@ def _axis_index_points(lesion: LesionResult, labels_lps: sitk.Image, k: int):
             return []
         lines.append(((ia[0], ia[1]), (ib[0], ib[1])))
     return lines
+
+
+def _key_slice(lesion: LesionResult, labels: sitk.Image, labels_lps: sitk.Image, lab: np.ndarray, box, value: int) -> int:
+    """k (LPS image) of the largest cross-section: report.json's max_area_slice where the lesion has one, so that both
+    name the same slice when two tie (each broke the tie in its own slice order: a CT stored head first showed the
+    slice next to report.json's); the largest in LPS order otherwise."""
+    m = lesion.measurements
+    if m is not None:
+        index = [0, 0, 0]
+        index[axial_axis(labels)] = int(m.max_area_slice)
+        k = int(round(labels_lps.TransformPhysicalPointToContinuousIndex(labels.TransformIndexToPhysicalPoint(index))[2]))
+        if 0 <= k < lab.shape[0] and np.any(lab[k] == value):
+            return k
+    return int(np.argmax((lab[box] == value).sum(axis=(1, 2)))) + box[0].start
+
+
+def _input_slice(labels: sitk.Image, labels_lps: sitk.Image, k: int) -> int:
+    """The input's own number (along its axial axis, as report.json counts) of slice k of the LPS image: the two
+    differ for a CT stored head first or with permuted axes."""
+    point = labels_lps.TransformIndexToPhysicalPoint((0, 0, int(k)))
+    return int(round(labels.TransformPhysicalPointToContinuousIndex(point)[axial_axis(labels)]))
 
 
 def _recist_slice(lesion: LesionResult, labels_lps: sitk.Image) -> int | None:
