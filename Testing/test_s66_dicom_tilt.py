@@ -5,6 +5,7 @@ but the first lands out of place, and `malenia segment` ran the whole CT, then c
 (traceback, exit 1, nothing written). Small synthetic series written with SimpleITK.
 """
 
+import locale
 import time
 
 import numpy as np
@@ -44,6 +45,9 @@ def _write_series(folder, sideways_per_slice=(0.0, 0.0), jitter_mm=0.0, pixel=1.
             s.SetMetaData("0008|103e", description)
         writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
         writer.Execute(s)
+    # GDCM's writer leaves the process in the "C" locale (LC_CTYPE): every later subprocess.run(text=True) in this
+    # test process would then decode as ASCII; the environment's locale is put back
+    locale.setlocale(locale.LC_ALL, "")
     return folder
 
 
