@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from malenia.data.ct_io import read_ct
 from malenia.infer import outputs
-from test_s66_dicom_tilt import STEP_MM, _write_series
+from test_dicom_tilt import STEP_MM, _write_series
 
 
 def _result_on(folder):
