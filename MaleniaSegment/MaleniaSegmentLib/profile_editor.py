@@ -134,7 +134,7 @@ class ProfileEditorLogic:
     def remove(self, key: str) -> Path:
         from malenia.knowledge.profiles import folder_lock, remove_profile
 
-        with folder_lock(self.folder):
+        with folder_lock(self.folder, create=False):  # a profile to remove means the folder exists; none is made
             path = remove_profile(self.folder, key)
         self.table = self.load_table()
         return path
