@@ -6,7 +6,8 @@ probability into lesions here, so what is measured is what ships. The step is pu
 through these same functions.
 
     lesion_map(pm, threshold)      components of probability >= threshold (26-connectivity, model
-                                   grid) -> grown by up to 2 model voxels (nearest component) ->
+                                   grid) -> those mostly outside the body's outline dropped (air in
+                                   front of the patient, the table: inside_body_share) -> grown by up to 2 model voxels (nearest component) ->
                                    nearest-neighbour onto the input grid -> voxels whose linearly
                                    interpolated probability is under the threshold cleared (smooth
                                    borders on a finer input grid) -> voxels outside --roi cleared
@@ -34,6 +35,8 @@ import numpy as np
 import SimpleITK as sitk
 
 GROW_VOXELS = 2.0  # how far (model voxels) a lesion may follow the interpolated probability outward
+BODY_HU = -500.0  # above it: fat, soft tissue, bone; below: air, lung, the thinnest foam pads
+MIN_INSIDE_BODY = 0.5  # a component with less of itself inside the body's outline is not a lesion
 
 
 @dataclass
@@ -46,12 +49,28 @@ class ProbabilityMap:
     region: tuple | None = None  # ((i0, i1), (j0, j1), (k0, k1)): the crop of `image` that was prepared
     roi: object | None = None  # malenia.infer.roi.RasBox: voxels outside it are cleared
     _fine: np.ndarray | None = field(default=None, repr=False)
+    _body: np.ndarray | None = field(default=None, repr=False)
 
     def fine_probability(self) -> np.ndarray:
         """The probability linearly interpolated onto the (cropped) input grid; computed once."""
         if self._fine is None:
             self._fine = sitk.GetArrayFromImage(self.prepared.to_original(self.probability, is_label=False))
         return self._fine
+
+    def body(self) -> np.ndarray:
+        """The body on the model grid: the largest connected region above BODY_HU (the trunk, and what touches it:
+        the arms when they lie against it, on a 2.5 mm grid they mostly do); computed once."""
+        if self._body is None:
+            from scipy import ndimage
+
+            hu = sitk.GetArrayFromImage(self.prepared.grid.resample(sitk.Cast(self.image, sitk.sitkFloat32),
+                                                                    sitk.sitkLinear, default=-1024.0))
+            regions, n = ndimage.label(hu > BODY_HU)
+            sizes = np.bincount(regions.ravel())
+            sizes[0] = 0
+            # no tissue at all (a test volume of air): nothing to tell inside from outside by, so all counts as inside
+            self._body = regions == int(np.argmax(sizes)) if n else np.ones(hu.shape, bool)
+        return self._body
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -83,6 +102,11 @@ def lesion_map(pm: ProbabilityMap, threshold: float) -> LesionMap:
     from malenia.infer.instances import components
 
     model_labels, n = components(pm.probability, threshold, 1)
+    if n:
+        outside = inside_body_share(pm.body(), model_labels, n) < MIN_INSIDE_BODY
+        outside[0] = False
+        if outside.any():  # their ids stay (and count no voxels), so that every caller numbers lesions alike
+            model_labels = np.where(outside[model_labels], 0, model_labels).astype(model_labels.dtype)
     dtype = np.uint16 if n < 65535 else np.uint32
     labels = np.zeros(pm.shape, dtype)
     if n:
@@ -95,6 +119,29 @@ def lesion_map(pm: ProbabilityMap, threshold: float) -> LesionMap:
             labels[k0:k1, j0:j1, i0:i1] = fine
     labels, voxels = _inside_roi(pm, labels, n)
     return LesionMap(float(threshold), model_labels, labels, n, voxels, pm.voxel_mm3)
+
+
+def inside_body_share(body: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Per component 0..n, the share of its voxels inside the body's outline: in each axial slice, the convex hull
+    of the body's section. Lungs, bowel gas and a lateral body part cut off by the field of view are inside it;
+    air in front of the patient and the table under it are not (on the example DICOM series the network marked
+    400 ml of air there, named kidney tumours)."""
+    from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+    inside = np.zeros(n + 1, np.int64)
+    for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
+        section = np.argwhere(body[z])
+        if len(section) < 3:
+            continue
+        points = np.argwhere(labels[z] > 0)
+        try:
+            hull = Delaunay(section[ConvexHull(section).vertices])
+        except QhullError:  # a body section along a line: nothing is inside it
+            continue
+        hit = hull.find_simplex(points) >= 0
+        inside += np.bincount(labels[z][tuple(points[hit].T)], minlength=n + 1)[: n + 1]
+    total = np.maximum(np.bincount(labels.ravel(), minlength=n + 1)[: n + 1], 1)
+    return inside / total
 
 
 def with_labels(lm: LesionMap, pm: ProbabilityMap, labels: np.ndarray) -> LesionMap:
