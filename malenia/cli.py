@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from malenia import __version__
@@ -30,9 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a list of numbers that may start with a negative one (a box in RAS mm).
+NUMBER_LIST_OPTIONS = ("--roi",)
+_NEGATIVE_LIST = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,")
+
+
+def join_negative_lists(argv: list[str]) -> list[str]:
+    """`--roi -30,5,90,10,35,110` as `--roi=-30,5,90,10,35,110`: argparse takes a separate value that starts with
+    '-' for an option (it knows single negative numbers, not lists of them) and would refuse the box."""
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + argv[i:]
+        if out and out[-1] in NUMBER_LIST_OPTIONS and _NEGATIVE_LIST.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_lists(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
