@@ -7,7 +7,8 @@ through these same functions.
 
     lesion_map(pm, threshold)      components of probability >= threshold (26-connectivity, model
                                    grid) -> those mostly outside the body's outline dropped (air in
-                                   front of the patient, the table: inside_body_share) -> grown by up to 2 model voxels (nearest component) ->
+                                   front of the patient, the table: inside_body_share) -> grown by
+                                   up to 2 model voxels (nearest component) ->
                                    nearest-neighbour onto the input grid -> voxels whose linearly
                                    interpolated probability is under the threshold cleared (smooth
                                    borders on a finer input grid) -> voxels outside --roi cleared
