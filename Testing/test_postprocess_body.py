@@ -46,3 +46,16 @@ def test_a_volume_without_tissue_keeps_its_lesions():
     air.SetSpacing((2.0, 2.0, 2.0))
     pm = ProbabilityMap(pm.probability, pm.prepared, air)
     assert len(kept(lesion_map(pm, 0.5), 0.0)) == 4
+
+
+def test_under_a_box_the_whole_scan_s_body_decides():
+    """A --roi box inside the lung holds no body at all: the outline comes from the whole scan, so a lesion in the
+    lung inside the box stays, and one in the air in front of the trunk (inside another box) goes."""
+    full, blobs = _trunk_scan()
+    for name, (i0, i1, j0, j1) in (("lung", (12, 28, 26, 42)), ("air", (24, 40, 0, 8))):
+        region = ((i0, i1), (j0, j1), (0, 20))
+        crop = full.image[i0:i1, j0:j1, 0:20]
+        prepared = Preprocessor((2.0, 2.0, 2.0), normalization="window").prepare(crop)
+        pm = ProbabilityMap(np.ascontiguousarray(full.probability[:, j0:j1, i0:i1]), prepared, full.image, region)
+        lm = lesion_map(pm, 0.5)
+        assert bool(lm.labels[blobs[name]]) == (name == "lung"), name

@@ -49,6 +49,12 @@ class Grid:
         ijk = np.asarray(index_zyx, dtype=float)[..., ::-1]
         return np.asarray(self.origin) + (ijk * np.asarray(self.spacing)) @ self.direction_matrix.T
 
+    def physical_to_index(self, points_lps: np.ndarray) -> np.ndarray:
+        """Continuous voxel indices (N, 3) in (z, y, x) order of physical LPS points (N, 3)."""
+        rel = np.asarray(points_lps, dtype=float) - np.asarray(self.origin)
+        ijk = np.linalg.solve(self.direction_matrix, rel.T).T / np.asarray(self.spacing)
+        return ijk[..., ::-1]
+
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)

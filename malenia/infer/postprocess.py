@@ -50,7 +50,7 @@ class ProbabilityMap:
     region: tuple | None = None  # ((i0, i1), (j0, j1), (k0, k1)): the crop of `image` that was prepared
     roi: object | None = None  # malenia.infer.roi.RasBox: voxels outside it are cleared
     _fine: np.ndarray | None = field(default=None, repr=False)
-    _body: np.ndarray | None = field(default=None, repr=False)
+    _body: tuple | None = field(default=None, repr=False)
 
     def fine_probability(self) -> np.ndarray:
         """The probability linearly interpolated onto the (cropped) input grid; computed once."""
@@ -58,19 +58,25 @@ class ProbabilityMap:
             self._fine = sitk.GetArrayFromImage(self.prepared.to_original(self.probability, is_label=False))
         return self._fine
 
-    def body(self) -> np.ndarray:
-        """The body on the model grid: the largest connected region above BODY_HU (the trunk, and what touches it:
-        the arms when they lie against it, on a 2.5 mm grid they mostly do); computed once."""
+    def body(self):
+        """(mask, Grid): the body on the model grid of the WHOLE scan (under a --roi crop too: a box inside a lung
+        holds no body to outline), the largest connected region above BODY_HU (the trunk, and what touches it: the
+        arms when they lie against it, on a 2.5 mm grid they mostly do); computed once."""
         if self._body is None:
             from scipy import ndimage
 
-            hu = sitk.GetArrayFromImage(self.prepared.grid.resample(sitk.Cast(self.image, sitk.sitkFloat32),
-                                                                    sitk.sitkLinear, default=-1024.0))
+            from malenia.data.geometry import Grid
+            from malenia.data.preprocess import CANONICAL_ORIENTATION
+
+            grid = self.prepared.grid
+            if self.region is not None:
+                grid = self.prepared.preprocessor.target_grid(Grid.of(sitk.DICOMOrient(self.image, CANONICAL_ORIENTATION)))
+            hu = sitk.GetArrayFromImage(grid.resample(sitk.Cast(self.image, sitk.sitkFloat32), sitk.sitkLinear, -1024.0))
             regions, n = ndimage.label(hu > BODY_HU)
             sizes = np.bincount(regions.ravel())
             sizes[0] = 0
             # no tissue at all (a test volume of air): nothing to tell inside from outside by, so all counts as inside
-            self._body = regions == int(np.argmax(sizes)) if n else np.ones(hu.shape, bool)
+            self._body = (regions == int(np.argmax(sizes)) if n else np.ones(hu.shape, bool), grid)
         return self._body
 
     @property
@@ -104,13 +110,13 @@ def lesion_map(pm: ProbabilityMap, threshold: float) -> LesionMap:
 
     model_labels, n = components(pm.probability, threshold, 1)
     if n:
-        outside = inside_body_share(pm.body(), model_labels, n) < MIN_INSIDE_BODY
+        outside = inside_body_share(*pm.body(), model_labels, pm.prepared.grid, n) < MIN_INSIDE_BODY
         outside[0] = False
         if outside.any():  # their ids stay (and count no voxels), so that every caller numbers lesions alike
             model_labels = np.where(outside[model_labels], 0, model_labels).astype(model_labels.dtype)
     dtype = np.uint16 if n < 65535 else np.uint32
     labels = np.zeros(pm.shape, dtype)
-    if n:
+    if model_labels.any():
         fine = sitk.GetArrayFromImage(pm.prepared.to_original(_grow(model_labels, dtype), is_label=True))
         fine[pm.fine_probability() < threshold] = 0
         if pm.region is None:
@@ -122,27 +128,31 @@ def lesion_map(pm: ProbabilityMap, threshold: float) -> LesionMap:
     return LesionMap(float(threshold), model_labels, labels, n, voxels, pm.voxel_mm3)
 
 
-def inside_body_share(body: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Per component 0..n, the share of its voxels inside the body's outline: in each axial slice, the convex hull
-    of the body's section. Lungs, bowel gas and a lateral body part cut off by the field of view are inside it;
-    air in front of the patient and the table under it are not (on the example DICOM series the network marked
-    400 ml of air there, named kidney tumours)."""
+def inside_body_share(body: np.ndarray, body_grid, labels: np.ndarray, labels_grid, n: int) -> np.ndarray:
+    """Per component 0..n of `labels`, the share of its voxels inside the body's outline: in each axial slice of
+    `body`, the convex hull of the body's section. Lungs, bowel gas and a lateral body part cut off by the field of
+    view are inside it; air in front of the patient and the table under it are not (on the example DICOM series
+    the network marked 400 ml of air there, named kidney tumours). The grids may differ (a --roi crop)."""
     from scipy.spatial import ConvexHull, Delaunay, QhullError
 
-    inside = np.zeros(n + 1, np.int64)
-    for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
+    points = np.argwhere(labels > 0)
+    ids = labels[tuple(points.T)]
+    if body_grid != labels_grid:
+        points = np.rint(body_grid.physical_to_index(labels_grid.index_to_physical(points))).astype(np.int64)
+    usable = np.all((points >= 0) & (points < np.array(body.shape)), axis=1)
+    inside = np.zeros(len(points), bool)
+    for z in np.unique(points[usable, 0]):
         section = np.argwhere(body[z])
         if len(section) < 3:
             continue
-        points = np.argwhere(labels[z] > 0)
         try:
             hull = Delaunay(section[ConvexHull(section).vertices])
         except QhullError:  # a body section along a line: nothing is inside it
             continue
-        hit = hull.find_simplex(points) >= 0
-        inside += np.bincount(labels[z][tuple(points[hit].T)], minlength=n + 1)[: n + 1]
-    total = np.maximum(np.bincount(labels.ravel(), minlength=n + 1)[: n + 1], 1)
-    return inside / total
+        here = usable & (points[:, 0] == z)
+        inside[here] = hull.find_simplex(points[here, 1:]) >= 0
+    total = np.maximum(np.bincount(ids, minlength=n + 1)[: n + 1], 1)
+    return np.bincount(ids[inside], minlength=n + 1)[: n + 1] / total
 
 
 def with_labels(lm: LesionMap, pm: ProbabilityMap, labels: np.ndarray) -> LesionMap:
