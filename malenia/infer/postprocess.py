@@ -58,7 +58,7 @@ class ProbabilityMap:
             self._fine = sitk.GetArrayFromImage(self.prepared.to_original(self.probability, is_label=False))
         return self._fine
 
-    def body(self):
+    def body(self) -> tuple[np.ndarray, object]:
         """(mask, Grid): the body on the model grid of the WHOLE scan (under a --roi crop too: a box inside a lung
         holds no body to outline), the largest connected region above BODY_HU (the trunk, and what touches it: the
         arms when they lie against it, on a 2.5 mm grid they mostly do); computed once."""
